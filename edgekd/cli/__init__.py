@@ -1,1 +1,86 @@
-"""cli"""
+"""The ``edgekd`` command line: a thin layer that parses options, calls one library function, prints."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from edgekd import __version__
+from edgekd.errors import EdgeKDError
+
+# command name -> module under edgekd.cli defining a click command called ``command``.
+# Commands are imported lazily so that `edgekd targets` does not pay for importing torch.
+COMMANDS = {
+    "distill": "distill",
+    "targets": "targets",
+    "predict": "predict",
+    "profile": "profile",
+    "calibrate": "calibrate",
+    "search": "search",
+    "export": "export",
+    "bench": "bench",
+    "sweep": "sweep",
+    "report": "report",
+    "runner": "runner",
+    "ingest": "ingest",
+    "gate": "gate",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name, module in COMMANDS.items() if _module_exists(module)]
+
+    def get_command(self, ctx, name):
+        module = COMMANDS.get(name)
+        if module is None or not _module_exists(module):
+            return None
+        return importlib.import_module(f"edgekd.cli.{module}").command
+
+
+def _module_exists(module: str) -> bool:
+    return importlib.util.find_spec(f"edgekd.cli.{module}") is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="edgekd")
+def cli():
+    """Distil a teacher into a student that meets a latency budget on an edge device.
+
+    Start with `edgekd distill --target jetson-nano`; `edgekd targets` lists the devices.
+    Add --debug anywhere to see full tracebacks.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the command, turning errors into one line and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("EDGEKD_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = cli.main(args=argv, prog_name="edgekd", standalone_mode=False)
+    except EdgeKDError as err:
+        if debug:
+            raise
+        click.echo(f"edgekd: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        click.echo("edgekd: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        # Usage errors: click's own one-liner, exit 2.
+        err.show()
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        click.echo("edgekd: interrupted", err=True)
+        sys.exit(130)
+    except Exception as err:  # a bug, not a user error: one line unless --debug
+        if debug:
+            raise
+        first = str(err).splitlines()[0] if str(err) else ""
+        click.echo(f"edgekd: internal error: {type(err).__name__}: {first[:300]}; rerun with --debug for the traceback", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,5 @@
+"""``python -m edgekd``."""
+
+from edgekd.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""Accuracy and latency of every artifact of a run: measured on this machine, predicted for the target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+
+EVAL_BATCH = 250
+
+
+def run_batched(run, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Logits for ``x`` in batches; models exported with a fixed batch of 1 fall back to one by one."""
+    try:
+        return np.concatenate([np.asarray(run(x[i:i + batch])) for i in range(0, len(x), batch)])
+    except Exception:
+        if batch == 1:
+            raise
+        return np.concatenate([np.asarray(run(x[i:i + 1])) for i in range(len(x))])
+
+
+def accuracy_of(run, x: np.ndarray, y: np.ndarray) -> float:
+    logits = run_batched(run, x)
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, target,
+                        student_accuracy: float, teacher_accuracy: float, max_drop: float,
+                        seconds: float = 0.5, threads: int | None = None, console=None) -> list[dict]:
+    """One report row per artifact (plus the PyTorch teacher and student baselines).
+
+    A failure in one row is recorded in that row and never stops the others.
+    """
+    from edgekd.bench.measure import measure_latency
+    from edgekd.bench.runners import load_runner
+    from edgekd.data import normalize
+
+    run_dir = Path(run_dir)
+    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    test_y = splits.test.y
+    example = test_x[:1]
+    input_shape = (1, *splits.input_shape)
+
+    rows = [
+        _pytorch_row("teacher", run_dir / "teacher.safetensors", teacher_accuracy),
+        _pytorch_row("student", run_dir / "student.safetensors", student_accuracy),
+    ]
+    rows += [a.to_dict(relative_to=run_dir) for a in artifacts]
+    for row in rows:
+        row.setdefault("role", "student")
+        for key in ("accuracy", "accuracy_drop", "latency_ms", "latency_source",
+                    "target_latency_ms", "target_latency_source"):
+            row.setdefault(key, None)
+
+    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shape)
+    for row in rows:
+        if row.get("status") != "ok" or not row.get("path"):
+            row.update(predictor.predict(row))  # a skipped TensorRT engine still has a target estimate
+            continue
+        try:
+            runner = load_runner(run_dir / row["path"], threads=threads)
+            if row["accuracy"] is None:
+                row["accuracy"] = accuracy_of(runner.run, test_x, test_y)
+            stats = measure_latency(runner.run, example, time_budget_s=seconds)
+            row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
+            row["latency_source"] = "measured:host"
+            row["throughput"] = stats.throughput
+        except Exception as err:  # one bad artifact must not sink the report
+            row["status"] = "failed"
+            row["reason"] = f"benchmark failed: {_one_line(err)}"
+        if row["role"] == "student" and row["accuracy"] is not None:
+            row["accuracy_drop"] = round(student_accuracy - row["accuracy"], 6)
+            if row["format"] != "pytorch" and row["accuracy_drop"] > max_drop and row["status"] == "ok":
+                row["status"] = "failed"
+                row["reason"] = (f"accuracy {row['accuracy']:.4f} is {row['accuracy_drop'] * 100:.2f} points below the "
+                                 f"FP32 student, over --max-drop {max_drop * 100:g}")
+        row.update(predictor.predict(row))
+        if console is not None:
+            lat = row["latency_ms"]["p50"] if row.get("latency_ms") else float("nan")
+            acc = row["accuracy"] if row["accuracy"] is not None else float("nan")
+            console.print(f"  {row['role']:7s} {row['name']:15s} acc {acc:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
+    return rows
+
+
+def _pytorch_row(role: str, path: Path, accuracy: float) -> dict:
+    return {"name": "pytorch", "role": role, "format": "pytorch", "precision": "fp32", "runtime": "pytorch",
+            "path": path.name, "size_bytes": path.stat().st_size, "status": "ok", "reason": None,
+            "accuracy": accuracy, "parity": None, "extra": {}}
+
+
+class _TargetPredictor:
+    """Latency on the target: the host measurement when the target is this machine, else the model's prediction."""
+
+    def __init__(self, target, models: dict, input_shape):
+        self.target = target
+        self.models = models
+        self.input_shape = input_shape
+        self._cache: dict = {}
+
+    def predict(self, row: dict) -> dict:
+        if getattr(self.target, "measured", False) and row.get("latency_ms"):
+            return {"target_latency_ms": dict(row["latency_ms"]), "target_latency_source": "measured:host"}
+        precision = row.get("precision") or self.target.precision
+        if precision not in getattr(self.target, "precisions", [precision]):
+            precision = self.target.precision
+        key = (row.get("role", "student"), precision)
+        if key not in self._cache:
+            from edgekd.hardware import predict_latency_ms
+
+            try:
+                pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shape, precision=precision)
+                self._cache[key] = {"target_latency_ms": {"p50": float(pred.total_ms)},
+                                    "target_latency_source": f"predicted:{self.target.name}",
+                                    "target_precision": precision}
+            except EdgeKDError as err:
+                self._cache[key] = {"target_latency_ms": None, "target_latency_source": None,
+                                    "target_note": str(err)}
+        return dict(self._cache[key])
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__

@@ -1,0 +1,5 @@
+"""``python -m edgekd.cli``."""
+
+from edgekd.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""``edgekd distill``: the whole job, from teacher to a measured, exported student."""
+
+from __future__ import annotations
+
+import click
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _names(ctx, param, value):
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@click.command("distill")
+@click.option("--target", "-t", default="jetson-nano", show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
+@click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
+@click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
+@click.option("--teacher", type=click.Path(), help="Teacher weights (.safetensors written by edgekd); default: train once and cache.")
+@click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
+@click.option("--epochs", type=int, help="Distillation epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--temperature", "-T", type=float, default=4.0, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
+@click.option("--loss", default="kd", show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
+@click.option("--batch-size", type=int, help="Training batch size.")
+@click.option("--lr", type=float, help="Peak learning rate.")
+@click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
+@click.option("--width", type=float, help="Skip the search and distil this width.")
+@click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
+@click.option("--max-drop", type=float, default=0.01, show_default=True, help="Largest accuracy drop (fraction) an artifact may have vs the FP32 student.")
+@click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (CI logs).")
+def command(**kw):
+    """Pick the widest student that fits TARGET's latency budget, distil, export, measure, report."""
+    from edgekd.pipeline import DistillOptions, distill
+
+    kw["progress"] = not kw.pop("no_progress")
+    distill(DistillOptions(**kw))

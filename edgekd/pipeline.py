@@ -1,0 +1,302 @@
+"""The whole job in one function: target -> data -> teacher -> width -> distil -> export -> bench -> report."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgekd import __version__
+from edgekd.errors import EdgeKDError
+
+# Formats every run exports; a target's runtime adds its own (data, not an if-chain in the code).
+BASE_FORMATS = ("onnx", "ort-int8", "openvino-fp16", "openvino-int8")
+RUNTIME_FORMATS = {
+    "tensorrt": ("tensorrt-fp16",),
+    "executorch": ("executorch",),
+    "onnxruntime": (),
+    "openvino": (),
+}
+
+
+@dataclass
+class DistillOptions:
+    """Every option of ``edgekd distill``; the resolved copy is saved as the run's config."""
+
+    target: str = "jetson-nano"
+    out: str | None = None
+    data: str | None = None
+    teacher: str | None = None
+    budget_ms: float | None = None
+    epochs: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    loss: str = "kd"
+    batch_size: int | None = None
+    lr: float | None = None
+    widths: tuple[float, ...] | None = None
+    width: float | None = None
+    formats: tuple[str, ...] | None = None
+    max_drop: float = 0.01
+    bench_seconds: float = 0.5
+    threads: int | None = None
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise EdgeKDError(f"--temperature must be > 0, got {self.temperature}", "typical values are 2 to 8")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise EdgeKDError(f"--alpha must be in [0, 1], got {self.alpha}", "alpha weighs the soft-target loss against the hard-label loss")
+        if self.budget_ms is not None and self.budget_ms <= 0:
+            raise EdgeKDError(f"--budget-ms must be > 0, got {self.budget_ms}", "give the latency budget in milliseconds")
+        if self.epochs is not None and self.epochs < 1:
+            raise EdgeKDError(f"--epochs must be >= 1, got {self.epochs}", "train for at least one epoch")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise EdgeKDError(f"--batch-size must be >= 1, got {self.batch_size}", "use e.g. 128")
+        if self.lr is not None and self.lr <= 0:
+            raise EdgeKDError(f"--lr must be > 0, got {self.lr}", "use e.g. 0.01")
+        if self.width is not None and self.width <= 0:
+            raise EdgeKDError(f"--width must be > 0, got {self.width}", "use a width multiplier such as 0.5")
+        if self.widths is not None and (not self.widths or min(self.widths) <= 0):
+            raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
+        if not 0.0 <= self.max_drop <= 1.0:
+            raise EdgeKDError(f"--max-drop must be a fraction in [0, 1], got {self.max_drop}", "e.g. 0.01 for one point")
+        if self.overwrite and self.resume:
+            raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise EdgeKDError(f"--device must be auto, cpu or cuda, got {self.device!r}", "e.g. --device cpu")
+
+
+class StageClock:
+    """Times each stage and prints it, so users see where the minutes go."""
+
+    def __init__(self, console):
+        self.console = console
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str, what: str):
+        self.console.print(f"[bold cyan]▶ {what}[/]")
+        t0 = time.perf_counter()
+        yield
+        dt = time.perf_counter() - t0
+        self.seconds[name] = round(dt, 2)
+        self.console.print(f"  [dim]{name}: {dt:.1f} s[/]")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EdgeKDError("--device cuda was asked for but no CUDA GPU is visible", "use --device cpu or auto")
+    return device
+
+
+def default_out_dir(target: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("edgekd-runs") / f"{target}-{stamp}"
+
+
+def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber a finished or foreign folder unless asked to; never half-create one early."""
+    if out.exists() and not out.is_dir():
+        raise EdgeKDError(f"--out {out} exists and is not a folder", "choose another --out")
+    if out.is_dir() and any(p.name != ".edgekd.lock" for p in out.iterdir()):
+        if resume:
+            if not (out / "config.json").is_file():
+                raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)", "point --out at the run folder to resume")
+            return
+        if not overwrite:
+            raise EdgeKDError(f"output folder {out} already exists and is not empty", "pass --overwrite to replace it, --resume to continue it, or choose another --out")
+    elif resume:
+        raise EdgeKDError(f"--resume: {out} does not exist", "start the run without --resume")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
+    import os
+
+    if not os.access(probe, os.W_OK):
+        raise EdgeKDError(f"cannot write to {probe}", "choose a writable --out")
+
+
+def distill(opts: DistillOptions, console=None) -> dict:
+    """Run the whole job and return the report dict (also written to ``<out>/report.json``)."""
+    import torch
+    from rich.console import Console
+
+    from edgekd.data import load_data, normalize
+    from edgekd.distill import TrainConfig, get_teacher, train
+    from edgekd.hardware import load_target, select_width
+    from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
+
+    console = console or Console(stderr=False)
+    opts.validate()
+    clock = StageClock(console)
+    wall0 = time.perf_counter()
+    device = resolve_device(opts.device)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+
+    # Everything that can reject the run is checked before the output folder is created.
+    target = load_target(opts.target)
+    out = Path(opts.out) if opts.out else default_out_dir(target.name)
+    prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
+    budget_ms = opts.budget_ms if opts.budget_ms is not None else target.budget_ms
+
+    with clock.stage("data", "Loading data"):
+        splits = load_data(opts.data, seed=opts.seed)
+        console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
+                      f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
+                      f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
+
+    with clock.stage("select", f"Choosing the student width for {target.name} (budget {budget_ms:g} ms)"):
+        widths = (opts.width,) if opts.width is not None else tuple(opts.widths or DEFAULT_WIDTHS)
+        selection = select_width("cnn", widths, target=target, budget_ms=budget_ms,
+                                 num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+        _print_selection(console, selection)
+
+    with clock.stage("teacher", "Teacher"):
+        teacher, teacher_spec, teacher_info = get_teacher(
+            splits, teacher_path=opts.teacher, progress=opts.progress, device=device)
+        console.print(f"  teacher {teacher_spec.arch} width {teacher_spec.width} depth {teacher_spec.depth}: "
+                      f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
+                      f"{' (cached)' if teacher_info.get('cached') else ''}")
+
+    if opts.overwrite and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from edgekd.fsutil import atomic_write_json, run_lock
+
+    with run_lock(out):
+        config = {**asdict(opts), "device_resolved": device, "budget_ms": budget_ms,
+                  "target_resolved": target.name, "out": str(out)}
+        atomic_write_json(out / "config.json", config)
+
+        chosen = selection.chosen
+        spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
+        train_cfg = _train_config(opts, device)
+        with clock.stage("distill", f"Distilling the student (width {chosen.width:g}, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
+            torch.manual_seed(opts.seed)
+            student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                             width=spec.width, depth=spec.depth)
+            result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
+                           resume=opts.resume, progress=opts.progress)
+            student = student.cpu().eval()
+            save_model(out / "student.safetensors", student, spec,
+                       {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+            save_model(out / "teacher.safetensors", teacher.cpu().eval(), teacher_spec, {"accuracy": teacher_info["accuracy"]})
+            console.print(f"  student test accuracy {result.accuracy:.4f} "
+                          f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
+
+        report = {
+            "schema_version": None,  # filled by edgekd.report
+            "edgekd_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "distill",
+            "config": config,
+            "target": target.to_dict(),
+            "budget_ms": budget_ms,
+            "data": splits.describe(),
+            "selection": {"width": chosen.width, **selection.to_dict()},
+            "teacher": {"arch": teacher_spec.arch, "width": teacher_spec.width, "depth": teacher_spec.depth,
+                        "params": teacher_info["params"], "accuracy": teacher_info["accuracy"],
+                        "path": "teacher.safetensors", "cached": bool(teacher_info.get("cached")),
+                        "source": str(teacher_info.get("path"))},
+            "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
+                        "params": count_params(student), "flops": chosen.flops,
+                        "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                        "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
+                        "history": result.history},
+        }
+
+        formats = tuple(opts.formats) if opts.formats else BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
+        test_x = normalize(splits.test.x, splits.mean, splits.std)
+        with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
+            from edgekd.export import export_all
+
+            artifacts = export_all(
+                student, list(formats), out / "artifacts",
+                example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+                parity_inputs=test_x[:512], progress=opts.progress, target=target)
+
+        with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
+            from edgekd.bench.evaluate import benchmark_artifacts
+
+            rows = benchmark_artifacts(
+                artifacts, run_dir=out, teacher=teacher, student=student, splits=splits, target=target,
+                student_accuracy=result.accuracy, teacher_accuracy=teacher_info["accuracy"],
+                max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads,
+                console=console)
+        report["artifacts"] = rows
+        report["recommended"] = recommend(rows, target, opts.max_drop)
+
+        from edgekd.bench.env import environment
+        from edgekd.report import render_terminal, write_reports
+
+        clock.seconds["total"] = round(time.perf_counter() - wall0, 2)
+        report["timings_s"] = clock.seconds
+        report["environment"] = environment()
+        with clock.stage("report", "Writing reports"):
+            paths = write_reports(out, report)
+        report["timings_s"] = clock.seconds
+        render_terminal(report, console=console)
+        console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {out}  "
+                      f"({', '.join(p.name for p in paths.values())})")
+        console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
+    return report
+
+
+def _train_config(opts: DistillOptions, device: str):
+    from edgekd.distill import TrainConfig
+
+    overrides = {"temperature": opts.temperature, "alpha": opts.alpha, "loss": opts.loss,
+                 "device": device, "seed": opts.seed}
+    for name in ("epochs", "batch_size", "lr"):
+        value = getattr(opts, name)
+        if value is not None:
+            overrides[name] = value
+    overrides.update(opts.extra)
+    return TrainConfig(**overrides)
+
+
+def _print_selection(console, selection) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"Candidate students ({selection.latency_source}, budget {selection.budget_ms:g} ms)")
+    for col in ("width", "params", "MFLOPs", "latency ms", "fits"):
+        table.add_column(col, justify="right")
+    for c in selection.candidates:
+        mark = "[bold green]◀ chosen[/]" if c is selection.chosen else ("yes" if c.fits else "[red]no[/]")
+        table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", mark)
+    console.print(table)
+
+
+def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
+    """The artifact to ship: fastest on the target among those within the accuracy drop."""
+    ok = [r for r in rows if r.get("role") == "student" and r.get("status") == "ok"
+          and r.get("format") != "pytorch" and r.get("accuracy") is not None]
+    if not ok:
+        return None
+    good = [r for r in ok if (r.get("accuracy_drop") or 0.0) <= max_drop]
+    pool = good or ok
+
+    def latency(r):
+        t = (r.get("target_latency_ms") or {}).get("p50")
+        return t if t is not None else (r.get("latency_ms") or {}).get("p50", float("inf"))
+
+    best = min(pool, key=lambda r: (latency(r), -(r.get("accuracy") or 0)))
+    src = best.get("target_latency_source") or best.get("latency_source")
+    why = (f"lowest latency on {target.name} ({latency(best):.3f} ms, {src}) among artifacts within "
+           f"{max_drop * 100:g} point(s) of the FP32 student's accuracy")
+    if not good:
+        why = f"no artifact is within {max_drop * 100:g} point(s) of FP32; fastest shown"
+    return {"name": best["name"], "path": best.get("path"), "why": why}
