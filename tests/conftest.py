@@ -1,0 +1,62 @@
+"""Shared fixtures: the real MNIST files beside the repo, tiny datasets made from them, a private cache."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+PACKAGED_MNIST = REPO / "edgekd" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Tests never read or fill the user's real cache of teachers and calibrations."""
+    cache = tmp_path_factory.mktemp("edgekd-cache")
+    old = {k: os.environ.get(k) for k in ("EDGEKD_CACHE_DIR", "EDGEKD_CONFIG_DIR")}
+    os.environ["EDGEKD_CACHE_DIR"] = str(cache / "cache")
+    os.environ["EDGEKD_CONFIG_DIR"] = str(cache / "config")
+    yield cache
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The MNIST IDX folder: ../shared/data/mnist when present, else the copy shipped in the package."""
+    return SHARED_MNIST if SHARED_MNIST.is_dir() else PACKAGED_MNIST
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    magic, n = struct.unpack(">II", data[:8])
+    if magic == 2051:
+        rows, cols = struct.unpack(">II", data[8:16])
+        return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
+    return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def mnist_arrays(mnist_dir):
+    """(x_train, y_train, x_test, y_test) as uint8 (N, 28, 28) and int64 labels."""
+    return (read_idx(mnist_dir / "train-images-idx3-ubyte.gz"), read_idx(mnist_dir / "train-labels-idx1-ubyte.gz"),
+            read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz"), read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory, mnist_arrays) -> Path:
+    """A small real dataset (1200 train, 300 test MNIST digits) as an .npz users would bring."""
+    x_train, y_train, x_test, y_test = mnist_arrays
+    path = tmp_path_factory.mktemp("data") / "tiny-mnist.npz"
+    np.savez(path, x_train=x_train[:1200], y_train=y_train[:1200], x_test=x_test[:300], y_test=y_test[:300])
+    return path
