@@ -1,0 +1,464 @@
+"""Per-kernel costs from an ONNX graph (FLOPs, weight and activation bytes) after the runtime's fusions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+
+BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+# op type -> (kernel class, FLOPs per output element for pointwise ops). Conv/Gemm/pools are counted
+# from their shapes. "free" ops move no data at run time (a runtime aliases reshapes; QDQ pairs are
+# folded into the quantized kernels), so they are not kernels at all.
+OP_TABLE: dict[str, tuple[str, float]] = {
+    "Conv": ("conv", 0), "ConvTranspose": ("conv", 0), "QLinearConv": ("conv", 0), "ConvInteger": ("conv", 0),
+    "Gemm": ("gemm", 0), "MatMul": ("gemm", 0), "QLinearMatMul": ("gemm", 0), "MatMulInteger": ("gemm", 0),
+    "MaxPool": ("pool", 0), "AveragePool": ("pool", 0), "GlobalAveragePool": ("pool", 0),
+    "GlobalMaxPool": ("pool", 0), "ReduceMean": ("pool", 0), "ReduceMax": ("pool", 0), "ReduceSum": ("pool", 0),
+    "LpPool": ("pool", 0),
+    "Relu": ("elementwise", 1), "LeakyRelu": ("elementwise", 2), "PRelu": ("elementwise", 2),
+    "Clip": ("elementwise", 2), "Sigmoid": ("elementwise", 4), "HardSigmoid": ("elementwise", 3),
+    "HardSwish": ("elementwise", 4), "Tanh": ("elementwise", 4), "Elu": ("elementwise", 4),
+    "Selu": ("elementwise", 4), "Gelu": ("elementwise", 8), "Erf": ("elementwise", 8), "Exp": ("elementwise", 4),
+    "Log": ("elementwise", 4), "Sqrt": ("elementwise", 1), "Reciprocal": ("elementwise", 1), "Pow": ("elementwise", 1),
+    "Neg": ("elementwise", 1), "Abs": ("elementwise", 1), "Softplus": ("elementwise", 4), "Mish": ("elementwise", 8),
+    "Add": ("elementwise", 1), "Sub": ("elementwise", 1), "Mul": ("elementwise", 1), "Div": ("elementwise", 1),
+    "Sum": ("elementwise", 1), "Max": ("elementwise", 1), "Min": ("elementwise", 1), "Where": ("elementwise", 1),
+    "BatchNormalization": ("elementwise", 2), "InstanceNormalization": ("elementwise", 5),
+    "LayerNormalization": ("elementwise", 5), "Softmax": ("elementwise", 5), "LogSoftmax": ("elementwise", 5),
+    "Concat": ("data", 0), "Transpose": ("data", 0), "Slice": ("data", 0), "Split": ("data", 0), "Pad": ("data", 0),
+    "Resize": ("data", 0), "Upsample": ("data", 0), "Gather": ("data", 0), "Expand": ("data", 0), "Tile": ("data", 0),
+    "DepthToSpace": ("data", 0), "SpaceToDepth": ("data", 0), "Cast": ("data", 0),
+}
+FREE_OPS = {
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Constant", "ConstantOfShape",
+    "QuantizeLinear", "DequantizeLinear", "Size", "Range",
+}
+ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
+               "Gelu", "Softplus", "Mish"}
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """What one runtime folds or fuses into the kernel that produces a tensor.
+
+    fold: ops removed at build time (BatchNorm folded into the preceding conv's weights).
+    epilogue: ops computed inside a conv/gemm kernel's epilogue (activations, residual add).
+    max_epilogue: how many epilogue ops one conv/gemm kernel can absorb.
+    pointwise_chain: whether consecutive pointwise ops become one kernel (TensorRT/OpenVINO do).
+    """
+
+    fold: frozenset
+    epilogue: frozenset
+    max_epilogue: int
+    pointwise_chain: bool
+
+
+# Fusions per runtime, from each runtime's documentation:
+# - onnxruntime: ConvBNFusion, ConvActivationFusion (Relu, Clip, Sigmoid, Tanh, LeakyRelu, HardSigmoid) and
+#   on x86 the NCHWc ConvAddActivation fusion (conv + residual add + activation); MatMul+Add -> Gemm.
+# - tensorrt: conv/gemm + BN + activation + residual add, and chains of pointwise ops -> one PointWise kernel
+#   ("Types of Fusions", TensorRT developer guide).
+# - openvino: CPU plugin fuses BN, activations, eltwise and FakeQuantize into conv post-ops and merges
+#   eltwise chains.
+# - executorch (XNNPACK delegate): BN folded into conv; ReLU/Clip become the output clamp of conv, gemm
+#   and add; other activations (hardswish, sigmoid) stay separate operators.
+FUSIONS: dict[str, FusionRules] = {
+    "onnxruntime": FusionRules(frozenset({"BatchNormalization"}),
+                               frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Add", "Sum"}),
+                               2, False),
+    "tensorrt": FusionRules(frozenset({"BatchNormalization"}),
+                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
+    "openvino": FusionRules(frozenset({"BatchNormalization"}),
+                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
+    "executorch": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip"}), 1, False),
+    # No fusion at all: what the raw graph would cost executed node by node.
+    "none": FusionRules(frozenset(), frozenset(), 0, False),
+}
+
+
+@dataclass
+class Kernel:
+    """One kernel the runtime launches: an anchor op plus whatever it fused."""
+
+    name: str
+    op_type: str                  # the anchor op, e.g. "Conv"
+    op_class: str                 # conv | dwconv | gemm | pool | elementwise | data
+    ops: list[str]                # every ONNX op in the kernel, e.g. ["Conv", "BatchNormalization", "Relu"]
+    flops: int
+    weight_bytes: int
+    input_bytes: int
+    output_bytes: int
+    output_shape: list[int]
+    params: int = 0
+    inputs: list[str] = field(default_factory=list, repr=False)
+    output: str = field(default="", repr=False)
+
+    @property
+    def bytes(self) -> int:
+        return self.weight_bytes + self.input_bytes + self.output_bytes
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("inputs"), d.pop("output")
+        d["bytes"] = self.bytes
+        return d
+
+
+@dataclass
+class GraphCost:
+    """Kernels of one model at one precision on one runtime, with totals for the report."""
+
+    kernels: list[Kernel]
+    runtime: str
+    precision: str
+    input_shape: list[int]
+    params: int
+    flops: int
+    weight_bytes: int
+    peak_activation_bytes: int
+    unknown_ops: list[str]
+
+    @property
+    def memory_mb(self) -> float:
+        return (self.weight_bytes + self.peak_activation_bytes) / 2**20
+
+    def to_dict(self) -> dict:
+        return {"runtime": self.runtime, "precision": self.precision, "input_shape": self.input_shape,
+                "params": self.params, "flops": self.flops, "weight_bytes": self.weight_bytes,
+                "peak_activation_bytes": self.peak_activation_bytes, "memory_mb": self.memory_mb,
+                "unknown_ops": self.unknown_ops, "kernels": [k.to_dict() for k in self.kernels]}
+
+
+# --- ONNX export with a cache ------------------------------------------------------------------
+
+_EXPORT_LOCK = threading.Lock()
+_MEMO: dict[str, Path] = {}
+
+
+def export_onnx(model, input_shape, path: Path) -> Path:
+    """Export ``model`` (eval mode, batch 1 static shape) with the dynamo exporter, atomically."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    import torch
+
+    from edgekd.fsutil import atomic_path
+
+    model = model.eval()
+    example = torch.zeros(tuple(input_shape), dtype=torch.float32)
+    with atomic_path(path) as tmp, _EXPORT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.getLogger("torch.onnx").level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            # The exporter prints progress lines on stdout; keep edgekd's output clean.
+            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+                torch.onnx.export(model, (example,), str(tmp), dynamo=True, external_data=False,
+                                  input_names=["input"], output_names=["logits"])
+        finally:
+            logging.getLogger("torch.onnx").setLevel(previous)
+    return Path(path)
+
+
+def cached_onnx(arch: str, *, num_classes: int, input_shape, width: float = 1.0, depth: int = 1, **kw) -> Path:
+    """ONNX file of a registered architecture (random weights: latency does not depend on values).
+
+    Dynamo export takes about a second per model, and width selection needs a graph per candidate, so
+    graphs are cached under the user cache folder keyed by everything that changes the graph.
+    """
+    import torch
+
+    from edgekd import __version__
+    from edgekd.hardware.targets import cache_dir
+
+    shape = [int(s) for s in input_shape]
+    if len(shape) == 3:
+        shape = [1, *shape]
+    key_src = json.dumps({"arch": arch, "num_classes": num_classes, "shape": shape, "width": float(width),
+                          "depth": int(depth), "kw": kw, "torch": torch.__version__, "edgekd": __version__},
+                         sort_keys=True, default=str)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+    if key in _MEMO and _MEMO[key].is_file():
+        return _MEMO[key]
+    path = cache_dir() / "graphs" / f"{arch}-w{width:g}-d{depth}-{'x'.join(map(str, shape))}-{key}.onnx"
+    if not path.is_file():
+        from edgekd.models import create
+
+        torch.manual_seed(0)
+        model = create(arch, num_classes=num_classes, in_channels=shape[1], width=width, depth=depth, **kw)
+        export_onnx(model, shape, path)
+    _MEMO[key] = path
+    return path
+
+
+# --- cost extraction ---------------------------------------------------------------------------
+
+def _dims(vi) -> list[int] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        else:
+            return None
+    return dims
+
+
+def _attr(node, name, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def load_graph(source, input_shape=None):
+    """An ONNX ModelProto with every tensor shape inferred (``input_shape`` fixes dynamic inputs)."""
+    import onnx
+
+    if isinstance(source, onnx.ModelProto):
+        model = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise EdgeKDError(f"ONNX file {path} does not exist", "check the path")
+        try:
+            model = onnx.load(str(path))
+        except Exception as err:  # onnx raises DecodeError/ValidationError subclasses
+            raise EdgeKDError(f"{path} is not a readable ONNX model ({type(err).__name__})",
+                              "pass a .onnx file exported with torch.onnx.export") from None
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in inits]
+    if input_shape is not None:
+        if len(graph_inputs) != 1:
+            raise EdgeKDError(f"the model has {len(graph_inputs)} inputs; --input sets the shape of exactly one",
+                              "export the model with a single image input")
+        shape = [int(s) for s in input_shape]
+        dims = graph_inputs[0].type.tensor_type.shape.dim
+        if len(shape) == len(dims) - 1:  # CxHxW given: batch 1
+            shape = [1, *shape]
+        if len(dims) != len(shape):
+            raise EdgeKDError(f"input shape {'x'.join(map(str, shape))} has {len(shape)} dims but the model's input has {len(dims)}",
+                              "give the full shape including the batch, e.g. --input 1x3x224x224")
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        for d, s in zip(model.graph.input[[i.name for i in model.graph.input].index(graph_inputs[0].name)].type.tensor_type.shape.dim, shape):
+            d.Clear()
+            d.dim_value = s
+    # Stale intermediate shapes from a dynamic-batch export would shadow the fixed input's.
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as err:
+        raise EdgeKDError(f"ONNX shape inference failed ({str(err).splitlines()[0][:120]})",
+                          "pass --input with the model's full input shape, e.g. 1x3x224x224") from None
+    return model
+
+
+def _conv_flops(node, in_shape, w_shape, out_shape, has_bias: bool) -> int:
+    group = int(_attr(node, "group", 1) or 1)
+    out_elems = int(np.prod(out_shape))
+    if node.op_type == "ConvTranspose":
+        in_elems = int(np.prod(in_shape))
+        per_in = (w_shape[1]) * int(np.prod(w_shape[2:]))  # weight: (Cin, Cout/g, kh, kw)
+        return 2 * in_elems * per_in + (out_elems if has_bias else 0)
+    per_out = (w_shape[1]) * int(np.prod(w_shape[2:]))      # weight: (Cout, Cin/g, kh, kw)
+    return 2 * out_elems * per_out + (out_elems if has_bias else 0)
+
+
+def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32", input_shape=None) -> GraphCost:
+    """Cost of every kernel the runtime would launch for this ONNX graph, after its fusions.
+
+    FLOPs count a multiply-accumulate as 2 (plus 1 per bias add); bytes are weights read plus
+    activations read and written, at the element size of ``precision``.
+    """
+    if runtime not in FUSIONS:
+        raise EdgeKDError(f"unknown runtime {runtime!r} for fusion rules", f"use one of {', '.join(FUSIONS)}")
+    if precision not in BYTES_PER_ELEMENT:
+        raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
+    model = load_graph(source, input_shape)
+    rules = FUSIONS[runtime]
+    esize = BYTES_PER_ELEMENT[precision]
+    g = model.graph
+    # Integer initializers (axes, shapes) are operands, not weights; int8 ones are quantized weights.
+    index_types = {6, 7, 12, 13}  # INT32, INT64, UINT32, UINT64
+    init_sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in g.initializer
+                  if not (i.data_type in index_types and len(i.dims) <= 1)}
+    index_consts = {i.name for i in g.initializer if i.name not in init_sizes}
+    shapes: dict[str, list[int]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        d = _dims(vi)
+        if d is not None:
+            shapes[vi.name] = d
+    for i in g.initializer:
+        shapes[i.name] = list(i.dims)
+    for n in g.node:  # Constant nodes are weights too
+        if n.op_type == "Constant":
+            t = _attr(n, "value")
+            if t is not None and hasattr(t, "dims") and not (t.data_type in index_types and len(t.dims) <= 1):
+                init_sizes[n.output[0]] = int(np.prod(t.dims)) if len(t.dims) else 1
+                shapes[n.output[0]] = list(t.dims)
+            elif t is not None:
+                index_consts.add(n.output[0])
+    weights = set(init_sizes) | index_consts
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for x in n.input:
+            if x:
+                consumers[x] = consumers.get(x, 0) + 1
+    for o in g.output:
+        consumers[o.name] = consumers.get(o.name, 0) + 1
+
+    inputs0 = [i for i in g.input if i.name not in weights]
+    in_shape = shapes.get(inputs0[0].name, []) if inputs0 else []
+    alias: dict[str, str] = {}      # tensor -> the tensor it aliases through free ops (reshape etc.)
+    producer: dict[str, Kernel] = {}  # tensor -> kernel that writes it
+    epilogue_count: dict[int, int] = {}
+    kernels: list[Kernel] = []
+    unknown: list[str] = []
+
+    def nbytes(t: str) -> int:
+        s = shapes.get(t)
+        return int(np.prod(s)) * esize if s is not None else 0
+
+    def act_inputs(node) -> list[str]:
+        return [x for x in node.input if x and x not in weights]
+
+    for node in g.node:
+        op = node.op_type
+        if op in FREE_OPS:
+            src = act_inputs(node)
+            if src and node.output:
+                alias[node.output[0]] = alias.get(src[0], src[0])
+            continue
+        acts = [alias.get(x, x) for x in act_inputs(node)]
+        w_in = [x for x in node.input if x and x in weights]
+        w_elems = sum(init_sizes.get(x, 0) for x in w_in)
+        out = node.output[0]
+        out_shape = shapes.get(out, [])
+        out_elems = int(np.prod(out_shape)) if out_shape else 0
+        # Try to fuse into the kernel that produced this op's main input.
+        first = acts[0] if acts else None
+        host = producer.get(first) if first else None
+        sole = host is not None and consumers.get(host.output, 0) == 1 and host.output == first
+        if sole and op in rules.fold and host.op_class in ("conv", "dwconv") and not host.ops[1:]:
+            host.ops.append(op)
+            host.output = out
+            producer[out] = host
+            continue
+        anchor_ok = host is not None and (
+            (host.op_class in ("conv", "dwconv", "gemm") and epilogue_count.get(id(host), 0) < rules.max_epilogue)
+            or (rules.pointwise_chain and host.op_class == "elementwise"))
+        if sole and op in rules.epilogue and anchor_ok and out_shape == shapes.get(first, out_shape):
+            per = OP_TABLE.get(op, ("elementwise", 1))[1]
+            host.ops.append(op)
+            host.flops += int(per * out_elems)
+            host.weight_bytes += w_elems * esize
+            host.params += w_elems
+            extra = [x for x in acts[1:] if x != first]
+            host.input_bytes += sum(nbytes(x) for x in extra)
+            host.inputs.extend(extra)
+            host.output_bytes = nbytes(out)
+            host.output_shape = out_shape
+            host.output = out
+            epilogue_count[id(host)] = epilogue_count.get(id(host), 0) + 1
+            producer[out] = host
+            continue
+        if op in ("Conv", "ConvTranspose"):
+            w_shape = shapes.get(node.input[1], [])
+            group = int(_attr(node, "group", 1) or 1)
+            cin = shapes.get(acts[0], [0, 0])[1] if acts else 0
+            op_class = "dwconv" if group > 1 and group == cin else "conv"
+            has_bias = len(node.input) > 2 and bool(node.input[2])
+            flops = _conv_flops(node, shapes.get(acts[0], []), w_shape, out_shape, has_bias)
+        elif op in ("Gemm", "MatMul"):
+            a = shapes.get(node.input[0], [])
+            b = shapes.get(node.input[1], [])
+            op_class = "gemm"
+            if op == "Gemm":
+                k = a[0] if int(_attr(node, "transA", 0) or 0) else a[-1]
+                has_c = len(node.input) > 2 and bool(node.input[2])
+                flops = 2 * out_elems * k + (out_elems if has_c else 0)
+            else:
+                k = a[-1] if a else 0
+                flops = 2 * out_elems * k
+        elif op in ("MaxPool", "AveragePool", "LpPool"):
+            op_class = "pool"
+            flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
+        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
+            op_class = "pool"
+            flops = int(np.prod(shapes.get(acts[0], [0]))) if acts else 0
+        elif op in OP_TABLE:
+            op_class, per = OP_TABLE[op]
+            flops = int(per * out_elems)
+        else:
+            op_class, flops = "elementwise", out_elems
+            unknown.append(op)
+        k = Kernel(name=node.name or f"{op}_{len(kernels)}", op_type=op, op_class=op_class, ops=[op],
+                   flops=int(flops), weight_bytes=w_elems * esize, input_bytes=sum(nbytes(x) for x in acts),
+                   output_bytes=sum(nbytes(o) for o in node.output if o), output_shape=out_shape,
+                   params=w_elems, inputs=list(acts), output=out)
+        kernels.append(k)
+        for o in node.output:
+            if o:
+                producer[o] = k
+
+    params = sum(k.params for k in kernels)
+    peak = _peak_activation_bytes(kernels, [alias.get(i.name, i.name) for i in inputs0],
+                                  [alias.get(o.name, o.name) for o in g.output], nbytes)
+    return GraphCost(kernels=kernels, runtime=runtime, precision=precision, input_shape=in_shape, params=params,
+                     flops=sum(k.flops for k in kernels), weight_bytes=sum(k.weight_bytes for k in kernels),
+                     peak_activation_bytes=peak, unknown_ops=sorted(set(unknown)))
+
+
+def _peak_activation_bytes(kernels: list[Kernel], graph_inputs, graph_outputs, nbytes) -> int:
+    """Largest sum of live activation tensors while running the kernels in order (a greedy allocator)."""
+    last_use: dict[str, int] = {}
+    for i, k in enumerate(kernels):
+        for x in k.inputs:
+            last_use[x] = i
+    for o in graph_outputs:
+        last_use[o] = len(kernels)
+    live = {t: nbytes(t) for t in graph_inputs}
+    peak = sum(live.values())
+    for i, k in enumerate(kernels):
+        live[k.output] = nbytes(k.output)
+        peak = max(peak, sum(live.values()))
+        for t in list(live):
+            if last_use.get(t, -1) <= i and t not in graph_outputs:
+                del live[t]
+    return int(peak)
+
+
+def model_cost(model, input_shape, *, runtime="onnxruntime", precision="fp32", path: Path | None = None) -> GraphCost:
+    """Export a torch module (to ``path`` or a temporary file) and cost its graph."""
+    import tempfile
+
+    if path is not None:
+        export_onnx(model, input_shape, path)
+        return graph_cost(path, runtime=runtime, precision=precision)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
+        return graph_cost(p, runtime=runtime, precision=precision)
+
+
+def parse_shape(text: str) -> list[int]:
+    """'1x3x224x224' -> [1, 3, 224, 224]."""
+    try:
+        shape = [int(s) for s in str(text).lower().replace(",", "x").split("x") if s.strip()]
+    except ValueError:
+        shape = []
+    if not shape or any(s <= 0 for s in shape):
+        raise EdgeKDError(f"cannot read input shape {text!r}", "write it as NxCxHxW, e.g. 1x3x224x224")
+    return shape

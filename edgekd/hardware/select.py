@@ -1,0 +1,201 @@
+"""Width selection and search: the widest (or largest) student that meets a latency and memory budget."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from edgekd.errors import EdgeKDError
+from edgekd.hardware.graph import cached_onnx, graph_cost
+from edgekd.hardware.latency import predict_cost
+from edgekd.hardware.targets import Target, load_target
+
+LATENCY_MODES = ("auto", "measured", "predicted")
+
+
+@dataclass
+class Candidate:
+    """One student configuration with its cost on the target."""
+
+    width: float
+    depth: int
+    resolution: int | None
+    params: int
+    flops: int
+    predicted_ms: float          # measured p50 when the selection's latency_source is "measured:..."
+    fits: bool                   # within the latency budget (and the memory budget, when one is given)
+    memory_mb: float             # weights + peak activations at the target precision
+    fits_memory: bool = True
+    latency_source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Selection:
+    candidates: list[Candidate]
+    chosen: Candidate
+    budget_ms: float
+    latency_source: str          # "measured:host", "predicted:jetson-nano (datasheet)", ...
+    target: str = ""
+    precision: str = ""
+    memory_budget_mb: float | None = None
+    pareto: list[Candidate] = field(default_factory=list)
+
+    @property
+    def width(self) -> float:
+        return self.chosen.width
+
+    def to_dict(self) -> dict:
+        return {"width": self.chosen.width, "depth": self.chosen.depth, "resolution": self.chosen.resolution,
+                "budget_ms": self.budget_ms, "memory_budget_mb": self.memory_budget_mb,
+                "latency_source": self.latency_source, "target": self.target, "precision": self.precision,
+                "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
+                "pareto": [c.to_dict() for c in self.pareto]}
+
+
+def _latency_mode(target: Target, latency: str) -> str:
+    if latency not in LATENCY_MODES:
+        raise EdgeKDError(f"unknown latency mode {latency!r}", f"use one of {', '.join(LATENCY_MODES)}")
+    if latency == "auto":
+        # Where the target is this machine, timing the real graph beats any model of it.
+        return "measured" if target.measured else "predicted"
+    if latency == "measured" and not target.measured:
+        raise EdgeKDError(f"{target.name} is not this machine, so its latency cannot be measured here",
+                          "measure on the device with the on-device runner and `edgekd calibrate`, or use latency='predicted'")
+    return latency
+
+
+def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_shape, width: float, depth: int = 1,
+                       resolution: int | None = None, precision: str | None = None, mode: str = "predicted") -> Candidate:
+    """Cost one configuration on ``target``: export (cached), cost the graph, predict or measure."""
+    from edgekd.models import count_params, create
+
+    c, h, w = (int(s) for s in input_shape[-3:])
+    if resolution is not None:
+        h = w = int(resolution)
+    shape = [1, c, h, w]
+    precision = precision or target.precision
+    path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth)
+    cost = graph_cost(path, runtime=target.runtime, precision=precision)
+    params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth))
+    if mode == "measured":
+        from edgekd.hardware.measure import measure_onnx_ms
+
+        ms = measure_onnx_ms(path, threads=target.threads)["p50"]
+        source = f"measured:{target.name}"
+    else:
+        pred = predict_cost(cost, target, precision)
+        ms, source = pred.total_ms, pred.latency_source
+    return Candidate(width=float(width), depth=int(depth), resolution=resolution, params=int(params),
+                     flops=int(cost.flops), predicted_ms=float(ms), fits=True, memory_mb=float(cost.memory_mb),
+                     latency_source=source)
+
+
+def _judge(cands: list[Candidate], budget_ms: float, memory_mb: float | None) -> None:
+    for cand in cands:
+        cand.fits_memory = memory_mb is None or cand.memory_mb <= memory_mb
+        cand.fits = cand.predicted_ms <= budget_ms and cand.fits_memory
+
+
+def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memory_mb: float | None) -> EdgeKDError:
+    fastest = min(cands, key=lambda c: c.predicted_ms)
+    smallest = min(cands, key=lambda c: (c.params, c.predicted_ms))
+    verb = "measured" if fastest.latency_source.startswith("measured") else "predicted"
+    if fastest.predicted_ms > budget_ms:
+        return EdgeKDError(
+            f"no candidate fits the {budget_ms:g} ms budget on {target.name}: the smallest "
+            f"(width {smallest.width:g}, depth {smallest.depth}) is {verb} at {smallest.predicted_ms:.3g} ms",
+            f"raise --budget-ms to at least {fastest.predicted_ms * 1.05:.3g} or choose a faster --target")
+    lightest = min(cands, key=lambda c: c.memory_mb)
+    return EdgeKDError(
+        f"no candidate fits {memory_mb:g} MB of memory on {target.name}: the lightest (width {lightest.width:g}) "
+        f"needs {lightest.memory_mb:.3g} MB", f"raise --memory-mb to at least {lightest.memory_mb * 1.05:.3g}")
+
+
+def select_width(arch: str, widths, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
+                 depth: int = 1, precision: str | None = None, latency: str = "auto",
+                 progress: bool = False) -> Selection:
+    """Cost every width on the target and choose the widest within the budget (target default if None).
+
+    ``latency="auto"`` measures on this machine when the target is ``host`` (``measured: true``) and
+    predicts with the latency model otherwise; the Selection's ``latency_source`` says which.
+    """
+    target = load_target(target) if not isinstance(target, Target) else target
+    budget = float(target.budget_ms if budget_ms is None else budget_ms)
+    if budget <= 0:
+        raise EdgeKDError(f"the latency budget must be positive, got {budget:g} ms", "pass --budget-ms with a positive number")
+    widths = sorted({float(w) for w in widths})
+    if not widths:
+        raise EdgeKDError("no candidate widths given", "pass at least one width, e.g. 0.5")
+    mode = _latency_mode(target, latency)
+    cands = []
+    for width in _progress(widths, f"costing {len(widths)} widths on {target.name}", progress):
+        cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape,
+                                        width=width, depth=depth, precision=precision, mode=mode))
+    _judge(cands, budget, None)
+    fitting = [c for c in cands if c.fits]
+    if not fitting:
+        raise _unreachable(cands, budget, target, None)
+    chosen = max(fitting, key=lambda c: (c.width, -c.predicted_ms))
+    return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
+                     target=target.name, precision=precision or target.precision, pareto=pareto_front(cands))
+
+
+def pareto_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both latency (lower) and capacity (more params), sorted by latency."""
+    front = []
+    for c in sorted(cands, key=lambda c: (c.predicted_ms, -c.params)):
+        if not front or c.params > front[-1].params:
+            front.append(c)
+    return front
+
+
+def search(arch: str, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
+           widths=None, depths=(1, 2, 3), resolutions=None, memory_mb: float | None = None,
+           precision: str | None = None, latency: str = "auto", progress: bool = False) -> Selection:
+    """Search width x depth x input resolution; return the largest candidate within both budgets.
+
+    "Largest" is most parameters (then FLOPs); memory is weights + peak activations at the target's
+    precision, compared with ``memory_mb`` (default: the device's memory).
+    """
+    from edgekd.models import DEFAULT_WIDTHS
+
+    target = load_target(target) if not isinstance(target, Target) else target
+    budget = float(target.budget_ms if budget_ms is None else budget_ms)
+    memory = float(target.memory_mb if memory_mb is None else memory_mb)
+    if budget <= 0 or memory <= 0:
+        raise EdgeKDError("latency and memory budgets must be positive", "pass positive --budget-ms and --memory-mb")
+    widths = sorted({float(w) for w in (widths or DEFAULT_WIDTHS)})
+    depths = sorted({int(d) for d in depths})
+    native = int(input_shape[-1])
+    resolutions = sorted({int(r) for r in (resolutions or [native])})
+    if any(r < 8 for r in resolutions):
+        raise EdgeKDError("input resolutions must be at least 8 pixels", "the cnn family pools twice by 2")
+    mode = _latency_mode(target, latency)
+    grid = [(w, d, r) for r in resolutions for d in depths for w in widths]
+    cands = []
+    for w, d, r in _progress(grid, f"searching {len(grid)} candidates on {target.name}", progress):
+        cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape, width=w,
+                                        depth=d, resolution=None if r == native else r, precision=precision, mode=mode))
+    _judge(cands, budget, memory)
+    fitting = [c for c in cands if c.fits]
+    if not fitting:
+        raise _unreachable(cands, budget, target, memory)
+    chosen = max(fitting, key=lambda c: (c.params, c.flops, -c.predicted_ms))
+    return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
+                     target=target.name, precision=precision or target.precision, memory_budget_mb=memory,
+                     pareto=pareto_front(cands))
+
+
+def _progress(items, description: str, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)

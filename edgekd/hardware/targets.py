@@ -1,0 +1,329 @@
+"""Device profiles: schema-checked YAML files (shipped in targets/, or the user's own) plus calibrations."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekd.errors import EdgeKDError
+from edgekd.registry import suggest
+
+RUNTIMES = ("tensorrt", "onnxruntime", "openvino", "executorch")
+PRECISIONS = ("fp32", "fp16", "int8")
+# Kernel classes the latency model keeps separate coefficients for (see edgekd.hardware.graph).
+OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
+CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal", "notes")
+
+# Typical fraction of peak compute each kernel class reaches; a profile may override any of them.
+# Depthwise convolutions and pointwise ops are memory/latency bound, so their share of peak is low.
+DEFAULT_EFFICIENCY = {"conv": 0.5, "dwconv": 0.1, "gemm": 0.3, "pool": 0.1, "elementwise": 0.1, "data": 0.1}
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# key -> (required, python type description, checker). Checkers return an error string or None.
+def _positive(v):
+    return None if _is_number(v) and v > 0 else "must be a positive number"
+
+
+def _non_negative(v):
+    return None if _is_number(v) and v >= 0 else "must be a number >= 0"
+
+
+def _string(v):
+    return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
+
+
+def _bool(v):
+    return None if isinstance(v, bool) else "must be true or false"
+
+
+def _one_of(choices):
+    def check(v):
+        return None if v in choices else f"must be one of {', '.join(choices)} (got {v!r})"
+    return check
+
+
+def _precision_list(v):
+    if not isinstance(v, list) or not v or any(p not in PRECISIONS for p in v):
+        return f"must be a non-empty list drawn from {', '.join(PRECISIONS)} (got {v!r})"
+    return None
+
+
+def _str_list(v):
+    return None if isinstance(v, list) and all(isinstance(s, str) for s in v) else "must be a list of strings"
+
+
+def _str_map(v):
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, (str, int, float)) for k, x in v.items()):
+        return "must be a mapping of name: version"
+    return None
+
+
+SCHEMA: dict[str, tuple[bool, Any]] = {
+    "name": (True, _string),
+    "description": (True, _string),
+    "runtime": (True, _one_of(RUNTIMES)),
+    "precision": (True, _one_of(PRECISIONS)),
+    "precisions": (True, _precision_list),
+    "budget_ms": (True, _positive),
+    "memory_mb": (True, _positive),
+    "measured": (False, _bool),
+    "peak_gflops": (True, None),            # mapping precision -> GFLOP/s, checked below
+    "memory_bandwidth_gbs": (True, _positive),
+    "kernel_overhead_us": (True, _non_negative),
+    "inference_overhead_us": (False, _non_negative),
+    "efficiency": (False, None),             # mapping op class -> fraction of peak, checked below
+    "conditions": (True, None),              # mapping, keys from CONDITION_KEYS
+    "software": (True, _str_map),
+    "sources": (True, _str_list),
+}
+
+
+def _unknown_key(key: str, allowed, where: str) -> EdgeKDError:
+    close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
+    return EdgeKDError(f"unknown key {key!r} in {where}", hint)
+
+
+def validate_profile(data: Any, where: str) -> dict:
+    """Check a parsed profile against SCHEMA; return it with defaults filled in."""
+    if not isinstance(data, dict):
+        raise EdgeKDError(f"{where} is not a YAML mapping", "a target profile is a mapping of key: value (see targets/jetson-nano.yaml)")
+    for key in data:
+        if key not in SCHEMA:
+            raise _unknown_key(str(key), SCHEMA, where)
+    for key, (required, check) in SCHEMA.items():
+        if key not in data:
+            if required:
+                raise EdgeKDError(f"missing key {key!r} in {where}", "add it (see targets/jetson-nano.yaml for every key)")
+            continue
+        if check is not None and (problem := check(data[key])):
+            raise EdgeKDError(f"{key!r} in {where} {problem}", "fix the value in the YAML file")
+    peak = data["peak_gflops"]
+    if not isinstance(peak, dict) or not peak:
+        raise EdgeKDError(f"'peak_gflops' in {where} must be a mapping precision: GFLOP/s", "e.g. peak_gflops: {fp32: 236, fp16: 472}")
+    for p, v in peak.items():
+        if p not in PRECISIONS:
+            raise _unknown_key(str(p), PRECISIONS, f"{where} peak_gflops")
+        if _positive(v):
+            raise EdgeKDError(f"'peak_gflops.{p}' in {where} must be a positive number", "give GFLOP/s from the datasheet")
+    for p in data["precisions"]:
+        if p not in peak:
+            raise EdgeKDError(f"precision {p!r} listed in 'precisions' of {where} has no peak_gflops entry", f"add peak_gflops.{p}")
+    if data["precision"] not in data["precisions"]:
+        raise EdgeKDError(f"default precision {data['precision']!r} of {where} is not in its 'precisions'", "list it under precisions")
+    eff = data.get("efficiency", {}) or {}
+    if not isinstance(eff, dict):
+        raise EdgeKDError(f"'efficiency' in {where} must be a mapping op class: fraction", f"op classes: {', '.join(OP_CLASSES)}")
+    for c, v in eff.items():
+        if c not in OP_CLASSES:
+            raise _unknown_key(str(c), OP_CLASSES, f"{where} efficiency")
+        if not (_is_number(v) and 0 < v <= 1):
+            raise EdgeKDError(f"'efficiency.{c}' in {where} must be a fraction in (0, 1]", "e.g. 0.5")
+    cond = data["conditions"]
+    if not isinstance(cond, dict):
+        raise EdgeKDError(f"'conditions' in {where} must be a mapping", f"keys: {', '.join(CONDITION_KEYS)}")
+    for c, v in cond.items():
+        if c not in CONDITION_KEYS:
+            raise _unknown_key(str(c), CONDITION_KEYS, f"{where} conditions")
+    threads = cond.get("threads")
+    if threads is not None and threads != "all" and not (isinstance(threads, int) and threads > 0):
+        raise EdgeKDError(f"'conditions.threads' in {where} must be a positive integer or 'all'", "e.g. threads: 4")
+    out = dict(data)
+    out.setdefault("measured", False)
+    out.setdefault("inference_overhead_us", 0.0)
+    out["efficiency"] = {**DEFAULT_EFFICIENCY, **eff}
+    return out
+
+
+@dataclass
+class Target:
+    """One device as the latency model sees it: runtime, precision, figures, conditions, calibration."""
+
+    name: str
+    description: str
+    runtime: str
+    precision: str
+    precisions: list[str]
+    budget_ms: float
+    memory_mb: float
+    measured: bool
+    peak_gflops: dict[str, float]
+    memory_bandwidth_gbs: float
+    kernel_overhead_us: float
+    inference_overhead_us: float
+    efficiency: dict[str, float]
+    conditions: dict[str, Any]
+    software: dict[str, str]
+    sources: list[str]
+    path: str = ""
+    # "datasheet", or e.g. "calibrated from 64 measurements (edgekd profile, 2026-11-23)"
+    calibration: str = "datasheet"
+    calibration_path: str | None = None
+    # Fitted latency-model coefficients from a calibration file, None when only the datasheet is known.
+    coefficients: dict | None = field(default=None, repr=False)
+    calibration_info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.coefficients is not None
+
+    @property
+    def threads(self) -> int | None:
+        t = self.conditions.get("threads")
+        if t == "all":
+            return os.cpu_count() or 1
+        return t
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "runtime": self.runtime,
+            "precision": self.precision, "precisions": list(self.precisions), "budget_ms": self.budget_ms,
+            "memory_mb": self.memory_mb, "measured": self.measured, "peak_gflops": dict(self.peak_gflops),
+            "memory_bandwidth_gbs": self.memory_bandwidth_gbs, "kernel_overhead_us": self.kernel_overhead_us,
+            "inference_overhead_us": self.inference_overhead_us, "efficiency": dict(self.efficiency),
+            "conditions": dict(self.conditions), "software": {k: str(v) for k, v in self.software.items()},
+            "sources": list(self.sources), "path": self.path, "calibration": self.calibration,
+            "calibration_path": self.calibration_path,
+        }
+
+
+# --- where profiles and calibrations live -------------------------------------------------------
+
+def _repo_targets_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "targets"
+
+
+def shipped_profiles() -> dict[str, Path | Any]:
+    """name -> resource for every shipped profile (installed package data, else the repo's targets/)."""
+    found: dict[str, Any] = {}
+    try:
+        from importlib.resources import files
+
+        root = files("edgekd.profiles")
+        for entry in root.iterdir():
+            if entry.name.endswith(".yaml"):
+                found[entry.name[:-5]] = entry
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        pass
+    if not found and _repo_targets_dir().is_dir():
+        for entry in sorted(_repo_targets_dir().glob("*.yaml")):
+            found[entry.stem] = entry
+    return dict(sorted(found.items()))
+
+
+def config_dir() -> Path:
+    """User config folder (EDGEKD_CONFIG_DIR overrides, which tests use to stay isolated)."""
+    env = os.environ.get("EDGEKD_CONFIG_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("edgekd"))
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("EDGEKD_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgekd"))
+
+
+def calibration_path(target_name: str) -> Path:
+    """Where a fitted calibration for ``target_name`` lives (never the shipped profile itself)."""
+    return config_dir() / "calibration" / f"{target_name}.json"
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        at = f" (line {line + 1})" if line is not None else ""
+        raise EdgeKDError(f"{where} is not valid YAML{at}", "fix the syntax") from None
+
+
+def _from_data(data: dict, path: str) -> Target:
+    data = validate_profile(data, path)
+    target = Target(
+        name=data["name"], description=data["description"], runtime=data["runtime"], precision=data["precision"],
+        precisions=list(data["precisions"]), budget_ms=float(data["budget_ms"]), memory_mb=float(data["memory_mb"]),
+        measured=bool(data["measured"]), peak_gflops={k: float(v) for k, v in data["peak_gflops"].items()},
+        memory_bandwidth_gbs=float(data["memory_bandwidth_gbs"]),
+        kernel_overhead_us=float(data["kernel_overhead_us"]),
+        inference_overhead_us=float(data["inference_overhead_us"]),
+        efficiency={k: float(v) for k, v in data["efficiency"].items()},
+        conditions=dict(data["conditions"]), software=dict(data["software"]), sources=list(data["sources"]),
+        path=path,
+    )
+    _attach_calibration(target)
+    return target
+
+
+def _attach_calibration(target: Target) -> None:
+    """Pick up a calibration file written by `edgekd profile` / `edgekd calibrate`, if any."""
+    path = calibration_path(target.name)
+    if not path.is_file():
+        if target.measured:
+            target.calibration = "measured (no fitted calibration)"
+        return
+    try:
+        data = json.loads(path.read_text())
+        coeffs = data["coefficients"]
+        n = int(data["n_measurements"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EdgeKDError(f"calibration file {path} is unreadable",
+                          f"delete it and re-run `edgekd profile --target {target.name}` or `edgekd calibrate`") from None
+    if data.get("target") != target.name or data.get("runtime") != target.runtime:
+        raise EdgeKDError(f"calibration file {path} was fitted for {data.get('target')}/{data.get('runtime')}, "
+                          f"not {target.name}/{target.runtime}", "delete it and calibrate again")
+    target.coefficients = coeffs
+    target.calibration_path = str(path)
+    target.calibration_info = {k: v for k, v in data.items() if k != "coefficients"}
+    target.calibration = f"calibrated from {n} measurements ({data.get('source', 'unknown source')})"
+
+
+def list_targets() -> list[Target]:
+    """Every shipped profile, loaded and validated (with its calibration, if one exists)."""
+    return [load_target(name) for name in shipped_profiles()]
+
+
+def target_names() -> list[str]:
+    return list(shipped_profiles())
+
+
+def load_target(name_or_path: str | os.PathLike) -> Target:
+    """A shipped profile by name (``jetson-nano``) or a user's own YAML file by path."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    text_name = str(name_or_path)
+    looks_like_path = text_name.endswith((".yaml", ".yml")) or os.sep in text_name
+    if looks_like_path:
+        path = Path(text_name).expanduser()
+        if not path.is_file():
+            raise EdgeKDError(f"target file {path} does not exist", "give a shipped target name (see `edgekd targets`) or a path to a .yaml profile")
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise EdgeKDError(f"cannot read target file {path}: {err.strerror}", "check the permissions") from None
+        return _from_data(_read_yaml(text, str(path)), str(path))
+    shipped = shipped_profiles()
+    if text_name not in shipped:
+        raise EdgeKDError(f"unknown target {text_name!r}", suggest(text_name, shipped, "target"))
+    resource = shipped[text_name]
+    where = f"targets/{text_name}.yaml"
+    target = _from_data(_read_yaml(resource.read_text(), where), where)
+    if target.name != text_name:
+        raise EdgeKDError(f"{where} names itself {target.name!r}", f"set name: {text_name} (the file name)")
+    return target
