@@ -1,0 +1,109 @@
+"""report.md: the same tables as the terminal, as GitHub-flavoured Markdown (for PRs and CI summaries)."""
+
+from __future__ import annotations
+
+from edgekd.report.table import (
+    DASH, artifact_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_source, fmt_speedup,
+    latency_pairs, selection_rows, status_text, summary_lines, target_name,
+)
+
+
+def _cell(text) -> str:
+    # A pipe or newline inside a cell would break the table.
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list], align: list[str]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(":---" if a == "l" else "---:" if a == "r" else ":---:" for a in align) + "|"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def artifacts_markdown(report: dict) -> list[str]:
+    rows = artifact_rows(report)
+    multi_run = any(r.run for r in rows)
+    tname = target_name(report) or "target"
+    header = ["Artifact", "Runtime", "Precision", "Size MB", "Accuracy %", "Δ vs FP32 pt", "Host p50 ms",
+              "Speed-up", f"{tname} p50 ms", "Latency source", "Status"]
+    align = ["l", "l", "l", "r", "r", "r", "r", "r", "r", "l", "l"]
+    if multi_run:
+        header.insert(0, "Run")
+        align.insert(0, "l")
+    body = []
+    for r in rows:
+        label = f"**{r.label}** ★" if r.recommended else (f"*{r.label}*" if r.role == "teacher" else r.label)
+        if r.on_frontier:
+            label += " ◆"
+        target = fmt_ms(r.target_p50)
+        if r.fits is False:
+            target += " ✗"
+        elif r.fits:
+            target += " ✓"
+        cells = [label, r.runtime or DASH, r.precision, fmt_mb(r.size_mb), fmt_pct(r.accuracy), fmt_delta(r),
+                 fmt_ms(r.host_p50), fmt_speedup(r.speedup), target, fmt_source(r), status_text(r)]
+        if multi_run:
+            cells.insert(0, r.run or DASH)
+        body.append(cells)
+    return _table(header, body, align)
+
+
+def selection_markdown(report: dict) -> list[str]:
+    rows = selection_rows(report)
+    if not rows:
+        return []
+    body = [[f"**{c.width:g}**" if c.chosen else f"{c.width:g}", c.depth if c.depth is not None else DASH,
+             fmt_count(c.params), fmt_count(c.flops), fmt_ms(c.predicted_ms), fmt_mb(c.memory_mb),
+             ("✓" if c.fits else "✗") + (" ← chosen" if c.chosen else "")] for c in rows]
+    return _table(["Width", "Depth", "Params", "FLOPs", "Predicted ms", "Memory MB", "Fits"], body,
+                  ["r", "r", "r", "r", "r", "r", "l"])
+
+
+def render_markdown(report: dict) -> str:
+    title = "edgekd report" + (f": {report['command']}" if report.get("command") else "")
+    lines = [f"# {title}", ""]
+    lines.append(f"Created {report.get('created', '?')} by edgekd {report.get('edgekd_version', '?')}.")
+    lines.append("")
+    for label, value in summary_lines(report):
+        lines.append(f"- **{label}:** {value}")
+    lines += ["", "## Artifacts", ""]
+    lines += artifacts_markdown(report)
+    lines += ["", "Speed-up is the teacher's PyTorch p50 on this machine divided by the artifact's. "
+              "Latency source `measured:<device>` was timed on that device; `predicted:<target>` comes from "
+              "the latency model. ★ recommended, ◆ on the accuracy–latency frontier, ✓/✗ within/over budget.", ""]
+    pairs = latency_pairs(report)
+    if pairs:
+        lines += ["## Predicted vs measured", ""]
+        body = [[p["name"] if not p.get("run") else f"{p['run']}/{p['name']}", p["device"], fmt_ms(p["predicted"]),
+                 fmt_ms(p["measured"]), f"{100 * (p['predicted'] - p['measured']) / p['measured']:+.0f}%"]
+                for p in pairs]
+        lines += _table(["Artifact", "Device", "Predicted ms", "Measured ms", "Error"], body, ["l", "l", "r", "r", "r"])
+        lines.append("")
+    sel = selection_markdown(report)
+    if sel:
+        selection = report.get("selection") or {}
+        lines += ["## Width selection", "",
+                  f"Budget {fmt_ms(selection.get('budget_ms', report.get('budget_ms')))} ms; latencies "
+                  f"{selection.get('latency_source', 'predicted')}. The widest candidate that fits is chosen.", ""]
+        lines += sel + [""]
+    data = report.get("data") or {}
+    if data.get("splits"):
+        lines += ["## Data", "", f"{data.get('name', '?')} from `{data.get('source', '?')}`, "
+                  f"{data.get('num_classes', '?')} classes, input {data.get('input_shape', '?')}.", ""]
+        body = [[name, s.get("size", DASH), f"`{str(s.get('sha256', ''))[:12]}`"] for name, s in data["splits"].items()]
+        lines += _table(["Split", "Images", "sha256"], body, ["l", "r", "l"]) + [""]
+    timings = report.get("timings_s") or {}
+    if timings:
+        lines += ["## Timings", "", " · ".join(f"{k} {v:.1f} s" for k, v in timings.items()
+                                               if isinstance(v, (int, float))), ""]
+    env = report.get("environment") or {}
+    if env:
+        keys = ("cpu", "cpu_features", "cores", "usable_cores", "governor", "python", "torch", "onnxruntime",
+                "openvino", "tensorrt", "executorch", "gpu")
+        lines += ["## Environment", ""]
+        for k in keys:
+            if env.get(k) not in (None, "", [], {}):
+                v = ", ".join(env[k]) if isinstance(env[k], list) else env[k]
+                lines.append(f"- {k}: {v}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,86 @@
+"""Writing a run's reports (report.json, report.md, report.html) and merging several runs into one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekd.fsutil import atomic_write_json, atomic_write_text
+from edgekd.report.schema import REPORT_NAME, new_report, validate_report
+from edgekd.report.table import artifact_rows
+
+MARKDOWN_NAME = "report.md"
+HTML_NAME = "report.html"
+
+
+def write_reports(run_dir: str | Path, report: dict, *, html: bool = True) -> dict[str, Path]:
+    """Validate ``report`` and write report.json, report.md and report.html into ``run_dir``.
+
+    Each file is written atomically, JSON first: the renderers read only the dict, so a rendering
+    failure can never leave a report.json that disagrees with what was measured.
+    """
+    from edgekd.report.markdown import render_markdown
+
+    validate_report(report)
+    run_dir = Path(run_dir)
+    paths = {"json": atomic_write_json(run_dir / REPORT_NAME, report)}
+    paths["md"] = atomic_write_text(run_dir / MARKDOWN_NAME, render_markdown(report))
+    if html:
+        from edgekd.report.html import render_html  # matplotlib: imported only when a page is drawn
+
+        paths["html"] = atomic_write_text(run_dir / HTML_NAME, render_html(report))
+    return paths
+
+
+def run_labels(paths: list[Path]) -> list[str]:
+    """Short unique names for run folders: the folder name, or parent/name where names collide."""
+    names = [p.resolve().name or str(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
+
+
+def merge_reports(runs: list[tuple[str, dict]]) -> dict:
+    """One report whose artifacts are every run's, each tagged with its run: the frontier across runs.
+
+    The target, budget and data are kept when all runs agree on them (otherwise the target latency
+    columns would compare different devices); the recommendation is the most accurate student
+    artifact within the budget across all runs.
+    """
+    merged = new_report("compare", config={"runs": [label for label, _ in runs]})
+    if not runs:
+        return merged
+    first = runs[0][1]
+    targets = {(r.get("target") or {}).get("name") for _, r in runs}
+    budgets = {r.get("budget_ms") for _, r in runs}
+    if len(targets) == 1 and None not in targets:
+        merged["target"] = first.get("target")
+    if len(budgets) == 1:
+        merged["budget_ms"] = first.get("budget_ms")
+    datas = {((r.get("data") or {}).get("splits") or {}).get("test", {}).get("sha256") for _, r in runs}
+    if len(datas) == 1 and first.get("data"):
+        merged["data"] = first["data"]
+    merged["environment"] = first.get("environment") or {}
+    merged["runs"] = []
+    for label, report in runs:
+        student = report.get("student") or {}
+        merged["runs"].append({
+            "run": label, "command": report.get("command"), "created": report.get("created"),
+            "target": (report.get("target") or {}).get("name"), "budget_ms": report.get("budget_ms"),
+            "student_width": student.get("width"), "student_accuracy": student.get("accuracy"),
+        })
+        for art in report.get("artifacts", []):
+            merged["artifacts"].append({**art, "run": label})
+    rows = [r for r in artifact_rows(merged) if r.ok and r.role == "student" and r.accuracy is not None]
+    budget = merged.get("budget_ms")
+
+    def latency(r):
+        return r.target_p50 if r.target_p50 is not None else r.host_p50
+
+    within = [r for r in rows if latency(r) is not None and (budget is None or latency(r) <= budget)]
+    if within:
+        best = max(within, key=lambda r: (r.accuracy, -latency(r)))
+        merged["recommended"] = {
+            "name": best.name, "run": best.run,
+            "why": f"most accurate student artifact {'within the budget ' if budget else ''}across {len(runs)} runs",
+        }
+    return merged

@@ -1,0 +1,173 @@
+"""report.json: the schema version, a structural check with one-line errors, and loading."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from edgekd.errors import EdgeKDError
+
+SCHEMA_VERSION = 1
+REPORT_NAME = "report.json"
+
+ARTIFACT_STATUSES = ("ok", "failed", "skipped")
+ARTIFACT_ROLES = ("student", "teacher")
+
+_NUMBER = (int, float)
+_OPT_NUMBER = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_OPT_DICT = (dict, type(None))
+
+# Field -> accepted types. Only what commands rely on is checked; extra keys are always allowed so that
+# a newer edgekd can add fields without breaking an older reader of the same schema version.
+TOP_LEVEL = {
+    "schema_version": (int,),
+    "edgekd_version": (str,),
+    "created": (str,),
+    "command": (str,),
+    "artifacts": (list,),
+}
+TOP_LEVEL_OPTIONAL = {
+    "config": (dict,),
+    "target": _OPT_DICT,
+    "budget_ms": _OPT_NUMBER,
+    "data": _OPT_DICT,
+    "selection": _OPT_DICT,
+    "teacher": _OPT_DICT,
+    "student": _OPT_DICT,
+    "recommended": _OPT_DICT,
+    "timings_s": (dict,),
+    "environment": (dict,),
+}
+ARTIFACT_REQUIRED = {
+    "name": (str,),
+    "format": (str,),
+    "precision": (str,),
+    "status": (str,),
+}
+ARTIFACT_OPTIONAL = {
+    "role": (str,),
+    "runtime": _OPT_STR,
+    "path": _OPT_STR,
+    "size_bytes": _OPT_NUMBER,
+    "reason": _OPT_STR,
+    "accuracy": _OPT_NUMBER,
+    "accuracy_drop": _OPT_NUMBER,
+    "parity": _OPT_DICT,
+    "latency_ms": _OPT_DICT,
+    "latency_source": _OPT_STR,
+    "target_latency_ms": _OPT_DICT,
+    "target_latency_source": _OPT_STR,
+    "extra": _OPT_DICT,
+}
+CANDIDATE_REQUIRED = {"width": _NUMBER, "params": _NUMBER, "flops": _NUMBER, "predicted_ms": _NUMBER, "fits": (bool,)}
+
+_FIX = "regenerate it with the edgekd command that wrote it"
+
+
+def _type_names(types) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_fields(obj: dict, where: str, required: dict, optional: dict) -> None:
+    for key in required:
+        if key not in obj:
+            raise EdgeKDError(f"invalid report: {where} has no '{key}'", _FIX)
+    for key, types in {**required, **optional}.items():
+        # bool is an int subclass: accept it only where bool is named.
+        if key in obj and (not isinstance(obj[key], types) or (isinstance(obj[key], bool) and bool not in types)):
+            raise EdgeKDError(
+                f"invalid report: {where}.{key} is {type(obj[key]).__name__}, expected {_type_names(types)}", _FIX
+            )
+
+
+def _check_latency(value, where: str) -> None:
+    if value is None:
+        return
+    for key, v in value.items():
+        if key in ("p50", "p90", "p99", "mean") and v is not None:
+            if not isinstance(v, _NUMBER) or isinstance(v, bool) or not (v >= 0 or math.isnan(v)):
+                raise EdgeKDError(f"invalid report: {where}.{key} = {v!r} is not a latency in ms", _FIX)
+
+
+def validate_report(report) -> dict:
+    """Raise a one-line EdgeKDError if ``report`` is not a schema-1 edgekd report; return it unchanged."""
+    if not isinstance(report, dict):
+        raise EdgeKDError(f"invalid report: expected a JSON object, got {type(report).__name__}", _FIX)
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise EdgeKDError(
+            f"report schema_version is {version!r}, this edgekd reads schema_version {SCHEMA_VERSION}",
+            "use the edgekd version that wrote it, or re-run the command to regenerate the report",
+        )
+    _check_fields(report, "report", TOP_LEVEL, TOP_LEVEL_OPTIONAL)
+    for i, art in enumerate(report["artifacts"]):
+        where = f"artifacts[{i}]"
+        if not isinstance(art, dict):
+            raise EdgeKDError(f"invalid report: {where} is {type(art).__name__}, expected object", _FIX)
+        _check_fields(art, where, ARTIFACT_REQUIRED, ARTIFACT_OPTIONAL)
+        if art["status"] not in ARTIFACT_STATUSES:
+            raise EdgeKDError(
+                f"invalid report: {where}.status is {art['status']!r}, expected one of {', '.join(ARTIFACT_STATUSES)}", _FIX
+            )
+        acc = art.get("accuracy")
+        if acc is not None and not (0.0 <= acc <= 1.0):
+            raise EdgeKDError(f"invalid report: {where}.accuracy = {acc} is not a fraction in [0, 1]", _FIX)
+        _check_latency(art.get("latency_ms"), where + ".latency_ms")
+        _check_latency(art.get("target_latency_ms"), where + ".target_latency_ms")
+    selection = report.get("selection")
+    if selection:
+        candidates = selection.get("candidates", [])
+        if not isinstance(candidates, list):
+            raise EdgeKDError("invalid report: selection.candidates is not a list", _FIX)
+        for i, cand in enumerate(candidates):
+            if not isinstance(cand, dict):
+                raise EdgeKDError(f"invalid report: selection.candidates[{i}] is not an object", _FIX)
+            _check_fields(cand, f"selection.candidates[{i}]", CANDIDATE_REQUIRED, {})
+    return report
+
+
+def report_path(path: str | Path) -> Path:
+    """A run folder or a report.json path -> the report.json path."""
+    path = Path(path)
+    return path / REPORT_NAME if path.is_dir() else path
+
+
+def load_report(path: str | Path) -> dict:
+    """Read and validate a report.json (or the one inside a run folder)."""
+    file = report_path(path)
+    if not file.exists():
+        where = f"{path} has no {REPORT_NAME}" if Path(path).is_dir() else f"{file} does not exist"
+        raise EdgeKDError(where, "pass a run folder written by `edgekd distill`, `edgekd sweep` or `edgekd bench`")
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise EdgeKDError(f"{file} is not a text file", "pass the report.json written by edgekd") from None
+    except json.JSONDecodeError as err:
+        raise EdgeKDError(
+            f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})",
+            "pass the report.json written by edgekd, or re-run the command that wrote it",
+        ) from None
+    try:
+        return validate_report(report)
+    except EdgeKDError as err:
+        raise EdgeKDError(f"{file}: {err.message}", err.hint) from None
+
+
+def new_report(command: str, *, config: dict | None = None) -> dict:
+    """An empty, valid report for ``command`` that a pipeline fills in."""
+    from datetime import datetime, timezone
+
+    import edgekd
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "edgekd_version": edgekd.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "config": dict(config or {}),
+        "artifacts": [],
+        "timings_s": {},
+        "environment": {},
+    }

@@ -1,0 +1,172 @@
+"""Latency measurement (warm-up, fixed runs, time budget, percentiles) and the environment record."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from edgekd.bench.env import collect_environment, cpu_info, device_info, portable_source
+from edgekd.bench.measure import LatencyStats, measure_latency
+from edgekd.errors import EdgeKDError
+
+
+class Counter:
+    def __init__(self, sleep_s: float = 0.0):
+        self.calls = 0
+        self.sleep_s = sleep_s
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return x
+
+
+def test_fixed_runs_and_warmup_counts():
+    fn = Counter()
+    stats = measure_latency(fn, np.zeros((8, 1, 4, 4), np.float32), warmup=7, runs=25)
+    assert fn.calls == 32
+    assert stats.runs == 25 and stats.batch == 8
+    assert 0 <= stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+    assert stats.throughput == pytest.approx(8 * 1000.0 / stats.mean)
+
+
+def test_latency_of_a_known_sleep():
+    stats = measure_latency(Counter(sleep_s=0.003), np.zeros((1, 3)), warmup=1, runs=12)
+    # time.sleep never returns early; scheduler overshoot on a loaded 2-core box stays well under 10 ms.
+    assert 3.0 <= stats.p50 < 13.0
+    assert stats.throughput == pytest.approx(1000.0 / stats.mean)
+
+
+def test_time_budget_bounds_the_run():
+    fn = Counter(sleep_s=0.002)
+    t0 = time.perf_counter()
+    stats = measure_latency(fn, np.zeros((2, 3)), warmup=0, time_budget_s=0.1)
+    elapsed = time.perf_counter() - t0
+    assert 0.1 <= elapsed < 0.6
+    assert stats.runs == fn.calls and stats.runs >= 10
+    assert stats.runs <= 0.1 / 0.002 + 1
+
+
+def test_time_budget_runs_at_least_min_runs():
+    fn = Counter(sleep_s=0.02)
+    stats = measure_latency(fn, np.zeros((1,)), warmup=0, time_budget_s=0.001, min_runs=5)
+    assert stats.runs == 5 == fn.calls
+
+
+def test_max_runs_caps_a_fast_callable():
+    stats = measure_latency(lambda x: None, np.zeros((1,)), warmup=0, time_budget_s=5.0, max_runs=500)
+    assert stats.runs == 500
+
+
+def test_percentiles_from_known_samples():
+    stats = LatencyStats.from_samples(np.arange(1, 101, dtype=float), batch=4)
+    assert stats.p50 == pytest.approx(50.5)
+    assert stats.p90 == pytest.approx(90.1)
+    assert stats.p99 == pytest.approx(99.01)
+    assert stats.mean == pytest.approx(50.5)
+    assert stats.throughput == pytest.approx(4 * 1000 / 50.5)
+    d = stats.to_dict()
+    assert set(d) >= {"p50", "p90", "p99", "mean", "runs", "batch", "throughput"} and d["runs"] == 100
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"warmup": -1}, "warm-up must be >= 0"),
+    ({"runs": 0}, "runs must be >= 1"),
+    ({"time_budget_s": 0}, "time budget must be > 0"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(EdgeKDError, match=message):
+        measure_latency(lambda x: x, np.zeros((1,)), **kwargs)
+
+
+def test_empty_samples_rejected():
+    with pytest.raises(EdgeKDError, match="no latency samples"):
+        LatencyStats.from_samples([])
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz
+physical id\t: 0
+core id\t: 0
+flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz
+physical id\t: 0
+core id\t: 0
+flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+
+processor\t: 2
+physical id\t: 0
+core id\t: 1
+flags\t\t: fpu sse4_2 avx avx2
+"""
+
+# /proc/cpuinfo of a Jetson Nano (4x Cortex-A57): no "model name", features under "Features".
+JETSON_CPUINFO = """processor\t: 0
+model name\t: ARMv8 Processor rev 1 (v8l)
+BogoMIPS\t: 38.40
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32
+CPU implementer\t: 0x41
+CPU part\t: 0xd07
+
+processor\t: 1
+model name\t: ARMv8 Processor rev 1 (v8l)
+Features\t: fp asimd evtstrm aes pmull sha1 sha2 crc32
+CPU part\t: 0xd07
+"""
+
+PI_CPUINFO = """processor\t: 0
+Features\t: fp asimd evtstrm crc32 cpuid
+CPU part\t: 0xd08
+
+Hardware\t: BCM2835
+Model\t\t: Raspberry Pi 4 Model B Rev 1.4
+"""
+
+
+def test_cpu_info_x86():
+    info = cpu_info(X86_CPUINFO)
+    assert info["model"] == "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"
+    assert {"avx2", "avx512f", "avx512_vnni", "amx_int8"} <= set(info["features"])
+    assert info["physical_cores"] == 2
+
+
+def test_cpu_info_arm():
+    info = cpu_info(JETSON_CPUINFO)
+    assert info["model"] == "ARMv8 Processor rev 1 (v8l)"
+    assert info["features"] == ["asimd"]
+    pi = cpu_info(PI_CPUINFO)
+    assert pi["model"] == "BCM2835" and pi["features"] == ["asimd"]
+
+
+def test_environment_of_this_machine():
+    env = collect_environment(threads=2)
+    for key in ("cpu", "cpu_features", "cores", "usable_cores", "python", "platform", "numpy", "onnxruntime",
+                "edgekd", "governor", "temperature_c"):
+        assert key in env, key
+    assert env["cores"] >= 1 and 1 <= env["usable_cores"] <= env["cores"]
+    assert env["threads"] == 2
+    assert isinstance(env["temperature_c"], dict)
+    with open("/proc/cpuinfo") as fh:
+        flags = fh.read()
+    if " avx2 " in flags:
+        assert "avx2" in env["cpu_features"]
+
+
+def test_portable_probes_parse_as_python36_and_run_standalone(tmp_path):
+    """The probes copied into the on-device runner need nothing but the standard library."""
+    src = portable_source()
+    ast.parse(src, feature_version=(3, 6))
+    script = tmp_path / "probe.py"
+    script.write_text("import json, os, platform\n" + src + "\nprint(json.dumps(device_info()))\n")
+    out = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert json.loads(out.stdout)["cpu"] == device_info()["cpu"]

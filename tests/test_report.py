@@ -1,0 +1,283 @@
+"""Report: schema checks, table rows, Markdown/terminal/HTML rendering, multi-run merge."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edgekd.errors import EdgeKDError
+from edgekd.report import (
+    SCHEMA_VERSION, load_report, merge_reports, render_html, render_markdown, render_terminal, validate_report,
+    write_reports,
+)
+from edgekd.report.table import artifact_rows, latency_pairs, pareto_front, selection_rows
+
+
+def _art(name, role, fmt, precision, runtime, acc, p50, target_p50, *, size=None, status="ok", reason=None,
+         target_source="predicted:jetson-nano"):
+    ok = status == "ok"
+    return {
+        "name": name, "role": role, "format": fmt, "precision": precision, "runtime": runtime,
+        "path": None if not ok else f"artifacts/{role}.{name}", "size_bytes": size if ok else 0,
+        "status": status, "reason": reason,
+        "accuracy": acc if ok else None, "accuracy_drop": None,
+        "parity": {"max_abs_diff": 2.1e-6, "top1_agreement": 1.0, "inputs": "test split"} if ok else None,
+        "latency_ms": {"p50": p50, "p90": p50 * 1.12, "p99": p50 * 1.6, "runs": 400, "batch": 1,
+                       "throughput": 1000.0 / p50} if ok and p50 else None,
+        "latency_source": "measured:host" if ok and p50 else None,
+        "target_latency_ms": {"p50": target_p50} if ok and target_p50 else None,
+        "target_latency_source": target_source if ok and target_p50 else None,
+        "extra": {},
+    }
+
+
+def sample_report() -> dict:
+    """A realistic `edgekd distill --target jetson-nano` report on MNIST, written by hand."""
+    widths = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+    candidates = []
+    for w in widths:
+        params = int(23_000 * w * w + 1_500 * w)
+        pred = round(0.06 + 0.33 * w * w, 4)
+        candidates.append({"width": w, "depth": 1, "resolution": None, "params": params, "flops": params * 260,
+                           "predicted_ms": pred, "fits": pred <= 0.5, "memory_mb": round(0.4 + 0.9 * w, 2)})
+    artifacts = [
+        _art("pytorch", "teacher", "pytorch", "fp32", "pytorch", 0.9921, 3.84, 2.91, size=4_611_000),
+        _art("pytorch", "student", "pytorch", "fp32", "pytorch", 0.9874, 0.412, 0.392, size=98_400),
+        _art("onnx", "student", "onnx", "fp32", "onnxruntime", 0.9874, 0.0521, 0.392, size=101_230),
+        _art("ort-int8", "student", "onnx", "int8", "onnxruntime", 0.9869, 0.0614, 0.471, size=36_910),
+        _art("openvino-fp16", "student", "openvino", "fp16", "openvino", 0.9873, 0.0452, 0.205, size=52_870),
+        _art("openvino-int8", "student", "openvino", "int8", "openvino", 0.9861, 0.0388, 0.244, size=41_200),
+        _art("tensorrt-fp16", "student", "tensorrt", "fp16", "tensorrt", None, None, None, status="skipped",
+             reason="tensorrt is not importable: pip install 'edgekd[tensorrt]' on a machine with an NVIDIA GPU"),
+        _art("executorch", "student", "executorch", "fp32", "executorch", None, None, None, status="failed",
+             reason="XNNPACK partitioner rejected aten.max_pool2d_with_indices; upgrade executorch"),
+    ]
+    return {
+        "schema_version": SCHEMA_VERSION, "edgekd_version": "0.1.0", "created": "2026-11-23T18:40:00+00:00",
+        "command": "distill",
+        "config": {"target": "jetson-nano", "data": None, "teacher": None, "budget_ms": None, "epochs": 3, "seed": 0,
+                   "device": "cpu", "distill": {"loss": "kd", "temperature": 4.0, "alpha": 0.9, "lr": 0.003}},
+        "target": {"name": "jetson-nano", "description": "NVIDIA Jetson Nano 4GB (Maxwell, 128 CUDA cores)",
+                   "runtime": "tensorrt", "precision": "fp16", "precisions": ["fp32", "fp16"], "budget_ms": 0.5,
+                   "memory_mb": 4096, "measured": False, "calibration": "datasheet"},
+        "budget_ms": 0.5,
+        "data": {"name": "mnist (packaged)", "source": "edgekd:mnist", "num_classes": 10, "input_shape": [1, 28, 28],
+                 "splits": {"train": {"name": "train", "size": 54000, "sha256": "a" * 64},
+                            "val": {"name": "val", "size": 6000, "sha256": "b" * 64},
+                            "calib": {"name": "calib", "size": 256, "sha256": "c" * 64},
+                            "test": {"name": "test", "size": 10000, "sha256": "d" * 64}}},
+        "selection": {"width": 1.0, "budget_ms": 0.5, "latency_source": "predicted:jetson-nano",
+                      "candidates": candidates},
+        "teacher": {"arch": "cnn", "width": 4.0, "depth": 2, "params": 1_150_000, "flops": 96_000_000,
+                    "accuracy": 0.9921, "path": "teacher.safetensors", "cached": True},
+        "student": {"arch": "cnn", "width": 1.0, "depth": 1, "params": 24_500, "flops": 6_370_000,
+                    "accuracy": 0.9874, "val_accuracy": 0.9881, "path": "student.safetensors", "predicted_ms": 0.39},
+        "artifacts": artifacts,
+        "recommended": {"name": "openvino-fp16", "why": "fastest artifact on the target within 0.5 points of FP32"},
+        "timings_s": {"data": 0.4, "teacher": 0.2, "select": 3.1, "distill": 41.5, "export": 18.2, "bench": 9.8,
+                      "report": 1.1},
+        "environment": {"python": "3.11.7", "platform": "Linux-6.1-x86_64", "cpu": "AMD EPYC",
+                        "cpu_features": ["avx2", "avx512f", "avx512_vnni"], "cores": 2, "torch": "2.14.1",
+                        "onnxruntime": "1.32.0", "openvino": "2026.4.1"},
+    }
+
+
+# ---- schema ----
+
+def test_sample_is_valid_and_json_round_trips(tmp_path):
+    report = sample_report()
+    validate_report(report)
+    paths = write_reports(tmp_path, report)
+    assert set(paths) == {"json", "md", "html"}
+    assert load_report(tmp_path) == json.loads(json.dumps(report))
+    assert load_report(tmp_path / "report.json")["schema_version"] == SCHEMA_VERSION
+    # Atomic writes leave no temporary files behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "report.json", "report.md"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r.update(schema_version=2), "schema_version is 2"),
+    (lambda r: r.pop("schema_version"), "schema_version is None"),
+    (lambda r: r.pop("artifacts"), "has no 'artifacts'"),
+    (lambda r: r["artifacts"][2].update(status="done"), "artifacts[2].status"),
+    (lambda r: r["artifacts"][2].update(accuracy=98.7), "not a fraction"),
+    (lambda r: r["artifacts"][2].update(size_bytes="12kB"), "artifacts[2].size_bytes is str"),
+    (lambda r: r["artifacts"][3]["latency_ms"].update(p50=-1.0), "latency_ms.p50"),
+    (lambda r: r["artifacts"][1].pop("format"), "artifacts[1] has no 'format'"),
+    (lambda r: r["selection"]["candidates"][0].pop("fits"), "candidates[0] has no 'fits'"),
+    (lambda r: r["selection"]["candidates"][0].update(fits=1), "fits is int"),
+    (lambda r: r.update(budget_ms=True), "budget_ms is bool"),
+])
+def test_invalid_reports_give_one_line_errors(mutate, message):
+    report = sample_report()
+    mutate(report)
+    with pytest.raises(EdgeKDError) as info:
+        validate_report(report)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_load_report_errors(tmp_path):
+    with pytest.raises(EdgeKDError, match="has no report.json"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("{not json")
+    with pytest.raises(EdgeKDError, match="not valid JSON"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps({**sample_report(), "schema_version": 99}))
+    with pytest.raises(EdgeKDError, match="schema_version is 99, this edgekd reads schema_version 1"):
+        load_report(tmp_path)
+    (tmp_path / "report.json").write_text("[1, 2]")
+    with pytest.raises(EdgeKDError, match="expected a JSON object"):
+        load_report(tmp_path)
+
+
+def test_invalid_report_writes_nothing(tmp_path):
+    report = sample_report()
+    report["artifacts"][0]["status"] = "??"
+    with pytest.raises(EdgeKDError):
+        write_reports(tmp_path, report)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- rows ----
+
+def test_rows_speedup_delta_fit_and_recommendation():
+    rows = {(r.role, r.name): r for r in artifact_rows(sample_report())}
+    teacher = rows[("teacher", "pytorch")]
+    assert teacher.speedup == pytest.approx(1.0)
+    assert teacher.delta_pt is None
+    assert rows[("student", "pytorch")].is_reference
+    ov = rows[("student", "openvino-fp16")]
+    assert ov.speedup == pytest.approx(3.84 / 0.0452)
+    assert ov.target_speedup == pytest.approx(2.91 / 0.205)
+    assert ov.delta_pt == pytest.approx(-0.01, abs=1e-9)
+    assert ov.recommended and ov.fits and ov.size_mb == pytest.approx(0.05287)
+    assert rows[("teacher", "pytorch")].fits is False
+    skipped = rows[("student", "tensorrt-fp16")]
+    assert skipped.status == "skipped" and skipped.host_p50 is None and skipped.speedup is None
+    assert "tensorrt is not importable" in skipped.reason
+    # The frontier on the target: openvino-fp16 (0.205 ms, 98.73%) dominates int8 ORT (slower, less accurate).
+    frontier = {r.name for r in rows.values() if r.on_frontier and r.role == "student"}
+    assert "openvino-fp16" in frontier and "ort-int8" not in frontier
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.90), (2.0, 0.95), (1.5, 0.89), (3.0, 0.95), (0.5, 0.80), (4.0, 0.99)]
+    assert pareto_front(pts) == [4, 0, 1, 5]
+
+
+def test_selection_rows_mark_the_chosen_width():
+    rows = selection_rows(sample_report())
+    assert [r.width for r in rows if r.chosen] == [1.0]
+    assert [r.fits for r in rows] == [True, True, True, True, True, False, False, False]
+
+
+# ---- renderers ----
+
+def test_markdown_has_every_artifact_and_the_selection():
+    md = render_markdown(sample_report())
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    for name in ("openvino-fp16", "ort-int8", "tensorrt-fp16", "executorch", "teacher"):
+        assert any(name in line for line in table), name
+    ov = next(line for line in table if "openvino-fp16" in line)
+    assert "**student · openvino-fp16** ★" in ov and "85.0×" in ov and "0.205 ✓" in ov
+    assert "predicted:jetson-nano" in ov
+    assert any("skipped: tensorrt is not importable" in line for line in table)
+    assert any("**1** " in line and "← chosen" in line for line in table)
+    assert "Latency budget:** 0.5 ms" in md
+
+
+def test_terminal_table_renders():
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=220, color_system=None)
+    render_terminal(sample_report(), console)
+    out = console.file.getvalue()
+    assert "Artifacts: accuracy and latency (target jetson-nano, budget 0.5 ms)" in out
+    assert "student · openvino-fp16 ★◆" in out and "85.0×" in out
+    assert "Width selection" in out and "yes ◀ chosen" in out
+    assert "skipped: tensorrt is not importable" in out
+
+
+def test_html_is_self_contained_with_plots(tmp_path):
+    report = ingested_sample()
+    html = render_html(report)
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html), "external resource reference"
+    imgs = re.findall(r'<img alt="([^"]+)" src="data:image/svg\+xml;base64,', html)
+    assert imgs == ["accuracy against latency (Pareto plot)", "width selection", "predicted vs measured latency"]
+    assert "RECOMMENDED" in html and "openvino-fp16" in html and "measured:jetson-nano" in html
+    assert "<script" not in html.lower()
+    # Strings from the report are escaped.
+    report["artifacts"][6]["reason"] = "<b>boom</b>"
+    assert "&lt;b&gt;boom&lt;/b&gt;" in render_html(report)
+
+
+def ingested_sample() -> dict:
+    """The sample after on-device measurements replaced two predictions (as `edgekd ingest` does)."""
+    report = sample_report()
+    for art, measured in ((report["artifacts"][2], 0.455), (report["artifacts"][4], 0.231)):
+        art["predicted_target_latency_ms"] = art["target_latency_ms"]
+        art["predicted_target_latency_source"] = art["target_latency_source"]
+        art["target_latency_ms"] = {"p50": measured, "p90": measured * 1.1, "p99": measured * 1.3}
+        art["target_latency_source"] = "measured:jetson-nano"
+    return report
+
+
+def test_latency_pairs_from_ingested_measurements():
+    pairs = latency_pairs(ingested_sample())
+    assert [(p["name"], p["device"], p["predicted"], p["measured"]) for p in pairs] == [
+        ("onnx", "jetson-nano", 0.392, 0.455), ("openvino-fp16", "jetson-nano", 0.205, 0.231)]
+
+
+def test_report_without_target_or_selection_renders(tmp_path):
+    """`edgekd bench MODEL_FILE` writes a report with only measured host rows."""
+    report = sample_report()
+    for key in ("target", "budget_ms", "selection", "teacher", "student", "recommended", "data"):
+        report.pop(key)
+    for art in report["artifacts"]:
+        art["target_latency_ms"] = art["target_latency_source"] = None
+    paths = write_reports(tmp_path, report)
+    html = paths["html"].read_text()
+    assert "accuracy against latency" in html and "width selection" not in html
+    assert "Host p50 ms" in paths["md"].read_text()
+
+
+def test_merge_reports_frontier_across_runs():
+    a, b = sample_report(), sample_report()
+    b["student"]["width"] = 0.75
+    for art in b["artifacts"]:
+        if art["role"] == "student" and art["status"] == "ok":
+            art["accuracy"] -= 0.002
+            art["target_latency_ms"] = {"p50": art["target_latency_ms"]["p50"] * 0.6}
+    b["artifacts"][3]["accuracy"] = 0.9890  # a more accurate INT8 model in run b, within budget
+    merged = merge_reports([("w1", a), ("w0.75", b)])
+    validate_report(merged)
+    assert len(merged["artifacts"]) == 2 * len(a["artifacts"])
+    assert merged["recommended"]["name"] == "ort-int8" and merged["recommended"]["run"] == "w0.75"
+    assert merged["target"]["name"] == "jetson-nano" and merged["budget_ms"] == 0.5
+    md = render_markdown(merged)
+    assert "| Run |" in md and "w0.75" in md
+    rows = artifact_rows(merged)
+    assert sum(r.recommended for r in rows) == 1
+
+
+def test_merge_drops_target_columns_when_targets_differ():
+    a, b = sample_report(), copy.deepcopy(sample_report())
+    b["target"] = {**b["target"], "name": "raspberry-pi-4"}
+    merged = merge_reports([("a", a), ("b", b)])
+    assert "target" not in merged
+
+
+def test_write_reports_overwrites_atomically(tmp_path):
+    write_reports(tmp_path, sample_report())
+    report = sample_report()
+    report["artifacts"] = report["artifacts"][:2]
+    write_reports(tmp_path, report)
+    assert len(load_report(tmp_path)["artifacts"]) == 2
+    assert not [p for p in Path(tmp_path).iterdir() if p.name.startswith(".")]
