@@ -47,6 +47,13 @@ class Budgets:
     max_accuracy_fall: float = 0.0       # fraction accuracy may fall vs the baseline
     artifacts: tuple[str, ...] = ()      # report artifact names to gate; () = every student artifact with status ok
     input_shape: tuple[int, ...] | None = None  # for measuring/predicting a bare model with dynamic dims
+    # Budgets given on the command line (None: all of them). A pyproject budget that only a report can
+    # answer (accuracy) is skipped for bare model files, so one pyproject serves CI runs on run folders
+    # and pre-commit hooks on .onnx files; the same budget typed on the command line is an error.
+    explicit: frozenset[str] | None = None
+
+    def is_explicit(self, name: str) -> bool:
+        return self.explicit is None or name in self.explicit
 
     def has_budget(self) -> bool:
         return any(v is not None for v in (self.max_size_mb, self.max_params, self.max_latency_ms,
@@ -202,6 +209,7 @@ def resolve_budgets(cli_values: dict, *, config: str | os.PathLike | None = None
         raise TypeError(f"unknown budget fields: {sorted(unknown)}")
     if values.get("baseline") is not None:
         values["baseline"] = Path(values["baseline"])
+    values["explicit"] = frozenset(k for k, v in cli_values.items() if v is not None and v != ())
     return Budgets(**values).validate(), pyproject
 
 
@@ -484,7 +492,7 @@ def collect_subjects(inputs, budgets: Budgets) -> list[Subject]:
             origin = str(item / "report.json" if item.is_dir() else item)
             subjects += subjects_from_report(report, base, origin, budgets.artifacts)
         else:
-            if budgets.artifacts:
+            if budgets.artifacts and budgets.is_explicit("artifacts"):
                 raise EdgeKDError("--artifact selects artifacts of a report, not model files",
                                   "drop --artifact or pass the run folder")
             subjects.append(subject_from_file(item))
@@ -727,16 +735,19 @@ class CheckResult:
     value_text: str
     budget_text: str
     origin: str = ""
+    skipped: bool = False          # a pyproject budget that does not apply to this input (see Budgets.explicit)
 
     @property
     def message(self) -> str:
+        if self.skipped:
+            return f"{self.check} of {self.artifact}: not checked ({self.source})"
         verdict = "within" if self.passed else "exceeds"
         return f"{self.check} of {self.artifact}: {self.value_text} {verdict} budget {self.budget_text} ({self.source})"
 
     def to_dict(self) -> dict:
         return {"check": self.check, "artifact": self.artifact, "value": self.value, "budget": self.budget,
                 "passed": self.passed, "source": self.source, "value_text": self.value_text,
-                "budget_text": self.budget_text, "origin": self.origin}
+                "budget_text": self.budget_text, "origin": self.origin, "skipped": self.skipped}
 
 
 @dataclass
@@ -798,10 +809,22 @@ def check_latency(subject: Subject, ctx: GateContext):
                     latency.source, _ms(latency.value), f"<= {budget:g} ms")]
 
 
+def _needs_report(check: str, budget_name: str, budget_text: str, subject: Subject, ctx: GateContext):
+    """A model file cannot answer an accuracy budget: skipped if it came from pyproject, else the error."""
+    if subject.row is None and not ctx.budgets.is_explicit(budget_name):
+        return [CheckResult(check, subject.label, None, getattr(ctx.budgets, budget_name), True,
+                            "needs a run report; checked when the run folder is gated", "n/a", budget_text,
+                            origin=subject.origin, skipped=True)]
+    return None
+
+
 @CHECKS.register("accuracy")
 def check_accuracy(subject: Subject, ctx: GateContext):
     if ctx.budgets.min_accuracy is None:
         return []
+    skipped = _needs_report("accuracy", "min_accuracy", f">= {_pct(ctx.budgets.min_accuracy)}", subject, ctx)
+    if skipped:
+        return skipped
     acc = subject_accuracy(subject)
     budget = ctx.budgets.min_accuracy
     return [_result("accuracy", subject, acc.value, budget, acc.value >= budget, acc.source,
@@ -812,6 +835,10 @@ def check_accuracy(subject: Subject, ctx: GateContext):
 def check_accuracy_drop(subject: Subject, ctx: GateContext):
     if ctx.budgets.max_accuracy_drop is None:
         return []
+    skipped = _needs_report("accuracy drop", "max_accuracy_drop", f"<= {ctx.budgets.max_accuracy_drop * 100:g} pts",
+                            subject, ctx)
+    if skipped:
+        return skipped
     drop = subject_accuracy_drop(subject)
     budget = ctx.budgets.max_accuracy_drop
     # Rounding in the report (6 decimals) must not fail a drop that equals the budget.
@@ -895,11 +922,16 @@ class GateResult:
     def exit_code(self) -> int:
         return 0 if self.passed else 1
 
+    @property
+    def skipped(self) -> list[CheckResult]:
+        return [r for r in self.results if r.skipped]
+
     def summary(self) -> str:
+        checked = len(self.results) - len(self.skipped)
+        skipped = f", {len(self.skipped)} not applicable" if self.skipped else ""
         if self.passed:
-            n = len(self.results)
-            return f"gate passed: {n} check{'s' if n != 1 else ''} within budget"
-        return f"gate failed: {len(self.failures)} of {len(self.results)} checks over budget"
+            return f"gate passed: {checked} check{'s' if checked != 1 else ''} within budget{skipped}"
+        return f"gate failed: {len(self.failures)} of {checked} checks over budget{skipped}"
 
     def raise_for_failures(self) -> None:
         if not self.passed:
@@ -959,7 +991,7 @@ def render_table(result: GateResult, console=None) -> None:
     for column in ("check", "artifact", "value", "budget", "result", "source"):
         table.add_column(column, overflow="fold", no_wrap=column in ("result",))
     for r in result.results:
-        verdict = "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]"
+        verdict = "[dim]skip[/dim]" if r.skipped else "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]"
         table.add_row(r.check, r.artifact, r.value_text, r.budget_text, verdict, r.source)
     console.print(table)
     style = "green" if result.passed else "bold red"
@@ -974,12 +1006,14 @@ def junit_xml(result: GateResult) -> bytes:
     suites = ET.Element("testsuites", name="edgekd gate", tests=str(len(result.results)),
                         failures=str(len(result.failures)), errors="0")
     suite = ET.SubElement(suites, "testsuite", name="edgekd gate", tests=str(len(result.results)),
-                          failures=str(len(result.failures)), errors="0", skipped="0")
+                          failures=str(len(result.failures)), errors="0", skipped=str(len(result.skipped)))
     for r in result.results:
         case = ET.SubElement(suite, "testcase", classname=f"edgekd.gate.{r.artifact}", name=r.check,
                              file=r.origin)
         ET.SubElement(case, "system-out").text = f"{r.value_text} (budget {r.budget_text}; {r.source})"
-        if not r.passed:
+        if r.skipped:
+            ET.SubElement(case, "skipped", message=r.message)
+        elif not r.passed:
             failure = ET.SubElement(case, "failure", message=r.message, type="BudgetExceeded")
             failure.text = r.message
     ET.indent(suites)
@@ -1013,7 +1047,7 @@ def markdown_table(result: GateResult) -> str:
     lines = ["### edgekd gate", "", f"**{result.summary()}**", "",
              "| check | artifact | value | budget | result | source |", "|---|---|---|---|---|---|"]
     for r in result.results:
-        verdict = "✅ pass" if r.passed else "❌ FAIL"
+        verdict = "⏭️ skip" if r.skipped else "✅ pass" if r.passed else "❌ FAIL"
         lines.append("| " + " | ".join(cell(c) for c in (r.check, r.artifact, r.value_text, r.budget_text,
                                                          verdict, r.source)) + " |")
     return "\n".join(lines) + "\n\n"

@@ -357,6 +357,29 @@ def test_pyproject_budgets_and_cli_override(tmp_path, cli):
     assert code == 0 and "gate passed: 1 check within budget" in out
 
 
+def test_pyproject_report_budgets_do_not_apply_to_model_files(tmp_path, cli):
+    """One pyproject serves CI (run folders) and a pre-commit hook (.onnx files): accuracy budgets and the
+    artifact choice are shown as not applicable for a bare model, not an error; typed on the command line
+    they are an error."""
+    model = make_onnx(tmp_path / "m.onnx")
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.edgekd.gate]\nmax_params = 1000\nmin_accuracy = 0.9\nmax_accuracy_drop = 0.01\nartifacts = "recommended"\n')
+    junit = tmp_path / "gate.xml"
+    code, out, _ = cli(model, "--junit", junit)
+    assert code == 0, out
+    assert "gate passed: 1 check within budget, 2 not applicable" in out and "skip" in out
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("skipped") == "2" and len(suite.findall("testcase/skipped")) == 2
+    code, _, err = cli(model, "--min-accuracy", 0.9)
+    assert code == 2 and "accuracy is known only for report artifacts" in one_line_error(err)
+    code, _, err = cli(model, "--artifact", "onnx")
+    assert code == 2 and "--artifact selects artifacts of a report" in one_line_error(err)
+    # The same pyproject on a run folder checks everything.
+    run = make_run(tmp_path / "run", int8_acc=0.95, int8_drop=0.02)
+    code, out, _ = cli(run)
+    assert code == 1 and "gate failed: 2 of 3 checks" in out  # ort-int8 (recommended): 1,234 params, drop 2 pts
+
+
 def test_pyproject_baseline_is_relative_to_the_file(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.edgekd.gate]\nbaseline = "ci/baseline.json"\nartifacts = "recommended"\n')
     values = load_config(tmp_path / "pyproject.toml")
