@@ -170,3 +170,90 @@ def test_portable_probes_parse_as_python36_and_run_standalone(tmp_path):
     script.write_text("import json, os, platform\n" + src + "\nprint(json.dumps(device_info()))\n")
     out = subprocess.run([sys.executable, "-I", str(script)], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert json.loads(out.stdout)["cpu"] == device_info()["cpu"]
+
+
+# ---- the standalone on-device runner ----
+
+def _tiny_onnx(path):
+    """A real (tiny) CNN exported the way edgekd exports students: dynamo, dynamic batch."""
+    import torch
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 10)).eval()
+    torch.onnx.export(model, (torch.randn(2, 1, 28, 28),), str(path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["x"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    return _tiny_onnx(tmp_path_factory.mktemp("onnx") / "student.onnx")
+
+
+def test_runner_script_parses_as_python36():
+    from edgekd.bench.runner_script import OLDEST_PYTHON, render_runner_script
+
+    source = render_runner_script()
+    tree = ast.parse(source, feature_version=OLDEST_PYTHON)
+    # Features ast's feature_version does not police: newer stdlib calls and imports.
+    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    assert not names & {"perf_counter_ns", "fromisoformat", "removeprefix", "removesuffix"}
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
+                                     if isinstance(n, ast.ImportFrom) and n.module}
+    assert "edgekd" not in imported and "dataclasses" not in imported and "__future__" not in imported
+    assert not any(isinstance(n, ast.keyword) and n.arg == "capture_output" for n in ast.walk(tree))
+
+
+@pytest.mark.slow
+def test_runner_script_measures_an_onnx_model(tmp_path, tiny_onnx):
+    from edgekd.bench.runner_script import RESULTS_FORMAT, write_runner_script
+
+    script = write_runner_script(tmp_path / "edgekd_runner.py")
+    assert script.stat().st_mode & 0o111
+    # Run outside the repository with -I: the script may rely on nothing but numpy and the runtime.
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), str(tiny_onnx), "--runtime", "onnxruntime", "--batch", "1,3",
+         "--runs", "25", "--warmup", "3", "--threads", "1", "--device-name", "jetson-nano", "--out", "res.json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "res.json").read_text())
+    assert doc["format"] == RESULTS_FORMAT and doc["format_version"] == 1
+    assert doc["device"]["name"] == "jetson-nano" and doc["device"]["cpu"] == device_info()["cpu"]
+    assert "onnxruntime" in doc["device"]["runtimes"]
+    rows = doc["results"]
+    assert [(r["runtime"], r["batch"], r["status"]) for r in rows] == [("onnxruntime", 1, "ok"),
+                                                                        ("onnxruntime", 3, "ok")]
+    for row, batch in zip(rows, (1, 3)):
+        assert row["model"] == "student.onnx" and row["runs"] == 25
+        assert row["input_shape"] == [batch, 1, 28, 28] and row["output_shape"] == [batch, 10]
+        lat = row["latency_ms"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert row["provider"] == "CPUExecutionProvider"
+    assert "p50" in proc.stdout and not list(tmp_path.glob("*.tmp"))
+
+
+def test_runner_script_reports_bad_files_per_row(tmp_path, tiny_onnx):
+    from edgekd.bench.runner_script import write_runner_script
+
+    script = write_runner_script(tmp_path)
+    assert script.name == "edgekd_runner.py"
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    proc = subprocess.run([sys.executable, "-I", str(script), str(broken), str(tiny_onnx), "--runs", "5",
+                           "--out", "res.json"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # one good model is enough for a useful file
+    rows = json.loads((tmp_path / "res.json").read_text())["results"]
+    assert rows[0]["status"] == "failed" and rows[0]["reason"]
+    assert rows[1]["status"] == "ok"
+    missing = subprocess.run([sys.executable, "-I", str(script), "nothere.onnx"], capture_output=True, text=True,
+                             cwd=tmp_path, timeout=60)
+    assert missing.returncode == 2 and "nothere.onnx does not exist" in missing.stderr
+
+
+def test_runner_output_must_be_python(tmp_path):
+    from edgekd.bench.runner_script import write_runner_script
+
+    with pytest.raises(EdgeKDError, match="must end in .py"):
+        write_runner_script(tmp_path / "runner.txt")

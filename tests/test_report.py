@@ -281,3 +281,147 @@ def test_write_reports_overwrites_atomically(tmp_path):
     write_reports(tmp_path, report)
     assert len(load_report(tmp_path)["artifacts"]) == 2
     assert not [p for p in Path(tmp_path).iterdir() if p.name.startswith(".")]
+
+
+# ---- on-device results: runner -> ingest -> report, and the CLI ----
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _edgekd(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=300)
+
+
+def _tiny_onnx(path: Path) -> Path:
+    """A real ONNX classifier (flatten + linear, dynamic batch) built with onnx.helper: no torch needed."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((784, 10)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(10, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture()
+def run_with_onnx(tmp_path):
+    """A run folder whose 'onnx' artifact is a real file, and device results for a renamed copy of it."""
+    import shutil
+    import subprocess
+    import sys
+
+    from edgekd.bench.runner_script import write_runner_script
+
+    run = tmp_path / "run"
+    model = _tiny_onnx(run / "artifacts" / "student.onnx")
+    report = sample_report()
+    report["artifacts"][2]["path"] = "artifacts/student.onnx"
+    write_reports(run, report)
+    device = tmp_path / "device"
+    device.mkdir()
+    shutil.copy(model, device / "copied-to-nano.onnx")  # renamed on the device: matched by its hash
+    script = write_runner_script(device / "edgekd_runner.py")
+    proc = subprocess.run([sys.executable, "-I", str(script), "copied-to-nano.onnx", "--batch", "1,2", "--runs", "20",
+                           "--device-name", "jetson-nano", "--out", "results.json"],
+                          capture_output=True, text=True, cwd=device, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return run, device / "results.json"
+
+
+def test_ingest_round_trip(run_with_onnx):
+    run, results = run_with_onnx
+    device_doc = json.loads(results.read_text())
+    measured_p50 = device_doc["results"][0]["latency_ms"]["p50"]
+
+    proc = _edgekd("ingest", results, run)
+    assert proc.returncode == 0, proc.stderr
+    assert "measured:jetson-nano  copied-to-nano.onnx -> onnx" in proc.stdout
+
+    report = load_report(run)
+    art = report["artifacts"][2]
+    assert art["target_latency_source"] == "measured:jetson-nano"
+    assert art["target_latency_ms"]["p50"] == measured_p50
+    assert art["predicted_target_latency_ms"] == {"p50": 0.392}
+    assert art["predicted_target_latency_source"] == "predicted:jetson-nano"
+    assert [m["latency_ms"]["batch"] for m in art["extra"]["device_measurements"]] == [1, 2]
+    assert report["devices"]["jetson-nano"]["cpu"] == device_doc["device"]["cpu"]
+    # Other artifacts keep their predictions.
+    assert report["artifacts"][3]["target_latency_source"] == "predicted:jetson-nano"
+    pairs = latency_pairs(report)
+    assert [(p["name"], p["predicted"], p["measured"]) for p in pairs] == [("onnx", 0.392, measured_p50)]
+    html = (run / "report.html").read_text()
+    assert 'alt="predicted vs measured latency"' in html and "Device measured: jetson-nano" in html
+    assert "measured:jetson-nano" in (run / "report.md").read_text()
+
+    # Ingesting the same file again changes nothing.
+    before = load_report(run)
+    assert _edgekd("ingest", results, run).returncode == 0
+    assert load_report(run) == before
+
+
+def test_ingest_refuses_another_device_and_foreign_files(run_with_onnx, tmp_path):
+    run, results = run_with_onnx
+    before = (run / "report.json").read_text()
+    proc = _edgekd("ingest", results, run, "--device", "raspberry-pi-4")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "from device 'raspberry-pi-4' but the run targets 'jetson-nano'" in proc.stderr
+    doc = json.loads(results.read_text())
+    for row in doc["results"]:
+        row["sha256"] = "0" * 64
+        row["model"] = "other.onnx"
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps(doc))
+    proc = _edgekd("ingest", foreign, run)
+    assert proc.returncode == 2 and "none of the measured models (other.onnx) is an artifact" in proc.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"results": 3}')
+    proc = _edgekd("ingest", bad, run)
+    assert proc.returncode == 2 and "has no 'device' object and 'results' list" in proc.stderr
+    assert (run / "report.json").read_text() == before
+
+
+def test_cli_report_rebuilds_one_and_compares_several(tmp_path):
+    a, b = tmp_path / "w1", tmp_path / "w075"
+    write_reports(a, sample_report(), html=False)
+    other = sample_report()
+    other["student"]["width"] = 0.75
+    write_reports(b, other, html=False)
+    assert not (a / "report.html").exists()
+    proc = _edgekd("report", a)
+    assert proc.returncode == 0, proc.stderr
+    assert (a / "report.html").exists() and "openvino-fp16" in proc.stdout
+    proc = _edgekd("report", a, b, "--out", tmp_path / "cmp", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    merged = load_report(tmp_path / "cmp")
+    assert merged["command"] == "compare" and {x["run"] for x in merged["artifacts"]} == {"w1", "w075"}
+    assert "| Run |" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_cli_report_errors_are_one_line(tmp_path):
+    proc = _edgekd("report", tmp_path)
+    assert proc.returncode == 2 and "has no report.json" in proc.stderr and proc.stderr.count("\n") == 1
+    (tmp_path / "report.json").write_text(json.dumps({**sample_report(), "schema_version": 7}))
+    proc = _edgekd("report", tmp_path)
+    assert proc.returncode == 2 and "schema_version is 7" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_cli_runner_writes_the_script(tmp_path):
+    proc = _edgekd("runner", "--out", tmp_path / "r.py")
+    assert proc.returncode == 0, proc.stderr
+    import ast
+
+    ast.parse((tmp_path / "r.py").read_text(), feature_version=(3, 6))

@@ -106,4 +106,12 @@ def render_markdown(report: dict) -> str:
                 v = ", ".join(env[k]) if isinstance(env[k], list) else env[k]
                 lines.append(f"- {k}: {v}")
         lines.append("")
+    for name, dev in (report.get("devices") or {}).items():
+        lines += [f"## Device measured: {name}", ""]
+        for k in ("board", "cpu", "cores", "memory_mb", "governor", "python", "runtimes"):
+            v = dev.get(k)
+            if v not in (None, "", [], {}):
+                v = ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else v
+                lines.append(f"- {k}: {v}")
+        lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,140 @@
+"""Merge on-device timings (the runner's JSON) into a run's report.json as measured:<device> target latencies."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekd.bench.runner_script import RESULTS_FORMAT, RESULTS_VERSION
+from edgekd.errors import EdgeKDError
+from edgekd.fsutil import file_sha256, run_lock
+from edgekd.report import load_report, write_reports
+
+_RESULT_FIX = "pass the JSON written by the script from `edgekd runner` (python3 edgekd_runner.py ... --out results.json)"
+
+
+@dataclass
+class IngestSummary:
+    device: str
+    matched: list[tuple[str, str]] = field(default_factory=list)     # (result model file, artifact name)
+    unmatched: list[str] = field(default_factory=list)               # measured files no artifact matches
+    failed: list[tuple[str, str]] = field(default_factory=list)      # (model file, reason) from the device
+    paths: dict = field(default_factory=dict)
+
+
+def load_device_results(path: str | Path) -> dict:
+    """Read and check a runner results file; one-line EdgeKDError if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"results file {path} does not exist", _RESULT_FIX)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EdgeKDError(f"{path} is not valid JSON ({err.__class__.__name__})", _RESULT_FIX) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not isinstance(doc.get("device"), dict):
+        raise EdgeKDError(f"{path} has no 'device' object and 'results' list", _RESULT_FIX)
+    if doc.get("format", RESULTS_FORMAT) != RESULTS_FORMAT or doc.get("format_version", RESULTS_VERSION) != RESULTS_VERSION:
+        raise EdgeKDError(
+            f"{path} is {doc.get('format')} version {doc.get('format_version')}, this edgekd reads "
+            f"{RESULTS_FORMAT} version {RESULTS_VERSION}", "regenerate the runner with this edgekd's `edgekd runner`")
+    for i, row in enumerate(doc["results"]):
+        if not isinstance(row, dict) or not isinstance(row.get("model"), str):
+            raise EdgeKDError(f"{path}: results[{i}] has no 'model' file name", _RESULT_FIX)
+        if row.get("status", "ok") == "ok":
+            lat = row.get("latency_ms")
+            if not isinstance(lat, dict) or not isinstance(lat.get("p50"), (int, float)) or lat["p50"] < 0:
+                raise EdgeKDError(f"{path}: results[{i}] ({row['model']}) has no latency_ms.p50", _RESULT_FIX)
+    return doc
+
+
+def _artifact_index(run_dir: Path, report: dict) -> tuple[dict, dict]:
+    """sha256 -> artifact and file name -> artifact, for the report's artifacts that have files."""
+    by_hash, by_name = {}, {}
+    for art in report["artifacts"]:
+        if art.get("status") != "ok" or not art.get("path"):
+            continue
+        file = Path(art["path"])
+        file = file if file.is_absolute() else run_dir / file
+        by_name.setdefault(file.name, art)
+        if file.is_file():
+            by_hash.setdefault(file_sha256(file), art)
+    return by_hash, by_name
+
+
+def _latency_entry(row: dict) -> dict:
+    lat = row["latency_ms"]
+    out = {k: lat[k] for k in ("p50", "p90", "p99", "mean") if isinstance(lat.get(k), (int, float))}
+    out["runs"] = row.get("runs")
+    out["batch"] = row.get("batch", 1)
+    return out
+
+
+def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str | None = None) -> IngestSummary:
+    """Put a device's measured latencies into ``run_dir``'s report and regenerate its reports.
+
+    Results are matched to artifacts by file hash (a renamed copy still matches), then by file name.
+    The batch-1 timing becomes the artifact's ``target_latency_ms`` with source ``measured:<device>``;
+    a prediction it replaces is kept as ``predicted_target_latency_ms`` so the report can show predicted
+    against measured and ``edgekd calibrate`` can fit the latency model to the device. Every timing
+    (all batch sizes) is kept under ``extra.device_measurements``.
+    """
+    doc = load_device_results(results_path)
+    run_dir = Path(run_dir)
+    name = device or doc["device"].get("name") or "device"
+    with run_lock(run_dir):
+        report = load_report(run_dir)
+        target = (report.get("target") or {}).get("name")
+        if target and name != target:
+            raise EdgeKDError(
+                f"the results are from device '{name}' but the run targets '{target}'",
+                f"pass --device {target} if these timings were taken on a {target}, or ingest them into a run "
+                f"for {name}")
+        by_hash, by_name = _artifact_index(run_dir, report)
+        summary = IngestSummary(device=name)
+        source = f"measured:{name}"
+        primary: dict[int, tuple[dict, dict]] = {}
+        for row in doc["results"]:
+            if row.get("status", "ok") != "ok":
+                summary.failed.append((row["model"], row.get("reason") or row.get("status", "failed")))
+                continue
+            art = by_hash.get(row.get("sha256")) or by_name.get(row["model"])
+            if art is None:
+                summary.unmatched.append(row["model"])
+                continue
+            if not isinstance(art.get("extra"), dict):
+                art["extra"] = {}
+            extra = art["extra"]
+            entry = {"device": name, "runtime": row.get("runtime"), "provider": row.get("provider"),
+                     "runtime_version": row.get("runtime_version"), "input_shape": row.get("input_shape"),
+                     "latency_ms": _latency_entry(row), "throughput": row.get("throughput"),
+                     "created": doc.get("created")}
+            kept = [m for m in extra.get("device_measurements", [])
+                    if not (m.get("device") == name and m.get("runtime") == entry["runtime"]
+                            and m.get("latency_ms", {}).get("batch") == entry["latency_ms"]["batch"])]
+            extra["device_measurements"] = kept + [entry]
+            summary.matched.append((row["model"], art["name"]))
+            # The target latency is per image at batch 1; the artifact's own runtime wins if several ran it.
+            if entry["latency_ms"]["batch"] == 1:
+                best = primary.get(id(art))
+                own = row.get("runtime") == art.get("runtime")
+                if best is None or (own and best[1].get("runtime") != art.get("runtime")):
+                    primary[id(art)] = (art, row)
+        if not summary.matched:
+            measured = ", ".join(sorted({r["model"] for r in doc["results"]})) or "none"
+            raise EdgeKDError(
+                f"none of the measured models ({measured}) is an artifact of {run_dir}",
+                "run the device runner on files copied from this run's artifacts/ folder")
+        for art, row in primary.values():
+            previous = art.get("target_latency_source") or ""
+            if previous.startswith("predicted:") and art.get("target_latency_ms"):
+                art["predicted_target_latency_ms"] = art["target_latency_ms"]
+                art["predicted_target_latency_source"] = previous
+            lat = _latency_entry(row)
+            art["target_latency_ms"] = {k: v for k, v in lat.items() if k in ("p50", "p90", "p99", "mean")}
+            art["target_latency_source"] = source
+        devices = report.setdefault("devices", {})
+        devices[name] = {**doc["device"], "name": name, "results_file": Path(results_path).name,
+                         "ingested_from": doc.get("created")}
+        summary.paths = write_reports(run_dir, report)
+    return summary

@@ -1,0 +1,46 @@
+"""`edgekd report RUN_DIR...`: rebuild report.md and report.html from report.json; several runs are compared."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for the comparison report of several runs (default: the first run's compare/ folder).")
+@click.option("--no-html", is_flag=True, help="Skip report.html (no matplotlib needed).")
+@click.option("--quiet", is_flag=True, help="Do not print the tables.")
+def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: bool) -> None:
+    """Rebuild the reports of RUN_DIR (a run folder or its report.json).
+
+    With several runs, each run's reports are rebuilt and one more report compares them all: every
+    artifact of every run in one table and one accuracy-latency plot, with the frontier across runs.
+    """
+    from rich.console import Console
+
+    from edgekd.fsutil import run_lock
+    from edgekd.report import load_report, merge_reports, render_terminal, run_labels, write_reports
+    from edgekd.report.schema import report_path
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    folders = [report_path(p).parent for p in run_dirs]
+    reports = [load_report(p) for p in run_dirs]  # all validated before anything is written
+    for folder, report in zip(folders, reports):
+        with run_lock(folder):
+            paths = write_reports(folder, report, html=not no_html)
+        if len(reports) == 1 and not quiet:
+            render_terminal(report, console)
+        console.print(f"[green]wrote[/green] {', '.join(str(p) for k, p in paths.items() if k != 'json')}",
+                      highlight=False)
+    if len(reports) > 1:
+        merged = merge_reports(list(zip(run_labels(folders), reports)))
+        out = out or folders[0] / "compare"
+        paths = write_reports(out, merged, html=not no_html)
+        if not quiet:
+            render_terminal(merged, console, selection=False)
+        console.print(f"[green]wrote[/green] comparison of {len(reports)} runs: "
+                      f"{', '.join(str(p) for p in paths.values())}", highlight=False)
