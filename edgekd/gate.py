@@ -440,8 +440,8 @@ class Subject:
 
 
 def subjects_from_report(report: dict, base: Path, origin: str, wanted: tuple[str, ...]) -> list[Subject]:
-    """The report's artifacts to gate: every student artifact with status ok, or those named in ``wanted``
-    ("recommended" names the report's recommended artifact)."""
+    """The report's artifacts to gate: every exported student artifact with status ok, or those named in
+    ``wanted`` ("recommended" is the report's recommended artifact, "teacher/pytorch" a teacher row)."""
     rows = report["artifacts"]
 
     def subject(row):
@@ -450,7 +450,10 @@ def subjects_from_report(report: dict, base: Path, origin: str, wanted: tuple[st
                        row=row, report=report, origin=origin)
 
     if not wanted:
-        chosen = [r for r in rows if r.get("status") == "ok" and r.get("role", "student") == "student"]
+        # What ships: the student's exports. The PyTorch rows are the eager baselines the speed-ups are
+        # measured against, and the teacher never ships; both can still be named with --artifact.
+        chosen = [r for r in rows if r.get("status") == "ok" and r.get("role", "student") == "student"
+                  and r.get("format") != "pytorch"]
         return [subject(r) for r in chosen]
     out = []
     for name in wanted:

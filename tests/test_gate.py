@@ -88,7 +88,8 @@ def make_run(run_dir: Path, *, onnx_acc=0.97, int8_acc=0.965, int8_drop=0.007, i
     report["student"] = {"arch": "cnn", "width": 0.5, "depth": 1, "params": 1234, "accuracy": 0.972}
     report["teacher"] = {"arch": "cnn", "width": 4, "depth": 2, "params": 99999, "accuracy": 0.99}
     report["artifacts"] = [
-        artifact_row("pytorch", None, role="teacher", accuracy=0.99, drop=None, size=400000),
+        artifact_row("pytorch", None, role="teacher", accuracy=0.99, drop=None, size=400000, fmt="pytorch"),
+        artifact_row("pytorch", None, accuracy=0.972, drop=0.0, size=50000, fmt="pytorch"),
         artifact_row("onnx", "artifacts/student.onnx", accuracy=onnx_acc, drop=0.972 - onnx_acc, run_dir=run_dir),
         artifact_row("ort-int8", "artifacts/student.int8.onnx", accuracy=int8_acc, drop=int8_drop,
                      host_ms=int8_host_ms, target_ms=int8_target_ms, run_dir=run_dir, precision="int8"),
@@ -256,7 +257,8 @@ def test_report_latency_for_a_target_it_does_not_record(tmp_path):
     an artifact whose own file the latency model cannot read."""
     run = make_run(tmp_path / "run")
     report = json.loads((run / "report.json").read_text())
-    report["artifacts"][2]["path"] = "artifacts/student.int8.xml"  # not on disk: predicted from the onnx row
+    int8 = next(r for r in report["artifacts"] if r["name"] == "ort-int8")
+    int8["path"] = "artifacts/student.int8.xml"  # not on disk: predicted from the onnx row's graph
     (run / "report.json").write_text(json.dumps(report))
     result = gate([run], Budgets(max_latency_ms=1e6, target="raspberry-pi-4"))
     assert [r.artifact for r in result.results] == ["onnx", "ort-int8"]
@@ -279,9 +281,12 @@ def test_accuracy_and_accuracy_drop(tmp_path, cli):
 def test_default_artifacts_and_selection(tmp_path, cli):
     run = make_run(tmp_path / "run")
     result = gate([run], Budgets(max_size_mb=1))
-    # Teacher rows and the skipped TensorRT engine are not gated by default.
+    # Teacher rows, the PyTorch baselines and the skipped TensorRT engine are not gated by default.
     assert [r.artifact for r in result.results] == ["onnx", "ort-int8"]
     assert result.results[0].source == "file"
+    result = gate([run], Budgets(max_size_mb=0.1, artifacts=("pytorch", "teacher/pytorch")))
+    assert [(r.artifact, r.value, r.passed) for r in result.results] == [
+        ("pytorch", 50000, True), ("teacher/pytorch", 400000, False)]
     result = gate([run / "report.json"], Budgets(max_size_mb=1, artifacts=("recommended",)))
     assert [r.artifact for r in result.results] == ["ort-int8"]
     # Naming an artifact that did not export fails the gate with its reason; it is never skipped silently.

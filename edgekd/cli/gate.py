@@ -29,7 +29,8 @@ def _shape(ctx, param, value):
 @click.option("--max-growth", type=float, help="Percent size/latency may grow vs --baseline (default 5).")
 @click.option("--max-accuracy-fall", type=float, help="Fraction accuracy may fall vs --baseline (default 0).")
 @click.option("--artifact", "artifacts", multiple=True, help="Gate only this report artifact (repeatable; 'recommended' = the "
-                                                             "report's pick). Default: every student artifact with status ok.")
+                                                             "report's pick). Default: every exported student artifact with status ok "
+                                                             "(not the PyTorch baselines).")
 @click.option("--input-shape", callback=_shape, help="N,C,H,W for timing a model file with dynamic dimensions.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False, path_type=str), help="Write JUnit XML here (one test case per check).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=str), help="pyproject.toml with [tool.edgekd.gate] (default: the nearest one above the cwd).")
