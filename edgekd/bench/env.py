@@ -182,6 +182,10 @@ def collect_environment(*, threads: int | None = None) -> dict:
     return env
 
 
+# The name the pipeline calls.
+environment = collect_environment
+
+
 def portable_source() -> str:
     """The source of the portable probes, for embedding in the on-device runner."""
     with open(__file__, "r", encoding="utf-8") as fh:

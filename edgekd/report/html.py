@@ -52,7 +52,8 @@ tr.inactive td { color: var(--muted); }
 .fit { color: var(--ok); font-weight:600; } .over { color: var(--bad); font-weight:600; }
 .reason { color: var(--muted); font-size:12px; }
 td.why { white-space: normal; }
-td.why .pill { margin-right:8px; }
+tr.has-note td { border-bottom: none; }
+tr.note-row td { padding-top: 0; }
 .badge { font-size:11px; font-weight:700; color:#854d0e; background:#fde68a; border-radius:4px; padding:0 5px;
          margin-left:6px; }
 .front { color: var(--accent); margin-left:4px; }
@@ -153,19 +154,29 @@ def _artifact_table(report: dict) -> str:
         status = f'<span class="pill {escape(r.status)}">{escape(r.status)}</span>'
         lead = ([f"<td>{escape(r.run or DASH)}</td>"] if multi_run else []) + [
             f"<td>{label}</td>", f"<td>{escape(r.runtime or DASH)}</td>", f"<td>{escape(r.precision)}</td>"]
-        if not r.ok:
-            # A failed or skipped row has no figures: its reason gets the width of the empty columns.
-            cells = lead + [f'<td class="why" colspan="{len(nums) + 1}">{status}'
-                            f'<span class="reason">{escape(r.reason or "")}</span></td>']
+        target_cell = f'<td class="num">{fmt_ms(r.target_p50)}{fit}{_source_html(r.target_source)}</td>'
+        if r.size_mb is None and r.accuracy is None and r.host_p50 is None:
+            # Nothing ran here (skipped, or failed to export): the reason takes the empty columns' width;
+            # a target prediction, if any, still shows.
+            cells = lead + [f'<td class="why" colspan="{len(nums) - 1}"><span class="reason">'
+                            f'{escape(r.reason or "")}</span></td>', target_cell, f"<td>{status}</td>"]
             html.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
             continue
+        note = ""
+        if r.reason and not r.ok:
+            # The reason gets its own line under the figures instead of squeezing into the status column.
+            lead_cols = len(lead)
+            note = (f'<tr class="{cls} note-row"><td colspan="{lead_cols}"></td><td colspan="{len(nums) + 1}">'
+                    f'<span class="reason">↳ {escape(r.reason)}</span></td></tr>')
         cells = lead + [
             f'<td class="num">{fmt_mb(r.size_mb)}</td>', f'<td class="num">{fmt_pct(r.accuracy)}</td>',
             f'<td class="num">{fmt_delta(r)}</td>', f'<td class="num">{fmt_ms(r.host_p50)}{host_src}</td>',
             f'<td class="num">{fmt_ms(r.host_p90)}</td>', f'<td class="num">{fmt_speedup(r.speedup)}</td>',
-            f'<td class="num">{fmt_ms(r.target_p50)}{fit}{_source_html(r.target_source)}</td>',
-            f"<td>{status}</td>",
+            target_cell, f'<td class="status">{status}</td>',
         ]
+        if note:
+            html.append(f'<tr class="{cls} has-note">' + "".join(cells) + "</tr>" + note)
+            continue
         html.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
     html.append("</tbody></table>")
     return "".join(html)

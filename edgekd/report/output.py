@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgekd.fsutil import atomic_write_json, atomic_write_text
-from edgekd.report.schema import REPORT_NAME, new_report, validate_report
+from edgekd.report.schema import REPORT_NAME, SCHEMA_VERSION, new_report, validate_report
 from edgekd.report.table import artifact_rows
 
 MARKDOWN_NAME = "report.md"
@@ -15,11 +15,14 @@ HTML_NAME = "report.html"
 def write_reports(run_dir: str | Path, report: dict, *, html: bool = True) -> dict[str, Path]:
     """Validate ``report`` and write report.json, report.md and report.html into ``run_dir``.
 
-    Each file is written atomically, JSON first: the renderers read only the dict, so a rendering
+    A missing ``schema_version`` is set to the current one (in ``report`` too). Each file is written
+    atomically, JSON first: the renderers read only the dict, so a rendering
     failure can never leave a report.json that disagrees with what was measured.
     """
     from edgekd.report.markdown import render_markdown
 
+    if report.get("schema_version") is None:  # pipelines build the dict; the version is this module's business
+        report["schema_version"] = SCHEMA_VERSION
     validate_report(report)
     run_dir = Path(run_dir)
     paths = {"json": atomic_write_json(run_dir / REPORT_NAME, report)}

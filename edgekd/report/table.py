@@ -104,7 +104,9 @@ def artifact_rows(report: dict) -> list[ArtifactRow]:
     rows = []
     for art in report.get("artifacts", []):
         role = art.get("role", "student")
-        acc = art.get("accuracy") if art.get("status") == "ok" else None
+        # Figures are shown whatever the status: a row failed for its accuracy drop still has its numbers.
+        # Plots, the frontier and speed-up baselines use only rows with status "ok".
+        acc = art.get("accuracy")
         ref = reference_accuracy(report, art)
         is_ref = _is(art, "student") and art.get("precision", "fp32") == "fp32"
         if art.get("accuracy_drop") is not None and acc is not None:
@@ -116,8 +118,8 @@ def artifact_rows(report: dict) -> list[ArtifactRow]:
         if role != "student":
             delta = None
         teacher = teacher_baseline(report, art)
-        host_p50 = _p(art.get("latency_ms")) if art.get("status") == "ok" else None
-        target_p50 = _p(art.get("target_latency_ms")) if art.get("status") == "ok" else None
+        host_p50 = _p(art.get("latency_ms"))
+        target_p50 = _p(art.get("target_latency_ms"))
         lat = art.get("latency_ms") or {}
         size = art.get("size_bytes")
         rows.append(ArtifactRow(
@@ -133,9 +135,10 @@ def artifact_rows(report: dict) -> list[ArtifactRow]:
             speedup=_speedup(_p(teacher.get("latency_ms")) if teacher else None, host_p50),
             target_speedup=_speedup(_p(teacher.get("target_latency_ms")) if teacher else None, target_p50),
             fits=(target_p50 <= budget) if (target_p50 is not None and budget) else None,
-            recommended=(art["name"] == recommended and role == "student" and art.get("run") == recommended_run),
+            recommended=(art["name"] == recommended and role == "student" and art.get("run") == recommended_run
+                         and art.get("status") == "ok"),
             run=art.get("run"),
-            batch=lat.get("batch"), throughput=lat.get("throughput"),
+            batch=lat.get("batch"), throughput=lat.get("throughput", art.get("throughput")),
             artifact=art,
         ))
     _mark_frontier(rows)
