@@ -871,6 +871,10 @@ def check_baseline(subject: Subject, ctx: GateContext):
     b = ctx.budgets
     old = _baseline_row(subject, ctx)
     if old is None:
+        if subject.row is None and not b.is_explicit("baseline"):
+            return [CheckResult("baseline", subject.label, None, None, True,
+                                f"no artifact file named {subject.name} in {ctx.baseline_origin}", "n/a", "",
+                                origin=subject.origin, skipped=True)]
         if subject.row is None:
             raise EdgeKDError(f"baseline {ctx.baseline_origin} has no artifact file named {subject.name}",
                               "gate the run folder instead, or pass the matching baseline report")

@@ -385,6 +385,37 @@ def test_pyproject_report_budgets_do_not_apply_to_model_files(tmp_path, cli):
     assert code == 1 and "gate failed: 2 of 3 checks" in out  # ort-int8 (recommended): 1,234 params, drop 2 pts
 
 
+README_PYPROJECT = """
+[tool.edgekd.gate]
+max_size_mb = 2.0
+max_params = 500_000
+max_latency_ms = 5.0
+target = "jetson-nano"            # "host" = measured on the CI machine
+min_accuracy = 0.98
+max_accuracy_drop = 0.01
+baseline = "ci/baseline-report.json"   # relative to this pyproject.toml
+max_growth = 5                    # percent
+"""
+
+
+def test_readme_pyproject_serves_run_folders_and_model_files(tmp_path, cli):
+    """The README's configuration: the CI job gates the run folder, the pre-commit hook gates .onnx files."""
+    (tmp_path / "pyproject.toml").write_text(README_PYPROJECT)
+    old = make_run(tmp_path / "old", onnx_acc=0.985, int8_acc=0.982, int8_drop=0.002)
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / "baseline-report.json").write_text((old / "report.json").read_text())
+    new = make_run(tmp_path / "runs" / "ci", onnx_acc=0.985, int8_acc=0.982, int8_drop=0.002)
+    code, out, _ = cli(new)
+    assert code == 0, out
+    assert "predicted:jetson-nano" in out and "size growth" in out and "not applicable" not in out
+    # Pre-commit: a file the baseline knows is compared with it; one it does not know is not applicable.
+    code, out, _ = cli(new / "artifacts" / "student.int8.onnx", make_onnx(tmp_path / "other.onnx"))
+    assert code == 0, out
+    assert "size growth" in out and "no artifact file named other.onnx" in out
+    # 5 checks on the baselined file, 3 on the other; accuracy (2 x 2) and the other's baseline do not apply.
+    assert "gate passed: 8 checks within budget, 5 not applicable" in out
+
+
 def test_pyproject_baseline_is_relative_to_the_file(tmp_path):
     (tmp_path / "pyproject.toml").write_text('[tool.edgekd.gate]\nbaseline = "ci/baseline.json"\nartifacts = "recommended"\n')
     values = load_config(tmp_path / "pyproject.toml")
