@@ -468,7 +468,7 @@ def subjects_from_report(report: dict, base: Path, origin: str, wanted: tuple[st
         if not matches:
             known = sorted({r.get("name") for r in rows if r.get("role", "student") == "student"} | {"recommended"})
             raise EdgeKDError(f"{origin} has no artifact {name!r}", suggest(name, known, "artifact"))
-        out.append(subject(matches[0]))
+        out += [subject(r) for r in matches]  # a report with several rows of one name: gate them all
     return out
 
 
@@ -583,6 +583,8 @@ def measure_host_latency(path: Path, stat: str, input_shape=None, time_budget_s:
         except Exception as err:
             raise EdgeKDError(f"ONNX Runtime cannot load {path}: {_first_line(err)}", "re-export the model") from None
         name = session.get_inputs()[0].name
+        # An FP16 export without kept I/O types takes half-precision input.
+        dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
         run = lambda x: session.run(None, {name: x})  # noqa: E731
         runtime = "onnxruntime"
     elif path.suffix == ".xml":
@@ -607,11 +609,12 @@ def measure_host_latency(path: Path, stat: str, input_shape=None, time_budget_s:
             raise EdgeKDError(f"OpenVINO cannot load {path}: {_first_line(err)}", "re-export the model") from None
         request = compiled.create_infer_request()
         run = lambda x: request.infer([x])  # noqa: E731
+        dtype = np.float32  # OpenVINO converts at the input itself
         runtime = "openvino"
     else:
         raise EdgeKDError(f"cannot time a {path.suffix} file on this machine",
                           "gate the run folder's report.json, which records its latency, or pass the .onnx export")
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
     try:
         stats = measure_latency(run, x, warmup=5, time_budget_s=time_budget_s)
     except Exception as err:

@@ -224,6 +224,19 @@ def test_latency_measured_on_host_for_a_model_file(tmp_path, cli):
     assert code == 1 and "measured:host" in out and "FAIL" in out
 
 
+def test_latency_of_a_half_precision_model(tmp_path):
+    """An FP16 export whose input is float16 is timed with float16 input, not refused."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    from edgekd.gate import onnx_precision
+
+    half = convert_float_to_float16(onnx.load(str(make_onnx(tmp_path / "m.onnx"))), keep_io_types=False)
+    onnx.save_model(half, str(tmp_path / "m16.onnx"))
+    assert onnx_precision(half) == "fp16" and onnx_param_count(tmp_path / "m16.onnx") == PARAMS
+    (row,) = gate([tmp_path / "m16.onnx"], Budgets(max_latency_ms=1000.0), time_budget_s=0.1).results
+    assert row.passed and row.source.startswith("measured:host (onnxruntime")
+
+
 def test_latency_from_report_host_and_target(tmp_path, cli):
     run = make_run(tmp_path / "run", int8_host_ms=0.2, int8_target_ms=1.5)
     # Default target: the report's (jetson-nano), its predicted figure, labelled so.
