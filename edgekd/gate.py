@@ -1030,10 +1030,28 @@ def junit_xml(result: GateResult) -> bytes:
     return ET.tostring(suites, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
+def check_writable(path: str | os.PathLike, what: str = "JUnit XML") -> Path:
+    """Fail before the gate runs (and measures for a while) if its output cannot be written."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgeKDError(f"cannot write {what} to {path}: {err.strerror or err}",
+                          "pass a path in a writable folder") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise EdgeKDError(f"cannot write {what} to {path}: {'it is a folder' if path.is_dir() else 'folder not writable'}",
+                          "pass a path in a writable folder")
+    return path
+
+
 def write_junit(result: GateResult, path: str | os.PathLike) -> Path:
     from edgekd.fsutil import atomic_write_bytes
 
-    return atomic_write_bytes(path, junit_xml(result))
+    try:
+        return atomic_write_bytes(path, junit_xml(result))
+    except OSError as err:
+        raise EdgeKDError(f"cannot write JUnit XML to {path}: {err.strerror or err}",
+                          "pass a --junit path in a writable folder") from None
 
 
 def _escape_data(text: str) -> str:
@@ -1073,5 +1091,9 @@ def report_to_github(result: GateResult, echo=print, environ=None) -> None:
     summary = environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         # The runner owns this file and other steps append to it too, so append, never replace.
-        with open(summary, "a", encoding="utf-8") as fh:
-            fh.write(markdown_table(result))
+        try:
+            with open(summary, "a", encoding="utf-8") as fh:
+                fh.write(markdown_table(result))
+        except OSError as err:
+            raise EdgeKDError(f"cannot append to GITHUB_STEP_SUMMARY {summary}: {err.strerror or err}",
+                              "unset GITHUB_STEP_SUMMARY or point it to a writable file") from None

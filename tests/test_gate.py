@@ -552,6 +552,9 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, cli):
     ]
     (tmp_path / "weights.txt").write_text("x")
     cases.append(((tmp_path / "weights.txt", "--max-size-mb", 1), "is not a model file"))
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    cases.append(((model, "--max-size-mb", 1, "--junit", blocked / "gate.xml"), "cannot write JUnit XML"))
     for args, message in cases:
         code, out, err = cli(*args)
         assert code == 2, (args, out, err)

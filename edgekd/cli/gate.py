@@ -42,21 +42,23 @@ def command(ctx, inputs, junit, config, no_config, **budget_values):
     Budgets come from [tool.edgekd.gate] in pyproject.toml, overridden by the options. Exit codes:
     0 all checks pass, 1 a budget is exceeded, 2 bad usage or unreadable input.
     """
-    from edgekd.gate import gate, render_table, report_to_github, resolve_budgets, write_junit
+    from edgekd.gate import check_writable, gate, render_table, report_to_github, resolve_budgets, write_junit
 
     try:
         if config and no_config:
             raise EdgeKDError("--config and --no-config contradict each other", "pass one of them")
         budgets, pyproject = resolve_budgets(budget_values, config=config, use_config=not no_config)
+        if junit:
+            check_writable(junit)
         result = gate(list(inputs), budgets, config=pyproject)
+        render_table(result)
+        if junit:
+            write_junit(result, junit)
+        report_to_github(result, echo=click.echo)
     except EdgeKDError as err:
         if ctx.find_root().command.name != "gate":
             raise  # under `edgekd`, its main() prints the one-line error (and honours --debug)
         # Run on its own (python -c "...command()"): same one line and exit code, no traceback.
         click.echo(f"edgekd: error: {err}", err=True)
         ctx.exit(err.exit_code)
-    render_table(result)
-    if junit:
-        write_junit(result, junit)
-    report_to_github(result, echo=click.echo)
     ctx.exit(result.exit_code)
