@@ -376,7 +376,11 @@ def onnx_input_shape(model, override: tuple[int, ...] | None = None) -> tuple[in
     if len(inputs) != 1:
         raise EdgeKDError(f"the model has {len(inputs)} inputs; the gate measures single-input image models",
                           "gate the run folder's report.json instead")
+    rank = len(inputs[0].type.tensor_type.shape.dim)
     if override is not None:
+        if len(override) != rank:
+            raise EdgeKDError(f"--input-shape {','.join(map(str, override))} has {len(override)} dimensions; the model's input has {rank}",
+                              "pass all of them, e.g. --input-shape 1,1,28,28")
         return override
     dims = []
     for i, dim in enumerate(inputs[0].type.tensor_type.shape.dim):

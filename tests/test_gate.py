@@ -220,6 +220,8 @@ def test_latency_measured_on_host_for_a_model_file(tmp_path, cli):
     (row,) = result.results
     assert row.passed and row.check == "latency p90" and 0 < row.value < 1000
     assert row.source.startswith("measured:host (onnxruntime")
+    # A batch of 4 through the dynamic batch dimension.
+    assert gate([model], Budgets(max_latency_ms=1000.0, input_shape=(4, 1, 4, 4)), time_budget_s=0.1).passed
     code, out, _ = cli(model, "--max-latency-ms", "0.000001", "--target", "host")
     assert code == 1 and "measured:host" in out and "FAIL" in out
 
@@ -547,6 +549,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, cli):
         ((model, "--min-accuracy", 0.9), "accuracy is known only for report artifacts"),
         ((model, "--max-size-mb", -1), "--max-size-mb must be a number >= 0"),
         ((model, "--max-latency-ms", 1, "--input-shape", "1,a"), "bad input shape"),
+        ((model, "--max-latency-ms", 1, "--input-shape", "1x16"), "--input-shape 1,16 has 2 dimensions; the model's input has 4"),
         ((tmp_path / "notes.txt", "--max-size-mb", 1), "does not exist"),
         ((model, "--baseline", tmp_path / "nope.json", "--max-growth", 5), "nope.json does not exist"),
     ]
@@ -604,3 +607,5 @@ def test_exit_codes_in_a_real_process(tmp_path):
     assert alone.returncode == 2 and "nope.onnx does not exist" in one_line_error(alone.stderr)
     alone = _run(["-c", code, str(model), "--max-params", "10"], tmp_path)
     assert alone.returncode == 1 and "gate failed" in alone.stdout
+    alone = _run(["-c", code, str(model), "--max-latency-ms", "1", "--input-shape", "1,a"], tmp_path)
+    assert alone.returncode == 2 and "bad input shape" in one_line_error(alone.stderr)

@@ -7,14 +7,6 @@ import click
 from edgekd.errors import EdgeKDError
 
 
-def _shape(ctx, param, value):
-    if value is None:
-        return None
-    from edgekd.gate import parse_shape
-
-    return parse_shape(value)
-
-
 @click.command("gate")
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=str), metavar="(RUN_DIR | REPORT.json | MODEL_FILE...)")
 @click.option("--max-size-mb", type=float, help="Largest shipped size in MB (1 MB = 10^6 bytes; ONNX external data and OpenVINO .bin included).")
@@ -31,7 +23,7 @@ def _shape(ctx, param, value):
 @click.option("--artifact", "artifacts", multiple=True, help="Gate only this report artifact (repeatable; 'recommended' = the "
                                                              "report's pick). Default: every exported student artifact with status ok "
                                                              "(not the PyTorch baselines).")
-@click.option("--input-shape", callback=_shape, help="N,C,H,W for timing a model file with dynamic dimensions.")
+@click.option("--input-shape", help="N,C,H,W for timing a model file with dynamic dimensions.")
 @click.option("--junit", "junit", type=click.Path(dir_okay=False, path_type=str), help="Write JUnit XML here (one test case per check).")
 @click.option("--config", type=click.Path(dir_okay=False, path_type=str), help="pyproject.toml with [tool.edgekd.gate] (default: the nearest one above the cwd).")
 @click.option("--no-config", is_flag=True, help="Ignore pyproject.toml budgets.")
@@ -42,9 +34,11 @@ def command(ctx, inputs, junit, config, no_config, **budget_values):
     Budgets come from [tool.edgekd.gate] in pyproject.toml, overridden by the options. Exit codes:
     0 all checks pass, 1 a budget is exceeded, 2 bad usage or unreadable input.
     """
-    from edgekd.gate import check_writable, gate, render_table, report_to_github, resolve_budgets, write_junit
+    from edgekd.gate import check_writable, gate, parse_shape, render_table, report_to_github, resolve_budgets, write_junit
 
     try:
+        if budget_values["input_shape"] is not None:
+            budget_values["input_shape"] = parse_shape(budget_values["input_shape"])
         if config and no_config:
             raise EdgeKDError("--config and --no-config contradict each other", "pass one of them")
         budgets, pyproject = resolve_budgets(budget_values, config=config, use_config=not no_config)
