@@ -321,16 +321,21 @@ def _runtime_available(runtime: str) -> tuple[bool, str]:
 
 def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarray, calib: np.ndarray,
                parity_inputs: np.ndarray | None, progress: bool = True, parity_label: str = "test split",
-               options: ExportOptions | None = None, console=None) -> list[Artifact]:
+               options: ExportOptions | None = None, target=None, console=None) -> list[Artifact]:
     """Export ``model`` to each of ``formats`` in ``out_dir`` and check each against PyTorch.
 
     ``example`` fixes the input shape (batch is dynamic where the format allows), ``calib`` feeds
     INT8 calibration, ``parity_inputs`` are run through PyTorch and every artifact. A format that
     fails becomes ``status="failed"`` with a one-line reason; one that cannot run on this machine
     (TensorRT without a GPU) is ``"skipped"`` with the reason. Neither stops the other formats.
+    ``target`` (an edgekd.hardware.Target) tailors device-specific outputs, e.g. the trtexec build
+    command written next to the ONNX for a Jetson.
     """
     names = resolve_formats(formats)
     options = options or ExportOptions()
+    if target is not None and getattr(target, "runtime", None) == "tensorrt":
+        # Engines are device-specific: for a TensorRT device ship the ONNX plus the exact build command.
+        options.jetson = True
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if progress and console is None:
