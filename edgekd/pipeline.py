@@ -92,6 +92,14 @@ class StageClock:
         self.console.print(f"  [dim]{name}: {dt:.1f} s[/]")
 
 
+def default_formats(target) -> list[str]:
+    """The base formats plus the target runtime's own, keeping only those this install registers."""
+    from edgekd.export import FORMATS
+
+    wanted = BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
+    return [name for name in wanted if name in FORMATS]
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -151,6 +159,9 @@ def distill(opts: DistillOptions, console=None) -> dict:
     out = Path(opts.out) if opts.out else default_out_dir(target.name)
     prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
     budget_ms = opts.budget_ms if opts.budget_ms is not None else target.budget_ms
+    from edgekd.export import resolve_formats
+
+    formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(target))
 
     with clock.stage("data", "Loading data"):
         splits = load_data(opts.data, seed=opts.seed)
@@ -218,7 +229,6 @@ def distill(opts: DistillOptions, console=None) -> dict:
                         "history": result.history},
         }
 
-        formats = tuple(opts.formats) if opts.formats else BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
         test_x = normalize(splits.test.x, splits.mean, splits.std)
         with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
             from edgekd.export import export_all
