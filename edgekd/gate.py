@@ -639,7 +639,14 @@ def predict_target_latency(path: Path, target_name: str, input_shape=None, preci
     precision = precision or onnx_precision(model)
     if precision not in (target.precisions or ()):
         precision = None  # the target's own precision: what its deployment toolchain would build
-    prediction = predict_latency_ms(str(path), target, shape, precision=precision)
+    try:
+        prediction = predict_latency_ms(str(path), target, shape, precision=precision)
+    except EdgeKDError:
+        raise
+    except Exception as err:
+        # Not a budget failure: exit 2 with the cause, never the exit 1 that means "over budget".
+        raise EdgeKDError(f"cannot predict the latency of {path.name} on {target.name} ({type(err).__name__}: {_first_line(err)})",
+                          "gate the run folder, whose report records the target latency, or --target host") from err
     calibration = getattr(prediction, "calibration", "") or ""
     source = f"predicted:{target.name}" + (f" ({calibration})" if calibration else "")
     return Value(float(prediction.total_ms), source)
