@@ -11,6 +11,9 @@ import click
 from edgekd import __version__
 from edgekd.errors import EdgeKDError
 
+# Exit codes: 0 success, 1 a check failed (gate), 2 bad usage or input, 3 a bug in edgekd, 130 Ctrl-C.
+INTERNAL_ERROR = 3
+
 # command name -> module under edgekd.cli defining a click command called ``command``.
 # Commands are imported lazily so that `edgekd targets` does not pay for importing torch.
 COMMANDS = {
@@ -82,5 +85,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         first = str(err).splitlines()[0] if str(err) else ""
         click.echo(f"edgekd: internal error: {type(err).__name__}: {first[:300]}; rerun with --debug for the traceback", err=True)
-        sys.exit(1)
+        sys.exit(INTERNAL_ERROR)
     sys.exit(code if isinstance(code, int) else 0)
