@@ -94,13 +94,15 @@ def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Modu
         spec = ModelSpec.from_dict(json.loads(header["edgekd.spec"]))
     meta = json.loads(header.get("edgekd.meta", "{}"))
     model = spec.build()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        # Missing, unexpected or differently shaped tensors: the weights are for another model.
+        detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "tensor mismatch")
         raise EdgeKDError(
-            f"{path} does not match architecture {spec.arch} (width {spec.width}, depth {spec.depth}): "
-            f"{len(missing)} missing and {len(unexpected)} unexpected tensors",
+            f"{path} does not match architecture {spec.arch} (width {spec.width}, depth {spec.depth}): {detail[:140]}",
             "pass the architecture and width the weights were trained with",
-        )
+        ) from None
     model.eval()
     return model, spec, meta
 

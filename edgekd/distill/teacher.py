@@ -1,0 +1,113 @@
+"""The teacher: the user's weights, or a default CNN trained once per dataset and cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgekd import __version__
+from edgekd.data import DataSplits
+from edgekd.distill.train import TrainConfig, evaluate, train
+from edgekd.errors import EdgeKDError
+from edgekd.models import ModelSpec, count_params, load_model, save_model
+
+# The default teacher: the widest member of the student family (4x the base channels) with
+# dropout, trained with label smoothing and random shifts: large and regularised, as in Hinton
+# et al., yet about a minute of training on a 2-core CPU for the packaged MNIST.
+TEACHER_ARCH = dict(arch="cnn", width=4.0, depth=1, extra={"dropout": 0.3})
+TEACHER_TRAIN = TrainConfig(epochs=8, batch_size=128, lr=4e-3, weight_decay=5e-4, loss="ce",
+                            label_smoothing=0.1, augment=True, shift_px=2)
+
+
+def default_teacher_spec(splits: DataSplits) -> ModelSpec:
+    return ModelSpec(num_classes=splits.num_classes, in_channels=splits.input_shape[0], **TEACHER_ARCH)
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("EDGEKD_CACHE_DIR"):
+        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgekd"))
+
+
+def teacher_cache_key(splits: DataSplits, spec: ModelSpec, cfg: TrainConfig) -> str:
+    """Hash of everything that determines the trained teacher: data, architecture, recipe, version."""
+    recipe = {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}
+    blob = json.dumps({"data": splits.fingerprint(), "spec": spec.to_dict(), "train": recipe, "edgekd": __version__},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def check_teacher_fits(spec: ModelSpec, splits: DataSplits, where: str) -> None:
+    if spec.num_classes != splits.num_classes:
+        raise EdgeKDError(f"teacher {where} predicts {spec.num_classes} classes but the data has {splits.num_classes}",
+                          "pass a teacher trained on this dataset's classes, or omit --teacher to train one")
+    if spec.in_channels != splits.input_shape[0]:
+        raise EdgeKDError(f"teacher {where} takes {spec.in_channels}-channel images but the data has {splits.input_shape[0]}",
+                          "pass a teacher trained on images like these (grey vs RGB), or omit --teacher to train one")
+
+
+def get_teacher(splits: DataSplits, *, teacher_path: str | Path | None = None, cache_dir: str | Path | None = None,
+                progress: bool = True, device: str = "cpu", epochs: int | None = None,
+                log=None) -> tuple[nn.Module, ModelSpec, dict]:
+    """Return ``(teacher in eval mode, its spec, info)``; info: accuracy, params, path, cached, seconds.
+
+    With ``teacher_path`` the user's safetensors weights (written by ``edgekd.models.save_model``) are
+    loaded and checked against the data. Without it the default teacher for these data is loaded from
+    the cache, or trained (resumably: a killed run picks up from its last epoch) and cached.
+    """
+    t0 = time.perf_counter()
+    if teacher_path is not None:
+        path = Path(teacher_path).expanduser()
+        if not path.exists():
+            raise EdgeKDError(f"--teacher {path} does not exist", "pass a .safetensors file written by edgekd")
+        model, spec, meta = load_model(path)
+        check_teacher_fits(spec, splits, str(path))
+        try:
+            accuracy = evaluate(model, splits.test, splits, device)
+        except RuntimeError as err:
+            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({str(err).splitlines()[0][:100]})",
+                              "pass a teacher trained on images of this size") from None
+        return model.eval(), spec, {"accuracy": accuracy, "params": count_params(model), "path": str(path),
+                                    "cached": False, "seconds": time.perf_counter() - t0, "source": "user"}
+
+    spec = default_teacher_spec(splits)
+    cfg = replace(TEACHER_TRAIN, device=device, epochs=epochs or TEACHER_TRAIN.epochs)
+    key = teacher_cache_key(splits, spec, cfg)
+    root = cache_root(cache_dir)
+    weights = root / f"teacher-{key}.safetensors"
+    if weights.exists():
+        try:
+            model, cached_spec, meta = load_model(weights)
+            if cached_spec == spec and "accuracy" in meta:
+                return model.eval(), spec, {"accuracy": float(meta["accuracy"]), "params": count_params(model),
+                                            "path": str(weights), "cached": True, "seconds": time.perf_counter() - t0,
+                                            "source": "cache", "train_seconds": meta.get("seconds")}
+        except EdgeKDError:
+            pass  # a damaged cache entry is not the user's problem: train again and replace it
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgeKDError(f"cannot create the teacher cache {root} ({err.strerror})",
+                          "set EDGEKD_CACHE_DIR to a writable folder") from None
+    torch.manual_seed(cfg.seed)
+    model = spec.build()
+    result = train(model, None, splits, cfg, ckpt_dir=root / f"teacher-{key}.ckpt", resume=True, progress=progress, log=log)
+    model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    meta = {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
+            "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__}
+    save_model(weights, model, spec, meta)
+    return model, spec, {"accuracy": result.accuracy, "params": count_params(model), "path": str(weights),
+                         "cached": False, "seconds": time.perf_counter() - t0, "source": "trained",
+                         "train_seconds": result.seconds, "history": result.history}
