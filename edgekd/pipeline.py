@@ -119,25 +119,76 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber a finished or foreign folder unless asked to; never half-create one early."""
     if out.exists() and not out.is_dir():
         raise EdgeKDError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(p.name != ".edgekd.lock" for p in out.iterdir()):
+    if out.is_dir() and any(p.name != ".edgekd.lock" and not p.name.endswith(".tmp") for p in out.iterdir()):
         if resume:
             if not (out / "config.json").is_file():
                 raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)", "point --out at the run folder to resume")
             return
         if not overwrite:
             raise EdgeKDError(f"output folder {out} already exists and is not empty", "pass --overwrite to replace it, --resume to continue it, or choose another --out")
-    elif resume:
-        raise EdgeKDError(f"--resume: {out} does not exist", "start the run without --resume")
+    # --resume of a run killed before its folder held config.json (e.g. during teacher training,
+    # which resumes from its own cache checkpoint) simply starts the run.
     parent = out.parent if str(out.parent) else Path(".")
     probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
     import os
 
-    if not os.access(probe, os.W_OK):
-        raise EdgeKDError(f"cannot write to {probe}", "choose a writable --out")
+    if not probe.is_dir():
+        raise EdgeKDError(f"cannot create --out {out}: {probe} is a file, not a folder", "choose another --out")
+    if not os.access(probe, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
+        raise EdgeKDError(f"cannot write to {out if out.is_dir() else probe}", "choose a writable --out")
+    if out.is_dir():
+        from edgekd.fsutil import run_lock
+
+        with run_lock(out):  # fail now, not after the teacher, if another run is writing there
+            pass
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete what a killed run left half-written: *.tmp files and export staging folders.
+
+    Only called under the run lock, which proves the process that wrote them is gone.
+    """
+    for p in sorted(out.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if p.is_dir() and p.name.startswith((".staging-", ".scratch-")):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def resume_command(opts: DistillOptions) -> str:
+    """The exact `edgekd distill ... --resume` command that continues this run (every non-default option)."""
+    import shlex
+    from dataclasses import fields
+
+    words = ["edgekd", "distill", "--target", opts.target]
+    for f in fields(DistillOptions):
+        value = getattr(opts, f.name)
+        if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
+            continue
+        if isinstance(value, tuple):
+            value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        words += [f"--{f.name.replace('_', '-')}", str(value)]
+    words += [] if opts.progress else ["--no-progress"]
+    return shlex.join(words + ["--resume"])
 
 
 def distill(opts: DistillOptions, console=None) -> dict:
-    """Run the whole job and return the report dict (also written to ``<out>/report.json``)."""
+    """Run the whole job and return the report dict (also written to ``<out>/report.json``).
+
+    Ctrl-C at any stage ends with a one-line error (exit 130) that gives the exact command to resume.
+    """
+    try:
+        return _distill(opts, console)
+    except (KeyboardInterrupt, EdgeKDError) as err:
+        if isinstance(err, EdgeKDError) and err.exit_code != 130:
+            raise
+        ckpt = Path(opts.out or ".") / "checkpoints" / "last.pt"
+        what = err.message if isinstance(err, EdgeKDError) else (
+            f"interrupted; the training checkpoint {ckpt} is kept" if opts.out and ckpt.is_file() else "interrupted")
+        raise EdgeKDError(what, f"resume with: {resume_command(opts)}", exit_code=130) from None
+
+
+def _distill(opts: DistillOptions, console=None) -> dict:
     import torch
     from rich.console import Console
 
@@ -157,6 +208,7 @@ def distill(opts: DistillOptions, console=None) -> dict:
     # Everything that can reject the run is checked before the output folder is created.
     target = load_target(opts.target)
     out = Path(opts.out) if opts.out else default_out_dir(target.name)
+    opts.out = str(out)  # an interrupted run's resume command names the folder
     prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
     budget_ms = opts.budget_ms if opts.budget_ms is not None else target.budget_ms
     from edgekd.export import resolve_formats
@@ -188,6 +240,8 @@ def distill(opts: DistillOptions, console=None) -> dict:
     from edgekd.fsutil import atomic_write_json, run_lock
 
     with run_lock(out):
+        if opts.resume:
+            remove_stale_temporaries(out)
         config = {**asdict(opts), "device_resolved": device, "budget_ms": budget_ms,
                   "target_resolved": target.name, "out": str(out)}
         atomic_write_json(out / "config.json", config)

@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # a bug, not a user error: one line unless --debug
         if debug:
             raise
+        torch = sys.modules.get("torch")  # only loaded by commands that use it
+        if torch is not None and isinstance(err, torch.OutOfMemoryError):
+            click.echo("edgekd: error: the GPU ran out of memory; rerun with a smaller --batch-size "
+                       "(e.g. half the current one), adding --resume to keep the finished epochs", err=True)
+            sys.exit(2)
         first = str(err).splitlines()[0] if str(err) else ""
         click.echo(f"edgekd: internal error: {type(err).__name__}: {first[:300]}; rerun with --debug for the traceback", err=True)
         sys.exit(INTERNAL_ERROR)
