@@ -247,10 +247,14 @@ def load_checkpoint(path: Path) -> dict:
     import pickle
     import zipfile
 
+    import warnings
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
-            TypeError, KeyError) as err:
+            TypeError, KeyError, Exception) as err:  # Exception: torch.load hands *.safetensors to safetensors
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
         raise EdgeKDError(f"checkpoint {path} is corrupt or not an edgekd checkpoint ({first})",
                           f"delete {path} to start the run afresh") from None
