@@ -257,3 +257,99 @@ def test_runner_output_must_be_python(tmp_path):
 
     with pytest.raises(EdgeKDError, match="must end in .py"):
         write_runner_script(tmp_path / "runner.txt")
+
+
+# ---- edgekd bench: this machine, per runtime and batch size ----
+
+def _edgekd(*args, cwd=None):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or repo, timeout=300)
+
+
+@pytest.mark.slow
+def test_bench_run_dir_adds_runtime_rows_and_batches(tmp_path, tiny_onnx):
+    import shutil
+
+    from edgekd.bench.host import BenchOptions, bench_run
+    from edgekd.bench.runners import load_runner
+    from edgekd.bench.evaluate import accuracy_of
+    from edgekd.data import load_data, normalize
+    from edgekd.models import create, save_model
+    from edgekd.models import ModelSpec
+    from edgekd.report import load_report, new_report, write_reports
+
+    run = tmp_path / "run"
+    (run / "artifacts").mkdir(parents=True)
+    shutil.copy(tiny_onnx, run / "artifacts" / "student.onnx")
+    spec = ModelSpec("cnn", 10, 1, width=0.25)
+    save_model(run / "teacher.safetensors", spec.build().eval(), spec)
+    splits = load_data()
+    report = new_report("distill")
+    report["data"] = splits.describe()
+
+    def row(name, role, fmt, runtime, path):
+        return {"name": name, "role": role, "format": fmt, "precision": "fp32", "runtime": runtime, "path": path,
+                "size_bytes": (run / path).stat().st_size, "status": "ok", "reason": None, "accuracy": 0.5,
+                "extra": {}}
+
+    report["artifacts"] = [row("pytorch", "teacher", "pytorch", "pytorch", "teacher.safetensors"),
+                           row("onnx", "student", "onnx", "onnxruntime", "artifacts/student.onnx")]
+    write_reports(run, report, html=False)
+
+    opts = BenchOptions(runtimes=["onnxruntime", "openvino", "pytorch"], batches=[1, 2], seconds=0.05, warmup=2,
+                        threads=1)
+    out = bench_run(run, opts)
+    saved = load_report(run)
+    assert saved["artifacts"] == json.loads(json.dumps(out["artifacts"]))
+    by_name = {(a["role"], a["name"]): a for a in saved["artifacts"]}
+    assert set(by_name) == {("teacher", "pytorch"), ("student", "onnx"), ("student", "onnx@openvino")}
+    for key in by_name:
+        art = by_name[key]
+        assert art["status"] == "ok", art
+        assert art["latency_source"] == "measured:host" and art["latency_ms"]["p50"] > 0
+        assert [m["batch"] for m in art["extra"]["host_measurements"]] == [2]
+        assert art["extra"]["host_measurements"][0]["throughput"] > 0
+    ov = by_name[("student", "onnx@openvino")]
+    x = normalize(splits.test.x, splits.mean, splits.std)
+    expected = accuracy_of(load_runner(run / "artifacts/student.onnx").run, x, splits.test.y)
+    assert ov["accuracy"] == pytest.approx(expected, abs=0.002)  # same FP32 graph, another runtime
+    assert ov["runtime"] == "openvino" and ov["extra"]["source_artifact"] == "onnx"
+    assert saved["config"]["bench"]["batches"] == [1, 2] and saved["environment"]["threads"] == 1
+    assert (run / "report.html").exists()
+    # Benchmarking again updates the rows instead of adding more.
+    bench_run(run, opts)
+    assert len(load_report(run)["artifacts"]) == 3
+
+
+def test_bench_model_files_cli(tmp_path, tiny_onnx):
+    proc = _edgekd("bench", tiny_onnx, "--runtimes", "onnxruntime,openvino", "--batch", "1,4", "--seconds", "0.05",
+                   "--out", tmp_path / "b")
+    assert proc.returncode == 0, proc.stderr
+    from edgekd.report import load_report
+
+    report = load_report(tmp_path / "b")
+    assert report["command"] == "bench"
+    rows = {a["name"]: a for a in report["artifacts"]}
+    assert set(rows) == {"student.onnx", "student.onnx@openvino"}
+    for art in rows.values():
+        assert art["status"] == "ok" and art["precision"] == "fp32" and art["role"] == "model"
+        assert art["latency_ms"]["p50"] > 0 and art["extra"]["input_shape"] == [1, 28, 28]
+        assert art["extra"]["host_measurements"][0]["batch"] == 4
+    assert "Latency and throughput by batch size" in proc.stdout
+    assert "Latency and throughput by batch size" in (tmp_path / "b" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nothere.onnx"], "model file nothere.onnx does not exist"),
+    (["{model}", "--runtimes", "onnxruntim"], "did you mean"),
+    (["{model}", "--batch", "1,x"], "--batch must be comma-separated integers"),
+    (["{model}", "--batch", "0"], "batch sizes must be >= 1"),
+])
+def test_bench_errors_are_one_line(tmp_path, tiny_onnx, args, message):
+    proc = _edgekd("bench", *[a.format(model=tiny_onnx) for a in args], "--out", tmp_path / "b")
+    assert proc.returncode == 2, proc.stdout
+    assert message in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "b").exists()

@@ -8,8 +8,8 @@ from html import escape
 
 from edgekd.report.plots import render_figures
 from edgekd.report.table import (
-    DASH, artifact_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_speedup, latency_pairs,
-    selection_rows, target_name,
+    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
+    latency_pairs, selection_rows, target_name, visible_columns,
 )
 
 # Inline CSS only: the file must open on an air-gapped laptop or as a CI artifact with no network.
@@ -131,11 +131,23 @@ def _artifact_table(report: dict) -> str:
     rows = artifact_rows(report)
     multi_run = any(r.run for r in rows)
     tname = target_name(report) or "target"
+    cols = visible_columns(rows)
     head = (["Run"] if multi_run else []) + ["Artifact", "Runtime", "Precision"]
-    nums = ["Size MB", "Accuracy %", "Δ vs FP32 pt", "Host p50 ms", "Host p90 ms", "Speed-up",
-            f"{escape(tname)} p50 ms"]
+    # (header, cell, shown): numeric columns, empty ones dropped (a bench of bare files has no accuracy).
+    spec = [
+        ("Size MB", lambda r: fmt_mb(r.size_mb), True),
+        ("Accuracy %", lambda r: fmt_pct(r.accuracy), cols.accuracy),
+        ("Δ vs FP32 pt", fmt_delta, cols.accuracy),
+        ("Host p50 ms", lambda r: fmt_ms(r.host_p50) + (_source_html(r.host_source)
+                                                         if r.host_source and r.host_source != "measured:host" else ""),
+         True),
+        ("Host p90 ms", lambda r: fmt_ms(r.host_p90), True),
+        ("Speed-up", lambda r: fmt_speedup(r.speedup), cols.speedup),
+        (f"{escape(tname)} p50 ms", None, cols.target),
+    ]
+    spec = [x for x in spec if x[2]]
     html = ["<table><thead><tr>"]
-    html += [f"<th>{h}</th>" for h in head] + [f'<th class="num">{h}</th>' for h in nums] + ["<th>Status</th>"]
+    html += [f"<th>{h}</th>" for h in head] + [f'<th class="num">{h}</th>' for h, _, _ in spec] + ["<th>Status</th>"]
     html.append("</tr></thead><tbody>")
     for r in rows:
         cls = " ".join(c for c in ("recommended" if r.recommended else "", "teacher" if r.role == "teacher" else "",
@@ -150,7 +162,6 @@ def _artifact_table(report: dict) -> str:
             fit = ' <span class="fit" title="within budget">✓</span>'
         elif r.fits is False:
             fit = ' <span class="over" title="over budget">✗</span>'
-        host_src = _source_html(r.host_source) if r.host_source and r.host_source != "measured:host" else ""
         status = f'<span class="pill {escape(r.status)}">{escape(r.status)}</span>'
         lead = ([f"<td>{escape(r.run or DASH)}</td>"] if multi_run else []) + [
             f"<td>{label}</td>", f"<td>{escape(r.runtime or DASH)}</td>", f"<td>{escape(r.precision)}</td>"]
@@ -158,26 +169,38 @@ def _artifact_table(report: dict) -> str:
         if r.size_mb is None and r.accuracy is None and r.host_p50 is None:
             # Nothing ran here (skipped, or failed to export): the reason takes the empty columns' width;
             # a target prediction, if any, still shows.
-            cells = lead + [f'<td class="why" colspan="{len(nums) - 1}"><span class="reason">'
-                            f'{escape(r.reason or "")}</span></td>', target_cell, f"<td>{status}</td>"]
+            span = len(spec) - (1 if cols.target else 0)
+            cells = lead + [f'<td class="why" colspan="{span}"><span class="reason">{escape(r.reason or "")}'
+                            "</span></td>"] + ([target_cell] if cols.target else []) + [f"<td>{status}</td>"]
             html.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
             continue
-        note = ""
+        cells = lead + [target_cell if fn is None else f'<td class="num">{fn(r)}</td>' for _, fn, _ in spec]
+        cells.append(f'<td class="status">{status}</td>')
         if r.reason and not r.ok:
             # The reason gets its own line under the figures instead of squeezing into the status column.
-            lead_cols = len(lead)
-            note = (f'<tr class="{cls} note-row"><td colspan="{lead_cols}"></td><td colspan="{len(nums) + 1}">'
+            note = (f'<tr class="{cls} note-row"><td colspan="{len(lead)}"></td><td colspan="{len(spec) + 1}">'
                     f'<span class="reason">↳ {escape(r.reason)}</span></td></tr>')
-        cells = lead + [
-            f'<td class="num">{fmt_mb(r.size_mb)}</td>', f'<td class="num">{fmt_pct(r.accuracy)}</td>',
-            f'<td class="num">{fmt_delta(r)}</td>', f'<td class="num">{fmt_ms(r.host_p50)}{host_src}</td>',
-            f'<td class="num">{fmt_ms(r.host_p90)}</td>', f'<td class="num">{fmt_speedup(r.speedup)}</td>',
-            target_cell, f'<td class="status">{status}</td>',
-        ]
-        if note:
             html.append(f'<tr class="{cls} has-note">' + "".join(cells) + "</tr>" + note)
             continue
         html.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
+    html.append("</tbody></table>")
+    return "".join(html)
+
+
+def _batch_table(report: dict) -> str:
+    rows = batch_rows(report)
+    if not rows:
+        return ""
+    html = ['<table><thead><tr><th>Artifact</th><th>Runtime</th><th class="num">Batch</th><th class="num">p50 ms</th>'
+            '<th class="num">p90 ms</th><th class="num">Images/s</th><th>Status</th></tr></thead><tbody>']
+    for b in rows:
+        status = f'<span class="pill {escape(b["status"])}">{escape(b["status"])}</span>'
+        if b["reason"]:
+            status += f' <span class="reason">{escape(b["reason"])}</span>'
+        html.append(f"<tr><td>{escape((b['run'] + '/') if b['run'] else '')}{escape(b['label'])}</td>"
+                    f"<td>{escape(b['runtime'] or DASH)}</td><td class=\"num\">{b['batch']}</td>"
+                    f"<td class=\"num\">{fmt_ms(b['p50'])}</td><td class=\"num\">{fmt_ms(b['p90'])}</td>"
+                    f"<td class=\"num\">{fmt_rate(b['throughput'])}</td><td class=\"why\">{status}</td></tr>")
     html.append("</tbody></table>")
     return "".join(html)
 
@@ -289,6 +312,9 @@ def render_html(report: dict) -> str:
         "the latency model. Δ is the accuracy change against the FP32 PyTorch student, in points. "
         "◆ marks the accuracy–latency frontier; ✓/✗ within/over the budget.</p>",
     ]
+    batches = _batch_table(report)
+    if batches:
+        parts += ["<h3>Latency and throughput by batch size (this machine)</h3>", f'<div class="panel">{batches}</div>']
     if "pareto" in figures:
         parts += ["<h2>Accuracy against latency</h2>",
                   f"<figure>{_img(figures['pareto'], 'accuracy against latency (Pareto plot)')}"

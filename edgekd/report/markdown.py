@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from edgekd.report.table import (
-    DASH, artifact_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_source, fmt_speedup,
-    latency_pairs, selection_rows, status_text, summary_lines, target_name,
+    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
+    fmt_speedup, latency_pairs, selection_rows, status_text, summary_lines, target_name, visible_columns,
 )
 
 
@@ -24,12 +24,25 @@ def artifacts_markdown(report: dict) -> list[str]:
     rows = artifact_rows(report)
     multi_run = any(r.run for r in rows)
     tname = target_name(report) or "target"
-    header = ["Artifact", "Runtime", "Precision", "Size MB", "Accuracy %", "Δ vs FP32 pt", "Host p50 ms",
-              "Speed-up", f"{tname} p50 ms", "Latency source", "Status"]
-    align = ["l", "l", "l", "r", "r", "r", "r", "r", "r", "l", "l"]
-    if multi_run:
-        header.insert(0, "Run")
-        align.insert(0, "l")
+    cols = visible_columns(rows)
+    # (header, alignment, cell function, shown)
+    spec = [
+        ("Run", "l", lambda r: r.run or DASH, multi_run),
+        ("Artifact", "l", None, True),
+        ("Runtime", "l", lambda r: r.runtime or DASH, True),
+        ("Precision", "l", lambda r: r.precision, True),
+        ("Size MB", "r", lambda r: fmt_mb(r.size_mb), True),
+        ("Accuracy %", "r", lambda r: fmt_pct(r.accuracy), cols.accuracy),
+        ("Δ vs FP32 pt", "r", fmt_delta, cols.accuracy),
+        ("Host p50 ms", "r", lambda r: fmt_ms(r.host_p50), True),
+        ("Speed-up", "r", lambda r: fmt_speedup(r.speedup), cols.speedup),
+        (f"{tname} p50 ms", "r", None, cols.target),
+        ("Latency source", "l", fmt_source, True),
+        ("Status", "l", status_text, True),
+    ]
+    spec = [s for s in spec if s[3]]
+    header = [s[0] for s in spec]
+    align = [s[1] for s in spec]
     body = []
     for r in rows:
         label = f"**{r.label}** ★" if r.recommended else (f"*{r.label}*" if r.role == "teacher" else r.label)
@@ -40,10 +53,9 @@ def artifacts_markdown(report: dict) -> list[str]:
             target += " ✗"
         elif r.fits:
             target += " ✓"
-        cells = [label, r.runtime or DASH, r.precision, fmt_mb(r.size_mb), fmt_pct(r.accuracy), fmt_delta(r),
-                 fmt_ms(r.host_p50), fmt_speedup(r.speedup), target, fmt_source(r), status_text(r)]
-        if multi_run:
-            cells.insert(0, r.run or DASH)
+        cells = []
+        for name, _, fn, _ in spec:
+            cells.append(label if name == "Artifact" else target if fn is None else fn(r))
         body.append(cells)
     return _table(header, body, align)
 
@@ -71,6 +83,14 @@ def render_markdown(report: dict) -> str:
     lines += ["", "Speed-up is the teacher's PyTorch p50 on this machine divided by the artifact's. "
               "Latency source `measured:<device>` was timed on that device; `predicted:<target>` comes from "
               "the latency model. ★ recommended, ◆ on the accuracy–latency frontier, ✓/✗ within/over budget.", ""]
+    batches = batch_rows(report)
+    if batches:
+        lines += ["## Latency and throughput by batch size (this machine)", ""]
+        body = [[(f"{b['run']}/" if b["run"] else "") + b["label"], b["runtime"] or DASH, b["batch"],
+                 fmt_ms(b["p50"]), fmt_ms(b["p90"]), fmt_rate(b["throughput"]),
+                 "ok" if b["status"] == "ok" else f"{b['status']}: {b['reason']}"] for b in batches]
+        lines += _table(["Artifact", "Runtime", "Batch", "p50 ms", "p90 ms", "Images/s", "Status"], body,
+                        ["l", "l", "r", "r", "r", "r", "l"]) + [""]
     pairs = latency_pairs(report)
     if pairs:
         lines += ["## Predicted vs measured", ""]

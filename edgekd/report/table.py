@@ -322,3 +322,44 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         run = f" (run {rec['run']})" if rec.get("run") else ""
         out.append(("Recommended", f"{rec['name']}{run}" + (f": {rec['why']}" if rec.get("why") else "")))
     return out
+
+
+@dataclass
+class Columns:
+    """Which optional columns carry anything: a bench of bare files has no accuracy, teacher or target."""
+
+    accuracy: bool
+    speedup: bool
+    target: bool
+
+
+def visible_columns(rows: list[ArtifactRow]) -> Columns:
+    return Columns(accuracy=any(r.accuracy is not None for r in rows),
+                   speedup=any(r.speedup is not None for r in rows),
+                   target=any(r.target_p50 is not None for r in rows))
+
+
+def batch_rows(report: dict) -> list[dict]:
+    """Latency and throughput per batch size, for artifacts measured at more than batch 1."""
+    out = []
+    for r in artifact_rows(report):
+        extra = r.artifact.get("extra") or {}
+        more = extra.get("host_measurements") or []
+        if not more:
+            continue
+        entries = []
+        if r.host_p50 is not None:
+            lat = r.artifact.get("latency_ms") or {}
+            entries.append({"batch": 1, "status": "ok", "latency_ms": lat, "throughput":
+                            r.throughput if r.throughput is not None else (1000.0 / r.host_p50 if r.host_p50 else None)})
+        entries += more
+        for m in sorted(entries, key=lambda m: m.get("batch", 0)):
+            lat = m.get("latency_ms") or {}
+            out.append({"label": r.label, "run": r.run, "runtime": r.runtime, "batch": m.get("batch"),
+                        "status": m.get("status", "ok"), "reason": m.get("reason"),
+                        "p50": _p(lat), "p90": _p(lat, "p90"), "throughput": m.get("throughput")})
+    return out
+
+
+def fmt_rate(v: float | None) -> str:
+    return DASH if v is None else f"{v:,.0f}"

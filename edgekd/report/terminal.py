@@ -8,61 +8,117 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekd.report.table import (
-    DASH, artifact_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_source, fmt_speedup,
-    selection_rows, summary_lines, target_name,
+    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
+    fmt_speedup, selection_rows, summary_lines, target_name, visible_columns,
 )
 
 
-def artifacts_table(report: dict) -> Table:
+SUPERSCRIPTS = "¹²³⁴⁵⁶⁷⁸⁹"
+
+
+def _footnote_mark(i: int) -> str:
+    return SUPERSCRIPTS[i] if i < len(SUPERSCRIPTS) else f"[{i + 1}]"
+
+
+def _short_label(r) -> str:
+    """Student rows by their format name alone; the teacher and bare model files say what they are."""
+    base = r.name if r.role == "student" else (r.role if r.name in ("pytorch", r.role) else f"{r.role} · {r.name}")
+    if r.role == "teacher" and r.name != "pytorch":
+        base = f"teacher · {r.name}"
+    elif r.role == "teacher":
+        base = "teacher (pytorch)"
+    return base
+
+
+def artifacts_table(report: dict, width: int = 160) -> tuple[Table, list[str]]:
+    """The artifact table fitted to ``width`` columns, and the footnotes (reasons of failed/skipped rows).
+
+    Reasons live under the table, not in it: one long reason would otherwise squeeze every column.
+    Columns that carry nothing are left out, and on a narrow terminal the least important go first.
+    """
     rows = artifact_rows(report)
     multi_run = any(r.run for r in rows)
     tname = target_name(report)
     budget = report.get("budget_ms")
-    title = "Artifacts: accuracy and latency"
-    if tname:
-        title += f" (target {tname}" + (f", budget {fmt_ms(budget)} ms)" if budget else ")")
-    table = Table(title=title, box=box.SIMPLE_HEAVY, title_style="bold", header_style="bold cyan",
-                  caption="speed-up: against the teacher in PyTorch on this machine; ★ recommended; "
-                          "◆ on the accuracy–latency frontier", caption_style="dim")
-    if multi_run:
-        table.add_column("Run")
-    table.add_column("Artifact", no_wrap=True)
-    table.add_column("Runtime")
-    table.add_column("Prec")
-    table.add_column("Size MB", justify="right")
-    table.add_column("Acc %", justify="right")
-    table.add_column("Δ pt", justify="right")
-    table.add_column("Host p50 ms", justify="right")
-    table.add_column("Speed-up", justify="right")
-    table.add_column(f"{tname or 'Target'} p50 ms", justify="right")
-    table.add_column("Source")
-    table.add_column("Status", max_width=48)
+    cols = visible_columns(rows)
+    footnotes: list[str] = []
+    status_cells = []
     for r in rows:
-        marks = ("★" if r.recommended else "") + ("◆" if r.on_frontier else "")
-        label = Text(r.label + (" " + marks if marks else ""), style="bold" if r.recommended else "")
-        if r.role == "teacher":
-            label.stylize("dim italic")
-        target_cell = Text(fmt_ms(r.target_p50))
-        if r.fits is False:
-            target_cell.stylize("red")
-        elif r.fits:
-            target_cell.stylize("green")
-        if r.target_source and r.target_source.startswith("predicted:"):
-            target_cell.append(" (pred)", style="dim")
         if r.ok:
-            status = Text("ok", style="green")
-        else:
-            status = Text(r.status + (f": {r.reason}" if r.reason else ""),
-                          style="red" if r.status == "failed" else "yellow")
-        delta = fmt_delta(r)
-        delta_cell = Text(delta, style=("red" if delta.startswith("−") and r.delta_pt is not None and r.delta_pt < -1
-                                        else ""))
-        cells = [label, r.runtime or DASH, r.precision, fmt_mb(r.size_mb), fmt_pct(r.accuracy), delta_cell,
-                 fmt_ms(r.host_p50), fmt_speedup(r.speedup), target_cell, Text(fmt_source(r), style="dim"), status]
-        if multi_run:
-            cells.insert(0, r.run or DASH)
-        table.add_row(*cells)
-    return table
+            status_cells.append(Text("ok", style="green"))
+            continue
+        mark = _footnote_mark(len(footnotes))
+        footnotes.append(f"{mark} {_short_label(r)}: {r.status}" + (f": {r.reason}" if r.reason else ""))
+        status_cells.append(Text(r.status + mark, style="red" if r.status == "failed" else "yellow"))
+
+    def target_cell(r):
+        cell = Text(fmt_ms(r.target_p50))
+        if r.fits is False:
+            cell.stylize("red")
+        elif r.fits:
+            cell.stylize("green")
+        if r.target_source:
+            cell.append(" pred" if r.target_source.startswith("predicted:") else " meas", style="dim")
+        return cell
+
+    def label_cell(r):
+        marks = ("★" if r.recommended else "") + ("◆" if r.on_frontier else "")
+        text = Text(_short_label(r) + (" " + marks if marks else ""), style="bold" if r.recommended else "")
+        if r.role == "teacher":
+            text.stylize("italic")
+        return text
+
+    def delta_cell(r):
+        return Text(fmt_delta(r), style="red" if r.delta_pt is not None and r.delta_pt < -1 else "")
+
+    # (header, justify, cell, keep-priority: lower survives longer on a narrow terminal, shown)
+    spec = [
+        ("Run", "left", lambda r: r.run or DASH, 0, multi_run),
+        ("Artifact", "left", label_cell, 0, True),
+        ("Runtime", "left", lambda r: r.runtime or DASH, 6, True),
+        ("Prec", "left", lambda r: r.precision, 3, True),
+        ("MB", "right", lambda r: fmt_mb(r.size_mb), 5, True),
+        ("Acc %", "right", lambda r: fmt_pct(r.accuracy), 1, cols.accuracy),
+        ("Δ pt", "right", delta_cell, 4, cols.accuracy),
+        ("Host ms", "right", lambda r: fmt_ms(r.host_p50), 0, True),
+        ("×teacher", "right", lambda r: fmt_speedup(r.speedup), 2, cols.speedup),
+        (f"{tname or 'target'} ms", "right", target_cell, 0, cols.target),
+        ("Status", "left", None, 1, True),
+    ]
+    spec = [c for c in spec if c[4]]
+    cells = [[status_cells[i] if fn is None else fn(r) for (_, _, fn, _, _) in spec] for i, r in enumerate(rows)]
+
+    def text_len(c) -> int:
+        return len(c.plain if isinstance(c, Text) else str(c))
+
+    def needed(keep) -> int:
+        return sum(max([len(spec[j][0])] + [text_len(row[j]) for row in cells]) + 2 for j in keep) + 2
+
+    keep = list(range(len(spec)))
+    for priority in (6, 5, 4, 3, 2):
+        if needed(keep) <= width:
+            break
+        keep = [j for j in keep if spec[j][3] < priority]
+
+    title = "Artifacts"
+    if tname:
+        title += f" on {tname}" + (f" (budget {fmt_ms(budget)} ms)" if budget else "")
+    notes = ["Host ms: p50 measured on this machine"]
+    if cols.target:
+        notes.append("pred = predicted by the latency model, meas = measured on the device")
+    if cols.speedup and any(spec[j][0] == "×teacher" for j in keep):
+        notes.append("×teacher: speed-up vs the teacher in PyTorch here")
+    if any(r.recommended for r in rows):
+        notes.append("★ recommended")
+    if any(r.on_frontier for r in rows):
+        notes.append("◆ accuracy–latency frontier")
+    table = Table(title=title, box=box.SIMPLE_HEAVY, title_style="bold", header_style="bold cyan",
+                  caption="; ".join(notes), caption_style="dim")
+    for j in keep:
+        table.add_column(spec[j][0], justify=spec[j][1], no_wrap=spec[j][0] != "Artifact")
+    for row in cells:
+        table.add_row(*[row[j] for j in keep])
+    return table, footnotes
 
 
 def selection_table(report: dict) -> Table | None:
@@ -92,6 +148,23 @@ def selection_table(report: dict) -> Table | None:
     return table
 
 
+def batch_table(report: dict) -> Table | None:
+    rows = batch_rows(report)
+    if not rows:
+        return None
+    table = Table(title="Latency and throughput by batch size (this machine)", box=box.SIMPLE_HEAVY,
+                  title_style="bold", header_style="bold cyan")
+    for col, justify in (("Artifact", "left"), ("Runtime", "left"), ("Batch", "right"), ("p50 ms", "right"),
+                         ("p90 ms", "right"), ("Images/s", "right"), ("Status", "left")):
+        table.add_column(col, justify=justify)
+    for b in rows:
+        status = Text("ok", style="green") if b["status"] == "ok" else Text(
+            f"{b['status']}: {b['reason']}", style="red" if b["status"] == "failed" else "yellow")
+        table.add_row((f"{b['run']}/" if b["run"] else "") + b["label"], b["runtime"] or DASH, str(b["batch"]),
+                      fmt_ms(b["p50"]), fmt_ms(b["p90"]), fmt_rate(b["throughput"]), status)
+    return table
+
+
 def render_terminal(report: dict, console: Console | None = None, *, selection: bool = True) -> None:
     """Print the headline, the artifact table and (optionally) the width-selection table."""
     console = console or Console()
@@ -101,4 +174,10 @@ def render_terminal(report: dict, console: Console | None = None, *, selection: 
         table = selection_table(report)
         if table is not None:
             console.print(table)
-    console.print(artifacts_table(report))
+    table, footnotes = artifacts_table(report, width=console.width)
+    console.print(table)
+    for note in footnotes:
+        console.print(Text(note, style="dim"))
+    batches = batch_table(report)
+    if batches is not None:
+        console.print(batches)

@@ -1,0 +1,358 @@
+"""Benchmark model files on this machine with each runtime and batch size asked for, into report rows."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+
+HOST_SOURCE = "measured:host"
+
+# Runtimes that read files beyond their runner's own suffixes: OpenVINO compiles ONNX directly, which
+# is how users compare it against ONNX Runtime on the very same file.
+EXTRA_READERS = {"openvino": (".onnx",)}
+FORMAT_OF_SUFFIX = {".onnx": "onnx", ".ort": "onnx", ".xml": "openvino", ".pte": "executorch",
+                    ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "pytorch"}
+
+
+@dataclass
+class BenchOptions:
+    runtimes: list[str] | None = None      # None: each file's own runtime
+    batches: list[int] = field(default_factory=lambda: [1])
+    threads: int | None = None
+    seconds: float = 1.0                   # time budget per (file, runtime, batch)
+    warmup: int = 10
+    input_shape: tuple[int, ...] | None = None   # (C, H, W); None: from the report or the model file
+    accuracy: bool = True                  # evaluate rows added for another runtime on the run's test split
+
+    def check(self) -> "BenchOptions":
+        if not self.batches or min(self.batches) < 1:
+            raise EdgeKDError(f"batch sizes must be >= 1, got {self.batches}", "pass --batch such as 1,8")
+        if self.threads is not None and self.threads < 1:
+            raise EdgeKDError(f"--threads must be >= 1, got {self.threads}", "pass --threads 1 or more")
+        if not self.seconds > 0:
+            raise EdgeKDError(f"--seconds must be > 0, got {self.seconds}", "pass --seconds such as 1.0")
+        if self.runtimes:
+            from edgekd.bench.runners import RUNTIMES
+
+            for name in self.runtimes:
+                RUNTIMES.get(name)  # one-line error with a suggestion for a typo
+        return self
+
+
+def readers_of(path: Path) -> list[str]:
+    """Runtimes that can run this file here or elsewhere, the file's own runtime first."""
+    from edgekd.bench.runners import RUNTIMES
+
+    suffix = path.suffix.lower()
+    own = [name for name, cls in RUNTIMES.items() if suffix in cls.suffixes]
+    extra = [name for name, sufs in EXTRA_READERS.items() if suffix in sufs and name not in own]
+    return own + extra
+
+
+def model_input_shape(path: Path) -> tuple[int, ...] | None:
+    """(C, H, W) read from an ONNX or OpenVINO IR file's first input; None when it is not static."""
+    suffix = path.suffix.lower()
+    dims: list = []
+    if suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        inits = {i.name for i in model.graph.initializer}
+        inp = next(i for i in model.graph.input if i.name not in inits)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+    elif suffix == ".xml":
+        import openvino as ov
+
+        shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
+        dims = [d.get_length() if d.is_static else None for d in shape]
+    chw = tuple(dims[1:])
+    return chw if len(chw) == 3 and all(isinstance(d, int) and d > 0 for d in chw) else None
+
+
+def detect_precision(path: Path) -> str:
+    """fp32 / fp16 / int8 of a model file, from its content: quantize nodes mean int8, half weights fp16."""
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
+                  "MatMulInteger", "DynamicQuantizeLinear"}:
+            return "int8"
+        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+            return "fp16"
+        return "fp32"
+    if suffix == ".xml":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text:
+            return "int8"
+        if 'element_type="f16"' in text:
+            return "fp16"
+        return "fp32"
+    for tag in ("int8", "fp16", "fp32"):
+        if tag in path.name.lower():
+            return tag
+    return "fp32"
+
+
+def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tuple[int, ...],
+                 opts: BenchOptions) -> tuple[list[dict], dict]:
+    """Latency of ``path`` under ``runtime`` for each batch size: ([{batch, latency_ms, ...}], versions)."""
+    from edgekd.bench.measure import measure_latency
+    from edgekd.bench.runners import load_runner
+
+    runner = load_runner(path, threads=opts.threads, runtime=runtime)
+    out = []
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        if runner.max_batch is not None and batch > runner.max_batch:
+            out.append({"batch": batch, "status": "skipped",
+                        "reason": f"{path.name} accepts batches up to {runner.max_batch}; it runs batch {batch} "
+                                  f"in pieces, which is not batch-{batch} latency"})
+            continue
+        try:
+            stats = measure_latency(runner.run, x, warmup=opts.warmup, time_budget_s=opts.seconds)
+        except Exception as err:  # e.g. a fixed-batch IR given another batch: that batch fails, not the file
+            out.append({"batch": batch, "status": "failed", "reason": _one_line(err)})
+            continue
+        out.append({"batch": batch, "status": "ok", "threads": opts.threads,
+                    "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
+                    "throughput": stats.throughput, "runs": stats.runs})
+    return out, runner.versions()
+
+
+def _one_line(err: BaseException) -> str:
+    """The informative line of an error: OpenVINO and ORT lead with source locations, not the cause."""
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '", "[ GENERAL_ERROR ]"))
+              and not ln.endswith(".cpp") and "src/" not in ln[:40]]
+    return (useful or lines or [type(err).__name__])[0][:300]
+
+
+def _apply_host(row: dict, m: dict, target_is_host: bool) -> None:
+    row["latency_ms"] = {k: round(v, 6) for k, v in m["latency_ms"].items()}
+    row["latency_source"] = HOST_SOURCE
+    row["throughput"] = m["throughput"]
+    if target_is_host:
+        row["target_latency_ms"] = dict(row["latency_ms"])
+        row["target_latency_source"] = HOST_SOURCE
+
+
+class _TestSplit:
+    """The run's test images, loaded once and only if a new runtime row needs its accuracy."""
+
+    def __init__(self, report: dict):
+        self.report = report
+        self._loaded = None
+        self.error: str | None = None
+
+    def get(self):
+        if self._loaded is None and self.error is None:
+            try:
+                from edgekd.data import load_data, normalize
+
+                data = self.report.get("data") or {}
+                source = data.get("source")
+                splits = load_data(None if source in (None, "edgekd:mnist") else source)
+                want = (data.get("splits") or {}).get("test", {}).get("sha256")
+                if want and splits.test.sha256() != want:
+                    raise EdgeKDError("the run's test data changed since the run (sha256 differs)")
+                self._loaded = (normalize(splits.test.x, splits.mean, splits.std), splits.test.y)
+            except Exception as err:  # accuracy is a bonus here; latency rows stand without it
+                self.error = _one_line(err)
+        return self._loaded
+
+
+def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
+    """Re-measure every artifact of a run on this machine; rows for other runtimes are added.
+
+    The artifact's own runtime at batch 1 refreshes its ``latency_ms`` (source measured:host); other
+    batch sizes go to ``extra.host_measurements``; another runtime on the same file becomes a row of its
+    own named ``<artifact>@<runtime>``, with its accuracy measured on the run's test split. A failure is
+    recorded in its row and never stops the others.
+    """
+    from edgekd.bench.env import collect_environment
+    from edgekd.bench.evaluate import accuracy_of
+    from edgekd.bench.runners import load_runner
+    from edgekd.fsutil import run_lock
+    from edgekd.report import load_report, write_reports
+
+    opts.check()
+    run_dir = Path(run_dir)
+    t0 = time.perf_counter()
+    with run_lock(run_dir):
+        report = load_report(run_dir)
+        target = report.get("target") or {}
+        target_is_host = bool(target.get("measured")) or target.get("name") == "host"
+        shape = opts.input_shape or tuple((report.get("data") or {}).get("input_shape") or ()) or None
+        test = _TestSplit(report)
+        added: list[dict] = []
+        for art in list(report["artifacts"]):
+            if art.get("status") != "ok" or not art.get("path") or "@" in art["name"]:
+                continue
+            path = run_dir / art["path"]
+            own = art.get("runtime") or (readers_of(path) or [None])[0]
+            wanted = opts.runtimes or [own]
+            for runtime in wanted:
+                if runtime not in readers_of(path) and runtime != own:
+                    continue
+                is_own = runtime == own
+                row = art if is_own else _runtime_row(report, art, runtime)
+                try:
+                    file_shape = shape or model_input_shape(path)
+                    if file_shape is None:
+                        raise EdgeKDError(f"cannot tell the input shape of {path.name}", "pass --input-shape C,H,W")
+                    results, versions = measure_file(path, runtime, opts.batches, file_shape, opts)
+                except Exception as err:  # one format's failure is its row's, not the command's
+                    # An old host figure would now sit beside another machine's environment: drop it.
+                    row.update(status="failed", reason=f"{runtime} on this machine: {_one_line(err)}",
+                               latency_ms=None, latency_source=None)
+                    _print(console, row, runtime, None, _one_line(err))
+                    if not is_own and row not in report["artifacts"]:
+                        added.append(row)
+                    continue
+                if not isinstance(row.get("extra"), dict):
+                    row["extra"] = {}
+                extra = row["extra"]
+                extra["host_measurements"] = [m for m in results if m["batch"] != 1 or m["status"] != "ok"]
+                extra["host_runtime_versions"] = versions
+                first = next((m for m in results if m["batch"] == 1 and m["status"] == "ok"), None)
+                if first is not None:
+                    _apply_host(row, first, target_is_host)
+                if not is_own:
+                    row["status"] = "ok"
+                    row["reason"] = None
+                    if opts.accuracy:
+                        data = test.get()
+                        if data is not None:
+                            runner = load_runner(path, threads=opts.threads, runtime=runtime)
+                            row["accuracy"] = accuracy_of(runner.run, *data)
+                            ref = next((a.get("accuracy") for a in report["artifacts"]
+                                        if a.get("role", "student") == row.get("role", "student")
+                                        and a.get("format") == "pytorch" and a.get("status") == "ok"), None)
+                            if ref is not None and row.get("role", "student") == "student":
+                                row["accuracy_drop"] = round(ref - row["accuracy"], 6)
+                        else:
+                            row["accuracy"] = None
+                            extra["accuracy_note"] = f"not measured: {test.error}"
+                    if row not in report["artifacts"]:
+                        added.append(row)
+                for m in results:
+                    _print(console, row, runtime, m, None)
+        report["artifacts"].extend(added)
+        report["environment"] = collect_environment(threads=opts.threads)
+        report.setdefault("config", {})["bench"] = {**asdict(opts), "runtimes": opts.runtimes,
+                                                    "when": datetime.now().astimezone().isoformat(timespec="seconds")}
+        report.setdefault("timings_s", {})["bench"] = round(time.perf_counter() - t0, 2)
+        write_reports(run_dir, report)
+    return report
+
+
+def _runtime_row(report: dict, art: dict, runtime: str) -> dict:
+    """The row for ``art`` run by another runtime: existing (re-bench) or a fresh copy without figures."""
+    name = f"{art['name']}@{runtime}"
+    for other in report["artifacts"]:
+        if other["name"] == name and other.get("role") == art.get("role") and other.get("run") == art.get("run"):
+            return other
+    row = copy.deepcopy(art)
+    row.update(name=name, runtime=runtime, accuracy=None, accuracy_drop=None, parity=None, latency_ms=None,
+               latency_source=None, extra={"source_artifact": art["name"]})
+    # The target prediction is for the artifact's own runtime on the device; it does not carry over.
+    row["target_latency_ms"] = None
+    row["target_latency_source"] = None
+    return row
+
+
+def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
+    """Measure model files that belong to no run: a new report in ``out_dir`` with one row per
+    (file, runtime); batch sizes other than 1 under ``extra.host_measurements``."""
+    from edgekd.bench.env import collect_environment
+    from edgekd.report import new_report, write_reports
+
+    opts.check()
+    paths = [Path(f) for f in files]
+    for p in paths:
+        if not p.is_file():
+            raise EdgeKDError(f"model file {p} does not exist", "pass .onnx, .xml, .pte, .engine or .safetensors files")
+        if not readers_of(p):
+            from edgekd.bench.runners import runtime_for_file
+
+            runtime_for_file(p)  # raises the one-line "no runtime runs ... files" error
+    t0 = time.perf_counter()
+    report = new_report("bench", config={"files": [str(p) for p in paths], **asdict(opts)})
+    for p in paths:
+        readers = readers_of(p)
+        runtimes = [r for r in (opts.runtimes or readers[:1]) if r in readers]
+        if not runtimes:
+            report["artifacts"].append(_file_row(p, readers[0], status="skipped",
+                                                 reason=f"none of {', '.join(opts.runtimes or [])} reads {p.suffix} files"))
+            continue
+        for runtime in runtimes:
+            name = p.name if runtime == readers[0] else f"{p.name}@{runtime}"
+            row = _file_row(p, runtime, name=name)
+            try:
+                shape = opts.input_shape or model_input_shape(p)
+                if shape is None:
+                    raise EdgeKDError(f"cannot tell the input shape of {p.name}", "pass --input-shape C,H,W")
+                results, versions = measure_file(p, runtime, opts.batches, shape, opts)
+                row["extra"] = {"input_shape": list(shape), "host_runtime_versions": versions,
+                                "host_measurements": [m for m in results if m["batch"] != 1 or m["status"] != "ok"]}
+                first = next((m for m in results if m["status"] == "ok"), None)
+                if first is not None and first["batch"] == 1:
+                    _apply_host(row, first, False)
+                elif first is not None:
+                    row["extra"]["note"] = "batch 1 not measured: the p50 column is empty, see host_measurements"
+                for m in results:
+                    _print(console, row, runtime, m, None)
+            except Exception as err:
+                row.update(status="failed", reason=_one_line(err))
+                _print(console, row, runtime, None, row["reason"])
+            report["artifacts"].append(row)
+    report["environment"] = collect_environment(threads=opts.threads)
+    report["timings_s"] = {"bench": round(time.perf_counter() - t0, 2)}
+    write_reports(out_dir, report)
+    return report
+
+
+def _file_row(path: Path, runtime: str, *, name: str | None = None, status: str = "ok",
+              reason: str | None = None) -> dict:
+    return {
+        "name": name or path.name, "role": "model", "format": FORMAT_OF_SUFFIX.get(path.suffix.lower(), runtime),
+        "precision": detect_precision(path) if status == "ok" else "?", "runtime": runtime,
+        "path": str(path.resolve()), "size_bytes": _size(path), "status": status, "reason": reason,
+        "accuracy": None, "accuracy_drop": None, "parity": None, "latency_ms": None, "latency_source": None,
+        "target_latency_ms": None, "target_latency_source": None, "extra": {},
+    }
+
+
+def _size(path: Path) -> int:
+    """Bytes on disk, counting an OpenVINO IR's .bin beside its .xml."""
+    size = path.stat().st_size
+    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
+        size += path.with_suffix(".bin").stat().st_size
+    return size
+
+
+def _print(console, row: dict, runtime: str, m: dict | None, error: str | None) -> None:
+    if console is None:
+        return
+    label = f"{row.get('role', '')} {row['name']}".strip()
+    if error is not None:
+        console.print(f"  {label:32s} {runtime:12s} [red]failed[/]: {error}", highlight=False)
+    elif m["status"] != "ok":
+        color = "yellow" if m["status"] == "skipped" else "red"
+        console.print(f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} [{color}]{m['status']}[/]: {m['reason']}",
+                      highlight=False)
+    else:
+        lat = m["latency_ms"]
+        console.print(f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} p50 {lat['p50']:.4f} ms  "
+                      f"p90 {lat['p90']:.4f} ms  {m['throughput']:,.0f} img/s", highlight=False)
