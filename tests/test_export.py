@@ -274,3 +274,37 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path):
     with pytest.raises(EdgeKDError, match="float NCHW"):
         export_all(trained, ["onnx"], tmp_path, example=np.zeros((28, 28), np.uint8), calib=np.zeros((1, 1, 28, 28)),
                    parity_inputs=None, progress=False)
+
+
+@pytest.mark.parametrize("name", ["tensorrt-fp16", "tensorrt-int8"])
+def test_tensorrt_ships_a_device_build_kit(name, exported, mnist, trained):
+    """Engines are device-specific: the ONNX at a Jetson-compatible opset and the trtexec script ship either way."""
+    import subprocess
+
+    import onnx
+    import onnxruntime as ort
+
+    out, arts = exported
+    art = arts[name]
+    if art.status == "ok":
+        assert art.path.suffix == ".engine" and (out / f"{art.path.name}.json").is_file()
+        return
+    assert art.status == "skipped" and art.extra["build_script"] in art.reason
+    script = out / art.extra["build_script"]
+    assert script.is_file() and subprocess.run(["sh", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    precision = name.split("-")[1]
+    assert f"--saveEngine=model.{precision}.engine" in text and "--fp16" in text
+    assert ("--int8" in text) == (precision == "int8")
+    device_onnx = out / art.extra["device_onnx"]
+    model = onnx.load(str(device_onnx))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13
+    x, _ = mnist
+    sess = ort.InferenceSession(str(device_onnx), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x[1000:1100]})[0]
+    with torch.inference_mode():
+        ref = trained(torch.from_numpy(x[1000:1100])).numpy()
+    if precision == "fp16":
+        assert np.abs(logits - ref).max() <= 1e-4
+    else:
+        assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.95

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import ClassVar
@@ -244,11 +242,13 @@ class ExecuTorchRunner(Runner):
         try:
             program = Runtime.get().load_program(self.path)
             self.method = program.load_method("forward")
+            # Memory is planned for the batch bound chosen at export; larger batches are split.
+            sizes = program.metadata("forward").input_tensor_meta(0).sizes()
         except Exception as err:  # noqa: BLE001
             raise EdgeKDError(f"executorch cannot load {self.path}: {_first_line(err)}",
                               "re-export the .pte; it may be truncated or built by another ExecuTorch version") from None
         self._torch = torch
-        self.max_batch = _pte_max_batch(self.path)
+        self.max_batch = int(sizes[0]) if sizes else None
 
     def _run(self, x):
         out = self.method.execute([self._torch.from_numpy(x)])
@@ -256,17 +256,6 @@ class ExecuTorchRunner(Runner):
 
     def versions(self):
         return {"executorch": _module_version("executorch")}
-
-
-def _pte_max_batch(path: Path) -> int | None:
-    """The batch bound the exporter recorded beside the .pte (memory is planned for that bound)."""
-    meta = path.with_suffix(".json")
-    if meta.is_file():
-        try:
-            return int(json.loads(meta.read_text()).get("max_batch") or 0) or None
-        except (ValueError, OSError):
-            return None
-    return 1
 
 
 @RUNTIMES.register("tensorrt")

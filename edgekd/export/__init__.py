@@ -38,6 +38,9 @@ class Format:
     install_hint: str = ""
     needs_gpu: bool = False
     description: str = ""
+    # where the artifact cannot be built here (TensorRT without a GPU), what to ship instead so the
+    # device can build it: fn(job, dest) -> extra, writing files beside dest
+    device_kit: Callable[["ExportJob", Path], dict] | None = None
 
     def available(self) -> tuple[bool, str]:
         import importlib.util
@@ -60,12 +63,12 @@ class Format:
 
 def register_format(name: str, *, format: str, precision: str, runtime: str, filename: str,
                     requires: tuple[str, ...] = (), install_hint: str = "", needs_gpu: bool = False,
-                    description: str = ""):
+                    description: str = "", device_kit=None):
     """Decorator: add an exporter ``fn(job, dest) -> extra`` to the format table."""
 
     def decorator(fn):
-        FORMATS.add(name, Format(name, format, precision, runtime, filename, fn, requires,
-                                 install_hint, needs_gpu, description or (fn.__doc__ or "").strip().splitlines()[0]))
+        FORMATS.add(name, Format(name, format, precision, runtime, filename, fn, requires, install_hint,
+                                 needs_gpu, description or (fn.__doc__ or "").strip().splitlines()[0], device_kit))
         return fn
 
     return decorator
@@ -245,16 +248,20 @@ def _quiet():
     """Silence the print()s and progress bars of ORT, NNCF, torch.onnx and ExecuTorch while they run."""
     import logging
 
-    # NNCF imports torch's C++-extension helper, which logs a CUDA warning on GPU-less machines.
-    noisy = logging.getLogger("torch.utils.cpp_extension")
-    level = noisy.level
-    noisy.setLevel(logging.ERROR)
+    # NNCF imports torch's C++-extension helper, which logs a CUDA warning on GPU-less machines; the
+    # ORT mobile converter and torch.export log INFO lines about temporary files.
+    noisy = [logging.getLogger(n) for n in ("torch.utils.cpp_extension", "ort_format_model.utils",
+                                            "torch._export", "torch.export", "nncf", "executorch")]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        noisy.setLevel(level)
+        for lg, level in zip(noisy, levels):
+            lg.setLevel(level)
 
 
 def export_one(job: ExportJob, name: str, out_dir: Path, *, reference: np.ndarray | None,
@@ -267,13 +274,15 @@ def export_one(job: ExportJob, name: str, out_dir: Path, *, reference: np.ndarra
     fmt: Format = FORMATS.get(name)
     row = dict(name=name, format=fmt.format, precision=fmt.precision, runtime=fmt.runtime)
     ok, why = fmt.available()
-    if not ok:
+    if not ok and fmt.device_kit is None:
         return Artifact(**row, path=None, size_bytes=0, status="skipped", reason=why)
     filename = fmt.filename.format(stem=job.options.stem)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=out_dir))
     started = time.perf_counter()
     try:
         dest = staging / filename
+        if not ok:
+            return _ship_device_kit(job, fmt, dest, out_dir, row, why, started)
         with _quiet():
             extra = dict(fmt.export(job, dest) or {})
         if not dest.is_file():
@@ -311,6 +320,24 @@ def export_one(job: ExportJob, name: str, out_dir: Path, *, reference: np.ndarra
                         extra={"export_seconds": round(time.perf_counter() - started, 3)})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _ship_device_kit(job, fmt: Format, dest: Path, out_dir: Path, row: dict, why: str, started: float) -> Artifact:
+    """The artifact cannot be built here: write what the device needs to build it, and say so."""
+    try:
+        with _quiet():
+            extra = dict(fmt.device_kit(job, dest) or {})
+    except Exception as err:  # noqa: BLE001
+        return Artifact(**row, path=None, size_bytes=0, status="skipped",
+                        reason=f"{why} (and the device build kit failed: {one_line(err)})")
+    files = sorted(dest.parent.iterdir(), key=lambda p: (p.suffix == ".sh", p.name))  # script last
+    for f in files:
+        os.replace(f, out_dir / f.name)
+    extra["files"] = [f.name for f in files]
+    extra["export_seconds"] = round(time.perf_counter() - started, 3)
+    script = extra.get("build_script")
+    reason = f"{why}; build it on the device with {script}" if script else why
+    return Artifact(**row, path=None, size_bytes=0, status="skipped", reason=reason, extra=extra)
 
 
 def _runtime_available(runtime: str) -> tuple[bool, str]:
@@ -374,3 +401,5 @@ def _progress_line(i: int, n: int, art: Artifact) -> str:
 # Exporters register themselves in the format table on import; the table order is this import order.
 from edgekd.export import to_onnx as _to_onnx  # noqa: E402,F401
 from edgekd.export import to_openvino as _to_openvino  # noqa: E402,F401
+from edgekd.export import to_executorch as _to_executorch  # noqa: E402,F401
+from edgekd.export import to_tensorrt as _to_tensorrt  # noqa: E402,F401
