@@ -74,8 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("edgekd: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as err:
-        # Usage errors: click's own one-liner, exit 2.
-        err.show()
+        # Usage errors: one line like every other error (click's own adds a usage block), exit 2.
+        ctx = getattr(err, "ctx", None)
+        see = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+        click.echo(f"edgekd: error: {' '.join(err.format_message().split()).rstrip('.')}{see}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         click.echo("edgekd: interrupted", err=True)
