@@ -123,8 +123,7 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
         if resume:
             if not (out / "config.json").is_file():
                 raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)", "point --out at the run folder to resume")
-            return
-        if not overwrite:
+        elif not overwrite:
             raise EdgeKDError(f"output folder {out} already exists and is not empty", "pass --overwrite to replace it, --resume to continue it, or choose another --out")
     # --resume of a run killed before its folder held config.json (e.g. during teacher training,
     # which resumes from its own cache checkpoint) simply starts the run.
