@@ -247,6 +247,14 @@ def ingested_sample() -> dict:
     return report
 
 
+def test_busy_machine_warning():
+    report = sample_report()
+    assert "busy" not in render_markdown(report)
+    report["environment"].update(load_avg=[7.9, 6.0, 5.1], usable_cores=2)
+    assert "**Warning:** this machine was busy while measuring (load 7.9 on 2 cores)" in render_markdown(report)
+    assert '<div class="warn">' in render_html(report)
+
+
 def test_latency_pairs_from_ingested_measurements():
     pairs = latency_pairs(ingested_sample())
     assert [(p["name"], p["device"], p["predicted"], p["measured"]) for p in pairs] == [

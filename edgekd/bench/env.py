@@ -140,6 +140,12 @@ def device_info():
     info["cpu_mhz"] = clock["cur_mhz"]
     info["cpu_max_mhz"] = clock["max_mhz"]
     info["temperature_c"] = temperatures_c()
+    # Other processes competing for the cores inflate latencies (and multi-threaded runtimes most):
+    # the load at measurement time lets a reader tell a busy-machine figure from a real one.
+    try:
+        info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        info["load_avg"] = None
     if info["l4t"]:
         # "# R32 (release), REVISION: 7.1, GCID: ..." -> keep the first line only.
         info["l4t"] = info["l4t"].splitlines()[0].lstrip("# ").strip()

@@ -9,7 +9,7 @@ from html import escape
 from edgekd.report.plots import render_figures
 from edgekd.report.table import (
     DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
-    latency_pairs, selection_rows, target_name, visible_columns,
+    busy_machine_note, latency_pairs, selection_rows, target_name, visible_columns,
 )
 
 # Inline CSS only: the file must open on an air-gapped laptop or as a CI artifact with no network.
@@ -67,6 +67,8 @@ figcaption { color:var(--muted); font-size:12.5px; margin-top:8px; }
 code { font: 12px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; background:#f3f4f6;
        padding:1px 4px; border-radius:4px; }
 .note { color:var(--muted); font-size:12.5px; margin:8px 2px 0; }
+.warn { margin-top:14px; padding:10px 14px; border-radius:10px; background:#fff7ed; border:1px solid #fed7aa;
+        color:#9a3412; font-size:13px; }
 footer { color:var(--muted); font-size:12px; margin-top:40px; border-top:1px solid var(--line); padding-top:12px; }
 """
 
@@ -305,6 +307,7 @@ def render_html(report: dict) -> str:
         f'{escape(report.get("edgekd_version", "?"))} · schema {escape(str(report.get("schema_version")))}</div>'
         "</header>",
         _cards(report),
+        (f'<div class="warn">⚠ {escape(busy_machine_note(report))}</div>' if busy_machine_note(report) else ""),
         "<h2>Artifacts</h2>",
         f'<div class="panel">{_artifact_table(report)}</div>',
         '<p class="note">Speed-up: the teacher\'s PyTorch p50 on this machine divided by the artifact\'s. '

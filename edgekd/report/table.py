@@ -317,6 +317,9 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         if teacher.get("accuracy") is not None:
             desc += f", accuracy {fmt_pct(teacher['accuracy'])}%"
         out.append(("Teacher", desc))
+    busy = busy_machine_note(report)
+    if busy:
+        out.append(("Warning", busy))
     rec = report.get("recommended") or {}
     if rec.get("name"):
         run = f" (run {rec['run']})" if rec.get("run") else ""
@@ -363,3 +366,14 @@ def batch_rows(report: dict) -> list[dict]:
 
 def fmt_rate(v: float | None) -> str:
     return DASH if v is None else f"{v:,.0f}"
+
+
+def busy_machine_note(report: dict) -> str | None:
+    """A warning when the host was overloaded while measuring: its latencies are then inflated."""
+    env = report.get("environment") or {}
+    load = env.get("load_avg")
+    cores = env.get("usable_cores") or env.get("cores")
+    if not load or not cores or load[0] <= cores:
+        return None
+    return (f"this machine was busy while measuring (load {load[0]:.1f} on {cores} cores): host latencies are "
+            "inflated, multi-threaded runtimes most; re-run `edgekd bench RUN_DIR` on an idle machine")
