@@ -292,7 +292,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                 parity_inputs=test_x[:512], progress=opts.progress, target=target)
 
         with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
-            from edgekd.bench.evaluate import benchmark_artifacts
+            from edgekd.bench.evaluate import benchmark_artifacts, recommend
 
             rows = benchmark_artifacts(
                 artifacts, run_dir=out, teacher=teacher, student=student, splits=splits, target=target,
@@ -341,25 +341,3 @@ def _print_selection(console, selection) -> None:
         mark = "[bold green]◀ chosen[/]" if c is selection.chosen else ("yes" if c.fits else "[red]no[/]")
         table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", mark)
     console.print(table)
-
-
-def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
-    """The artifact to ship: fastest on the target among those within the accuracy drop."""
-    ok = [r for r in rows if r.get("role") == "student" and r.get("status") == "ok"
-          and r.get("format") != "pytorch" and r.get("accuracy") is not None]
-    if not ok:
-        return None
-    good = [r for r in ok if (r.get("accuracy_drop") or 0.0) <= max_drop]
-    pool = good or ok
-
-    def latency(r):
-        t = (r.get("target_latency_ms") or {}).get("p50")
-        return t if t is not None else (r.get("latency_ms") or {}).get("p50", float("inf"))
-
-    best = min(pool, key=lambda r: (latency(r), -(r.get("accuracy") or 0)))
-    src = best.get("target_latency_source") or best.get("latency_source")
-    why = (f"lowest latency on {target.name} ({latency(best):.3f} ms, {src}) among artifacts within "
-           f"{max_drop * 100:g} point(s) of the FP32 student's accuracy")
-    if not good:
-        why = f"no artifact is within {max_drop * 100:g} point(s) of FP32; fastest shown"
-    return {"name": best["name"], "path": best.get("path"), "why": why}

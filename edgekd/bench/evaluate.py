@@ -10,6 +10,42 @@ from edgekd.errors import EdgeKDError
 
 EVAL_BATCH = 250
 
+# What a target's runtime can load, and whether it compiles an FP32 graph at its own precision
+# (TensorRT builds FP16/INT8 engines from an FP32 ONNX; CPU runtimes run FP32 as FP32). Data, not
+# code: a new runtime is one more row.
+TARGET_RUNTIMES = {
+    "tensorrt": {"formats": ("tensorrt", "onnx"), "compiles_fp32": True},
+    "onnxruntime": {"formats": ("onnx",), "compiles_fp32": False},
+    "openvino": {"formats": ("openvino", "onnx"), "compiles_fp32": False},
+    "executorch": {"formats": ("executorch",), "compiles_fp32": False},
+}
+PRECISION_BITS = {"int8": 8, "fp16": 16, "bf16": 16, "fp32": 32}
+
+
+def deployable(row: dict, target) -> bool:
+    """Can the target's runtime load this artifact (the PyTorch baselines count: they get exported)?"""
+    if row.get("format") == "pytorch":
+        return True
+    formats = TARGET_RUNTIMES.get(target.runtime, {}).get("formats", (target.runtime,))
+    return row.get("format") in formats
+
+
+def target_precision(row: dict, target) -> str:
+    """The precision the artifact actually runs at on the target.
+
+    A precision the device has no fast path for falls back to the narrowest fast one that is at
+    least as wide (INT8 on a Maxwell Jetson runs as FP16; FP16 on a CPU without FP16 runs as FP32).
+    """
+    precision = row.get("precision") or target.precision
+    compiles = TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32", False)
+    if row.get("format") == "pytorch" or (precision == "fp32" and compiles):
+        return target.precision
+    fast = list(getattr(target, "precisions", None) or [target.precision])
+    if precision in fast:
+        return precision
+    wider = [p for p in fast if PRECISION_BITS.get(p, 32) >= PRECISION_BITS.get(precision, 32)]
+    return min(wider, key=lambda p: PRECISION_BITS.get(p, 32)) if wider else target.precision
+
 
 def run_batched(run, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """Logits for ``x`` in batches; models exported with a fixed batch of 1 fall back to one by one."""
@@ -102,9 +138,10 @@ class _TargetPredictor:
     def predict(self, row: dict) -> dict:
         if getattr(self.target, "measured", False) and row.get("latency_ms"):
             return {"target_latency_ms": dict(row["latency_ms"]), "target_latency_source": "measured:host"}
-        precision = row.get("precision") or self.target.precision
-        if precision not in getattr(self.target, "precisions", [precision]):
-            precision = self.target.precision
+        if not deployable(row, self.target):
+            return {"target_latency_ms": None, "target_latency_source": None,
+                    "target_note": f"{row.get('format')} does not run on {self.target.name}'s {self.target.runtime}"}
+        precision = target_precision(row, self.target)
         key = (row.get("role", "student"), precision)
         if key not in self._cache:
             from edgekd.hardware import predict_latency_ms
@@ -123,3 +160,25 @@ class _TargetPredictor:
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
+    """The artifact to ship: fastest on the target among deployable ones within the accuracy drop."""
+    ok = [r for r in rows if r.get("role") == "student" and r.get("status") == "ok" and r.get("format") != "pytorch"
+          and r.get("accuracy") is not None and deployable(r, target)]
+    if not ok:
+        return None
+    good = [r for r in ok if (r.get("accuracy_drop") or 0.0) <= max_drop]
+    pool = good or ok
+
+    def latency(r):
+        t = (r.get("target_latency_ms") or {}).get("p50")
+        return t if t is not None else (r.get("latency_ms") or {}).get("p50", float("inf"))
+
+    best = min(pool, key=lambda r: (latency(r), -(r.get("accuracy") or 0), r.get("size_bytes") or 0))
+    src = best.get("target_latency_source") or best.get("latency_source")
+    why = (f"lowest latency on {target.name} ({latency(best):.3f} ms, {src}) among the artifacts its "
+           f"{target.runtime} runtime loads that are within {max_drop * 100:g} point(s) of the FP32 student")
+    if not good:
+        why = f"no deployable artifact is within {max_drop * 100:g} point(s) of the FP32 student; the fastest is shown"
+    return {"name": best["name"], "path": best.get("path"), "why": why}
