@@ -286,3 +286,123 @@ def test_user_teacher_checked_against_data(tiny, tiny_teacher, tmp_path):
         get_teacher(tiny, teacher_path=wrong_channels)
     with pytest.raises(EdgeKDError, match="does not exist"):
         get_teacher(tiny, teacher_path=tmp_path / "missing.safetensors")
+
+
+# ---- issue 4: more losses and modes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["dkd", "fitnet", "at", "rkd", "kd+at:0.5", "kd+fitnet+rkd:0.5"])
+def test_each_loss_learns(tiny, tiny_teacher, tmp_path, spec):
+    before = copy.deepcopy(tiny_teacher.state_dict())
+    # no DKD warm-up here: the ramp would raise the loss between epochs by design
+    cfg = replace(TINY, loss=spec, epochs=2, loss_opts={"dkd_warmup": 0.0})
+    result = train(_student(), tiny_teacher, tiny, cfg, ckpt_dir=tmp_path, progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert all(torch.equal(before[k], v) for k, v in tiny_teacher.state_dict().items())
+
+
+def test_fitnet_adapters_get_gradients_and_are_optimised(tiny, tiny_teacher):
+    from edgekd.distill.train import BatchMaker
+
+    student = _student()
+    loss = build_loss("fitnet", hint_layers=[0, 2])
+    make = BatchMaker(tiny.train.x, tiny.mean, tiny.std, torch.device("cpu"), False)
+    x = make(torch.arange(16))
+    loss.setup(student, tiny_teacher, x)
+    adapters = loss.terms[0].adapters
+    assert len(adapters) == 2 and adapters[0][0].in_channels == 8 and adapters[0][0].out_channels == 16
+    feats, logits = student.forward_features(x)
+    with torch.no_grad():
+        t_feats, t_logits = tiny_teacher.forward_features(x)
+    value = loss(ModelOutputs(logits, feats), ModelOutputs(t_logits, t_feats), tiny.train.y[:16])
+    value.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.parameters() if p.requires_grad)
+    assert student.stages[0][0][0].weight.grad is not None
+
+
+def test_fitnet_adapter_weights_change_in_training(tiny, tiny_teacher, tmp_path):
+    from edgekd.distill.train import load_checkpoint
+
+    train(_student(), tiny_teacher, tiny, replace(TINY, loss="kd+fitnet", epochs=1), ckpt_dir=tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    adapter_keys = [k for k in state["loss"] if "adapters" in k and k.endswith("0.weight")]
+    assert adapter_keys
+    torch.manual_seed(0)  # the adapters' initial values under the run's seed
+    fresh = build_loss("kd+fitnet")
+    fresh.setup(_student(), tiny_teacher, torch.zeros(2, 1, 28, 28))
+    assert not torch.equal(state["loss"][adapter_keys[0]], fresh.state_dict()[adapter_keys[0]])
+
+
+def test_dkd_parts_against_hand_computation():
+    s = torch.tensor([[2.0, 1.0, 0.0]])
+    t = torch.tensor([[3.0, 0.0, 1.0]])
+    y = torch.tensor([0])
+    loss = build_loss("dkd", temperature=1.0, dkd_alpha=1.0, dkd_beta=1.0, dkd_warmup=0.0)
+    ps, pt = torch.softmax(s, 1)[0], torch.softmax(t, 1)[0]
+    bs, bt = torch.stack([ps[0], 1 - ps[0]]), torch.stack([pt[0], 1 - pt[0]])
+    tckd = (bt * (bt / bs).log()).sum()
+    qs, qt = torch.softmax(s[0, 1:], 0), torch.softmax(t[0, 1:], 0)
+    nckd = (qt * (qt / qs).log()).sum()
+    ce = F.cross_entropy(s, y)
+    assert torch.allclose(loss(ModelOutputs(s), ModelOutputs(t), y), ce + tckd + nckd, atol=1e-5)
+
+
+def test_attention_and_rkd_are_zero_for_identical_models():
+    torch.manual_seed(0)
+    model = create("cnn", num_classes=10, in_channels=1, width=0.5).eval()
+    x = torch.randn(8, 1, 28, 28)
+    feats, logits = model.forward_features(x)
+    out = ModelOutputs(logits, feats)
+    for spec in ("at", "rkd"):
+        loss = build_loss(spec)
+        loss.setup(model, model, x)
+        assert float(loss(out, out, torch.zeros(8, dtype=torch.long))) < 1e-6
+
+
+def test_online_mutual_learning_trains_both(tiny, tmp_path):
+    peer = _student(5)
+    before = copy.deepcopy(peer.state_dict())
+    result = train(_student(), peer, tiny, replace(TINY, mode="online", epochs=2), ckpt_dir=tmp_path, progress=False)
+    assert not all(torch.equal(before[k], v) for k, v in peer.state_dict().items())
+    assert result.teacher_accuracy is not None and result.accuracy > 0.2
+    # without a teacher, a fresh peer is created
+    result = train(_student(), None, tiny, replace(TINY, mode="online", epochs=1), ckpt_dir=tmp_path / "p", progress=False)
+    assert result.teacher_accuracy is not None
+
+
+def test_online_refuses_feature_losses(tiny, tmp_path):
+    with pytest.raises(EdgeKDError, match="online"):
+        train(_student(), _student(5), tiny, replace(TINY, mode="online", loss="at"), ckpt_dir=tmp_path, progress=False)
+
+
+def test_self_distillation_generations_and_finetune(tiny, tmp_path):
+    spec = ModelSpec("cnn", 10, 1, width=0.5)
+    cfg = replace(TINY, mode="self", generations=2, finetune_epochs=1, epochs=1)
+    student = _student()
+    result = train(student, None, tiny, cfg, ckpt_dir=tmp_path, progress=False, spec=spec)
+    assert [s["stage"] for s in result.stages] == ["generation1", "generation2", "finetune"]
+    assert (tmp_path / "generation1" / "last.pt").exists() and (tmp_path / "finetune" / "last.pt").exists()
+    assert evaluate(student, tiny.test, tiny) == result.accuracy
+    # resuming a finished multi-stage run re-runs nothing and gives the same numbers
+    again = train(_student(9), None, tiny, cfg, ckpt_dir=tmp_path, resume=True, progress=False, spec=spec)
+    assert again.accuracy == result.accuracy and [s["accuracy"] for s in again.stages] == [s["accuracy"] for s in result.stages]
+
+
+def test_teacher_assistant(tiny, tiny_teacher, tmp_path):
+    spec = ModelSpec("cnn", 10, 1, width=0.25)
+    result = train(_student(width=0.25), tiny_teacher, tiny, replace(TINY, assistant_width=0.5, epochs=1),
+                   ckpt_dir=tmp_path, progress=False, spec=spec)
+    assert [s["stage"] for s in result.stages] == ["assistant", "distill"]
+    with pytest.raises(EdgeKDError, match="ModelSpec"):
+        train(_student(), tiny_teacher, tiny, replace(TINY, assistant_width=0.5), ckpt_dir=tmp_path / "x", progress=False)
+
+
+def test_ensemble_teacher_averages_soft_targets(tiny, tiny_teacher):
+    from edgekd.distill import EnsembleTeacher
+
+    other = _student(3)
+    ens = EnsembleTeacher([tiny_teacher, other], temperature=4.0).eval()
+    x = torch.from_numpy(tiny.preprocess(tiny.test.x[:8]))
+    with torch.no_grad():
+        expected = (torch.softmax(tiny_teacher(x) / 4, 1) + torch.softmax(other.eval()(x) / 4, 1)) / 2
+        assert torch.allclose(torch.softmax(ens(x) / 4, 1), expected, atol=1e-5)

@@ -165,3 +165,184 @@ def build_loss(spec: str, **opts) -> CombinedLoss:
         kwargs = {k: v for k, v in opts.items() if k in accepted and v is not None}
         terms.append((name, weight, cls(**kwargs)))
     return CombinedLoss(terms)
+
+
+# ---------------------------------------------------------------------------------------------
+# Response-based: Decoupled KD
+
+
+@LOSSES.register("dkd")
+class DecoupledKD(DistillLoss):
+    """Zhao et al. (2022): KD split into target-class (TCKD) and non-target-class (NCKD) terms.
+
+    ``CE + w(t) * (dkd_alpha * TCKD + dkd_beta * NCKD)``, both terms at temperature T with T^2
+    scaling; ``w`` ramps from 0 to 1 over the first ``dkd_warmup`` fraction of training, as in the paper.
+    """
+
+    def __init__(self, temperature: float = 4.0, temperature_end: float | None = None, dkd_alpha: float = 1.0,
+                 dkd_beta: float = 8.0, dkd_warmup: float = 0.2, label_smoothing: float = 0.0):
+        super().__init__()
+        _check_temperature(temperature, temperature_end)
+        self.start, self.end = temperature, temperature_end
+        self.temperature = temperature
+        self.dkd_alpha, self.dkd_beta, self.warmup = dkd_alpha, dkd_beta, dkd_warmup
+        self.ramp = 1.0 if dkd_warmup <= 0 else 0.0
+        self.label_smoothing = label_smoothing
+
+    def set_progress(self, fraction):
+        self.temperature = _temperature(self.start, self.end, fraction)
+        self.ramp = 1.0 if self.warmup <= 0 else min(1.0, (fraction + 1e-9) / self.warmup)
+
+    def forward(self, student, teacher, target):
+        T = self.temperature
+        s, t = student.logits.float(), teacher.logits.float()
+        gt = F.one_hot(target, s.shape[1]).bool()
+        p_s, p_t = F.softmax(s / T, 1), F.softmax(t / T, 1)
+        # Binary (target vs rest) distributions for TCKD.
+        b_s = torch.stack([(p_s * gt).sum(1), (p_s * ~gt).sum(1)], 1).clamp_min(1e-8)
+        b_t = torch.stack([(p_t * gt).sum(1), (p_t * ~gt).sum(1)], 1).clamp_min(1e-8)
+        tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean") * T**2
+        # Distributions over the non-target classes only: mask the target logit out.
+        masked = gt.float() * 1000.0
+        nckd = F.kl_div(F.log_softmax(s / T - masked, 1), F.softmax(t / T - masked, 1), reduction="batchmean") * T**2
+        ce = F.cross_entropy(s, target, label_smoothing=self.label_smoothing)
+        return ce + self.ramp * (self.dkd_alpha * tckd + self.dkd_beta * nckd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature-based: FitNets hints and attention transfer
+
+
+@torch.no_grad()
+def probe_features(model: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
+    """Stage features of ``model`` for ``example`` without touching BatchNorm statistics."""
+    was_training = model.training
+    model.eval()
+    try:
+        if not hasattr(model, "forward_features"):
+            raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
+                              "feature, attention and relation losses need a model that returns its stage features")
+        feats, _ = model.forward_features(example)
+    finally:
+        model.train(was_training)
+    return list(feats)
+
+
+def _stages(indices, n: int, what: str) -> list[int]:
+    out = []
+    for i in indices:
+        j = int(i) + n if int(i) < 0 else int(i)
+        if not 0 <= j < n:
+            raise EdgeKDError(f"{what} stage {i} does not exist (the models have {n} stages)",
+                              f"use stage indices 0..{n - 1}")
+        out.append(j)
+    return out
+
+
+def _match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if x.shape[-2:] != like.shape[-2:]:
+        x = F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    return x
+
+
+@LOSSES.register("fitnet")
+class FitNetHints(DistillLoss):
+    """Romero et al. (2015): regress teacher stage features from student ones through a learned
+    1x1-conv adapter per chosen stage (``hint_layers``, default the middle stage); MSE."""
+
+    needs_features = True
+
+    def __init__(self, hint_layers: tuple[int, ...] | list[int] = (1,)):
+        super().__init__()
+        self.hint_layers = list(hint_layers)
+        self.adapters = nn.ModuleList()
+
+    def setup(self, student, teacher, example):
+        fs, ft = probe_features(student, example), probe_features(teacher, example)
+        if len(fs) != len(ft):
+            raise EdgeKDError(f"student has {len(fs)} stages but teacher has {len(ft)}", "use fitnet with models of the same family")
+        self.hint_layers = _stages(self.hint_layers, len(fs), "hint")
+        # Adapters are part of the loss module, so train() puts their parameters in the optimizer
+        # and checkpoints them with the rest of the training state.
+        self.adapters = nn.ModuleList([
+            nn.Sequential(nn.Conv2d(fs[i].shape[1], ft[i].shape[1], 1, bias=False), nn.BatchNorm2d(ft[i].shape[1]))
+            for i in self.hint_layers
+        ])
+
+    def forward(self, student, teacher, target):
+        loss = 0.0
+        for adapter, i in zip(self.adapters, self.hint_layers):
+            s = adapter(student.features[i])
+            loss = loss + F.mse_loss(_match_size(s, teacher.features[i]).float(), teacher.features[i].float())
+        return loss / len(self.hint_layers)
+
+
+def attention_map(f: torch.Tensor) -> torch.Tensor:
+    """Spatial attention of a feature map: channel-mean of squared activations, L2-normalised."""
+    return F.normalize(f.float().pow(2).mean(1).flatten(1), dim=1)
+
+
+@LOSSES.register("at")
+class AttentionTransfer(DistillLoss):
+    """Zagoruyko & Komodakis (2017): match the spatial attention maps of every stage
+    (``at_layers``, default all); ``at_beta`` (1000, as in their code) brings it to the scale of CE."""
+
+    needs_features = True
+
+    def __init__(self, at_layers: tuple[int, ...] | list[int] | None = None, at_beta: float = 1000.0):
+        super().__init__()
+        self.at_layers, self.beta = at_layers, at_beta
+
+    def setup(self, student, teacher, example):
+        n = len(probe_features(student, example))
+        self.at_layers = _stages(self.at_layers if self.at_layers is not None else range(n), n, "attention")
+
+    def forward(self, student, teacher, target):
+        loss = 0.0
+        for i in self.at_layers:
+            s, t = student.features[i], teacher.features[i]
+            s = _match_size(s.float().pow(2).mean(1, keepdim=True), t)  # resize the map, not the features
+            a_s = F.normalize(s.flatten(1), dim=1)
+            loss = loss + (a_s - attention_map(t)).pow(2).mean()
+        return self.beta * loss / len(self.at_layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Relation-based: RKD distance and angle
+
+
+def _embedding(out: ModelOutputs) -> torch.Tensor:
+    # The globally pooled last stage: the representation the classifier reads.
+    return out.features[-1].float().mean((2, 3))
+
+
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(e, e).clamp_min(1e-12)
+    off_diag = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+    return d / d[off_diag].mean().clamp_min(1e-12) * off_diag
+
+
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)   # (B, B, D): unit vectors j -> k
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()               # cosines of every angle at j
+
+
+@LOSSES.register("rkd")
+class RelationalKD(DistillLoss):
+    """Park et al. (2019): match the distance (``rkd_distance`` weight, 25) and angle (``rkd_angle``,
+    50) structure of a batch's embeddings, with the paper's Huber loss and weights."""
+
+    needs_features = True
+
+    def __init__(self, rkd_distance: float = 25.0, rkd_angle: float = 50.0):
+        super().__init__()
+        self.w_dist, self.w_angle = rkd_distance, rkd_angle
+
+    def forward(self, student, teacher, target):
+        e_s, e_t = _embedding(student), _embedding(teacher).detach()
+        loss = 0.0
+        if self.w_dist:
+            loss = loss + self.w_dist * F.smooth_l1_loss(_pairwise_distances(e_s), _pairwise_distances(e_t))
+        if self.w_angle:
+            loss = loss + self.w_angle * F.smooth_l1_loss(_angles(e_s), _angles(e_t))
+        return loss

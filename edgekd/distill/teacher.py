@@ -58,16 +58,53 @@ def check_teacher_fits(spec: ModelSpec, splits: DataSplits, where: str) -> None:
                           "pass a teacher trained on images like these (grey vs RGB), or omit --teacher to train one")
 
 
-def get_teacher(splits: DataSplits, *, teacher_path: str | Path | None = None, cache_dir: str | Path | None = None,
+class EnsembleTeacher(nn.Module):
+    """Several teachers as one: logits whose softmax at ``temperature`` is the average of the members'
+    soft targets at that temperature (``T * log mean_i softmax(z_i / T)``). Stage features, for
+    feature losses, are the first member's."""
+
+    def __init__(self, members: list[nn.Module], temperature: float = 4.0):
+        super().__init__()
+        if not members:
+            raise EdgeKDError("an ensemble needs at least one teacher", "pass one or more --teacher files")
+        self.members = nn.ModuleList(members)
+        self.temperature = temperature
+
+    def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        T = self.temperature
+        log_probs = torch.stack([torch.log_softmax(z.float() / T, dim=1) for z in logits])
+        return T * (torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(logits)))))
+
+    def forward_features(self, x):
+        feats, first = self.members[0].forward_features(x)
+        return feats, self._combine([first] + [m(x) for m in self.members[1:]])
+
+    def forward(self, x):
+        return self._combine([m(x) for m in self.members])
+
+
+def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple | None = None, cache_dir: str | Path | None = None,
                 progress: bool = True, device: str = "cpu", epochs: int | None = None,
-                log=None) -> tuple[nn.Module, ModelSpec, dict]:
+                temperature: float = 4.0, log=None) -> tuple[nn.Module, ModelSpec, dict]:
     """Return ``(teacher in eval mode, its spec, info)``; info: accuracy, params, path, cached, seconds.
 
+    A list of paths is an ensemble (:class:`EnsembleTeacher`, soft targets averaged at ``temperature``).
     With ``teacher_path`` the user's safetensors weights (written by ``edgekd.models.save_model``) are
     loaded and checked against the data. Without it the default teacher for these data is loaded from
     the cache, or trained (resumably: a killed run picks up from its last epoch) and cached.
     """
     t0 = time.perf_counter()
+    if isinstance(teacher_path, (list, tuple)) and len(teacher_path) == 1:
+        teacher_path = teacher_path[0]
+    if isinstance(teacher_path, (list, tuple)):
+        # An ensemble: each member checked on its own, soft targets averaged at `temperature`.
+        members = [get_teacher(splits, teacher_path=p, device=device, progress=False) for p in teacher_path]
+        model = EnsembleTeacher([m for m, _, _ in members], temperature=temperature).eval()
+        accuracy = evaluate(model, splits.test, splits, device)
+        return model, members[0][1], {"accuracy": accuracy, "params": count_params(model),
+                                      "path": [i["path"] for _, _, i in members], "cached": False,
+                                      "seconds": time.perf_counter() - t0, "source": "ensemble",
+                                      "members": [{"path": i["path"], "accuracy": i["accuracy"]} for _, _, i in members]}
     if teacher_path is not None:
         path = Path(teacher_path).expanduser()
         if not path.exists():

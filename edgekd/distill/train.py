@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
 from edgekd.errors import EdgeKDError
 
 CHECKPOINT_NAME = "last.pt"
+MODES = ("offline", "online", "self")
 CHECKPOINT_FORMAT = 1
 
 
@@ -47,10 +50,17 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     loss_opts: dict = field(default_factory=dict)  # extra options for losses (e.g. {"hint_layers": [1]})
+    # Modes. offline: frozen teacher. online: teacher and student learn together (mutual learning).
+    # self: born-again, `generations` students in a row, each taught by the one before.
+    mode: str = "offline"               # "offline" | "online" | "self"
+    generations: int = 2                # students trained in "self" mode (the last one is returned)
+    assistant_width: float | None = None  # teacher-assistant: teacher -> this width -> student
+    finetune_epochs: int = 0            # two-stage: then fine-tune on labels alone for this many epochs
+    finetune_lr_scale: float = 0.1      # fine-tuning learning rate as a fraction of lr
 
     # Settings that change the result; a checkpoint only resumes a run with the same ones.
     RESULT_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "loss", "temperature",
-                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts")
+                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode")
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -68,6 +78,12 @@ class TrainConfig:
             (self.amp in ("auto", "bf16", "off"), f"unknown amp mode {self.amp!r}", "use auto, bf16 or off"),
             (self.shift_px >= 0, f"shift_px must be >= 0, got {self.shift_px}", "use e.g. 2"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}", "use e.g. 2"),
+            (self.mode in MODES, f"unknown distillation mode {self.mode!r}", f"use one of {', '.join(MODES)}"),
+            (self.generations >= 1, f"generations must be >= 1, got {self.generations}", "use e.g. 2"),
+            (self.assistant_width is None or self.assistant_width > 0,
+             f"assistant width must be > 0, got {self.assistant_width}", "use e.g. 1.5"),
+            (self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}", "use e.g. 2"),
+            (self.finetune_lr_scale > 0, f"fine-tuning lr scale must be > 0, got {self.finetune_lr_scale}", "use e.g. 0.1"),
         ]
         for ok, what, how in checks:
             if not ok:
@@ -95,6 +111,8 @@ class TrainResult:
     device: str = "cpu"
     amp: str = "off"
     resumed_from_epoch: int | None = None
+    stages: list[dict] = field(default_factory=list)  # multi-stage runs: one summary per stage
+    teacher_accuracy: float | None = None              # online mode: the co-trained teacher's test accuracy
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,6 +282,73 @@ def load_checkpoint(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Data parallelism across processes (torchrun): NCCL on GPUs, gloo on CPU
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group that torchrun (or the caller) set up; a single process otherwise."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist()
+
+
+def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _barrier(ddp: Dist) -> None:
+    if ddp.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class _Forward(nn.Module):
+    """One call returns what the loss needs: (stage features, logits). DDP only hooks ``forward``."""
+
+    def __init__(self, model: nn.Module, features: bool):
+        super().__init__()
+        self.model, self.features = model, features
+
+    def forward(self, x):
+        if self.features:
+            feats, logits = self.model.forward_features(x)
+            return list(feats), logits
+        return [], self.model(x)
+
+
+def _wrap(model: nn.Module, features: bool, ddp: Dist, device: torch.device) -> nn.Module:
+    if features and not hasattr(model, "forward_features"):
+        raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
+                          "feature, attention and relation losses need a model that returns its stage features; use --loss kd")
+    net = _Forward(model, features)
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    return net
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -277,34 +362,54 @@ def _progress_bar(enabled: bool):
     )
 
 
-def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
-          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None,
-          log=None) -> TrainResult:
-    """Train ``student`` on ``splits.train`` with ``cfg.loss``, distilling from a frozen ``teacher``.
+def _fresh_peer(student: nn.Module, seed: int) -> nn.Module:
+    """A second, differently initialised copy of the student (mutual learning without a teacher)."""
+    peer = copy.deepcopy(student)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        for m in peer.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+    return peer
 
-    One checkpoint (``ckpt_dir/last.pt``) is written atomically after every epoch and on Ctrl-C;
-    ``resume=True`` continues from it to the same result as an uninterrupted run. With ``spec``
-    (a ModelSpec) the final weights are also written to ``ckpt_dir/final.safetensors``.
-    ``log`` (a callable taking one line) receives the per-epoch summaries; default: the rich console.
+
+def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
+                ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+    """One training run: forward teacher, forward student, loss, step, log; checkpoint every epoch.
+
+    ``cfg.mode`` "online" trains ``teacher`` too (mutual learning; a fresh peer when it is None).
+    Under torchrun each process takes its share of every batch and DDP averages the gradients.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
+    ddp = init_distributed(device)
+    if ddp.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", ddp.rank)))
+        torch.cuda.set_device(device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
+    progress = progress and ddp.main
+    online = cfg.mode == "online"
     ckpt_dir = Path(ckpt_dir)
     ckpt_path = ckpt_dir / CHECKPOINT_NAME
     opts = dict(temperature=cfg.temperature, temperature_end=cfg.temperature_end, alpha=cfg.alpha,
                 label_smoothing=cfg.label_smoothing, **cfg.loss_opts)
     loss_fn: CombinedLoss = build_loss(cfg.loss, **opts)
-    if loss_fn.needs_teacher and teacher is None:
+    if online:
+        if loss_fn.needs_features or not loss_fn.needs_teacher:
+            raise EdgeKDError(f"online (mutual) distillation needs a logit loss such as kd or dkd, not {cfg.loss!r}",
+                              "use --loss kd with --mode online")
+        teacher = teacher if teacher is not None else _fresh_peer(student, cfg.seed)
+        peer_loss = build_loss(cfg.loss, **opts)  # the teacher learns from the student's soft targets too
+    elif loss_fn.needs_teacher and teacher is None:
         raise EdgeKDError(f"loss {cfg.loss!r} needs a teacher but none was given", "pass a teacher or use --loss ce")
     features = loss_fn.needs_features
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     train_set = splits.train
     n = len(train_set)
-    batch_size = min(cfg.batch_size, n)
-    steps = steps_per_epoch(n, batch_size)
+    batch_size = min(cfg.batch_size, max(1, n // ddp.world))
+    steps = steps_per_epoch(n, batch_size * ddp.world)
     labels = torch.from_numpy(train_set.y).to(device)
     make = BatchMaker(train_set.x, splits.mean, splits.std, device, cfg.channels_last)
 
@@ -313,10 +418,17 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
         torch.manual_seed(cfg.seed)
         student.to(device=device, memory_format=memory_format)
         if teacher is not None:
-            teacher.to(device=device, memory_format=memory_format).eval().requires_grad_(False)
+            teacher.to(device=device, memory_format=memory_format)
+            if online:
+                teacher.train().requires_grad_(True)
+            else:
+                teacher.eval().requires_grad_(False)
         loss_fn.setup(student, teacher, make(torch.arange(min(2, n))))
         loss_fn.to(device)
-    params = [p for p in list(student.parameters()) + list(loss_fn.parameters()) if p.requires_grad]
+    student_net = _wrap(student, features, ddp, device)
+    teacher_net = _wrap(teacher, features, ddp if online else Dist(), device) if teacher is not None else None
+    trained = [student] + ([teacher] if online else [])
+    params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
     scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps)
 
@@ -331,6 +443,8 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
                               "resume with the original settings, or start afresh in a new output folder")
         try:
             student.load_state_dict(state["student"])
+            if online:
+                teacher.load_state_dict(state["teacher"])
             loss_fn.load_state_dict(state["loss"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -343,22 +457,28 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
         resumed_from = start_epoch
 
     def checkpoint(epoch: int, step: int, seconds: float, partial_stats=None, rng=None) -> Path:
-        return save_checkpoint(ckpt_path, {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "student": student.state_dict(),
-            "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "history": history, "seconds": seconds, "partial": partial_stats, "rng": rng,
-            "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
-        })
+        if ddp.main:  # one writer; the others wait at the barrier below
+            save_checkpoint(ckpt_path, {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "student": student.state_dict(),
+                "teacher": teacher.state_dict() if online else None,
+                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "history": history, "seconds": seconds, "partial": partial_stats, "rng": rng,
+                "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
+            })
+        return ckpt_path
 
     # Teacher logits do not change when the teacher is frozen and the inputs are not augmented:
     # compute them once instead of once per epoch (the teacher forward dominates a KD step).
     cached_logits = None
-    use_cache = teacher is not None and cfg.cache_teacher and not (cfg.augment and cfg.shift_px > 0) and not features
+    use_cache = (teacher is not None and not online and cfg.cache_teacher and not (cfg.augment and cfg.shift_px > 0)
+                 and not features)
     if use_cache and start_epoch < cfg.epochs:
         cached_logits = predict_logits(teacher, train_set.x, splits, device, cfg.eval_batch_size, cfg.amp,
                                        cfg.channels_last).to(device)
 
     out = log or _console_log(progress)
+    if not ddp.main:
+        out = lambda line: None  # noqa: E731
     t_session = time.perf_counter()
     last_good = str(ckpt_path) if ckpt_path.exists() else None
     images_seen = 0
@@ -366,36 +486,48 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             loss_fn.set_progress(epoch / cfg.epochs)
+            if online:
+                peer_loss.set_progress(epoch / cfg.epochs)
             student.train()
-            # Everything random in an epoch derives from (seed, epoch): resuming replays it exactly.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=gen)
+            if online:
+                teacher.train()
+            # Everything random in an epoch derives from (seed, epoch, rank): resuming replays it exactly.
+            epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + ddp.rank
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            gen = torch.Generator().manual_seed(epoch_seed)
             first = start_step if epoch == start_epoch else 0
             loss_sum, correct, seen = (partial if (partial and epoch == start_epoch) else (0.0, 0, 0))
             task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, completed=first,
                                 loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+                torch.manual_seed(epoch_seed)
                 if first and rng_states:
                     # Mid-epoch resume (after Ctrl-C): restore the random streams where they stopped.
                     gen.set_state(rng_states["shift"])
                     torch.set_rng_state(rng_states["torch"])
                 for step in range(first, steps):
-                    idx = perm[step * batch_size:(step + 1) * batch_size]
+                    start = (step * ddp.world + ddp.rank) * batch_size
+                    idx = perm[start:start + batch_size]
                     rng_now = {"shift": gen.get_state(), "torch": torch.get_rng_state()}
                     xb = make(idx, cfg.shift_px if cfg.augment else 0, gen)
+                    yb = labels[idx.to(device)]
                     try:
                         with autocast_for(device, cfg.amp):
-                            s_out = run_model(student, xb, features)
+                            s_out = ModelOutputs(*reversed(student_net(xb)))
                             if teacher is None:
                                 t_out = None
                             elif cached_logits is not None:
                                 t_out = ModelOutputs(cached_logits[idx.to(device)])
+                            elif online:
+                                t_out = ModelOutputs(*reversed(teacher_net(xb)))
                             else:
                                 with torch.no_grad():
-                                    t_out = run_model(teacher, xb, features)
-                            yb = labels[idx.to(device)]
-                            loss = loss_fn(s_out, t_out, yb)
+                                    t_out = ModelOutputs(*reversed(teacher_net(xb)))
+                            if online:
+                                loss = (loss_fn(s_out, ModelOutputs(t_out.logits.detach()), yb)
+                                        + peer_loss(t_out, ModelOutputs(s_out.logits.detach()), yb))
+                            else:
+                                loss = loss_fn(s_out, t_out, yb)
                         if not torch.isfinite(loss):
                             raise EdgeKDError(
                                 f"the loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
@@ -403,6 +535,8 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
                                 "lower --lr or the temperature, then --resume or start afresh")
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
+                        if ddp.world > 1:
+                            _sync_loss_grads(loss_fn, ddp)
                         optimizer.step()
                         scheduler.step()
                     except KeyboardInterrupt:
@@ -419,6 +553,8 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
                     images_seen += len(idx)
                     bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
             bar.remove_task(task)
+            if ddp.world > 1:
+                loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
             val_acc = evaluate(student, splits.val, splits, device, cfg.eval_batch_size, cfg.amp)
             record = {
                 "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
@@ -426,8 +562,11 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
                 "temperature": getattr(loss_fn.terms[0], "temperature", None),
                 "seconds": time.perf_counter() - t_epoch,
             }
+            if online:
+                record["teacher_val_accuracy"] = evaluate(teacher, splits.val, splits, device, cfg.eval_batch_size, cfg.amp)
             history.append(record)
             checkpoint(epoch + 1, 0, seconds_before + time.perf_counter() - t_session)
+            _barrier(ddp)
             last_good = str(ckpt_path)
             out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
                 f"val {val_acc:.2%}  {record['seconds']:.1f}s")
@@ -435,23 +574,120 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
     session = time.perf_counter() - t_session
     optimizer.zero_grad(set_to_none=True)  # gradients are not part of a trained model; free them
     test_acc = evaluate(student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
+    teacher_acc = None
+    if online:
+        teacher.eval().requires_grad_(False)
+        teacher_acc = evaluate(teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
     weights = None
-    if spec is not None:
-        from edgekd.models import save_model
-
-        student.to(memory_format=torch.contiguous_format)
-        weights = str(save_model(ckpt_dir / "final.safetensors", student.cpu(), spec,
-                                 {"accuracy": test_acc, "val_accuracy": history[-1]["val_accuracy"] if history else None}))
-        student.to(device)
+    if spec is not None and ddp.main:
+        weights = str(save_final(ckpt_dir / "final.safetensors", student, spec, test_acc, history))
     student.eval()
     return TrainResult(
         accuracy=test_acc,
         val_accuracy=history[-1]["val_accuracy"] if history else evaluate(student, splits.val, splits, device),
         epochs_run=len(history), history=history, seconds=seconds_before + session,
         checkpoint=str(ckpt_path), weights_path=weights,
-        images_per_second=images_seen / session if session > 0 and images_seen else 0.0,
+        images_per_second=images_seen * ddp.world / session if session > 0 and images_seen else 0.0,
         device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=resumed_from,
+        teacher_accuracy=teacher_acc,
     )
+
+
+def _sync_loss_grads(loss_fn: nn.Module, ddp: Dist) -> None:
+    """Average the gradients of learned loss parts (FitNets adapters): DDP only covers the models."""
+    import torch.distributed as dist
+
+    for p in loss_fn.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= ddp.world
+
+
+def save_final(path: Path, student: nn.Module, spec, accuracy: float, history: list[dict]) -> Path:
+    from edgekd.models import save_model
+
+    device = next(student.parameters()).device
+    student.to(memory_format=torch.contiguous_format)
+    path = save_model(path, student.cpu(), spec,
+                      {"accuracy": accuracy, "val_accuracy": history[-1]["val_accuracy"] if history else None})
+    student.to(device)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-stage runs: teacher assistant, born-again generations, two-stage fine-tuning
+
+
+def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
+          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+    """Train ``student`` on ``splits.train`` with ``cfg.loss``, distilling from ``teacher``.
+
+    A plain run (offline or online mode, no assistant, no fine-tuning) is one :func:`train_stage`
+    with its checkpoint in ``ckpt_dir/last.pt``. Otherwise the stages run in order, each in its own
+    sub-folder of ``ckpt_dir`` (``assistant/``, ``generation1/``..., ``distill/``, ``finetune/``),
+    and ``resume`` skips the finished ones. With ``spec`` the final weights are written to
+    ``ckpt_dir/final.safetensors`` (safetensors, atomically). The student ends with the final weights.
+    """
+    cfg.validate()
+    ckpt_dir = Path(ckpt_dir)
+    kw = dict(resume=resume, progress=progress, log=log)
+    if cfg.mode != "self" and cfg.assistant_width is None and cfg.finetune_epochs == 0:
+        return train_stage(student, teacher, splits, cfg, ckpt_dir=ckpt_dir, spec=spec, **kw)
+
+    stage_results: list[tuple[str, TrainResult]] = []
+    current_teacher = teacher
+    say = log or _console_log(progress)
+    if cfg.assistant_width is not None:
+        if spec is None or teacher is None:
+            raise EdgeKDError("teacher-assistant distillation needs a teacher and the student's ModelSpec",
+                              "pass teacher= and spec= to train()")
+        from dataclasses import replace as _replace
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            assistant = _replace(spec, width=cfg.assistant_width).build()
+        say(f"stage: assistant (width {cfg.assistant_width}) distilled from the teacher")
+        stage_results.append(("assistant", train_stage(assistant, teacher, splits, _stage_cfg(cfg, "offline"),
+                                                       ckpt_dir=ckpt_dir / "assistant", **kw)))
+        current_teacher = assistant.eval()
+    final_name = "distill"
+    if cfg.mode == "self":
+        initial = copy.deepcopy(student.state_dict())
+        for g in range(1, cfg.generations):
+            model = copy.deepcopy(student)
+            model.load_state_dict(initial)
+            gen_cfg = _stage_cfg(cfg, "offline", loss=cfg.loss if current_teacher is not None else "ce")
+            say(f"stage: generation {g} of {cfg.generations} (taught by {'the teacher' if g == 1 and current_teacher is teacher and teacher is not None else 'labels' if current_teacher is None else f'generation {g - 1}' if g > 1 else 'the assistant'})")
+            stage_results.append((f"generation{g}", train_stage(model, current_teacher, splits, gen_cfg,
+                                                                 ckpt_dir=ckpt_dir / f"generation{g}", **kw)))
+            current_teacher = model.eval()
+        final_name = f"generation{cfg.generations}"
+    final_mode = "online" if cfg.mode == "online" else "offline"
+    final_cfg = _stage_cfg(cfg, final_mode, loss=cfg.loss if (current_teacher is not None or final_mode == "online") else "ce")
+    say(f"stage: {final_name}")
+    stage_results.append((final_name, train_stage(student, current_teacher, splits, final_cfg,
+                                                  ckpt_dir=ckpt_dir / final_name, **kw)))
+    if cfg.finetune_epochs:
+        ft_cfg = _stage_cfg(cfg, "offline", loss="ce", epochs=cfg.finetune_epochs, lr=cfg.lr * cfg.finetune_lr_scale)
+        say(f"stage: fine-tune on labels ({cfg.finetune_epochs} epochs)")
+        stage_results.append(("finetune", train_stage(student, None, splits, ft_cfg, ckpt_dir=ckpt_dir / "finetune", **kw)))
+
+    last = stage_results[-1][1]
+    history = [dict(h, stage=name) for name, r in stage_results for h in r.history]
+    weights = None
+    if spec is not None:
+        weights = str(save_final(ckpt_dir / "final.safetensors", student, spec, last.accuracy, history))
+    return replace(
+        last, history=history, epochs_run=len(history), seconds=sum(r.seconds for _, r in stage_results),
+        weights_path=weights, checkpoint=str(ckpt_dir),
+        stages=[{"stage": name, "accuracy": r.accuracy, "val_accuracy": r.val_accuracy, "epochs": r.epochs_run,
+                 "seconds": r.seconds} for name, r in stage_results],
+    )
+
+
+def _stage_cfg(cfg: TrainConfig, mode: str, **changes) -> TrainConfig:
+    # A stage is a plain run: no further stages inside it.
+    return replace(cfg, mode=mode, assistant_width=None, finetune_epochs=0, generations=1, **changes)
 
 
 def _console_log(enabled: bool):
