@@ -308,3 +308,29 @@ def test_tensorrt_ships_a_device_build_kit(name, exported, mnist, trained):
         assert np.abs(logits - ref).max() <= 1e-4
     else:
         assert (logits.argmax(1) == ref.argmax(1)).mean() >= 0.95
+
+
+def test_accuracy_gate_passes_and_records_validation(trained, mnist, tmp_path):
+    x, y = mnist
+    (art,) = export_all(trained, ["ort-int8"], tmp_path, example=x[:1], calib=x[:128], parity_inputs=x[1100:1200],
+                        validation=(x[1000:1100], y[1000:1100]), progress=False)
+    gate = art.extra["accuracy_gate"]
+    assert art.status == "ok" and gate["passed"]
+    # 100 images: one image is one point; INT8 may land a point or two either side of FP32
+    assert gate["validation_images"] == 100 and abs(gate["reference_val_accuracy"] - gate["val_accuracy"]) <= 0.03
+    assert gate["tried"][0]["remedy"] == "as exported"
+
+
+def test_accuracy_gate_tries_remedies_then_fails_without_leaving_files(trained, mnist, tmp_path):
+    """An unreachable limit forces every remedy: each is recorded, and the artifact fails, never kept."""
+    x, y = mnist
+    (art,) = export_all(trained, ["ort-int8"], tmp_path, example=x[:1], calib=x[:128], parity_inputs=x[1100:1200],
+                        validation=(x[1000:1100], y[1000:1100]), progress=False,
+                        options=ExportOptions(max_drop=-1.0))
+    assert art.status == "failed" and art.path is None
+    tried = [t["remedy"] for t in art.extra["accuracy_gate"]["tried"]]
+    assert tried[:4] == ["as exported", "per-tensor weights", "entropy calibration", "percentile calibration"]
+    assert tried[4].startswith("keep ") and tried[4].endswith(" in float")
+    assert all("val_accuracy" in t for t in art.extra["accuracy_gate"]["tried"])
+    assert "tried per-tensor weights, entropy calibration" in art.reason
+    assert list(tmp_path.iterdir()) == []

@@ -114,12 +114,15 @@ class ExportOptions:
     opset: int = 18
     calibration: str = "minmax"            # ORT calibration method: minmax | entropy | percentile
     per_channel: bool = True               # per-output-channel weight scales (ORT, TensorRT)
-    exclude: tuple[str, ...] = ()          # ONNX node / layer names kept in float (sensitive layers)
+    exclude: tuple[str, ...] = ()          # ONNX node names kept in float (ORT/TensorRT QDQ; OpenVINO ignored scope)
     max_batch: int = 64                    # bound of the batch dimension where a runtime plans memory for it
     parity_tolerance: float = 1e-4         # FP32 artifacts: max |logit difference| allowed vs PyTorch
     trt_workspace_mb: int = 1024
     trt_timing_cache: Path | None = None   # shared between builds so rebuilding is fast
     jetson: bool = False                   # also write the trtexec command and build script next to the ONNX
+    ov_preset: str = "performance"         # NNCF preset: performance (symmetric) | mixed (asymmetric activations)
+    ov_accuracy_control: bool = False      # nncf.quantize_with_accuracy_control on the validation images
+    max_drop: float = 0.01                 # accuracy gate: largest top-1 drop (fraction) a quantized artifact may have
 
     def __post_init__(self):
         if self.calibration not in CALIBRATION_METHODS:
@@ -141,6 +144,9 @@ class ExportJob:
         self.calib = _as_batch(calib, "calib")
         self.options = options
         self.scratch = Path(scratch)
+        self.validation: tuple[np.ndarray, np.ndarray] | None = None
+        # QDQ settings the accuracy gate found best for ort-int8; tensorrt-int8 builds from the same QDQ
+        self.qdq_overrides: dict = {}
         self._cache: dict = {}
 
     def cached(self, key, build: Callable[[], object]):
@@ -169,9 +175,11 @@ class ExportJob:
         """The static QDQ INT8 ONNX (TensorRT-compatible: symmetric INT8, zero points 0)."""
         from edgekd.export.to_onnx import quantize_onnx
 
-        calibration = calibration or self.options.calibration
-        per_channel = self.options.per_channel if per_channel is None else per_channel
-        exclude = tuple(self.options.exclude if exclude is None else exclude)
+        defaults = {"calibration": self.options.calibration, "per_channel": self.options.per_channel,
+                    "exclude": tuple(self.options.exclude), **self.qdq_overrides}
+        calibration = calibration or defaults["calibration"]
+        per_channel = defaults["per_channel"] if per_channel is None else per_channel
+        exclude = tuple(defaults["exclude"] if exclude is None else exclude)
         key = ("qdq", calibration, per_channel, exclude)
         tag = f"{calibration}-{'pc' if per_channel else 'pt'}-{abs(hash(exclude)) % 10**8}"
         return self.cached(key, lambda: quantize_onnx(
@@ -348,7 +356,8 @@ def _runtime_available(runtime: str) -> tuple[bool, str]:
 
 def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarray, calib: np.ndarray,
                parity_inputs: np.ndarray | None, progress: bool = True, parity_label: str = "test split",
-               options: ExportOptions | None = None, target=None, console=None) -> list[Artifact]:
+               options: ExportOptions | None = None, target=None, console=None,
+               validation: tuple[np.ndarray, np.ndarray] | None = None) -> list[Artifact]:
     """Export ``model`` to each of ``formats`` in ``out_dir`` and check each against PyTorch.
 
     ``example`` fixes the input shape (batch is dynamic where the format allows), ``calib`` feeds
@@ -357,6 +366,12 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
     (TensorRT without a GPU) is ``"skipped"`` with the reason. Neither stops the other formats.
     ``target`` (an edgekd.hardware.Target) tailors device-specific outputs, e.g. the trtexec build
     command written next to the ONNX for a Jetson.
+
+    With ``validation`` (normalised images, labels; a split disjoint from calibration and test), each
+    quantized artifact's top-1 accuracy is measured against the PyTorch model's; a drop over
+    ``options.max_drop`` triggers the format's remedies (per-channel vs per-tensor, calibration
+    method, sensitive layers kept in float, NNCF accuracy control), the best measured is kept, what
+    was tried is recorded in ``extra["accuracy_gate"]``, and an artifact still over the limit fails.
     """
     names = resolve_formats(formats)
     options = options or ExportOptions()
@@ -375,15 +390,74 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
     artifacts: list[Artifact] = []
     with tempfile.TemporaryDirectory(prefix=".scratch-", dir=out_dir) as scratch:
         job = ExportJob(model, example=example, calib=calib, options=options, scratch=Path(scratch))
+        val_reference = None
+        if validation is not None:
+            val_x, val_y = _as_batch(validation[0], "validation"), np.asarray(validation[1])
+            job.validation = (val_x, val_y)
+            val_reference = float((_reference_logits(model, val_x).argmax(1) == val_y).mean())
         for i, name in enumerate(names, 1):
             if progress and console.is_terminal:
                 console.print(f"[dim]export[/] [{i}/{len(names)}] {name} ...", end="\r", highlight=False)
             art = export_one(job, name, out_dir, reference=reference, parity_inputs=parity_x,
                              parity_label=parity_label)
+            if val_reference is not None and art.ok and art.precision != "fp32":
+                art = _gate(job, art, out_dir, val_reference, reference=reference, parity_inputs=parity_x,
+                            parity_label=parity_label)
             artifacts.append(art)
             if progress:
                 console.print(_progress_line(i, len(names), art), highlight=False)
     return artifacts
+
+
+def _gate(job: ExportJob, art: Artifact, out_dir: Path, val_reference: float, **export_kw) -> Artifact:
+    """Accuracy gate with remedies; each remedy is exported into its own scratch folder first."""
+    from edgekd.export.accuracy import gate
+
+    if not _runtime_available(art.runtime)[0]:
+        art.extra["accuracy_gate"] = {"skipped": f"{art.runtime} cannot run here"}
+        return art
+    max_drop = job.options.max_drop
+    trials = Path(tempfile.mkdtemp(prefix=".remedies-", dir=out_dir))
+    try:
+        def export_tracking(j: ExportJob) -> Artifact:
+            candidate = export_one(j, art.name, Path(tempfile.mkdtemp(dir=trials)), **export_kw)
+            candidate.extra["_options"] = {k: getattr(j.options, k) for k in ("calibration", "per_channel", "exclude")}
+            return candidate
+
+        try:
+            best, tried = gate(job, art, export_tracking, validation=job.validation,
+                               reference_accuracy=val_reference, max_drop=max_drop)
+        except Exception as err:  # noqa: BLE001 - a broken gate must not hide the artifact's status
+            art.extra["accuracy_gate"] = {"error": one_line(err)}
+            return art
+        if best is not art:
+            chosen_options = best.extra.pop("_options", {})
+            files = [best.path.parent / f for f in best.extra["files"]]
+            for f in sorted(files, key=lambda p: p == best.path):
+                os.replace(f, out_dir / f.name)
+            for f in art.extra.get("files", []):
+                if f not in best.extra["files"]:
+                    (out_dir / f).unlink(missing_ok=True)
+            best.path = out_dir / best.path.name
+            if art.name == "ort-int8":
+                job.qdq_overrides = chosen_options
+        best.extra.pop("_options", None)
+        final = max((t for t in tried if "val_accuracy" in t), key=lambda t: t["val_accuracy"])
+        best.extra["accuracy_gate"] = {"validation_images": int(len(job.validation[1])),
+                                       "reference_val_accuracy": val_reference, "max_drop": max_drop,
+                                       "val_accuracy": final["val_accuracy"], "tried": tried,
+                                       "passed": val_reference - final["val_accuracy"] <= max_drop}
+        if not best.extra["accuracy_gate"]["passed"]:
+            for f in best.extra.get("files", []):
+                (out_dir / f).unlink(missing_ok=True)
+            tried_names = ", ".join(t["remedy"] for t in tried[1:]) or "nothing (no remedies for this format)"
+            best.status, best.path, best.size_bytes = "failed", None, 0
+            best.reason = (f"validation accuracy {final['val_accuracy']:.4f} is "
+                           f"{(val_reference - final['val_accuracy']) * 100:.2f} points below PyTorch "
+                           f"({val_reference:.4f}), over the {max_drop * 100:g}-point limit; tried {tried_names}")
+        return best
+    finally:
+        shutil.rmtree(trials, ignore_errors=True)
 
 
 def _progress_line(i: int, n: int, art: Artifact) -> str:
@@ -403,3 +477,4 @@ from edgekd.export import to_onnx as _to_onnx  # noqa: E402,F401
 from edgekd.export import to_openvino as _to_openvino  # noqa: E402,F401
 from edgekd.export import to_executorch as _to_executorch  # noqa: E402,F401
 from edgekd.export import to_tensorrt as _to_tensorrt  # noqa: E402,F401
+from edgekd.export import accuracy as _accuracy  # noqa: E402,F401  (remedies per format)

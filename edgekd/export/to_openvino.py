@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.errors import EdgeKDError
 from edgekd.export import register_format
 
 
@@ -54,15 +55,46 @@ def export_openvino_fp16(job, dest: Path) -> dict:
     return {"compress_to_fp16": True}
 
 
+def quantize_openvino_with_accuracy_control(model, calib: np.ndarray, validation: tuple[np.ndarray, np.ndarray], *,
+                                            max_drop: float, ignored: tuple[str, ...] = (), subset_size: int = 300):
+    """NNCF accuracy-controlled INT8: quantize, then return the most sensitive layers to float until
+    the validation top-1 drop is within ``max_drop`` (absolute fraction)."""
+    import nncf
+
+    val_x, val_y = validation
+    n = min(len(val_y), 300)  # per-sample ranking re-runs validation per layer: keep it bounded
+    val_items = [(val_x[i:i + 1], val_y[i:i + 1]) for i in range(n)]
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        output = compiled.output(0)
+        hits = [float(compiled(x)[output].argmax(1)[0] == y[0]) for x, y in items]
+        return (float(np.mean(hits)) if hits else 0.0), hits
+
+    kwargs = {"ignored_scope": nncf.IgnoredScope(names=list(ignored), validate=False)} if ignored else {}
+    return nncf.quantize_with_accuracy_control(
+        model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]), nncf.Dataset(val_items), validate,
+        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=min(subset_size, len(calib)),
+        fast_bias_correction=False, **kwargs)
+
+
 @register_format("openvino-int8", format="openvino", precision="int8", runtime="openvino",
                  filename="{stem}.openvino-int8.xml", requires=("openvino", "nncf", "onnx", "onnxscript"))
 def export_openvino_int8(job, dest: Path) -> dict:
-    """OpenVINO IR INT8 quantized by nncf.quantize on the calibration images."""
+    """OpenVINO IR INT8 quantized by nncf.quantize on the calibration images (accuracy-controlled on demand)."""
     import nncf
 
     nncf.set_log_level(40)  # errors only: NNCF logs every statistic it collects at INFO
-    model = quantize_openvino(_convert(job), job.calib, ignored=tuple(job.options.exclude))
+    opts = job.options
+    if opts.ov_accuracy_control:
+        if job.validation is None:
+            raise EdgeKDError("accuracy-controlled quantization needs labelled validation images",
+                              "pass labelled data (--calib-data with labels) or drop the remedy")
+        model = quantize_openvino_with_accuracy_control(_convert(job), job.calib, job.validation,
+                                                        max_drop=opts.max_drop, ignored=tuple(opts.exclude))
+    else:
+        model = quantize_openvino(_convert(job), job.calib, ignored=tuple(opts.exclude), preset=opts.ov_preset)
     _save_ir(model, dest, compress_to_fp16=False)
-    fq = sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
-    return {"preset": "performance", "calib_images": int(min(300, len(job.calib))), "fake_quantize_nodes": fq,
-            "excluded": list(job.options.exclude)}
+    ops = [op.get_type_name() for op in model.get_ops()]
+    return {"preset": opts.ov_preset, "accuracy_control": opts.ov_accuracy_control,
+            "calib_images": int(min(300, len(job.calib))), "fake_quantize_nodes": ops.count("FakeQuantize"),
+            "excluded": list(opts.exclude)}
