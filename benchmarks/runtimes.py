@@ -63,7 +63,7 @@ def main() -> int:
 
     env = collect_environment(threads=args.threads)
     print(f"# {env['cpu']} ({', '.join(env['cpu_features'])}), {env['usable_cores']} usable cores, "
-          f"threads={args.threads or 'runtime default'}")
+          f"threads={args.threads or 'runtime default'}, load average {env.get('load_avg')}")
     print(f"# torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, openvino {env.get('openvino')}, "
           f"executorch {env.get('executorch')}")
 

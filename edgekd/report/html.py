@@ -121,7 +121,7 @@ def _cards(report: dict) -> str:
             if rec_row.speedup is not None:
                 bits.append(f"{fmt_speedup(rec_row.speedup)} vs teacher")
             sub = " · ".join(bits)
-        cards.append(("Recommended", rec["name"], sub))
+        cards.append(("Recommended", f"{rec['run']}/{rec['name']}" if rec.get("run") else rec["name"], sub))
     if not cards:
         return ""
     return '<div class="cards">' + "".join(
@@ -143,7 +143,7 @@ def _artifact_table(report: dict) -> str:
         ("Host p50 ms", lambda r: fmt_ms(r.host_p50) + (_source_html(r.host_source)
                                                          if r.host_source and r.host_source != "measured:host" else ""),
          True),
-        ("Host p90 ms", lambda r: fmt_ms(r.host_p90), True),
+        ("Host p90 ms", lambda r: fmt_ms(r.host_p90), not multi_run),  # room for the Run column
         ("Speed-up", lambda r: fmt_speedup(r.speedup), cols.speedup),
         (f"{escape(tname)} p50 ms", None, cols.target),
     ]
