@@ -61,8 +61,9 @@ class FusionRules:
 
 
 # Fusions per runtime, from each runtime's documentation:
-# - onnxruntime: ConvBNFusion, ConvActivationFusion (Relu, Clip, Sigmoid, Tanh, LeakyRelu, HardSigmoid) and
-#   on x86 the NCHWc ConvAddActivation fusion (conv + residual add + activation); MatMul+Add -> Gemm.
+# - onnxruntime: ConvBNFusion, ConvActivationFusion (Relu, Clip, Sigmoid, Tanh, LeakyRelu, HardSigmoid,
+#   HardSwish; checked against ORT 1.32's optimized graph of mobilenet_v3_small) and on x86 the NCHWc
+#   ConvAddActivation fusion (conv + residual add + activation); MatMul+Add -> Gemm.
 # - tensorrt: conv/gemm + BN + activation + residual add, and chains of pointwise ops -> one PointWise kernel
 #   ("Types of Fusions", TensorRT developer guide).
 # - openvino: CPU plugin fuses BN, activations, eltwise and FakeQuantize into conv post-ops and merges
@@ -71,7 +72,8 @@ class FusionRules:
 #   and add; other activations (hardswish, sigmoid) stay separate operators.
 FUSIONS: dict[str, FusionRules] = {
     "onnxruntime": FusionRules(frozenset({"BatchNormalization"}),
-                               frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Add", "Sum"}),
+                               frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish",
+                                          "Add", "Sum"}),
                                2, False),
     "tensorrt": FusionRules(frozenset({"BatchNormalization"}),
                             frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
@@ -97,6 +99,8 @@ class Kernel:
     output_bytes: int
     output_shape: list[int]
     params: int = 0
+    # Shape facts the latency model needs beyond FLOPs: channels, groups, kernel size, output pixels.
+    geometry: dict = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list, repr=False)
     output: str = field(default="", repr=False)
 
@@ -249,11 +253,14 @@ def load_graph(source, input_shape=None):
         dims = graph_inputs[0].type.tensor_type.shape.dim
         if len(shape) == len(dims) - 1:  # CxHxW given: batch 1
             shape = [1, *shape]
-        if len(dims) != len(shape):
+        if len(dims) and len(dims) != len(shape):
             raise EdgeKDError(f"input shape {'x'.join(map(str, shape))} has {len(shape)} dims but the model's input has {len(dims)}",
                               "give the full shape including the batch, e.g. --input 1x3x224x224")
         model = onnx.ModelProto.FromString(model.SerializeToString())
-        for d, s in zip(model.graph.input[[i.name for i in model.graph.input].index(graph_inputs[0].name)].type.tensor_type.shape.dim, shape):
+        tensor_type = model.graph.input[[i.name for i in model.graph.input].index(graph_inputs[0].name)].type.tensor_type
+        if not len(tensor_type.shape.dim):  # rank unknown in the file: take the given shape as is
+            tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shape)
+        for d, s in zip(tensor_type.shape.dim, shape):
             d.Clear()
             d.dim_value = s
     # Stale intermediate shapes from a dynamic-batch export would shadow the fixed input's.
@@ -375,13 +382,18 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
             epilogue_count[id(host)] = epilogue_count.get(id(host), 0) + 1
             producer[out] = host
             continue
+        geometry = {}
         if op in ("Conv", "ConvTranspose"):
             w_shape = shapes.get(node.input[1], [])
             group = int(_attr(node, "group", 1) or 1)
             cin = shapes.get(acts[0], [0, 0])[1] if acts else 0
-            op_class = "dwconv" if group > 1 and group == cin else "conv"
+            # Grouped convs (RegNet, ResNeXt) run as many small per-group products, like depthwise ones.
+            op_class = "dwconv" if group > 1 else "conv"
             has_bias = len(node.input) > 2 and bool(node.input[2])
             flops = _conv_flops(node, shapes.get(acts[0], []), w_shape, out_shape, has_bias)
+            cout = w_shape[0] if op == "Conv" and w_shape else (w_shape[1] * group if len(w_shape) > 1 else 0)
+            geometry = {"cin": int(cin), "cout": int(cout), "groups": group,
+                        "kernel": [int(x) for x in w_shape[2:]], "out_pixels": int(np.prod(out_shape[2:]))}
         elif op in ("Gemm", "MatMul"):
             a = shapes.get(node.input[0], [])
             b = shapes.get(node.input[1], [])
@@ -390,9 +402,12 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
                 k = a[0] if int(_attr(node, "transA", 0) or 0) else a[-1]
                 has_c = len(node.input) > 2 and bool(node.input[2])
                 flops = 2 * out_elems * k + (out_elems if has_c else 0)
+                geometry = {"m": int(out_elems // max(1, out_shape[-1])), "n": int(out_shape[-1]), "k": int(k)}
             else:
                 k = a[-1] if a else 0
                 flops = 2 * out_elems * k
+                geometry = {"m": int(out_elems // max(1, out_shape[-1])), "n": int(out_shape[-1]) if out_shape else 0,
+                            "k": int(k)}
         elif op in ("MaxPool", "AveragePool", "LpPool"):
             op_class = "pool"
             flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
@@ -408,7 +423,7 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
         k = Kernel(name=node.name or f"{op}_{len(kernels)}", op_type=op, op_class=op_class, ops=[op],
                    flops=int(flops), weight_bytes=w_elems * esize, input_bytes=sum(nbytes(x) for x in acts),
                    output_bytes=sum(nbytes(o) for o in node.output if o), output_shape=out_shape,
-                   params=w_elems, inputs=list(acts), output=out)
+                   params=w_elems, geometry=geometry, inputs=list(acts), output=out)
         kernels.append(k)
         for o in node.output:
             if o:

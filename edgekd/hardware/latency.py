@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import GraphCost, graph_cost
+from edgekd.hardware.graph import GraphCost, Kernel, graph_cost
 from edgekd.hardware.targets import OP_CLASSES, Target
 
 # Fraction of the datasheet memory bandwidth a kernel sustains (STREAM-like copy on these SoCs is
@@ -32,28 +32,31 @@ class Coefficients:
     classes: dict[str, dict[str, float]]
     fixed_ms: float
     precision: str
+    channel_multiple: int = 1
 
     def vector(self) -> np.ndarray:
         v = [self.classes[c][t] for c in OP_CLASSES for t in TERMS]
         return np.array(v + [self.fixed_ms], dtype=np.float64)
 
     @classmethod
-    def from_vector(cls, v, precision: str) -> "Coefficients":
+    def from_vector(cls, v, precision: str, channel_multiple: int = 1) -> "Coefficients":
         v = [float(x) for x in v]
         classes, i = {}, 0
         for c in OP_CLASSES:
             classes[c] = {t: v[i + j] for j, t in enumerate(TERMS)}
             i += len(TERMS)
-        return cls(classes=classes, fixed_ms=v[-1], precision=precision)
+        return cls(classes=classes, fixed_ms=v[-1], precision=precision, channel_multiple=int(channel_multiple))
 
     def to_dict(self) -> dict:
-        return {"precision": self.precision, "fixed_ms": self.fixed_ms, "classes": self.classes}
+        return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
+                "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
         try:
             classes = {c: {t: float(d["classes"][c][t]) for t in TERMS} for c in OP_CLASSES}
-            return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]))
+            return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
+                       channel_multiple=int(d.get("channel_multiple", 1)))
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -70,7 +73,8 @@ def datasheet_coefficients(target: Target, precision: str | None = None) -> Coef
     classes = {c: {"ms_per_mflop": 1.0 / (peak * target.efficiency[c]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
                    "ms_per_mb": ms_per_mb,
                    "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in OP_CLASSES}
-    return Coefficients(classes=classes, fixed_ms=target.inference_overhead_us / 1000.0, precision=precision)
+    return Coefficients(classes=classes, fixed_ms=target.inference_overhead_us / 1000.0, precision=precision,
+                        channel_multiple=target.channel_multiple)
 
 
 def coefficients_for(target: Target, precision: str | None = None) -> tuple[Coefficients, str]:
@@ -87,13 +91,40 @@ def coefficients_for(target: Target, precision: str | None = None) -> tuple[Coef
     return datasheet_coefficients(target, precision), label
 
 
-def features(cost: GraphCost) -> np.ndarray:
-    """Per-class sums of MFLOPs, MB and kernel counts, plus 1 for the fixed term: the design-matrix row."""
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def work_flops(k: Kernel, channel_multiple: int = 1) -> float:
+    """FLOPs the kernel actually executes once channels are padded to the runtime's vector block.
+
+    Blocked layouts (ONNX Runtime NCHWc and OpenVINO nChw16c with AVX-512, TensorRT Tensor Core tiles,
+    XNNPACK's packed output channels) compute whole blocks, so a 12-channel conv costs like a 16-channel
+    one. Input channels of a dense conv are padded too, except for narrow image inputs (1-3 channels)
+    that runtimes read in plain layout.
+    """
+    m = channel_multiple
+    g = k.geometry
+    if m <= 1 or not g or k.op_class not in ("conv", "dwconv"):
+        return float(k.flops)
+    cout = g.get("cout") or 0
+    if not cout:
+        return float(k.flops)
+    scale = _round_up(cout, m) / cout
+    if k.op_class == "conv":
+        cin_g = max(1, g.get("cin", 0) // max(1, g.get("groups", 1)))
+        if cin_g >= m // 2:
+            scale *= _round_up(cin_g, m) / cin_g
+    return float(k.flops) * scale
+
+
+def features(cost: GraphCost, channel_multiple: int = 1) -> np.ndarray:
+    """Per-class sums of MFLOPs (padded), MB and kernel counts, plus 1 for the fixed term: a design-matrix row."""
     row = np.zeros(N_FEATURES, dtype=np.float64)
     index = {c: i * len(TERMS) for i, c in enumerate(OP_CLASSES)}
     for k in cost.kernels:
         i = index[k.op_class]
-        row[i] += k.flops / 1e6
+        row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
         row[i + 2] += 1
     row[-1] = 1.0
@@ -104,12 +135,13 @@ def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
     out = []
     for k in cost.kernels:
         c = coeffs.classes[k.op_class]
-        out.append(c["ms_per_mflop"] * k.flops / 1e6 + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"])
+        out.append(c["ms_per_mflop"] * work_flops(k, coeffs.channel_multiple) / 1e6
+                   + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"])
     return out
 
 
 def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients | None = None,
-                     prior_weight: float = 0.02) -> tuple[Coefficients, dict]:
+                     prior_weight: float = 0.02, channel_multiple: int | None = None) -> tuple[Coefficients, dict]:
     """Fit coefficients to measured latencies by non-negative least squares on relative error.
 
     Each measurement contributes (predicted - measured) / measured, so a 50 ms ResNet and a 0.05 ms
@@ -139,7 +171,9 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     scale[scale == 0] = 1.0
     theta_scaled, _ = nnls(Aw / scale, bw, maxiter=50 * N_FEATURES)
     theta = theta_scaled / scale
-    coeffs = Coefficients.from_vector(theta, precision)
+    if channel_multiple is None:
+        channel_multiple = prior.channel_multiple if prior is not None else 1
+    coeffs = Coefficients.from_vector(theta, precision, channel_multiple)
     pred = A @ theta
     return coeffs, fit_stats(pred, y)
 

@@ -78,6 +78,7 @@ SCHEMA: dict[str, tuple[bool, Any]] = {
     "peak_gflops": (True, None),            # mapping precision -> GFLOP/s, checked below
     "memory_bandwidth_gbs": (True, _positive),
     "kernel_overhead_us": (True, _non_negative),
+    "channel_multiple": (False, None),       # int >= 1, or "auto" (this machine's SIMD width), checked below
     "inference_overhead_us": (False, _non_negative),
     "efficiency": (False, None),             # mapping op class -> fraction of peak, checked below
     "conditions": (True, None),              # mapping, keys from CONDITION_KEYS
@@ -136,7 +137,12 @@ def validate_profile(data: Any, where: str) -> dict:
     threads = cond.get("threads")
     if threads is not None and threads != "all" and not (isinstance(threads, int) and threads > 0):
         raise EdgeKDError(f"'conditions.threads' in {where} must be a positive integer or 'all'", "e.g. threads: 4")
+    cm = data.get("channel_multiple", 1)
+    if not (cm == "auto" or (isinstance(cm, int) and not isinstance(cm, bool) and cm >= 1)):
+        raise EdgeKDError(f"'channel_multiple' in {where} must be a positive integer or 'auto' (got {cm!r})",
+                          "the channel count the runtime's kernels pad to, e.g. 16 for AVX-512 blocked layouts")
     out = dict(data)
+    out["channel_multiple"] = _host_channel_multiple() if cm == "auto" else cm
     out.setdefault("measured", False)
     out.setdefault("inference_overhead_us", 0.0)
     out["efficiency"] = {**DEFAULT_EFFICIENCY, **eff}
@@ -159,6 +165,7 @@ class Target:
     memory_bandwidth_gbs: float
     kernel_overhead_us: float
     inference_overhead_us: float
+    channel_multiple: int
     efficiency: dict[str, float]
     conditions: dict[str, Any]
     software: dict[str, str]
@@ -188,11 +195,26 @@ class Target:
             "precision": self.precision, "precisions": list(self.precisions), "budget_ms": self.budget_ms,
             "memory_mb": self.memory_mb, "measured": self.measured, "peak_gflops": dict(self.peak_gflops),
             "memory_bandwidth_gbs": self.memory_bandwidth_gbs, "kernel_overhead_us": self.kernel_overhead_us,
-            "inference_overhead_us": self.inference_overhead_us, "efficiency": dict(self.efficiency),
+            "inference_overhead_us": self.inference_overhead_us, "channel_multiple": self.channel_multiple,
+            "efficiency": dict(self.efficiency),
             "conditions": dict(self.conditions), "software": {k: str(v) for k, v in self.software.items()},
             "sources": list(self.sources), "path": self.path, "calibration": self.calibration,
             "calibration_path": self.calibration_path,
         }
+
+
+def _host_channel_multiple() -> int:
+    """Channel block of ONNX Runtime's NCHWc convolutions on this CPU: 16 floats with AVX-512, 8 with AVX2."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    words = set(flags.split())
+    if "avx512f" in words:
+        return 16
+    if "avx2" in words:
+        return 8
+    return 4
 
 
 # --- where profiles and calibrations live -------------------------------------------------------
@@ -262,7 +284,7 @@ def _from_data(data: dict, path: str) -> Target:
         measured=bool(data["measured"]), peak_gflops={k: float(v) for k, v in data["peak_gflops"].items()},
         memory_bandwidth_gbs=float(data["memory_bandwidth_gbs"]),
         kernel_overhead_us=float(data["kernel_overhead_us"]),
-        inference_overhead_us=float(data["inference_overhead_us"]),
+        inference_overhead_us=float(data["inference_overhead_us"]), channel_multiple=int(data["channel_multiple"]),
         efficiency={k: float(v) for k, v in data["efficiency"].items()},
         conditions=dict(data["conditions"]), software=dict(data["software"]), sources=list(data["sources"]),
         path=path,

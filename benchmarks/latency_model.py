@@ -1,0 +1,99 @@
+"""How well the host latency model predicts networks it was not fitted on (measured vs predicted, side by side).
+
+1. Fit the host coefficients on generated probe networks (``edgekd profile``'s procedure, seed 0).
+2. Predict a held-out set of different architectures: edgekd cnn students at other widths, depths,
+   kernel sizes and resolutions, probe networks from another seed, and torchvision models
+   (mobilenet_v3_small, resnet18, ...) with random weights.
+3. Measure each held-out model here with ONNX Runtime under the host profile's conditions (one
+   intra-op thread, CPU time of one batch-1 inference) and print predicted vs measured.
+
+Last line: ``within10=<fraction of held-out models predicted within +/-10%>``.
+
+    python benchmarks/latency_model.py [--fit-count 80] [--probe-holdout 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgekd.hardware import graph_cost, load_target  # noqa: E402
+from edgekd.hardware.calibration import affordable_probes, profile_host  # noqa: E402
+from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
+from edgekd.hardware.latency import features  # noqa: E402
+from edgekd.hardware.measure import measure_onnx_ms  # noqa: E402
+from edgekd.hardware.targets import cache_dir  # noqa: E402
+
+# (width, depth, kernel, resolution): none of these is a probe network.
+CNN_HOLDOUT = [(0.25, 1, 3, 28), (0.5, 2, 3, 28), (1.0, 1, 5, 28), (1.5, 3, 3, 28), (2.0, 1, 7, 28), (3.0, 2, 3, 28),
+               (0.75, 1, 3, 56), (1.0, 2, 5, 56), (2.0, 3, 3, 32), (4.0, 2, 3, 28), (1.25, 1, 3, 64), (0.375, 3, 5, 28)]
+TORCHVISION_HOLDOUT = ["mobilenet_v3_small", "resnet18", "mobilenet_v2", "squeezenet1_1", "mnasnet0_5",
+                       "shufflenet_v2_x0_5", "efficientnet_b0", "regnet_x_400mf"]
+
+
+def torchvision_onnx(name: str) -> Path:
+    import torch
+    import torchvision
+
+    path = cache_dir() / "graphs" / f"benchmark-tv-{name}-{torch.__version__}.onnx"
+    if not path.is_file():
+        torch.manual_seed(0)
+        export_onnx(torchvision.models.get_model(name, weights=None), [1, 3, 224, 224], path)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fit-count", type=int, default=80, help="probe networks to fit on")
+    ap.add_argument("--probe-holdout", type=int, default=20, help="held-out probe networks (another seed)")
+    ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
+    args = ap.parse_args()
+    if args.quick:
+        args.fit_count, args.probe_holdout = 30, 5
+
+    target = load_target("host")
+    m = target.channel_multiple
+    t0 = time.time()
+    print(f"host: {target.runtime}, threads={target.threads}, channel block={m}; fitting on {args.fit_count} probe networks...",
+          flush=True)
+    fit = profile_host(target, count=args.fit_count, seed=0, save=False, progress=sys.stderr.isatty())
+    coeffs = fit.coefficients
+    print(f"fit set: {fit.n_measurements} networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
+          f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
+
+    held: list[tuple[str, Path, list[int] | None]] = []
+    for w, d, k, r in CNN_HOLDOUT:
+        held.append((f"cnn w{w:g} d{d} k{k} {r}x{r}",
+                     cached_onnx("cnn", num_classes=10, input_shape=(1, 1, r, r), width=w, depth=d, kernel=k), None))
+    for spec, path in affordable_probes(args.probe_holdout, 1, target.runtime, 600.0):
+        held.append((f"probe-s1 {len(spec['blocks'])} blocks {spec['resolution']}px", path, None))
+    for name in TORCHVISION_HOLDOUT if not args.quick else TORCHVISION_HOLDOUT[:2]:
+        held.append((f"torchvision {name}", torchvision_onnx(name), None))
+
+    print(f"\n{'held-out model':36s} {'MFLOPs':>9s} {'kernels':>7s} {'predicted ms':>13s} {'measured ms':>12s} {'error':>7s}")
+    errors = []
+    for name, path, shape in held:
+        cost = graph_cost(path, runtime=target.runtime, precision=target.precision, input_shape=shape)
+        predicted = float(features(cost, m) @ coeffs.vector())
+        measured = measure_onnx_ms(path, threads=target.threads, time_budget_s=0.6)["p50"]
+        err = (predicted - measured) / measured
+        errors.append(err)
+        print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%",
+              flush=True)
+    errors = np.abs(np.array(errors))
+    tv = np.abs(np.array(errors[-len(TORCHVISION_HOLDOUT if not args.quick else TORCHVISION_HOLDOUT[:2]):]))
+    print(f"\nheld-out: {len(errors)} models, median |error| {100 * np.median(errors):.1f}%, "
+          f"within20={np.mean(errors <= 0.20):.2f}; torchvision only: within10={np.mean(tv <= 0.10):.2f}")
+    print(f"total {time.time() - t0:.0f} s")
+    print(f"within20={np.mean(errors <= 0.20):.3f}")
+    print(f"within10={np.mean(errors <= 0.10):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""Calibration: fit a target's latency-model coefficients from measurements (this machine or a device).
+
+Two sources of measurements feed the same fit (edgekd.hardware.latency.fit_coefficients):
+- `edgekd profile --target host` generates probe networks (varied width, depth, kernel size, block type,
+  resolution), exports them, times them here with ONNX Runtime and fits the host coefficients;
+- `edgekd calibrate --target T --measurements FILE.json` reads latencies measured on the device by the
+  on-device runner (format in :func:`read_measurements`).
+The result is saved as a calibration file in the user config folder, beside (never over) the shipped
+profile; ``load_target`` picks it up and reports "calibrated from N measurements".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+from edgekd.hardware.graph import export_onnx, graph_cost
+from edgekd.hardware.latency import Coefficients, datasheet_coefficients, features, fit_coefficients
+from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
+
+MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
+
+
+# --- probe networks ----------------------------------------------------------------------------
+
+# Channel counts real networks use (multiples of 8), plus a share of irregular ones (width multipliers
+# such as 0.375 give 6, 12, 24...) so the fit sees both blocked and fallback kernel paths.
+REGULAR_CHANNELS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 256, 320, 384)
+IRREGULAR_CHANNELS = (4, 6, 12, 18, 20, 36, 44, 72, 100, 144)
+
+
+def probe_specs(count: int, seed: int = 0, max_mflops: float = 600.0) -> list[dict]:
+    """``count`` random network descriptions covering every kernel class the latency model fits.
+
+    Blocks: plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with optional
+    squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
+    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, hardswish (fused by most
+    runtimes) and silu, gelu (separate pointwise kernels); resolutions 16-224; 1 or 3 input channels.
+    """
+    rng = random.Random(seed)
+
+    def channels(near: int | None = None) -> int:
+        pool = IRREGULAR_CHANNELS if rng.random() < 0.2 else REGULAR_CHANNELS
+        if near is None:
+            return rng.choice(pool)
+        # Stay within 0.5x-2.5x of the current width, as networks grow gradually.
+        close = [c for c in pool if near * 0.5 <= c <= near * 2.5] or list(pool)
+        return rng.choice(close)
+
+    specs: list[dict] = []
+    while len(specs) < count:
+        res = rng.choice([16, 24, 28, 32, 48, 56, 64, 96, 112, 128, 160, 224])
+        spec = {"in_channels": rng.choice([1, 3]), "resolution": res, "stem": {
+            "out": channels(16), "kernel": rng.choice([3, 3, 5, 7]),
+            "stride": 2 if res >= 96 else rng.choice([1, 2]), "act": rng.choice(["relu", "relu", "hardswish"])},
+            "blocks": [], "classes": rng.choice([10, 100, 1000])}
+        size = res // spec["stem"]["stride"]
+        ch = spec["stem"]["out"]
+        for _ in range(rng.randint(1, 8)):
+            kind = rng.choice(["conv", "conv", "dwsep", "inverted", "inverted", "basic", "pool", "fire", "shuffle",
+                               "grouped"])
+            stride = 2 if size >= 8 and rng.random() < 0.35 else 1
+            block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
+                     "act": rng.choice(["relu", "relu", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
+                     "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
+            if kind == "pool":
+                if size < 4:
+                    continue
+                block.update(stride=2, out=ch)
+            elif kind in ("fire", "shuffle"):
+                # Both branches concatenate halves: keep the output even (and equal to the input for shuffle).
+                block.update(out=ch if kind == "shuffle" else 2 * max(4, block["out"] // 2), stride=1)
+                if ch % 2:
+                    continue
+            elif kind == "grouped":
+                block.update(out=max(16, block["out"] // 16 * 16) if ch % 16 == 0 else ch)
+            spec["blocks"].append(block)
+            size = max(1, (size + block["stride"] - 1) // block["stride"])
+            ch = block["out"]
+        specs.append(spec)
+    return specs
+
+
+def build_probe(spec: dict):
+    """The torch module a probe spec describes (BN after each conv, as trained networks have)."""
+    import torch
+    from torch import nn
+
+    def act(name):
+        return {"hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU}.get(name, nn.ReLU)()
+
+    def cbr(cin, cout, k, stride, a, groups=1):
+        layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        if a:
+            layers.append(act(a))
+        return nn.Sequential(*layers)
+
+    class SE(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            mid = max(8, c // 4)
+            self.fc1, self.fc2 = nn.Conv2d(c, mid, 1), nn.Conv2d(mid, c, 1)
+
+        def forward(self, x):
+            s = x.mean((2, 3), keepdim=True)
+            return x * torch.nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+    class Residual(nn.Module):
+        def __init__(self, body, shortcut, post):
+            super().__init__()
+            self.body, self.shortcut, self.post = body, shortcut, post
+
+        def forward(self, x):
+            return self.post(self.body(x) + self.shortcut(x))
+
+    class Fire(nn.Module):
+        def __init__(self, cin, out, a):
+            super().__init__()
+            self.squeeze = cbr(cin, max(4, out // 8), 1, 1, a)
+            self.e1 = cbr(max(4, out // 8), out // 2, 1, 1, a)
+            self.e3 = cbr(max(4, out // 8), out // 2, 3, 1, a)
+
+        def forward(self, x):
+            x = self.squeeze(x)
+            return torch.cat([self.e1(x), self.e3(x)], 1)
+
+    class Shuffle(nn.Module):
+        def __init__(self, c, k, a):
+            super().__init__()
+            h = c // 2
+            self.branch = nn.Sequential(cbr(h, h, 1, 1, a), cbr(h, h, max(3, k), 1, None, groups=h), cbr(h, h, 1, 1, a))
+
+        def forward(self, x):
+            a, b = x.chunk(2, dim=1)
+            y = torch.cat([a, self.branch(b)], 1)
+            n, c, hh, ww = y.shape
+            return y.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+
+    layers = [cbr(spec["in_channels"], spec["stem"]["out"], spec["stem"]["kernel"], spec["stem"]["stride"], spec["stem"]["act"])]
+    ch = spec["stem"]["out"]
+    for b in spec["blocks"]:
+        k, s, out, a = b["kernel"], b["stride"], b["out"], b["act"]
+        if b["kind"] == "conv":
+            layers.append(cbr(ch, out, k, s, a))
+        elif b["kind"] == "dwsep":
+            kd = max(3, k)
+            layers.append(nn.Sequential(cbr(ch, ch, kd, s, a, groups=ch), cbr(ch, out, 1, 1, a)))
+        elif b["kind"] == "inverted":
+            mid, kd = ch * b["expand"], max(3, k)
+            body = [cbr(ch, mid, 1, 1, a), cbr(mid, mid, kd, s, a, groups=mid)]
+            if b["se"]:
+                body.append(SE(mid))
+            body.append(cbr(mid, out, 1, 1, None))
+            if s == 1 and out == ch:
+                layers.append(Residual(nn.Sequential(*body), nn.Identity(), nn.Identity()))
+            else:
+                layers.append(nn.Sequential(*body))
+        elif b["kind"] == "basic":
+            body = nn.Sequential(cbr(ch, out, 3, s, "relu"), cbr(out, out, 3, 1, None))
+            shortcut = nn.Identity() if (s == 1 and out == ch) else cbr(ch, out, 1, s, None)
+            layers.append(Residual(body, shortcut, nn.ReLU()))
+        elif b["kind"] == "pool":
+            layers.append(nn.MaxPool2d(2) if b["pool"] == "max" else nn.AvgPool2d(2))
+        elif b["kind"] == "fire":
+            layers.append(Fire(ch, out, a))
+        elif b["kind"] == "shuffle":
+            layers.append(Shuffle(ch, k, a))
+        elif b["kind"] == "grouped":
+            groups = ch // 16 if ch % 16 == 0 and out % 16 == 0 else 1
+            layers.append(cbr(ch, out, 3, s, a, groups=groups))
+        ch = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, spec["classes"])]
+    torch.manual_seed(0)
+    model = nn.Sequential(*layers).eval()
+    # Non-trivial BN statistics so the exporter cannot drop BN as an identity.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def probe_onnx(spec: dict, folder: Path | None = None) -> Path:
+    """Export a probe spec to ONNX (cached by the spec's hash)."""
+    import torch
+
+    key = hashlib.sha256(json.dumps({"spec": spec, "torch": torch.__version__}, sort_keys=True).encode()).hexdigest()[:16]
+    folder = folder or (cache_dir() / "probes")
+    path = Path(folder) / f"probe-{key}.onnx"
+    if not path.is_file():
+        export_onnx(build_probe(spec), [1, spec["in_channels"], spec["resolution"], spec["resolution"]], path)
+    return path
+
+
+def probe_mflops(spec: dict) -> float:
+    """Convolution MFLOPs of a probe from its spec alone (no model, no export): skips oversized probes cheaply."""
+    size = -(-spec["resolution"] // spec["stem"]["stride"])
+    k = spec["stem"]["kernel"]
+    ch = spec["stem"]["out"]
+    flops = 2 * spec["in_channels"] * ch * k * k * size * size
+    for b in spec["blocks"]:
+        out_size = -(-size // b["stride"])
+        px_in, px = size * size, out_size * out_size
+        k, out = b["kernel"], b["out"]
+        if b["kind"] == "conv":
+            flops += 2 * ch * out * k * k * px
+        elif b["kind"] == "dwsep":
+            flops += 2 * ch * max(3, k) ** 2 * px + 2 * ch * out * px
+        elif b["kind"] == "inverted":
+            mid = ch * b["expand"]
+            flops += 2 * ch * mid * px_in + 2 * mid * max(3, k) ** 2 * px + 2 * mid * out * px
+        elif b["kind"] == "basic":
+            flops += 2 * ch * out * 9 * px + 2 * out * out * 9 * px + (2 * ch * out * px if (b["stride"] > 1 or out != ch) else 0)
+        elif b["kind"] == "fire":
+            sq = max(4, out // 8)
+            flops += 2 * ch * sq * px + 2 * sq * (out // 2) * px * (1 + 9)
+        elif b["kind"] == "shuffle":
+            h = ch // 2
+            flops += 4 * h * h * px + 2 * h * max(3, k) ** 2 * px
+        elif b["kind"] == "grouped":
+            groups = ch // 16 if ch % 16 == 0 and out % 16 == 0 else 1
+            flops += 2 * (ch // groups) * out * 9 * px
+        size, ch = out_size, out
+    return flops / 1e6
+
+
+def affordable_probes(count: int, seed: int, runtime: str, max_mflops: float) -> list[tuple[dict, Path]]:
+    """``count`` probe specs within ``max_mflops`` (so profiling stays quick), exported to ONNX."""
+    out = []
+    for spec in probe_specs(count * 8, seed):
+        if probe_mflops(spec) > max_mflops:
+            continue
+        out.append((spec, probe_onnx(spec)))
+        if len(out) == count:
+            break
+    return out
+
+
+# --- fitting and saving ------------------------------------------------------------------------
+
+@dataclass
+class CalibrationResult:
+    target: str
+    coefficients: Coefficients
+    n_measurements: int
+    fit: dict
+    path: Path | None
+    source: str
+    rows: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "n_measurements": self.n_measurements, "fit": self.fit,
+                "path": str(self.path) if self.path else None, "source": self.source,
+                "coefficients": self.coefficients.to_dict(), "rows": self.rows}
+
+
+def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
+               prior_weight: float = 0.02) -> tuple[Coefficients, dict, list[dict]]:
+    """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies."""
+    precision = precision or target.precision
+    rows, table = [], []
+    for path, shape, ms in zip(onnx_paths, input_shapes, latencies_ms):
+        cost = graph_cost(path, runtime=target.runtime, precision=precision, input_shape=shape)
+        rows.append(features(cost, target.channel_multiple))
+        table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
+                      "kernels": len(cost.kernels), "measured_ms": float(ms)})
+    prior = datasheet_coefficients(target, precision)
+    coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight)
+    pred = np.asarray(rows) @ coeffs.vector()
+    for r, p in zip(table, pred):
+        r["fitted_ms"] = float(p)
+    return coeffs, stats, table
+
+
+def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: str, fit: dict,
+                     device: dict | None = None, conditions: dict | None = None) -> Path:
+    from edgekd.fsutil import atomic_write_json
+
+    path = calibration_path(target.name)
+    atomic_write_json(path, {
+        "target": target.name, "runtime": target.runtime, "precision": coeffs.precision,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source": source,
+        "n_measurements": int(n), "fit": fit, "device": device or {}, "conditions": conditions or {},
+        "coefficients": coeffs.to_dict()})
+    return path
+
+
+def _host_device() -> dict:
+    import os
+
+    import onnxruntime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "onnxruntime": onnxruntime.__version__}
+
+
+def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 0, max_mflops: float = 600.0,
+                 time_budget_s: float = 0.5, save: bool = True, progress: bool = False) -> CalibrationResult:
+    """Measure ``count`` probe networks here with ONNX Runtime and fit the host's coefficients."""
+    from edgekd.hardware.measure import measure_onnx_ms
+
+    target = load_target(target) if not isinstance(target, Target) else target
+    if not target.measured:
+        raise EdgeKDError(f"{target.name} is not this machine, so `edgekd profile` cannot time it here",
+                          f"run `edgekd profile --target {target.name} --export DIR`, time DIR on the device with the "
+                          f"on-device runner, then `edgekd calibrate --target {target.name} --measurements FILE.json`")
+    if target.runtime != "onnxruntime":
+        raise EdgeKDError(f"host profiling times ONNX Runtime, but {target.name} uses {target.runtime}",
+                          "set runtime: onnxruntime in the host profile")
+    probes = _with_progress(lambda: affordable_probes(count, seed, target.runtime, max_mflops),
+                            "exporting probe networks", progress)
+    paths, shapes, ms = [], [], []
+    for spec, path in _iter_progress(probes, f"timing {len(probes)} probe networks", progress):
+        m = measure_onnx_ms(path, threads=target.threads, time_budget_s=time_budget_s)
+        paths.append(path)
+        shapes.append([1, spec["in_channels"], spec["resolution"], spec["resolution"]])
+        ms.append(m["p50"])
+    coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01)
+    out = None
+    if save:
+        out = save_calibration(target, coeffs, n=len(ms), source="edgekd profile", fit=stats, device=_host_device(),
+                               conditions={"threads": target.threads, "seed": seed})
+    return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(ms), fit=stats, path=out,
+                             source="edgekd profile", rows=table)
+
+
+def export_probes(target: str | Target, folder: str | Path, *, count: int = 40, seed: int = 0,
+                  max_mflops: float = 600.0, progress: bool = False) -> Path:
+    """Write probe networks and a measurements template for the on-device runner to fill in."""
+    from edgekd.fsutil import atomic_write_json
+
+    target = load_target(target) if not isinstance(target, Target) else target
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probes = _with_progress(lambda: affordable_probes(count, seed, target.runtime, max_mflops),
+                            "exporting probe networks", progress)
+    results = []
+    for spec, path in probes:
+        dest = folder / path.name
+        if not dest.is_file():
+            from edgekd.fsutil import atomic_write_bytes
+
+            atomic_write_bytes(dest, path.read_bytes())
+        results.append({"model": dest.name, "input_shape": [1, spec["in_channels"], spec["resolution"], spec["resolution"]],
+                        "precision": target.precision, "latency_ms": None})
+    manifest = folder / "measurements.json"
+    atomic_write_json(manifest, {"schema": MEASUREMENTS_SCHEMA, "target": target.name,
+                                 "device": {"name": target.name, "runtime": target.runtime, "precision": target.precision},
+                                 "results": results})
+    return manifest
+
+
+# --- on-device measurements ---------------------------------------------------------------------
+
+def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
+    """Parse an on-device measurements file; return (device, usable results with absolute model paths).
+
+    Format (written by the on-device runner; ``model`` paths are relative to the JSON file)::
+
+        {"schema": "edgekd.measurements/1",          # optional
+         "target": "jetson-nano",                    # optional; must match --target when present
+         "device": {"name": "...", "runtime": "tensorrt", "precision": "fp16", ...},
+         "results": [{"model": "student.onnx", "input_shape": [1, 1, 28, 28],
+                      "precision": "fp16",           # optional, default device.precision
+                      "latency_ms": {"p50": 0.41, "p90": 0.45}}, ...]}
+
+    Results without a p50 (failed runs, template rows) are skipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeKDError(f"measurements file {path} does not exist", "pass the JSON the on-device runner wrote")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise EdgeKDError(f"{path} is not valid JSON ({err})", "pass the JSON the on-device runner wrote") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+        raise EdgeKDError(f"{path} has no 'results' list", 'expected {"device": {...}, "results": [{"model", "input_shape", "latency_ms": {"p50"}}]}')
+    device = data.get("device") or {}
+    if not isinstance(device, dict):
+        raise EdgeKDError(f"'device' in {path} must be an object", "e.g. {\"name\": \"jetson-nano\", \"runtime\": \"tensorrt\"}")
+    usable = []
+    for i, r in enumerate(data["results"]):
+        if not isinstance(r, dict) or "model" not in r:
+            raise EdgeKDError(f"results[{i}] in {path} has no 'model'", "each result names the .onnx file it timed")
+        lat = r.get("latency_ms")
+        p50 = lat.get("p50") if isinstance(lat, dict) else lat
+        if p50 is None:
+            continue
+        if not isinstance(p50, (int, float)) or isinstance(p50, bool) or not p50 > 0:
+            raise EdgeKDError(f"results[{i}].latency_ms.p50 in {path} must be a positive number", "milliseconds per batch-1 inference")
+        model = Path(r["model"])
+        if not model.is_absolute():
+            model = path.parent / model
+        if not model.is_file():
+            raise EdgeKDError(f"results[{i}] model {model} does not exist", "keep the .onnx files beside the JSON (paths are relative to it)")
+        shape = r.get("input_shape")
+        if shape is not None and (not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape)):
+            raise EdgeKDError(f"results[{i}].input_shape in {path} must be a list of positive ints", "e.g. [1, 3, 224, 224]")
+        usable.append({"model": model, "input_shape": shape, "p50": float(p50),
+                       "precision": r.get("precision") or device.get("precision")})
+    if not usable:
+        raise EdgeKDError(f"{path} holds no successful measurements", "run the on-device runner and pass its output")
+    return {"schema": data.get("schema"), "target": data.get("target"), **device}, usable
+
+
+def calibrate_from_measurements(target: str | Target, measurements: str | Path, *, precision: str | None = None,
+                                save: bool = True, prior_weight: float = 0.05) -> CalibrationResult:
+    """Fit ``target``'s coefficients from on-device latencies (see :func:`read_measurements`)."""
+    target = load_target(target) if not isinstance(target, Target) else target
+    device, results = read_measurements(measurements)
+    if device.get("target") and device["target"] != target.name:
+        raise EdgeKDError(f"{measurements} was measured on {device['target']}, not {target.name}",
+                          f"pass --target {device['target']} or the right measurements file")
+    if device.get("runtime") and device["runtime"] != target.runtime:
+        raise EdgeKDError(f"{measurements} was measured with {device['runtime']}, but {target.name} uses {target.runtime}",
+                          "measure with the target's runtime or write a profile for that runtime")
+    precisions = {r["precision"] for r in results if r["precision"]}
+    precision = precision or (precisions.pop() if len(precisions) == 1 else target.precision)
+    results = [r for r in results if (r["precision"] or precision) == precision]
+    if not results:
+        raise EdgeKDError(f"{measurements} holds no {precision} measurements", "pass --precision to pick the one measured")
+    coeffs, stats, table = fit_target(target, [r["model"] for r in results], [r["input_shape"] for r in results],
+                                      [r["p50"] for r in results], precision=precision, prior_weight=prior_weight)
+    source = f"edgekd calibrate {Path(measurements).name}"
+    out = save_calibration(target, coeffs, n=len(results), source=source, fit=stats, device=device) if save else None
+    return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(results), fit=stats,
+                             path=out, source=source, rows=table)
+
+
+def _with_progress(fn, description: str, enabled: bool):
+    if not enabled:
+        return fn()
+    from rich.console import Console
+
+    with Console(stderr=True).status(description):
+        return fn()
+
+
+def _iter_progress(items, description: str, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)

@@ -1,0 +1,427 @@
+"""Hardware model: profiles and their schema, per-kernel costs, fusions, calibration, selection, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekd.errors import EdgeKDError
+from edgekd.hardware import (Coefficients, features, fit_coefficients, graph_cost, list_targets, load_target,
+                             predict_latency_ms, search, select_width)
+from edgekd.hardware.graph import GraphCost, Kernel
+from edgekd.hardware.latency import kernel_ms
+from edgekd.hardware.targets import OP_CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+WIDTHS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+# --- tiny ONNX graphs built by hand (no exporter: exact and fast) --------------------------------
+
+class GraphBuilder:
+    def __init__(self, shape):
+        self.nodes, self.inits, self.shape, self.x, self.n = [], [], list(shape), "input", 0
+
+    def _name(self, p):
+        self.n += 1
+        return f"{p}{self.n}"
+
+    def weight(self, shape):
+        name = self._name("w")
+        rng = np.random.default_rng(self.n)
+        self.inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name))
+        return name
+
+    def conv(self, cout, k, stride=1, groups=1, bias=False):
+        cin = self.shape[1]
+        inputs = [self.x, self.weight([cout, cin // groups, k, k])] + ([self.weight([cout])] if bias else [])
+        out = self._name("conv")
+        self.nodes.append(helper.make_node("Conv", inputs, [out], kernel_shape=[k, k], pads=[k // 2] * 4,
+                                           strides=[stride, stride], group=groups))
+        h = (self.shape[2] + 2 * (k // 2) - k) // stride + 1
+        self.shape, self.x = [1, cout, h, h], out
+        return out
+
+    def bn(self):
+        c = self.shape[1]
+        names = [self.weight([c]) for _ in range(2)]
+        mean = self._name("mean")
+        var = self._name("var")
+        self.inits += [numpy_helper.from_array(np.zeros(c, np.float32), mean), numpy_helper.from_array(np.ones(c, np.float32), var)]
+        out = self._name("bn")
+        self.nodes.append(helper.make_node("BatchNormalization", [self.x, *names, mean, var], [out]))
+        self.x = out
+        return out
+
+    def op(self, op_type, *extra, **attrs):
+        out = self._name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, [self.x, *extra], [out], **attrs))
+        self.x = out
+        return out
+
+    def head(self, classes):
+        self.op("GlobalAveragePool")
+        self.op("Flatten", axis=1)
+        c = self.shape[1]
+        w, b = self.weight([classes, c]), self.weight([classes])
+        out = self._name("gemm")
+        self.nodes.append(helper.make_node("Gemm", [self.x, w, b], [out], transB=1))
+        self.x, self.shape = out, [1, classes]
+        return out
+
+    def save(self, path):
+        graph = helper.make_graph(self.nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info(self.x, TensorProto.FLOAT, None)], self.inits)
+        graph.input[0].type.tensor_type.shape.dim.extend([])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(path))
+        return Path(path)
+
+
+def build(path, shape, body):
+    g = GraphBuilder(shape)
+    body(g)
+    p = g.save(path)
+    return p, shape
+
+
+# --- FLOPs and bytes ------------------------------------------------------------------------------
+
+def test_conv_and_linear_flops_match_hand_computation(tmp_path):
+    def body(g):
+        g.conv(8, 3, bias=True)           # 1x3x16x16 -> 1x8x16x16
+        g.conv(8, 3, stride=2, groups=8)  # depthwise -> 1x8x8x8
+        g.head(10)
+    path, shape = build(tmp_path / "m.onnx", [1, 3, 16, 16], body)
+    cost = graph_cost(path, runtime="none", input_shape=shape)
+    by_op = [(k.op_type, k.op_class, k.flops) for k in cost.kernels]
+    conv1 = 2 * (8 * 16 * 16) * (3 * 3 * 3) + 8 * 16 * 16        # 2*MACs + bias adds = 112640
+    dw = 2 * (8 * 8 * 8) * (1 * 3 * 3)                             # depthwise: one input channel per output
+    gap = 8 * 8 * 8                                                # one add per input element
+    gemm = 2 * 10 * 8 + 10                                         # 2*M*N*K + bias
+    assert by_op == [("Conv", "conv", conv1), ("Conv", "dwconv", dw), ("GlobalAveragePool", "pool", gap),
+                     ("Gemm", "gemm", gemm)]
+    assert cost.flops == conv1 + dw + gap + gemm
+    assert cost.params == (8 * 3 * 9 + 8) + 8 * 9 + (10 * 8 + 10)
+    first = cost.kernels[0]
+    assert first.weight_bytes == (8 * 27 + 8) * 4
+    assert first.input_bytes == 3 * 16 * 16 * 4 and first.output_bytes == 8 * 16 * 16 * 4
+    # Half precision halves every byte count and leaves FLOPs alone.
+    half = graph_cost(path, runtime="none", precision="fp16", input_shape=shape)
+    assert half.flops == cost.flops and half.kernels[0].bytes * 2 == first.bytes
+
+
+def test_exported_cnn_flops_match_hand_computation():
+    from edgekd.hardware import cached_onnx
+
+    path = cached_onnx("cnn", num_classes=10, input_shape=(1, 28, 28), width=1.0, depth=1)
+    cost = graph_cost(path, runtime="onnxruntime")
+    convs = [k for k in cost.kernels if k.op_type == "Conv"]
+    hand = [2 * 16 * 28 * 28 * 1 * 9, 2 * 32 * 14 * 14 * 16 * 9, 2 * 64 * 7 * 7 * 32 * 9]
+    relu = [16 * 28 * 28, 32 * 14 * 14, 64 * 7 * 7]
+    assert [k.flops for k in convs] == [h + r for h, r in zip(hand, relu)]
+    assert all(k.ops[-1] == "Relu" for k in convs)
+    gemm = [k for k in cost.kernels if k.op_type == "Gemm"][0]
+    assert gemm.flops == 2 * 10 * 64 + 10
+
+
+# --- fusion ---------------------------------------------------------------------------------------
+
+def _residual_graph(tmp_path):
+    def body(g):
+        g.conv(8, 3)
+        skip = g.op("Relu")
+        g.conv(8, 3)
+        g.bn()
+        g.op("Add", skip)
+        g.op("Relu")
+        g.op("HardSwish")
+        g.head(10)
+    return build(tmp_path / "res.onnx", [1, 8, 8, 8], body)
+
+
+def test_fusions_follow_each_runtime(tmp_path):
+    path, shape = _residual_graph(tmp_path)
+    ops = {rt: ["+".join(k.ops) for k in graph_cost(path, runtime=rt, input_shape=shape).kernels]
+           for rt in ("none", "onnxruntime", "tensorrt", "executorch")}
+    assert ops["none"] == ["Conv", "Relu", "Conv", "BatchNormalization", "Add", "Relu", "HardSwish",
+                           "GlobalAveragePool", "Gemm"]
+    # ORT: BN folded, conv absorbs Add+Relu (NCHWc ConvAddActivation) but only two epilogue ops.
+    assert ops["onnxruntime"] == ["Conv+Relu", "Conv+BatchNormalization+Add+Relu", "HardSwish", "GlobalAveragePool", "Gemm"]
+    # TensorRT fuses the whole pointwise tail into the conv.
+    assert ops["tensorrt"] == ["Conv+Relu", "Conv+BatchNormalization+Add+Relu+HardSwish", "GlobalAveragePool", "Gemm"]
+    # XNNPACK: a clamp is the only conv epilogue, so Add and HardSwish stay separate (Add absorbs no clamp here).
+    assert ops["executorch"][:2] == ["Conv+Relu", "Conv+BatchNormalization"]
+    assert "HardSwish" in ops["executorch"]
+    fused = graph_cost(path, runtime="tensorrt", input_shape=shape)
+    raw = graph_cost(path, runtime="none", input_shape=shape)
+    # BN folding removes its FLOPs; fusion removes the intermediate tensors' memory traffic.
+    assert fused.flops < raw.flops
+    assert sum(k.bytes for k in fused.kernels) < sum(k.bytes for k in raw.kernels)
+    # The residual input is still read once by the fused kernel.
+    assert fused.kernels[1].input_bytes == 2 * 8 * 8 * 8 * 4
+
+
+def test_peak_memory_counts_weights_and_live_activations(tmp_path):
+    path, shape = _residual_graph(tmp_path)
+    cost = graph_cost(path, runtime="onnxruntime", input_shape=shape)
+    act = 8 * 8 * 8 * 4
+    # While the second conv runs: the input is dead, but the skip tensor and the conv output are live.
+    assert cost.peak_activation_bytes >= 2 * act
+    assert cost.memory_mb == pytest.approx((cost.weight_bytes + cost.peak_activation_bytes) / 2**20)
+
+
+# --- profiles and schema ----------------------------------------------------------------------------
+
+def test_shipped_profiles_load_with_cited_sources():
+    targets = {t.name: t for t in list_targets()}
+    for name in ("jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "pixel-7", "intel-nuc-i7", "host"):
+        assert name in targets
+    for t in targets.values():
+        assert t.sources and t.software and t.conditions
+        assert t.precision in t.precisions and t.precision in t.peak_gflops
+        text = (REPO / "targets" / f"{t.name}.yaml").read_text()
+        assert text.count("#") >= 3, f"{t.name}: figures must cite their source in comments"
+    nano = targets["jetson-nano"]
+    assert nano.runtime == "tensorrt" and nano.precision == "fp16" and "int8" not in nano.precisions
+    assert "int8" in targets["jetson-orin-nano"].precisions
+    assert targets["host"].measured and not nano.measured
+
+
+def _write_profile(tmp_path, **changes):
+    data = yaml.safe_load((REPO / "targets" / "jetson-nano.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    p = tmp_path / "mine.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_user_profile_by_path(tmp_path):
+    t = load_target(str(_write_profile(tmp_path, name="my-board", budget_ms=2.5)))
+    assert t.name == "my-board" and t.budget_ms == 2.5
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"budgt_ms": 1.0}, "unknown key 'budgt_ms'.*did you mean 'budget_ms'"),
+    ({"budget_ms": "fast"}, "'budget_ms' .* must be a positive number"),
+    ({"runtime": "tensorflow"}, "'runtime' .* must be one of tensorrt"),
+    ({"precisions": ["fp32", "bf16"]}, "'precisions' .* must be a non-empty list"),
+    ({"peak_gflops": {"fp32": 236, "fp61": 472}}, "unknown key 'fp61'.*did you mean 'fp16'"),
+    ({"conditions": {"thread": 4}}, "unknown key 'thread'.*did you mean 'threads'"),
+    ({"efficiency": {"convv": 0.3}}, "unknown key 'convv'.*did you mean 'conv'"),
+    ({"memory_bandwidth_gbs": None}, "missing key 'memory_bandwidth_gbs'"),
+    ({"precision": "int8"}, "default precision 'int8' .* is not in its 'precisions'"),
+])
+def test_schema_errors_are_one_line_and_name_the_key(tmp_path, changes, message):
+    with pytest.raises(EdgeKDError, match=message) as err:
+        load_target(str(_write_profile(tmp_path, **changes)))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_target_suggests_the_closest_name():
+    with pytest.raises(EdgeKDError, match="did you mean 'jetson-nano'"):
+        load_target("jetson-nan")
+    with pytest.raises(EdgeKDError, match="does not exist"):
+        load_target("no/such/profile.yaml")
+
+
+# --- latency model and calibration ----------------------------------------------------------------
+
+def _synthetic_costs(n, seed=0) -> list[GraphCost]:
+    rng = np.random.default_rng(seed)
+    costs = []
+    for _ in range(n):
+        kernels = []
+        for _ in range(rng.integers(2, 12)):
+            cls = OP_CLASSES[rng.integers(len(OP_CLASSES))]
+            kernels.append(Kernel(name="k", op_type="X", op_class=cls, ops=["X"], flops=int(rng.integers(1e3, 5e7)),
+                                  weight_bytes=int(rng.integers(0, 1e6)), input_bytes=int(rng.integers(1e3, 1e6)),
+                                  output_bytes=int(rng.integers(1e3, 1e6)), output_shape=[1]))
+        costs.append(GraphCost(kernels=kernels, runtime="onnxruntime", precision="fp32", input_shape=[1], params=0,
+                               flops=0, weight_bytes=0, peak_activation_bytes=0, unknown_ops=[]))
+    return costs
+
+
+def _known_coefficients() -> Coefficients:
+    rng = np.random.default_rng(42)
+    classes = {c: {"ms_per_mflop": float(rng.uniform(0.005, 0.1)), "ms_per_mb": float(rng.uniform(0.02, 0.2)),
+                   "ms_per_kernel": float(rng.uniform(0.001, 0.02))} for c in OP_CLASSES}
+    return Coefficients(classes=classes, fixed_ms=0.03, precision="fp32")
+
+
+def test_fit_recovers_known_coefficients_from_synthetic_measurements():
+    truth = _known_coefficients()
+    costs = _synthetic_costs(120)
+    rows = [features(c) for c in costs]
+    y = [sum(kernel_ms(c, truth)) + truth.fixed_ms for c in costs]
+    fitted, stats = fit_coefficients(rows, y, precision="fp32", prior=None)
+    np.testing.assert_allclose(fitted.vector(), truth.vector(), rtol=1e-4, atol=1e-7)
+    assert stats["within10"] == 1.0 and stats["median_abs_pct_err"] < 1e-3
+
+
+def test_fit_with_few_measurements_stays_near_the_prior():
+    truth = _known_coefficients()
+    prior = Coefficients.from_vector(truth.vector() * 2.0, "fp32")
+    costs = _synthetic_costs(3, seed=1)
+    y = [sum(kernel_ms(c, truth)) + truth.fixed_ms for c in costs]
+    fitted, _ = fit_coefficients([features(c) for c in costs], y, precision="fp32", prior=prior, prior_weight=0.05)
+    v = fitted.vector()
+    assert np.all(v >= 0)
+    # Nothing collapses to zero: every coefficient stays within a factor of the prior.
+    assert np.all(v > 0.2 * prior.vector())
+
+
+def _conv_net(tmp_path, i, rng):
+    res, c0 = int(rng.choice([8, 16, 32])), int(rng.choice([4, 8, 16]))
+
+    def body(g):
+        g.conv(c0, int(rng.choice([1, 3, 5])))
+        g.op("Relu")
+        for _ in range(int(rng.integers(1, 4))):
+            if rng.random() < 0.5:
+                g.conv(g.shape[1], 3, groups=g.shape[1])
+            else:
+                g.conv(int(g.shape[1] * rng.choice([1, 2])), 3)
+            g.op("Relu")
+        g.op("MaxPool", kernel_shape=[2, 2], strides=[2, 2])
+        g.op("Sigmoid")
+        g.head(10)
+    return build(tmp_path / f"net{i}.onnx", [1, 3, res, res], body)
+
+
+def test_calibrate_round_trip_from_a_measurements_file(tmp_path):
+    """Device latencies generated from known coefficients -> `calibrate` -> predictions match them."""
+    from edgekd.hardware.calibration import calibrate_from_measurements
+    from edgekd.hardware.latency import Coefficients as C
+
+    target = load_target("raspberry-pi-4")
+    truth = C.from_vector(np.array([0.02, 0.1, 0.012] * len(OP_CLASSES) + [0.05]), "fp32")
+    rng = np.random.default_rng(3)
+    results = []
+    (tmp_path / "models").mkdir()
+    for i in range(60):
+        path, shape = _conv_net(tmp_path / "models", i, rng)
+        cost = graph_cost(path, runtime=target.runtime, precision="fp32", input_shape=shape)
+        ms = sum(kernel_ms(cost, truth)) + truth.fixed_ms
+        results.append({"model": f"models/{path.name}", "input_shape": shape, "latency_ms": {"p50": ms, "p90": ms * 1.1}})
+    results.append({"model": "models/net0.onnx", "input_shape": [1, 3, 8, 8], "latency_ms": None, "status": "failed"})
+    mfile = tmp_path / "measurements.json"
+    mfile.write_text(json.dumps({"target": "raspberry-pi-4", "device": {"name": "pi4-lab", "runtime": "onnxruntime",
+                                                                         "precision": "fp32", "threads": 4},
+                                 "results": results}))
+    result = calibrate_from_measurements("raspberry-pi-4", mfile, prior_weight=1e-6)
+    assert result.n_measurements == 60 and result.fit["within10"] == 1.0
+    assert result.path.is_file() and result.path != REPO / "targets" / "raspberry-pi-4.yaml"
+    # load_target picks the calibration up and says so; predictions now follow the device.
+    cal = load_target("raspberry-pi-4")
+    assert cal.calibration.startswith("calibrated from 60 measurements")
+    probe, shape = _conv_net(tmp_path, 999, np.random.default_rng(11))
+    pred = predict_latency_ms(probe, cal, input_shape=shape, precision="fp32")
+    expected = sum(kernel_ms(graph_cost(probe, runtime="onnxruntime", input_shape=shape), truth)) + truth.fixed_ms
+    assert pred.total_ms == pytest.approx(expected, rel=0.01)
+    assert pred.latency_source == "predicted:raspberry-pi-4 (calibrated from 60 measurements)"
+    # The shipped default precision (int8) was not measured, so it keeps the datasheet and says so.
+    assert "datasheet" in predict_latency_ms(probe, cal, input_shape=shape).calibration
+    result.path.unlink()
+    assert load_target("raspberry-pi-4").calibration == "datasheet"
+
+
+def test_measurement_file_errors(tmp_path):
+    from edgekd.hardware.calibration import calibrate_from_measurements
+
+    with pytest.raises(EdgeKDError, match="does not exist"):
+        calibrate_from_measurements("jetson-nano", tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"results": [{"model": "missing.onnx", "latency_ms": {"p50": 1.0}}]}))
+    with pytest.raises(EdgeKDError, match="missing.onnx does not exist.*relative"):
+        calibrate_from_measurements("jetson-nano", bad)
+    bad.write_text(json.dumps({"device": {"runtime": "openvino"}, "results": []}))
+    with pytest.raises(EdgeKDError, match="no successful measurements"):
+        calibrate_from_measurements("jetson-nano", bad)
+
+
+# --- selection and search ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "pixel-7",
+                                  "intel-nuc-i7"])
+def test_default_budgets_make_the_choice_real(name):
+    sel = select_width("cnn", WIDTHS, target=name, budget_ms=None, num_classes=10, input_shape=(1, 28, 28))
+    fits = [c.fits for c in sel.candidates]
+    assert any(fits) and not all(fits), f"{name}: default budget must split the width grid"
+    assert sel.chosen.width == max(c.width for c in sel.candidates if c.fits)
+    assert sel.chosen.predicted_ms <= sel.budget_ms
+    assert sel.latency_source == f"predicted:{name} (datasheet)"
+    ms = [c.predicted_ms for c in sel.candidates]
+    assert ms == sorted(ms), "wider students must not be predicted faster"
+    d = sel.to_dict()
+    assert {"width", "budget_ms", "latency_source", "candidates"} <= set(d)
+    assert {"width", "depth", "params", "flops", "predicted_ms", "fits", "memory_mb"} <= set(d["candidates"][0])
+
+
+def test_unreachable_budget_names_the_smallest_candidates_latency():
+    sel = select_width("cnn", WIDTHS, target="jetson-nano", budget_ms=None, num_classes=10, input_shape=(1, 28, 28))
+    smallest = sel.candidates[0]
+    with pytest.raises(EdgeKDError) as err:
+        select_width("cnn", WIDTHS, target="jetson-nano", budget_ms=0.001, num_classes=10, input_shape=(1, 28, 28))
+    msg = str(err.value)
+    assert "no candidate fits the 0.001 ms budget on jetson-nano" in msg
+    assert f"width 0.25" in msg and f"{smallest.predicted_ms:.3g} ms" in msg and "--budget-ms" in msg
+
+
+@pytest.mark.slow
+def test_host_selection_is_measured_here():
+    sel = select_width("cnn", (0.25, 1.0, 3.0), target="host", budget_ms=1000.0, num_classes=10, input_shape=(1, 28, 28))
+    assert sel.latency_source == "measured:host"
+    assert all(c.latency_source == "measured:host" for c in sel.candidates)
+    assert sel.candidates[-1].predicted_ms > sel.candidates[0].predicted_ms
+    assert sel.chosen.width == 3.0
+
+
+def test_search_respects_latency_and_memory_budgets():
+    grid = dict(num_classes=10, input_shape=(1, 28, 28), widths=(0.5, 1.0), depths=(1, 2))
+    sel = search("cnn", target="pixel-7", budget_ms=0.2, **grid)
+    assert len(sel.candidates) == 4
+    assert sel.chosen.fits and sel.chosen.predicted_ms <= 0.2
+    assert sel.chosen.params == max(c.params for c in sel.candidates if c.fits)
+    front = sel.pareto
+    assert [c.predicted_ms for c in front] == sorted(c.predicted_ms for c in front)
+    assert [c.params for c in front] == sorted(c.params for c in front)
+    tight = min(c.memory_mb for c in sel.candidates) * 1.01
+    small = search("cnn", target="pixel-7", budget_ms=10.0, memory_mb=tight, **grid)
+    assert [c for c in small.candidates if c.fits] and all(c.memory_mb <= tight for c in small.candidates if c.fits)
+    with pytest.raises(EdgeKDError, match="MB of memory"):
+        search("cnn", target="pixel-7", budget_ms=10.0, memory_mb=tight / 10, **grid)
+    # A lower input resolution is a cheaper candidate of the same width.
+    low = search("cnn", target="pixel-7", budget_ms=10.0, num_classes=10, input_shape=(1, 28, 28), widths=(1.0,),
+                 depths=(1,), resolutions=(20, 28))
+    by_res = {c.resolution or 28: c for c in low.candidates}
+    assert by_res[20].flops < by_res[28].flops and by_res[20].predicted_ms < by_res[28].predicted_ms
+
+
+# --- CLI ----------------------------------------------------------------------------------------------
+
+def test_cli_predict_json_and_targets(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli.predict import command as predict
+    from edgekd.cli.targets import command as targets
+
+    path, shape = _residual_graph(tmp_path)
+    res = CliRunner().invoke(predict, ["--target", "jetson-nano", "--onnx", str(path), "--input", "1x8x8x8", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["predicted_ms"] > 0 and out["latency_source"] == "predicted:jetson-nano (datasheet)"
+    assert out["predicted_ms"] == pytest.approx(sum(layer["ms"] for layer in out["layers"]) + out["fixed_ms"])
+    res = CliRunner().invoke(targets, [])
+    assert res.exit_code == 0 and "jetson-nano" in res.output and "tensorrt" in res.output
