@@ -76,7 +76,9 @@ def sample_report() -> dict:
         "teacher": {"arch": "cnn", "width": 4.0, "depth": 2, "params": 1_150_000, "flops": 96_000_000,
                     "accuracy": 0.9921, "path": "teacher.safetensors", "cached": True},
         "student": {"arch": "cnn", "width": 1.0, "depth": 1, "params": 24_500, "flops": 6_370_000,
-                    "accuracy": 0.9874, "val_accuracy": 0.9881, "path": "student.safetensors", "predicted_ms": 0.39},
+                    "accuracy": 0.9874, "val_accuracy": 0.9881, "path": "student.safetensors", "predicted_ms": 0.39,
+                    "history": [{"epoch": e, "loss": 1.6 / e, "train_accuracy": 0.9 + 0.02 * e,
+                                 "val_accuracy": 0.93 + 0.019 * e, "lr": 0.003, "seconds": 13.8} for e in (1, 2, 3)]},
         "artifacts": artifacts,
         "recommended": {"name": "openvino-fp16", "why": "fastest artifact on the target within 0.5 points of FP32"},
         "timings_s": {"data": 0.4, "teacher": 0.2, "select": 3.1, "distill": 41.5, "export": 18.2, "bench": 9.8,
@@ -228,7 +230,8 @@ def test_html_is_self_contained_with_plots(tmp_path):
     assert "http://" not in html and "https://" not in html
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", html), "external resource reference"
     imgs = re.findall(r'<img alt="([^"]+)" src="data:image/svg\+xml;base64,', html)
-    assert imgs == ["accuracy against latency (Pareto plot)", "width selection", "predicted vs measured latency"]
+    assert imgs == ["accuracy against latency (Pareto plot)", "width selection", "predicted vs measured latency",
+                    "distillation curves"]
     assert "RECOMMENDED" in html and "openvino-fp16" in html and "measured:jetson-nano" in html
     assert "<script" not in html.lower()
     # Strings from the report are escaped.

@@ -142,7 +142,15 @@ class OpenVINOBackend(object):
         self.shape = options.input_shape_for(dims, batch)
         if any(d < 0 for d in dims):
             model.reshape({port.get_any_name(): self.shape})
-        self.compiled = core.compile_model(model, options.ov_device, config)
+        try:
+            self.compiled = core.compile_model(model, options.ov_device, config)
+        except Exception:
+            if not threads:
+                raise
+            # OpenVINO before 2023 names the thread count CPU_THREADS_NUM.
+            config.pop("INFERENCE_NUM_THREADS")
+            config["CPU_THREADS_NUM"] = str(threads)
+            self.compiled = core.compile_model(model, options.ov_device, config)
         self.request = self.compiled.create_infer_request()
         self.provider = options.ov_device
         self.version = _version("openvino")
@@ -212,8 +220,12 @@ class TensorRTBackend(object):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 28)
         else:
             config.max_workspace_size = 1 << 28
-        if options.precision in ("fp16", "int8-fp16") and builder.platform_has_fast_fp16:
+        # int8: an ONNX with Q/DQ nodes (edgekd's ort-int8) is explicitly quantized; TensorRT honours the
+        # Q/DQ scales only with the INT8 flag, and FP16 lets the layers between them run in half precision.
+        if options.precision in ("fp16", "int8") and getattr(builder, "platform_has_fast_fp16", True):
             config.set_flag(trt.BuilderFlag.FP16)
+        if options.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
         inp = network.get_input(0)
         shape = options.input_shape_for(list(inp.shape), batch)
         if any(d < 0 for d in inp.shape):
@@ -411,7 +423,8 @@ def parse_args(argv):
     p.add_argument("--input-shape", default=None, help="C,H,W for models with dynamic spatial dimensions")
     p.add_argument("--providers", default=None, help="onnxruntime execution providers, comma-separated")
     p.add_argument("--ov-device", default="CPU", help="OpenVINO device (CPU, GPU, NPU); default CPU")
-    p.add_argument("--precision", default="fp16", help="TensorRT precision when building from .onnx (fp16|fp32)")
+    p.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8"),
+                   help="TensorRT precision when building an engine from .onnx (int8 needs a Q/DQ model)")
     p.add_argument("--out", default="edgekd_results.json", help="where to write the JSON results")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     args = p.parse_args(argv)

@@ -343,6 +343,14 @@ def render_html(report: dict) -> str:
         parts += ["<h3>Width candidates</h3>", f'<div class="panel">{sel}</div>',
                   f'<p class="note">Latencies {escape(str(selection.get("latency_source", "predicted")))}; budget '
                   f'{fmt_ms(selection.get("budget_ms", report.get("budget_ms")))} ms.</p>']
+    if "training" in figures:
+        student = report.get("student") or {}
+        last = (student.get("history") or [{}])[-1]
+        parts += ["<h2>Training</h2>",
+                  f'<figure>{_img(figures["training"], "distillation curves")}<figcaption>'
+                  f'{len(student.get("history") or [])} epochs; final validation accuracy '
+                  f'{fmt_pct(last.get("val_accuracy"))}%, test accuracy {fmt_pct(student.get("accuracy"))}%.'
+                  "</figcaption></figure>"]
     data = _data_section(report)
     if data:
         parts += ["<h2>Data</h2>", data]
