@@ -339,6 +339,8 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
             text = path.read_text()
         except OSError as err:
             raise EdgeKDError(f"cannot read target file {path}: {err.strerror}", "check the permissions") from None
+        except UnicodeDecodeError:
+            raise EdgeKDError(f"target file {path} is not UTF-8 text", "save the profile as a UTF-8 YAML file") from None
         return _from_data(_read_yaml(text, str(path)), str(path))
     shipped = shipped_profiles()
     if text_name not in shipped:
