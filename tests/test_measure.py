@@ -220,13 +220,16 @@ def test_runner_script_measures_an_onnx_model(tmp_path, tiny_onnx):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads((tmp_path / "res.json").read_text())
     assert doc["format"] == RESULTS_FORMAT and doc["format_version"] == 1
-    assert doc["device"]["name"] == "jetson-nano" and doc["device"]["cpu"] == device_info()["cpu"]
+    assert doc["device"]["name"] == doc["target"] == "jetson-nano"
+    assert doc["device"]["cpu"] == device_info()["cpu"] and doc["device"]["runtime"] == "onnxruntime"
     assert "onnxruntime" in doc["device"]["runtimes"]
     rows = doc["results"]
     assert [(r["runtime"], r["batch"], r["status"]) for r in rows] == [("onnxruntime", 1, "ok"),
                                                                         ("onnxruntime", 3, "ok")]
     for row, batch in zip(rows, (1, 3)):
-        assert row["model"] == "student.onnx" and row["runs"] == 25
+        # Relative to the results file, so tools reading it find the model (edgekd calibrate does).
+        assert (tmp_path / row["model"]).resolve() == tiny_onnx.resolve() and row["runs"] == 25
+        assert row["precision"] == "fp32"
         assert row["input_shape"] == [batch, 1, 28, 28] and row["output_shape"] == [batch, 10]
         lat = row["latency_ms"]
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]

@@ -98,7 +98,7 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
             if row.get("status", "ok") != "ok":
                 summary.failed.append((row["model"], row.get("reason") or row.get("status", "failed")))
                 continue
-            art = by_hash.get(row.get("sha256")) or by_name.get(row["model"])
+            art = by_hash.get(row.get("sha256")) or by_name.get(Path(row["model"]).name)
             if art is None:
                 summary.unmatched.append(row["model"])
                 continue

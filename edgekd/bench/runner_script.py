@@ -357,8 +357,28 @@ def sha256_of(path):
     return h.hexdigest()
 
 
+def model_ref(path, out):
+    """The model's path relative to the results file: `edgekd calibrate` finds the models beside the JSON."""
+    try:
+        return os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(out)))
+    except ValueError:  # another drive on Windows
+        return os.path.abspath(path)
+
+
+def precision_of(path, runtime, args):
+    """fp32/fp16/int8: what a TensorRT build was asked for, else what edgekd's file names say."""
+    if runtime == "tensorrt" and path.endswith(".onnx"):
+        return args.precision
+    name = os.path.basename(path).lower()
+    for tag in ("int8", "fp16", "fp32"):
+        if tag in name:
+            return tag
+    return "fp32"
+
+
 def measure_model(path, runtime, batch, args):
-    row = {"model": os.path.basename(path), "path": path, "runtime": runtime, "batch": batch}
+    row = {"model": model_ref(path, args.out), "path": path, "runtime": runtime, "batch": batch,
+           "precision": precision_of(path, runtime, args)}
     try:
         row["sha256"] = sha256_of(path)
         backend = BACKENDS[runtime](path, args.threads, batch, args)
@@ -454,7 +474,7 @@ def main(argv=None):
     for path in args.models:
         runtimes = runtimes_for(path, args.runtime)
         if not runtimes:
-            results.append({"model": os.path.basename(path), "path": path, "runtime": None, "status": "skipped",
+            results.append({"model": model_ref(path, args.out), "path": path, "runtime": None, "status": "skipped",
                             "reason": "no local runtime reads {} files (installed: {})".format(
                                 os.path.splitext(path)[1], ", ".join(device["runtimes"]) or "none")})
             continue
@@ -470,11 +490,16 @@ def main(argv=None):
                     sys.stdout.write("{:<40} {:<12} batch {:<3} {}: {}\n".format(
                         row["model"], runtime, batch, row["status"], row["reason"]))
                 sys.stdout.flush()
+    used = sorted(set(r["runtime"] for r in results if r.get("status") == "ok"))
+    if len(used) == 1:
+        device["runtime"] = used[0]  # what `edgekd calibrate` checks against the target's runtime
     doc = {
         "format": RESULTS_FORMAT, "format_version": RESULTS_VERSION, "edgekd_version": EDGEKD_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "device": device, "results": results,
     }
+    if args.device_name:
+        doc["target"] = args.device_name
     tmp = args.out + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(doc, fh, indent=2)
