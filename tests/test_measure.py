@@ -277,11 +277,10 @@ def test_bench_run_dir_adds_runtime_rows_and_batches(tmp_path, tiny_onnx):
     import shutil
 
     from edgekd.bench.host import BenchOptions, bench_run
-    from edgekd.bench.runners import load_runner
     from edgekd.bench.evaluate import accuracy_of
+    from edgekd.bench.runners import load_runner
     from edgekd.data import load_data, normalize
-    from edgekd.models import create, save_model
-    from edgekd.models import ModelSpec
+    from edgekd.models import ModelSpec, save_model
     from edgekd.report import load_report, new_report, write_reports
 
     run = tmp_path / "run"

@@ -8,8 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekd.report.table import (
-    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
-    fmt_speedup, selection_rows, summary_lines, target_name, visible_columns,
+    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup, selection_rows, summary_lines, target_name, visible_columns,
 )
 
 
