@@ -221,10 +221,20 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
 
     with clock.stage("select", f"Choosing the student width for {target.name} (budget {budget_ms:g} ms)"):
-        widths = (opts.width,) if opts.width is not None else tuple(opts.widths or DEFAULT_WIDTHS)
-        selection = select_width("cnn", widths, target=target, budget_ms=budget_ms,
-                                 num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+        if opts.width is not None:
+            # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
+            selection = select_width("cnn", (opts.width,), target=target, budget_ms=float("1e12"),
+                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+            selection.budget_ms = budget_ms
+            for cand in selection.candidates:
+                cand.fits = cand.predicted_ms <= budget_ms
+        else:
+            selection = select_width("cnn", tuple(opts.widths or DEFAULT_WIDTHS), target=target, budget_ms=budget_ms,
+                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
         _print_selection(console, selection)
+        if not selection.chosen.fits:
+            console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
+                          f"({selection.chosen.predicted_ms:.3f} ms): distilling it because --width asked for it[/]")
 
     with clock.stage("teacher", "Teacher"):
         teacher, teacher_spec, teacher_info = get_teacher(
@@ -341,3 +351,28 @@ def _print_selection(console, selection) -> None:
         mark = "[bold green]◀ chosen[/]" if c is selection.chosen else ("yes" if c.fits else "[red]no[/]")
         table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", mark)
     console.print(table)
+
+
+def sweep(opts: DistillOptions, widths, console=None) -> dict:
+    """Distil each width into ``<out>/width-<w>`` and compare every artifact of every run in ``<out>``."""
+    from rich.console import Console
+
+    from edgekd.report import merge_reports, render_terminal, write_reports
+
+    console = console or Console()
+    widths = [float(w) for w in widths]
+    if not widths or min(widths) <= 0:
+        raise EdgeKDError(f"--widths must be positive numbers, got {widths}", "e.g. --widths 0.25,0.5,1,2")
+    base = Path(opts.out) if opts.out else default_out_dir(f"sweep-{opts.target}")
+    runs = []
+    for w in widths:
+        console.rule(f"[bold]width {w:g}")
+        run_opts = DistillOptions(**{**asdict(opts), "out": str(base / f"width-{w:g}"), "width": w, "widths": None})
+        runs.append((f"width {w:g}", distill(run_opts, console=console)))
+    merged = merge_reports(runs)
+    paths = write_reports(base, merged)
+    console.rule("[bold]sweep")
+    render_terminal(merged, console=console, selection=False)
+    console.print(f"[bold green]Sweep of {len(widths)} widths done.[/] Comparison: "
+                  f"{', '.join(str(p) for p in paths.values())}")
+    return merged
