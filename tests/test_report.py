@@ -287,7 +287,10 @@ def test_merge_reports_frontier_across_runs():
     b["artifacts"][3]["accuracy"] = 0.9890  # a more accurate INT8 model in run b, within budget
     merged = merge_reports([("w1", a), ("w0.75", b)])
     validate_report(merged)
-    assert len(merged["artifacts"]) == 2 * len(a["artifacts"])
+    # The teacher both runs share appears once; every student artifact of both runs is there.
+    assert len(merged["artifacts"]) == 2 * len(a["artifacts"]) - 1
+    assert [x["run"] for x in merged["artifacts"] if x["role"] == "teacher"] == ["w1"]
+    assert merged["teacher"]["accuracy"] == 0.9921
     assert merged["recommended"]["name"] == "ort-int8" and merged["recommended"]["run"] == "w0.75"
     assert merged["target"]["name"] == "jetson-nano" and merged["budget_ms"] == 0.5
     md = render_markdown(merged)
@@ -299,8 +302,10 @@ def test_merge_reports_frontier_across_runs():
 def test_merge_drops_target_columns_when_targets_differ():
     a, b = sample_report(), copy.deepcopy(sample_report())
     b["target"] = {**b["target"], "name": "raspberry-pi-4"}
-    merged = merge_reports([("a", a), ("b", b)])
-    assert "target" not in merged
+    b["teacher"] = {**b["teacher"], "accuracy": 0.95}
+    merged = merge_reports([("a", a), ("b", b)], command="sweep")
+    assert "target" not in merged and merged["command"] == "sweep"
+    assert len([x for x in merged["artifacts"] if x["role"] == "teacher"]) == 2 and "teacher" not in merged
 
 
 def test_write_reports_overwrites_atomically(tmp_path):

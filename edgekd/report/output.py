@@ -43,14 +43,19 @@ def run_labels(paths: list[Path]) -> list[str]:
     return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
 
 
-def merge_reports(runs: list[tuple[str, dict]]) -> dict:
+def _teacher_key(report: dict):
+    t = report.get("teacher") or {}
+    return (t.get("arch"), t.get("width"), t.get("depth"), t.get("accuracy"), t.get("source") or t.get("path"))
+
+
+def merge_reports(runs: list[tuple[str, dict]], *, command: str = "compare") -> dict:
     """One report whose artifacts are every run's, each tagged with its run: the frontier across runs.
 
-    The target, budget and data are kept when all runs agree on them (otherwise the target latency
-    columns would compare different devices); the recommendation is the most accurate student
-    artifact within the budget across all runs.
+    The target, budget, data and teacher are kept when all runs agree on them (otherwise the target
+    latency columns would compare different devices); a teacher shared by all runs (a sweep) appears
+    once. The recommendation is the fastest of the most accurate exported students within the budget.
     """
-    merged = new_report("compare", config={"runs": [label for label, _ in runs]})
+    merged = new_report(command, config={"runs": [label for label, _ in runs]})
     if not runs:
         return merged
     first = runs[0][1]
@@ -64,6 +69,9 @@ def merge_reports(runs: list[tuple[str, dict]]) -> dict:
     if len(datas) == 1 and first.get("data"):
         merged["data"] = first["data"]
     merged["environment"] = first.get("environment") or {}
+    shared_teacher = len({_teacher_key(r) for _, r in runs}) == 1 and first.get("teacher") is not None
+    if shared_teacher:
+        merged["teacher"] = first["teacher"]
     merged["runs"] = []
     for label, report in runs:
         student = report.get("student") or {}
@@ -73,6 +81,8 @@ def merge_reports(runs: list[tuple[str, dict]]) -> dict:
             "student_width": student.get("width"), "student_accuracy": student.get("accuracy"),
         })
         for art in report.get("artifacts", []):
+            if art.get("role") == "teacher" and shared_teacher and label != runs[0][0]:
+                continue  # one teacher for all runs (a sweep): one row, one point, one speed-up baseline
             merged["artifacts"].append({**art, "run": label})
     # Deployable artifacts only: the PyTorch eager rows are baselines, not something to ship.
     rows = [r for r in artifact_rows(merged)
