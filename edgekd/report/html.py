@@ -53,6 +53,7 @@ tr.inactive td { color: var(--muted); }
 .reason { color: var(--muted); font-size:12px; }
 td.why { white-space: normal; }
 tr.has-note td { border-bottom: none; }
+td.run { white-space: nowrap; }
 tr.note-row td { padding-top: 0; }
 .badge { font-size:11px; font-weight:700; color:#854d0e; background:#fde68a; border-radius:4px; padding:0 5px;
          margin-left:6px; }
@@ -165,7 +166,7 @@ def _artifact_table(report: dict) -> str:
         elif r.fits is False:
             fit = ' <span class="over" title="over budget">✗</span>'
         status = f'<span class="pill {escape(r.status)}">{escape(r.status)}</span>'
-        lead = ([f"<td>{escape(r.run or DASH)}</td>"] if multi_run else []) + [
+        lead = ([f'<td class="run">{escape(r.run or DASH)}</td>'] if multi_run else []) + [
             f"<td>{label}</td>", f"<td>{escape(r.runtime or DASH)}</td>", f"<td>{escape(r.precision)}</td>"]
         target_cell = f'<td class="num">{fmt_ms(r.target_p50)}{fit}{_source_html(r.target_source)}</td>'
         if r.size_mb is None and r.accuracy is None and r.host_p50 is None:

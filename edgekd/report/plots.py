@@ -119,6 +119,20 @@ def _pareto_panel(ax, rows: list[ArtifactRow], latency_of, source_of, title: str
     if not pts:
         ax.set_visible(False)
         return texts
+    front = pareto_front([(lat, r.accuracy) for r, lat in pts])
+    on_front = {id(pts[i][0]) for i in front}
+    # Beyond a dozen points (a sweep) labels would bury the plot: name only what a reader acts on.
+    label_all = len(pts) <= 12
+    if any(r.run for r, _ in pts):
+        # Across runs (widths of a sweep), join each artifact kind's points: its own accuracy-latency curve.
+        kinds: dict = {}
+        for r, lat in pts:
+            kinds.setdefault((r.role, r.name, r.runtime), []).append((lat, 100 * r.accuracy, _color(r)))
+        for series in kinds.values():
+            if len(series) > 1:
+                series.sort()
+                ax.plot([p[0] for p in series], [p[1] for p in series], color=series[0][2], alpha=0.35,
+                        linewidth=1.0, zorder=2)
     for r, lat in pts:
         measured = (source_of(r) or "").startswith("measured:")
         color = _color(r)
@@ -129,9 +143,9 @@ def _pareto_panel(ax, rows: list[ArtifactRow], latency_of, source_of, title: str
         if r.recommended:
             ax.scatter([lat], [100 * r.accuracy], s=330, marker="o", facecolors="none", edgecolors=CHOSEN_COLOR,
                        linewidths=2.5, zorder=3)
-        texts.append(ax.annotate(_point_label(r), (lat, 100 * r.accuracy), xytext=(6, 5),
-                                 textcoords="offset points", fontsize=7.5, color="#374151", zorder=5))
-    front = pareto_front([(lat, r.accuracy) for r, lat in pts])
+        if label_all or r.recommended or r.role == "teacher" or id(r) in on_front:
+            texts.append(ax.annotate(_point_label(r), (lat, 100 * r.accuracy), xytext=(6, 5),
+                                     textcoords="offset points", fontsize=7.5, color="#374151", zorder=5))
     if len(front) > 1:
         fx = [pts[i][1] for i in front]
         fy = [100 * pts[i][0].accuracy for i in front]
