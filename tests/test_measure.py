@@ -291,6 +291,7 @@ def test_bench_run_dir_adds_runtime_rows_and_batches(tmp_path, tiny_onnx):
     splits = load_data()
     report = new_report("distill")
     report["data"] = splits.describe()
+    report["target"] = {"name": "host", "runtime": "onnxruntime", "precision": "fp32", "measured": True}
 
     def row(name, role, fmt, runtime, path):
         return {"name": name, "role": role, "format": fmt, "precision": "fp32", "runtime": runtime, "path": path,
@@ -312,6 +313,9 @@ def test_bench_run_dir_adds_runtime_rows_and_batches(tmp_path, tiny_onnx):
         art = by_name[key]
         assert art["status"] == "ok", art
         assert art["latency_source"] == "measured:host" and art["latency_ms"]["p50"] > 0
+        # The target is this machine: its latency is the measurement, labelled as such.
+        assert art["target_latency_source"] == "measured:host"
+        assert art["target_latency_ms"]["p50"] == art["latency_ms"]["p50"]
         assert [m["batch"] for m in art["extra"]["host_measurements"]] == [2]
         assert art["extra"]["host_measurements"][0]["throughput"] > 0
     ov = by_name[("student", "onnx@openvino")]
