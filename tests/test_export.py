@@ -334,3 +334,100 @@ def test_accuracy_gate_tries_remedies_then_fails_without_leaving_files(trained, 
     assert all("val_accuracy" in t for t in art.extra["accuracy_gate"]["tried"])
     assert "tried per-tensor weights, entropy calibration" in art.reason
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- edgekd export (the command) ----------------------------------------------------------------
+
+FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(4 * 14 * 14, 10))
+'''
+
+
+def _cli(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", "export", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd or Path(__file__).resolve().parents[1], timeout=600)
+
+
+@pytest.mark.slow
+def test_cli_exports_a_factory_model_with_labelled_data(tmp_path):
+    import json
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    out = tmp_path / "out"
+    proc = _cli("--model", f"{tmp_path / 'net.py'}:build", "--input", "1x1x28x28", "--formats", "onnx,ort-int8",
+                "--calib-data", MNIST, "--max-drop", "100", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["command"] == "export"
+    rows = {r["name"]: r for r in report["artifacts"]}
+    assert set(rows) == {"pytorch", "onnx", "ort-int8"}
+    assert rows["onnx"]["path"] == "artifacts/model.onnx" and (out / rows["onnx"]["path"]).is_file()
+    assert rows["onnx"]["parity"]["inputs"] == "test split" and rows["onnx"]["parity"]["max_abs_diff"] <= 1e-4
+    # untrained model: accuracy is near chance, but it is measured on the labelled test split
+    assert 0.0 <= rows["onnx"]["accuracy"] <= 1.0 and abs(rows["onnx"]["accuracy_drop"]) < 1e-3
+    val_size = report["data"]["splits"]["val"]["size"]
+    assert rows["ort-int8"]["extra"]["accuracy_gate"]["validation_images"] == min(1000, val_size)
+    assert report["data"]["splits"]["calib"]["size"] == 256 and "sha256" in report["data"]["splits"]["test"]
+    assert (out / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_cli_without_data_labels_generated_inputs(tmp_path):
+    import json
+
+    (tmp_path / "net.py").write_text(FACTORY)
+    out = tmp_path / "out"
+    proc = _cli("--model", f"{tmp_path / 'net.py'}:build", "--input", "1x28x28", "--formats", "onnx", "--out", out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["name"] == "generated"
+    onnx_row = next(r for r in report["artifacts"] if r["name"] == "onnx")
+    assert onnx_row["parity"]["inputs"] == "generated" and onnx_row["accuracy"] is None
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "torchvision:resnet19"], "unknown torchvision model 'resnet19'; did you mean 'resnet18'"),
+    (["--model", "nowhere.py:build"], "model file nowhere.py does not exist"),
+    (["--model", "torchvision:resnet18", "--input", "3x224"], "is not an input shape"),
+    (["--model", "torchvision:resnet18", "--formats", "onnx,tflite"], "unknown export format 'tflite'"),
+])
+def test_cli_bad_arguments_are_one_line_errors(args, message, tmp_path):
+    proc = _cli(*args, "--out", tmp_path / "out")
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+def test_truncated_and_mismatched_weights_are_one_line_errors(tmp_path):
+    from edgekd.export.standalone import load_weights
+
+    model = lenet()
+    good = tmp_path / "w.pt"
+    torch.save(model.state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(EdgeKDError, match="cannot read weights cut.pt") as err:
+        load_weights(lenet(), cut)
+    assert "\n" not in str(err.value)
+    from safetensors.torch import save_file
+
+    st = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(st))
+    st_cut = tmp_path / "cut.safetensors"
+    st_cut.write_bytes(st.read_bytes()[:100])
+    with pytest.raises(EdgeKDError, match="cannot read weights cut.safetensors"):
+        load_weights(lenet(), st_cut)
+    with pytest.raises(EdgeKDError, match="do not match the model"):
+        load_weights(nn.Sequential(nn.Linear(3, 3)), good)
+    loaded = load_weights(lenet(), st)
+    assert torch.equal(loaded[0].weight, model[0].weight)

@@ -234,6 +234,8 @@ def parity(reference: np.ndarray, outputs: np.ndarray, inputs_label: str) -> dic
         "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean()) if len(reference) else 1.0,
         "inputs": inputs_label,
         "n": int(len(reference)),
+        # the scale the differences are relative to (logits near 0 make any diff look small)
+        "reference_max_abs": float(np.abs(reference).max()) if reference.size else 0.0,
     }
 
 
