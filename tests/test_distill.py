@@ -406,3 +406,37 @@ def test_ensemble_teacher_averages_soft_targets(tiny, tiny_teacher):
     with torch.no_grad():
         expected = (torch.softmax(tiny_teacher(x) / 4, 1) + torch.softmax(other.eval()(x) / 4, 1)) / 2
         assert torch.allclose(torch.softmax(ens(x) / 4, 1), expected, atol=1e-5)
+
+
+def _ddp_worker(rank: int, world: int, root: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{root}/store", rank=rank, world_size=world)
+    try:
+        full = load_data()
+        raw = RawData(full.train.x[:256], full.train.y[:256], full.test.x[:64], full.test.y[:64])
+        tiny = make_splits(raw, name="tiny", source="test", calib_size=16)
+        torch.manual_seed(0)
+        student = create("cnn", num_classes=10, in_channels=1, width=0.25)
+        result = train(student, None, tiny, replace(TINY, loss="ce", epochs=2, batch_size=16), ckpt_dir=f"{root}/ckpt",
+                       progress=False)
+        torch.save({"state": student.state_dict(), "losses": [h["loss"] for h in result.history],
+                    "accuracy": result.accuracy}, f"{root}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_gloo(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    # DDP averages gradients, so both replicas hold the same weights after every step
+    for k, v in r0["state"].items():
+        if "running" not in k and "num_batches" not in k:  # BN statistics are per process
+            assert torch.allclose(v.float(), r1["state"][k].float(), atol=1e-6), k
+    assert r0["losses"] == r1["losses"]  # epoch losses are all-reduced
+    assert r0["losses"][-1] < r0["losses"][0]
+    assert (tmp_path / "ckpt" / "last.pt").exists()

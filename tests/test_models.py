@@ -95,3 +95,14 @@ def test_bad_spec_in_header(tmp_path):
 
 def test_registry():
     assert "cnn" in MODELS
+
+
+def test_mlp_family_roundtrip(tmp_path):
+    spec = ModelSpec("mlp", 10, 1, width=0.25, extra={"image_size": 28})
+    model = spec.build().eval()
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert count_params(model) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
+    loaded, loaded_spec, _ = load_model(save_model(tmp_path / "mlp.safetensors", model, spec))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))

@@ -43,6 +43,8 @@ class TrainConfig:
     augment: bool = False               # random shifts of up to shift_px pixels
     shift_px: int = 2
     cache_teacher: bool = True          # teacher logits computed once when inputs are not augmented
+    teacher_view: str = "same"          # with augment: "same" (teacher sees the shifted image) or
+                                        # "clean" (teacher logits of the original image: cacheable)
     device: str = "cpu"                 # "cpu" | "cuda" | "cuda:N" | "auto"
     amp: str = "auto"                   # "auto" (bf16 on CUDA only) | "bf16" | "off"
     channels_last: bool = True          # measured faster for these convnets on CPU as well as GPU
@@ -60,7 +62,7 @@ class TrainConfig:
 
     # Settings that change the result; a checkpoint only resumes a run with the same ones.
     RESULT_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "loss", "temperature",
-                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode")
+                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode", "teacher_view")
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -78,6 +80,7 @@ class TrainConfig:
             (self.amp in ("auto", "bf16", "off"), f"unknown amp mode {self.amp!r}", "use auto, bf16 or off"),
             (self.shift_px >= 0, f"shift_px must be >= 0, got {self.shift_px}", "use e.g. 2"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}", "use e.g. 2"),
+            (self.teacher_view in ("same", "clean"), f"unknown teacher view {self.teacher_view!r}", "use same or clean"),
             (self.mode in MODES, f"unknown distillation mode {self.mode!r}", f"use one of {', '.join(MODES)}"),
             (self.generations >= 1, f"generations must be >= 1, got {self.generations}", "use e.g. 2"),
             (self.assistant_width is None or self.assistant_width > 0,
@@ -470,8 +473,9 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     # Teacher logits do not change when the teacher is frozen and the inputs are not augmented:
     # compute them once instead of once per epoch (the teacher forward dominates a KD step).
     cached_logits = None
-    use_cache = (teacher is not None and not online and cfg.cache_teacher and not (cfg.augment and cfg.shift_px > 0)
-                 and not features)
+    augmenting = cfg.augment and cfg.shift_px > 0
+    use_cache = (teacher is not None and not online and cfg.cache_teacher and not features
+                 and (not augmenting or cfg.teacher_view == "clean"))
     if use_cache and start_epoch < cfg.epochs:
         cached_logits = predict_logits(teacher, train_set.x, splits, device, cfg.eval_batch_size, cfg.amp,
                                        cfg.channels_last).to(device)

@@ -108,3 +108,4 @@ def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Modu
 
 
 from edgekd.models import cnn as _cnn  # noqa: E402,F401  (registers the families)
+from edgekd.models import mlp as _mlp  # noqa: E402,F401
