@@ -321,7 +321,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
         with clock.stage("report", "Writing reports"):
             paths = write_reports(out, report)
         report["timings_s"] = clock.seconds
-        render_terminal(report, console=console)
+        render_terminal(report, console=console, selection=False)
         console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {out}  "
                       f"({', '.join(p.name for p in paths.values())})")
         console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
