@@ -431,3 +431,41 @@ def test_truncated_and_mismatched_weights_are_one_line_errors(tmp_path):
         load_weights(nn.Sequential(nn.Linear(3, 3)), good)
     loaded = load_weights(lenet(), st)
     assert torch.equal(loaded[0].weight, model[0].weight)
+
+
+# ---- real architectures (random weights) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["mobilenet_v3_small", "resnet18"])
+def zoo_export(request, tmp_path_factory):
+    import torchvision
+
+    from edgekd.export.standalone import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(request.param, weights=None).eval()
+    x = np.random.default_rng(0).standard_normal((24, 3, 112, 112)).astype(np.float32)
+    reestimate_batchnorm(model, x[:16])  # realistic activations, so parity is not trivially ~0
+    out = tmp_path_factory.mktemp(request.param)
+    arts = export_all(model, "all", out, example=x[:1], calib=x[:16], parity_inputs=x[16:], progress=False,
+                      parity_label="generated")
+    return request.param, {a.name: a for a in arts}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FORMATS.names())
+def test_torchvision_models_export_to_every_local_format(name, zoo_export):
+    arch, arts = zoo_export
+    _needs_local(name)
+    art = arts[name]
+    assert art.status == "ok", f"{arch} {name}: {art.reason}"
+    p = art.parity
+    scale = max(1e-6, p["reference_max_abs"])
+    assert scale > 1e-3, "BatchNorm re-estimation should give non-trivial logits"
+    if art.precision == "fp32":
+        assert p["max_abs_diff"] <= 1e-4 * max(1.0, scale), (arch, name, p)
+    elif art.precision == "fp16":
+        assert p["max_abs_diff"] <= 2e-2 * scale, (arch, name, p)
+    else:
+        # random weights leave near-tied logits, so top-1 flips are expected; the error must stay small
+        assert p["max_abs_diff"] <= 0.5 * scale, (arch, name, p)

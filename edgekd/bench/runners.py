@@ -320,6 +320,39 @@ class TensorRTRunner(Runner):
         return {"tensorrt": trt.__version__}
 
 
+@RUNTIMES.register("litert")
+class LiteRTRunner(Runner):
+    """LiteRT (TFLite) ``.tflite`` flatbuffers through the ai-edge-litert interpreter (XNNPACK on CPU)."""
+
+    name = "litert"
+    suffixes = (".tflite",)
+    modules = ("ai_edge_litert",)
+    install_hint = "pip install ai-edge-litert"
+
+    def __init__(self, path, *, threads=None, device="cpu"):
+        super().__init__(path, threads=threads, device=device)
+        from ai_edge_litert.interpreter import Interpreter
+
+        try:
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or None)
+            self.interpreter.allocate_tensors()
+        except Exception as err:  # noqa: BLE001
+            raise EdgeKDError(f"litert cannot load {self.path}: {_first_line(err)}",
+                              "re-export the .tflite; it may be truncated") from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        # converted graphs have a static batch (1); Runner.run splits larger batches
+        self.max_batch = int(self.input["shape"][0]) or None
+
+    def _run(self, x):
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"]).copy()
+
+    def versions(self):
+        return {"litert": _module_version("ai-edge-litert")}
+
+
 def _first_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip().splitlines()
     line = next((ln.strip() for ln in text if ln.strip()), type(err).__name__)

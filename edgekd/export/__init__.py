@@ -479,4 +479,5 @@ from edgekd.export import to_onnx as _to_onnx  # noqa: E402,F401
 from edgekd.export import to_openvino as _to_openvino  # noqa: E402,F401
 from edgekd.export import to_executorch as _to_executorch  # noqa: E402,F401
 from edgekd.export import to_tensorrt as _to_tensorrt  # noqa: E402,F401
+from edgekd.export import to_litert as _to_litert  # noqa: E402,F401
 from edgekd.export import accuracy as _accuracy  # noqa: E402,F401  (remedies per format)
