@@ -214,6 +214,26 @@ def test_pickled_teacher_is_refused_and_never_runs(capsys, files, tmp_path, tiny
     assert no_code_ran(files), "unpickling the teacher ran its code"
 
 
+def test_export_never_imports_or_unpickles_what_the_user_did_not_name(capsys, files, tmp_path):
+    """A .py is imported only as an explicit --model FILE.py:FACTORY; --weights are read weights_only."""
+    model_file = tmp_path / "model.py"
+    model_file.write_text(f"from pathlib import Path\nPath({str(files / 'py-ran-code')!r}).touch()\n")
+    code, _, err = cli(capsys, "export", "--model", str(model_file), "--out", str(tmp_path / "a"))
+    assert_one_line_error(code, err, "is not FILE.py:FACTORY")
+    code, _, err = cli(capsys, "export", "--model", "torchvision:resnet18", "--weights", str(files / "malicious.pt"),
+                       "--formats", "onnx", "--out", str(tmp_path / "b"))
+    assert_one_line_error(code, err, "malicious.pt")
+    assert not (files / "py-ran-code").exists() and no_code_ran(files)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+    from edgekd.cli import main
+
+    with pytest.raises(EdgeKDError, match="unknown target"):
+        main(["--debug", "distill", "--target", "jetson-nan", "--out", str(tmp_path / "run")])
+
+
 @pytest.mark.parametrize("name, words", [
     ("malicious.pt", ["corrupt or not an edgekd checkpoint"]),
     ("malicious.pkl", ["corrupt or not an edgekd checkpoint"]),
@@ -417,6 +437,17 @@ def test_torch_load_is_always_weights_only_and_yaml_always_safe():
         if re.search(r"yaml\.(unsafe_load|full_load)\(|Loader\s*=\s*yaml\.(Unsafe|Full)?Loader\b", text):
             bad.append(f"{f.relative_to(REPO)}: unsafe YAML loader")
     assert not bad, bad
+
+
+def test_python_files_are_imported_only_by_the_explicit_model_factory():
+    """Only `edgekd export --model FILE.py:FACTORY` imports a user's file; nothing else loads code by path."""
+    users = sorted(str(f.relative_to(REPO)) for f in _source_files()
+                   if re.search(r"spec_from_file_location|exec_module|runpy\.|SourceFileLoader", f.read_text()))
+    assert users == ["edgekd/export/standalone.py"], users
+    text = (PACKAGE / "export" / "standalone.py").read_text()
+    body = text[text.index("def _factory_model"):]
+    body = body[:body.index("\ndef ", 1)]
+    assert "spec_from_file_location" in body and text.count("spec_from_file_location") == 1
 
 
 # ---------------------------------------------------------------------------------------------
