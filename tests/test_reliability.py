@@ -251,6 +251,20 @@ def test_checkpoint_loader_refuses_code_and_damage(files, name, words):
     assert no_code_ran(files), "unpickling the checkpoint ran its code"
 
 
+@pytest.mark.parametrize("planted", ["truncated.pt", "malicious.pt"])
+def test_resume_from_a_damaged_or_malicious_checkpoint_is_a_one_line_error(capsys, files, tmp_path, tiny_npz, planted):
+    """The real `--resume` path: <out>/checkpoints/last.pt replaced by a damaged file or a code-running pickle."""
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "config.json").write_text("{}")
+    shutil.copy(files / planted, out / "checkpoints" / "last.pt")
+    code, _, err = cli(capsys, "distill", "--target", "jetson-nano", "--data", str(tiny_npz), "--widths", "0.25",
+                       "--teacher", str(files / "teacher-ok.safetensors"), "--out", str(out), "--resume", "--no-progress")
+    assert_one_line_error(code, err, "last.pt is corrupt or not an edgekd checkpoint", "delete")
+    assert no_code_ran(files)
+    assert not (out / "report.json").exists() and not (out / "student.safetensors").exists()
+
+
 def test_resume_from_a_malicious_checkpoint_is_refused_before_training(files, tmp_path, tiny_npz):
     """--resume reads <out>/checkpoints/last.pt: a planted pickle there is refused and never runs."""
     from edgekd.data import load_data
