@@ -298,3 +298,39 @@ def test_idx_missing_file(tmp_path):
 def test_bad_split_options(kw):
     with pytest.raises(EdgeKDError):
         load_data(**kw)
+
+
+# ---- fuzzing: no input gives a traceback ---------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_dtypes = st.sampled_from([np.uint8, np.int16, np.int64, np.float32, np.float64, np.bool_])
+_shapes = st.lists(st.integers(0, 12), min_size=1, max_size=5).map(tuple)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(x_train=hnp.arrays(_dtypes, _shapes), y_train=hnp.arrays(_dtypes, _shapes),
+       x_test=hnp.arrays(_dtypes, _shapes), y_test=hnp.arrays(_dtypes, _shapes))
+def test_fuzz_npz_arrays(tmp_path_factory, x_train, y_train, x_test, y_test):
+    path = tmp_path_factory.mktemp("fuzz") / "d.npz"
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    try:
+        s = load_data(path, calib_size=4)
+    except EdgeKDError as err:
+        assert "\n" not in str(err)
+    else:
+        assert s.train.x.dtype == np.uint8 and s.train.x.ndim == 4 and s.num_classes >= 2
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=300), name=st.sampled_from(["train-images-idx3-ubyte", "train-labels-idx1-ubyte.gz",
+                                                         "t10k-images-idx3-ubyte", "data.npz"]))
+def test_fuzz_random_bytes(tmp_path_factory, blob, name):
+    root = tmp_path_factory.mktemp("bytes")
+    (root / name).write_bytes(blob)
+    target = root / name if name.endswith(".npz") else root
+    with pytest.raises(EdgeKDError) as err:
+        load_data(target)
+    assert "\n" not in str(err.value)

@@ -269,7 +269,7 @@ def to_labels(y: np.ndarray, where: str) -> np.ndarray:
     if y.ndim != 1:
         raise EdgeKDError(f"{where} has shape {y.shape}", "labels must be a 1-d array of class indices")
     if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all() or (y != np.rint(y)).any():
+        if not np.isfinite(y).all() or (y != np.rint(y)).any() or (y.size and np.abs(y).max() > 2**31):
             raise EdgeKDError(f"{where} holds non-integer labels", "labels must be class indices 0..K-1")
     elif not np.issubdtype(y.dtype, np.integer):
         raise EdgeKDError(f"{where} has dtype {y.dtype}", "labels must be integer class indices 0..K-1")

@@ -29,7 +29,7 @@ CHECKPOINT_FORMAT = 1
 class TrainConfig:
     """Every knob of one training run. Defaults are tuned for the packaged MNIST on a 2-core CPU."""
 
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 128
     lr: float = 4e-3                    # peak learning rate (OneCycle) / initial (cosine, constant)
     weight_decay: float = 5e-4
