@@ -645,11 +645,9 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
         if spec is None or teacher is None:
             raise EdgeKDError("teacher-assistant distillation needs a teacher and the student's ModelSpec",
                               "pass teacher= and spec= to train()")
-        from dataclasses import replace as _replace
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            assistant = _replace(spec, width=cfg.assistant_width).build()
+            assistant = replace(spec, width=cfg.assistant_width).build()
         say(f"stage: assistant (width {cfg.assistant_width}) distilled from the teacher")
         stage_results.append(("assistant", train_stage(assistant, teacher, splits, _stage_cfg(cfg, "offline"),
                                                        ckpt_dir=ckpt_dir / "assistant", **kw)))
@@ -661,14 +659,16 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
             model = copy.deepcopy(student)
             model.load_state_dict(initial)
             gen_cfg = _stage_cfg(cfg, "offline", loss=cfg.loss if current_teacher is not None else "ce")
-            say(f"stage: generation {g} of {cfg.generations} (taught by {'the teacher' if g == 1 and current_teacher is teacher and teacher is not None else 'labels' if current_teacher is None else f'generation {g - 1}' if g > 1 else 'the assistant'})")
+            first_teacher = "the assistant" if cfg.assistant_width is not None else "the teacher"
+            source = "labels" if current_teacher is None else f"generation {g - 1}" if g > 1 else first_teacher
+            say(f"stage: generation {g} of {cfg.generations}, taught by {source}")
             stage_results.append((f"generation{g}", train_stage(model, current_teacher, splits, gen_cfg,
                                                                  ckpt_dir=ckpt_dir / f"generation{g}", **kw)))
             current_teacher = model.eval()
         final_name = f"generation{cfg.generations}"
     final_mode = "online" if cfg.mode == "online" else "offline"
     final_cfg = _stage_cfg(cfg, final_mode, loss=cfg.loss if (current_teacher is not None or final_mode == "online") else "ce")
-    say(f"stage: {final_name}")
+    say(f"stage: {final_name}" + (f" of {cfg.generations}" if cfg.mode == "self" else ""))
     stage_results.append((final_name, train_stage(student, current_teacher, splits, final_cfg,
                                                   ckpt_dir=ckpt_dir / final_name, **kw)))
     if cfg.finetune_epochs:
