@@ -4,8 +4,9 @@
 2. Predict a held-out set of different architectures: edgekd cnn students at other widths, depths,
    kernel sizes and resolutions, probe networks from another seed, and torchvision models
    (mobilenet_v3_small, resnet18, ...) with random weights.
-3. Measure each held-out model here with ONNX Runtime under the host profile's conditions (one
-   intra-op thread, CPU time of one batch-1 inference) and print predicted vs measured.
+3. Measure every network (fit and held-out alike, in interleaved passes, lowest pass kept) here with
+   ONNX Runtime under the host profile's conditions (one intra-op thread, CPU time of one batch-1
+   inference) and print predicted vs measured for the held-out ones.
 
 Last line: ``within10=<fraction of held-out models predicted within +/-10%>``.
 
@@ -24,10 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgekd.hardware import graph_cost, load_target  # noqa: E402
-from edgekd.hardware.calibration import affordable_probes, profile_host  # noqa: E402
+from edgekd.hardware.calibration import affordable_probes, fit_host, measure_many  # noqa: E402
 from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
 from edgekd.hardware.latency import features  # noqa: E402
-from edgekd.hardware.measure import measure_onnx_ms  # noqa: E402
 from edgekd.hardware.targets import cache_dir  # noqa: E402
 
 # (width, depth, kernel, resolution): none of these is a probe network.
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit-count", type=int, default=80, help="probe networks to fit on")
     ap.add_argument("--probe-holdout", type=int, default=20, help="held-out probe networks (another seed)")
+    ap.add_argument("--passes", type=int, default=3, help="interleaved measurement passes (lowest kept)")
     ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
     args = ap.parse_args()
     if args.quick:
@@ -60,34 +61,42 @@ def main() -> None:
     target = load_target("host")
     m = target.channel_multiple
     t0 = time.time()
-    print(f"host: {target.runtime}, threads={target.threads}, channel block={m}; fitting on {args.fit_count} probe networks...",
-          flush=True)
-    fit = profile_host(target, count=args.fit_count, seed=0, save=False, progress=sys.stderr.isatty())
-    coeffs = fit.coefficients
-    print(f"fit set: {fit.n_measurements} networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
-          f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}  ({time.time() - t0:.0f} s)", flush=True)
-
-    held: list[tuple[str, Path, list[int] | None]] = []
+    print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}, "
+          f"cache {target.cache_mb} MB", flush=True)
+    fit_probes = affordable_probes(args.fit_count, 0, target.runtime, 600.0)
+    held: list[tuple[str, Path]] = []
     for w, d, k, r in CNN_HOLDOUT:
         held.append((f"cnn w{w:g} d{d} k{k} {r}x{r}",
-                     cached_onnx("cnn", num_classes=10, input_shape=(1, 1, r, r), width=w, depth=d, kernel=k), None))
+                     cached_onnx("cnn", num_classes=10, input_shape=(1, 1, r, r), width=w, depth=d, kernel=k)))
     for spec, path in affordable_probes(args.probe_holdout, 1, target.runtime, 600.0):
-        held.append((f"probe-s1 {len(spec['blocks'])} blocks {spec['resolution']}px", path, None))
-    for name in TORCHVISION_HOLDOUT if not args.quick else TORCHVISION_HOLDOUT[:2]:
-        held.append((f"torchvision {name}", torchvision_onnx(name), None))
+        held.append((f"probe-s1 {len(spec['blocks'])} blocks {spec['resolution']}px", path))
+    tv_names = TORCHVISION_HOLDOUT if not args.quick else TORCHVISION_HOLDOUT[:2]
+    for name in tv_names:
+        held.append((f"torchvision {name}", torchvision_onnx(name)))
+    print(f"exported {len(fit_probes)} fit and {len(held)} held-out networks ({time.time() - t0:.0f} s); measuring "
+          f"all of them in {args.passes} interleaved passes...", flush=True)
+
+    # Fit and held-out networks are timed in the same interleaved passes, so load on the machine affects both alike.
+    paths = [p for _, p in fit_probes] + [p for _, p in held]
+    ms = measure_many(paths, threads=target.threads, passes=args.passes, time_budget_s=0.3, progress=sys.stderr.isatty())
+    fit = fit_host(target, paths[:len(fit_probes)],
+                   [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in fit_probes],
+                   ms[:len(fit_probes)], save=False)
+    coeffs = fit.coefficients
+    print(f"fit set: {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
+          f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}; DRAM read "
+          f"{fit.fit.get('dram_read_gbs', float('nan')):.1f} GB/s  ({time.time() - t0:.0f} s)", flush=True)
 
     print(f"\n{'held-out model':36s} {'MFLOPs':>9s} {'kernels':>7s} {'predicted ms':>13s} {'measured ms':>12s} {'error':>7s}")
     errors = []
-    for name, path, shape in held:
-        cost = graph_cost(path, runtime=target.runtime, precision=target.precision, input_shape=shape)
-        predicted = float(features(cost, m) @ coeffs.vector())
-        measured = measure_onnx_ms(path, threads=target.threads, time_budget_s=0.6)["p50"]
+    for (name, path), measured in zip(held, ms[len(fit_probes):]):
+        cost = graph_cost(path, runtime=target.runtime, precision=target.precision)
+        predicted = float(features(cost, m, target.cache_mb) @ coeffs.vector())
         err = (predicted - measured) / measured
         errors.append(err)
-        print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%",
-              flush=True)
+        print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")
     errors = np.abs(np.array(errors))
-    tv = np.abs(np.array(errors[-len(TORCHVISION_HOLDOUT if not args.quick else TORCHVISION_HOLDOUT[:2]):]))
+    tv = errors[-len(tv_names):]
     print(f"\nheld-out: {len(errors)} models, median |error| {100 * np.median(errors):.1f}%, "
           f"within20={np.mean(errors <= 0.20):.2f}; torchvision only: within10={np.mean(tv <= 0.10):.2f}")
     print(f"total {time.time() - t0:.0f} s")

@@ -51,7 +51,9 @@ def print_fit(console, result) -> None:
     table.add_row("per inference", "", "", f"{result.coefficients.fixed_ms * 1e3:.3f}")
     console.print(table)
     fit = result.fit
-    console.print(f"fit on the measured networks: median error {fit['median_abs_pct_err']:.1f}%, "
+    console.print(f"fit ({fit.get('method', 'NNLS')}) on the measured networks: median error {fit['median_abs_pct_err']:.1f}%, "
                   f"within 10%: {fit['within10']:.0%}, within 20%: {fit['within20']:.0%}")
+    if "scales" in fit:
+        console.print("vs datasheet: " + ", ".join(f"{k} x{v:.2f}" for k, v in fit["scales"].items()))
     if result.path:
         console.print(f"saved {result.path}")

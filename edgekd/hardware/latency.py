@@ -22,7 +22,9 @@ from edgekd.hardware.targets import OP_CLASSES, Target
 # 50-70% of theoretical); used only for datasheet coefficients, calibration replaces it.
 MEMORY_EFFICIENCY = 0.6
 TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
-N_FEATURES = len(OP_CLASSES) * len(TERMS) + 1
+# Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant.
+STREAM, FIXED = len(OP_CLASSES) * len(TERMS), len(OP_CLASSES) * len(TERMS) + 1
+N_FEATURES = FIXED + 1
 
 
 @dataclass
@@ -33,30 +35,36 @@ class Coefficients:
     fixed_ms: float
     precision: str
     channel_multiple: int = 1
+    # When one inference touches more than cache_mb (weights + activations), the weights no longer stay
+    # cached between inferences and are streamed from DRAM each time: ms_per_streamed_mb per MB of weights.
+    ms_per_streamed_mb: float = 0.0
+    cache_mb: float | None = None
 
     def vector(self) -> np.ndarray:
         v = [self.classes[c][t] for c in OP_CLASSES for t in TERMS]
-        return np.array(v + [self.fixed_ms], dtype=np.float64)
+        return np.array(v + [self.ms_per_streamed_mb, self.fixed_ms], dtype=np.float64)
 
     @classmethod
-    def from_vector(cls, v, precision: str, channel_multiple: int = 1) -> "Coefficients":
+    def from_vector(cls, v, precision: str, channel_multiple: int = 1, cache_mb: float | None = None) -> "Coefficients":
         v = [float(x) for x in v]
         classes, i = {}, 0
         for c in OP_CLASSES:
             classes[c] = {t: v[i + j] for j, t in enumerate(TERMS)}
             i += len(TERMS)
-        return cls(classes=classes, fixed_ms=v[-1], precision=precision, channel_multiple=int(channel_multiple))
+        return cls(classes=classes, fixed_ms=v[FIXED], precision=precision, channel_multiple=int(channel_multiple),
+                   ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
-                "classes": self.classes}
+                "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb, "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
         try:
             classes = {c: {t: float(d["classes"][c][t]) for t in TERMS} for c in OP_CLASSES}
             return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
-                       channel_multiple=int(d.get("channel_multiple", 1)))
+                       channel_multiple=int(d.get("channel_multiple", 1)),
+                       ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"))
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -74,7 +82,8 @@ def datasheet_coefficients(target: Target, precision: str | None = None) -> Coef
                    "ms_per_mb": ms_per_mb,
                    "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in OP_CLASSES}
     return Coefficients(classes=classes, fixed_ms=target.inference_overhead_us / 1000.0, precision=precision,
-                        channel_multiple=target.channel_multiple)
+                        channel_multiple=target.channel_multiple, cache_mb=target.cache_mb,
+                        ms_per_streamed_mb=ms_per_mb if target.cache_mb else 0.0)
 
 
 def coefficients_for(target: Target, precision: str | None = None) -> tuple[Coefficients, str]:
@@ -118,8 +127,16 @@ def work_flops(k: Kernel, channel_multiple: int = 1) -> float:
     return float(k.flops) * scale
 
 
-def features(cost: GraphCost, channel_multiple: int = 1) -> np.ndarray:
-    """Per-class sums of MFLOPs (padded), MB and kernel counts, plus 1 for the fixed term: a design-matrix row."""
+def streamed_weight_mb(cost: GraphCost, cache_mb: float | None) -> float:
+    """MB of weights re-read from DRAM per inference: all of them once the inference's footprint exceeds the cache."""
+    if not cache_mb:
+        return 0.0
+    footprint_mb = sum(k.bytes for k in cost.kernels) / 1e6
+    return cost.weight_bytes / 1e6 if footprint_mb > cache_mb else 0.0
+
+
+def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None) -> np.ndarray:
+    """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, and 1: a design-matrix row."""
     row = np.zeros(N_FEATURES, dtype=np.float64)
     index = {c: i * len(TERMS) for i, c in enumerate(OP_CLASSES)}
     for k in cost.kernels:
@@ -127,7 +144,8 @@ def features(cost: GraphCost, channel_multiple: int = 1) -> np.ndarray:
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
         row[i + 2] += 1
-    row[-1] = 1.0
+    row[STREAM] = streamed_weight_mb(cost, cache_mb)
+    row[FIXED] = 1.0
     return row
 
 
@@ -141,7 +159,8 @@ def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
 
 
 def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients | None = None,
-                     prior_weight: float = 0.02, channel_multiple: int | None = None) -> tuple[Coefficients, dict]:
+                     prior_weight: float = 0.02, channel_multiple: int | None = None,
+                     fixed_terms: dict[int, float] | None = None) -> tuple[Coefficients, dict]:
     """Fit coefficients to measured latencies by non-negative least squares on relative error.
 
     Each measurement contributes (predicted - measured) / measured, so a 50 ms ResNet and a 0.05 ms
@@ -157,11 +176,21 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
         raise EdgeKDError("calibration needs at least one measurement with a matching graph", "check the measurements file")
     if np.any(y <= 0) or not np.all(np.isfinite(y)):
         raise EdgeKDError("measured latencies must be positive finite milliseconds", "check the measurements file")
+    # Terms measured independently (e.g. DRAM bandwidth) are held, not fitted: their share leaves y.
+    fixed_terms = fixed_terms or {}
+    held = np.zeros(N_FEATURES)
+    for j, value in fixed_terms.items():
+        held[j] = value
+    y_rest = y - A @ held
+    A = A.copy()
+    A_full = A.copy()
+    A[:, list(fixed_terms)] = 0.0
     Aw = A / y[:, None]
-    bw = np.ones_like(y)
+    bw = y_rest / y
     if prior is not None and prior_weight > 0:
         theta0 = prior.vector()
         keep = theta0 > 0
+        keep[list(fixed_terms)] = False
         P = np.zeros((int(keep.sum()), N_FEATURES))
         P[np.arange(int(keep.sum())), np.flatnonzero(keep)] = prior_weight / theta0[keep]
         Aw = np.vstack([Aw, P])
@@ -170,12 +199,41 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     scale = np.linalg.norm(Aw, axis=0)
     scale[scale == 0] = 1.0
     theta_scaled, _ = nnls(Aw / scale, bw, maxiter=50 * N_FEATURES)
-    theta = theta_scaled / scale
+    theta = theta_scaled / scale + held
+    A = A_full
     if channel_multiple is None:
         channel_multiple = prior.channel_multiple if prior is not None else 1
-    coeffs = Coefficients.from_vector(theta, precision, channel_multiple)
-    pred = A @ theta
-    return coeffs, fit_stats(pred, y)
+    coeffs = Coefficients.from_vector(theta, precision, channel_multiple, prior.cache_mb if prior is not None else None)
+    stats = fit_stats(A @ theta, y)
+    stats["method"] = "per-class NNLS"
+    return coeffs, stats
+
+
+def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float = 0.05) -> tuple[Coefficients, dict]:
+    """Fit four scale factors on the prior's compute, memory, per-kernel and per-inference terms.
+
+    With a handful of on-device measurements a per-class fit is underdetermined (19 unknowns), so
+    NNLS zeroes whole terms; scaling the datasheet terms keeps every class's relative cost and learns
+    how far the device is from its datasheet (e.g. "compute 2.3x slower, launches 1.4x dearer").
+    """
+    from scipy.optimize import nnls
+
+    A = np.asarray(rows, dtype=np.float64)
+    y = np.asarray(latencies_ms, dtype=np.float64)
+    theta0 = prior.vector()
+    groups = [np.arange(len(OP_CLASSES)) * len(TERMS) + j for j in range(len(TERMS))] + [np.array([STREAM]), np.array([FIXED])]
+    G = np.stack([A[:, g] @ theta0[g] for g in groups], axis=1)  # each term's datasheet milliseconds
+    Gw = np.vstack([G / y[:, None], prior_weight * np.eye(len(groups))])
+    bw = np.concatenate([np.ones_like(y), np.full(len(groups), prior_weight)])
+    scales, _ = nnls(Gw, bw)
+    theta = theta0.copy()
+    for g, sc in zip(groups, scales):
+        theta[g] *= sc
+    coeffs = Coefficients.from_vector(theta, prior.precision, prior.channel_multiple, prior.cache_mb)
+    stats = fit_stats(A @ theta, y)
+    stats["method"] = "datasheet terms scaled"
+    stats["scales"] = {name: float(sc) for name, sc in zip(list(TERMS) + ["ms_per_streamed_mb", "fixed"], scales)}
+    return coeffs, stats
 
 
 def fit_stats(predicted, measured) -> dict:
@@ -201,6 +259,7 @@ class Prediction:
     params: int
     memory_mb: float
     notes: list[str] = field(default_factory=list)
+    streamed_ms: float = 0.0      # weights re-read from DRAM when the inference overflows the cache
 
     @property
     def latency_source(self) -> str:
@@ -209,7 +268,8 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"predicted_ms": self.total_ms, "target": self.target, "runtime": self.runtime,
                 "precision": self.precision, "calibration": self.calibration,
-                "latency_source": self.latency_source, "fixed_ms": self.fixed_ms, "flops": self.flops,
+                "latency_source": self.latency_source, "fixed_ms": self.fixed_ms, "streamed_ms": self.streamed_ms,
+                "flops": self.flops,
                 "params": self.params, "memory_mb": self.memory_mb, "kernels": len(self.layers),
                 "layers": self.layers, "notes": self.notes}
 
@@ -228,9 +288,14 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None) 
         notes.append(f"ops without a cost rule, costed as pointwise: {', '.join(cost.unknown_ops)}")
     if precision not in target.precisions:
         notes.append(f"{precision} is not a fast path on {target.name} (fast: {', '.join(target.precisions)})")
-    return Prediction(total_ms=float(sum(per) + coeffs.fixed_ms), layers=layers, target=target.name,
+    streamed = coeffs.ms_per_streamed_mb * streamed_weight_mb(cost, coeffs.cache_mb)
+    if streamed > 0:
+        notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so its weights stream from DRAM: "
+                     f"+{streamed:.3g} ms")
+    return Prediction(total_ms=float(sum(per) + streamed + coeffs.fixed_ms), layers=layers, target=target.name,
                       runtime=target.runtime, precision=precision, calibration=label, fixed_ms=coeffs.fixed_ms,
-                      flops=cost.flops, params=cost.params, memory_mb=cost.memory_mb, notes=notes)
+                      flops=cost.flops, params=cost.params, memory_mb=cost.memory_mb, notes=notes,
+                      streamed_ms=streamed)
 
 
 def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=None, precision: str | None = None) -> Prediction:

@@ -78,7 +78,8 @@ SCHEMA: dict[str, tuple[bool, Any]] = {
     "peak_gflops": (True, None),            # mapping precision -> GFLOP/s, checked below
     "memory_bandwidth_gbs": (True, _positive),
     "kernel_overhead_us": (True, _non_negative),
-    "channel_multiple": (False, None),       # int >= 1, or "auto" (this machine's SIMD width), checked below
+    "channel_multiple": (False, None),
+    "cache_mb": (False, None),               # last-level cache share a network's weights can stay in, or "auto"       # int >= 1, or "auto" (this machine's SIMD width), checked below
     "inference_overhead_us": (False, _non_negative),
     "efficiency": (False, None),             # mapping op class -> fraction of peak, checked below
     "conditions": (True, None),              # mapping, keys from CONDITION_KEYS
@@ -141,7 +142,12 @@ def validate_profile(data: Any, where: str) -> dict:
     if not (cm == "auto" or (isinstance(cm, int) and not isinstance(cm, bool) and cm >= 1)):
         raise EdgeKDError(f"'channel_multiple' in {where} must be a positive integer or 'auto' (got {cm!r})",
                           "the channel count the runtime's kernels pad to, e.g. 16 for AVX-512 blocked layouts")
+    cache = data.get("cache_mb")
+    if not (cache is None or cache == "auto" or (_is_number(cache) and cache > 0)):
+        raise EdgeKDError(f"'cache_mb' in {where} must be a positive number or 'auto' (got {cache!r})",
+                          "the last-level cache (MB) a model's weights can stay resident in")
     out = dict(data)
+    out["cache_mb"] = _host_cache_mb() if cache == "auto" else cache
     out["channel_multiple"] = _host_channel_multiple() if cm == "auto" else cm
     out.setdefault("measured", False)
     out.setdefault("inference_overhead_us", 0.0)
@@ -166,6 +172,7 @@ class Target:
     kernel_overhead_us: float
     inference_overhead_us: float
     channel_multiple: int
+    cache_mb: float | None
     efficiency: dict[str, float]
     conditions: dict[str, Any]
     software: dict[str, str]
@@ -196,6 +203,7 @@ class Target:
             "memory_mb": self.memory_mb, "measured": self.measured, "peak_gflops": dict(self.peak_gflops),
             "memory_bandwidth_gbs": self.memory_bandwidth_gbs, "kernel_overhead_us": self.kernel_overhead_us,
             "inference_overhead_us": self.inference_overhead_us, "channel_multiple": self.channel_multiple,
+            "cache_mb": self.cache_mb,
             "efficiency": dict(self.efficiency),
             "conditions": dict(self.conditions), "software": {k: str(v) for k, v in self.software.items()},
             "sources": list(self.sources), "path": self.path, "calibration": self.calibration,
@@ -215,6 +223,25 @@ def _host_channel_multiple() -> int:
     if "avx2" in words:
         return 8
     return 4
+
+
+def _host_cache_mb() -> float | None:
+    """Half of this CPU's last-level cache: the share one process keeps when others run beside it."""
+    sizes = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        mult = 1.0 if text.endswith("M") else (1 / 1024 if text.endswith("K") else 1 / 2**20)
+        try:
+            sizes.append((level, float(text.rstrip("KMB")) * mult))
+        except ValueError:
+            continue
+    if not sizes:
+        return None
+    return max(sizes)[1] / 2
 
 
 # --- where profiles and calibrations live -------------------------------------------------------
@@ -285,6 +312,7 @@ def _from_data(data: dict, path: str) -> Target:
         memory_bandwidth_gbs=float(data["memory_bandwidth_gbs"]),
         kernel_overhead_us=float(data["kernel_overhead_us"]),
         inference_overhead_us=float(data["inference_overhead_us"]), channel_multiple=int(data["channel_multiple"]),
+        cache_mb=None if data["cache_mb"] is None else float(data["cache_mb"]),
         efficiency={k: float(v) for k, v in data["efficiency"].items()},
         conditions=dict(data["conditions"]), software=dict(data["software"]), sources=list(data["sources"]),
         path=path,
