@@ -315,12 +315,16 @@ def test_calibrate_round_trip_from_a_measurements_file(tmp_path):
         path, shape = _conv_net(tmp_path / "models", i, rng)
         cost = graph_cost(path, runtime=target.runtime, precision="fp32", input_shape=shape)
         ms = sum(kernel_ms(cost, truth)) + truth.fixed_ms
-        results.append({"model": f"models/{path.name}", "input_shape": shape, "latency_ms": {"p50": ms, "p90": ms * 1.1}})
-    results.append({"model": "models/net0.onnx", "input_shape": [1, 3, 8, 8], "latency_ms": None, "status": "failed"})
+        results.append({"model": f"models/{path.name}", "runtime": "onnxruntime", "batch": 1, "precision": "fp32",
+                        "status": "ok", "input_shape": shape, "latency_ms": {"p50": ms, "p90": ms * 1.1}})
+    # What the on-device runner also writes: failed rows, other runtimes, non-ONNX artifacts.
+    results.append({"model": "models/net0.onnx", "runtime": "onnxruntime", "status": "failed", "reason": "oom"})
+    results.append({"model": "models/net1.onnx", "runtime": "openvino", "status": "ok", "input_shape": [1, 3, 8, 8],
+                    "latency_ms": {"p50": 99.0}})
+    results.append({"model": "models/student.xml", "runtime": "onnxruntime", "status": "ok", "latency_ms": {"p50": 9.0}})
     mfile = tmp_path / "measurements.json"
-    mfile.write_text(json.dumps({"target": "raspberry-pi-4", "device": {"name": "pi4-lab", "runtime": "onnxruntime",
-                                                                         "precision": "fp32", "threads": 4},
-                                 "results": results}))
+    mfile.write_text(json.dumps({"format": "edgekd-runner-results", "target": "pi4-lab",
+                                 "device": {"name": "pi4-lab", "threads": 4}, "results": results}))
     result = calibrate_from_measurements("raspberry-pi-4", mfile, prior_weight=1e-6)
     assert result.n_measurements == 60 and result.fit["within10"] == 1.0
     assert result.path.is_file() and result.path != REPO / "targets" / "raspberry-pi-4.yaml"
@@ -349,6 +353,15 @@ def test_measurement_file_errors(tmp_path):
         calibrate_from_measurements("jetson-nano", bad)
     bad.write_text(json.dumps({"device": {"runtime": "openvino"}, "results": []}))
     with pytest.raises(EdgeKDError, match="no successful measurements"):
+        calibrate_from_measurements("jetson-nano", bad)
+    path, shape = _residual_graph(tmp_path)
+    bad.write_text(json.dumps({"device": {}, "results": [
+        {"model": path.name, "runtime": "openvino", "input_shape": shape, "status": "ok", "latency_ms": {"p50": 1.0}}]}))
+    with pytest.raises(EdgeKDError, match="measurements with openvino, but jetson-nano uses tensorrt"):
+        calibrate_from_measurements("jetson-nano", bad)
+    bad.write_text(json.dumps({"target": "raspberry-pi-4", "results": [
+        {"model": path.name, "input_shape": shape, "latency_ms": {"p50": 1.0}}]}))
+    with pytest.raises(EdgeKDError, match="measured on raspberry-pi-4, not jetson-nano"):
         calibrate_from_measurements("jetson-nano", bad)
 
 

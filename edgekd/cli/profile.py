@@ -55,5 +55,7 @@ def print_fit(console, result) -> None:
                   f"within 10%: {fit['within10']:.0%}, within 20%: {fit['within20']:.0%}")
     if "scales" in fit:
         console.print("vs datasheet: " + ", ".join(f"{k} x{v:.2f}" for k, v in fit["scales"].items()))
+    if fit.get("skipped"):
+        console.print(f"skipped {len(fit['skipped'])} rows without an ONNX graph: {', '.join(fit['skipped'][:5])}")
     if result.path:
         console.print(f"saved {result.path}")

@@ -444,42 +444,53 @@ def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
     device = data.get("device") or {}
     if not isinstance(device, dict):
         raise EdgeKDError(f"'device' in {path} must be an object", "e.g. {\"name\": \"jetson-nano\", \"runtime\": \"tensorrt\"}")
-    usable = []
+    usable, skipped = [], []
     for i, r in enumerate(data["results"]):
         if not isinstance(r, dict) or "model" not in r:
             raise EdgeKDError(f"results[{i}] in {path} has no 'model'", "each result names the .onnx file it timed")
         lat = r.get("latency_ms")
         p50 = lat.get("p50") if isinstance(lat, dict) else lat
-        if p50 is None:
+        if p50 is None or r.get("status", "ok") != "ok":
             continue
         if not isinstance(p50, (int, float)) or isinstance(p50, bool) or not p50 > 0:
             raise EdgeKDError(f"results[{i}].latency_ms.p50 in {path} must be a positive number", "milliseconds per batch-1 inference")
         model = Path(r["model"])
         if not model.is_absolute():
             model = path.parent / model
+        if model.suffix.lower() != ".onnx":
+            # Engines, IRs and .pte files carry no graph edgekd can cost; their ONNX source is timed too.
+            skipped.append(f"{r['model']} (not an ONNX graph)")
+            continue
         if not model.is_file():
             raise EdgeKDError(f"results[{i}] model {model} does not exist", "keep the .onnx files beside the JSON (paths are relative to it)")
         shape = r.get("input_shape")
         if shape is not None and (not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape)):
             raise EdgeKDError(f"results[{i}].input_shape in {path} must be a list of positive ints", "e.g. [1, 3, 224, 224]")
         usable.append({"model": model, "input_shape": shape, "p50": float(p50),
-                       "precision": r.get("precision") or device.get("precision")})
+                       "precision": r.get("precision") or device.get("precision"),
+                       "runtime": r.get("runtime") or device.get("runtime")})
     if not usable:
         raise EdgeKDError(f"{path} holds no successful measurements", "run the on-device runner and pass its output")
-    return {"schema": data.get("schema"), "target": data.get("target"), **device}, usable
+    return {"schema": data.get("schema") or data.get("format"), "target": data.get("target"), "skipped": skipped,
+            **device}, usable
 
 
 def calibrate_from_measurements(target: str | Target, measurements: str | Path, *, precision: str | None = None,
                                 save: bool = True, prior_weight: float = 0.05) -> CalibrationResult:
     """Fit ``target``'s coefficients from on-device latencies (see :func:`read_measurements`)."""
     target = load_target(target) if not isinstance(target, Target) else target
+    from edgekd.hardware.targets import target_names
+
     device, results = read_measurements(measurements)
-    if device.get("target") and device["target"] != target.name:
+    # "target" may be a free device name (e.g. "lab-nano-2"); only another shipped target's name is a mismatch.
+    if device.get("target") and device["target"] != target.name and device["target"] in target_names():
         raise EdgeKDError(f"{measurements} was measured on {device['target']}, not {target.name}",
                           f"pass --target {device['target']} or the right measurements file")
-    if device.get("runtime") and device["runtime"] != target.runtime:
-        raise EdgeKDError(f"{measurements} was measured with {device['runtime']}, but {target.name} uses {target.runtime}",
-                          "measure with the target's runtime or write a profile for that runtime")
+    runtimes = {r["runtime"] for r in results if r["runtime"]}
+    results = [r for r in results if not r["runtime"] or r["runtime"] == target.runtime]
+    if not results:
+        raise EdgeKDError(f"{measurements} holds measurements with {', '.join(sorted(runtimes))}, but {target.name} "
+                          f"uses {target.runtime}", "measure with the target's runtime or write a profile for that runtime")
     precisions = {r["precision"] for r in results if r["precision"]}
     precision = precision or (precisions.pop() if len(precisions) == 1 else target.precision)
     results = [r for r in results if (r["precision"] or precision) == precision]
@@ -487,7 +498,10 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
         raise EdgeKDError(f"{measurements} holds no {precision} measurements", "pass --precision to pick the one measured")
     coeffs, stats, table = fit_target(target, [r["model"] for r in results], [r["input_shape"] for r in results],
                                       [r["p50"] for r in results], precision=precision, prior_weight=prior_weight)
+    if device.get("skipped"):
+        stats["skipped"] = device["skipped"]
     source = f"edgekd calibrate {Path(measurements).name}"
+    device = {k: v for k, v in device.items() if k != "skipped"}
     out = save_calibration(target, coeffs, n=len(results), source=source, fit=stats, device=device) if save else None
     return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(results), fit=stats,
                              path=out, source=source, rows=table)
