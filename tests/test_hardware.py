@@ -456,3 +456,23 @@ def test_few_measurements_scale_the_datasheet_terms():
     assert stats["scales"]["ms_per_mflop"] == pytest.approx(2.5, rel=0.02)
     assert stats["scales"]["ms_per_kernel"] == pytest.approx(1.5, rel=0.05)
     assert stats["within10"] == 1.0
+
+
+def test_dynamic_batch_means_batch_one_unless_given(tmp_path):
+    g = GraphBuilder([1, 3, 8, 8])
+    g.conv(4, 3)
+    path = g.save(tmp_path / "dyn.onnx")
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for value in ("N", 3, 8, 8):
+        dims.add().dim_param = value if isinstance(value, str) else ""
+        if not isinstance(value, str):
+            dims[-1].dim_value = value
+    onnx.save(model, str(path))
+    one = graph_cost(path)
+    assert one.flops == 2 * 4 * 64 * 27
+    assert graph_cost(path, input_shape=[8, 3, 8, 8]).flops == 8 * one.flops
+    dims[2].dim_param = "H"
+    onnx.save(model, str(path))
+    with pytest.raises(EdgeKDError, match="dynamic dimensions besides the batch"):
+        graph_cost(path)

@@ -263,6 +263,20 @@ def load_graph(source, input_shape=None):
         for d, s in zip(tensor_type.shape.dim, shape):
             d.Clear()
             d.dim_value = s
+    else:
+        # A dynamic batch means batch 1 here; other dynamic dimensions need --input.
+        for inp in graph_inputs:
+            dims = inp.type.tensor_type.shape.dim
+            dynamic = [i for i, d in enumerate(dims) if not (d.HasField("dim_value") and d.dim_value > 0)]
+            if not dynamic:
+                continue
+            if dynamic != [0]:
+                raise EdgeKDError(f"input {inp.name!r} has dynamic dimensions besides the batch",
+                                  "pass --input with the full shape, e.g. 1x3x224x224")
+            model = onnx.ModelProto.FromString(model.SerializeToString())
+            d = [i for i in model.graph.input if i.name == inp.name][0].type.tensor_type.shape.dim[0]
+            d.Clear()
+            d.dim_value = 1
     # Stale intermediate shapes from a dynamic-batch export would shadow the fixed input's.
     del model.graph.value_info[:]
     try:
