@@ -292,10 +292,11 @@ def test_tensorrt_ships_a_device_build_kit(name, exported, mnist, trained):
     assert art.status == "skipped" and art.extra["build_script"] in art.reason
     script = out / art.extra["build_script"]
     assert script.is_file() and subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    text = script.read_text()
+    text = next(ln for ln in script.read_text().splitlines() if ln.startswith('"$TRTEXEC" --onnx'))
     precision = name.split("-")[1]
     assert f"--saveEngine=model.{precision}.engine" in text and "--fp16" in text
     assert ("--int8" in text) == (precision == "int8")
+    assert art.extra["trtexec"].startswith("trtexec --onnx=")
     device_onnx = out / art.extra["device_onnx"]
     model = onnx.load(str(device_onnx))
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 13

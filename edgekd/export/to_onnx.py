@@ -190,20 +190,27 @@ def export_ort_int8(job, dest: Path) -> dict:
                  requires=("onnx", "onnxscript", "onnxslim", "onnxruntime"))
 def export_ort_fp16(job, dest: Path) -> dict:
     """ONNX FP16 weights and activations with float32 inputs/outputs (GPUs and ARM CPUs with FP16 units)."""
+    shutil.copyfile(job.cached("onnx-fp16", lambda: convert_onnx_fp16(job.onnx_fp32(), job.scratch_path("fp16.onnx"))),
+                    dest)
+    return {"keep_io_types": True, "opset": job.options.opset}
+
+
+def convert_onnx_fp16(src: Path, dest: Path) -> Path:
+    """FP16 weights and compute, float32 inputs/outputs (also what strongly typed TensorRT builds from)."""
     import onnx
+    import onnxslim
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(job.onnx_fp32()))
+    model = onnx.load(str(src))
     # keep_io_types: callers keep feeding float32 NCHW and reading float32 logits; casts sit inside.
     half = convert_float_to_float16(model, keep_io_types=True)
     # the converter appends its input casts at the end of the node list; onnxslim re-sorts the graph
     # topologically (which onnx.checker requires) and folds casts of constants.
-    import onnxslim
-
     half = onnxslim.slim(half)
     onnx.checker.check_model(half, full_check=True)
-    onnx.save(half, str(dest))
-    return {"keep_io_types": True, "opset": job.options.opset}
+    with atomic_path(dest) as tmp:
+        onnx.save(half, str(tmp))
+    return Path(dest)
 
 
 @register_format("ort-mobile", format="onnx", precision="fp32", runtime="onnxruntime", filename="{stem}.ort",

@@ -18,6 +18,17 @@ INSTALL = "pip install 'edgekd[tensorrt]' on a machine with an NVIDIA GPU"
 DEVICE_OPSET = 13
 
 
+def trt_major() -> int:
+    import tensorrt as trt
+
+    return int(trt.__version__.split(".")[0])
+
+
+def strongly_typed() -> bool:
+    """TensorRT 11 builds only strongly typed networks (BuilderFlag.FP16/INT8 no longer exist)."""
+    return trt_major() >= 11
+
+
 def device_info() -> dict:
     """What an engine is tied to: TensorRT version, GPU, compute capability, JetPack (on Jetson)."""
     import tensorrt as trt
@@ -55,7 +66,9 @@ def build_engine(onnx_path: Path, dest: Path, *, precision: str, input_shape: tu
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
+    # TensorRT 10 networks are always explicit-batch; 8.x needs the flag to parse ONNX at all.
+    flags = 0 if trt_major() >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = [parser.get_error(i) for i in range(parser.num_errors)]
@@ -68,9 +81,13 @@ def build_engine(onnx_path: Path, dest: Path, *, precision: str, input_shape: tu
         raise EdgeKDError(f"TensorRT cannot parse {Path(onnx_path).name}: {desc}", "check the ONNX export")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
-    config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized in the QDQ model may use FP16
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
+    if not strongly_typed():
+        # TensorRT <= 10 (JetPack): weak typing, precision chosen by builder flags
+        config.set_flag(trt.BuilderFlag.FP16)  # layers left unquantized in the QDQ model may use FP16
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+    # TensorRT 11 removed those flags: networks are strongly typed, the precision is the ONNX's own
+    # (the FP16 ONNX for fp16, the QDQ ONNX for int8), which _export picks.
     # DETAILED keeps per-layer precision in the engine so the inspector can report what was built.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
@@ -113,7 +130,9 @@ def inspect_layers(engine) -> dict:
         if not isinstance(layer, dict):
             continue
         outputs = layer.get("Outputs") or [{}]
-        fmt = str(outputs[0].get("Format/Datatype", "")).lower()
+        # "Format/Datatype" in TensorRT <= 10; 11 splits it into separate format and type fields
+        fields = outputs[0] if isinstance(outputs[0], dict) else {}
+        fmt = " ".join(str(v) for k, v in fields.items() if "type" in k.lower() or "format" in k.lower()).lower()
         kind = "int8" if "int8" in fmt else "fp16" if ("fp16" in fmt or "half" in fmt) else \
             "fp32" if ("fp32" in fmt or "float" in fmt) else "other"
         counts[kind] = counts.get(kind, 0) + 1
@@ -156,7 +175,8 @@ def trtexec_command(onnx_name: str, engine_name: str, *, precision: str, input_s
 BUILD_SCRIPT = """#!/bin/sh
 # Build the {precision} TensorRT engine for {stem} on the device that will run it (engines are tied to the
 # TensorRT version and GPU they were built on). Copy this script and {onnx} to the device, then: sh {script}
-# Written by edgekd. Needs trtexec (JetPack: /usr/src/tensorrt/bin/trtexec).
+# Written by edgekd. Needs trtexec (JetPack: /usr/src/tensorrt/bin/trtexec) from TensorRT 8.2-10.x, which is
+# what every JetPack ships (TensorRT 11 dropped --fp16/--int8 for strongly typed ONNX, and Jetson support).
 set -e
 cd "$(dirname "$0")"
 TRTEXEC=${{TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}}
@@ -198,7 +218,14 @@ def write_device_kit(job, dest: Path, precision: str) -> dict:
 
 
 def _export(job, dest: Path, precision: str) -> dict:
-    src = job.onnx_fp32() if precision == "fp16" else job.onnx_qdq()
+    if precision == "int8":
+        src = job.onnx_qdq()
+    elif strongly_typed():
+        from edgekd.export.to_onnx import convert_onnx_fp16
+
+        src = job.cached("onnx-fp16", lambda: convert_onnx_fp16(job.onnx_fp32(), job.scratch_path("fp16.onnx")))
+    else:
+        src = job.onnx_fp32()
     cache = job.options.trt_timing_cache or job.scratch_path("trt.timing.cache")
     extra = build_engine(src, dest, precision=precision, input_shape=tuple(job.example.shape[1:]),
                          max_batch=job.options.max_batch, workspace_mb=job.options.trt_workspace_mb,
