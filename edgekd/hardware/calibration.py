@@ -39,7 +39,7 @@ REGULAR_CHANNELS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 256, 
 IRREGULAR_CHANNELS = (4, 6, 12, 18, 20, 36, 44, 72, 100, 144)
 
 
-def probe_specs(count: int, seed: int = 0, max_mflops: float = 600.0) -> list[dict]:
+def probe_specs(count: int, seed: int = 0) -> list[dict]:
     """``count`` random network descriptions covering every kernel class the latency model fits.
 
     Blocks: plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with optional
