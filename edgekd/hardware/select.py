@@ -82,7 +82,7 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
     if mode == "measured":
         from edgekd.hardware.measure import measure_onnx_ms
 
-        ms = measure_onnx_ms(path, threads=target.threads)["p50"]
+        ms = measure_onnx_ms(path, threads=target.threads, time_budget_s=0.4)["p50"]
         source = f"measured:{target.name}"
     else:
         pred = predict_cost(cost, target, precision)
