@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=TrainConfig.temperature)
     ap.add_argument("--alpha", type=float, default=TrainConfig.alpha)
     ap.add_argument("--losses", default="", help="comma-separated loss specs for the per-loss table (seed 0)")
+    ap.add_argument("--assistant-width", type=float, default=None,
+                    help="also distil the student through a teacher assistant of this width (seed 0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--work", default=None, help="folder for checkpoints (default: a temporary folder)")
     args = ap.parse_args()
@@ -80,7 +82,7 @@ def main() -> None:
         model = spec.build()
         t0 = time.perf_counter()
         result = train(model, teacher, splits, replace(cfg, seed=seed), ckpt_dir=work / f"{name}-seed{seed}",
-                       resume=True, progress=False)
+                       resume=True, progress=False, spec=spec)
         errors = round((1 - result.accuracy) * n_test)
         print(f"  seed {seed} {name:<8} test errors {errors:4d} ({100 * errors / n_test:.2f}%)  "
               f"[{time.perf_counter() - t0:.0f}s, {result.images_per_second:.0f} img/s]", flush=True)
@@ -125,6 +127,13 @@ def main() -> None:
     print(f"{'mean':>4}  {stat(1):>14}  {stat(2):>14}  {stat(3):>14}  {statistics.mean(r[4] for r in rows):>10.2f}")
     kd_beats_scratch = all(k < s for _, _, s, k, _ in rows)
     print(f"KD beats scratch on every seed: {'yes' if kd_beats_scratch else 'NO'}")
+
+    if args.assistant_width:
+        teacher, _ = shared if shared is not None else run(
+            "teacher", teacher_spec, None, replace(TEACHER_TRAIN, epochs=args.teacher_epochs, threads=args.threads), 0)
+        print(f"\nteacher assistant (seed 0): teacher -> {args.student_arch} width {args.assistant_width} -> student")
+        _, ta_err = run("ta-kd", student_spec(), teacher, replace(base, loss="kd", assistant_width=args.assistant_width), 0)
+        print(f"  plain KD {rows[0][3]} errors vs via assistant {ta_err} errors (scratch {rows[0][2]})")
 
     if args.losses:
         teacher, _ = shared if shared is not None else run(
