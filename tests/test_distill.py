@@ -440,3 +440,29 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     assert r0["losses"] == r1["losses"]  # epoch losses are all-reduced
     assert r0["losses"][-1] < r0["losses"][0]
     assert (tmp_path / "ckpt" / "last.pt").exists()
+
+
+def test_module_entry_point_bad_data_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edgekd.distill", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_module_entry_point_trains_and_writes_weights(tmp_path, tiny):
+    import json
+    import subprocess
+    import sys
+
+    np.savez(tmp_path / "d.npz", x_train=tiny.train.x, y_train=tiny.train.y, x_test=tiny.test.x, y_test=tiny.test.y)
+    proc = subprocess.run([sys.executable, "-m", "edgekd.distill", "--data", str(tmp_path / "d.npz"), "--loss", "ce",
+                           "--width", "0.25", "--epochs", "1", "--out", str(tmp_path / "o"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert result["epochs_run"] == 1 and (tmp_path / "o" / "final.safetensors").exists()
