@@ -294,12 +294,16 @@ def _distill(opts: DistillOptions, console=None) -> dict:
 
         test_x = normalize(splits.test.x, splits.mean, splits.std)
         with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
-            from edgekd.export import export_all
+            from edgekd.export import ExportOptions, export_all
 
+            # Quantized artifacts are gated on the validation split (never the test split, which
+            # only gives the final figures); over --max-drop the remedies are tried, then failed.
             artifacts = export_all(
                 student, list(formats), out / "artifacts",
                 example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
-                parity_inputs=test_x[:512], progress=opts.progress, target=target)
+                parity_inputs=test_x[:512], progress=opts.progress, target=target, console=console,
+                validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+                options=ExportOptions(stem="student", max_drop=opts.max_drop))
 
         with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
             from edgekd.bench.evaluate import benchmark_artifacts, recommend
