@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=TEACHER_TRAIN.epochs)
     ap.add_argument("--temperature", type=float, default=TrainConfig.temperature)
     ap.add_argument("--alpha", type=float, default=TrainConfig.alpha)
+    ap.add_argument("--loss", default="kd", help="distillation loss of the main table (default: Hinton KD)")
     ap.add_argument("--losses", default="", help="comma-separated loss specs for the per-loss table (seed 0)")
     ap.add_argument("--assistant-width", type=float, default=None,
                     help="also distil the student through a teacher assistant of this width (seed 0)")
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"teacher: cnn width {teacher_spec.width} depth {teacher_spec.depth} dropout {teacher_spec.extra.get('dropout')} "
           f"({count_params(teacher_spec.build())} params), {args.teacher_epochs} epochs with shifts and label smoothing")
     print(f"student: {args.student_arch} width {args.student_width} ({count_params(student_spec().build())} params), {args.epochs} epochs, "
-          f"no augmentation; KD at T={args.temperature}, alpha={args.alpha}")
+          f"no augmentation; distilled with {args.loss} at T={args.temperature}, alpha={args.alpha}")
 
     def run(name: str, spec: ModelSpec, teacher, cfg: TrainConfig, seed: int):
         torch.manual_seed(seed)
@@ -109,7 +110,7 @@ def main() -> None:
         else:
             teacher, t_err = shared
         _, s_err = run("scratch", student_spec(), None, replace(base, loss="ce"), seed)
-        _, k_err = run("kd", student_spec(), teacher, replace(base, loss="kd"), seed)
+        _, k_err = run(_run_name(args.loss), student_spec(), teacher, replace(base, loss=args.loss), seed)
         gap = (s_err - k_err) / (s_err - t_err) if s_err != t_err else float("nan")
         rows.append((seed, t_err, s_err, k_err, gap))
 
@@ -132,7 +133,8 @@ def main() -> None:
         teacher, _ = shared if shared is not None else run(
             "teacher", teacher_spec, None, replace(TEACHER_TRAIN, epochs=args.teacher_epochs, threads=args.threads), 0)
         print(f"\nteacher assistant (seed 0): teacher -> {args.student_arch} width {args.assistant_width} -> student")
-        _, ta_err = run("ta-kd", student_spec(), teacher, replace(base, loss="kd", assistant_width=args.assistant_width), 0)
+        _, ta_err = run(f"ta-{_run_name(args.loss)}", student_spec(), teacher,
+                        replace(base, loss=args.loss, assistant_width=args.assistant_width), 0)
         print(f"  plain KD {rows[0][3]} errors vs via assistant {ta_err} errors (scratch {rows[0][2]})")
 
     if args.losses:
@@ -142,12 +144,16 @@ def main() -> None:
               "feature losses need a student with stage features: use --student-arch cnn):")
         table = []
         for spec in [s.strip() for s in args.losses.split(",") if s.strip()]:
-            _, err = run(spec.replace(":", "_").replace("+", "-"), student_spec(), teacher, replace(base, loss=spec), 0)
+            _, err = run(_run_name(spec), student_spec(), teacher, replace(base, loss=spec), 0)
             table.append((spec, err))
         for spec, err in table:
             print(f"  {spec:<16} {err:5d} errors ({100 * err / n_test:.2f}%)")
 
     print(f"gap_closed={statistics.mean(r[4] for r in rows):.3f}")
+
+
+def _run_name(loss: str) -> str:
+    return loss.replace(":", "_").replace("+", "-")
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ def test_temperature_schedule_high_to_low():
 
 
 @pytest.mark.parametrize("spec, pattern", [("kdd", "did you mean 'kd'"), ("kd+", "malformed"), ("kd:x", "not a number"),
-                                           ("kd:-1", "positive"), ("kd+kd", "twice")])
+                                           ("kd:-1", "positive"), ("kd+kd", "twice"),
+                                           ("at", "nothing would train the classifier; combine it")])
 def test_bad_loss_specs(spec, pattern):
     with pytest.raises(EdgeKDError, match=pattern):
         build_loss(spec)
@@ -291,7 +292,7 @@ def test_user_teacher_checked_against_data(tiny, tiny_teacher, tmp_path):
 # ---- issue 4: more losses and modes ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["dkd", "fitnet", "at", "rkd", "kd+at:0.5", "kd+fitnet+rkd:0.5"])
+@pytest.mark.parametrize("spec", ["dkd", "ce+fitnet", "ce+at", "ce+rkd", "kd+at:0.5", "kd+fitnet+rkd:0.5"])
 def test_each_loss_learns(tiny, tiny_teacher, tmp_path, spec):
     before = copy.deepcopy(tiny_teacher.state_dict())
     # no DKD warm-up here: the ramp would raise the loss between epochs by design
@@ -305,16 +306,16 @@ def test_fitnet_adapters_get_gradients_and_are_optimised(tiny, tiny_teacher):
     from edgekd.distill.train import BatchMaker
 
     student = _student()
-    loss = build_loss("fitnet", hint_layers=[0, 2])
+    loss = build_loss("ce+fitnet", hint_layers=[0, 2])
     make = BatchMaker(tiny.train.x, tiny.mean, tiny.std, torch.device("cpu"), False)
     x = make(torch.arange(16))
     loss.setup(student, tiny_teacher, x)
-    adapters = loss.terms[0].adapters
+    adapters = loss.terms[1].adapters
     assert len(adapters) == 2 and adapters[0][0].in_channels == 8 and adapters[0][0].out_channels == 16
     feats, logits = student.forward_features(x)
     with torch.no_grad():
         t_feats, t_logits = tiny_teacher.forward_features(x)
-    value = loss(ModelOutputs(logits, feats), ModelOutputs(t_logits, t_feats), tiny.train.y[:16])
+    value = loss(ModelOutputs(logits, feats), ModelOutputs(t_logits, t_feats), torch.from_numpy(tiny.train.y[:16]))
     value.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.parameters() if p.requires_grad)
     assert student.stages[0][0][0].weight.grad is not None
@@ -354,7 +355,7 @@ def test_attention_and_rkd_are_zero_for_identical_models():
     feats, logits = model.forward_features(x)
     out = ModelOutputs(logits, feats)
     for spec in ("at", "rkd"):
-        loss = build_loss(spec)
+        loss = LOSSES.get(spec)()
         loss.setup(model, model, x)
         assert float(loss(out, out, torch.zeros(8, dtype=torch.long)).detach()) < 1e-6
 
@@ -372,7 +373,7 @@ def test_online_mutual_learning_trains_both(tiny, tmp_path):
 
 def test_online_refuses_feature_losses(tiny, tmp_path):
     with pytest.raises(EdgeKDError, match="online"):
-        train(_student(), _student(5), tiny, replace(TINY, mode="online", loss="at"), ckpt_dir=tmp_path, progress=False)
+        train(_student(), _student(5), tiny, replace(TINY, mode="online", loss="kd+at"), ckpt_dir=tmp_path, progress=False)
 
 
 def test_self_distillation_generations_and_finetune(tiny, tmp_path):

@@ -33,6 +33,7 @@ class DistillLoss(nn.Module):
 
     needs_teacher = True
     needs_features = False
+    trains_classifier = True  # False for losses that only match features: they need a logit loss beside them
 
     def setup(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
         pass
@@ -164,6 +165,9 @@ def build_loss(spec: str, **opts) -> CombinedLoss:
         accepted = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in opts.items() if k in accepted and v is not None}
         terms.append((name, weight, cls(**kwargs)))
+    if not any(loss.trains_classifier for _, _, loss in terms):
+        raise EdgeKDError(f"loss {spec!r} only matches features: nothing would train the classifier",
+                          f"combine it with a logit loss, e.g. kd+{spec} or ce+{spec}")
     return CombinedLoss(terms)
 
 
@@ -251,6 +255,7 @@ class FitNetHints(DistillLoss):
     1x1-conv adapter per chosen stage (``hint_layers``, default the middle stage); MSE."""
 
     needs_features = True
+    trains_classifier = False
 
     def __init__(self, hint_layers: tuple[int, ...] | list[int] = (1,)):
         super().__init__()
@@ -288,6 +293,7 @@ class AttentionTransfer(DistillLoss):
     (``at_layers``, default all); ``at_beta`` (1000, as in their code) brings it to the scale of CE."""
 
     needs_features = True
+    trains_classifier = False
 
     def __init__(self, at_layers: tuple[int, ...] | list[int] | None = None, at_beta: float = 1000.0):
         super().__init__()
@@ -333,6 +339,7 @@ class RelationalKD(DistillLoss):
     50) structure of a batch's embeddings, with the paper's Huber loss and weights."""
 
     needs_features = True
+    trains_classifier = False
 
     def __init__(self, rkd_distance: float = 25.0, rkd_angle: float = 50.0):
         super().__init__()
