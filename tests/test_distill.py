@@ -467,3 +467,10 @@ def test_module_entry_point_trains_and_writes_weights(tmp_path, tiny):
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["epochs_run"] == 1 and (tmp_path / "o" / "final.safetensors").exists()
+
+
+def test_models_handed_back_contiguous(tiny, tiny_teacher, tmp_path):
+    student = _student()
+    train(student, tiny_teacher, tiny, replace(TINY, epochs=1), ckpt_dir=tmp_path, progress=False)
+    for model in (student, tiny_teacher):
+        assert all(p.is_contiguous() for p in model.parameters())

@@ -582,6 +582,11 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     if online:
         teacher.eval().requires_grad_(False)
         teacher_acc = evaluate(teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
+    # Hand the models back in the default memory format: exporters and user code expect plain
+    # contiguous weights (channels_last was only for the speed of training).
+    student.to(memory_format=torch.contiguous_format)
+    if teacher is not None:
+        teacher.to(memory_format=torch.contiguous_format)
     weights = None
     if spec is not None and ddp.main:
         weights = str(save_final(ckpt_dir / "final.safetensors", student, spec, test_acc, history))
