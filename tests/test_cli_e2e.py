@@ -22,7 +22,7 @@ def edgekd(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproces
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_npz):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    proc = edgekd("distill", "--target", "jetson-nano", "--data", str(tiny_npz), "--epochs", "2",
+    proc = edgekd("distill", "--target", "jetson-nano", "--data", str(tiny_npz), "--epochs", "6", "--batch-size", "64",
                   "--widths", "0.25,0.5,3", "--out", str(out), "--no-progress", "--bench-seconds", "0.1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
@@ -81,8 +81,11 @@ def test_every_artifact_is_measured_and_labelled(tiny_run):
         assert 0.0 <= a["accuracy"] <= 1.0
         assert a["latency_ms"]["p50"] > 0 and a["latency_ms"]["p90"] >= a["latency_ms"]["p50"]
         assert a["latency_source"] == "measured:host"
-        assert a["target_latency_source"] == "predicted:jetson-nano"
-        assert a["target_latency_ms"]["p50"] > 0
+        if a["format"] == "onnx":  # what TensorRT builds from: predicted on the Jetson
+            assert a["target_latency_source"] == "predicted:jetson-nano"
+            assert a["target_latency_ms"]["p50"] > 0
+        else:  # an OpenVINO IR does not run on a Jetson: no made-up figure for it
+            assert a["target_latency_ms"] is None and "jetson-nano" in a["target_note"]
     onnx = by_name[("student", "onnx")]
     assert onnx["parity"]["max_abs_diff"] <= 1e-4
     assert onnx["parity"]["top1_agreement"] == 1.0
@@ -91,7 +94,7 @@ def test_every_artifact_is_measured_and_labelled(tiny_run):
     assert trt["status"] in ("ok", "skipped")
     if trt["status"] == "skipped":
         assert "tensorrt" in trt["reason"].lower()
-    assert report["recommended"]["name"]
+    assert report["recommended"]["name"] in ("onnx", "ort-int8"), "only what the Jetson's TensorRT loads is recommended"
     html = (out / "report.html").read_text()
     assert "<img" in html or "<svg" in html
 
