@@ -29,7 +29,7 @@ class DistillOptions:
     target: str = "jetson-nano"
     out: str | None = None
     data: str | None = None
-    teacher: str | None = None
+    teacher: str | list[str] | None = None
     budget_ms: float | None = None
     epochs: int | None = None
     seed: int = 0
@@ -164,9 +164,19 @@ def resume_command(opts: DistillOptions) -> str:
         value = getattr(opts, f.name)
         if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
             continue
+        if isinstance(value, list):  # repeated option (--teacher for an ensemble)
+            for v in value:
+                words += [f"--{f.name.replace('_', '-')}", str(v)]
+            continue
         if isinstance(value, tuple):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
         words += [f"--{f.name.replace('_', '-')}", str(value)]
+    defaults = {"mode": "offline", "generations": 2, "finetune_epochs": 0, "teacher_view": "clean"}
+    for key, value in opts.extra.items():
+        if value is None or defaults.get(key) == value:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        words += [flag] if value is True else [flag, str(value)]
     words += [] if opts.progress else ["--no-progress"]
     return shlex.join(words + ["--resume"])
 
@@ -238,7 +248,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
 
     with clock.stage("teacher", "Teacher"):
         teacher, teacher_spec, teacher_info = get_teacher(
-            splits, teacher_path=opts.teacher, progress=opts.progress, device=device)
+            splits, teacher_path=opts.teacher, progress=opts.progress, device=device, temperature=opts.temperature)
         console.print(f"  teacher {teacher_spec.arch} width {teacher_spec.width} depth {teacher_spec.depth}: "
                       f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
                       f"{' (cached)' if teacher_info.get('cached') else ''}")
@@ -263,11 +273,13 @@ def _distill(opts: DistillOptions, console=None) -> dict:
             student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
                              width=spec.width, depth=spec.depth)
             result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
-                           resume=opts.resume, progress=opts.progress)
+                           resume=opts.resume, progress=opts.progress, spec=spec)
             student = student.cpu().eval()
             save_model(out / "student.safetensors", student, spec,
                        {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
-            save_model(out / "teacher.safetensors", teacher.cpu().eval(), teacher_spec, {"accuracy": teacher_info["accuracy"]})
+            # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
+            save_model(out / "teacher.safetensors", getattr(teacher, "members", [teacher])[0].cpu().eval(),
+                       teacher_spec, {"accuracy": teacher_info["accuracy"]})
             console.print(f"  student test accuracy {result.accuracy:.4f} "
                           f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 

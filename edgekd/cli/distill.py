@@ -24,7 +24,7 @@ def _names(ctx, param, value):
 @click.option("--target", "-t", default="jetson-nano", show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
 @click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
-@click.option("--teacher", type=click.Path(), help="Teacher weights (.safetensors written by edgekd); default: train once and cache.")
+@click.option("--teacher", type=click.Path(), multiple=True, help="Teacher weights (.safetensors written by edgekd); repeat for an ensemble of teachers; default: train once and cache.")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -32,6 +32,12 @@ def _names(ctx, param, value):
 @click.option("--temperature", "-T", type=float, default=4.0, show_default=True, help="Softmax temperature of the soft targets.")
 @click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
 @click.option("--loss", default="kd", show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
+@click.option("--mode", type=click.Choice(["offline", "online", "self"]), default="offline", show_default=True, help="offline: frozen teacher; online: teacher and student learn together; self: born-again generations.")
+@click.option("--temperature-end", type=float, help="Anneal the temperature linearly from -T to this value.")
+@click.option("--assistant-width", type=float, help="Teacher-assistant: distil teacher -> this width -> student.")
+@click.option("--generations", type=int, default=2, show_default=True, help="Born-again generations (--mode self).")
+@click.option("--finetune-epochs", type=int, default=0, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
+@click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
@@ -48,4 +54,13 @@ def command(**kw):
     from edgekd.pipeline import DistillOptions, distill
 
     kw["progress"] = not kw.pop("no_progress")
-    distill(DistillOptions(**kw))
+    kw["teacher"] = list(kw["teacher"]) if len(kw["teacher"]) > 1 else (kw["teacher"][0] if kw["teacher"] else None)
+    extra = {"mode": kw.pop("mode"), "generations": kw.pop("generations"),
+             "finetune_epochs": kw.pop("finetune_epochs")}
+    for name in ("temperature_end", "assistant_width"):
+        if kw[name] is not None:
+            extra[name] = kw[name]
+        kw.pop(name)
+    if kw.pop("augment"):
+        extra.update(augment=True, teacher_view="clean")
+    distill(DistillOptions(extra=extra, **kw))
