@@ -68,7 +68,7 @@ class DistillOptions:
         if self.widths is not None and (not self.widths or min(self.widths) <= 0):
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
-            raise EdgeKDError(f"--max-drop must be a fraction in [0, 1], got {self.max_drop}", "e.g. 0.01 for one point")
+            raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -170,6 +170,8 @@ def resume_command(opts: DistillOptions) -> str:
             continue
         if isinstance(value, tuple):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if f.name == "max_drop":  # points on the command line
+            value = f"{value * 100:g}"
         words += [f"--{f.name.replace('_', '-')}", str(value)]
     defaults = {"mode": "offline", "generations": 2, "finetune_epochs": 0, "teacher_view": "clean"}
     for key, value in opts.extra.items():

@@ -43,7 +43,7 @@ def _names(ctx, param, value):
 @click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
 @click.option("--width", type=float, help="Skip the search and distil this width.")
 @click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
-@click.option("--max-drop", type=float, default=0.01, show_default=True, help="Largest accuracy drop (fraction) an artifact may have vs the FP32 student.")
+@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
 @click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
 @click.option("--bench-seconds", type=float, default=0.5, show_default=True, help="Time spent measuring each artifact's latency.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
@@ -54,6 +54,7 @@ def command(**kw):
     from edgekd.pipeline import DistillOptions, distill
 
     kw["progress"] = not kw.pop("no_progress")
+    kw["max_drop"] = kw["max_drop"] / 100.0  # points on the command line, a fraction in the library
     kw["teacher"] = list(kw["teacher"]) if len(kw["teacher"]) > 1 else (kw["teacher"][0] if kw["teacher"] else None)
     extra = {"mode": kw.pop("mode"), "generations": kw.pop("generations"),
              "finetune_epochs": kw.pop("finetune_epochs")}
