@@ -6,7 +6,10 @@
    (mobilenet_v3_small, resnet18, ...) with random weights.
 3. Measure every network (fit and held-out alike, in interleaved passes, lowest pass kept) here with
    ONNX Runtime under the host profile's conditions (one intra-op thread, CPU time of one batch-1
-   inference) and print predicted vs measured for the held-out ones.
+   inference, the quietest rounds' 10th percentile) and print predicted vs measured for the held-out ones.
+
+Every network, fit and held-out, is costed as the graph ONNX Runtime executes here (NCHWc convs, layout
+reorders, fallback convs; ``executed_graph_cost``), exactly as ``edgekd predict --target host`` does.
 
 Last line: ``within10=<fraction of held-out models predicted within +/-10%>``.
 
@@ -24,10 +27,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekd.hardware import graph_cost, load_target  # noqa: E402
+from edgekd.hardware import load_target  # noqa: E402
 from edgekd.hardware.calibration import affordable_probes, fit_host, measure_many  # noqa: E402
 from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
-from edgekd.hardware.latency import features  # noqa: E402
+from edgekd.hardware.latency import features, target_graph_cost  # noqa: E402
 from edgekd.hardware.targets import cache_dir  # noqa: E402
 
 # (width, depth, kernel, resolution): none of these is a probe network.
@@ -52,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit-count", type=int, default=80, help="probe networks to fit on")
     ap.add_argument("--probe-holdout", type=int, default=20, help="held-out probe networks (another seed)")
-    ap.add_argument("--passes", type=int, default=3, help="interleaved measurement passes (lowest kept)")
+    ap.add_argument("--passes", type=int, default=5, help="interleaved measurement passes (lowest kept)")
     ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
     args = ap.parse_args()
     if args.quick:
@@ -78,7 +81,7 @@ def main() -> None:
 
     # Fit and held-out networks are timed in the same interleaved passes, so load on the machine affects both alike.
     paths = [p for _, p in fit_probes] + [p for _, p in held]
-    ms = measure_many(paths, threads=target.threads, passes=args.passes, time_budget_s=0.3, progress=sys.stderr.isatty())
+    ms = measure_many(paths, threads=target.threads, passes=args.passes, time_budget_s=0.2, progress=sys.stderr.isatty())
     fit = fit_host(target, paths[:len(fit_probes)],
                    [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in fit_probes],
                    ms[:len(fit_probes)], save=False)
@@ -90,8 +93,8 @@ def main() -> None:
     print(f"\n{'held-out model':36s} {'MFLOPs':>9s} {'kernels':>7s} {'predicted ms':>13s} {'measured ms':>12s} {'error':>7s}")
     errors = []
     for (name, path), measured in zip(held, ms[len(fit_probes):]):
-        cost = graph_cost(path, runtime=target.runtime, precision=target.precision)
-        predicted = float(features(cost, m, target.cache_mb) @ coeffs.vector())
+        cost = target_graph_cost(path, target)
+        predicted = float(features(cost, m, target.cache_mb, coeffs.spill_mb) @ coeffs.vector())
         err = (predicted - measured) / measured
         errors.append(err)
         print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import export_onnx, graph_cost
-from edgekd.hardware.latency import Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled
+from edgekd.hardware.graph import export_onnx
+from edgekd.hardware.latency import (Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled,
+                                    target_graph_cost)
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
@@ -272,20 +273,21 @@ class CalibrationResult:
 
 
 def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
-               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None) -> tuple[Coefficients, dict, list[dict]]:
+               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
+               spill_mb: float | None = None, robust: bool = False) -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies."""
     precision = precision or target.precision
     rows, table = [], []
     for path, shape, ms in zip(onnx_paths, input_shapes, latencies_ms):
-        cost = graph_cost(path, runtime=target.runtime, precision=precision, input_shape=shape)
-        rows.append(features(cost, target.channel_multiple, target.cache_mb))
+        cost = target_graph_cost(path, target, precision, shape)
+        rows.append(features(cost, target.channel_multiple, target.cache_mb, spill_mb))
         table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
                       "kernels": len(cost.kernels), "measured_ms": float(ms)})
     prior = datasheet_coefficients(target, precision)
     used = int(np.count_nonzero(np.abs(np.asarray(rows)).sum(axis=0)))
-    if len(rows) >= 3 * used:
+    if len(rows) >= 2 * used:  # two measurements per fitted term; NNLS and the prior rows do the rest
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
-                                         fixed_terms=fixed_terms)
+                                         fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
         coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior)
     pred = np.asarray(rows) @ coeffs.vector()
@@ -307,15 +309,36 @@ def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: st
     return path
 
 
-def dram_read_gbs(megabytes: int = 128, repeats: int = 5) -> float:
-    """This machine's single-thread DRAM read bandwidth (GB/s): the best of a few sums over a big array."""
+def dram_read_gbs(megabytes: int = 128, repeats: int = 15) -> float:
+    """This machine's single-thread DRAM read bandwidth (GB/s): the best of several sums over a big array.
+
+    Timed in thread CPU time like the networks themselves: wall-clock time on a loaded machine counts the
+    moments the thread was descheduled, and halved the figure from one run to the next.
+    """
     data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         data.sum()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return data.nbytes / best / 1e9
+
+
+def private_cache_mb() -> float | None:
+    """Size of one core's private data cache (L2, or L1 where there is no L2) in MB, from /sys; None if unknown."""
+    sizes = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if kind == "Instruction" or not text or level > 2:
+            continue  # instruction caches, and the last-level cache shared between cores
+        scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1], 1 / 2**20)
+        sizes[level] = float(text.rstrip("KMG") or 0) * scale * 1.048576  # MiB -> MB
+    return sizes[max(sizes)] if sizes else None
 
 
 def _host_device() -> dict:
@@ -336,22 +359,25 @@ def _host_device() -> dict:
 
 def measure_many(paths, *, threads: int | None, passes: int = 3, time_budget_s: float = 0.3,
                  progress: bool = False) -> list[float]:
-    """p50 latency of each model, the lowest over ``passes`` interleaved passes over the whole list.
+    """Quiet latency of each model (ms): the lowest over ``passes`` interleaved passes over the whole list.
 
     Interleaving spreads a burst of load from other processes over all models instead of biasing the
-    ones measured during it; taking the lowest pass keeps the quietest measurement of each.
+    ones measured during it; taking the lowest pass keeps the quietest measurement of each. Each pass
+    keeps the 10th percentile of its quietest round (``measure_onnx_ms``'s ``quiet``) rather than a
+    median: on a shared machine the median CPU time of one network moved by >10% between two runs for
+    one network in seven, the quiet figure for one in thirty, and a model fitted to noise predicts noise.
     """
     from edgekd.hardware.measure import measure_onnx_ms
 
     best = [float("inf")] * len(paths)
     work = [(p, i) for p in range(passes) for i in range(len(paths))]
     for _, i in _iter_progress(work, f"timing {len(paths)} networks x {passes} passes", progress):
-        best[i] = min(best[i], measure_onnx_ms(paths[i], threads=threads, time_budget_s=time_budget_s, rounds=3)["p50"])
+        best[i] = min(best[i], measure_onnx_ms(paths[i], threads=threads, time_budget_s=time_budget_s, rounds=8)["quiet"])
     return best
 
 
 def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 0, max_mflops: float = 600.0,
-                 time_budget_s: float = 0.3, passes: int = 3, save: bool = True, progress: bool = False) -> CalibrationResult:
+                 time_budget_s: float = 0.2, passes: int = 5, save: bool = True, progress: bool = False) -> CalibrationResult:
     """Measure ``count`` probe networks here with ONNX Runtime and fit the host's coefficients."""
     target = load_target(target) if not isinstance(target, Target) else target
     if not target.measured:
@@ -379,7 +405,8 @@ def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int 
 
         bandwidth = dram_read_gbs()
         fixed_terms = {STREAM: 1.0 / bandwidth}  # 1 MB at 1 GB/s = 1 ms
-    coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms)
+    coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
+                                      spill_mb=private_cache_mb(), robust=True)
     if bandwidth:
         stats["dram_read_gbs"] = bandwidth
     out = None

@@ -451,6 +451,153 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
                      peak_activation_bytes=peak, unknown_ops=sorted(set(unknown)))
 
 
+# --- the graph ONNX Runtime actually executes --------------------------------------------------
+
+# Element sizes of the type names ONNX Runtime's profiler writes.
+_PROFILE_ELEMENT_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int8": 1, "uint8": 1,
+                          "int32": 4, "int64": 8, "bool": 1}
+# Ops that only relabel a buffer in ONNX Runtime (the allocation planner reuses the input): dispatch, no bytes.
+_ALIAS_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+# Contrib and NCHWc ops in ORT's optimized graphs -> (kernel class, FLOPs per output element).
+_ORT_OPS = {"ReorderInput": ("data", 0), "ReorderOutput": ("data", 0), "QuickGelu": ("elementwise", 5),
+            "BiasGelu": ("elementwise", 9), "FastGelu": ("elementwise", 9), "Gelu": ("elementwise", 8),
+            "FusedGemm": ("gemm", 0), "FusedMatMul": ("gemm", 0), "FusedConv": ("conv", 0)}
+
+
+def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, precision: str = "fp32") -> GraphCost:
+    """Cost of the kernels ONNX Runtime on this machine actually runs for an ONNX graph.
+
+    ONNX Runtime rewrites the graph before running it (ORT_ENABLE_ALL, the level edgekd times with): BN
+    folded, activations and residual adds fused into convs, and on x86 convs whose channels suit the SIMD
+    block converted to NCHWc kernels, with ReorderInput/ReorderOutput kernels inserted where a blocked
+    region meets plain layout; convs whose channels do not suit stay on the plain im2col path. Which
+    happens depends on every channel count, so instead of re-deriving ORT's rules this builds the same
+    session ``measure_onnx_ms`` times, keeps its optimized graph (ops, attributes, weights) and runs it once
+    with profiling on for the shapes of every executed node. The blocked shapes already carry the channel
+    padding (a 12-channel NCHWc conv computes 16), so these kernels are marked ``padded``.
+    """
+    import json as _json
+    import tempfile
+
+    import onnx
+
+    from edgekd.hardware.measure import ort_session
+
+    model = load_graph(source, input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "model.onnx"
+        onnx.save(model, str(src))
+        optimized = Path(tmp) / "optimized.onnx"
+        options = {"optimized_model_filepath": str(optimized), "enable_profiling": True,
+                   "profile_file_prefix": str(Path(tmp) / "profile")}
+        sess = ort_session(src, threads, options=options)
+        feed = {}
+        for inp in sess.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+            dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+                     "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(inp.type, np.float32)
+            feed[inp.name] = np.zeros(shape, dtype=dtype)
+        sess.run(None, feed)
+        events = _json.loads(Path(sess.end_profiling()).read_text())
+        opt = onnx.load(str(optimized))
+        del sess
+    nodes = {n.name: n for n in opt.graph.node}
+    producers = {o: n for n in opt.graph.node for o in n.output if o}
+    inits = {i.name for i in opt.graph.initializer}
+    graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
+    kernels: list[Kernel] = []
+    sizes: dict[str, int] = {}
+    seen = set()
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        name = e["name"][: -len("_kernel_time")]
+        node = nodes.get(name)
+        if node is None or name in seen:
+            continue
+        seen.add(name)
+        args = e.get("args", {})
+        in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
+        out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
+        names_in = [x for x in node.input if x]
+
+        def size(entry) -> int:
+            dtype, dims = entry
+            return int(np.prod(dims)) * _PROFILE_ELEMENT_BYTES.get(dtype, 4) if dims is not None else 0
+
+        w_bytes = a_bytes = params = 0
+        acts = []
+        for x, entry in zip(names_in, in_shapes):
+            if x in inits and entry[0] in ("int64", "int32"):
+                continue  # axes and shapes: operands, not weights
+            if x in inits:
+                w_bytes += size(entry)
+                params += int(np.prod(entry[1])) if len(entry[1]) > 1 or node.op_type in ("Conv", "FusedConv") else 0
+            else:
+                a_bytes += size(entry)
+                acts.append(x)
+                sizes.setdefault(x, size(entry))
+        o_bytes = sum(size(entry) for entry in out_shapes)
+        for o, entry in zip([o for o in node.output if o], out_shapes):
+            sizes[o] = size(entry)
+        op = node.op_type
+        out_dims = out_shapes[0][1] if out_shapes else []
+        out_elems = int(np.prod(out_dims)) if out_dims else 0
+        fused = [op] + [a.s.decode() for a in node.attribute if a.name == "activation" and a.s]
+        geometry: dict = {}
+        if op in ("Conv", "FusedConv", "QLinearConv", "ConvTranspose"):
+            w_dims = in_shapes[1][1] if len(in_shapes) > 1 else []
+            group = int(_attr(node, "group", 1) or 1)
+            op_class = "dwconv" if group > 1 else "conv"
+            per_out = int(np.prod(w_dims[1:])) if len(w_dims) > 1 else 0
+            flops = 2 * out_elems * per_out
+            if len(names_in) > 3 and names_in[3]:
+                fused.append("Sum")
+            geometry = {"cin": int(in_shapes[0][1][1]) if in_shapes and len(in_shapes[0][1]) > 1 else 0,
+                        "cout": int(w_dims[0]) if w_dims else 0, "groups": group,
+                        "kernel": [int(x) for x in w_dims[2:]], "out_pixels": int(np.prod(out_dims[2:])),
+                        "layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw", "padded": True}
+            if geometry["layout"] == "nchwc":
+                # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
+                src = producers.get(names_in[0]) if names_in else None
+                blocked = src is not None and src.domain == "com.microsoft.nchwc" and src.op_type != "ReorderOutput"
+                geometry["input_layout"] = "nchwc" if blocked else "nchw"
+        elif op in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul", "QLinearMatMul", "MatMulInteger"):
+            op_class = "gemm"
+            a_dims = in_shapes[0][1] if in_shapes else []
+            k = (a_dims[0] if int(_attr(node, "transA", 0) or 0) else a_dims[-1]) if a_dims else 0
+            flops = 2 * out_elems * int(k)
+            geometry = {"m": int(out_elems // max(1, out_dims[-1])) if out_dims else 0,
+                        "n": int(out_dims[-1]) if out_dims else 0, "k": int(k)}
+        elif op in ("MaxPool", "AveragePool", "LpPool"):
+            op_class = "pool"
+            flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
+        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
+            op_class = "pool"
+            flops = int(np.prod(in_shapes[0][1])) if in_shapes else 0
+        elif op in _ALIAS_OPS:
+            op_class, flops, a_bytes, o_bytes = "data", 0, 0, 0
+        elif op in _ORT_OPS:
+            op_class, per = _ORT_OPS[op]
+            flops = int(per * out_elems)
+        elif op in OP_TABLE:
+            op_class, per = OP_TABLE[op]
+            flops = int(per * out_elems)
+        else:
+            op_class, flops = "elementwise", out_elems
+        kernels.append(Kernel(name=name, op_type=op, op_class=op_class, ops=fused, flops=int(flops),
+                              weight_bytes=int(w_bytes), input_bytes=int(a_bytes), output_bytes=int(o_bytes),
+                              output_shape=[int(x) for x in out_dims], params=int(params), geometry=geometry,
+                              inputs=acts, output=node.output[0] if node.output else ""))
+    in_shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim] if graph_inputs else []
+    peak = _peak_activation_bytes(kernels, graph_inputs, [o.name for o in opt.graph.output], lambda t: sizes.get(t, 0))
+    # Params and FLOPs as the model defines them (what capacity comparisons use), not the padded ones.
+    nominal = graph_cost(model, runtime="onnxruntime", precision=precision)
+    return GraphCost(kernels=kernels, runtime="onnxruntime", precision=precision, input_shape=in_shape,
+                     params=nominal.params, flops=nominal.flops,
+                     weight_bytes=sum(k.weight_bytes for k in kernels), peak_activation_bytes=peak, unknown_ops=[])
+
+
 def _peak_activation_bytes(kernels: list[Kernel], graph_inputs, graph_outputs, nbytes) -> int:
     """Largest sum of live activation tensors while running the kernels in order (a greedy allocator)."""
     last_use: dict[str, int] = {}

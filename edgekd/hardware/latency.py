@@ -15,16 +15,45 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import GraphCost, Kernel, graph_cost
+from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost
 from edgekd.hardware.targets import OP_CLASSES, Target
 
 # Fraction of the datasheet memory bandwidth a kernel sustains (STREAM-like copy on these SoCs is
 # 50-70% of theoretical); used only for datasheet coefficients, calibration replaces it.
 MEMORY_EFFICIENCY = 0.6
 TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
-# Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant.
+# Kernels that a runtime's executed graph shows to run on a different code path than the rest of their
+# class, each with its own coefficients (ONNX Runtime on x86, measured with its profiler on this machine:
+# an NCHWc conv reading a plain NCHW input (stems, narrow layers) costs ~1.4x per FLOP of a blocked one,
+# and several times more for 1x1; convs left in NCHW run im2col + GEMM; the layout reorders around NCHWc
+# regions are pure memory traffic). Sub-class -> the class whose datasheet figures it starts from, and
+# whose coefficients it keeps when no measurement exercises it (graphs costed from ONNX alone have none).
+SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data"}
+KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
+# Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
+# then the sub-classes' terms (appended, so coefficient vectors written before them still read).
 STREAM, FIXED = len(OP_CLASSES) * len(TERMS), len(OP_CLASSES) * len(TERMS) + 1
-N_FEATURES = FIXED + 1
+# Last: activation MB of kernels whose activations overflow the core's private cache (see spilled_mb).
+SPILL = FIXED + 1 + len(SUBCLASSES) * len(TERMS)
+N_FEATURES = SPILL + 1
+
+
+def _class_offset(c: str) -> int:
+    if c in SUBCLASSES:
+        return FIXED + 1 + list(SUBCLASSES).index(c) * len(TERMS)
+    return OP_CLASSES.index(c) * len(TERMS)
+
+
+def kernel_class(k: Kernel) -> str:
+    """The coefficient class of a kernel: its op class, or the sub-class of the code path it runs on."""
+    if k.op_type in ("ReorderInput", "ReorderOutput"):
+        return "reorder"
+    layout = k.geometry.get("layout") if k.geometry else None
+    if k.op_class in ("conv", "dwconv") and layout == "nchw":
+        return "conv_fallback"
+    if k.op_class == "conv" and layout == "nchwc" and k.geometry.get("input_layout") == "nchw":
+        return "conv_nchw_input"
+    return k.op_class
 
 
 @dataclass
@@ -39,32 +68,48 @@ class Coefficients:
     # cached between inferences and are streamed from DRAM each time: ms_per_streamed_mb per MB of weights.
     ms_per_streamed_mb: float = 0.0
     cache_mb: float | None = None
+    # A kernel whose activations (read + written) exceed spill_mb, the core's private (L2) cache, runs at
+    # the shared cache's bandwidth rather than L2's: ms_per_spilled_mb per MB of its activations.
+    ms_per_spilled_mb: float = 0.0
+    spill_mb: float | None = None
+
+    def __post_init__(self):
+        # Sub-classes missing (coefficients written before they existed) take their parent's terms.
+        for sub, parent in SUBCLASSES.items():
+            if sub not in self.classes and parent in self.classes:
+                self.classes[sub] = dict(self.classes[parent])
 
     def vector(self) -> np.ndarray:
-        v = [self.classes[c][t] for c in OP_CLASSES for t in TERMS]
-        return np.array(v + [self.ms_per_streamed_mb, self.fixed_ms], dtype=np.float64)
+        v = np.zeros(N_FEATURES, dtype=np.float64)
+        for c in KERNEL_CLASSES:
+            v[_class_offset(c):_class_offset(c) + len(TERMS)] = [self.classes[c][t] for t in TERMS]
+        v[STREAM], v[FIXED], v[SPILL] = self.ms_per_streamed_mb, self.fixed_ms, self.ms_per_spilled_mb
+        return v
 
     @classmethod
-    def from_vector(cls, v, precision: str, channel_multiple: int = 1, cache_mb: float | None = None) -> "Coefficients":
+    def from_vector(cls, v, precision: str, channel_multiple: int = 1, cache_mb: float | None = None,
+                    spill_mb: float | None = None) -> "Coefficients":
         v = [float(x) for x in v]
-        classes, i = {}, 0
-        for c in OP_CLASSES:
-            classes[c] = {t: v[i + j] for j, t in enumerate(TERMS)}
-            i += len(TERMS)
+        classes = {c: {t: v[_class_offset(c) + j] for j, t in enumerate(TERMS)}
+                   for c in KERNEL_CLASSES if _class_offset(c) + len(TERMS) <= len(v)}
         return cls(classes=classes, fixed_ms=v[FIXED], precision=precision, channel_multiple=int(channel_multiple),
-                   ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb)
+                   ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb,
+                   ms_per_spilled_mb=v[SPILL] if len(v) > SPILL else 0.0, spill_mb=spill_mb)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
-                "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb, "classes": self.classes}
+                "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb,
+                "spill_mb": self.spill_mb, "ms_per_spilled_mb": self.ms_per_spilled_mb, "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
         try:
-            classes = {c: {t: float(d["classes"][c][t]) for t in TERMS} for c in OP_CLASSES}
+            classes = {c: {t: float(d["classes"][c][t]) for t in TERMS} for c in KERNEL_CLASSES
+                       if c in OP_CLASSES or c in d["classes"]}
             return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
                        channel_multiple=int(d.get("channel_multiple", 1)),
-                       ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"))
+                       ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"),
+                       ms_per_spilled_mb=float(d.get("ms_per_spilled_mb", 0.0)), spill_mb=d.get("spill_mb"))
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -78,9 +123,9 @@ def datasheet_coefficients(target: Target, precision: str | None = None) -> Coef
                           f"use one of {', '.join(target.peak_gflops)}")
     peak = target.peak_gflops[precision]
     ms_per_mb = 1.0 / (target.memory_bandwidth_gbs * MEMORY_EFFICIENCY)  # 1 MB at 1 GB/s = 1 ms
-    classes = {c: {"ms_per_mflop": 1.0 / (peak * target.efficiency[c]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
+    classes = {c: {"ms_per_mflop": 1.0 / (peak * target.efficiency[SUBCLASSES.get(c, c)]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
                    "ms_per_mb": ms_per_mb,
-                   "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in OP_CLASSES}
+                   "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in KERNEL_CLASSES}
     return Coefficients(classes=classes, fixed_ms=target.inference_overhead_us / 1000.0, precision=precision,
                         channel_multiple=target.channel_multiple, cache_mb=target.cache_mb,
                         ms_per_streamed_mb=ms_per_mb if target.cache_mb else 0.0)
@@ -110,11 +155,12 @@ def work_flops(k: Kernel, channel_multiple: int = 1) -> float:
     Blocked layouts (ONNX Runtime NCHWc and OpenVINO nChw16c with AVX-512, TensorRT Tensor Core tiles,
     XNNPACK's packed output channels) compute whole blocks, so a 12-channel conv costs like a 16-channel
     one. Input channels of a dense conv are padded too, except for narrow image inputs (1-3 channels)
-    that runtimes read in plain layout.
+    that runtimes read in plain layout. Kernels costed from the graph the runtime executed
+    (``executed_graph_cost``) already have padded shapes and are taken as they are.
     """
     m = channel_multiple
     g = k.geometry
-    if m <= 1 or not g or k.op_class not in ("conv", "dwconv"):
+    if m <= 1 or not g or g.get("padded") or k.op_class not in ("conv", "dwconv"):
         return float(k.flops)
     cout = g.get("cout") or 0
     if not cout:
@@ -135,12 +181,19 @@ def streamed_weight_mb(cost: GraphCost, cache_mb: float | None) -> float:
     return cost.weight_bytes / 1e6 if footprint_mb > cache_mb else 0.0
 
 
-def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None) -> np.ndarray:
-    """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, and 1: a design-matrix row."""
+def spilled_mb(k: Kernel, spill_mb: float | None) -> float:
+    """MB of activations a kernel streams through the shared cache: all of them once they exceed the private one."""
+    act = (k.input_bytes + k.output_bytes) / 1e6
+    return act if spill_mb and act > spill_mb else 0.0
+
+
+def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None,
+             spill_mb: float | None = None) -> np.ndarray:
+    """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, 1, spilled MB: a design-matrix row."""
     row = np.zeros(N_FEATURES, dtype=np.float64)
-    index = {c: i * len(TERMS) for i, c in enumerate(OP_CLASSES)}
     for k in cost.kernels:
-        i = index[k.op_class]
+        row[SPILL] += spilled_mb(k, spill_mb)
+        i = _class_offset(kernel_class(k))
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
         row[i + 2] += 1
@@ -152,15 +205,17 @@ def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None 
 def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
     out = []
     for k in cost.kernels:
-        c = coeffs.classes[k.op_class]
+        c = coeffs.classes[kernel_class(k)]
         out.append(c["ms_per_mflop"] * work_flops(k, coeffs.channel_multiple) / 1e6
-                   + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"])
+                   + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"]
+                   + coeffs.ms_per_spilled_mb * spilled_mb(k, coeffs.spill_mb))
     return out
 
 
 def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients | None = None,
                      prior_weight: float = 0.02, channel_multiple: int | None = None,
-                     fixed_terms: dict[int, float] | None = None) -> tuple[Coefficients, dict]:
+                     fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None,
+                     robust: bool = False) -> tuple[Coefficients, dict]:
     """Fit coefficients to measured latencies by non-negative least squares on relative error.
 
     Each measurement contributes (predicted - measured) / measured, so a 50 ms ResNet and a 0.05 ms
@@ -199,11 +254,26 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     scale = np.linalg.norm(Aw, axis=0)
     scale[scale == 0] = 1.0
     theta_scaled, _ = nnls(Aw / scale, bw, maxiter=50 * N_FEATURES)
+    if robust:
+        # Huber reweighting: a network whose measurement was disturbed (>5% off the fit) pulls on the fit
+        # in proportion to 5% rather than to its full error, so one noisy measurement cannot skew a class.
+        n = len(y)
+        for _ in range(5):
+            r = np.abs(Aw[:n] / scale @ theta_scaled - bw[:n])
+            w = np.ones(len(bw))
+            w[:n] = np.sqrt(np.minimum(1.0, 0.05 / np.maximum(r, 1e-12)))
+            theta_scaled, _ = nnls(Aw / scale * w[:, None], bw * w, maxiter=50 * N_FEATURES)
     theta = theta_scaled / scale + held
+    # A sub-class no measurement exercised takes its parent's fitted terms rather than zeros or the datasheet.
+    for sub, parent in SUBCLASSES.items():
+        i, j = _class_offset(sub), _class_offset(parent)
+        if not np.any(A_full[:, i:i + len(TERMS)]):
+            theta[i:i + len(TERMS)] = theta[j:j + len(TERMS)]
     A = A_full
     if channel_multiple is None:
         channel_multiple = prior.channel_multiple if prior is not None else 1
-    coeffs = Coefficients.from_vector(theta, precision, channel_multiple, prior.cache_mb if prior is not None else None)
+    coeffs = Coefficients.from_vector(theta, precision, channel_multiple, prior.cache_mb if prior is not None else None,
+                                      spill_mb=spill_mb)
     stats = fit_stats(A @ theta, y)
     stats["method"] = "per-class NNLS"
     return coeffs, stats
@@ -221,7 +291,7 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     A = np.asarray(rows, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     theta0 = prior.vector()
-    groups = [np.arange(len(OP_CLASSES)) * len(TERMS) + j for j in range(len(TERMS))] + [np.array([STREAM]), np.array([FIXED])]
+    groups = [np.array([_class_offset(c) + j for c in KERNEL_CLASSES]) for j in range(len(TERMS))] + [np.array([STREAM]), np.array([FIXED])]
     G = np.stack([A[:, g] @ theta0[g] for g in groups], axis=1)  # each term's datasheet milliseconds
     Gw = np.vstack([G / y[:, None], prior_weight * np.eye(len(groups))])
     bw = np.concatenate([np.ones_like(y), np.full(len(groups), prior_weight)])
@@ -274,6 +344,19 @@ class Prediction:
                 "layers": self.layers, "notes": self.notes}
 
 
+def target_graph_cost(source, target: Target, precision: str | None = None, input_shape=None) -> GraphCost:
+    """The kernels ``target`` runs for an ONNX graph.
+
+    Where the target is this machine's ONNX Runtime, the graph ORT actually executes after its own
+    optimizations (NCHWc convs, layout reorders, fallback convs: see ``executed_graph_cost``);
+    elsewhere the ONNX graph with the runtime's documented fusions.
+    """
+    precision = precision or target.precision
+    if target.measured and target.runtime == "onnxruntime":
+        return executed_graph_cost(source, threads=target.threads, input_shape=input_shape, precision=precision)
+    return graph_cost(source, runtime=target.runtime, precision=precision, input_shape=input_shape)
+
+
 def predict_cost(cost: GraphCost, target: Target, precision: str | None = None) -> Prediction:
     precision = precision or target.precision
     coeffs, label = coefficients_for(target, precision)
@@ -308,11 +391,15 @@ def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=Non
     if hasattr(onnx_path_or_model, "forward"):  # a torch module
         if input_shape is None:
             raise EdgeKDError("predicting a torch module needs its input shape", "pass input_shape=(1, C, H, W)")
-        from edgekd.hardware.graph import model_cost
-
         shape = list(input_shape) if len(input_shape) == 4 else [1, *input_shape]
-        cost = model_cost(onnx_path_or_model, shape, runtime=target.runtime, precision=precision)
+        import tempfile
+
+        from edgekd.hardware.graph import export_onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(onnx_path_or_model, shape, Path(tmp) / "model.onnx")
+            cost = target_graph_cost(path, target, precision)
     else:
-        cost = graph_cost(Path(onnx_path_or_model) if not hasattr(onnx_path_or_model, "graph") else onnx_path_or_model,
-                          runtime=target.runtime, precision=precision, input_shape=input_shape)
+        cost = target_graph_cost(Path(onnx_path_or_model) if not hasattr(onnx_path_or_model, "graph") else onnx_path_or_model,
+                                 target, precision, input_shape)
     return predict_cost(cost, target, precision)

@@ -10,8 +10,11 @@ import numpy as np
 from edgekd.errors import EdgeKDError
 
 
-def ort_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session configured the way the host profile's conditions say."""
+def ort_session(path: str | Path, threads: int | None = None, options: dict | None = None):
+    """An ONNX Runtime CPU session configured the way the host profile's conditions say.
+
+    ``options`` sets further SessionOptions attributes (profiling, saving the optimized graph).
+    """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -21,6 +24,8 @@ def ort_session(path: str | Path, threads: int | None = None):
     if threads:
         so.intra_op_num_threads = int(threads)
     so.log_severity_level = 3
+    for key, value in (options or {}).items():
+        setattr(so, key, value)
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as err:
@@ -37,7 +42,9 @@ def measure_onnx_ms(path: str | Path, *, threads: int | None = None, input_shape
     while ignoring the time the scheduler gives to other processes: on a shared 2-core machine wall
     times of a 10 ms model vary 2-3x, CPU times by ~2%. ``"auto"`` uses it when threads == 1 and
     wall-clock time (time.perf_counter) otherwise. Each of ``rounds`` rounds takes an equal part of the
-    budget; the reported p50 is the lowest round median (interference only ever adds time).
+    budget; the reported p50 is the lowest round median (interference only ever adds time). ``quiet`` is
+    the lowest round's 10th percentile: the latency with the least interference seen, far more repeatable
+    on a loaded machine (CPU time still grows when another process shares the core's caches or SMT sibling).
     """
     if clock not in ("auto", "cpu", "wall"):
         raise EdgeKDError(f"unknown clock {clock!r}", "use auto, cpu or wall")
@@ -56,7 +63,7 @@ def measure_onnx_ms(path: str | Path, *, threads: int | None = None, input_shape
     run = sess.run
     for _ in range(warmup):
         run(None, feed)
-    medians, p90s, total = [], [], 0
+    medians, p90s, p10s, total = [], [], [], 0
     per_round = time_budget_s / rounds
     for _ in range(rounds):
         times = []
@@ -69,7 +76,8 @@ def measure_onnx_ms(path: str | Path, *, threads: int | None = None, input_shape
                 break
         medians.append(float(np.median(times)))
         p90s.append(float(np.percentile(times, 90)))
+        p10s.append(float(np.percentile(times, 10)))
         total += len(times)
     best = int(np.argmin(medians))
-    return {"p50": medians[best], "p90": p90s[best], "runs": total, "threads": threads, "clock": clock,
+    return {"p50": medians[best], "p90": p90s[best], "quiet": min(p10s), "runs": total, "threads": threads, "clock": clock,
             "input_shape": shape}

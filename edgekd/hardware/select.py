@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import cached_onnx, graph_cost
-from edgekd.hardware.latency import predict_cost
+from edgekd.hardware.graph import cached_onnx
+from edgekd.hardware.latency import predict_cost, target_graph_cost
 from edgekd.hardware.targets import Target, load_target
 
 LATENCY_MODES = ("auto", "measured", "predicted")
@@ -77,7 +77,7 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
     shape = [1, c, h, w]
     precision = precision or target.precision
     path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth)
-    cost = graph_cost(path, runtime=target.runtime, precision=precision)
+    cost = target_graph_cost(path, target, precision)
     params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth))
     if mode == "measured":
         from edgekd.hardware.measure import measure_onnx_ms
