@@ -175,7 +175,14 @@ def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
         t = (r.get("target_latency_ms") or {}).get("p50")
         return t if t is not None else (r.get("latency_ms") or {}).get("p50", float("inf"))
 
-    best = min(pool, key=lambda r: (latency(r), -(r.get("accuracy") or 0), r.get("size_bytes") or 0))
+    def fallback(r):
+        # An artifact whose precision the device has no fast path for (INT8 on a Maxwell Jetson) ties
+        # with the wider one it falls back to; prefer the one that runs as built.
+        native = target_precision(r, target) == r.get("precision")
+        compiled = r.get("precision") == "fp32" and TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32")
+        return 0 if native or compiled else 1
+
+    best = min(pool, key=lambda r: (round(latency(r), 6), fallback(r), -(r.get("accuracy") or 0), r.get("size_bytes") or 0))
     src = best.get("target_latency_source") or best.get("latency_source")
     why = (f"lowest latency on {target.name} ({latency(best):.3f} ms, {src}) among the artifacts its "
            f"{target.runtime} runtime loads that are within {max_drop * 100:g} point(s) of the FP32 student")
