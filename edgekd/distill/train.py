@@ -355,6 +355,37 @@ def _wrap(model: nn.Module, features: bool, ddp: Dist, device: torch.device) -> 
 # The loop
 
 
+class DeferredInterrupt:
+    """Ctrl-C during training takes effect at the next step boundary, where weights, optimizer and
+    random streams agree, so the checkpoint written there resumes exactly; a second Ctrl-C
+    interrupts at once. Outside the main thread (no signal handlers there) it does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "DeferredInterrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if self.requested and exc_type is None:
+            raise KeyboardInterrupt  # asked for after the last step: stop before the next stage
+
+
 def _progress_bar(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -486,7 +517,7 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     t_session = time.perf_counter()
     last_good = str(ckpt_path) if ckpt_path.exists() else None
     images_seen = 0
-    with _progress_bar(progress) as bar:
+    with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             loss_fn.set_progress(epoch / cfg.epochs)
@@ -513,6 +544,11 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                     start = (step * ddp.world + ddp.rank) * batch_size
                     idx = perm[start:start + batch_size]
                     rng_now = {"shift": gen.get_state(), "torch": torch.get_rng_state()}
+                    if stop.requested:  # Ctrl-C: stop here, between steps, where the state is consistent
+                        elapsed = seconds_before + time.perf_counter() - t_session
+                        checkpoint(epoch, step, elapsed, (loss_sum, correct, seen), rng_now)
+                        raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {ckpt_path}",
+                                          "run the same command with --resume to continue", exit_code=130)
                     xb = make(idx, cfg.shift_px if cfg.augment else 0, gen)
                     yb = labels[idx.to(device)]
                     try:
@@ -544,9 +580,10 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                         optimizer.step()
                         scheduler.step()
                     except KeyboardInterrupt:
-                        elapsed = seconds_before + time.perf_counter() - t_session
-                        checkpoint(epoch, step, elapsed, (loss_sum, correct, seen), rng_now)
-                        raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {ckpt_path}",
+                        # A second Ctrl-C lands mid-step, where weights and optimizer may disagree:
+                        # keep the last consistent checkpoint rather than write this state.
+                        raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; "
+                                          f"kept the last checkpoint {last_good or 'none (no epoch finished)'}",
                                           "run the same command with --resume to continue", exit_code=130) from None
                     except torch.cuda.OutOfMemoryError:
                         raise EdgeKDError(f"the GPU ran out of memory at batch size {batch_size}",

@@ -371,7 +371,7 @@ def measure_many(paths, *, threads: int | None, passes: int = 3, time_budget_s: 
 
     best = [float("inf")] * len(paths)
     work = [(p, i) for p in range(passes) for i in range(len(paths))]
-    for _, i in _iter_progress(work, f"timing {len(paths)} networks x {passes} passes", progress):
+    for _, i in iter_progress(work, f"timing {len(paths)} networks x {passes} passes", progress):
         best[i] = min(best[i], measure_onnx_ms(paths[i], threads=threads, time_budget_s=time_budget_s, rounds=8)["quiet"])
     return best
 
@@ -543,7 +543,7 @@ def _with_progress(fn, description: str, enabled: bool):
         return fn()
 
 
-def _iter_progress(items, description: str, enabled: bool):
+def iter_progress(items, description: str, enabled: bool):
     if not enabled:
         yield from items
         return

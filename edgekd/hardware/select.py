@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import cached_onnx
 from edgekd.hardware.latency import predict_cost, target_graph_cost
+from edgekd.hardware.calibration import iter_progress as _progress
 from edgekd.hardware.targets import Target, load_target
 
 LATENCY_MODES = ("auto", "measured", "predicted")
@@ -186,16 +187,3 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
     return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
                      target=target.name, precision=precision or target.precision, memory_budget_mb=memory,
                      pareto=pareto_front(cands))
-
-
-def _progress(items, description: str, enabled: bool):
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=len(items))
-        for item in items:
-            yield item
-            bar.advance(task)
