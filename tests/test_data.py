@@ -12,7 +12,10 @@ import pytest
 from edgekd.data import DATA_FORMATS, load_data, normalize
 from edgekd.errors import EdgeKDError
 
+# The real files beside the repository (CI has them), else the identical copy shipped in the package.
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared/data/mnist"
+if not SHARED_MNIST.is_dir():
+    SHARED_MNIST = Path(__file__).resolve().parents[1] / "edgekd" / "data" / "mnist"
 
 
 @pytest.fixture(scope="module")
