@@ -297,26 +297,20 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
     if report.get("budget_ms") is not None:
         out.append(("Latency budget", f"{fmt_ms(report['budget_ms'])} ms per image on the target"))
     selection = report.get("selection") or {}
-    student = report.get("student") or {}
-    if student:
-        desc = f"{student.get('arch', 'student')} width {student.get('width', selection.get('width', '?'))}"
-        if student.get("depth") not in (None, 1):
-            desc += f" depth {student['depth']}"
-        desc += f", {fmt_count(student.get('params'))} params"
-        if student.get("accuracy") is not None:
-            desc += f", accuracy {fmt_pct(student['accuracy'])}%"
-        if student.get("predicted_ms") is not None:
-            desc += f", predicted {fmt_ms(student['predicted_ms'])} ms"
-        out.append(("Student", desc))
-    teacher = report.get("teacher") or {}
-    if teacher:
-        desc = f"{teacher.get('arch', 'teacher')} width {teacher.get('width', '?')}"
-        if teacher.get("depth") not in (None, 1):
-            desc += f" depth {teacher['depth']}"
-        desc += f", {fmt_count(teacher.get('params'))} params"
-        if teacher.get("accuracy") is not None:
-            desc += f", accuracy {fmt_pct(teacher['accuracy'])}%"
-        out.append(("Teacher", desc))
+    for role in ("student", "teacher"):
+        model = report.get(role) or {}
+        if not model:
+            continue
+        width = model.get("width", selection.get("width", "?") if role == "student" else "?")
+        desc = f"{model.get('arch', role)} width {width}"
+        if model.get("depth") not in (None, 1):
+            desc += f" depth {model['depth']}"
+        desc += f", {fmt_count(model.get('params'))} params"
+        if model.get("accuracy") is not None:
+            desc += f", accuracy {fmt_pct(model['accuracy'])}%"
+        if model.get("predicted_ms") is not None:
+            desc += f", predicted {fmt_ms(model['predicted_ms'])} ms"
+        out.append((role.capitalize(), desc))
     busy = busy_machine_note(report)
     if busy:
         out.append(("Warning", busy))
