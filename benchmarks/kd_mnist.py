@@ -4,8 +4,12 @@
 
 A large regularised teacher (the default edgekd teacher: a CNN of width 4 with dropout, label
 smoothing and random shifts; trained once and cached, or one per seed with --teacher-per-seed),
-and for each seed a small student trained on the labels alone (no augmentation, no dropout) and
-the same student distilled from the teacher (Hinton KD, same epochs, same schedule). The default
+and for each seed a small student trained on the labels alone (no dropout) and the same student
+distilled from the teacher (Hinton KD at T=8, alpha=0.9; same epochs, same schedule). Both students
+see the same randomly shifted training images (up to 2 px, ``--shift-px``): scratch learns the labels
+of the shifted images, the distilled student the teacher's soft targets computed on those very images
+(consistent views, Beyer et al. 2022). ``--shift-px 0`` trains both on the plain images, as Hinton et
+al.'s student was. The default
 student is Hinton et al.'s: an MLP with two hidden layers of 800 units (``--student-arch mlp``);
 ``--student-arch cnn --student-width 0.5`` runs the table for a CNN student. Prints test errors (count and %) per seed, their mean and spread, and as its last line
 ``gap_closed=<fraction>``: the mean over seeds of (scratch errors - KD errors) / (scratch errors -
@@ -47,9 +51,11 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="use these teacher weights (safetensors) instead of the default teacher")
     ap.add_argument("--teacher-per-seed", action="store_true", help="train a teacher for every seed (slower)")
     ap.add_argument("--cache", default=None, help="teacher cache folder (default: edgekd's user cache)")
-    ap.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="student epochs (scratch and KD alike)")
+    ap.add_argument("--epochs", type=int, default=48, help="student epochs (scratch and KD alike)")
+    ap.add_argument("--shift-px", type=int, default=2,
+                    help="random shifts of the training images for both students (0: none)")
     ap.add_argument("--teacher-epochs", type=int, default=TEACHER_TRAIN.epochs)
-    ap.add_argument("--temperature", type=float, default=TrainConfig.temperature)
+    ap.add_argument("--temperature", type=float, default=8.0)
     ap.add_argument("--alpha", type=float, default=TrainConfig.alpha)
     ap.add_argument("--loss", default="kd", help="distillation loss of the main table (default: Hinton KD)")
     ap.add_argument("--losses", default="", help="comma-separated loss specs for the per-loss table (seed 0)")
@@ -72,11 +78,14 @@ def main() -> None:
                          depth=1, extra=extra)
 
     teacher_spec = ModelSpec(num_classes=splits.num_classes, in_channels=splits.input_shape[0], **TEACHER_ARCH)
-    base = TrainConfig(epochs=args.epochs, temperature=args.temperature, alpha=args.alpha, threads=args.threads)
+    base = TrainConfig(epochs=args.epochs, temperature=args.temperature, alpha=args.alpha, threads=args.threads,
+                       augment=args.shift_px > 0, shift_px=args.shift_px, teacher_view="same")
     print(f"teacher: cnn width {teacher_spec.width} depth {teacher_spec.depth} dropout {teacher_spec.extra.get('dropout')} "
           f"({count_params(teacher_spec.build())} params), {args.teacher_epochs} epochs with shifts and label smoothing")
     print(f"student: {args.student_arch} width {args.student_width} ({count_params(student_spec().build())} params), {args.epochs} epochs, "
-          f"no augmentation; distilled with {args.loss} at T={args.temperature}, alpha={args.alpha}")
+          f"{f'random shifts up to {args.shift_px} px' if args.shift_px else 'no augmentation'}; "
+          f"distilled with {args.loss} at T={args.temperature}, alpha={args.alpha}"
+          f"{' (teacher logits of each shifted image)' if args.shift_px else ''}")
 
     def run(name: str, spec: ModelSpec, teacher, cfg: TrainConfig, seed: int):
         torch.manual_seed(seed)

@@ -73,6 +73,16 @@ class DistillOptions:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise EdgeKDError(f"--device must be auto, cpu or cuda, got {self.device!r}", "e.g. --device cpu")
+        # Training settings beyond these (mode, mixup, generations, ...) are checked now, not after the teacher trained.
+        from dataclasses import fields as _fields
+
+        from edgekd.distill import TrainConfig
+
+        known = {f.name for f in _fields(TrainConfig)}
+        unknown = sorted(set(self.extra) - known)
+        if unknown:
+            raise EdgeKDError(f"unknown training setting(s) {', '.join(unknown)}", f"use fields of TrainConfig: {', '.join(sorted(known))}")
+        TrainConfig(**self.extra).validate()
 
 
 class StageClock:

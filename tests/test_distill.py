@@ -127,8 +127,10 @@ def test_teacher_cache_gives_same_result(tiny, tiny_teacher, tmp_path):
     assert abs(a.history[-1]["loss"] - b.history[-1]["loss"]) < 1e-4
 
 
-def test_resume_after_an_epoch_matches_uninterrupted(tiny, tiny_teacher, tmp_path):
-    cfg = replace(TINY, epochs=3, augment=True)
+@pytest.mark.parametrize("extra", [{"augment": True}, {"augment": True, "teacher_view": "same", "mixup": 0.4}],
+                         ids=["shifts", "shifts+mixup, teacher on each view"])
+def test_resume_after_an_epoch_matches_uninterrupted(tiny, tiny_teacher, tmp_path, extra):
+    cfg = replace(TINY, epochs=3, **extra)
     full_student = _student()
     full = train(full_student, tiny_teacher, tiny, cfg, ckpt_dir=tmp_path / "full", progress=False)
 
@@ -172,6 +174,21 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(tiny, tiny_teacher, tmp_path
     resumed = train(resumed_student, tiny_teacher, tiny, cfg, ckpt_dir=tmp_path / "cut", resume=True, progress=False)
     assert resumed.accuracy == full.accuracy
     assert resumed.history[-1]["loss"] == pytest.approx(full.history[-1]["loss"], abs=1e-6)
+
+
+def test_mixup_function_matching(tiny, tiny_teacher, tmp_path):
+    """Mixup blends pairs of images; the teacher labels each blend, so the cached clean logits are not used."""
+    plain = train(_student(), tiny_teacher, tiny, replace(TINY, epochs=3), ckpt_dir=tmp_path / "plain", progress=False)
+    mixed = train(_student(), tiny_teacher, tiny, replace(TINY, epochs=3, mixup=0.4), ckpt_dir=tmp_path / "mix", progress=False)
+    assert mixed.accuracy > 0.2  # it learns (chance is 0.1)
+    assert [h["loss"] for h in mixed.history] != pytest.approx([h["loss"] for h in plain.history], abs=1e-3)
+    # Labels alone (cross-entropy against both labels of a blend) trains too, with no teacher at all.
+    ce = train(_student(), None, tiny, replace(TINY, epochs=3, loss="ce", mixup=1.0), ckpt_dir=tmp_path / "ce", progress=False)
+    assert ce.history[-1]["loss"] < ce.history[0]["loss"]
+    # Old checkpoints (written before mixup existed) keep their fingerprint when mixup is off.
+    assert TINY.fingerprint() == replace(TINY, mixup=0.0).fingerprint() != replace(TINY, mixup=0.2).fingerprint()
+    with pytest.raises(EdgeKDError, match="mixup"):
+        replace(TINY, mixup=-1.0).validate()
 
 
 def test_resume_with_other_settings_is_refused(tiny, tiny_teacher, tmp_path):

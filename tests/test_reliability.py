@@ -307,6 +307,8 @@ def test_corrupt_or_wrong_kind_of_onnx_is_a_one_line_error(capsys, files, args, 
     (["--device", "tpu"], ["--device"]),
     (["--formats", "onnxx"], ["onnxx", "did you mean 'onnx'"]),
     (["--epochs", "two"], ["two", "not a valid integer"]),
+    (["--mixup", "-1"], ["mixup must be >= 0"]),
+    (["--consistent"], ["--consistent needs --augment"]),
 ])
 def test_out_of_range_options_are_refused(capsys, tmp_path, args, words):
     out = tmp_path / "run"

@@ -38,6 +38,8 @@ def _names(ctx, param, value):
 @click.option("--generations", type=int, default=2, show_default=True, help="Born-again generations (--mode self).")
 @click.option("--finetune-epochs", type=int, default=0, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
 @click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
+@click.option("--consistent", is_flag=True, help="With --augment: the teacher labels each shifted image itself (no logit cache, slower; closes more of the gap).")
+@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
@@ -62,6 +64,14 @@ def command(**kw):
         if kw[name] is not None:
             extra[name] = kw[name]
         kw.pop(name)
+    consistent = kw.pop("consistent")
     if kw.pop("augment"):
-        extra.update(augment=True, teacher_view="clean")
+        extra.update(augment=True, teacher_view="same" if consistent else "clean")
+    elif consistent:
+        from edgekd.errors import EdgeKDError
+
+        raise EdgeKDError("--consistent needs --augment", "add --augment, or drop --consistent")
+    mixup = kw.pop("mixup")
+    if mixup:
+        extra["mixup"] = mixup
     distill(DistillOptions(extra=extra, **kw))

@@ -42,6 +42,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: bool = False               # random shifts of up to shift_px pixels
     shift_px: int = 2
+    mixup: float = 0.0                  # > 0: mixup with Beta(mixup, mixup) weights; the teacher labels the mixed image
     cache_teacher: bool = True          # teacher logits computed once when inputs are not augmented
     teacher_view: str = "same"          # with augment: "same" (teacher sees the shifted image) or
                                         # "clean" (teacher logits of the original image: cacheable)
@@ -79,6 +80,7 @@ class TrainConfig:
             (self.schedule in SCHEDULES, f"unknown lr schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}"),
             (self.amp in ("auto", "bf16", "off"), f"unknown amp mode {self.amp!r}", "use auto, bf16 or off"),
             (self.shift_px >= 0, f"shift_px must be >= 0, got {self.shift_px}", "use e.g. 2"),
+            (self.mixup >= 0 and math.isfinite(self.mixup), f"mixup must be >= 0, got {self.mixup}", "use e.g. --mixup 0.4"),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}", "use e.g. 2"),
             (self.teacher_view in ("same", "clean"), f"unknown teacher view {self.teacher_view!r}", "use same or clean"),
             (self.mode in MODES, f"unknown distillation mode {self.mode!r}", f"use one of {', '.join(MODES)}"),
@@ -98,6 +100,8 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         d = {k: getattr(self, k) for k in self.RESULT_FIELDS}
+        if self.mixup:  # added later: absent when off, so checkpoints written before it still resume
+            d["mixup"] = self.mixup
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -504,9 +508,9 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     # Teacher logits do not change when the teacher is frozen and the inputs are not augmented:
     # compute them once instead of once per epoch (the teacher forward dominates a KD step).
     cached_logits = None
-    augmenting = cfg.augment and cfg.shift_px > 0
+    augmenting = (cfg.augment and cfg.shift_px > 0) or cfg.mixup > 0
     use_cache = (teacher is not None and not online and cfg.cache_teacher and not features
-                 and (not augmenting or cfg.teacher_view == "clean"))
+                 and (not augmenting or (cfg.teacher_view == "clean" and cfg.mixup == 0)))
     if use_cache and start_epoch < cfg.epochs:
         cached_logits = predict_logits(teacher, train_set.x, splits, device, cfg.eval_batch_size, cfg.amp,
                                        cfg.channels_last).to(device)
@@ -551,6 +555,14 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                                           "run the same command with --resume to continue", exit_code=130)
                     xb = make(idx, cfg.shift_px if cfg.augment else 0, gen)
                     yb = labels[idx.to(device)]
+                    mix = None
+                    if cfg.mixup > 0:
+                        # Mixup as function matching (Beyer et al. 2022): the student sees a blend of two
+                        # images; the teacher labels the blend, the label terms take both labels, weighted.
+                        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+                        partner = torch.randperm(len(idx)).to(device)
+                        xb = lam * xb + (1.0 - lam) * xb[partner]
+                        mix = (lam, yb[partner])
                     try:
                         with autocast_for(device, cfg.amp):
                             s_out = ModelOutputs(*reversed(student_net(xb)))
@@ -563,11 +575,16 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                             else:
                                 with torch.no_grad():
                                     t_out = ModelOutputs(*reversed(teacher_net(xb)))
-                            if online:
-                                loss = (loss_fn(s_out, ModelOutputs(t_out.logits.detach()), yb)
-                                        + peer_loss(t_out, ModelOutputs(s_out.logits.detach()), yb))
-                            else:
-                                loss = loss_fn(s_out, t_out, yb)
+                            def step_loss(y):
+                                if online:
+                                    return (loss_fn(s_out, ModelOutputs(t_out.logits.detach()), y)
+                                            + peer_loss(t_out, ModelOutputs(s_out.logits.detach()), y))
+                                return loss_fn(s_out, t_out, y)
+
+                            if mix is None:
+                                loss = step_loss(yb)
+                            else:  # teacher terms are the same in both, so they count once; labels are mixed
+                                loss = mix[0] * step_loss(yb) + (1.0 - mix[0]) * step_loss(mix[1])
                         if not torch.isfinite(loss):
                             raise EdgeKDError(
                                 f"the loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
