@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--probe-holdout", type=int, default=20, help="held-out probe networks (another seed)")
     ap.add_argument("--passes", type=int, default=5, help="interleaved measurement passes (lowest kept)")
     ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
+    ap.add_argument("--dump", default=None, help="write the networks, measured ms and fitted coefficients to this JSON")
     args = ap.parse_args()
     if args.quick:
         args.fit_count, args.probe_holdout = 30, 5
@@ -98,6 +99,13 @@ def main() -> None:
         err = (predicted - measured) / measured
         errors.append(err)
         print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")
+    if args.dump:
+        import json
+
+        Path(args.dump).write_text(json.dumps({
+            "coefficients": coeffs.to_dict(),
+            "fit": [{"name": f"probe-s0 {i}", "path": str(p), "ms": t} for i, ((_, p), t) in enumerate(zip(fit_probes, ms))],
+            "held": [{"name": n, "path": str(p), "ms": t} for (n, p), t in zip(held, ms[len(fit_probes):])]}, indent=1))
     errors = np.abs(np.array(errors))
     tv = errors[-len(tv_names):]
     print(f"\nheld-out: {len(errors)} models, median |error| {100 * np.median(errors):.1f}%, "

@@ -476,3 +476,86 @@ def test_dynamic_batch_means_batch_one_unless_given(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(EdgeKDError, match="dynamic dimensions besides the batch"):
         graph_cost(path)
+
+
+# ---- host kernels: what ONNX Runtime executes here, and the terms the host model adds for it ---------
+
+
+def _export(tmp_path, name, module, shape):
+    from edgekd.hardware.graph import export_onnx
+
+    return export_onnx(module.eval(), shape, tmp_path / f"{name}.onnx")
+
+
+def test_fused_activation_epilogue_and_padded_border_columns(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+    from edgekd.hardware.latency import border_mflops, epilogue_mb
+
+    def conv_then(act):
+        return nn.Sequential(nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 7, padding=3), act, nn.Conv2d(16, 16, 1))
+
+    relu6 = executed_graph_cost(_export(tmp_path, "relu6", conv_then(nn.ReLU6()), [1, 16, 12, 12]))
+    relu = executed_graph_cost(_export(tmp_path, "relu", conv_then(nn.ReLU()), [1, 16, 12, 12]))
+    big6 = next(k for k in relu6.kernels if k.geometry.get("kernel") == [7, 7])
+    big = next(k for k in relu.kernels if k.geometry.get("kernel") == [7, 7])
+    assert "Clip" in big6.ops and "Relu" in big.ops  # ONNX Runtime fused both activations into the conv
+    # ReLU is applied in registers; Clip is a second pass over the output (16 x 12 x 12 floats).
+    assert epilogue_mb(big) == 0.0 and epilogue_mb(big6) == pytest.approx(16 * 12 * 12 * 4 / 1e6)
+    # 7x7 with padding 3 on a 12-wide output: 3 + 3 of 12 columns reach into the padding.
+    assert border_mflops(big) == pytest.approx(big.flops / 1e6 * 6 / 12)
+    one_by_one = [k for k in relu.kernels if k.geometry.get("kernel") == [1, 1]]
+    assert one_by_one and all(border_mflops(k) == 0.0 for k in one_by_one)
+    from edgekd.hardware.latency import kernel_class
+
+    # Blocked 1x1 convs run the pointwise kernel, the 7x7 the NxN one: each its own coefficients.
+    assert {kernel_class(k) for k in one_by_one} == {"conv_pointwise"} and kernel_class(big) == "conv"
+    row6, row = features(relu6, 16), features(relu, 16)
+    from edgekd.hardware.latency import BORDER, EPILOGUE
+
+    assert row6[EPILOGUE] > 0 and row[EPILOGUE] == 0 and row[BORDER] == pytest.approx(border_mflops(big))
+
+
+def test_plain_layout_average_pool_is_its_own_class(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+    from edgekd.hardware.latency import kernel_class
+
+    def pooled(channels):
+        return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(channels, 16, 1))
+
+    # 12 channels do not fill ONNX Runtime's 16-wide NCHWc block: the pool runs in plain layout, on its
+    # generic (several times slower) path; 32 channels stay blocked.
+    plain = executed_graph_cost(_export(tmp_path, "c12", pooled(12), [1, 3, 32, 32]))
+    blocked = executed_graph_cost(_export(tmp_path, "c32", pooled(32), [1, 3, 32, 32]))
+    assert [kernel_class(k) for k in plain.kernels if k.op_type == "AveragePool"] == ["avgpool_nchw"]
+    assert [kernel_class(k) for k in blocked.kernels if k.op_type == "AveragePool"] == ["pool"]
+    # A Reshape aliases its input (a call, no copy): the "view" class, not the copying data ops'.
+    flat = executed_graph_cost(_export(tmp_path, "flat", nn.Sequential(nn.Conv2d(3, 16, 3), nn.Flatten(), nn.Linear(16 * 30 * 30, 10)),
+                                       [1, 3, 32, 32]))
+    assert "view" in {kernel_class(k) for k in flat.kernels if k.op_type in ("Reshape", "Flatten")}
+
+
+def test_new_terms_round_trip_and_old_coefficient_files_still_load():
+    truth = _known_coefficients()
+    truth.ms_per_epilogue_mb, truth.ms_per_border_mflop = 0.02, 0.004
+    again = Coefficients.from_dict(json.loads(json.dumps(truth.to_dict())))
+    np.testing.assert_allclose(again.vector(), truth.vector())
+    old = json.loads(json.dumps(truth.to_dict()))
+    del old["ms_per_epilogue_mb"], old["ms_per_border_mflop"], old["classes"]["conv"]  # conv stays required
+    with pytest.raises(EdgeKDError, match="incomplete"):
+        Coefficients.from_dict(old)
+    old = json.loads(json.dumps(truth.to_dict()))
+    del old["ms_per_epilogue_mb"], old["ms_per_border_mflop"], old["classes"]["avgpool_nchw"]
+    loaded = Coefficients.from_dict(old)
+    assert loaded.ms_per_epilogue_mb == 0.0 and loaded.ms_per_border_mflop == 0.0
+    assert loaded.classes["avgpool_nchw"] == loaded.classes["pool"]  # a missing sub-class takes its parent's terms
+
+
+def test_inference_overhead_is_measured_not_fitted():
+    from edgekd.hardware.calibration import inference_overhead_ms
+
+    overhead = inference_overhead_ms(threads=1, repeats=3)
+    assert 0.0005 < overhead < 0.5  # a run() call costs microseconds, never nothing, never a model's worth

@@ -45,8 +45,8 @@ def probe_specs(count: int, seed: int = 0) -> list[dict]:
 
     Blocks: plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with optional
     squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
-    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, hardswish (fused by most
-    runtimes) and silu, gelu (separate pointwise kernels); resolutions 16-224; 1 or 3 input channels.
+    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, relu6 (fused by most
+    runtimes), hardswish, silu, gelu (separate pointwise kernels on some); resolutions 16-224; 1 or 3 input channels.
     """
     rng = random.Random(seed)
 
@@ -74,7 +74,7 @@ def probe_specs(count: int, seed: int = 0) -> list[dict]:
                                "grouped"])
             stride = 2 if size >= 8 and rng.random() < 0.35 else 1
             block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
-                     "act": rng.choice(["relu", "relu", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
+                     "act": rng.choice(["relu", "relu", "relu6", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
                      "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
             if kind == "pool":
                 if size < 4:
@@ -100,7 +100,7 @@ def build_probe(spec: dict):
     from torch import nn
 
     def act(name):
-        return {"hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU}.get(name, nn.ReLU)()
+        return {"hardswish": nn.Hardswish, "silu": nn.SiLU, "gelu": nn.GELU, "relu6": nn.ReLU6}.get(name, nn.ReLU)()
 
     def cbr(cin, cout, k, stride, a, groups=1):
         layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
@@ -324,6 +324,41 @@ def dram_read_gbs(megabytes: int = 128, repeats: int = 15) -> float:
     return data.nbytes / best / 1e9
 
 
+def _relu_chain_onnx(n: int) -> Path:
+    """A graph of ``n`` ReLUs on a 1x1 tensor: nearly all of its latency is the runtime's per-call cost."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    path = cache_dir() / "probes" / f"overhead-relu{n}.onnx"
+    if not path.is_file():
+        names = ["x"] + [f"y{i}" for i in range(n)]
+        nodes = [helper.make_node("Relu", [names[i]], [names[i + 1]]) for i in range(n)]
+        graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                                  [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 1])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from edgekd.fsutil import atomic_path
+
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+    return path
+
+
+def inference_overhead_ms(threads: int | None = 1, repeats: int = 7) -> float:
+    """ONNX Runtime's cost of one ``run`` call on this machine (ms), kernels aside.
+
+    The quietest of several timings of a one-ReLU graph on a 1x1 tensor (the ReLU itself costs ~0.3 us
+    of the ~5 us). Measured, not fitted: in a fit on whole networks the per-kernel overheads can absorb
+    it (they are nearly collinear with it), which leaves tiny networks, where it is a third of the
+    latency, mispredicted. The minimum over repeats, because interference only ever adds time.
+    """
+    from edgekd.hardware.measure import measure_onnx_ms
+
+    path = _relu_chain_onnx(1)
+    return min(measure_onnx_ms(path, threads=threads, time_budget_s=0.05, rounds=4)["quiet"] for _ in range(repeats))
+
+
 def private_cache_mb() -> float | None:
     """Size of one core's private data cache (L2, or L1 where there is no L2) in MB, from /sys; None if unknown."""
     sizes = {}
@@ -399,16 +434,18 @@ def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int 
     """Fit (and optionally save) host coefficients from latencies measured on this machine."""
     # Weights that overflow the cache stream from DRAM at the read bandwidth, measured directly rather than
     # fitted: few probe networks overflow the cache, so a fitted value would rest on a handful of points.
-    fixed_terms, bandwidth = None, None
-    if target.cache_mb:
-        from edgekd.hardware.latency import STREAM
+    from edgekd.hardware.latency import FIXED, STREAM
 
+    overhead = inference_overhead_ms(target.threads)
+    fixed_terms, bandwidth = {FIXED: overhead}, None
+    if target.cache_mb:
         bandwidth = dram_read_gbs()
-        fixed_terms = {STREAM: 1.0 / bandwidth}  # 1 MB at 1 GB/s = 1 ms
+        fixed_terms[STREAM] = 1.0 / bandwidth  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
                                       spill_mb=private_cache_mb(), robust=True)
     if bandwidth:
         stats["dram_read_gbs"] = bandwidth
+    stats["inference_overhead_us"] = overhead * 1e3
     out = None
     if save:
         out = save_calibration(target, coeffs, n=len(ms), source="edgekd profile", fit=stats, device=_host_device(),

@@ -556,6 +556,9 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
             geometry = {"cin": int(in_shapes[0][1][1]) if in_shapes and len(in_shapes[0][1]) > 1 else 0,
                         "cout": int(w_dims[0]) if w_dims else 0, "groups": group,
                         "kernel": [int(x) for x in w_dims[2:]], "out_pixels": int(np.prod(out_dims[2:])),
+                        "out_width": int(out_dims[-1]) if len(out_dims) > 2 else 1,
+                        "pads": [int(x) for x in (_attr(node, "pads", None) or [])],
+                        "strides": [int(x) for x in (_attr(node, "strides", None) or [])],
                         "layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw", "padded": True}
             if geometry["layout"] == "nchwc":
                 # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
@@ -572,6 +575,7 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         elif op in ("MaxPool", "AveragePool", "LpPool"):
             op_class = "pool"
             flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
+            geometry = {"layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw"}
         elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
             op_class = "pool"
             flops = int(np.prod(in_shapes[0][1])) if in_shapes else 0

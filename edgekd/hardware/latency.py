@@ -28,14 +28,24 @@ TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
 # and several times more for 1x1; convs left in NCHW run im2col + GEMM; the layout reorders around NCHWc
 # regions are pure memory traffic). Sub-class -> the class whose datasheet figures it starts from, and
 # whose coefficients it keeps when no measurement exercises it (graphs costed from ONNX alone have none).
-SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data"}
+# ONNX Runtime's plain-layout AveragePool (channels that do not suit NCHWc) is its generic pooling loop:
+# ~5.5 ns per output on this machine against ~1 ns for a plain MaxPool and ~0.3 ns for a blocked one.
+# Blocked 1x1 convs run ONNX Runtime's pointwise kernel (a GEMM over channel blocks), not the NxN one.
+# Shape-only ops (Reshape, Flatten, ...) alias their input buffer: a call, no copy, unlike Concat/Split/Transpose.
+SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
+              "conv_pointwise": "conv", "view": "data"}
+VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
 # Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
 # then the sub-classes' terms (appended, so coefficient vectors written before them still read).
 STREAM, FIXED = len(OP_CLASSES) * len(TERMS), len(OP_CLASSES) * len(TERMS) + 1
 # Last: activation MB of kernels whose activations overflow the core's private cache (see spilled_mb).
 SPILL = FIXED + 1 + len(SUBCLASSES) * len(TERMS)
-N_FEATURES = SPILL + 1
+# Then: output MB of convs/GEMMs with a fused activation other than ReLU (see epilogue_mb).
+EPILOGUE = SPILL + 1
+# Then: MFLOPs of conv output columns whose window overlaps the left/right padding (see border_mflops).
+BORDER = EPILOGUE + 1
+N_FEATURES = BORDER + 1
 
 
 def _class_offset(c: str) -> int:
@@ -48,11 +58,17 @@ def kernel_class(k: Kernel) -> str:
     """The coefficient class of a kernel: its op class, or the sub-class of the code path it runs on."""
     if k.op_type in ("ReorderInput", "ReorderOutput"):
         return "reorder"
+    if k.op_type in VIEW_OPS:
+        return "view"
     layout = k.geometry.get("layout") if k.geometry else None
     if k.op_class in ("conv", "dwconv") and layout == "nchw":
         return "conv_fallback"
     if k.op_class == "conv" and layout == "nchwc" and k.geometry.get("input_layout") == "nchw":
         return "conv_nchw_input"
+    if k.op_type == "AveragePool" and layout == "nchw":
+        return "avgpool_nchw"
+    if k.op_class == "conv" and layout == "nchwc" and list(k.geometry.get("kernel") or []) == [1, 1]:
+        return "conv_pointwise"
     return k.op_class
 
 
@@ -72,6 +88,12 @@ class Coefficients:
     # the shared cache's bandwidth rather than L2's: ms_per_spilled_mb per MB of its activations.
     ms_per_spilled_mb: float = 0.0
     spill_mb: float | None = None
+    # A fused activation other than ReLU (Clip for ReLU6, HardSigmoid, LeakyRelu) is a second pass over
+    # the kernel's output: ms_per_epilogue_mb per MB of such outputs.
+    ms_per_epilogue_mb: float = 0.0
+    # Output columns whose window overlaps the left or right padding take a slower, bounds-checked path
+    # in blocked conv kernels: ms_per_border_mflop extra per MFLOP of them (see border_mflops).
+    ms_per_border_mflop: float = 0.0
 
     def __post_init__(self):
         # Sub-classes missing (coefficients written before they existed) take their parent's terms.
@@ -84,6 +106,7 @@ class Coefficients:
         for c in KERNEL_CLASSES:
             v[_class_offset(c):_class_offset(c) + len(TERMS)] = [self.classes[c][t] for t in TERMS]
         v[STREAM], v[FIXED], v[SPILL] = self.ms_per_streamed_mb, self.fixed_ms, self.ms_per_spilled_mb
+        v[EPILOGUE], v[BORDER] = self.ms_per_epilogue_mb, self.ms_per_border_mflop
         return v
 
     @classmethod
@@ -94,12 +117,16 @@ class Coefficients:
                    for c in KERNEL_CLASSES if _class_offset(c) + len(TERMS) <= len(v)}
         return cls(classes=classes, fixed_ms=v[FIXED], precision=precision, channel_multiple=int(channel_multiple),
                    ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb,
-                   ms_per_spilled_mb=v[SPILL] if len(v) > SPILL else 0.0, spill_mb=spill_mb)
+                   ms_per_spilled_mb=v[SPILL] if len(v) > SPILL else 0.0, spill_mb=spill_mb,
+                   ms_per_epilogue_mb=v[EPILOGUE] if len(v) > EPILOGUE else 0.0,
+                   ms_per_border_mflop=v[BORDER] if len(v) > BORDER else 0.0)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
                 "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb,
-                "spill_mb": self.spill_mb, "ms_per_spilled_mb": self.ms_per_spilled_mb, "classes": self.classes}
+                "spill_mb": self.spill_mb, "ms_per_spilled_mb": self.ms_per_spilled_mb,
+                "ms_per_epilogue_mb": self.ms_per_epilogue_mb, "ms_per_border_mflop": self.ms_per_border_mflop,
+                "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
@@ -109,7 +136,9 @@ class Coefficients:
             return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
                        channel_multiple=int(d.get("channel_multiple", 1)),
                        ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"),
-                       ms_per_spilled_mb=float(d.get("ms_per_spilled_mb", 0.0)), spill_mb=d.get("spill_mb"))
+                       ms_per_spilled_mb=float(d.get("ms_per_spilled_mb", 0.0)), spill_mb=d.get("spill_mb"),
+                       ms_per_epilogue_mb=float(d.get("ms_per_epilogue_mb", 0.0)),
+                       ms_per_border_mflop=float(d.get("ms_per_border_mflop", 0.0)))
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -181,10 +210,50 @@ def streamed_weight_mb(cost: GraphCost, cache_mb: float | None) -> float:
     return cost.weight_bytes / 1e6 if footprint_mb > cache_mb else 0.0
 
 
+# Kernels whose time is their memory traffic (few FLOPs per byte). A dense conv or GEMM that spills still
+# runs at its compute rate, its loads hidden behind the arithmetic, so only these pay for spilling.
+MEMORY_BOUND = ("dwconv", "pool", "elementwise", "data")
+
+
 def spilled_mb(k: Kernel, spill_mb: float | None) -> float:
-    """MB of activations a kernel streams through the shared cache: all of them once they exceed the private one."""
+    """MB of activations a memory-bound kernel streams through the shared cache once they exceed the private one."""
+    if k.op_class not in MEMORY_BOUND:
+        return 0.0
     act = (k.input_bytes + k.output_bytes) / 1e6
     return act if spill_mb and act > spill_mb else 0.0
+
+
+# ONNX Runtime's conv and GEMM kernels apply ReLU while the output is in registers; these fused activations
+# run as a separate pass over each output block (measured here on a 32x112x112 depthwise conv:
+# none 0.396 ms, ReLU 0.398, Clip 0.437, HardSigmoid 0.450, LeakyRelu 0.456).
+EXTRA_PASS_ACTIVATIONS = frozenset({"Clip", "HardSigmoid", "LeakyRelu", "Sigmoid", "Tanh", "HardSwish", "Elu",
+                                    "Softplus", "Gelu", "QuickGelu"})
+
+
+def epilogue_mb(k: Kernel) -> float:
+    """Output MB of a conv/GEMM kernel whose fused activation is an extra pass (0 otherwise)."""
+    if k.op_class not in ("conv", "dwconv", "gemm") or not EXTRA_PASS_ACTIVATIONS.intersection(k.ops[1:]):
+        return 0.0
+    return k.output_bytes / 1e6
+
+
+def border_mflops(k: Kernel) -> float:
+    """MFLOPs of a blocked conv's output columns whose window reaches into the left/right zero padding.
+
+    ONNX Runtime's NCHWc kernels split each output row into left-padded, interior and right-padded
+    columns and run the padded ones through a bounds-checked path at roughly half the rate (measured
+    here, 16 channels, 7x7 kernel: 58 GFLOP/s on a 7x7 map, 76 on 12x12, 100 on 56x56; 3x3 kernels
+    barely notice). Only executed-graph kernels carry the geometry needed; others contribute nothing.
+    """
+    g = k.geometry
+    if k.op_class not in ("conv", "dwconv") or not g or g.get("layout") != "nchwc" or not g.get("out_width"):
+        return 0.0
+    pads, strides = g.get("pads") or [], g.get("strides") or []
+    if len(pads) < 4:
+        return 0.0
+    stride_w = strides[1] if len(strides) > 1 else 1
+    columns = -(-pads[1] // stride_w) + -(-pads[3] // stride_w)  # left and right padded output columns
+    return k.flops / 1e6 * min(1.0, columns / g["out_width"])
 
 
 def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None,
@@ -193,6 +262,8 @@ def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None 
     row = np.zeros(N_FEATURES, dtype=np.float64)
     for k in cost.kernels:
         row[SPILL] += spilled_mb(k, spill_mb)
+        row[EPILOGUE] += epilogue_mb(k)
+        row[BORDER] += border_mflops(k)
         i = _class_offset(kernel_class(k))
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
@@ -208,7 +279,9 @@ def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
         c = coeffs.classes[kernel_class(k)]
         out.append(c["ms_per_mflop"] * work_flops(k, coeffs.channel_multiple) / 1e6
                    + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"]
-                   + coeffs.ms_per_spilled_mb * spilled_mb(k, coeffs.spill_mb))
+                   + coeffs.ms_per_spilled_mb * spilled_mb(k, coeffs.spill_mb)
+                   + coeffs.ms_per_epilogue_mb * epilogue_mb(k)
+                   + coeffs.ms_per_border_mflop * border_mflops(k))
     return out
 
 
