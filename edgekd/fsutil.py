@@ -113,6 +113,38 @@ def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
         fh.close()
 
 
+@contextlib.contextmanager
+def wait_lock(lock_file: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``lock_file``, waiting for another process that holds it.
+
+    For shared caches: a second process that needs the same entry waits for the first to write it,
+    then reads it, instead of computing it again into the same files. Released when the process dies.
+    """
+    import fcntl
+
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield lock_file
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
+    """Delete temporary files ``atomic_path`` left for ``folder/name`` when a process was killed mid-write.
+
+    Only safe while holding the lock that guards ``name``; returns how many were removed.
+    """
+    removed = 0
+    for tmp in Path(folder).glob(f".{name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     import hashlib
 

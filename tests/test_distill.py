@@ -290,6 +290,34 @@ def test_default_teacher_trained_once_then_cached(tiny, tmp_path, monkeypatch):
     assert third["cached"] is False
 
 
+def test_two_runs_needing_the_same_teacher_train_it_once(tiny, tmp_path, monkeypatch):
+    """The second waits on the cache lock, then reads what the first wrote; stale temporaries are swept."""
+    import threading
+    from pathlib import Path
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    stale = tmp_path / ".teacher-0000.safetensors.abc.safetensors.tmp"  # not this teacher's: left alone
+    stale.write_bytes(b"x")
+    results = []
+
+    def run():
+        results.append(get_teacher(tiny, progress=False, epochs=1)[2])
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert results[0]["path"] == results[1]["path"] and results[0]["accuracy"] == results[1]["accuracy"]
+    weights = Path(results[0]["path"])
+    mine = weights.parent / f".{weights.name}.killed.safetensors.tmp"
+    mine.write_bytes(b"half a file")
+    weights.unlink()  # force a retrain: the leftover of a killed write of this teacher is removed first
+    assert get_teacher(tiny, progress=False, epochs=1)[2]["cached"] is False
+    assert not mine.exists() and stale.exists()
+
+
 def test_user_teacher_checked_against_data(tiny, tiny_teacher, tmp_path):
     good = save_model(tmp_path / "good.safetensors", tiny_teacher, ModelSpec("cnn", 10, 1, width=1.0))
     model, spec, info = get_teacher(tiny, teacher_path=good, progress=False)

@@ -16,6 +16,7 @@ from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
 from edgekd.errors import EdgeKDError
+from edgekd.fsutil import remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family (4x the base channels) with
@@ -126,23 +127,45 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
     key = teacher_cache_key(splits, spec, cfg)
     root = cache_root(cache_dir)
     weights = root / f"teacher-{key}.safetensors"
-    if weights.exists():
-        try:
-            model, cached_spec, meta = load_model(weights)
-            if cached_spec == spec and "accuracy" in meta:
-                return model.eval(), spec, {"accuracy": float(meta["accuracy"]), "params": count_params(model),
-                                            "path": str(weights), "cached": True, "seconds": time.perf_counter() - t0,
-                                            "source": "cache", "train_seconds": meta.get("seconds")}
-        except EdgeKDError:
-            pass  # a damaged cache entry is not the user's problem: train again and replace it
+    cached = _cached_teacher(weights, spec, t0)
+    if cached is not None:
+        return cached
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise EdgeKDError(f"cannot create the teacher cache {root} ({err.strerror})",
                           "set EDGEKD_CACHE_DIR to a writable folder") from None
+    # One process trains a given teacher; another that needs it meanwhile waits, then reads the cache.
+    with wait_lock(root / f".teacher-{key}.lock"):
+        cached = _cached_teacher(weights, spec, t0)
+        if cached is not None:
+            return cached
+        remove_stale_temporaries(root, weights.name)  # left by a process killed mid-write
+        return _train_teacher(splits, spec, cfg, root, key, weights, t0, progress, log)
+
+
+def _cached_teacher(weights: Path, spec: ModelSpec, t0: float):
+    """The cached teacher at ``weights`` if it is there, intact and of ``spec``; else None."""
+    if not weights.exists():
+        return None
+    try:
+        model, cached_spec, meta = load_model(weights)
+    except EdgeKDError:
+        return None  # a damaged cache entry is not the user's problem: train again and replace it
+    if cached_spec != spec or "accuracy" not in meta:
+        return None
+    return model.eval(), spec, {"accuracy": float(meta["accuracy"]), "params": count_params(model),
+                                "path": str(weights), "cached": True, "seconds": time.perf_counter() - t0,
+                                "source": "cache", "train_seconds": meta.get("seconds")}
+
+
+def _train_teacher(splits, spec, cfg, root: Path, key: str, weights: Path, t0: float, progress: bool, log):
+    """Train the default teacher (resuming its checkpoint if a killed run left one) and cache it."""
+    ckpt_dir = root / f"teacher-{key}.ckpt"
+    remove_stale_temporaries(ckpt_dir, "last.pt")
     torch.manual_seed(cfg.seed)
     model = spec.build()
-    result = train(model, None, splits, cfg, ckpt_dir=root / f"teacher-{key}.ckpt", resume=True, progress=progress, log=log)
+    result = train(model, None, splits, cfg, ckpt_dir=ckpt_dir, resume=True, progress=progress, log=log)
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
             "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__}
