@@ -540,7 +540,7 @@ def test_plain_layout_average_pool_is_its_own_class(tmp_path):
 
 def test_new_terms_round_trip_and_old_coefficient_files_still_load():
     truth = _known_coefficients()
-    truth.ms_per_epilogue_mb, truth.ms_per_border_mflop = 0.02, 0.004
+    truth.ms_per_epilogue_mb, truth.ms_per_border_mflop, truth.ms_per_filter_set_mflop = 0.02, 0.004, 0.001
     again = Coefficients.from_dict(json.loads(json.dumps(truth.to_dict())))
     np.testing.assert_allclose(again.vector(), truth.vector())
     old = json.loads(json.dumps(truth.to_dict()))
@@ -548,9 +548,9 @@ def test_new_terms_round_trip_and_old_coefficient_files_still_load():
     with pytest.raises(EdgeKDError, match="incomplete"):
         Coefficients.from_dict(old)
     old = json.loads(json.dumps(truth.to_dict()))
-    del old["ms_per_epilogue_mb"], old["ms_per_border_mflop"], old["classes"]["avgpool_nchw"]
+    del old["ms_per_epilogue_mb"], old["ms_per_border_mflop"], old["ms_per_filter_set_mflop"], old["classes"]["avgpool_nchw"]
     loaded = Coefficients.from_dict(old)
-    assert loaded.ms_per_epilogue_mb == 0.0 and loaded.ms_per_border_mflop == 0.0
+    assert loaded.ms_per_epilogue_mb == loaded.ms_per_border_mflop == loaded.ms_per_filter_set_mflop == 0.0
     assert loaded.classes["avgpool_nchw"] == loaded.classes["pool"]  # a missing sub-class takes its parent's terms
 
 
@@ -559,3 +559,20 @@ def test_inference_overhead_is_measured_not_fitted():
 
     overhead = inference_overhead_ms(threads=1, repeats=3)
     assert 0.0005 < overhead < 0.5  # a run() call costs microseconds, never nothing, never a model's worth
+
+
+def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+    from edgekd.hardware.latency import filter_set_mflops, kernel_class
+
+    # SiLU runs as ORT's QuickGelu directly on the blocked tensor: the conv after it reads NCHWc, not NCHW.
+    net = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 16, 3, padding=1))
+    cost = executed_graph_cost(_export(tmp_path, "silu", net, [1, 16, 20, 20]))
+    convs = [k for k in cost.kernels if k.op_type == "Conv"]
+    assert any(k.op_type == "QuickGelu" for k in cost.kernels)
+    assert convs[1].geometry["input_layout"] == "nchwc" and kernel_class(convs[1]) == "conv"
+    # 64 output channels are 4 blocks of 16, one pass; 16 channels are one block, so every FLOP counts.
+    assert filter_set_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 / 4)
+    assert filter_set_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6)

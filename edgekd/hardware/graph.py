@@ -464,6 +464,27 @@ _ORT_OPS = {"ReorderInput": ("data", 0), "ReorderOutput": ("data", 0), "QuickGel
             "FusedGemm": ("gemm", 0), "FusedMatMul": ("gemm", 0), "FusedConv": ("conv", 0)}
 
 
+def _is_blocked(tensor: str, producers: dict) -> bool:
+    """Whether ``tensor`` in ONNX Runtime's optimized graph is in the NCHWc (channel-blocked) layout.
+
+    Blocked tensors come out of NCHWc-domain nodes (except ReorderOutput) and keep their layout through
+    the element-wise ops ORT lets consume them directly (activations such as QuickGelu, Sigmoid, Mul):
+    their shapes show the padded channel count. Anything else (graph inputs, Concat, Reshape, ...) is plain.
+    """
+    seen = 0
+    while seen < 64:  # element-wise chains are short; the bound only guards against malformed graphs
+        src = producers.get(tensor)
+        if src is None:
+            return False
+        if src.domain == "com.microsoft.nchwc":
+            return src.op_type != "ReorderOutput"
+        kind = _ORT_OPS.get(src.op_type) or OP_TABLE.get(src.op_type)
+        if not kind or kind[0] != "elementwise" or not src.input:
+            return False
+        tensor, seen = src.input[0], seen + 1
+    return False
+
+
 def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, precision: str = "fp32") -> GraphCost:
     """Cost of the kernels ONNX Runtime on this machine actually runs for an ONNX graph.
 
@@ -562,9 +583,7 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
                         "layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw", "padded": True}
             if geometry["layout"] == "nchwc":
                 # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
-                src = producers.get(names_in[0]) if names_in else None
-                blocked = src is not None and src.domain == "com.microsoft.nchwc" and src.op_type != "ReorderOutput"
-                geometry["input_layout"] = "nchwc" if blocked else "nchw"
+                geometry["input_layout"] = "nchwc" if names_in and _is_blocked(names_in[0], producers) else "nchw"
         elif op in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul", "QLinearMatMul", "MatMulInteger"):
             op_class = "gemm"
             a_dims = in_shapes[0][1] if in_shapes else []

@@ -45,7 +45,9 @@ SPILL = FIXED + 1 + len(SUBCLASSES) * len(TERMS)
 EPILOGUE = SPILL + 1
 # Then: MFLOPs of conv output columns whose window overlaps the left/right padding (see border_mflops).
 BORDER = EPILOGUE + 1
-N_FEATURES = BORDER + 1
+# Then: MFLOPs of blocked dense convs divided by the output blocks computed per pass (see filter_set_mflops).
+FILTER_SET = BORDER + 1
+N_FEATURES = FILTER_SET + 1
 
 
 def _class_offset(c: str) -> int:
@@ -94,6 +96,9 @@ class Coefficients:
     # Output columns whose window overlaps the left or right padding take a slower, bounds-checked path
     # in blocked conv kernels: ms_per_border_mflop extra per MFLOP of them (see border_mflops).
     ms_per_border_mflop: float = 0.0
+    # Blocked dense convs reuse each input load across up to 4 output-channel blocks at once, so a conv
+    # with fewer output blocks runs slower per FLOP: ms_per_filter_set_mflop x MFLOPs / blocks per pass.
+    ms_per_filter_set_mflop: float = 0.0
 
     def __post_init__(self):
         # Sub-classes missing (coefficients written before they existed) take their parent's terms.
@@ -107,6 +112,7 @@ class Coefficients:
             v[_class_offset(c):_class_offset(c) + len(TERMS)] = [self.classes[c][t] for t in TERMS]
         v[STREAM], v[FIXED], v[SPILL] = self.ms_per_streamed_mb, self.fixed_ms, self.ms_per_spilled_mb
         v[EPILOGUE], v[BORDER] = self.ms_per_epilogue_mb, self.ms_per_border_mflop
+        v[FILTER_SET] = self.ms_per_filter_set_mflop
         return v
 
     @classmethod
@@ -119,14 +125,15 @@ class Coefficients:
                    ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb,
                    ms_per_spilled_mb=v[SPILL] if len(v) > SPILL else 0.0, spill_mb=spill_mb,
                    ms_per_epilogue_mb=v[EPILOGUE] if len(v) > EPILOGUE else 0.0,
-                   ms_per_border_mflop=v[BORDER] if len(v) > BORDER else 0.0)
+                   ms_per_border_mflop=v[BORDER] if len(v) > BORDER else 0.0,
+                   ms_per_filter_set_mflop=v[FILTER_SET] if len(v) > FILTER_SET else 0.0)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
                 "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb,
                 "spill_mb": self.spill_mb, "ms_per_spilled_mb": self.ms_per_spilled_mb,
                 "ms_per_epilogue_mb": self.ms_per_epilogue_mb, "ms_per_border_mflop": self.ms_per_border_mflop,
-                "classes": self.classes}
+                "ms_per_filter_set_mflop": self.ms_per_filter_set_mflop, "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
@@ -138,7 +145,8 @@ class Coefficients:
                        ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"),
                        ms_per_spilled_mb=float(d.get("ms_per_spilled_mb", 0.0)), spill_mb=d.get("spill_mb"),
                        ms_per_epilogue_mb=float(d.get("ms_per_epilogue_mb", 0.0)),
-                       ms_per_border_mflop=float(d.get("ms_per_border_mflop", 0.0)))
+                       ms_per_border_mflop=float(d.get("ms_per_border_mflop", 0.0)),
+                       ms_per_filter_set_mflop=float(d.get("ms_per_filter_set_mflop", 0.0)))
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -256,6 +264,23 @@ def border_mflops(k: Kernel) -> float:
     return k.flops / 1e6 * min(1.0, columns / g["out_width"])
 
 
+FILTER_SET_BLOCKS = 4
+
+
+def filter_set_mflops(k: Kernel) -> float:
+    """A blocked dense conv's MFLOPs divided by how many output-channel blocks each pass computes.
+
+    ONNX Runtime's NCHWc conv kernels compute up to four 8/16-channel output blocks per pass over the
+    input, so each input load feeds up to four blocks; a 16-channel conv gets one (measured here, 7x7
+    kernel on 56x56: 100 GFLOP/s at 16 channels, 112 at 64). Zero for other kernels.
+    """
+    g = k.geometry
+    if k.op_class != "conv" or not g or g.get("layout") != "nchwc" or not g.get("cout"):
+        return 0.0
+    blocks = -(-int(g["cout"]) // 16)
+    return k.flops / 1e6 / min(FILTER_SET_BLOCKS, max(1, blocks))
+
+
 def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None,
              spill_mb: float | None = None) -> np.ndarray:
     """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, 1, spilled MB: a design-matrix row."""
@@ -264,6 +289,7 @@ def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None 
         row[SPILL] += spilled_mb(k, spill_mb)
         row[EPILOGUE] += epilogue_mb(k)
         row[BORDER] += border_mflops(k)
+        row[FILTER_SET] += filter_set_mflops(k)
         i = _class_offset(kernel_class(k))
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
@@ -281,7 +307,8 @@ def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
                    + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"]
                    + coeffs.ms_per_spilled_mb * spilled_mb(k, coeffs.spill_mb)
                    + coeffs.ms_per_epilogue_mb * epilogue_mb(k)
-                   + coeffs.ms_per_border_mflop * border_mflops(k))
+                   + coeffs.ms_per_border_mflop * border_mflops(k)
+                   + coeffs.ms_per_filter_set_mflop * filter_set_mflops(k))
     return out
 
 
