@@ -576,3 +576,8 @@ def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path)
     # 64 output channels are 4 blocks of 16, one pass; 16 channels are one block, so every FLOP counts.
     assert filter_set_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 / 4)
     assert filter_set_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6)
+    from edgekd.hardware.latency import border_mflops
+
+    # 3x3, padding 1, 20 columns: 2 reach into the padding; shared over the 4 output blocks of the first conv.
+    assert border_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 * 2 / 20 / 4)
+    assert border_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6 * 2 / 20)

@@ -251,7 +251,9 @@ def border_mflops(k: Kernel) -> float:
     ONNX Runtime's NCHWc kernels split each output row into left-padded, interior and right-padded
     columns and run the padded ones through a bounds-checked path at roughly half the rate (measured
     here, 16 channels, 7x7 kernel: 58 GFLOP/s on a 7x7 map, 76 on 12x12, 100 on 56x56; 3x3 kernels
-    barely notice). Only executed-graph kernels carry the geometry needed; others contribute nothing.
+    barely notice). That path, too, shares each load across the filter set (up to four output blocks),
+    so a dense conv's border MFLOPs are divided by its blocks per pass: 64 channels on a 7x7 map lose
+    far less (97 GFLOP/s) than 16. Only executed-graph kernels carry the geometry; others contribute 0.
     """
     g = k.geometry
     if k.op_class not in ("conv", "dwconv") or not g or g.get("layout") != "nchwc" or not g.get("out_width"):
@@ -261,7 +263,10 @@ def border_mflops(k: Kernel) -> float:
         return 0.0
     stride_w = strides[1] if len(strides) > 1 else 1
     columns = -(-pads[1] // stride_w) + -(-pads[3] // stride_w)  # left and right padded output columns
-    return k.flops / 1e6 * min(1.0, columns / g["out_width"])
+    share = min(1.0, columns / g["out_width"])
+    if k.op_class == "conv" and g.get("cout"):  # the padded path, too, amortises its loads over the filter set
+        share /= min(FILTER_SET_BLOCKS, max(1, -(-int(g["cout"]) // 16)))
+    return k.flops / 1e6 * share
 
 
 FILTER_SET_BLOCKS = 4
