@@ -187,6 +187,9 @@ def resume_command(opts: DistillOptions) -> str:
     for key, value in opts.extra.items():
         if value is None or defaults.get(key) == value:
             continue
+        if key == "teacher_view":  # the teacher labelling each shifted view is `--augment --consistent`
+            words.append("--consistent")
+            continue
         flag = f"--{key.replace('_', '-')}"
         words += [flag] if value is True else [flag, str(value)]
     words += [] if opts.progress else ["--no-progress"]
