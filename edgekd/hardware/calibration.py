@@ -324,22 +324,20 @@ def dram_read_gbs(megabytes: int = 128, repeats: int = 15) -> float:
     return data.nbytes / best / 1e9
 
 
-def _relu_chain_onnx(n: int) -> Path:
-    """A graph of ``n`` ReLUs on a 1x1 tensor: nearly all of its latency is the runtime's per-call cost."""
+def _overhead_onnx() -> Path:
+    """One ReLU on a 1x1 tensor: nearly all of its latency is the runtime's per-call cost."""
     import onnx
     from onnx import TensorProto, helper
 
-    path = cache_dir() / "probes" / f"overhead-relu{n}.onnx"
+    from edgekd.fsutil import atomic_path
+
+    path = cache_dir() / "probes" / "overhead-relu1.onnx"
     if not path.is_file():
-        names = ["x"] + [f"y{i}" for i in range(n)]
-        nodes = [helper.make_node("Relu", [names[i]], [names[i + 1]]) for i in range(n)]
-        graph = helper.make_graph(nodes, "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                                  [helper.make_tensor_value_info(names[-1], TensorProto.FLOAT, [1, 1])])
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from edgekd.fsutil import atomic_path
-
         with atomic_path(path) as tmp:
             onnx.save(model, str(tmp))
     return path
@@ -355,25 +353,17 @@ def inference_overhead_ms(threads: int | None = 1, repeats: int = 7) -> float:
     """
     from edgekd.hardware.measure import measure_onnx_ms
 
-    path = _relu_chain_onnx(1)
+    path = _overhead_onnx()
     return min(measure_onnx_ms(path, threads=threads, time_budget_s=0.05, rounds=4)["quiet"] for _ in range(repeats))
 
 
 def private_cache_mb() -> float | None:
     """Size of one core's private data cache (L2, or L1 where there is no L2) in MB, from /sys; None if unknown."""
-    sizes = {}
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level = int((index / "level").read_text())
-            kind = (index / "type").read_text().strip()
-            text = (index / "size").read_text().strip().upper()
-        except (OSError, ValueError):
-            continue
-        if kind == "Instruction" or not text or level > 2:
-            continue  # instruction caches, and the last-level cache shared between cores
-        scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1], 1 / 2**20)
-        sizes[level] = float(text.rstrip("KMG") or 0) * scale * 1.048576  # MiB -> MB
-    return sizes[max(sizes)] if sizes else None
+    from edgekd.hardware.targets import cpu_caches
+
+    # Instruction caches, and the last-level cache shared between cores, do not hold a kernel's activations.
+    sizes = {level: mib for level, kind, mib in cpu_caches() if kind != "Instruction" and level <= 2 and mib > 0}
+    return sizes[max(sizes)] * 1.048576 if sizes else None  # MiB -> MB
 
 
 def _host_device() -> dict:
@@ -432,8 +422,9 @@ def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 
 
 def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int | None = None) -> CalibrationResult:
     """Fit (and optionally save) host coefficients from latencies measured on this machine."""
-    # Weights that overflow the cache stream from DRAM at the read bandwidth, measured directly rather than
-    # fitted: few probe networks overflow the cache, so a fitted value would rest on a handful of points.
+    # Two terms are measured directly rather than fitted: the per-call overhead (see inference_overhead_ms),
+    # and the DRAM read bandwidth that weights overflowing the cache stream at (few probe networks overflow
+    # the cache, so a fitted value would rest on a handful of points).
     from edgekd.hardware.latency import FIXED, STREAM
 
     overhead = inference_overhead_ms(target.threads)

@@ -457,7 +457,7 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
 _PROFILE_ELEMENT_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int8": 1, "uint8": 1,
                           "int32": 4, "int64": 8, "bool": 1}
 # Ops that only relabel a buffer in ONNX Runtime (the allocation planner reuses the input): dispatch, no bytes.
-_ALIAS_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+ALIAS_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 # Contrib and NCHWc ops in ORT's optimized graphs -> (kernel class, FLOPs per output element).
 _ORT_OPS = {"ReorderInput": ("data", 0), "ReorderOutput": ("data", 0), "QuickGelu": ("elementwise", 5),
             "BiasGelu": ("elementwise", 9), "FastGelu": ("elementwise", 9), "Gelu": ("elementwise", 8),
@@ -522,6 +522,9 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         events = _json.loads(Path(sess.end_profiling()).read_text())
         opt = onnx.load(str(optimized))
         del sess
+    from edgekd.hardware.targets import host_channel_multiple
+
+    nchwc_block = host_channel_multiple()  # what MLAS blocks by on this CPU: 16 with AVX-512, 8 with AVX2
     nodes = {n.name: n for n in opt.graph.node}
     producers = {o: n for n in opt.graph.node for o in n.output if o}
     inits = {i.name for i in opt.graph.initializer}
@@ -582,6 +585,7 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
                         "strides": [int(x) for x in (_attr(node, "strides", None) or [])],
                         "layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw", "padded": True}
             if geometry["layout"] == "nchwc":
+                geometry["block"] = nchwc_block  # channels per block: the width of each output-channel block
                 # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
                 geometry["input_layout"] = "nchwc" if names_in and _is_blocked(names_in[0], producers) else "nchw"
         elif op in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul", "QLinearMatMul", "MatMulInteger"):
@@ -598,7 +602,7 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
             op_class = "pool"
             flops = int(np.prod(in_shapes[0][1])) if in_shapes else 0
-        elif op in _ALIAS_OPS:
+        elif op in ALIAS_OPS:
             op_class, flops, a_bytes, o_bytes = "data", 0, 0, 0
         elif op in _ORT_OPS:
             op_class, per = _ORT_OPS[op]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost
+from edgekd.hardware.graph import ALIAS_OPS, GraphCost, Kernel, executed_graph_cost, graph_cost
 from edgekd.hardware.targets import OP_CLASSES, Target
 
 # Fraction of the datasheet memory bandwidth a kernel sustains (STREAM-like copy on these SoCs is
@@ -34,7 +34,6 @@ TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
 # Shape-only ops (Reshape, Flatten, ...) alias their input buffer: a call, no copy, unlike Concat/Split/Transpose.
 SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
               "conv_pointwise": "conv", "view": "data"}
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
 # Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
 # then the sub-classes' terms (appended, so coefficient vectors written before them still read).
@@ -60,7 +59,7 @@ def kernel_class(k: Kernel) -> str:
     """The coefficient class of a kernel: its op class, or the sub-class of the code path it runs on."""
     if k.op_type in ("ReorderInput", "ReorderOutput"):
         return "reorder"
-    if k.op_type in VIEW_OPS:
+    if k.op_type in ALIAS_OPS:
         return "view"
     layout = k.geometry.get("layout") if k.geometry else None
     if k.op_class in ("conv", "dwconv") and layout == "nchw":
@@ -110,9 +109,9 @@ class Coefficients:
         v = np.zeros(N_FEATURES, dtype=np.float64)
         for c in KERNEL_CLASSES:
             v[_class_offset(c):_class_offset(c) + len(TERMS)] = [self.classes[c][t] for t in TERMS]
-        v[STREAM], v[FIXED], v[SPILL] = self.ms_per_streamed_mb, self.fixed_ms, self.ms_per_spilled_mb
-        v[EPILOGUE], v[BORDER] = self.ms_per_epilogue_mb, self.ms_per_border_mflop
-        v[FILTER_SET] = self.ms_per_filter_set_mflop
+        v[STREAM], v[FIXED] = self.ms_per_streamed_mb, self.fixed_ms
+        for attr, column, _ in KERNEL_TERMS:
+            v[column] = getattr(self, attr)
         return v
 
     @classmethod
@@ -121,19 +120,14 @@ class Coefficients:
         v = [float(x) for x in v]
         classes = {c: {t: v[_class_offset(c) + j] for j, t in enumerate(TERMS)}
                    for c in KERNEL_CLASSES if _class_offset(c) + len(TERMS) <= len(v)}
+        terms = {attr: v[column] if len(v) > column else 0.0 for attr, column, _ in KERNEL_TERMS}
         return cls(classes=classes, fixed_ms=v[FIXED], precision=precision, channel_multiple=int(channel_multiple),
-                   ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb,
-                   ms_per_spilled_mb=v[SPILL] if len(v) > SPILL else 0.0, spill_mb=spill_mb,
-                   ms_per_epilogue_mb=v[EPILOGUE] if len(v) > EPILOGUE else 0.0,
-                   ms_per_border_mflop=v[BORDER] if len(v) > BORDER else 0.0,
-                   ms_per_filter_set_mflop=v[FILTER_SET] if len(v) > FILTER_SET else 0.0)
+                   ms_per_streamed_mb=v[STREAM], cache_mb=cache_mb, spill_mb=spill_mb, **terms)
 
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
-                "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb,
-                "spill_mb": self.spill_mb, "ms_per_spilled_mb": self.ms_per_spilled_mb,
-                "ms_per_epilogue_mb": self.ms_per_epilogue_mb, "ms_per_border_mflop": self.ms_per_border_mflop,
-                "ms_per_filter_set_mflop": self.ms_per_filter_set_mflop, "classes": self.classes}
+                "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb, "spill_mb": self.spill_mb,
+                **{attr: getattr(self, attr) for attr, _, _ in KERNEL_TERMS}, "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
@@ -143,10 +137,8 @@ class Coefficients:
             return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
                        channel_multiple=int(d.get("channel_multiple", 1)),
                        ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"),
-                       ms_per_spilled_mb=float(d.get("ms_per_spilled_mb", 0.0)), spill_mb=d.get("spill_mb"),
-                       ms_per_epilogue_mb=float(d.get("ms_per_epilogue_mb", 0.0)),
-                       ms_per_border_mflop=float(d.get("ms_per_border_mflop", 0.0)),
-                       ms_per_filter_set_mflop=float(d.get("ms_per_filter_set_mflop", 0.0)))
+                       spill_mb=d.get("spill_mb"),
+                       **{attr: float(d.get(attr, 0.0)) for attr, _, _ in KERNEL_TERMS})
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
@@ -245,6 +237,14 @@ def epilogue_mb(k: Kernel) -> float:
     return k.output_bytes / 1e6
 
 
+FILTER_SET_BLOCKS = 4
+
+
+def _blocks_per_pass(g: dict) -> int:
+    """Output-channel blocks a blocked conv computes per pass over its input: up to FILTER_SET_BLOCKS."""
+    return min(FILTER_SET_BLOCKS, max(1, -(-int(g["cout"]) // int(g.get("block") or 16))))
+
+
 def border_mflops(k: Kernel) -> float:
     """MFLOPs of a blocked conv's output columns whose window reaches into the left/right zero padding.
 
@@ -265,11 +265,8 @@ def border_mflops(k: Kernel) -> float:
     columns = -(-pads[1] // stride_w) + -(-pads[3] // stride_w)  # left and right padded output columns
     share = min(1.0, columns / g["out_width"])
     if k.op_class == "conv" and g.get("cout"):  # the padded path, too, amortises its loads over the filter set
-        share /= min(FILTER_SET_BLOCKS, max(1, -(-int(g["cout"]) // 16)))
+        share /= _blocks_per_pass(g)
     return k.flops / 1e6 * share
-
-
-FILTER_SET_BLOCKS = 4
 
 
 def filter_set_mflops(k: Kernel) -> float:
@@ -282,8 +279,17 @@ def filter_set_mflops(k: Kernel) -> float:
     g = k.geometry
     if k.op_class != "conv" or not g or g.get("layout") != "nchwc" or not g.get("cout"):
         return 0.0
-    blocks = -(-int(g["cout"]) // 16)
-    return k.flops / 1e6 / min(FILTER_SET_BLOCKS, max(1, blocks))
+    return k.flops / 1e6 / _blocks_per_pass(g)
+
+
+# Per-kernel terms beyond a class's compute, memory and launch rates, each with its coefficient attribute
+# and design-matrix column: a new term is one row here (plus its column above and its field).
+KERNEL_TERMS = (
+    ("ms_per_spilled_mb", SPILL, lambda k, spill_mb: spilled_mb(k, spill_mb)),
+    ("ms_per_epilogue_mb", EPILOGUE, lambda k, spill_mb: epilogue_mb(k)),
+    ("ms_per_border_mflop", BORDER, lambda k, spill_mb: border_mflops(k)),
+    ("ms_per_filter_set_mflop", FILTER_SET, lambda k, spill_mb: filter_set_mflops(k)),
+)
 
 
 def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None,
@@ -291,10 +297,8 @@ def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None 
     """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, 1, spilled MB: a design-matrix row."""
     row = np.zeros(N_FEATURES, dtype=np.float64)
     for k in cost.kernels:
-        row[SPILL] += spilled_mb(k, spill_mb)
-        row[EPILOGUE] += epilogue_mb(k)
-        row[BORDER] += border_mflops(k)
-        row[FILTER_SET] += filter_set_mflops(k)
+        for _, column, amount in KERNEL_TERMS:
+            row[column] += amount(k, spill_mb)
         i = _class_offset(kernel_class(k))
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
@@ -310,10 +314,7 @@ def kernel_ms(cost: GraphCost, coeffs: Coefficients) -> list[float]:
         c = coeffs.classes[kernel_class(k)]
         out.append(c["ms_per_mflop"] * work_flops(k, coeffs.channel_multiple) / 1e6
                    + c["ms_per_mb"] * k.bytes / 1e6 + c["ms_per_kernel"]
-                   + coeffs.ms_per_spilled_mb * spilled_mb(k, coeffs.spill_mb)
-                   + coeffs.ms_per_epilogue_mb * epilogue_mb(k)
-                   + coeffs.ms_per_border_mflop * border_mflops(k)
-                   + coeffs.ms_per_filter_set_mflop * filter_set_mflops(k))
+                   + sum(getattr(coeffs, attr) * amount(k, coeffs.spill_mb) for attr, _, amount in KERNEL_TERMS))
     return out
 
 
@@ -341,12 +342,10 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     held = np.zeros(N_FEATURES)
     for j, value in fixed_terms.items():
         held[j] = value
-    y_rest = y - A @ held
-    A = A.copy()
-    A_full = A.copy()
-    A[:, list(fixed_terms)] = 0.0
-    Aw = A / y[:, None]
-    bw = y_rest / y
+    free = A.copy()
+    free[:, list(fixed_terms)] = 0.0
+    Aw = free / y[:, None]
+    bw = (y - A @ held) / y
     if prior is not None and prior_weight > 0:
         theta0 = prior.vector()
         keep = theta0 > 0
@@ -372,9 +371,8 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     # A sub-class no measurement exercised takes its parent's fitted terms rather than zeros or the datasheet.
     for sub, parent in SUBCLASSES.items():
         i, j = _class_offset(sub), _class_offset(parent)
-        if not np.any(A_full[:, i:i + len(TERMS)]):
+        if not np.any(A[:, i:i + len(TERMS)]):
             theta[i:i + len(TERMS)] = theta[j:j + len(TERMS)]
-    A = A_full
     if channel_multiple is None:
         channel_multiple = prior.channel_multiple if prior is not None else 1
     coeffs = Coefficients.from_vector(theta, precision, channel_multiple, prior.cache_mb if prior is not None else None,

@@ -78,8 +78,8 @@ SCHEMA: dict[str, tuple[bool, Any]] = {
     "peak_gflops": (True, None),            # mapping precision -> GFLOP/s, checked below
     "memory_bandwidth_gbs": (True, _positive),
     "kernel_overhead_us": (True, _non_negative),
-    "channel_multiple": (False, None),
-    "cache_mb": (False, None),               # last-level cache share a network's weights can stay in, or "auto"       # int >= 1, or "auto" (this machine's SIMD width), checked below
+    "channel_multiple": (False, None),       # int >= 1, or "auto" (this machine's SIMD width), checked below
+    "cache_mb": (False, None),               # last-level cache share a network's weights can stay in, or "auto"
     "inference_overhead_us": (False, _non_negative),
     "efficiency": (False, None),             # mapping op class -> fraction of peak, checked below
     "conditions": (True, None),              # mapping, keys from CONDITION_KEYS
@@ -148,7 +148,7 @@ def validate_profile(data: Any, where: str) -> dict:
                           "the last-level cache (MB) a model's weights can stay resident in")
     out = dict(data)
     out["cache_mb"] = _host_cache_mb() if cache == "auto" else cache
-    out["channel_multiple"] = _host_channel_multiple() if cm == "auto" else cm
+    out["channel_multiple"] = host_channel_multiple() if cm == "auto" else cm
     out.setdefault("measured", False)
     out.setdefault("inference_overhead_us", 0.0)
     out["efficiency"] = {**DEFAULT_EFFICIENCY, **eff}
@@ -211,7 +211,7 @@ class Target:
         }
 
 
-def _host_channel_multiple() -> int:
+def host_channel_multiple() -> int:
     """Channel block of ONNX Runtime's NCHWc convolutions on this CPU: 16 floats with AVX-512, 8 with AVX2."""
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
@@ -225,23 +225,25 @@ def _host_channel_multiple() -> int:
     return 4
 
 
-def _host_cache_mb() -> float | None:
-    """Half of this CPU's last-level cache: the share one process keeps when others run beside it."""
-    sizes = []
+def cpu_caches() -> list[tuple[int, str, float]]:
+    """This CPU's caches as (level, type, MiB) from /sys (cpu0's view); empty where /sys does not say."""
+    caches = []
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
             level = int((index / "level").read_text())
-            text = (index / "size").read_text().strip().upper()
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper().rstrip("B")
+            scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1:], 1 / 2**20)
+            caches.append((level, kind, float(text.rstrip("KMG")) * scale))
         except (OSError, ValueError):
             continue
-        mult = 1.0 if text.endswith("M") else (1 / 1024 if text.endswith("K") else 1 / 2**20)
-        try:
-            sizes.append((level, float(text.rstrip("KMB")) * mult))
-        except ValueError:
-            continue
-    if not sizes:
-        return None
-    return max(sizes)[1] / 2
+    return caches
+
+
+def _host_cache_mb() -> float | None:
+    """Half of this CPU's last-level cache: the share one process keeps when others run beside it."""
+    sizes = [(level, mib) for level, _, mib in cpu_caches()]
+    return max(sizes)[1] / 2 if sizes else None
 
 
 # --- where profiles and calibrations live -------------------------------------------------------
