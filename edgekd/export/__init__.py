@@ -170,6 +170,12 @@ class ExportJob:
         return self.cached("onnx-fp32", lambda: export_onnx_file(
             self.model, self.example, self.scratch_path("fp32.onnx"), opset=self.options.opset))
 
+    def onnx_fp16(self) -> Path:
+        """FP16 weights and compute with float32 inputs/outputs (ort-fp16, and what strongly typed TensorRT builds from)."""
+        from edgekd.export.to_onnx import convert_onnx_fp16
+
+        return self.cached("onnx-fp16", lambda: convert_onnx_fp16(self.onnx_fp32(), self.scratch_path("fp16.onnx")))
+
     def onnx_qdq(self, *, calibration: str | None = None, per_channel: bool | None = None,
                  exclude: tuple[str, ...] | None = None) -> Path:
         """The static QDQ INT8 ONNX (TensorRT-compatible: symmetric INT8, zero points 0)."""

@@ -190,8 +190,7 @@ def export_ort_int8(job, dest: Path) -> dict:
                  requires=("onnx", "onnxscript", "onnxslim", "onnxruntime"))
 def export_ort_fp16(job, dest: Path) -> dict:
     """ONNX FP16 weights and activations with float32 inputs/outputs (GPUs and ARM CPUs with FP16 units)."""
-    shutil.copyfile(job.cached("onnx-fp16", lambda: convert_onnx_fp16(job.onnx_fp32(), job.scratch_path("fp16.onnx"))),
-                    dest)
+    shutil.copyfile(job.onnx_fp16(), dest)
     return {"keep_io_types": True, "opset": job.options.opset}
 
 

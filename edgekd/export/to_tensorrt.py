@@ -221,9 +221,7 @@ def _export(job, dest: Path, precision: str) -> dict:
     if precision == "int8":
         src = job.onnx_qdq()
     elif strongly_typed():
-        from edgekd.export.to_onnx import convert_onnx_fp16
-
-        src = job.cached("onnx-fp16", lambda: convert_onnx_fp16(job.onnx_fp32(), job.scratch_path("fp16.onnx")))
+        src = job.onnx_fp16()
     else:
         src = job.onnx_fp32()
     cache = job.options.trt_timing_cache or job.scratch_path("trt.timing.cache")
