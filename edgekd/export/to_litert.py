@@ -9,8 +9,8 @@ import numpy as np
 from edgekd.errors import EdgeKDError
 from edgekd.export import register_format
 
-INSTALL = ("pip install litert-torch (checked with torch 2.14.1: litert-torch 0.10.0 keeps the pinned torch but "
-           "pulls jax, transformers and ai-edge-litert, so install it in its own virtualenv)")
+INSTALL = ("pip install 'edgekd[litert]' (checked with torch 2.14.1: litert-torch 0.10.0 keeps the pinned torch but "
+           "pulls jax, transformers and ai-edge-litert)")
 
 
 @register_format("litert", format="litert", precision="fp32", runtime="litert", filename="{stem}.tflite",
