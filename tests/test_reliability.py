@@ -472,12 +472,13 @@ def test_torch_load_is_always_weights_only_and_yaml_always_safe():
 
 
 def test_python_files_are_imported_only_by_the_explicit_model_factory():
-    """Only `edgekd export --model FILE.py:FACTORY` imports a user's file; nothing else loads code by path."""
+    """Only a FILE.py:FACTORY the user named (--model, --teacher, --student) imports a user's file;
+    nothing else loads code by path."""
     users = sorted(str(f.relative_to(REPO)) for f in _source_files()
                    if re.search(r"spec_from_file_location|exec_module|runpy\.|SourceFileLoader", f.read_text()))
-    assert users == ["edgekd/export/standalone.py"], users
-    text = (PACKAGE / "export" / "standalone.py").read_text()
-    body = text[text.index("def _factory_model"):]
+    assert users == ["edgekd/models/sources.py"], users
+    text = (PACKAGE / "models" / "sources.py").read_text()
+    body = text[text.index("def import_factory"):]
     body = body[:body.index("\ndef ", 1)]
     assert "spec_from_file_location" in body and text.count("spec_from_file_location") == 1
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
+from edgekd.models.sources import call_factory, import_factory, load_weights, torchvision_model  # noqa: F401
 
 GENERATED = "generated"
 
@@ -25,82 +25,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     if len(dims) != 3 or min(dims) < 1:
         raise EdgeKDError(f"--input {text!r} is not an input shape", "pass NxCxHxW or CxHxW, e.g. --input 1x3x224x224")
     return dims  # type: ignore[return-value]
-
-
-def load_weights(model, path: str | Path):
-    """Load a state dict from .safetensors, or from .pt/.pth with ``torch.load(weights_only=True)``."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"weights file {path} does not exist", "check the --weights path")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            # weights_only: a checkpoint from the internet must not be able to run code on load.
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - truncated zip, bad header, pickle with code objects...
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:160]
-        raise EdgeKDError(f"cannot read weights {path.name}: {first}",
-                          "the file is truncated or not a state dict; re-save it with torch.save(model.state_dict()) "
-                          "or safetensors") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
-        raise EdgeKDError(f"{path.name} holds no state dict of tensors", "save model.state_dict() instead")
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
-    if mismatched:
-        k = mismatched[0]
-        raise EdgeKDError(f"weights {path.name} do not match the model: {len(mismatched)} tensors have other shapes "
-                          f"(e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)",
-                          "pass the architecture (and --num-classes) the weights were saved from")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        example = (missing or unexpected)[0]
-        raise EdgeKDError(f"weights {path.name} do not match the model: {len(missing)} missing and "
-                          f"{len(unexpected)} unexpected tensors (e.g. {example})",
-                          "pass the architecture the weights were saved from")
-    return model
-
-
-def _torchvision_model(name: str, num_classes: int | None):
-    import torchvision
-
-    known = torchvision.models.list_models()
-    if name not in known:
-        from edgekd.registry import suggest
-
-        raise EdgeKDError(f"unknown torchvision model {name!r}", suggest(name, known, "torchvision model"))
-    kwargs = {"num_classes": num_classes} if num_classes else {}
-    # Random weights: nothing is downloaded at run time (pass --weights for trained ones).
-    return torchvision.models.get_model(name, weights=None, **kwargs)
-
-
-def _factory_model(spec: str):
-    path_text, _, factory = spec.rpartition(":")
-    path = Path(path_text)
-    if not factory or not path_text.endswith(".py"):
-        raise EdgeKDError(f"--model {spec!r} is not FILE.py:FACTORY", "pass e.g. --model models/net.py:build")
-    if not path.is_file():
-        raise EdgeKDError(f"model file {path} does not exist", "check the --model path")
-    # Importing the user's own model file is how a Python-defined model is obtained; it is their code.
-    module_spec = importlib.util.spec_from_file_location(f"edgekd_user_model_{abs(hash(path.resolve()))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001
-        raise EdgeKDError(f"importing {path} failed: {type(err).__name__}: {str(err)[:160]}", "fix the model file") from None
-    fn = getattr(module, factory, None)
-    if not callable(fn):
-        raise EdgeKDError(f"{path} defines no callable {factory!r}", "name a function that returns an nn.Module")
-    return fn()
 
 
 def load_source(*, run_dir: Path | None, model: str | None, weights: Path | None, input_shape: str | None,
@@ -127,9 +51,9 @@ def load_source(*, run_dir: Path | None, model: str | None, weights: Path | None
         info = {"source": f"run:{run_dir}", "arch": spec.arch, "width": spec.width, "depth": spec.depth}
     elif model is not None:
         if model.startswith("torchvision:"):
-            net = _torchvision_model(model.split(":", 1)[1], num_classes)
+            net = torchvision_model(model.split(":", 1)[1], num_classes)
         else:
-            net = _factory_model(model)
+            net = call_factory(import_factory(model), model)
         if not isinstance(net, torch.nn.Module):
             raise EdgeKDError(f"--model {model} returned {type(net).__name__}, not a torch.nn.Module",
                               "the factory must return the model")

@@ -1,4 +1,10 @@
-"""Model families by name: ``create("cnn", width=0.5, ...)``, specs, and safetensors checkpoints."""
+"""Model families by name: ``create("cnn", width=0.5, ...)``, specs, and safetensors checkpoints.
+
+A family is one file in this package that registers a factory ``(num_classes, in_channels, width, depth,
+image_size=None, **kw) -> nn.Module`` with :func:`family`. Names with a scheme are model sources
+rather than families: ``timm:NAME`` (``edgekd.models.timm_models``), ``torchvision:NAME`` and
+``path/to/file.py:factory`` (``edgekd.models.sources``); :data:`SCHEMES` maps a scheme to its factory.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,68 @@ from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry
 
 MODELS: Registry = Registry("model")
+# "timm:NAME", "torchvision:NAME" -> the factory of that source (filled by the modules that define them).
+SCHEMES: Registry = Registry("model source")
 
 # Student widths edgekd considers by default: a grid wide enough that a latency budget cuts it.
 DEFAULT_WIDTHS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
-def create(arch: str, *, num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1, **kw) -> nn.Module:
-    """Build a registered architecture at the given width multiplier and depth."""
-    if width <= 0:
+def family(name: str, *, depths=(1,), widths=None):
+    """Register a student family. ``depths``: the depth multipliers a search tries (``(1,)`` when the family
+    has no depth knob); ``widths``: its default candidate widths (default :data:`DEFAULT_WIDTHS`)."""
+
+    def decorator(fn):
+        fn.search_depths = tuple(depths)
+        fn.search_widths = tuple(widths or DEFAULT_WIDTHS)
+        MODELS.add(name, fn)
+        return fn
+
+    return decorator
+
+
+def resolve_factory(arch: str):
+    """The factory behind ``arch``: a registered family, or a ``scheme:NAME`` model source.
+
+    ``file.py:factory`` imports the user's file: only ever called with a name the user typed.
+    """
+    if ":" in arch and arch not in MODELS:
+        scheme, _, name = arch.partition(":")
+        if arch.rpartition(":")[0].endswith(".py"):
+            from edgekd.models.sources import factory_family
+
+            return factory_family(arch)
+        return SCHEMES.get(scheme)(name)
+    return MODELS.get(arch)
+
+
+def search_depths(arch: str) -> tuple:
+    return getattr(resolve_factory(arch), "search_depths", (1,)) if ".py:" not in arch else (1,)
+
+
+def search_widths(arch: str) -> tuple:
+    return getattr(resolve_factory(arch), "search_widths", DEFAULT_WIDTHS) if ".py:" not in arch else DEFAULT_WIDTHS
+
+
+def create(arch: str, *, num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
+           image_size: int | None = None, **kw) -> nn.Module:
+    """Build ``arch`` at the given width (and depth) multiplier for ``in_channels``-channel images of
+    ``image_size`` pixels (None: the family's usual size; it picks the stem stride, see ``adapt.py``)."""
+    if not width > 0:
         raise EdgeKDError(f"width must be > 0, got {width}", "use a positive width multiplier such as 0.5")
-    if depth < 1:
-        raise EdgeKDError(f"depth must be >= 1, got {depth}", "use a depth of 1 or more")
-    factory = MODELS.get(arch)
+    if not depth > 0:
+        raise EdgeKDError(f"depth must be > 0, got {depth}", "use a depth of 1 or more")
+    factory = resolve_factory(arch)
+    if image_size is not None:
+        kw.setdefault("image_size", image_size)
     return factory(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth, **kw)
+
+
+def integer_depth(depth: float, arch: str) -> int:
+    """For families whose depth is a block count: 1, 2, 3... (1.0 is accepted as 1)."""
+    if float(depth) != int(depth) or depth < 1:
+        raise EdgeKDError(f"{arch} depth must be a whole number >= 1, got {depth:g}", "use e.g. --depths 1,2,3")
+    return int(depth)
 
 
 @dataclass
@@ -36,23 +91,28 @@ class ModelSpec:
     num_classes: int
     in_channels: int
     width: float = 1.0
-    depth: int = 1
+    depth: float = 1
     extra: dict = field(default_factory=dict)
+    image_size: int | None = None   # the input size the graph was built for (stem stride, MLP fan-in)
 
     def build(self) -> nn.Module:
         return create(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                      width=self.width, depth=self.depth, **self.extra)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+                      width=self.width, depth=self.depth, image_size=self.image_size, **self.extra)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
-        known = {"arch", "num_classes", "in_channels", "width", "depth", "extra"}
+        known = {"arch", "num_classes", "in_channels", "width", "depth", "extra", "image_size"}
         unknown = set(d) - known
         if unknown or "arch" not in d:
             raise EdgeKDError(f"invalid model spec {d!r}", "the checkpoint was not written by edgekd")
         return cls(**{k: d[k] for k in known if k in d})
+
+    def to_dict(self) -> dict:
+        # image_size only when set: specs of models built before it existed keep their hash (teacher cache key).
+        d = asdict(self)
+        if d["image_size"] is None:
+            d.pop("image_size")
+        return d
 
 
 def count_params(model: nn.Module) -> int:
@@ -72,8 +132,13 @@ def save_model(path: str | Path, model: nn.Module, spec: ModelSpec, meta: dict |
     return Path(path)
 
 
-def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Module, ModelSpec, dict]:
-    """Load a safetensors checkpoint written by :func:`save_model` (or bare weights plus ``spec``)."""
+def load_model(path: str | Path, spec: ModelSpec | None = None, *,
+               trust_code: bool = False) -> tuple[nn.Module, ModelSpec, dict]:
+    """Load a safetensors checkpoint written by :func:`save_model` (or bare weights plus ``spec``).
+
+    A spec naming a ``file.py:factory`` architecture is refused unless ``trust_code``: a checkpoint must
+    not be able to make edgekd import Python code the user did not name.
+    """
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -92,6 +157,9 @@ def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Modu
         if "edgekd.spec" not in header:
             raise EdgeKDError(f"{path} carries no edgekd model spec", "pass --teacher-arch (and width) for bare weights")
         spec = ModelSpec.from_dict(json.loads(header["edgekd.spec"]))
+    if ".py:" in spec.arch and not trust_code:
+        raise EdgeKDError(f"{path} was built by the model file {spec.arch}, which edgekd does not import on its own",
+                          f"pass the factory explicitly (e.g. --model {spec.arch} --weights {path})")
     meta = json.loads(header.get("edgekd.meta", "{}"))
     model = spec.build()
     try:
@@ -107,5 +175,15 @@ def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Modu
     return model, spec, meta
 
 
-from edgekd.models import cnn as _cnn  # noqa: E402,F401  (registers the families)
+# One file per family; importing it registers it.
+from edgekd.models import cnn as _cnn  # noqa: E402,F401
+from edgekd.models import efficientnet as _efficientnet  # noqa: E402,F401
 from edgekd.models import mlp as _mlp  # noqa: E402,F401
+from edgekd.models import mnasnet as _mnasnet  # noqa: E402,F401
+from edgekd.models import mobilenet_v2 as _mobilenet_v2  # noqa: E402,F401
+from edgekd.models import mobilenet_v3 as _mobilenet_v3  # noqa: E402,F401
+from edgekd.models import regnet as _regnet  # noqa: E402,F401
+from edgekd.models import resnet as _resnet  # noqa: E402,F401
+from edgekd.models import shufflenet_v2 as _shufflenet_v2  # noqa: E402,F401
+from edgekd.models import sources as _sources  # noqa: E402,F401  (torchvision:NAME)
+from edgekd.models import timm_models as _timm_models  # noqa: E402,F401  (timm:NAME)

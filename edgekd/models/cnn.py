@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.models import MODELS
+from edgekd.models import family, integer_depth
 
 BASE_CHANNELS = (16, 32, 64)
 
@@ -58,6 +58,7 @@ class CNN(nn.Module):
         return self.forward_features(x)[1]
 
 
-@MODELS.register("cnn")
-def cnn(num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1, **kw) -> CNN:
-    return CNN(num_classes, in_channels, width=width, depth=depth, **kw)
+@family("cnn", depths=(1, 2, 3))
+def cnn(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1, image_size=None, **kw) -> CNN:
+    # Fully convolutional with global pooling: any image size, so image_size changes nothing.
+    return CNN(num_classes, in_channels, width=width, depth=integer_depth(depth, "cnn"), **kw)

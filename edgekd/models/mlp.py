@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.models import MODELS
+from edgekd.models import family, integer_depth
 
 BASE_HIDDEN = 800  # Hinton et al. (2015): the small MNIST net had two hidden layers of 800 units
 
@@ -32,6 +32,7 @@ class MLP(nn.Module):
         return self.classifier(self.body(x))
 
 
-@MODELS.register("mlp")
-def mlp(num_classes: int, in_channels: int, width: float = 1.0, depth: int = 1, **kw) -> MLP:
-    return MLP(num_classes, in_channels, width=width, depth=depth, **kw)
+@family("mlp", depths=(1, 2, 3))
+def mlp(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1, image_size=None, **kw) -> MLP:
+    return MLP(num_classes, in_channels, width=width, depth=integer_depth(depth, "mlp"),
+               image_size=image_size if image_size is not None else 28, **kw)
