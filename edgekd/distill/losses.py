@@ -26,16 +26,18 @@ class ModelOutputs:
 class DistillLoss(nn.Module):
     """Base class: ``forward(student, teacher, target) -> scalar``.
 
-    ``needs_teacher``: the loss reads teacher outputs. ``needs_features``: it reads stage features
-    (so teacher logits alone cannot be cached). ``setup`` runs once with both models and an example
-    batch, before the optimizer is built, so learned parts (FitNets adapters) are trained with the student.
+    ``needs_teacher``: the loss reads teacher outputs. ``needs_features``: it reads paired stage features
+    (so teacher logits alone cannot be cached). ``setup`` runs once with both models, an example batch
+    and the stage pairs (:mod:`edgekd.distill.features`; found by stride when not given), before the
+    optimizer is built, so learned parts (FitNets adapters) are trained with the student. The features
+    a loss sees are aligned lists: ``student.features[i]`` pairs with ``teacher.features[i]``.
     """
 
     needs_teacher = True
     needs_features = False
     trains_classifier = True  # False for losses that only match features: they need a logit loss beside them
 
-    def setup(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor) -> None:
+    def setup(self, student: nn.Module, teacher: nn.Module | None, example: torch.Tensor, pairs=None) -> None:
         pass
 
     def set_progress(self, fraction: float) -> None:
@@ -118,9 +120,11 @@ class CombinedLoss(DistillLoss):
         self.needs_features = any(t.needs_features for t in self.terms)
         self.last_parts: dict[str, float] = {}
 
-    def setup(self, student, teacher, example):
+    def setup(self, student, teacher, example, pairs=None):
+        if self.needs_features and pairs is None:
+            pairs = stage_pairs(student, teacher, example)
         for t in self.terms:
-            t.setup(student, teacher, example)
+            t.setup(student, teacher, example, pairs)
 
     def set_progress(self, fraction):
         for t in self.terms:
@@ -217,28 +221,21 @@ class DecoupledKD(DistillLoss):
 # Feature-based: FitNets hints and attention transfer
 
 
-@torch.no_grad()
-def probe_features(model: nn.Module, example: torch.Tensor) -> list[torch.Tensor]:
-    """Stage features of ``model`` for ``example`` without touching BatchNorm statistics."""
-    was_training = model.training
-    model.eval()
-    try:
-        if not hasattr(model, "forward_features"):
-            raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
-                              "feature, attention and relation losses need a model that returns its stage features")
-        feats, _ = model.forward_features(example)
-    finally:
-        model.train(was_training)
-    return list(feats)
+def stage_pairs(student: nn.Module, teacher: nn.Module | None, example: torch.Tensor):
+    """Student/teacher stages paired by stride (see :mod:`edgekd.distill.features`)."""
+    from edgekd.distill.features import pair_stages
+
+    if teacher is None:
+        raise EdgeKDError("feature losses need a teacher", "pass a teacher or use --loss ce")
+    return pair_stages(student, teacher, example)
 
 
-def _stages(indices, n: int, what: str) -> list[int]:
+def _pairs(indices, n: int, what: str) -> list[int]:
     out = []
     for i in indices:
         j = int(i) + n if int(i) < 0 else int(i)
         if not 0 <= j < n:
-            raise EdgeKDError(f"{what} stage {i} does not exist (the models have {n} stages)",
-                              f"use stage indices 0..{n - 1}")
+            raise EdgeKDError(f"{what} pair {i} does not exist ({n} stage pairs)", f"use pair indices 0..{n - 1}")
         out.append(j)
     return out
 
@@ -252,25 +249,26 @@ def _match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 @LOSSES.register("fitnet")
 class FitNetHints(DistillLoss):
     """Romero et al. (2015): regress teacher stage features from student ones through a learned
-    1x1-conv adapter per chosen stage (``hint_layers``, default the middle stage); MSE."""
+    1x1-conv adapter per chosen stage pair (``hint_layers``, default the middle pair), resized to the
+    teacher's map; MSE."""
 
     needs_features = True
     trains_classifier = False
 
-    def __init__(self, hint_layers: tuple[int, ...] | list[int] = (1,)):
+    def __init__(self, hint_layers: tuple[int, ...] | list[int] | None = None):
         super().__init__()
-        self.hint_layers = list(hint_layers)
+        self.hint_layers = None if hint_layers is None else list(hint_layers)
         self.adapters = nn.ModuleList()
 
-    def setup(self, student, teacher, example):
-        fs, ft = probe_features(student, example), probe_features(teacher, example)
-        if len(fs) != len(ft):
-            raise EdgeKDError(f"student has {len(fs)} stages but teacher has {len(ft)}", "use fitnet with models of the same family")
-        self.hint_layers = _stages(self.hint_layers, len(fs), "hint")
+    def setup(self, student, teacher, example, pairs=None):
+        pairs = pairs if pairs is not None else stage_pairs(student, teacher, example)
+        n = len(pairs)
+        self.hint_layers = _pairs(self.hint_layers if self.hint_layers is not None else [n // 2], n, "hint")
+        cs, ct = pairs.student_shapes, pairs.teacher_shapes
         # Adapters are part of the loss module, so train() puts their parameters in the optimizer
         # and checkpoints them with the rest of the training state.
         self.adapters = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(fs[i].shape[1], ft[i].shape[1], 1, bias=False), nn.BatchNorm2d(ft[i].shape[1]))
+            nn.Sequential(nn.Conv2d(cs[i][0], ct[i][0], 1, bias=False), nn.BatchNorm2d(ct[i][0]))
             for i in self.hint_layers
         ])
 
@@ -289,7 +287,7 @@ def attention_map(f: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("at")
 class AttentionTransfer(DistillLoss):
-    """Zagoruyko & Komodakis (2017): match the spatial attention maps of every stage
+    """Zagoruyko & Komodakis (2017): match the spatial attention maps of every stage pair
     (``at_layers``, default all); ``at_beta`` (1000, as in their code) brings it to the scale of CE."""
 
     needs_features = True
@@ -299,9 +297,9 @@ class AttentionTransfer(DistillLoss):
         super().__init__()
         self.at_layers, self.beta = at_layers, at_beta
 
-    def setup(self, student, teacher, example):
-        n = len(probe_features(student, example))
-        self.at_layers = _stages(self.at_layers if self.at_layers is not None else range(n), n, "attention")
+    def setup(self, student, teacher, example, pairs=None):
+        n = len(pairs if pairs is not None else stage_pairs(student, teacher, example))
+        self.at_layers = _pairs(self.at_layers if self.at_layers is not None else range(n), n, "attention")
 
     def forward(self, student, teacher, target):
         loss = 0.0
@@ -318,7 +316,7 @@ class AttentionTransfer(DistillLoss):
 
 
 def _embedding(out: ModelOutputs) -> torch.Tensor:
-    # The globally pooled last stage: the representation the classifier reads.
+    # The globally pooled last paired stage: the representation the classifier reads.
     return out.features[-1].float().mean((2, 3))
 
 

@@ -64,7 +64,7 @@ def check_teacher_fits(spec: ModelSpec, splits: DataSplits, where: str) -> None:
 class EnsembleTeacher(nn.Module):
     """Several teachers as one: logits whose softmax at ``temperature`` is the average of the members'
     soft targets at that temperature (``T * log mean_i softmax(z_i / T)``). Stage features, for
-    feature losses, are the first member's."""
+    feature losses, are the first member's (its module names are the teacher's)."""
 
     def __init__(self, members: list[nn.Module], temperature: float = 4.0):
         super().__init__()
@@ -78,9 +78,8 @@ class EnsembleTeacher(nn.Module):
         log_probs = torch.stack([torch.log_softmax(z.float() / T, dim=1) for z in logits])
         return T * (torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(logits)))))
 
-    def forward_features(self, x):
-        feats, first = self.members[0].forward_features(x)
-        return feats, self._combine([first] + [m(x) for m in self.members[1:]])
+    def named_root(self) -> nn.Module:
+        return self.members[0]
 
     def forward(self, x):
         return self._combine([m(x) for m in self.members])

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataSplits, ImageSet
+from edgekd.distill.features import FeatureTap, StagePairs, pair_stages
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
 from edgekd.errors import EdgeKDError
 
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 512
     loss_opts: dict = field(default_factory=dict)  # extra options for losses (e.g. {"hint_layers": [1]})
+    feature_pairs: str | None = None    # "student.A:teacher.B,..." for feature losses; None: paired by stride
     # Modes. offline: frozen teacher. online: teacher and student learn together (mutual learning).
     # self: born-again, `generations` students in a row, each taught by the one before.
     mode: str = "offline"               # "offline" | "online" | "self"
@@ -100,8 +102,9 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         d = {k: getattr(self, k) for k in self.RESULT_FIELDS}
-        if self.mixup:  # added later: absent when off, so checkpoints written before it still resume
-            d["mixup"] = self.mixup
+        for key in ("mixup", "feature_pairs"):  # added later: absent when off, so older checkpoints still resume
+            if getattr(self, key):
+                d[key] = getattr(self, key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -193,16 +196,6 @@ def random_shift(x: torch.Tensor, px: int, generator: torch.Generator | None) ->
         dy, dx = divmod(k, 2 * px + 1)
         out[sel] = padded[sel, :, dy:dy + h, dx:dx + w]
     return out
-
-
-def run_model(model: nn.Module, x: torch.Tensor, features: bool) -> ModelOutputs:
-    if features:
-        if not hasattr(model, "forward_features"):
-            raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
-                              "feature and attention losses need a model that returns its stage features; use --loss kd")
-        feats, logits = model.forward_features(x)
-        return ModelOutputs(logits, list(feats))
-    return ModelOutputs(model(x))
 
 
 @torch.no_grad()
@@ -330,24 +323,23 @@ def _barrier(ddp: Dist) -> None:
 
 
 class _Forward(nn.Module):
-    """One call returns what the loss needs: (stage features, logits). DDP only hooks ``forward``."""
+    """One call returns what the loss needs: (outputs of the paired stage modules, logits), the stage
+    outputs read by forward hooks (:class:`FeatureTap`). DDP only hooks ``forward``."""
 
-    def __init__(self, model: nn.Module, features: bool):
+    def __init__(self, model: nn.Module, stage_names: list[str]):
         super().__init__()
-        self.model, self.features = model, features
+        self.model, self.stage_names = model, stage_names
 
     def forward(self, x):
-        if self.features:
-            feats, logits = self.model.forward_features(x)
-            return list(feats), logits
-        return [], self.model(x)
+        if not self.stage_names:
+            return [], self.model(x)
+        with FeatureTap(self.model, self.stage_names) as tap:
+            logits = self.model(x)
+        return tap.collect(), logits
 
 
-def _wrap(model: nn.Module, features: bool, ddp: Dist, device: torch.device) -> nn.Module:
-    if features and not hasattr(model, "forward_features"):
-        raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
-                          "feature, attention and relation losses need a model that returns its stage features; use --loss kd")
-    net = _Forward(model, features)
+def _wrap(model: nn.Module, stage_names: list[str], ddp: Dist, device: torch.device) -> nn.Module:
+    net = _Forward(model, stage_names)
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -461,10 +453,12 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                 teacher.train().requires_grad_(True)
             else:
                 teacher.eval().requires_grad_(False)
-        loss_fn.setup(student, teacher, make(torch.arange(min(2, n))))
+        example = make(torch.arange(min(2, n)))
+        pairs = pair_stages(student, teacher, example, explicit=cfg.feature_pairs) if features else StagePairs()
+        loss_fn.setup(student, teacher, example, pairs)
         loss_fn.to(device)
-    student_net = _wrap(student, features, ddp, device)
-    teacher_net = _wrap(teacher, features, ddp if online else Dist(), device) if teacher is not None else None
+    student_net = _wrap(student, [s.name for s in pairs.student], ddp, device)
+    teacher_net = _wrap(teacher, [t.name for t in pairs.teacher], ddp if online else Dist(), device) if teacher is not None else None
     trained = [student] + ([teacher] if online else [])
     params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)

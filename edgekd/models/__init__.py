@@ -96,8 +96,11 @@ class ModelSpec:
     image_size: int | None = None   # the input size the graph was built for (stem stride, MLP fan-in)
 
     def build(self) -> nn.Module:
+        extra = dict(self.extra)
+        if self.image_size is not None:
+            extra["image_size"] = self.image_size
         return create(self.arch, num_classes=self.num_classes, in_channels=self.in_channels,
-                      width=self.width, depth=self.depth, image_size=self.image_size, **self.extra)
+                      width=self.width, depth=self.depth, **extra)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelSpec":
