@@ -30,6 +30,13 @@ class DistillOptions:
     out: str | None = None
     data: str | None = None
     teacher: str | list[str] | None = None
+    teacher_weights: str | list[str] | None = None   # weights for torchvision:/timm:/file.py: teachers
+    student: str = "cnn"                             # a family (edgekd.models), timm:NAME or FILE.py:factory
+    student_weights: str | None = None               # start from these weights (every tensor that fits)
+    image_size: int | None = None                    # the student's input (default: the data's own size)
+    image_sizes: tuple[int, ...] | None = None       # candidate input sizes for the selection
+    teacher_image_size: int | None = None            # the teacher's input (default: image_size)
+    compare: tuple[str, ...] | None = None           # baselines beside the distilled student (COMPARISONS)
     budget_ms: float | None = None
     epochs: int | None = None
     seed: int = 0
@@ -69,6 +76,19 @@ class DistillOptions:
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
+        for name in ("image_size", "teacher_image_size"):
+            value = getattr(self, name)
+            if value is not None and value < 8:
+                raise EdgeKDError(f"--{name.replace('_', '-')} must be at least 8 pixels, got {value}", "e.g. 32 or 224")
+        if self.image_sizes is not None and (not self.image_sizes or min(self.image_sizes) < 8):
+            raise EdgeKDError(f"--image-sizes must be sizes of at least 8 pixels, got {self.image_sizes}", "e.g. --image-sizes 160,192,224")
+        if self.image_size is not None and self.image_sizes:
+            raise EdgeKDError("--image-size and --image-sizes contradict each other", "fix the size, or give candidates to choose from")
+        if self.compare:
+            from edgekd.bench.baselines import BASELINES
+
+            for name in self.compare:
+                BASELINES.get(name)  # unknown -> "did you mean"
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -219,7 +239,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
     from edgekd.data import load_data, normalize
     from edgekd.distill import TrainConfig, get_teacher, train
     from edgekd.hardware import load_target, select_width
-    from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
+    from edgekd.models import ModelSpec, count_params, save_model, search_widths
 
     console = console or Console(stderr=False)
     opts.validate()
@@ -245,29 +265,37 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
                       f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
 
-    with clock.stage("select", f"Choosing the student width for {target.name} (budget {budget_ms:g} ms)"):
+    student_arch = opts.student or "cnn"
+    image_sizes = ([opts.image_size] if opts.image_size else list(opts.image_sizes or [])) or None
+    what = "width" + (" and image size" if image_sizes and len(image_sizes) > 1 else "")
+    with clock.stage("select", f"Choosing the {student_arch} student's {what} for {target.name} (budget {budget_ms:g} ms)"):
         if opts.width is not None:
             # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
-            selection = select_width("cnn", (opts.width,), target=target, budget_ms=float("1e12"),
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+            selection = select_width(student_arch, (opts.width,), target=target, budget_ms=float("1e12"),
+                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape),
+                                     image_sizes=image_sizes)
             selection.budget_ms = budget_ms
             for cand in selection.candidates:
                 cand.fits = cand.predicted_ms <= budget_ms
         else:
-            selection = select_width("cnn", tuple(opts.widths or DEFAULT_WIDTHS), target=target, budget_ms=budget_ms,
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+            selection = select_width(student_arch, tuple(opts.widths or search_widths(student_arch)), target=target,
+                                     budget_ms=budget_ms, num_classes=splits.num_classes,
+                                     input_shape=tuple(splits.input_shape), image_sizes=image_sizes)
         _print_selection(console, selection)
         if not selection.chosen.fits:
             console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
                           f"({selection.chosen.predicted_ms:.3f} ms): distilling it because --width asked for it[/]")
 
+    splits = at_image_size(splits, selection.chosen.image_size)
     with clock.stage("teacher", "Teacher"):
         teacher, teacher_spec, teacher_info = get_teacher(
-            splits, teacher_path=opts.teacher, progress=opts.progress, device=device, temperature=opts.temperature)
-        console.print(f"  teacher {teacher_spec.arch} width {teacher_spec.width} depth {teacher_spec.depth}: "
+            splits, teacher_path=opts.teacher, teacher_weights=opts.teacher_weights, progress=opts.progress,
+            device=device, temperature=opts.temperature)
+        console.print(f"  teacher {_describe_teacher(teacher_spec, teacher_info)}: "
                       f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
                       f"{' (cached)' if teacher_info.get('cached') else ''}")
 
+    check_feature_pairs(opts, splits, selection.chosen, teacher, device)
     if opts.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,20 +309,17 @@ def _distill(opts: DistillOptions, console=None) -> dict:
         atomic_write_json(out / "config.json", config)
 
         chosen = selection.chosen
-        spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
+        spec = student_spec(student_arch, splits, chosen)
         train_cfg = _train_config(opts, device)
-        with clock.stage("distill", f"Distilling the student (width {chosen.width:g}, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
-            torch.manual_seed(opts.seed)
-            student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                             width=spec.width, depth=spec.depth)
+        with clock.stage("distill", f"Distilling the {student_arch} student (width {chosen.width:g}, "
+                                    f"{splits.input_shape[-1]} px, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
+            student = build_student(spec, opts.seed, opts.student_weights, console)
             result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
                            resume=opts.resume, progress=opts.progress, spec=spec)
             student = student.cpu().eval()
             save_model(out / "student.safetensors", student, spec,
                        {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
-            # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
-            save_model(out / "teacher.safetensors", getattr(teacher, "members", [teacher])[0].cpu().eval(),
-                       teacher_spec, {"accuracy": teacher_info["accuracy"]})
+            teacher_file = save_teacher(out, teacher, teacher_spec, teacher_info, splits)
             console.print(f"  student test accuracy {result.accuracy:.4f} "
                           f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
@@ -308,15 +333,19 @@ def _distill(opts: DistillOptions, console=None) -> dict:
             "budget_ms": budget_ms,
             "data": splits.describe(),
             "selection": {"width": chosen.width, **selection.to_dict()},
-            "teacher": {"arch": teacher_spec.arch, "width": teacher_spec.width, "depth": teacher_spec.depth,
+            "teacher": {"arch": teacher_spec.arch if teacher_spec else str(teacher_info.get("path")),
+                        "width": teacher_spec.width if teacher_spec else None,
+                        "depth": teacher_spec.depth if teacher_spec else None,
                         "params": teacher_info["params"], "accuracy": teacher_info["accuracy"],
-                        "path": "teacher.safetensors", "cached": bool(teacher_info.get("cached")),
-                        "source": str(teacher_info.get("path"))},
-            "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
+                        "path": teacher_file, "cached": bool(teacher_info.get("cached")),
+                        "source": str(teacher_info.get("path")),
+                        **({"weights": teacher_info["weights"]} if teacher_info.get("weights") else {})},
+            "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "image_size": splits.input_shape[-1],
                         "params": count_params(student), "flops": chosen.flops,
                         "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
                         "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                        "history": result.history},
+                        "history": result.history,
+                        **({"init_weights": opts.student_weights} if opts.student_weights else {})},
         }
 
         test_x = normalize(splits.test.x, splits.mean, splits.std)
@@ -339,7 +368,13 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                 artifacts, run_dir=out, teacher=teacher, student=student, splits=splits, target=target,
                 student_accuracy=result.accuracy, teacher_accuracy=teacher_info["accuracy"],
                 max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads,
-                console=console)
+                console=console, teacher_path=teacher_file)
+        if opts.compare:
+            from edgekd.bench.baselines import run_baselines
+
+            with clock.stage("compare", f"Baselines: {', '.join(opts.compare)}"):
+                rows += run_baselines(opts.compare, out=out, spec=spec, teacher=teacher, splits=splits, target=target,
+                                      train_cfg=train_cfg, student_accuracy=result.accuracy, opts=opts, console=console)
         report["artifacts"] = rows
         report["recommended"] = recommend(rows, target, opts.max_drop)
 
@@ -357,6 +392,103 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"({', '.join(p.name for p in paths.values())})")
         console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return report
+
+
+def at_image_size(splits, size: int | None):
+    """The splits at the student's input size (square), resized in memory when they are not.
+
+    A stopgap until the data pipeline takes the size itself (``load_data(image_size=)``).
+    """
+    if size is None or tuple(splits.input_shape[1:]) == (size, size):
+        return splits
+    import dataclasses
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    def resize(images):
+        out = []
+        for i in range(0, len(images.x), 2048):
+            x = torch.from_numpy(np.ascontiguousarray(images.x[i:i + 2048])).float()
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append(x.round().clamp(0, 255).to(torch.uint8).numpy())
+        return dataclasses.replace(images, x=np.concatenate(out) if out else images.x[:, :, :size, :size])
+
+    return dataclasses.replace(splits, train=resize(splits.train), val=resize(splits.val), calib=resize(splits.calib),
+                               test=resize(splits.test), input_shape=(splits.input_shape[0], size, size))
+
+
+def student_spec(arch: str, splits, chosen):
+    """The student's spec: its family at the chosen width and depth, for the data's classes, channels and size."""
+    from edgekd.models import ModelSpec
+
+    extra = {"image_size": list(splits.input_shape[1:])} if arch == "mlp" else {}
+    image_size = None if arch in ("cnn", "mlp") else int(splits.input_shape[-1])
+    return ModelSpec(arch, splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth,
+                     extra=extra, image_size=image_size)
+
+
+def build_student(spec, seed: int, weights: str | None, console):
+    """The student at its initial weights: the seed's, then every tensor of ``weights`` whose shape fits."""
+    import torch
+
+    torch.manual_seed(seed)
+    student = spec.build()
+    if weights:
+        from edgekd.models.adapt import transfer_weights
+        from edgekd.models.sources import read_state_dict
+
+        loaded, total, _ = transfer_weights(student, read_state_dict(weights, "--student-weights"), source=weights)
+        console.print(f"  --student-weights: loaded {loaded} of the student's {total} tensors from {weights} "
+                      f"(the others keep their initialisation)")
+    return student
+
+
+def save_teacher(out: Path, teacher, spec, info: dict, splits) -> str:
+    """Write the teacher into the run folder; returns its file name. An ensemble is saved as its first
+    member (the row's accuracy is the ensemble's); a teacher without a spec (ONNX, factory) as ONNX."""
+    from edgekd.models import save_model
+
+    member = getattr(teacher, "members", [teacher])[0].cpu().eval()
+    if spec is not None:
+        save_model(out / "teacher.safetensors", member, spec, {"accuracy": info["accuracy"]})
+        return "teacher.safetensors"
+    source = getattr(getattr(member, "net", member), "path", None)
+    if source and str(source).endswith(".onnx"):
+        from edgekd.fsutil import atomic_path
+
+        with atomic_path(out / "teacher.onnx") as tmp:
+            shutil.copyfile(source, tmp)
+    else:
+        from edgekd.hardware.graph import export_onnx
+
+        export_onnx(member, (1, *splits.input_shape), out / "teacher.onnx")
+    return "teacher.onnx"
+
+
+def check_feature_pairs(opts: DistillOptions, splits, chosen, teacher, device: str) -> None:
+    """Feature losses: pair the stages now (one probe image), so an impossible pairing or an ONNX teacher
+    is refused before the run folder exists and anything trains."""
+    from edgekd.distill.losses import build_loss
+
+    cfg = _train_config(opts, device)
+    if not build_loss(cfg.loss).needs_features:
+        return
+    import torch
+
+    from edgekd.data import normalize
+    from edgekd.distill.features import pair_stages
+
+    student = student_spec(opts.student or "cnn", splits, chosen).build()
+    example = torch.from_numpy(normalize(splits.test.x[:2], splits.mean, splits.std))
+    pair_stages(student, teacher.cpu(), example, explicit=cfg.feature_pairs)
+
+
+def _describe_teacher(spec, info: dict) -> str:
+    if spec is None or spec.arch.startswith(("torchvision:", "timm:")):
+        return str(info.get("path"))
+    return f"{spec.arch} width {spec.width:g} depth {spec.depth:g}"
 
 
 def _train_config(opts: DistillOptions, device: str):

@@ -62,8 +62,11 @@ class Registry(Generic[T]):
 def suggest(name: str, choices, kind: str) -> str:
     """'did you mean X?' plus the list of valid names, for one-line errors."""
     choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    known = ", ".join(choices) if choices else "none"
+    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.5)
+    if len(choices) > 30:  # torchvision's or timm's hundreds of names: the nearest few, not a wall of text
+        known = f"{len(choices)} in all, nearest: {', '.join(close or choices[:5])}"
+    else:
+        known = ", ".join(choices) if choices else "none"
     if close:
         return f"did you mean {close[0]!r}? known {kind}s: {known}"
     return f"known {kind}s: {known}"

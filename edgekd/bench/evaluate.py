@@ -64,7 +64,8 @@ def accuracy_of(run, x: np.ndarray, y: np.ndarray) -> float:
 
 def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, target,
                         student_accuracy: float, teacher_accuracy: float, max_drop: float,
-                        seconds: float = 0.5, threads: int | None = None, console=None) -> list[dict]:
+                        seconds: float = 0.5, threads: int | None = None, console=None,
+                        teacher_path: str = "teacher.safetensors") -> list[dict]:
     """One report row per artifact (plus the PyTorch teacher and student baselines).
 
     A failure in one row is recorded in that row and never stops the others.
@@ -80,7 +81,7 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
     input_shape = (1, *splits.input_shape)
 
     rows = [
-        _pytorch_row("teacher", run_dir / "teacher.safetensors", teacher_accuracy),
+        _pytorch_row("teacher", run_dir / teacher_path, teacher_accuracy),
         _pytorch_row("student", run_dir / "student.safetensors", student_accuracy),
     ]
     rows += [a.to_dict(relative_to=run_dir) for a in artifacts]
@@ -121,6 +122,10 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
 
 
 def _pytorch_row(role: str, path: Path, accuracy: float) -> dict:
+    if path.suffix == ".onnx":  # a teacher that exists only as ONNX (or was written as ONNX)
+        return {"name": "onnx", "role": role, "format": "onnx", "precision": "fp32", "runtime": "onnxruntime",
+                "path": path.name, "size_bytes": path.stat().st_size, "status": "ok", "reason": None,
+                "accuracy": accuracy, "parity": None, "extra": {}}
     return {"name": "pytorch", "role": role, "format": "pytorch", "precision": "fp32", "runtime": "pytorch",
             "path": path.name, "size_bytes": path.stat().st_size, "status": "ok", "reason": None,
             "accuracy": accuracy, "parity": None, "extra": {}}

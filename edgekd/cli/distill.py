@@ -24,7 +24,15 @@ def _names(ctx, param, value):
 @click.option("--target", "-t", default="jetson-nano", show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
 @click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
-@click.option("--teacher", type=click.Path(), multiple=True, help="Teacher weights (.safetensors written by edgekd); repeat for an ensemble of teachers; default: train once and cache.")
+@click.option("--teacher", multiple=True, help="Teacher: an edgekd .safetensors, torchvision:NAME or timm:NAME (with --teacher-weights), path/to/file.py:factory, or model.onnx; repeat for an ensemble; default: train once and cache.")
+@click.option("--teacher-weights", type=click.Path(), multiple=True, help="State dict (.pth/.pt read with weights_only=True, or .safetensors) for a torchvision:/timm:/file.py: teacher; one per such teacher, in order.")
+@click.option("--student", default="cnn", show_default=True, help="Student family (cnn, mlp, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, mnasnet, shufflenet_v2, regnet, resnet), timm:NAME, or path/to/file.py:factory taking width=.")
+@click.option("--student-weights", type=click.Path(), help="Start the student from these weights (transfer): every tensor whose shape fits is loaded.")
+@click.option("--image-size", type=int, help="Student input size in pixels (default: the data's own).")
+@click.option("--image-sizes", callback=lambda c, p, v: None if v is None else tuple(int(x) for x in _floats(c, p, v)), help="Candidate student input sizes for the selection, e.g. 160,192,224.")
+@click.option("--teacher-image-size", type=int, help="Teacher input size in pixels (default: the student's).")
+@click.option("--feature-pairs", help="Feature/attention loss pairs, e.g. student.features.6:teacher.layer2,... (default: paired by stride).")
+@click.option("--compare", callback=_names, help="Baselines beside the distilled student: scratch (labels only, same budget), teacher-int8.")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -57,10 +65,11 @@ def command(**kw):
 
     kw["progress"] = not kw.pop("no_progress")
     kw["max_drop"] = kw["max_drop"] / 100.0  # points on the command line, a fraction in the library
-    kw["teacher"] = list(kw["teacher"]) if len(kw["teacher"]) > 1 else (kw["teacher"][0] if kw["teacher"] else None)
+    for name in ("teacher", "teacher_weights"):
+        kw[name] = list(kw[name]) if len(kw[name]) > 1 else (kw[name][0] if kw[name] else None)
     extra = {"mode": kw.pop("mode"), "generations": kw.pop("generations"),
              "finetune_epochs": kw.pop("finetune_epochs")}
-    for name in ("temperature_end", "assistant_width"):
+    for name in ("temperature_end", "assistant_width", "feature_pairs"):
         if kw[name] is not None:
             extra[name] = kw[name]
         kw.pop(name)

@@ -1,4 +1,5 @@
-"""`edgekd search`: the largest student (width x depth x resolution) within latency and memory budgets."""
+"""`edgekd search`: the student (width x depth x image size) to train within latency and memory budgets,
+chosen by the same code and rule `edgekd distill` uses, without training anything."""
 
 from __future__ import annotations
 
@@ -23,20 +24,22 @@ def _floats(text: str | None, what: str):
 @click.option("--target", "-t", required=True, help="Target name (see `edgekd targets`) or a profile .yaml path.")
 @click.option("--budget-ms", type=float, help="Latency budget (default: the target's).")
 @click.option("--memory-mb", type=float, help="Memory budget for weights + peak activations (default: the device's memory).")
-@click.option("--arch", default="cnn", show_default=True, help="Student family.")
-@click.option("--widths", help="Comma-separated width multipliers (default: 0.25,...,3).")
-@click.option("--depths", default="1,2,3", show_default=True, help="Comma-separated depths.")
-@click.option("--resolutions", help="Comma-separated input resolutions (default: the data's own).")
-@click.option("--input", "input_shape", default="1x28x28", show_default=True, help="Input shape CxHxW of the data.")
+@click.option("--student", "--arch", "arch", default="cnn", show_default=True,
+              help="Student family (cnn, mobilenet_v3_small, efficientnet_b0, ...), timm:NAME or FILE.py:factory.")
+@click.option("--widths", help="Comma-separated width multipliers (default: the family's).")
+@click.option("--depths", help="Comma-separated depth multipliers (default: the family's; 1 for families without one).")
+@click.option("--image-sizes", "--resolutions", "resolutions", help="Comma-separated input sizes in pixels (default: the input's own).")
+@click.option("--input", "input_shape", default=None,
+              help="Input shape CxHxW of the data (default 1x28x28 for cnn/mlp, else 3x224x224).")
 @click.option("--num-classes", default=10, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the search as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print every candidate as JSON (width, image_size, params, flops, predicted_ms, fits).")
 def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
-    """Search width, depth and input resolution; print the Pareto front and the largest candidate that fits."""
+    """Search width, depth and image size; print the Pareto front and the candidate distill would train."""
     from edgekd.hardware import parse_shape, search
 
-    shape = parse_shape(input_shape)
-    depth_list = [int(d) for d in (_floats(depths, "--depths") or [1])]
-    res = _floats(resolutions, "--resolutions")
+    shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"))
+    depth_list = _floats(depths, "--depths")
+    res = _floats(resolutions, "--image-sizes")
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
                  widths=_floats(widths, "--widths"), depths=depth_list,
                  resolutions=[int(r) for r in res] if res else None, memory_mb=memory_mb, progress=not as_json)
@@ -47,16 +50,17 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"Pareto front on {sel.target} ({sel.latency_source}), budget {sel.budget_ms:g} ms, "
+    table = Table(title=f"{arch}: Pareto front on {sel.target} ({sel.latency_source}), budget {sel.budget_ms:g} ms, "
                         f"memory {sel.memory_budget_mb:g} MB")
     for col in ("width", "depth", "res", "params", "MFLOPs", "ms", "memory MB", "fits"):
         table.add_column(col, justify="right")
     native = shape[-1]
     for c in sel.pareto:
         mark = "chosen" if c is sel.chosen else ("yes" if c.fits else "no")
-        table.add_row(f"{c.width:g}", str(c.depth), str(c.resolution or native), f"{c.params:,}", f"{c.flops / 1e6:.2f}",
+        table.add_row(f"{c.width:g}", f"{c.depth:g}", str(c.image_size or native), f"{c.params:,}", f"{c.flops / 1e6:.2f}",
                       f"{c.predicted_ms:.4f}", f"{c.memory_mb:.3f}", mark)
     console.print(table)
     c = sel.chosen
-    console.print(f"chosen: width {c.width:g}, depth {c.depth}, resolution {c.resolution or native}: {c.params:,} params, "
-                  f"{c.predicted_ms:.4f} ms ({sum(x.fits for x in sel.candidates)} of {len(sel.candidates)} candidates fit)")
+    console.print(f"chosen: width {c.width:g}, depth {c.depth:g}, image size {c.image_size or native}: {c.params:,} params, "
+                  f"{c.predicted_ms:.4f} ms ({sum(x.fits for x in sel.candidates)} of {len(sel.candidates)} candidates fit; "
+                  f"rule: {sel.to_dict()['rule']})")

@@ -61,6 +61,66 @@ def check_teacher_fits(spec: ModelSpec, splits: DataSplits, where: str) -> None:
                           "pass a teacher trained on images like these (grey vs RGB), or omit --teacher to train one")
 
 
+def takes_weights(source: str) -> bool:
+    """torchvision:, timm: and file.py: teachers are architectures; their weights come from --teacher-weights."""
+    return source.startswith(("torchvision:", "timm:")) or ".py:" in source
+
+
+def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu") -> tuple[nn.Module, ModelSpec | None, dict]:
+    """Load one user teacher and check it against the data (classes, channels, image size) before anything trains."""
+    from edgekd.models.sources import ChannelRepeat, is_source, load_source_model
+
+    text = str(source)
+    if not is_source(text):
+        path = Path(text).expanduser()
+        raise EdgeKDError(f"--teacher {path} " + ("is not a model file" if path.exists() else "does not exist"),
+                          "pass an edgekd .safetensors, a .onnx, torchvision:NAME or timm:NAME with --teacher-weights, "
+                          "or path/to/file.py:factory")
+    if text.startswith(("torchvision:", "timm:")) and weights is None:
+        raise EdgeKDError(f"--teacher {text} needs --teacher-weights: edgekd downloads nothing, and a teacher with "
+                          "random weights teaches nothing", "pass the trained weights, e.g. --teacher-weights resnet50_finetuned.pth")
+    loaded = load_source_model(text, weights=weights, in_channels=splits.input_shape[0])
+    model, spec = loaded.model, loaded.spec
+    if spec is not None:
+        check_teacher_fits(spec, splits, text)
+    else:
+        channels = getattr(model, "in_channels", None)
+        if channels == 3 and splits.input_shape[0] == 1:
+            model = ChannelRepeat(model, 3)
+        elif channels is not None and channels != splits.input_shape[0]:
+            raise EdgeKDError(f"teacher {text} takes {channels}-channel images but the data has {splits.input_shape[0]}",
+                              "pass a teacher trained on images like these (grey vs RGB)")
+        _check_output_classes(model, text, splits)
+    try:
+        accuracy = evaluate(model.eval(), splits.test, splits, device)
+    except RuntimeError as err:
+        raise EdgeKDError(f"teacher {text} cannot run on {tuple(splits.input_shape)} images ({str(err).splitlines()[0][:100]})",
+                          "pass a teacher for images of this size and channels") from None
+    info = {"accuracy": accuracy, "params": count_params(model), "path": text, "cached": False, "source": "user",
+            "format": loaded.info.get("format")}
+    if weights is not None:
+        info["weights"] = str(weights)
+    return model.eval(), spec, info
+
+
+def _check_output_classes(model: nn.Module, text: str, splits: DataSplits) -> None:
+    from edgekd.data import normalize
+
+    x = torch.from_numpy(normalize(splits.test.x[:2], splits.mean, splits.std))
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as err:  # noqa: BLE001 - the user's model on these images
+        raise EdgeKDError(f"teacher {text} cannot run on {tuple(splits.input_shape)} images "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})",
+                          "pass a teacher for images of this size and channels") from None
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise EdgeKDError(f"teacher {text} does not return a batch of logits", "the model must return N x classes logits")
+    if out.shape[1] != splits.num_classes:
+        raise EdgeKDError(f"teacher {text} predicts {out.shape[1]} classes but the data has {splits.num_classes}",
+                          "pass a teacher trained on this dataset's classes")
+
+
 class EnsembleTeacher(nn.Module):
     """Several teachers as one: logits whose softmax at ``temperature`` is the average of the members'
     soft targets at that temperature (``T * log mean_i softmax(z_i / T)``). Stage features, for
@@ -87,39 +147,40 @@ class EnsembleTeacher(nn.Module):
 
 def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple | None = None, cache_dir: str | Path | None = None,
                 progress: bool = True, device: str = "cpu", epochs: int | None = None,
-                temperature: float = 4.0, log=None) -> tuple[nn.Module, ModelSpec, dict]:
+                temperature: float = 4.0, log=None, teacher_weights=None) -> tuple[nn.Module, ModelSpec | None, dict]:
     """Return ``(teacher in eval mode, its spec, info)``; info: accuracy, params, path, cached, seconds.
 
-    A list of paths is an ensemble (:class:`EnsembleTeacher`, soft targets averaged at ``temperature``).
-    With ``teacher_path`` the user's safetensors weights (written by ``edgekd.models.save_model``) are
-    loaded and checked against the data. Without it the default teacher for these data is loaded from
-    the cache, or trained (resumably: a killed run picks up from its last epoch) and cached.
+    ``teacher_path`` is a model source (:func:`load_user_teacher`: an edgekd .safetensors, ``torchvision:NAME``
+    or ``timm:NAME`` with ``teacher_weights``, ``file.py:factory``, a ``.onnx``); a list of them is an
+    ensemble (:class:`EnsembleTeacher`, soft targets averaged at ``temperature``), the i-th of
+    ``teacher_weights`` going to the i-th member that takes weights. Without ``teacher_path`` the default
+    teacher for these data is loaded from the cache, or trained (resumably: a killed run picks up from
+    its last epoch) and cached. The spec is None for a teacher that cannot be rebuilt from one (ONNX, factory).
     """
     t0 = time.perf_counter()
-    if isinstance(teacher_path, (list, tuple)) and len(teacher_path) == 1:
-        teacher_path = teacher_path[0]
-    if isinstance(teacher_path, (list, tuple)):
+    sources = list(teacher_path) if isinstance(teacher_path, (list, tuple)) else [teacher_path] if teacher_path else []
+    weights = list(teacher_weights) if isinstance(teacher_weights, (list, tuple)) else [teacher_weights] if teacher_weights else []
+    if weights and not sources:
+        raise EdgeKDError("--teacher-weights needs --teacher (the architecture the weights are for)",
+                          "add e.g. --teacher torchvision:resnet18")
+    takers = [s for s in sources if takes_weights(str(s))]
+    if len(weights) > len(takers):
+        raise EdgeKDError(f"{len(weights)} --teacher-weights for {len(takers)} teacher(s) that take weights",
+                          "give one --teacher-weights per torchvision:/timm:/file.py: teacher, in the same order")
+    paired = iter(weights)
+    members = [load_user_teacher(s, splits, weights=next(paired, None) if takes_weights(str(s)) else None, device=device)
+               for s in sources]
+    if len(members) == 1:
+        model, spec, info = members[0]
+        return model, spec, {**info, "seconds": time.perf_counter() - t0}
+    if members:
         # An ensemble: each member checked on its own, soft targets averaged at `temperature`.
-        members = [get_teacher(splits, teacher_path=p, device=device, progress=False) for p in teacher_path]
         model = EnsembleTeacher([m for m, _, _ in members], temperature=temperature).eval()
         accuracy = evaluate(model, splits.test, splits, device)
         return model, members[0][1], {"accuracy": accuracy, "params": count_params(model),
                                       "path": [i["path"] for _, _, i in members], "cached": False,
                                       "seconds": time.perf_counter() - t0, "source": "ensemble",
                                       "members": [{"path": i["path"], "accuracy": i["accuracy"]} for _, _, i in members]}
-    if teacher_path is not None:
-        path = Path(teacher_path).expanduser()
-        if not path.exists():
-            raise EdgeKDError(f"--teacher {path} does not exist", "pass a .safetensors file written by edgekd")
-        model, spec, meta = load_model(path)
-        check_teacher_fits(spec, splits, str(path))
-        try:
-            accuracy = evaluate(model, splits.test, splits, device)
-        except RuntimeError as err:
-            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({str(err).splitlines()[0][:100]})",
-                              "pass a teacher trained on images of this size") from None
-        return model.eval(), spec, {"accuracy": accuracy, "params": count_params(model), "path": str(path),
-                                    "cached": False, "seconds": time.perf_counter() - t0, "source": "user"}
 
     spec = default_teacher_spec(splits)
     cfg = replace(TEACHER_TRAIN, device=device, epochs=epochs or TEACHER_TRAIN.epochs)

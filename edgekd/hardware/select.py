@@ -1,4 +1,10 @@
-"""Width selection and search: the widest (or largest) student that meets a latency and memory budget."""
+"""Student selection and search over width x depth x image size within a latency and memory budget.
+
+The rule that picks among the candidates that fit (:func:`choose`): the most FLOPs, then the wider,
+then the faster. Within one family, accuracy grows with compute whether it is spent on width, depth or
+resolution (Tan & Le 2019), and FLOPs, unlike parameters, count what a larger input costs.
+``benchmarks/kd_arch.py --selection`` trains fitting candidates to check the pick.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ class Candidate:
     """One student configuration with its cost on the target."""
 
     width: float
-    depth: int
-    resolution: int | None
+    depth: float
+    resolution: int | None       # the image size when it differs from the data's own, else None
     params: int
     flops: int
     predicted_ms: float          # measured p50 when the selection's latency_source is "measured:..."
@@ -27,6 +33,7 @@ class Candidate:
     memory_mb: float             # weights + peak activations at the target precision
     fits_memory: bool = True
     latency_source: str = ""
+    image_size: int | None = None  # the student's input size (pixels, square)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,10 +56,19 @@ class Selection:
 
     def to_dict(self) -> dict:
         return {"width": self.chosen.width, "depth": self.chosen.depth, "resolution": self.chosen.resolution,
+                "image_size": self.chosen.image_size, "rule": RULE,
                 "budget_ms": self.budget_ms, "memory_budget_mb": self.memory_budget_mb,
                 "latency_source": self.latency_source, "target": self.target, "precision": self.precision,
                 "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
                 "pareto": [c.to_dict() for c in self.pareto]}
+
+
+RULE = "most FLOPs among the candidates that fit, then the wider, then the faster"
+
+
+def choose(fitting: list[Candidate]) -> Candidate:
+    """The candidate to train among those that fit: see :data:`RULE` and the module docstring."""
+    return max(fitting, key=lambda c: (c.flops, c.width, -c.predicted_ms))
 
 
 def _latency_mode(target: Target, latency: str) -> str:
@@ -77,9 +93,10 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
         h = w = int(resolution)
     shape = [1, c, h, w]
     precision = precision or target.precision
-    path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth)
+    size_kw = {} if arch in ("cnn",) else {"image_size": h}  # fully convolutional cnn: one graph per size anyway
+    path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth, **size_kw)
     cost = target_graph_cost(path, target, precision)
-    params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth))
+    params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth, **size_kw))
     if mode == "measured":
         from edgekd.hardware.measure import measure_onnx_ms
 
@@ -88,9 +105,9 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
     else:
         pred = predict_cost(cost, target, precision)
         ms, source = pred.total_ms, pred.latency_source
-    return Candidate(width=float(width), depth=int(depth), resolution=resolution, params=int(params),
+    return Candidate(width=float(width), depth=depth, resolution=resolution, params=int(params),
                      flops=int(cost.flops), predicted_ms=float(ms), fits=True, memory_mb=float(cost.memory_mb),
-                     latency_source=source)
+                     latency_source=source, image_size=h)
 
 
 def _judge(cands: list[Candidate], budget_ms: float, memory_mb: float | None) -> None:
@@ -115,9 +132,10 @@ def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memor
 
 
 def select_width(arch: str, widths, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
-                 depth: int = 1, precision: str | None = None, latency: str = "auto",
-                 progress: bool = False) -> Selection:
-    """Cost every width on the target and choose the widest within the budget (target default if None).
+                 depth: float = 1, precision: str | None = None, latency: str = "auto",
+                 progress: bool = False, image_sizes=None) -> Selection:
+    """Cost every width (x image size) on the target and :func:`choose` among those within the budget
+    (the target's default if None); with one image size that is the widest that fits.
 
     ``latency="auto"`` measures on this machine when the target is ``host`` (``measured: true``) and
     predicts with the latency model otherwise; the Selection's ``latency_source`` says which.
@@ -130,17 +148,28 @@ def select_width(arch: str, widths, *, target: Target | str, budget_ms: float | 
     if not widths:
         raise EdgeKDError("no candidate widths given", "pass at least one width, e.g. 0.5")
     mode = _latency_mode(target, latency)
+    native = int(input_shape[-1])
+    sizes = _image_sizes(image_sizes, native)
+    grid = [(w, r) for r in sizes for w in widths]
     cands = []
-    for width in _progress(widths, f"costing {len(widths)} widths on {target.name}", progress):
+    for width, size in _progress(grid, f"costing {len(grid)} candidates on {target.name}", progress):
         cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape,
-                                        width=width, depth=depth, precision=precision, mode=mode))
+                                        width=width, depth=depth, precision=precision, mode=mode,
+                                        resolution=None if size == native else size))
     _judge(cands, budget, None)
     fitting = [c for c in cands if c.fits]
     if not fitting:
         raise _unreachable(cands, budget, target, None)
-    chosen = max(fitting, key=lambda c: (c.width, -c.predicted_ms))
+    chosen = choose(fitting)
     return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
                      target=target.name, precision=precision or target.precision, pareto=pareto_front(cands))
+
+
+def _image_sizes(sizes, native: int) -> list[int]:
+    sizes = sorted({int(r) for r in (sizes or [native])})
+    if any(r < 8 for r in sizes):
+        raise EdgeKDError(f"image sizes must be at least 8 pixels, got {min(sizes)}", "e.g. --image-sizes 32,64 or 160,192,224")
+    return sizes
 
 
 def pareto_front(cands: list[Candidate]) -> list[Candidate]:
@@ -153,26 +182,24 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
 
 
 def search(arch: str, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
-           widths=None, depths=(1, 2, 3), resolutions=None, memory_mb: float | None = None,
+           widths=None, depths=None, resolutions=None, memory_mb: float | None = None,
            precision: str | None = None, latency: str = "auto", progress: bool = False) -> Selection:
-    """Search width x depth x input resolution; return the largest candidate within both budgets.
+    """Search width x depth x image size; :func:`choose` among the candidates within both budgets.
 
-    "Largest" is most parameters (then FLOPs); memory is weights + peak activations at the target's
-    precision, compared with ``memory_mb`` (default: the device's memory).
+    Widths and depths default to the family's own candidates. Memory is weights + peak activations at
+    the target's precision, compared with ``memory_mb`` (default: the device's memory).
     """
-    from edgekd.models import DEFAULT_WIDTHS
+    from edgekd.models import search_depths, search_widths
 
     target = load_target(target) if not isinstance(target, Target) else target
     budget = float(target.budget_ms if budget_ms is None else budget_ms)
     memory = float(target.memory_mb if memory_mb is None else memory_mb)
     if budget <= 0 or memory <= 0:
         raise EdgeKDError("latency and memory budgets must be positive", "pass positive --budget-ms and --memory-mb")
-    widths = sorted({float(w) for w in (widths or DEFAULT_WIDTHS)})
-    depths = sorted({int(d) for d in depths})
+    widths = sorted({float(w) for w in (widths or search_widths(arch))})
+    depths = sorted({float(d) if float(d) != int(d) else int(d) for d in (depths or search_depths(arch))})
     native = int(input_shape[-1])
-    resolutions = sorted({int(r) for r in (resolutions or [native])})
-    if any(r < 8 for r in resolutions):
-        raise EdgeKDError("input resolutions must be at least 8 pixels", "the cnn family pools twice by 2")
+    resolutions = _image_sizes(resolutions, native)
     mode = _latency_mode(target, latency)
     grid = [(w, d, r) for r in resolutions for d in depths for w in widths]
     cands = []
@@ -183,7 +210,7 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
     fitting = [c for c in cands if c.fits]
     if not fitting:
         raise _unreachable(cands, budget, target, memory)
-    chosen = max(fitting, key=lambda c: (c.params, c.flops, -c.predicted_ms))
+    chosen = choose(fitting)
     return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
                      target=target.name, precision=precision or target.precision, memory_budget_mb=memory,
                      pareto=pareto_front(cands))

@@ -39,6 +39,10 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict:
             # weights_only: a checkpoint from the internet must not be able to run code on load.
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated zip, bad header, pickle with code objects...
+        if "Weights only load failed" in str(err):
+            raise EdgeKDError(f"refused {what} {path.name}: it is a pickle that would run code or build objects "
+                              "(torch.load(weights_only=True) rejected it; nothing in it ran)",
+                              "re-save only the tensors: torch.save(model.state_dict(), path) or safetensors") from None
         first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:160]
         raise EdgeKDError(f"cannot read {what} {path.name}: {first}",
                           "the file is truncated, not a state dict, or a pickle that would run code; re-save it "

@@ -1,0 +1,138 @@
+"""Baselines beside the distilled student (``--compare``): what a user would ship without distillation.
+
+``scratch``: the same student trained on the labels alone with the same budget (epochs, schedule,
+augmentation). ``teacher-int8``: the teacher itself, exported and quantized to INT8 (ONNX Runtime
+static QDQ). Each is a report row with ``role: "baseline"``, measured here and predicted on the target
+like every artifact, so the table and the Pareto plot answer "what did distillation buy me".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from edgekd.registry import Registry
+
+
+@dataclass
+class BaselineContext:
+    out: Path
+    spec: object                 # the student's ModelSpec
+    teacher: object
+    splits: object
+    target: object
+    train_cfg: object
+    student_accuracy: float
+    opts: object
+    console: object = None
+
+
+BASELINES: Registry[Callable[[BaselineContext], list[dict]]] = Registry("baseline")
+
+
+def run_baselines(names, **kw) -> list[dict]:
+    """Rows for each named baseline; a baseline that fails is a failed row, never a failed run."""
+    ctx = BaselineContext(**kw)
+    rows = []
+    for name in names:
+        try:
+            rows += BASELINES.get(name)(ctx)
+        except Exception as err:  # noqa: BLE001 - one baseline must not sink the report
+            if getattr(err, "exit_code", None) == 130:
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            rows.append({"name": name, "role": "baseline", "format": "?", "precision": "?", "runtime": None,
+                         "path": None, "size_bytes": 0, "status": "failed", "reason": first, "accuracy": None,
+                         "parity": None, "extra": {}, "latency_ms": None, "latency_source": None,
+                         "target_latency_ms": None, "target_latency_source": None})
+    return rows
+
+
+@BASELINES.register("scratch")
+def scratch(ctx: BaselineContext) -> list[dict]:
+    from edgekd.distill import train
+    from edgekd.models import save_model
+
+    cfg = replace(ctx.train_cfg, loss="ce", mode="offline", assistant_width=None, finetune_epochs=0, generations=1)
+    student = _fresh(ctx)
+    result = train(student, None, ctx.splits, cfg, ckpt_dir=ctx.out / "baselines" / "scratch",
+                   resume=bool(getattr(ctx.opts, "resume", False)), progress=getattr(ctx.opts, "progress", False))
+    student = student.cpu().eval()
+    path = save_model(ctx.out / "baselines" / "scratch.safetensors", student, ctx.spec,
+                      {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+    row = {"name": "scratch", "role": "baseline", "format": "pytorch", "precision": "fp32", "runtime": "pytorch",
+           "path": str(path.relative_to(ctx.out)), "size_bytes": path.stat().st_size, "status": "ok", "reason": None,
+           "accuracy": result.accuracy, "parity": None,
+           "extra": {"what": "the same student trained on labels alone, same epochs and schedule",
+                     "accuracy_vs_distilled": round(result.accuracy - ctx.student_accuracy, 6),
+                     "history": result.history}}
+    return [_measure(row, ctx, student)]
+
+
+def _fresh(ctx: BaselineContext):
+    import torch
+
+    torch.manual_seed(ctx.opts.seed)
+    return ctx.spec.build()
+
+
+@BASELINES.register("teacher-int8")
+def teacher_int8(ctx: BaselineContext) -> list[dict]:
+    from edgekd.data import normalize
+    from edgekd.export import ExportOptions, export_all
+
+    splits = ctx.splits
+    member = getattr(ctx.teacher, "members", [ctx.teacher])[0].cpu().eval()
+    calib = normalize(splits.calib.x, splits.mean, splits.std)
+    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    onnx_source = getattr(getattr(member, "net", member), "path", None)
+    if onnx_source and str(onnx_source).endswith(".onnx"):
+        row = _quantize_onnx_file(Path(onnx_source), calib, ctx)
+    else:
+        art = export_all(member, ["ort-int8"], ctx.out / "artifacts" / "teacher", example=test_x[:1], calib=calib,
+                         parity_inputs=test_x[:256], progress=False, options=ExportOptions(stem="teacher"),
+                         target=ctx.target)[0]
+        row = art.to_dict(relative_to=ctx.out)
+    row.update(name="teacher-int8", role="baseline")
+    row.setdefault("extra", {})["what"] = "the teacher exported to ONNX and quantized to INT8 (static QDQ)"
+    return [_measure(row, ctx, member)]
+
+
+def _quantize_onnx_file(path: Path, calib, ctx: BaselineContext) -> dict:
+    from edgekd.export.to_onnx import quantize_onnx
+    from edgekd.fsutil import atomic_path
+
+    dest = ctx.out / "artifacts" / "teacher" / "teacher.int8.onnx"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dest) as tmp:
+        quantize_onnx(path, calib, Path(tmp))
+    return {"format": "onnx", "precision": "int8", "runtime": "onnxruntime", "path": str(dest.relative_to(ctx.out)),
+            "size_bytes": dest.stat().st_size, "status": "ok", "reason": None, "parity": None, "extra": {}}
+
+
+def _measure(row: dict, ctx: BaselineContext, module) -> dict:
+    """Accuracy on the test split, latency here, and the target's figure, as for every artifact row."""
+    from edgekd.bench.evaluate import _TargetPredictor, accuracy_of
+    from edgekd.bench.measure import measure_latency
+    from edgekd.bench.runners import load_runner
+    from edgekd.data import normalize
+
+    for key in ("accuracy", "accuracy_drop", "latency_ms", "latency_source", "target_latency_ms", "target_latency_source"):
+        row.setdefault(key, None)
+    splits = ctx.splits
+    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    if row.get("status") == "ok" and row.get("path"):
+        runner = load_runner(ctx.out / row["path"], threads=getattr(ctx.opts, "threads", None))
+        if row["accuracy"] is None:
+            row["accuracy"] = accuracy_of(runner.run, test_x, splits.test.y)
+        stats = measure_latency(runner.run, test_x[:1], time_budget_s=getattr(ctx.opts, "bench_seconds", 0.5))
+        row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
+        row["latency_source"] = "measured:host"
+    if row["accuracy"] is not None:
+        row["accuracy_drop"] = round(ctx.student_accuracy - row["accuracy"], 6)
+    row.update(_TargetPredictor(ctx.target, {"baseline": module}, (1, *splits.input_shape)).predict(row))
+    if ctx.console is not None and row["accuracy"] is not None:
+        lat = (row["latency_ms"] or {}).get("p50", float("nan"))
+        ctx.console.print(f"  baseline {row['name']:13s} acc {row['accuracy']:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
+    return row
