@@ -337,3 +337,55 @@ def load_source_model(source: str, *, weights: str | Path | None = None, num_cla
     if state is not None:
         load_weights(model.named_root() if isinstance(model, ChannelRepeat) else model, weights, state)
     return LoadedModel(model, spec, text, {"format": scheme, "params": count_params(model)})
+
+
+# ---------------------------------------------------------------------------------------------
+# The preprocessing a model source was trained with (for the data side)
+
+
+@dataclass
+class SourcePreprocessing:
+    """How a torchvision or timm model's published weights expect their images."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int              # the crop the network sees
+    resize_size: int             # the shorter side is resized to this, then centre-cropped to image_size
+    interpolation: str           # "bilinear" | "bicubic"
+    source: str                  # where the figures come from
+
+    @property
+    def crop_pct(self) -> float:
+        return self.image_size / self.resize_size
+
+
+def teacher_preprocessing(source: str) -> SourcePreprocessing | None:
+    """The preprocessing of ``torchvision:NAME`` (its weights' ``transforms()`` meta) or ``timm:NAME``
+    (its ``pretrained_cfg``); None for sources that carry none (edgekd, ONNX, a factory).
+
+    Read from the libraries' metadata only: nothing is downloaded. A fine-tuned model usually keeps
+    its backbone's normalisation, so these are the defaults a user's --mean/--std override.
+    """
+    scheme, _, name = str(source).partition(":")
+    if scheme == "torchvision":
+        import torchvision
+
+        torchvision_model  # noqa: B018
+        try:
+            weights = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError, AttributeError):
+            return None
+        t = weights.transforms()
+        return SourcePreprocessing(tuple(t.mean), tuple(t.std), int(t.crop_size[0]), int(t.resize_size[0]),
+                                   str(t.interpolation.value), f"torchvision {weights}")
+    if scheme == "timm":
+        from edgekd.models.timm_models import check_timm_name, import_timm
+
+        check_timm_name(name)
+        cfg = import_timm().get_pretrained_cfg(name)
+        if cfg is None:
+            return None
+        size = int(cfg.input_size[-1])
+        return SourcePreprocessing(tuple(cfg.mean), tuple(cfg.std), size, int(round(size / (cfg.crop_pct or 1.0))),
+                                   str(cfg.interpolation or "bilinear"), f"timm pretrained_cfg {cfg.architecture}.{cfg.tag}")
+    return None
