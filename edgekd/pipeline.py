@@ -232,166 +232,260 @@ def distill(opts: DistillOptions, console=None) -> dict:
         raise EdgeKDError(what, f"resume with: {resume_command(opts)}", exit_code=130) from None
 
 
+@dataclass
+class Run:
+    """One distill run as it moves through the stages: what each stage produced for the next."""
+
+    opts: DistillOptions
+    console: object
+    clock: StageClock
+    device: str
+    target: object = None
+    out: Path | None = None
+    budget_ms: float = 0.0
+    formats: list = field(default_factory=list)
+    splits: object = None
+    selection: object = None
+    teacher: object = None
+    teacher_spec: object = None
+    teacher_info: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    student: object = None
+    spec: object = None
+    result: object = None
+    report: dict = field(default_factory=dict)
+    teacher_file: str = "teacher.safetensors"
+
+    @property
+    def arch(self) -> str:
+        return self.opts.student or "cnn"
+
+
 def _distill(opts: DistillOptions, console=None) -> dict:
     import torch
     from rich.console import Console
 
-    from edgekd.data import load_data, normalize
-    from edgekd.distill import TrainConfig, get_teacher, train
-    from edgekd.hardware import load_target, select_width
-    from edgekd.models import ModelSpec, count_params, save_model, search_widths
+    from edgekd.fsutil import run_lock
 
     console = console or Console(stderr=False)
     opts.validate()
-    clock = StageClock(console)
+    run = Run(opts=opts, console=console, clock=StageClock(console), device=resolve_device(opts.device))
     wall0 = time.perf_counter()
-    device = resolve_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-
-    # Everything that can reject the run is checked before the output folder is created.
-    target = load_target(opts.target)
-    out = Path(opts.out) if opts.out else default_out_dir(target.name)
-    opts.out = str(out)  # an interrupted run's resume command names the folder
-    prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
-    budget_ms = opts.budget_ms if opts.budget_ms is not None else target.budget_ms
-    from edgekd.export import resolve_formats
-
-    formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(target))
-
+    _plan(run)
+    clock = run.clock
     with clock.stage("data", "Loading data"):
-        splits = load_data(opts.data, seed=opts.seed)
-        console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
+        _load_data(run)
+    with clock.stage("select", f"Choosing the {run.arch} student's {_selecting(opts)} for {run.target.name} "
+                               f"(budget {run.budget_ms:g} ms)"):
+        _select_student(run)
+    run.splits = at_image_size(run.splits, run.selection.chosen.image_size)
+    with clock.stage("teacher", "Teacher"):
+        _load_teacher(run)
+    check_feature_pairs(opts, run.splits, run.selection.chosen, run.teacher, run.device)
+    _create_out_dir(run)
+    with run_lock(run.out):
+        _write_config(run)
+        chosen, cfg = run.selection.chosen, _train_config(opts, run.device)
+        with clock.stage("distill", f"Distilling the {run.arch} student (width {chosen.width:g}, "
+                                    f"{run.splits.input_shape[-1]} px, {cfg.loss}, T={cfg.temperature:g}, alpha={cfg.alpha:g})"):
+            _train_student(run, cfg)
+        run.report = _base_report(run)
+        with clock.stage("export", f"Exporting and quantizing ({', '.join(run.formats)})"):
+            artifacts = _export_student(run)
+        with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
+            _bench_artifacts(run, artifacts)
+        if opts.compare:
+            with clock.stage("compare", f"Baselines: {', '.join(opts.compare)}"):
+                _run_baselines(run, cfg)
+        _write_report(run, wall0)
+    return run.report
+
+
+def _plan(run: Run) -> None:
+    """Everything that can reject the run, checked before any data is read or any folder created."""
+    from edgekd.export import resolve_formats
+    from edgekd.hardware import load_target
+
+    opts = run.opts
+    run.target = load_target(opts.target)
+    run.out = Path(opts.out) if opts.out else default_out_dir(run.target.name)
+    opts.out = str(run.out)  # an interrupted run's resume command names the folder
+    prepare_out_dir(run.out, overwrite=opts.overwrite, resume=opts.resume)
+    run.budget_ms = opts.budget_ms if opts.budget_ms is not None else run.target.budget_ms
+    run.formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(run.target))
+
+
+def _load_data(run: Run) -> None:
+    from edgekd.data import load_data
+
+    splits = run.splits = load_data(run.opts.data, seed=run.opts.seed)
+    run.console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
                       f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
                       f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
 
-    student_arch = opts.student or "cnn"
-    image_sizes = ([opts.image_size] if opts.image_size else list(opts.image_sizes or [])) or None
-    what = "width" + (" and image size" if image_sizes and len(image_sizes) > 1 else "")
-    with clock.stage("select", f"Choosing the {student_arch} student's {what} for {target.name} (budget {budget_ms:g} ms)"):
-        if opts.width is not None:
-            # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
-            selection = select_width(student_arch, (opts.width,), target=target, budget_ms=float("1e12"),
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape),
-                                     image_sizes=image_sizes)
-            selection.budget_ms = budget_ms
-            for cand in selection.candidates:
-                cand.fits = cand.predicted_ms <= budget_ms
-        else:
-            selection = select_width(student_arch, tuple(opts.widths or search_widths(student_arch)), target=target,
-                                     budget_ms=budget_ms, num_classes=splits.num_classes,
-                                     input_shape=tuple(splits.input_shape), image_sizes=image_sizes)
-        _print_selection(console, selection)
-        if not selection.chosen.fits:
-            console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
+
+def _image_sizes(opts: DistillOptions) -> list[int] | None:
+    return ([opts.image_size] if opts.image_size else list(opts.image_sizes or [])) or None
+
+
+def _selecting(opts: DistillOptions) -> str:
+    sizes = _image_sizes(opts)
+    return "width" + (" and image size" if sizes and len(sizes) > 1 else "")
+
+
+def _select_student(run: Run) -> None:
+    from edgekd.hardware import select_width
+    from edgekd.models import search_widths
+
+    opts, splits, budget_ms = run.opts, run.splits, run.budget_ms
+    shape = dict(num_classes=splits.num_classes, input_shape=tuple(splits.input_shape), image_sizes=_image_sizes(opts))
+    if opts.width is not None:
+        # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
+        selection = select_width(run.arch, (opts.width,), target=run.target, budget_ms=float("1e12"), **shape)
+        selection.budget_ms = budget_ms
+        for cand in selection.candidates:
+            cand.fits = cand.predicted_ms <= budget_ms
+    else:
+        selection = select_width(run.arch, tuple(opts.widths or search_widths(run.arch)), target=run.target,
+                                 budget_ms=budget_ms, **shape)
+    run.selection = selection
+    _print_selection(run.console, selection)
+    if not selection.chosen.fits:
+        run.console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
                           f"({selection.chosen.predicted_ms:.3f} ms): distilling it because --width asked for it[/]")
 
-    splits = at_image_size(splits, selection.chosen.image_size)
-    with clock.stage("teacher", "Teacher"):
-        teacher, teacher_spec, teacher_info = get_teacher(
-            splits, teacher_path=opts.teacher, teacher_weights=opts.teacher_weights, progress=opts.progress,
-            device=device, temperature=opts.temperature)
-        console.print(f"  teacher {_describe_teacher(teacher_spec, teacher_info)}: "
-                      f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
-                      f"{' (cached)' if teacher_info.get('cached') else ''}")
 
-    check_feature_pairs(opts, splits, selection.chosen, teacher, device)
-    if opts.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from edgekd.fsutil import atomic_write_json, run_lock
+def _load_teacher(run: Run) -> None:
+    from edgekd.distill import get_teacher
 
-    with run_lock(out):
-        if opts.resume:
-            remove_stale_temporaries(out)
-        config = {**asdict(opts), "device_resolved": device, "budget_ms": budget_ms,
-                  "target_resolved": target.name, "out": str(out)}
-        atomic_write_json(out / "config.json", config)
+    opts = run.opts
+    run.teacher, run.teacher_spec, run.teacher_info = get_teacher(
+        run.splits, teacher_path=opts.teacher, teacher_weights=opts.teacher_weights, progress=opts.progress,
+        device=run.device, temperature=opts.temperature)
+    info = run.teacher_info
+    run.console.print(f"  teacher {_describe_teacher(run.teacher_spec, info)}: {info['params']:,} params, "
+                      f"test accuracy {info['accuracy']:.4f}{' (cached)' if info.get('cached') else ''}")
 
-        chosen = selection.chosen
-        spec = student_spec(student_arch, splits, chosen)
-        train_cfg = _train_config(opts, device)
-        with clock.stage("distill", f"Distilling the {student_arch} student (width {chosen.width:g}, "
-                                    f"{splits.input_shape[-1]} px, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
-            student = build_student(spec, opts.seed, opts.student_weights, console)
-            result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
-                           resume=opts.resume, progress=opts.progress, spec=spec)
-            student = student.cpu().eval()
-            save_model(out / "student.safetensors", student, spec,
-                       {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
-            teacher_file = save_teacher(out, teacher, teacher_spec, teacher_info, splits)
-            console.print(f"  student test accuracy {result.accuracy:.4f} "
-                          f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
-        report = {
-            "schema_version": None,  # filled by edgekd.report
-            "edgekd_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "distill",
-            "config": config,
-            "target": target.to_dict(),
-            "budget_ms": budget_ms,
-            "data": splits.describe(),
-            "selection": {"width": chosen.width, **selection.to_dict()},
-            "teacher": {"arch": teacher_spec.arch if teacher_spec else str(teacher_info.get("path")),
-                        "width": teacher_spec.width if teacher_spec else None,
-                        "depth": teacher_spec.depth if teacher_spec else None,
-                        "params": teacher_info["params"], "accuracy": teacher_info["accuracy"],
-                        "path": teacher_file, "cached": bool(teacher_info.get("cached")),
-                        "source": str(teacher_info.get("path")),
-                        **({"weights": teacher_info["weights"]} if teacher_info.get("weights") else {})},
-            "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth, "image_size": splits.input_shape[-1],
-                        "params": count_params(student), "flops": chosen.flops,
-                        "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
-                        "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                        "history": result.history,
-                        **({"init_weights": opts.student_weights} if opts.student_weights else {})},
-        }
+def _create_out_dir(run: Run) -> None:
+    if run.opts.overwrite and run.out.exists():
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
 
-        test_x = normalize(splits.test.x, splits.mean, splits.std)
-        with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
-            from edgekd.export import ExportOptions, export_all
 
-            # Quantized artifacts are gated on the validation split (never the test split, which
-            # only gives the final figures); over --max-drop the remedies are tried, then failed.
-            artifacts = export_all(
-                student, list(formats), out / "artifacts",
-                example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
-                parity_inputs=test_x[:512], progress=opts.progress, target=target, console=console,
-                validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
-                options=ExportOptions(stem="student", max_drop=opts.max_drop))
+def _write_config(run: Run) -> None:
+    """Under the run lock: clear a killed run's leftovers, then write the resolved options."""
+    from edgekd.fsutil import atomic_write_json
 
-        with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
-            from edgekd.bench.evaluate import benchmark_artifacts, recommend
+    if run.opts.resume:
+        remove_stale_temporaries(run.out)
+    run.config = {**asdict(run.opts), "device_resolved": run.device, "budget_ms": run.budget_ms,
+                  "target_resolved": run.target.name, "out": str(run.out)}
+    atomic_write_json(run.out / "config.json", run.config)
 
-            rows = benchmark_artifacts(
-                artifacts, run_dir=out, teacher=teacher, student=student, splits=splits, target=target,
-                student_accuracy=result.accuracy, teacher_accuracy=teacher_info["accuracy"],
-                max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads,
-                console=console, teacher_path=teacher_file)
-        if opts.compare:
-            from edgekd.bench.baselines import run_baselines
 
-            with clock.stage("compare", f"Baselines: {', '.join(opts.compare)}"):
-                rows += run_baselines(opts.compare, out=out, spec=spec, teacher=teacher, splits=splits, target=target,
-                                      train_cfg=train_cfg, student_accuracy=result.accuracy, opts=opts, console=console)
-        report["artifacts"] = rows
-        report["recommended"] = recommend(rows, target, opts.max_drop)
+def _train_student(run: Run, cfg) -> None:
+    from edgekd.distill import train
+    from edgekd.models import save_model
 
-        from edgekd.bench.env import environment
-        from edgekd.report import render_terminal, write_reports
+    splits, chosen, out = run.splits, run.selection.chosen, run.out
+    spec = run.spec = student_spec(run.arch, splits, chosen)
+    student = build_student(spec, run.opts.seed, run.opts.student_weights, run.console)
+    result = run.result = train(student, run.teacher, splits, cfg, ckpt_dir=out / "checkpoints",
+                                resume=run.opts.resume, progress=run.opts.progress, spec=spec)
+    run.student = student.cpu().eval()
+    save_model(out / "student.safetensors", run.student, spec,
+               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+    run.teacher_file = save_teacher(out, run.teacher, run.teacher_spec, run.teacher_info, splits)
+    run.console.print(f"  student test accuracy {result.accuracy:.4f} "
+                      f"(teacher {run.teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
-        clock.seconds["total"] = round(time.perf_counter() - wall0, 2)
-        report["timings_s"] = clock.seconds
-        report["environment"] = environment()
-        with clock.stage("report", "Writing reports"):
-            paths = write_reports(out, report)
-        report["timings_s"] = clock.seconds
-        render_terminal(report, console=console, selection=False)
-        console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {out}  "
-                      f"({', '.join(p.name for p in paths.values())})")
-        console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
-    return report
+
+def _base_report(run: Run) -> dict:
+    """report.json before export: the run's config, data, selection, teacher and student."""
+    from edgekd.models import count_params
+
+    chosen, spec, result, info, tspec = run.selection.chosen, run.spec, run.result, run.teacher_info, run.teacher_spec
+    return {
+        "schema_version": None,  # filled by edgekd.report
+        "edgekd_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "distill",
+        "config": run.config,
+        "target": run.target.to_dict(),
+        "budget_ms": run.budget_ms,
+        "data": run.splits.describe(),
+        "selection": {"width": chosen.width, **run.selection.to_dict()},
+        "teacher": {"arch": tspec.arch if tspec else str(info.get("path")),
+                    "width": tspec.width if tspec else None, "depth": tspec.depth if tspec else None,
+                    "params": info["params"], "accuracy": info["accuracy"],
+                    "path": run.teacher_file, "cached": bool(info.get("cached")),
+                    "source": str(info.get("path")), **({"weights": info["weights"]} if info.get("weights") else {})},
+        "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
+                    "image_size": int(run.splits.input_shape[-1]),
+                    "params": count_params(run.student), "flops": chosen.flops,
+                    "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                    "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
+                    "history": result.history,
+                    **({"init_weights": run.opts.student_weights} if run.opts.student_weights else {})},
+    }
+
+
+def _export_student(run: Run) -> list:
+    from edgekd.data import normalize
+    from edgekd.export import ExportOptions, export_all
+
+    splits = run.splits
+    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    # Quantized artifacts are gated on the validation split (never the test split, which
+    # only gives the final figures); over --max-drop the remedies are tried, then failed.
+    return export_all(
+        run.student, list(run.formats), run.out / "artifacts",
+        example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+        parity_inputs=test_x[:512], progress=run.opts.progress, target=run.target, console=run.console,
+        validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+        options=ExportOptions(stem="student", max_drop=run.opts.max_drop))
+
+
+def _bench_artifacts(run: Run, artifacts: list) -> None:
+    from edgekd.bench.evaluate import benchmark_artifacts, recommend
+
+    opts = run.opts
+    rows = benchmark_artifacts(
+        artifacts, run_dir=run.out, teacher=run.teacher, student=run.student, splits=run.splits, target=run.target,
+        student_accuracy=run.result.accuracy, teacher_accuracy=run.teacher_info["accuracy"],
+        max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads, console=run.console,
+        teacher_path=run.teacher_file)
+    run.report["artifacts"] = rows
+    run.report["recommended"] = recommend(rows, run.target, opts.max_drop)
+
+
+def _run_baselines(run: Run, cfg) -> None:
+    """--compare: the alternatives without distillation, as role "baseline" rows beside the student's."""
+    from edgekd.bench.baselines import run_baselines
+
+    run.report["artifacts"] += run_baselines(
+        run.opts.compare, out=run.out, spec=run.spec, teacher=run.teacher, splits=run.splits, target=run.target,
+        train_cfg=cfg, student_accuracy=run.result.accuracy, opts=run.opts, console=run.console)
+
+
+def _write_report(run: Run, wall0: float) -> None:
+    from edgekd.bench.env import environment
+    from edgekd.report import render_terminal, write_reports
+
+    clock, report, console = run.clock, run.report, run.console
+    clock.seconds["total"] = round(time.perf_counter() - wall0, 2)
+    report["timings_s"] = clock.seconds
+    report["environment"] = environment()
+    with clock.stage("report", "Writing reports"):
+        paths = write_reports(run.out, report)
+    report["timings_s"] = clock.seconds
+    render_terminal(report, console=console, selection=False)
+    console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {run.out}  "
+                  f"({', '.join(p.name for p in paths.values())})")
+    console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
 
 
 def at_image_size(splits, size: int | None):
