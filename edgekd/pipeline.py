@@ -317,6 +317,9 @@ def _plan(run: Run) -> None:
     run.formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(run.target))
 
 
+from edgekd.data.resize import at_image_size  # noqa: E402  (re-exported: benchmarks use it)
+
+
 def _load_data(run: Run) -> None:
     from edgekd.data import load_data
 
@@ -486,31 +489,6 @@ def _write_report(run: Run, wall0: float) -> None:
     console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {run.out}  "
                   f"({', '.join(p.name for p in paths.values())})")
     console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
-
-
-def at_image_size(splits, size: int | None):
-    """The splits at the student's input size (square), resized in memory when they are not.
-
-    A stopgap until the data pipeline takes the size itself (``load_data(image_size=)``).
-    """
-    if size is None or tuple(splits.input_shape[1:]) == (size, size):
-        return splits
-    import dataclasses
-
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    def resize(images):
-        out = []
-        for i in range(0, len(images.x), 2048):
-            x = torch.from_numpy(np.ascontiguousarray(images.x[i:i + 2048])).float()
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            out.append(x.round().clamp(0, 255).to(torch.uint8).numpy())
-        return dataclasses.replace(images, x=np.concatenate(out) if out else images.x[:, :, :size, :size])
-
-    return dataclasses.replace(splits, train=resize(splits.train), val=resize(splits.val), calib=resize(splits.calib),
-                               test=resize(splits.test), input_shape=(splits.input_shape[0], size, size))
 
 
 def student_spec(arch: str, splits, chosen):

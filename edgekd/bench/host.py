@@ -163,6 +163,11 @@ class _TestSplit:
                 data = self.report.get("data") or {}
                 source = data.get("source")
                 splits = load_data(None if source in (None, "edgekd:mnist") else source)
+                shape = data.get("input_shape")
+                if shape and shape[1] == shape[2] and tuple(splits.input_shape[1:]) != tuple(shape[1:]):
+                    from edgekd.data.resize import at_image_size
+
+                    splits = at_image_size(splits, shape[1])  # the student's --image-size, as in the run
                 want = (data.get("splits") or {}).get("test", {}).get("sha256")
                 if want and splits.test.sha256() != want:
                     raise EdgeKDError("the run's test data changed since the run (sha256 differs)")

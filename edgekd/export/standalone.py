@@ -104,6 +104,10 @@ def _inputs(net, shape, calib_data, data_source, *, seed: int = 0):
     source = calib_data if calib_data is not None else data_source
     if source is not None:
         splits = load_data(None if source == "edgekd:mnist" else source)
+        if splits.input_shape[0] == shape[0] and shape[1] == shape[2] and tuple(splits.input_shape) != tuple(shape):
+            from edgekd.data.resize import at_image_size
+
+            splits = at_image_size(splits, shape[1])  # a student trained with --image-size
         if tuple(splits.input_shape) != tuple(shape):
             raise EdgeKDError(f"the data's images are {'x'.join(map(str, splits.input_shape))} but the model takes "
                               f"{'x'.join(map(str, shape))}", "pass --input matching the data, or other --calib-data")

@@ -51,7 +51,12 @@ def to_svg(fig: Figure) -> str:
     return buf.getvalue()
 
 
+BASELINE_COLOR = "#6b7280"   # --compare rows (scratch student, INT8 teacher): grey squares
+
+
 def _color(row: ArtifactRow) -> str:
+    if row.role == "baseline":
+        return BASELINE_COLOR
     return TEACHER_COLOR if row.role == "teacher" else RUNTIME_COLORS.get(row.runtime, "#16a085")
 
 
@@ -136,14 +141,14 @@ def _pareto_panel(ax, rows: list[ArtifactRow], latency_of, source_of, title: str
     for r, lat in pts:
         measured = (source_of(r) or "").startswith("measured:")
         color = _color(r)
-        marker = "D" if r.role == "teacher" else PRECISION_MARKERS.get(r.precision, "P")
-        size = 70 if r.role == "teacher" else 55
+        marker = {"teacher": "D", "baseline": "s"}.get(r.role) or PRECISION_MARKERS.get(r.precision, "P")
+        size = 70 if r.role in ("teacher", "baseline") else 55
         ax.scatter([lat], [100 * r.accuracy], s=size, marker=marker, zorder=4, linewidths=1.6,
                    facecolors=color if measured else "white", edgecolors=color)
         if r.recommended:
             ax.scatter([lat], [100 * r.accuracy], s=330, marker="o", facecolors="none", edgecolors=CHOSEN_COLOR,
                        linewidths=2.5, zorder=3)
-        if label_all or r.recommended or r.role == "teacher" or id(r) in on_front:
+        if label_all or r.recommended or r.role in ("teacher", "baseline") or id(r) in on_front:
             texts.append(ax.annotate(_point_label(r), (lat, 100 * r.accuracy), xytext=(6, 5),
                                      textcoords="offset points", fontsize=7.5, color="#374151", zorder=5))
     if len(front) > 1:
