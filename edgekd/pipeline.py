@@ -366,7 +366,7 @@ def _load_teacher(run: Run) -> None:
     opts = run.opts
     run.teacher, run.teacher_spec, run.teacher_info = get_teacher(
         run.splits, teacher_path=opts.teacher, teacher_weights=opts.teacher_weights, progress=opts.progress,
-        device=run.device, temperature=opts.temperature)
+        device=run.device, temperature=opts.temperature, teacher_image_size=opts.teacher_image_size)
     info = run.teacher_info
     run.console.print(f"  teacher {_describe_teacher(run.teacher_spec, info)}: {info['params']:,} params, "
                       f"test accuracy {info['accuracy']:.4f}{' (cached)' if info.get('cached') else ''}")
@@ -522,12 +522,19 @@ def save_teacher(out: Path, teacher, spec, info: dict, splits) -> str:
     member (the row's accuracy is the ensemble's); a teacher without a spec (ONNX, factory) as ONNX."""
     from edgekd.models import save_model
 
+    from edgekd.models.sources import ResizedInput
+
     member = getattr(teacher, "members", [teacher])[0].cpu().eval()
     if spec is not None:
+        while isinstance(member, ResizedInput):  # the resize is the run's, not the teacher's
+            member = member.net
         save_model(out / "teacher.safetensors", member, spec, {"accuracy": info["accuracy"]})
         return "teacher.safetensors"
-    source = getattr(getattr(member, "net", member), "path", None)
-    if source and str(source).endswith(".onnx"):
+    from edgekd.models.sources import OnnxModel
+
+    onnx_model = next((m for m in member.modules() if isinstance(m, OnnxModel)), None)
+    source = onnx_model.path if onnx_model is not None else None
+    if source:
         from edgekd.fsutil import atomic_path
 
         with atomic_path(out / "teacher.onnx") as tmp:

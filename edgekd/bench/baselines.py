@@ -79,6 +79,8 @@ def _fresh(ctx: BaselineContext):
 
 @BASELINES.register("teacher-int8")
 def teacher_int8(ctx: BaselineContext) -> list[dict]:
+    import torch
+
     from edgekd.data import normalize
     from edgekd.export import ExportOptions, export_all
 
@@ -86,9 +88,14 @@ def teacher_int8(ctx: BaselineContext) -> list[dict]:
     member = getattr(ctx.teacher, "members", [ctx.teacher])[0].cpu().eval()
     calib = normalize(splits.calib.x, splits.mean, splits.std)
     test_x = normalize(splits.test.x, splits.mean, splits.std)
-    onnx_source = getattr(getattr(member, "net", member), "path", None)
-    if onnx_source and str(onnx_source).endswith(".onnx"):
-        row = _quantize_onnx_file(Path(onnx_source), calib, ctx)
+    from edgekd.models.sources import OnnxModel
+
+    onnx_model = next((m for m in member.modules() if isinstance(m, OnnxModel)), None)
+    if onnx_model is not None:  # a teacher given as ONNX: quantize that file (at its own input size)
+        size = onnx_model.image_size
+        if size and tuple(calib.shape[-2:]) != tuple(size):
+            calib = torch.nn.functional.interpolate(torch.from_numpy(calib), size=size, mode="bilinear").numpy()
+        row = _quantize_onnx_file(Path(onnx_model.path), calib, ctx)
     else:
         art = export_all(member, ["ort-int8"], ctx.out / "artifacts" / "teacher", example=test_x[:1], calib=calib,
                          parity_inputs=test_x[:256], progress=False, options=ExportOptions(stem="teacher"),

@@ -66,9 +66,14 @@ def takes_weights(source: str) -> bool:
     return source.startswith(("torchvision:", "timm:")) or ".py:" in source
 
 
-def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu") -> tuple[nn.Module, ModelSpec | None, dict]:
-    """Load one user teacher and check it against the data (classes, channels, image size) before anything trains."""
-    from edgekd.models.sources import ChannelRepeat, is_source, load_source_model
+def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu",
+                      image_size: int | None = None) -> tuple[nn.Module, ModelSpec | None, dict]:
+    """Load one user teacher and check it against the data (classes, channels, image size) before anything trains.
+
+    ``image_size`` (or an ONNX teacher's fixed input size) other than the data's: the teacher sees each
+    image resized to it (:class:`ResizedInput`).
+    """
+    from edgekd.models.sources import ChannelRepeat, ResizedInput, is_source, load_source_model
 
     text = str(source)
     if not is_source(text):
@@ -81,6 +86,10 @@ def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu")
                           "random weights teaches nothing", "pass the trained weights, e.g. --teacher-weights resnet50_finetuned.pth")
     loaded = load_source_model(text, weights=weights, in_channels=splits.input_shape[0])
     model, spec = loaded.model, loaded.spec
+    fixed = loaded.info.get("image_size")  # an ONNX teacher exported at one size
+    size = image_size or (fixed[0] if fixed and fixed[0] == fixed[1] else None)
+    if size and size != splits.input_shape[-1]:
+        model = ResizedInput(model, size)
     if spec is not None:
         check_teacher_fits(spec, splits, text)
     else:
@@ -100,6 +109,8 @@ def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu")
             "format": loaded.info.get("format")}
     if weights is not None:
         info["weights"] = str(weights)
+    if isinstance(model, ResizedInput):
+        info["image_size"] = model.size
     return model.eval(), spec, info
 
 
@@ -147,7 +158,8 @@ class EnsembleTeacher(nn.Module):
 
 def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple | None = None, cache_dir: str | Path | None = None,
                 progress: bool = True, device: str = "cpu", epochs: int | None = None,
-                temperature: float = 4.0, log=None, teacher_weights=None) -> tuple[nn.Module, ModelSpec | None, dict]:
+                temperature: float = 4.0, log=None, teacher_weights=None,
+                teacher_image_size: int | None = None) -> tuple[nn.Module, ModelSpec | None, dict]:
     """Return ``(teacher in eval mode, its spec, info)``; info: accuracy, params, path, cached, seconds.
 
     ``teacher_path`` is a model source (:func:`load_user_teacher`: an edgekd .safetensors, ``torchvision:NAME``
@@ -156,6 +168,7 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
     ``teacher_weights`` going to the i-th member that takes weights. Without ``teacher_path`` the default
     teacher for these data is loaded from the cache, or trained (resumably: a killed run picks up from
     its last epoch) and cached. The spec is None for a teacher that cannot be rebuilt from one (ONNX, factory).
+    ``teacher_image_size``: the user teacher's input size when it is not the student's (each batch is resized).
     """
     t0 = time.perf_counter()
     sources = list(teacher_path) if isinstance(teacher_path, (list, tuple)) else [teacher_path] if teacher_path else []
@@ -168,8 +181,8 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         raise EdgeKDError(f"{len(weights)} --teacher-weights for {len(takers)} teacher(s) that take weights",
                           "give one --teacher-weights per torchvision:/timm:/file.py: teacher, in the same order")
     paired = iter(weights)
-    members = [load_user_teacher(s, splits, weights=next(paired, None) if takes_weights(str(s)) else None, device=device)
-               for s in sources]
+    members = [load_user_teacher(s, splits, weights=next(paired, None) if takes_weights(str(s)) else None, device=device,
+                                 image_size=teacher_image_size) for s in sources]
     if len(members) == 1:
         model, spec, info = members[0]
         return model, spec, {**info, "seconds": time.perf_counter() - t0}

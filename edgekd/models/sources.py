@@ -130,6 +130,24 @@ class ChannelRepeat(nn.Module):
         return self.net(x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x)
 
 
+class ResizedInput(nn.Module):
+    """A teacher that takes another image size than the student: each batch is resized (bilinear) to
+    ``size`` before it, so both see the same image, each at its own resolution (``--teacher-image-size``)."""
+
+    def __init__(self, net: nn.Module, size: int):
+        super().__init__()
+        self.net, self.size = net, int(size)
+
+    def named_root(self) -> nn.Module:
+        return self.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                                antialias=x.shape[-1] > self.size)
+        return self.net(x)
+
+
 def torchvision_family(name: str):
     """``torchvision:NAME`` as a model factory (width 1; the architecture exactly as torchvision builds it).
 
