@@ -494,3 +494,26 @@ def test_cli_torchvision_teacher_mobilenet_student_with_baselines(tmp_path, mnis
 
     dims = onnx.load(str(out / student_onnx["path"])).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims][1:] == [3, 32, 32]
+
+
+def test_teacher_at_its_own_image_size(tmp_path, rgb32):
+    """--teacher-image-size, and an ONNX teacher fixed at 64 px on 32 px data: the teacher sees each image resized."""
+    import torch.nn.functional as F
+
+    from edgekd.distill import get_teacher
+    from edgekd.hardware.graph import export_onnx
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    teacher, _, info = get_teacher(rgb32, teacher_path="torchvision:resnet18", teacher_weights=str(tmp_path / "r18.pth"),
+                                   teacher_image_size=64, progress=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = net(F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False))
+        assert torch.allclose(teacher(x), want, atol=1e-5) and info["image_size"] == 64
+    path = export_onnx(net, (1, 3, 64, 64), tmp_path / "t64.onnx")  # static batch and size
+    teacher, _, info = get_teacher(rgb32, teacher_path=str(path), progress=False)
+    assert info["image_size"] == 64
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), want, atol=1e-3)
