@@ -10,14 +10,12 @@ from typing import Callable
 
 from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry, suggest
+from edgekd.runtimes import model_suffixes
 
 # Sizes are in decimal megabytes (1 MB = 1,000,000 bytes), the unit flash and download sizes use.
 MB = 1_000_000
 LATENCY_STATS = ("p50", "p90", "p99", "mean")
 HOST = "host"
-# Suffixes a bare MODEL_FILE may have; anything else is refused (a typo'd path would otherwise be
-# gated as an opaque blob and pass a size budget it has nothing to do with).
-MODEL_SUFFIXES = (".onnx", ".xml", ".pte", ".engine", ".plan", ".ort", ".safetensors", ".tflite")
 
 
 class GateFailed(EdgeKDError):
@@ -479,9 +477,12 @@ def subjects_from_report(report: dict, base: Path, origin: str, wanted: tuple[st
 def subject_from_file(path: Path) -> Subject:
     if not path.exists():
         raise EdgeKDError(f"{path} does not exist", "pass a run folder, a report.json or model files")
-    if path.suffix.lower() not in MODEL_SUFFIXES:
+    # Only the suffixes some runtime runs: a typo'd path would otherwise be gated as an opaque blob and
+    # pass a size budget it has nothing to do with.
+    suffixes = model_suffixes()
+    if path.suffix.lower() not in suffixes:
         raise EdgeKDError(f"{path} is not a model file (suffix {path.suffix or 'none'!r})",
-                          f"pass a run folder, a report.json or a model ({', '.join(MODEL_SUFFIXES)})")
+                          f"pass a run folder, a report.json or a model ({', '.join(suffixes)})")
     if path.suffix == ".onnx":
         _load_onnx(path)  # refuse a corrupt or non-ONNX file up front, before any check runs
     return Subject(name=path.name, path=path, origin=str(path))

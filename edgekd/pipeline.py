@@ -12,14 +12,8 @@ from pathlib import Path
 from edgekd import __version__
 from edgekd.errors import EdgeKDError
 
-# Formats every run exports; a target's runtime adds its own (data, not an if-chain in the code).
+# Formats every run exports; a target's runtime adds its own (``export_formats`` of its descriptor).
 BASE_FORMATS = ("onnx", "ort-int8", "openvino-fp16", "openvino-int8")
-RUNTIME_FORMATS = {
-    "tensorrt": ("tensorrt-fp16",),
-    "executorch": ("executorch",),
-    "onnxruntime": (),
-    "openvino": (),
-}
 
 
 @dataclass
@@ -105,8 +99,10 @@ class StageClock:
 def default_formats(target) -> list[str]:
     """The base formats plus the target runtime's own, keeping only those this install registers."""
     from edgekd.export import FORMATS
+    from edgekd.runtimes import RUNTIMES
 
-    wanted = BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
+    own = RUNTIMES.get(target.runtime).export_formats if target.runtime in RUNTIMES else ()
+    wanted = BASE_FORMATS + tuple(f for f in own if f not in BASE_FORMATS)
     return [name for name in wanted if name in FORMATS]
 
 

@@ -31,7 +31,7 @@ class Format:
     name: str                       # key users type: "ort-int8"
     format: str                     # file family: "onnx" | "openvino" | "executorch" | "tensorrt"
     precision: str                  # "fp32" | "fp16" | "int8"
-    runtime: str                    # edgekd.bench.runners.RUNTIMES key
+    runtime: str                    # a registered runtime (edgekd.runtimes)
     filename: str                   # "{stem}.int8.onnx": the main file written into out_dir
     export: Callable[["ExportJob", Path], dict]
     requires: tuple[str, ...] = ()  # modules that must import for the exporter to run
@@ -356,8 +356,14 @@ def _ship_device_kit(job, fmt: Format, dest: Path, out_dir: Path, row: dict, why
     return Artifact(**row, path=None, size_bytes=0, status="skipped", reason=reason, extra=extra)
 
 
+def _builds_on_device(runtime: str | None) -> bool:
+    from edgekd.runtimes import RUNTIMES
+
+    return runtime in RUNTIMES and RUNTIMES.get(runtime).builds_on_device
+
+
 def _runtime_available(runtime: str) -> tuple[bool, str]:
-    from edgekd.bench.runners import RUNTIMES
+    from edgekd.runtimes import RUNTIMES
 
     return RUNTIMES.get(runtime).available()
 
@@ -383,7 +389,7 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
     """
     names = resolve_formats(formats)
     options = options or ExportOptions()
-    if target is not None and getattr(target, "runtime", None) == "tensorrt":
+    if target is not None and _builds_on_device(getattr(target, "runtime", None)):
         # Engines are device-specific: for a TensorRT device ship the ONNX plus the exact build command.
         options.jetson = True
     out_dir = Path(out_dir)

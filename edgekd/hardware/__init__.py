@@ -1,6 +1,6 @@
 """Hardware model: device profiles, per-kernel latency prediction, calibration, width selection and search."""
 
-from edgekd.hardware.graph import (FUSIONS, GraphCost, Kernel, cached_onnx, export_onnx, graph_cost,  # noqa: F401
+from edgekd.hardware.graph import (GraphCost, Kernel, cached_onnx, export_onnx, graph_cost,  # noqa: F401
                                    parse_shape)
 from edgekd.hardware.latency import (Coefficients, Prediction, datasheet_coefficients, features,  # noqa: F401
                                      fit_coefficients, predict_cost, predict_latency_ms)

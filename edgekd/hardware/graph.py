@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
+from edgekd.runtimes import FusionRules, fusion_rules
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -40,49 +41,9 @@ FREE_OPS = {
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Constant", "ConstantOfShape",
     "QuantizeLinear", "DequantizeLinear", "Size", "Range",
 }
+# Activation ops; a runtime whose FusionRules say epilogue_activations fuses every one of them.
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
                "Gelu", "Softplus", "Mish"}
-
-
-@dataclass(frozen=True)
-class FusionRules:
-    """What one runtime folds or fuses into the kernel that produces a tensor.
-
-    fold: ops removed at build time (BatchNorm folded into the preceding conv's weights).
-    epilogue: ops computed inside a conv/gemm kernel's epilogue (activations, residual add).
-    max_epilogue: how many epilogue ops one conv/gemm kernel can absorb.
-    pointwise_chain: whether consecutive pointwise ops become one kernel (TensorRT/OpenVINO do).
-    """
-
-    fold: frozenset
-    epilogue: frozenset
-    max_epilogue: int
-    pointwise_chain: bool
-
-
-# Fusions per runtime, from each runtime's documentation:
-# - onnxruntime: ConvBNFusion, ConvActivationFusion (Relu, Clip, Sigmoid, Tanh, LeakyRelu, HardSigmoid,
-#   HardSwish; checked against ORT 1.32's optimized graph of mobilenet_v3_small) and on x86 the NCHWc
-#   ConvAddActivation fusion (conv + residual add + activation); MatMul+Add -> Gemm.
-# - tensorrt: conv/gemm + BN + activation + residual add, and chains of pointwise ops -> one PointWise kernel
-#   ("Types of Fusions", TensorRT developer guide).
-# - openvino: CPU plugin fuses BN, activations, eltwise and FakeQuantize into conv post-ops and merges
-#   eltwise chains.
-# - executorch (XNNPACK delegate): BN folded into conv; ReLU/Clip become the output clamp of conv, gemm
-#   and add; other activations (hardswish, sigmoid) stay separate operators.
-FUSIONS: dict[str, FusionRules] = {
-    "onnxruntime": FusionRules(frozenset({"BatchNormalization"}),
-                               frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish",
-                                          "Add", "Sum"}),
-                               2, False),
-    "tensorrt": FusionRules(frozenset({"BatchNormalization"}),
-                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
-    "openvino": FusionRules(frozenset({"BatchNormalization"}),
-                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
-    "executorch": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip"}), 1, False),
-    # No fusion at all: what the raw graph would cost executed node by node.
-    "none": FusionRules(frozenset(), frozenset(), 0, False),
-}
 
 
 @dataclass
@@ -304,12 +265,11 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
     FLOPs count a multiply-accumulate as 2 (plus 1 per bias add); bytes are weights read plus
     activations read and written, at the element size of ``precision``.
     """
-    if runtime not in FUSIONS:
-        raise EdgeKDError(f"unknown runtime {runtime!r} for fusion rules", f"use one of {', '.join(FUSIONS)}")
+    # What a runtime fuses is part of its descriptor (edgekd.runtimes); "none" costs the raw graph node by node.
+    rules = FusionRules() if runtime == "none" else fusion_rules(runtime)
     if precision not in BYTES_PER_ELEMENT:
         raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
     model = load_graph(source, input_shape)
-    rules = FUSIONS[runtime]
     esize = BYTES_PER_ELEMENT[precision]
     g = model.graph
     # Integer initializers (axes, shapes) are operands, not weights; int8 ones are quantized weights.
@@ -381,7 +341,8 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
         anchor_ok = host is not None and (
             (host.op_class in ("conv", "dwconv", "gemm") and epilogue_count.get(id(host), 0) < rules.max_epilogue)
             or (rules.pointwise_chain and host.op_class == "elementwise"))
-        if sole and op in rules.epilogue and anchor_ok and out_shape == shapes.get(first, out_shape):
+        fusable = op in rules.epilogue or (rules.epilogue_activations and op in ACTIVATIONS)
+        if sole and fusable and anchor_ok and out_shape == shapes.get(first, out_shape):
             per = OP_TABLE.get(op, ("elementwise", 1))[1]
             host.ops.append(op)
             host.flops += int(per * out_elems)
