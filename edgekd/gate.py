@@ -8,7 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.modelfile import (
+    load_onnx, onnx_input_dims, onnx_precision, param_count, parse_shape, resolve_shape, shipped_files,
+)
 from edgekd.registry import Registry, suggest
 from edgekd.runtimes import model_suffixes
 
@@ -86,17 +89,6 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'1,1,28,28' or '1x1x28x28' -> (1, 1, 28, 28)."""
-    try:
-        dims = tuple(int(d) for d in str(text).replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        raise EdgeKDError(f"bad input shape {text!r}", "write it as N,C,H,W, e.g. 1,1,28,28") from None
-    if not dims or any(d < 1 for d in dims):
-        raise EdgeKDError(f"bad input shape {text!r}", "write it as N,C,H,W with positive sizes, e.g. 1,1,28,28")
-    return dims
-
-
 def _number(key, value, kind):
     # bool is an int in Python; `max_params = true` is a typo, not a budget.
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and isinstance(value, float)
@@ -172,7 +164,7 @@ def load_config(pyproject: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise EdgeKDError(f"config file {pyproject} does not exist", "pass an existing pyproject.toml to --config") from None
     except (OSError, tomllib.TOMLDecodeError) as err:
-        raise EdgeKDError(f"cannot read {pyproject}: {_first_line(err)}", "fix the TOML syntax") from None
+        raise EdgeKDError(f"cannot read {pyproject}: {first_line(err)}", "fix the TOML syntax") from None
     tool = data.get("tool", {})
     edgekd_table = tool.get("edgekd", {}) if isinstance(tool, dict) else {}
     table = edgekd_table.get("gate", {}) if isinstance(edgekd_table, dict) else None
@@ -215,193 +207,11 @@ def resolve_budgets(cli_values: dict, *, config: str | os.PathLike | None = None
 # Reading what is gated: reports, run folders, model files
 # ---------------------------------------------------------------------------------------------------
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
-
-
 def load_report(path: str | os.PathLike) -> tuple[dict, Path]:
     """A validated report.json (or the one in a run folder) and the folder its artifact paths are relative to."""
     from edgekd.report.schema import load_report as load_validated, report_path
 
     return load_validated(path), report_path(path).parent
-
-
-def _load_onnx(path: Path):
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError, OSError, UnicodeDecodeError) as err:
-        raise EdgeKDError(f"{path} is not an ONNX model ({_first_line(err)})", "pass a .onnx file exported by edgekd or torch.onnx") from None
-    # Protobuf happily parses many non-ONNX byte strings into an empty message.
-    if model.ir_version <= 0 or len(model.graph.node) == 0:
-        raise EdgeKDError(f"{path} is not an ONNX model (no graph)", "pass a .onnx file exported by edgekd or torch.onnx")
-    return model
-
-
-def _all_tensors(graph):
-    """Initializers and constant tensors of a graph and its subgraphs (If/Loop bodies)."""
-    import onnx
-
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_tensors(g)
-
-
-def shipped_files(path: str | os.PathLike) -> list[Path]:
-    """Every file that ships with a model: an ONNX file plus its external-data files, an OpenVINO .xml
-    plus its .bin, every file of a model folder, otherwise the file itself."""
-    from onnx.external_data_helper import uses_external_data
-
-    path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    if not path.is_file():
-        raise EdgeKDError(f"model file {path} does not exist", "check the path, or gate the run folder's report.json")
-    files = [path]
-    if path.suffix == ".onnx":
-        locations = []
-        for tensor in _all_tensors(_load_onnx(path).graph):
-            if uses_external_data(tensor):
-                location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-                if location and location not in locations:
-                    locations.append(location)
-        for location in locations:
-            data = path.parent / location
-            if not data.is_file():
-                raise EdgeKDError(f"external data file {location!r} referenced by {path} is missing",
-                                  "keep the external-data files next to the .onnx file")
-            files.append(data)
-    elif path.suffix == ".xml":
-        weights = path.with_suffix(".bin")
-        if not weights.is_file():
-            raise EdgeKDError(f"OpenVINO weights {weights} for {path} are missing", "keep the .bin file next to the .xml file")
-        files.append(weights)
-    return files
-
-
-def size_bytes(path: str | os.PathLike) -> int:
-    """Bytes that ship: the model plus its external data (see :func:`shipped_files`)."""
-    return sum(p.stat().st_size for p in shipped_files(path))
-
-
-_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-# Inputs that hold quantization scales and zero points, by operator (ONNX operator specs).
-_QUANT_PARAM_INPUTS = {
-    "QuantizeLinear": (1, 2), "DequantizeLinear": (1, 2),
-    "MatMulInteger": (2, 3), "ConvInteger": (2, 3),
-    "QLinearConv": (1, 2, 4, 5, 6, 7), "QLinearMatMul": (1, 2, 4, 5, 6, 7),
-}
-
-
-def onnx_param_count(path: str | os.PathLike) -> int:
-    """Weights in an ONNX model: elements of its initializers, not counting quantization scales and
-    zero points (bookkeeping, not parameters) nor integer shape constants (int64 for Reshape etc.),
-    so an INT8 export has the same count as its FP32 source."""
-    import onnx
-
-    model = _load_onnx(Path(path))
-    bookkeeping = set()
-    dynamic_scales = set()  # DynamicQuantizeLinear's activation scale: the weight scale is Mul'ed onto it
-    for node in model.graph.node:
-        bookkeeping.update(node.input[i] for i in _QUANT_PARAM_INPUTS.get(node.op_type, ()) if i < len(node.input))
-        if node.op_type == "DynamicQuantizeLinear" and len(node.output) > 1:
-            dynamic_scales.add(node.output[1])
-    for node in model.graph.node:
-        if node.op_type == "Mul" and dynamic_scales & set(node.input):
-            bookkeeping.update(node.input)
-    total = 0
-    for tensor in model.graph.initializer:
-        if tensor.name in bookkeeping or tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.BOOL):
-            continue
-        total += math.prod(tensor.dims)
-    return total
-
-
-def openvino_param_count(path: str | os.PathLike) -> int:
-    """Weights in an OpenVINO IR, counted like :func:`onnx_param_count`: every weight constant once
-    (an FP16 or INT8 weight and its Convert are one tensor), not counting FakeQuantize ranges,
-    dequantization scales and zero points, or shape constants."""
-    import openvino as ov
-
-    try:
-        model = ov.Core().read_model(str(path))
-    except Exception as err:
-        raise EdgeKDError(f"{path} is not an OpenVINO IR ({_first_line(err)})", "pass the .xml written by openvino.save_model") from None
-    integer = {ov.Type.i64, ov.Type.i32, ov.Type.u64, ov.Type.u32, ov.Type.boolean}
-    total = 0
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Constant":
-            continue
-        out = op.output(0)
-        consumers = [(t.get_node(), t.get_index()) for t in out.get_target_inputs()]
-        if out.get_element_type() in integer:
-            # Integer constants are shapes and axes, except quantized int32 biases on their way to a Convert.
-            if not any(node.get_type_name() == "Convert" for node, _ in consumers):
-                continue
-        elif consumers and all(_is_quantization_param(node, index) for node, index in consumers):
-            continue
-        total += math.prod(out.get_shape())
-    return total
-
-
-def _is_quantization_param(node, index: int) -> bool:
-    kind = node.get_type_name()
-    if kind == "FakeQuantize":
-        return index >= 1  # input/output ranges
-    if kind in ("Multiply", "Subtract") and node.get_input_size() == 2:
-        # Weight decompression: Constant(int8) -> Convert -> [Subtract zero point] -> Multiply scale.
-        other = node.input_value(1 - index).get_node()
-        return other.get_type_name() in ("Convert", "Subtract") and index == 1
-    return False
-
-
-def onnx_input_shape(model, override: tuple[int, ...] | None = None) -> tuple[int, ...]:
-    """The first graph input's shape with a dynamic batch set to 1 (``override`` wins)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise EdgeKDError(f"the model has {len(inputs)} inputs; the gate measures single-input image models",
-                          "gate the run folder's report.json instead")
-    rank = len(inputs[0].type.tensor_type.shape.dim)
-    if override is not None:
-        if len(override) != rank:
-            raise EdgeKDError(f"--input-shape {','.join(map(str, override))} has {len(override)} dimensions; the model's input has {rank}",
-                              "pass all of them, e.g. --input-shape 1,1,28,28")
-        return override
-    dims = []
-    for i, dim in enumerate(inputs[0].type.tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            dims.append(dim.dim_value)
-        elif i == 0:
-            dims.append(1)  # a dynamic batch: time one image, as the reports do
-        else:
-            raise EdgeKDError(f"input dimension {i} ({dim.dim_param or '?'}) is dynamic",
-                              "pass --input-shape N,C,H,W, e.g. --input-shape 1,1,28,28")
-    return tuple(dims)
-
-
-def onnx_precision(model) -> str | None:
-    """'int8' for a quantized (QDQ / QOperator) graph, 'fp16' for half weights, else None (target default)."""
-    import onnx
-
-    ops = {n.op_type for n in model.graph.node}
-    if ops & (_QDQ_OPS | {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}):
-        return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -484,7 +294,7 @@ def subject_from_file(path: Path) -> Subject:
         raise EdgeKDError(f"{path} is not a model file (suffix {path.suffix or 'none'!r})",
                           f"pass a run folder, a report.json or a model ({', '.join(suffixes)})")
     if path.suffix == ".onnx":
-        _load_onnx(path)  # refuse a corrupt or non-ONNX file up front, before any check runs
+        load_onnx(path)  # refuse a corrupt or non-ONNX file up front, before any check runs
     return Subject(name=path.name, path=path, origin=str(path))
 
 
@@ -536,10 +346,10 @@ def subject_params(subject: Subject) -> Value:
         model = (report or {}).get(role) or {}
         if isinstance(model.get("params"), int):
             return Value(float(model["params"]), f"report ({role})")
-    if subject.path is not None and subject.path.suffix == ".onnx":
-        return Value(float(onnx_param_count(subject.path)), "onnx initializers")
-    if subject.path is not None and subject.path.suffix == ".xml":
-        return Value(float(openvino_param_count(subject.path)), "openvino constants")
+    counted = param_count(subject.path) if subject.path is not None else None
+    if counted is not None:
+        kind = "onnx initializers" if subject.path.suffix.lower() == ".onnx" else "openvino constants"
+        return Value(float(counted), kind)
     raise EdgeKDError(f"cannot count the parameters of {subject.label} ({subject.path.suffix if subject.path else 'no file'})",
                       "gate the .onnx or OpenVINO .xml export, or the run folder's report.json")
 
@@ -574,56 +384,27 @@ def report_latency(row: dict, report: dict, target: str | None, stat: str) -> Va
 
 
 def measure_host_latency(path: Path, stat: str, input_shape=None, time_budget_s: float = 1.0) -> Value:
-    """Time the model on this machine with its own runtime (ONNX Runtime for .onnx, OpenVINO for .xml)."""
+    """Time the model on this machine with its own runtime's runner, as ``edgekd bench`` does."""
     import numpy as np
 
     from edgekd.bench.measure import measure_latency
+    from edgekd.bench.runners import load_runner
+    from edgekd.modelfile import input_shape as file_input_shape
+    from edgekd.runtimes import runtime_for_file
 
-    if path.suffix == ".onnx":
-        import onnxruntime as ort
-
-        shape = onnx_input_shape(_load_onnx(path), input_shape)
-        try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as err:
-            raise EdgeKDError(f"ONNX Runtime cannot load {path}: {_first_line(err)}", "re-export the model") from None
-        name = session.get_inputs()[0].name
-        # An FP16 export without kept I/O types takes half-precision input.
-        dtype = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
-        run = lambda x: session.run(None, {name: x})  # noqa: E731
-        runtime = "onnxruntime"
-    elif path.suffix == ".xml":
-        import openvino as ov
-
-        core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-            if input_shape is None:
-                if model.inputs[0].get_partial_shape().is_dynamic:
-                    shape_list = list(model.inputs[0].get_partial_shape())
-                    if any(d.is_dynamic for d in shape_list[1:]):
-                        raise EdgeKDError(f"{path} has dynamic input dimensions", "pass --input-shape N,C,H,W")
-                    model.reshape([1, *[d.get_length() for d in shape_list[1:]]])
-            else:
-                model.reshape(list(input_shape))
-            shape = tuple(model.inputs[0].get_shape())
-            compiled = core.compile_model(model, "CPU")
-        except EdgeKDError:
-            raise
-        except Exception as err:
-            raise EdgeKDError(f"OpenVINO cannot load {path}: {_first_line(err)}", "re-export the model") from None
-        request = compiled.create_infer_request()
-        run = lambda x: request.infer([x])  # noqa: E731
-        dtype = np.float32  # OpenVINO converts at the input itself
-        runtime = "openvino"
-    else:
-        raise EdgeKDError(f"cannot time a {path.suffix} file on this machine",
-                          "gate the run folder's report.json, which records its latency, or pass the .onnx export")
-    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    runtime = runtime_for_file(path)
+    shape = file_input_shape(path, input_shape)
+    if shape is None:
+        raise EdgeKDError(f"cannot tell the input shape of {path.name}",
+                          "pass --input-shape N,C,H,W, or gate the run folder's report.json, which records its latency")
+    runner = load_runner(path, runtime=runtime)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     try:
-        stats = measure_latency(run, x, warmup=5, time_budget_s=time_budget_s)
+        stats = measure_latency(runner.run, x, warmup=5, time_budget_s=time_budget_s)
+    except EdgeKDError:
+        raise
     except Exception as err:
-        raise EdgeKDError(f"running {path} failed: {_first_line(err)}", "check the model runs with its runtime") from None
+        raise EdgeKDError(f"running {path} failed: {first_line(err)}", "check the model runs with its runtime") from None
     return Value(getattr(stats, stat), f"measured:host ({runtime}, {stats.runs} runs)")
 
 
@@ -635,9 +416,11 @@ def predict_target_latency(path: Path, target_name: str, input_shape=None, preci
     if path.suffix != ".onnx":
         raise EdgeKDError(f"predicting latency on {target.name} needs the ONNX model, got {path.name}",
                           "pass the .onnx export, or gate the run folder's report.json")
-    model = _load_onnx(path)
-    shape = onnx_input_shape(model, input_shape)
-    precision = precision or onnx_precision(model)
+    model = load_onnx(path)
+    shape = resolve_shape(onnx_input_dims(model), input_shape, name=path.name)
+    detected = onnx_precision(model)
+    # An FP32 file is what the device's toolchain builds at the target's own precision.
+    precision = precision or (None if detected == "fp32" else detected)
     if precision not in (target.precisions or ()):
         precision = None  # the target's own precision: what its deployment toolchain would build
     try:
@@ -646,7 +429,7 @@ def predict_target_latency(path: Path, target_name: str, input_shape=None, preci
         raise
     except Exception as err:
         # Not a budget failure: exit 2 with the cause, never the exit 1 that means "over budget".
-        raise EdgeKDError(f"cannot predict the latency of {path.name} on {target.name} ({type(err).__name__}: {_first_line(err)})",
+        raise EdgeKDError(f"cannot predict the latency of {path.name} on {target.name} ({type(err).__name__}: {first_line(err)})",
                           "gate the run folder, whose report records the target latency, or --target host") from err
     calibration = getattr(prediction, "calibration", "") or ""
     source = f"predicted:{target.name}" + (f" ({calibration})" if calibration else "")

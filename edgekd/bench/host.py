@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError, first_line
+from edgekd.modelfile import image_shape, precision, size_bytes
 from edgekd.runtimes import RUNTIMES, format_of_file, model_suffixes, readers_of
 
 HOST_SOURCE = "measured:host"
@@ -37,53 +38,6 @@ class BenchOptions:
             for name in self.runtimes:
                 RUNTIMES.get(name)  # one-line error with a suggestion for a typo
         return self
-
-
-def model_input_shape(path: Path) -> tuple[int, ...] | None:
-    """(C, H, W) read from an ONNX or OpenVINO IR file's first input; None when it is not static."""
-    suffix = path.suffix.lower()
-    dims: list = []
-    if suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        inits = {i.name for i in model.graph.initializer}
-        inp = next(i for i in model.graph.input if i.name not in inits)
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    elif suffix == ".xml":
-        import openvino as ov
-
-        shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in shape]
-    chw = tuple(dims[1:])
-    return chw if len(chw) == 3 and all(isinstance(d, int) and d > 0 for d in chw) else None
-
-
-def detect_precision(path: Path) -> str:
-    """fp32 / fp16 / int8 of a model file, from its content: quantize nodes mean int8, half weights fp16."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        ops = {n.op_type for n in model.graph.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                  "MatMulInteger", "DynamicQuantizeLinear"}:
-            return "int8"
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-            return "fp16"
-        return "fp32"
-    if suffix == ".xml":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text:
-            return "int8"
-        if 'element_type="f16"' in text:
-            return "fp16"
-        return "fp32"
-    for tag in ("int8", "fp16", "fp32"):
-        if tag in path.name.lower():
-            return tag
-    return "fp32"
 
 
 def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tuple[int, ...],
@@ -183,7 +137,7 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
                 is_own = runtime == own
                 row = art if is_own else _runtime_row(report, art, runtime)
                 try:
-                    file_shape = shape or model_input_shape(path)
+                    file_shape = shape or image_shape(path)
                     if file_shape is None:
                         raise EdgeKDError(f"cannot tell the input shape of {path.name}", "pass --input-shape C,H,W")
                     results, versions = measure_file(path, runtime, opts.batches, file_shape, opts)
@@ -275,7 +229,7 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
             name = p.name if runtime == readers[0] else f"{p.name}@{runtime}"
             row = _file_row(p, runtime, name=name)
             try:
-                shape = opts.input_shape or model_input_shape(p)
+                shape = opts.input_shape or image_shape(p)
                 if shape is None:
                     raise EdgeKDError(f"cannot tell the input shape of {p.name}", "pass --input-shape C,H,W")
                 results, versions = measure_file(p, runtime, opts.batches, shape, opts)
@@ -302,19 +256,11 @@ def _file_row(path: Path, runtime: str, *, name: str | None = None, status: str 
               reason: str | None = None) -> dict:
     return {
         "name": name or path.name, "role": "model", "format": format_of_file(path, runtime),
-        "precision": detect_precision(path) if status == "ok" else "?", "runtime": runtime,
-        "path": str(path.resolve()), "size_bytes": _size(path), "status": status, "reason": reason,
+        "precision": precision(path) if status == "ok" else "?", "runtime": runtime,
+        "path": str(path.resolve()), "size_bytes": size_bytes(path, strict=False), "status": status, "reason": reason,
         "accuracy": None, "accuracy_drop": None, "parity": None, "latency_ms": None, "latency_source": None,
         "target_latency_ms": None, "target_latency_source": None, "extra": {},
     }
-
-
-def _size(path: Path) -> int:
-    """Bytes on disk, counting an OpenVINO IR's .bin beside its .xml."""
-    size = path.stat().st_size
-    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
 
 
 def _print(console, row: dict, runtime: str, m: dict | None, error: str | None) -> None:

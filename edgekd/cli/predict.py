@@ -60,12 +60,12 @@ def _run_dir_onnx(run_dir: Path) -> tuple[Path, list[int] | None]:
 
 def resolve_model(model: str | None, onnx_file: str | None, run_dir: str | None, input_shape: str | None):
     """One of --model torchvision:NAME, --onnx FILE, RUN_DIR -> (onnx path, input shape or None)."""
-    from edgekd.hardware.graph import parse_shape
+    from edgekd.modelfile import parse_shape
 
     given = [x for x in (model, onnx_file, run_dir) if x]
     if len(given) != 1:
         raise EdgeKDError("give exactly one model", "pass --model torchvision:NAME, --onnx FILE or a run folder")
-    shape = parse_shape(input_shape) if input_shape else None
+    shape = list(parse_shape(input_shape, "--input")) if input_shape else None
     if model:
         source, _, name = model.partition(":")
         if source != "torchvision" or not name:
