@@ -38,13 +38,11 @@ def _torchvision_onnx(name: str, shape: list[int]) -> Path:
 
 def _run_dir_onnx(run_dir: Path) -> tuple[Path, list[int] | None]:
     """The student's FP32 ONNX in a run folder, and its input shape from report.json."""
-    report = run_dir / "report.json"
+    from edgekd.report import REPORT_NAME, load_report
+
     shape = None
-    if report.is_file():
-        try:
-            data = json.loads(report.read_text())
-        except ValueError:
-            raise EdgeKDError(f"{report} is not valid JSON", "re-run the command that wrote it") from None
+    if (run_dir / REPORT_NAME).is_file():
+        data = load_report(run_dir)
         in_shape = (data.get("data") or {}).get("input_shape")
         if in_shape:
             shape = [1, *in_shape]
