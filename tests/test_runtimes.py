@@ -58,6 +58,17 @@ def test_litert_is_covered_like_the_others():
     assert ".tflite" in model_suffixes() and format_of_file("m.tflite") == "litert"
 
 
+def test_on_device_runtimes_are_the_device_runners_backends():
+    """`edgekd runner`'s file runs exactly the runtimes whose descriptors say on_device, on their files."""
+    from edgekd.bench import device_runner
+
+    on_device = [n for n in NAMES if RUNTIMES.get(n).on_device]
+    assert sorted(device_runner.BACKENDS) == sorted(on_device)
+    for name in on_device:
+        rt = RUNTIMES.get(name)
+        assert set(rt.suffixes) | set(rt.reads) <= set(device_runner.BACKENDS[name].suffixes), name
+
+
 def test_unknown_runtime_is_a_one_line_error():
     with pytest.raises(EdgeKDError, match="did you mean 'openvino'"):
         RUNTIMES.get("openvno")

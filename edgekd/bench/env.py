@@ -200,12 +200,3 @@ def collect_environment(*, threads: int | None = None) -> dict:
 
 # The name the pipeline calls.
 environment = collect_environment
-
-
-def portable_source() -> str:
-    """The source of the portable probes, for embedding in the on-device runner."""
-    with open(__file__, "r", encoding="utf-8") as fh:
-        text = fh.read()
-    start = text.index("# PORTABLE-BEGIN")
-    end = text.index("# PORTABLE-END")
-    return text[start:end].split("\n", 1)[1]

@@ -42,6 +42,6 @@ FUSIONS = FusionRules(fold=frozenset({"BatchNormalization"}), epilogue=frozenset
 
 RUNTIME = register(Runtime(
     name="litert", description="LiteRT (TFLite, XNNPACK)", runner=LiteRTRunner,
-    suffixes=(".tflite",), file_format="litert", fusions=FUSIONS, export_formats=("litert",),
+    suffixes=(".tflite",), file_format="litert", fusions=FUSIONS, export_formats=("litert",), on_device=True,
     packages=("ai-edge-litert",), color="#e67e22",
 ))
