@@ -555,10 +555,22 @@ def test_new_terms_round_trip_and_old_coefficient_files_still_load():
 
 
 def test_inference_overhead_is_measured_not_fitted():
+    """The per-call overhead is timed directly, and the host fit keeps that value whatever the latencies say."""
     from edgekd.hardware.calibration import inference_overhead_ms
+    from edgekd.hardware.latency import FIXED
 
     overhead = inference_overhead_ms(threads=1, repeats=3)
     assert 0.0005 < overhead < 0.5  # a run() call costs microseconds, never nothing, never a model's worth
+    # Latencies that carry a 30 us constant: a fitted intercept recovers it (the first fit), a measured one
+    # passed the way fit_host passes it stays exactly what was measured (the second).
+    truth = _known_coefficients()
+    costs = _synthetic_costs(120)
+    rows = [features(c) for c in costs]
+    y = [sum(kernel_ms(c, truth)) + truth.fixed_ms for c in costs]
+    fitted, _ = fit_coefficients(rows, y, precision="fp32", prior=None)
+    assert fitted.fixed_ms == pytest.approx(truth.fixed_ms, rel=1e-3)
+    held, _ = fit_coefficients(rows, y, precision="fp32", prior=None, fixed_terms={FIXED: overhead})
+    assert held.fixed_ms == overhead != pytest.approx(truth.fixed_ms, rel=1e-3)
 
 
 def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path):

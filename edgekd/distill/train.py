@@ -18,7 +18,7 @@ from torch import nn
 
 from edgekd.data import DataSplits, ImageSet
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 
 CHECKPOINT_NAME = "last.pt"
 MODES = ("offline", "online", "self")
@@ -487,7 +487,7 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (RuntimeError, KeyError, ValueError) as err:
-            raise EdgeKDError(f"checkpoint {ckpt_path} does not match this model ({str(err).splitlines()[0][:100]})",
+            raise EdgeKDError(f"checkpoint {ckpt_path} does not match this model ({first_line(err, 100)})",
                               "resume with the same architecture and width, or start afresh in a new output folder") from None
         start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
         history, seconds_before, partial = list(state["history"]), float(state["seconds"]), state.get("partial")

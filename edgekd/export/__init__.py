@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.registry import Registry
 
 FORMATS: Registry = Registry("export format")
@@ -68,7 +68,7 @@ def register_format(name: str, *, format: str, precision: str, runtime: str, fil
 
     def decorator(fn):
         FORMATS.add(name, Format(name, format, precision, runtime, filename, fn, requires, install_hint,
-                                 needs_gpu, description or (fn.__doc__ or "").strip().splitlines()[0], device_kit))
+                                 needs_gpu, description or ((fn.__doc__ or "").strip().splitlines() or [""])[0], device_kit))
         return fn
 
     return decorator
@@ -221,13 +221,8 @@ def resolve_formats(formats) -> list[str]:
 
 
 def one_line(err: BaseException, limit: int = 240) -> str:
-    """A failure as one readable line (exporters raise long multi-line errors)."""
-    if isinstance(err, EdgeKDError):
-        return str(err)
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A failure as one readable line (exporters raise long multi-line errors), with its type."""
+    return first_line(err, limit, with_type=True)
 
 
 def parity(reference: np.ndarray, outputs: np.ndarray, inputs_label: str) -> dict:
