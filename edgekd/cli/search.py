@@ -35,9 +35,10 @@ def _floats(text: str | None, what: str):
 @click.option("--json", "as_json", is_flag=True, help="Print every candidate as JSON (width, image_size, params, flops, predicted_ms, fits).")
 def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
     """Search width, depth and image size; print the Pareto front and the candidate distill would train."""
-    from edgekd.hardware import parse_shape, search
+    from edgekd.hardware import search
+    from edgekd.modelfile import parse_shape
 
-    shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"))
+    shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"), "--input")
     depth_list = _floats(depths, "--depths")
     res = _floats(resolutions, "--image-sizes")
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
