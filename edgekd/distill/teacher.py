@@ -73,27 +73,43 @@ def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu",
     ``image_size`` (or an ONNX teacher's fixed input size) other than the data's: the teacher sees each
     image resized to it (:class:`ResizedInput`).
     """
-    from edgekd.models.sources import ChannelRepeat, ResizedInput, is_source, load_source_model
+    from edgekd.models.sources import is_source, load_source_model
 
     text = str(source)
     if not is_source(text):
         path = Path(text).expanduser()
-        raise EdgeKDError(f"--teacher {path} " + ("is not a model file" if path.exists() else "does not exist"),
-                          "pass an edgekd .safetensors, a .onnx, torchvision:NAME or timm:NAME with --teacher-weights, "
-                          "or path/to/file.py:factory")
+        if not path.exists():
+            raise EdgeKDError(f"--teacher {path} does not exist", "pass an edgekd .safetensors, a .onnx, torchvision:NAME or "
+                                                                  "timm:NAME with --teacher-weights, or path/to/file.py:factory")
+        if path.suffix in (".pt", ".pth", ".pkl", ".bin", ".ckpt"):
+            raise EdgeKDError(f"--teacher {path} is PyTorch weights without an architecture (a whole pickled model is "
+                              "never loaded: it could run code)",
+                              f"pass --teacher torchvision:NAME (or timm:NAME, file.py:factory) --teacher-weights {path}, "
+                              "or an edgekd .safetensors")
+        text = str(path)  # any other file: read as an edgekd safetensors checkpoint (a one-line error if it is not)
+        from edgekd.models import load_model as _load
+
+        model, spec, _ = _load(path)
+        return _checked(model, spec, text, splits, device, {"format": "edgekd"}, None, image_size)
     if text.startswith(("torchvision:", "timm:")) and weights is None:
         raise EdgeKDError(f"--teacher {text} needs --teacher-weights: edgekd downloads nothing, and a teacher with "
                           "random weights teaches nothing", "pass the trained weights, e.g. --teacher-weights resnet50_finetuned.pth")
     loaded = load_source_model(text, weights=weights, in_channels=splits.input_shape[0])
-    model, spec = loaded.model, loaded.spec
-    fixed = loaded.info.get("image_size")  # an ONNX teacher exported at one size
+    return _checked(loaded.model, loaded.spec, text, splits, device, loaded.info, weights, image_size)
+
+
+def _checked(model, spec, text: str, splits: DataSplits, device, info_in: dict, weights, image_size):
+    """The teacher at its image size, checked against the data, with its test accuracy."""
+    from edgekd.models.sources import ChannelRepeat, ResizedInput
+
+    fixed = info_in.get("image_size")  # an ONNX teacher exported at one size
     size = image_size or (fixed[0] if fixed and fixed[0] == fixed[1] else None)
     if size and size != splits.input_shape[-1]:
         model = ResizedInput(model, size)
     if spec is not None:
         check_teacher_fits(spec, splits, text)
     else:
-        channels = getattr(model, "in_channels", None)
+        channels = getattr(named_leaf(model), "in_channels", None)
         if channels == 3 and splits.input_shape[0] == 1:
             model = ChannelRepeat(model, 3)
         elif channels is not None and channels != splits.input_shape[0]:
@@ -106,12 +122,18 @@ def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu",
         raise EdgeKDError(f"teacher {text} cannot run on {tuple(splits.input_shape)} images ({str(err).splitlines()[0][:100]})",
                           "pass a teacher for images of this size and channels") from None
     info = {"accuracy": accuracy, "params": count_params(model), "path": text, "cached": False, "source": "user",
-            "format": loaded.info.get("format")}
+            "format": info_in.get("format")}
     if weights is not None:
         info["weights"] = str(weights)
     if isinstance(model, ResizedInput):
         info["image_size"] = model.size
     return model.eval(), spec, info
+
+
+def named_leaf(model: nn.Module) -> nn.Module:
+    while isinstance(getattr(model, "net", None), nn.Module):
+        model = model.net
+    return model
 
 
 def _check_output_classes(model: nn.Module, text: str, splits: DataSplits) -> None:
