@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--extras", default="", help="comma-separated: dkd, fitnet, consistent")
     ap.add_argument("--selection", action="store_true", help="train every fitting candidate and rank edgekd's pick")
+    ap.add_argument("--selection-widths", default="0.125,0.25,0.5")
     ap.add_argument("--target", default="raspberry-pi-4")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache", default=None, help="folder for the trained teacher (default: a temporary one)")
@@ -131,7 +132,7 @@ def main() -> None:
     widths = [float(w) for w in args.widths.split(",")]
     per_width = {}
     print(f"\n{'width':>6} {'params':>9} {'seed':>4} {'scratch':>8} {'kd':>8} {'closed':>7}")
-    for width in widths:
+    for width in widths if args.seeds > 0 else []:
         params = count_params(ModelSpec(args.student, 10, 3, width=width, image_size=args.size).build())
         rows = []
         for seed in range(args.seeds):
@@ -151,8 +152,9 @@ def main() -> None:
     if args.selection:
         run_selection(args, splits, teacher)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
-    print("gap closed per width: " + ", ".join(f"{w:g}: {g:.2f}" for w, g in per_width.items()))
-    print(f"gap_closed={min(per_width.values()):.3f}")
+    if per_width:  # --seeds 0 runs only the extras / selection
+        print("gap closed per width: " + ", ".join(f"{w:g}: {g:.2f}" for w, g in per_width.items()))
+        print(f"gap_closed={min(per_width.values()):.3f}")
 
 
 def run_extras(args, splits, teacher, t_acc: float, width: float) -> None:
@@ -178,7 +180,7 @@ def run_selection(args, splits, teacher) -> None:
     from edgekd.hardware import select_width
 
     sizes = sorted({max(16, args.size // 2), args.size * 3 // 4, args.size})
-    widths = [0.25, 0.5, 1.0]
+    widths = [float(w) for w in args.selection_widths.split(",")]
     sel = select_width(args.student, widths, target=args.target, budget_ms=1e9, num_classes=10,
                        input_shape=splits.input_shape, image_sizes=sizes)
     budget = sorted(c.predicted_ms for c in sel.candidates)[len(sel.candidates) // 2] * 1.01
