@@ -145,6 +145,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
     return removed
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("EDGEKD_CACHE_DIR"):
+        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgekd"))
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     import hashlib
 

@@ -30,6 +30,16 @@ class DistillOptions:
     out: str | None = None
     data: str | None = None
     teacher: str | list[str] | None = None
+    # Pixels (edgekd.data): size, normalisation and how image files are read
+    image_size: int | None = None                # the student's input (default: the data's own size, photos at most 224)
+    teacher_image_size: int | None = None        # the teacher's input (default: the teacher's own, else image_size)
+    mean: tuple[float, ...] | None = None        # normalisation (default: the teacher's, else measured on training images)
+    std: tuple[float, ...] | None = None
+    workers: int | None = None                   # loader processes for image files (default: cores - 1)
+    strict: bool = False                         # refuse a bad image file instead of skipping it
+    photo_augment: bool | None = None            # image files: random-resized crop + flip in training (default on)
+    crop_scale: tuple[float, ...] | None = None  # area fraction of the random crops (default 0.08,1)
+    flip: bool | None = None                     # random horizontal flips (default: with photo_augment)
     budget_ms: float | None = None
     epochs: int | None = None
     seed: int = 0
@@ -69,6 +79,14 @@ class DistillOptions:
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
+        for name in ("image_size", "teacher_image_size"):
+            value = getattr(self, name)
+            if value is not None and not 8 <= value <= 4096:
+                raise EdgeKDError(f"--{name.replace('_', '-')} must be 8..4096 pixels, got {value}", "e.g. 32 or 224")
+        if self.workers is not None and self.workers < 0:
+            raise EdgeKDError(f"--workers must be >= 0, got {self.workers}", "0 decodes in the main process; e.g. 2")
+        if (self.mean is None) != (self.std is None):
+            raise EdgeKDError("--mean and --std go together", "give both, or neither to use the teacher's or measured ones")
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -174,6 +192,11 @@ def resume_command(opts: DistillOptions) -> str:
         value = getattr(opts, f.name)
         if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
             continue
+        if isinstance(value, bool):  # on/off switches: their flag, not a value
+            flag = {("strict", True): "--strict", ("photo_augment", False): "--no-augment", ("flip", False): "--no-flip",
+                    ("flip", True): "--flip"}.get((f.name, value))
+            words += [flag] if flag else []
+            continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
             for v in value:
                 words += [f"--{f.name.replace('_', '-')}", str(v)]
@@ -216,7 +239,9 @@ def _distill(opts: DistillOptions, console=None) -> dict:
     import torch
     from rich.console import Console
 
-    from edgekd.data import load_data, normalize
+    import numpy as np
+
+    from edgekd.data import load_data
     from edgekd.distill import TrainConfig, get_teacher, train
     from edgekd.hardware import load_target, select_width
     from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
@@ -240,10 +265,18 @@ def _distill(opts: DistillOptions, console=None) -> dict:
     formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(target))
 
     with clock.stage("data", "Loading data"):
-        splits = load_data(opts.data, seed=opts.seed)
+        splits = load_data(opts.data, seed=opts.seed, request=data_request(opts), workers=opts.workers,
+                           strict=opts.strict, progress=opts.progress)
+        pre = splits.preprocessing
         console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
                       f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
-                      f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
+                      f"{splits.num_classes} classes, input {tuple(splits.input_shape)}"
+                      + (f", teacher input {pre.teacher_size} px" if pre.teacher_size != pre.image_size else ""))
+        console.print(f"  pixels: {pre.resize_rule}; mean {_floats(pre.mean)} std {_floats(pre.std)} ({pre.mean_source})"
+                      + (f"; training crops {pre.crop_scale[0]:g}-{pre.crop_scale[1]:g} of the area"
+                         f"{' + flips' if pre.flip else ''}; {splits.workers} loader worker(s)" if splits.kind == "files" else ""))
+        for note in splits.notes:  # empty class folders, unreadable files: one line each, before any training
+            console.print(f"  [yellow]{note}[/]")
 
     with clock.stage("select", f"Choosing the student width for {target.name} (budget {budget_ms:g} ms)"):
         if opts.width is not None:
@@ -290,11 +323,14 @@ def _distill(opts: DistillOptions, console=None) -> dict:
             result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
                            resume=opts.resume, progress=opts.progress, spec=spec)
             student = student.cpu().eval()
+            # Each model file carries the preprocessing it expects (its own input size).
             save_model(out / "student.safetensors", student, spec,
-                       {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+                       {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                        "preprocess": splits.preprocessing.to_dict()})
             # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
             save_model(out / "teacher.safetensors", getattr(teacher, "members", [teacher])[0].cpu().eval(),
-                       teacher_spec, {"accuracy": teacher_info["accuracy"]})
+                       teacher_spec, {"accuracy": teacher_info["accuracy"],
+                                      "preprocess": splits.for_teacher().preprocessing.to_dict()})
             console.print(f"  student test accuracy {result.accuracy:.4f} "
                           f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
@@ -319,7 +355,9 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                         "history": result.history},
         }
 
-        test_x = normalize(splits.test.x, splits.mean, splits.std)
+        # Calibration, validation and test images all go through the run's one preprocessing (lazily:
+        # a split of files larger than memory is read a batch at a time).
+        test_x = splits.normalized("test")
         with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
             from edgekd.export import ExportOptions, export_all
 
@@ -327,9 +365,9 @@ def _distill(opts: DistillOptions, console=None) -> dict:
             # only gives the final figures); over --max-drop the remedies are tried, then failed.
             artifacts = export_all(
                 student, list(formats), out / "artifacts",
-                example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+                example=test_x[:1], calib=np.asarray(splits.normalized("calib")),
                 parity_inputs=test_x[:512], progress=opts.progress, target=target, console=console,
-                validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+                validation=(splits.normalized("val"), splits.labels("val")),
                 options=ExportOptions(stem="student", max_drop=opts.max_drop))
 
         with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
@@ -342,6 +380,13 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                 console=console)
         report["artifacts"] = rows
         report["recommended"] = recommend(rows, target, opts.max_drop)
+        report["data"] = splits.describe()  # again: files skipped while training and measuring are counted now
+        if splits.kind == "files":
+            atomic_write_json(out / DATA_SPLITS_FILE, splits.file_lists())
+            report["data"]["file_lists"] = DATA_SPLITS_FILE
+            if splits.bad.count():
+                console.print(f"  [yellow]{splits.bad.count()} image file(s) could not be decoded and were skipped "
+                              f"(listed in report.json data.bad_files)[/]")
 
         from edgekd.bench.env import environment
         from edgekd.report import render_terminal, write_reports
@@ -357,6 +402,39 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"({', '.join(p.name for p in paths.values())})")
         console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return report
+
+
+DATA_SPLITS_FILE = "data-splits.json"
+
+
+def data_request(opts: DistillOptions):
+    """What the run asks of the pixels: the user's options, then the teacher's own preprocessing."""
+    from edgekd.data import PreprocessRequest
+    from edgekd.data.preprocess import teacher_preprocess
+
+    own = {}
+    teacher = opts.teacher[0] if isinstance(opts.teacher, (list, tuple)) and opts.teacher else opts.teacher
+    if teacher:
+        own = teacher_preprocess(str(teacher)) or {}
+    user_norm = opts.mean is not None
+    mean = tuple(opts.mean) if user_norm else own.get("mean")
+    std = tuple(opts.std) if opts.std is not None else own.get("std")
+    return PreprocessRequest(
+        image_size=opts.image_size, teacher_image_size=opts.teacher_image_size or own.get("image_size"),
+        mean=mean, std=std, mean_source="user" if user_norm else f"teacher ({own.get('source', teacher)})",
+        crop_pct=own.get("crop_pct"), interpolation=own.get("interpolation"), photo_augment=opts.photo_augment,
+        crop_scale=_crop_scale(opts.crop_scale), flip=opts.flip)
+
+
+def _crop_scale(value):
+    if value is None:
+        return None
+    value = tuple(float(v) for v in value)
+    return (value[0], 1.0) if len(value) == 1 else value
+
+
+def _floats(values) -> str:
+    return ",".join(f"{v:.3f}" for v in values)
 
 
 def _train_config(opts: DistillOptions, device: str):

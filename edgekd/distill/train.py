@@ -206,31 +206,42 @@ def run_model(model: nn.Module, x: torch.Tensor, features: bool) -> ModelOutputs
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, splits: DataSplits, device="cpu", batch_size: int = 512,
-                   amp: str = "auto", channels_last: bool = False) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for uint8 images, as float32 on the host."""
+def predict_logits(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
+                   amp: str = "auto", channels_last: bool = False, size: int | None = None) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) as float32 on the host, for a split (its name or the split
+    itself: evaluation views, files that do not decode left out) or for uint8 images (N, C, H, W),
+    preprocessed at ``size`` (default the student's; the teacher's size for a teacher)."""
+    from edgekd.data.loader import ArrayEval
+
     device = torch.device(device) if not isinstance(device, torch.device) else device
+    pre = splits.preprocessing
+    if isinstance(images, np.ndarray):
+        views = ArrayEval(images, np.zeros(len(images), np.int64), pre, size or pre.image_size)
+    else:
+        views = splits.eval_images(images, size)
     was_training = model.training
     model.eval()
-    make = BatchMaker(images, splits.mean, splits.std, device, channels_last)
     out = []
     try:
         with autocast_for(device, amp):
-            for i in range(0, len(images), batch_size):
-                out.append(model(make(torch.arange(i, min(i + batch_size, len(images))))).float().cpu())
+            for _, xb in views.batches(batch_size):
+                x = pre.normalize(torch.from_numpy(xb).to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(model(x).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, images: ImageSet, splits: DataSplits, device="cpu", batch_size: int = 512,
-             amp: str = "auto") -> float:
-    """Top-1 accuracy (fraction) of ``model`` on one split."""
+def evaluate(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
+             amp: str = "auto", size: int | None = None) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on one split (its name or the split itself)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    logits = predict_logits(model, images.x, splits, device, batch_size, amp)
+    logits = predict_logits(model, images, splits, device, batch_size, amp, size=size)
     if len(logits) == 0:
         return 0.0
-    return float((logits.argmax(1).numpy() == images.y).mean())
+    return float((logits.argmax(1).numpy() == splits.eval_images(images, size).y).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,7 +523,7 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     use_cache = (teacher is not None and not online and cfg.cache_teacher and not features
                  and (not augmenting or (cfg.teacher_view == "clean" and cfg.mixup == 0)))
     if use_cache and start_epoch < cfg.epochs:
-        cached_logits = predict_logits(teacher, train_set.x, splits, device, cfg.eval_batch_size, cfg.amp,
+        cached_logits = predict_logits(teacher, train_set, splits, device, cfg.eval_batch_size, cfg.amp,
                                        cfg.channels_last).to(device)
 
     out = log or _console_log(progress)
