@@ -137,8 +137,10 @@ def make_loader(dataset, batch_sampler, workers: int, *, pin_memory: bool = Fals
     if workers > 0:
         kw = dict(num_workers=workers, multiprocessing_context=loader_context(), persistent_workers=persistent,
                   prefetch_factor=4)
+    # A private generator: the loader draws its worker base seed from it, not from the global
+    # stream that dropout and mixup use, so the number of workers cannot change the training.
     return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate,
-                                       pin_memory=pin_memory, **kw)
+                                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0), **kw)
 
 
 class BadFiles:

@@ -26,9 +26,12 @@ from edgekd.errors import EdgeKDError
 @click.option("--alpha", default=None, type=float)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", type=int, default=None, help="student input in pixels (default: the data's own)")
+@click.option("--workers", type=int, default=None, help="processes decoding image files (default: cores - 1)")
+@click.option("--strict", is_flag=True, help="stop at the first image file that will not decode")
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in --out")
 def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epochs, batch_size, lr, temperature,
-         alpha, device, seed, resume):
+         alpha, device, seed, image_size, workers, strict, resume):
     """Distil a student from a teacher (the cached default teacher when --teacher is not given).
 
     Under torchrun every process trains on its share of each batch (DistributedDataParallel: NCCL on
@@ -42,7 +45,7 @@ def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epoc
     from edgekd.models import ModelSpec
 
     try:
-        splits = load_data(data_path, seed=seed)
+        splits = load_data(data_path, seed=seed, image_size=image_size, workers=workers, strict=strict)
         overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                                            alpha=alpha).items() if v is not None}
         cfg = TrainConfig(loss=loss, mode=mode, device=device, seed=seed, **overrides).validate()

@@ -173,15 +173,19 @@ def reestimate_batchnorm(net, x: np.ndarray, batch: int = 16) -> str:
     return f"re-estimated on {len(x)} generated inputs (random weights)"
 
 
-def _inputs(net, shape, calib_data, data_source, *, seed: int = 0):
+def _inputs(net, shape, calib_data, data_source, *, seed: int = 0, model_ref: str | None = None):
     """(calib, validation, parity/test inputs and labels, data description, label for parity inputs)."""
     from edgekd.data import load_data, load_data_like
+    from edgekd.data.preprocess import teacher_preprocess
 
     if calib_data is not None or data_source is not None:
         if calib_data is None:  # the run's own data, split and preprocessed exactly as the run did
             splits = load_data_like(data_source)
-        else:  # the user's images, brought to the model's input size and channels
+        else:  # the user's images at the model's input size and channels, with the model's own normalisation
             size = {"image_size": shape[1], "channels": shape[0]} if len(shape) == 3 and shape[1] == shape[2] else {}
+            own = teacher_preprocess(model_ref) if model_ref else None
+            if own and len(own["mean"]) == shape[0]:
+                size.update(mean=own["mean"], std=own["std"], crop_pct=own["crop_pct"])
             splits = load_data(None if calib_data == "edgekd:mnist" else calib_data, **size)
         if tuple(splits.input_shape) != tuple(shape):
             raise EdgeKDError(f"the data's images are {'x'.join(map(str, splits.input_shape))} but the model takes "
@@ -217,7 +221,7 @@ def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | 
     t0 = time.perf_counter()
     net, info, shape, data_source = load_source(run_dir=run_dir, model=model, weights=weights,
                                                 input_shape=input_shape, num_classes=num_classes)
-    inputs = _inputs(net, shape, calib_data, data_source)
+    inputs = _inputs(net, shape, calib_data, data_source, model_ref=model)
     if info.get("random_weights"):
         info["batchnorm"] = reestimate_batchnorm(net, inputs["calib"])
     timings["load"] = round(time.perf_counter() - t0, 2)
