@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from edgekd.data.preprocess import Preprocess
+from edgekd.data.preprocess import Preprocess, sample_seed
 
 
 @dataclass
@@ -43,8 +43,8 @@ class ArrayBatches:
     """Batches of an in-memory (or memory-mapped) uint8 split, with optional random shifts.
 
     Images stay uint8 on the host (a quarter of the float size) and are converted per batch. The
-    shift offsets come from one generator per epoch, seeded by (seed, epoch, rank); its state is
-    saved in mid-epoch checkpoints (``random_state``) so a resumed epoch shifts the same way.
+    shifts of a batch come from a generator seeded by (seed, epoch, step, rank) alone, so a resumed
+    epoch shifts the same way from any step without saving a random state.
     """
 
     def __init__(self, images, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device,
@@ -60,8 +60,6 @@ class ArrayBatches:
         self.n = len(images)
         self.steps = steps_per_epoch(self.n, batch_size * world)
         self.labels = torch.from_numpy(np.asarray(images.y)).to(device)
-        self._gen: torch.Generator | None = None
-        self._resume_state = None
         native = images.image_shape
         self.resize = not (native[0] == pre.channels and native[1] == pre.image_size and pre.crop_pct == 1.0)
 
@@ -88,19 +86,9 @@ class ArrayBatches:
 
     def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[int, TrainBatch | None]]:
         perm = epoch_permutation(self.seed, epoch, self.n)
-        self._gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank)
-        if first_step and self._resume_state is not None:
-            self._gen.set_state(self._resume_state)
-        self._resume_state = None
         for step in range(first_step, self.steps):
-            yield step, self.make(batch_rows(perm, step, self.batch_size, self.rank, self.world), self.shift_px, self._gen)
-
-    def random_state(self):
-        """The shift generator's state before the next batch (saved in mid-epoch checkpoints)."""
-        return self._gen.get_state() if self._gen is not None else None
-
-    def set_random_state(self, state) -> None:
-        self._resume_state = state
+            gen = torch.Generator().manual_seed(sample_seed(self.seed, epoch, step * self.world + self.rank))
+            yield step, self.make(batch_rows(perm, step, self.batch_size, self.rank, self.world), self.shift_px, gen)
 
     def close(self) -> None:
         pass
@@ -184,12 +172,6 @@ class FileBatches:
         self.sampler.epoch, self.sampler.first_step = epoch, first_step
         for step, raw in enumerate(self.loader, start=first_step):
             yield step, self._batch(raw)
-
-    def random_state(self):
-        return None  # nothing random lives in this process: (seed, epoch, step) say it all
-
-    def set_random_state(self, state) -> None:
-        pass
 
     def close(self) -> None:
         # Stop the persistent workers now rather than at garbage collection.

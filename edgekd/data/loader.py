@@ -202,7 +202,7 @@ class ArrayEval(EvalImages):
     def uint8(self, start: int, stop: int) -> np.ndarray:
         x = self.x[start:stop]
         if self.identity:
-            return np.ascontiguousarray(x)
+            return np.array(x, order="C")  # a writable copy of the slice (IDX arrays are read-only buffers)
         with one_thread():
             return self.pre.eval_view(torch.from_numpy(np.ascontiguousarray(x)), self.size).numpy()
 
