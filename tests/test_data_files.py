@@ -261,3 +261,96 @@ def test_teacher_output_cache_keys_and_values(tmp_path, photos):
     again = TeacherOutputCache.open(tmp_path, key, len(s.train), 3, views_vary=True, epochs=2)
     assert torch.equal(again.get(0, rows), stored) and again.get(1, rows) is None  # per epoch view
     assert list(again.missing(0, np.array([1, 2, 5]))) == [2]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    """A run on image files with loader workers, killed (SIGKILL, whole process group) after a
+    mid-epoch checkpoint and resumed with another number of workers, ends with the same weights as
+    an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from edgekd.models import ModelSpec, save_model
+
+    root = make_folder(tmp_path / "d", per_class=24)
+    spec = ModelSpec("cnn", 3, 3, width=0.25)
+    torch.manual_seed(0)
+    save_model(tmp_path / "teacher.safetensors", spec.build(), spec, {"accuracy": 0.0})
+    base = [sys.executable, "-m", "edgekd.distill", "--data", str(root), "--teacher", str(tmp_path / "teacher.safetensors"),
+            "--width", "0.25", "--epochs", "3", "--batch-size", "6", "--image-size", "24", "--device", "cpu",
+            "--checkpoint-every-steps", "2"]
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(tmp_path / "cache-a"))
+    subprocess.run(base + ["--out", str(tmp_path / "a"), "--workers", "2"], env=env, check=True, capture_output=True)
+
+    env["EDGEKD_CACHE_DIR"] = str(tmp_path / "cache-b")  # the killed run computes its teacher outputs itself
+    proc = subprocess.Popen(base + ["--out", str(tmp_path / "b"), "--workers", "2"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, deadline = tmp_path / "b" / "last.pt", time.time() + 600
+    try:
+        while True:
+            assert proc.poll() is None, "the run finished before it could be killed"
+            assert time.time() < deadline
+            if ckpt.exists():
+                try:
+                    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+                except Exception:  # noqa: BLE001 - being replaced right now
+                    state = {}
+                if state.get("step", 0) > 0:  # a mid-epoch checkpoint: kill now, in the middle of an epoch
+                    break
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # kill -9: no handler runs, no checkpoint is written on the way out
+        proc.wait()
+    assert not (tmp_path / "b" / "final.safetensors").exists()
+    subprocess.run(base + ["--out", str(tmp_path / "b"), "--workers", "1", "--resume"], env=env, check=True,
+                   capture_output=True)
+    a, b = load_file(tmp_path / "a" / "final.safetensors"), load_file(tmp_path / "b" / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((tmp_path / r / "result.json").read_text()) for r in ("a", "b"))
+    assert ra["accuracy"] == rb["accuracy"] and rb["resumed_from_epoch"] is not None
+
+
+@pytest.mark.slow
+def test_photo_folder_end_to_end_preprocessing_applied_everywhere(tmp_path):
+    """`edgekd distill` on a folder of mixed JPEG/PNG files (bad ones included) through the real CLI;
+    then `edgekd bench` (another runtime) and `edgekd export RUN` rebuild the splits from the report's
+    preprocessing record and measure the same accuracies: calibration and evaluation see the same pixels."""
+    import subprocess
+
+    root = make_folder(tmp_path / "photos", per_class=20)
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(tmp_path / "cache"))
+    run = tmp_path / "run"
+
+    def edgekd(*args):
+        done = subprocess.run(["edgekd", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return done.stdout
+
+    out = edgekd("distill", "--target", "host", "--data", str(root), "--epochs", "2", "--image-size", "24",
+                 "--width", "0.5", "--formats", "onnx,ort-int8", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25",
+                 "--workers", "1", "--out", str(run), "--no-progress", "--bench-seconds", "0.05")
+    assert "empty.png" in out and "2 image file(s) could not be decoded" in out
+    report = json.loads((run / "report.json").read_text())
+    data = report["data"]
+    assert data["kind"] == "files" and data["input_shape"] == [3, 24, 24]
+    assert data["preprocess"]["mean"] == [0.5] * 3 and data["preprocess"]["mean_source"] == "user"
+    lists = json.loads((run / data["file_lists"]).read_text())
+    assert {k: len(v) for k, v in lists.items()} == {k: v["size"] for k, v in data["splits"].items()}
+    rows = {r["name"]: r for r in report["artifacts"] if r["role"] == "student"}
+    assert rows["ort-int8"]["status"] == "ok" and rows["onnx"]["accuracy"] == rows["pytorch"]["accuracy"]
+
+    edgekd("bench", str(run), "--runtimes", "onnxruntime,openvino", "--seconds", "0.05")
+    after = {r["name"]: r for r in json.loads((run / "report.json").read_text())["artifacts"]}
+    n_test = data["splits"]["test"]["size"]
+    assert abs(after["onnx@openvino"]["accuracy"] - rows["onnx"]["accuracy"]) <= 1 / n_test + 1e-9
+
+    edgekd("export", str(run), "--formats", "ort-int8", "--out", str(tmp_path / "ex"))
+    ex = json.loads((tmp_path / "ex" / "report.json").read_text())
+    assert ex["data"]["preprocess"] == data["preprocess"]
+    again = {r["name"]: r for r in ex["artifacts"]}
+    assert again["ort-int8"]["accuracy"] == rows["ort-int8"]["accuracy"]  # same calibration images, same pixels

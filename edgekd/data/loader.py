@@ -162,7 +162,8 @@ class BadFiles:
             seen.setdefault(path, why)
 
     def count(self) -> int:
-        return sum(len(v) for v in self.by_split.values())
+        """Distinct files (calib is drawn from train, so a file can be bad in both)."""
+        return len({p for v in self.by_split.values() for p in v})
 
     def describe(self) -> dict:
         return {split: {"count": len(v), "first": [{"path": p, "why": w} for p, w in list(v.items())[:SHOW_BAD]]}
