@@ -354,3 +354,16 @@ def test_photo_folder_end_to_end_preprocessing_applied_everywhere(tmp_path):
     assert ex["data"]["preprocess"] == data["preprocess"]
     again = {r["name"]: r for r in ex["artifacts"]}
     assert again["ort-int8"]["accuracy"] == rows["ort-int8"]["accuracy"]  # same calibration images, same pixels
+
+
+def test_loader_workers_never_fork_the_training_process(photos):
+    """Workers start from a forkserver (or spawn), never by forking a process that may hold JAX."""
+    from edgekd.data.batches import FileBatches
+
+    s = load_data(photos, image_size=16, workers=1, calib_size=4)
+    src = FileBatches(s, batch_size=8, seed=0, device=torch.device("cpu"), channels_last=False)
+    try:
+        assert src.loader.multiprocessing_context.get_start_method() in ("forkserver", "spawn")
+        assert src.loader.num_workers == 1 and src.loader.persistent_workers
+    finally:
+        src.close()

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataSplits
-from edgekd.data.batches import TrainBatch, random_shift, steps_per_epoch, train_batches  # noqa: F401 (re-exported)
+from edgekd.data.batches import TrainBatch, random_shift, train_batches
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
 from edgekd.errors import EdgeKDError, first_line
 
