@@ -367,3 +367,15 @@ def test_loader_workers_never_fork_the_training_process(photos):
         assert src.loader.num_workers == 1 and src.loader.persistent_workers
     finally:
         src.close()
+
+
+def test_resume_refuses_other_data(tmp_path, tiny_npz):
+    from edgekd.distill import TrainConfig, train
+    from edgekd.models import ModelSpec
+
+    spec = ModelSpec("cnn", 10, 1, width=0.25)
+    cfg = TrainConfig(epochs=2, batch_size=128, loss="ce", checkpoint_every_steps=3)
+    train(spec.build(), None, load_data(tiny_npz), cfg, ckpt_dir=tmp_path, progress=False)
+    other = load_data(tiny_npz, seed=1)  # another validation split: the checkpoint is not for these data
+    with pytest.raises(EdgeKDError, match="written for other data"):
+        train(spec.build(), None, other, cfg, ckpt_dir=tmp_path, resume=True, progress=False)
