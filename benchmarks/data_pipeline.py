@@ -184,10 +184,19 @@ def _tree(pid: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int:
+    return _proc_kb(f"/proc/{pid}/status", "VmRSS:")
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (torch's libraries in every worker) counted once in a sum."""
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def _proc_kb(path: str, key: str) -> int:
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -197,26 +206,27 @@ def _rss_kb(pid: int) -> int:
 def run_and_sample(cmd: list[str], env: dict) -> dict:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak_each: dict[int, int] = {}
-    peak_sum, names = 0, {}
+    peak_sum, peak_pss, names = 0, 0, {}
     t0 = time.perf_counter()
     while proc.poll() is None:
-        total = 0
+        total = pss = 0
         for p in _tree(proc.pid):
             kb = _rss_kb(p)
             total += kb
+            pss += _pss_kb(p)
             peak_each[p] = max(peak_each.get(p, 0), kb)
             if p not in names:
                 try:
                     names[p] = open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:80]
                 except OSError:
                     names[p] = "?"
-        peak_sum = max(peak_sum, total)
+        peak_sum, peak_pss = max(peak_sum, total), max(peak_pss, pss)
         time.sleep(0.2)
     log = proc.stdout.read()
-    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "peak_sum_mb": round(peak_sum / 1024, 1),
+    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "peak_sum_mb": round(peak_sum / 1024, 1), "peak_pss_mb": round(peak_pss / 1024, 1),
             "peak_process_mb": round(max(peak_each.values()) / 1024, 1), "processes": len(peak_each),
             "top": sorted(((round(v / 1024, 1), names.get(p, "?")) for p, v in peak_each.items()), reverse=True)[:4],
-            "log_tail": log[-1500:]}
+            "log_tail": log[-1500:], "log": log}
 
 
 def memory(args) -> None:
@@ -238,9 +248,13 @@ def memory(args) -> None:
             cmd += ["--workers", args.workers]
         r = run_and_sample(cmd, env)
         print(f"{name}: rc {r['rc']}, {r['seconds']} s, peak RSS of the largest process {r['peak_process_mb']} MB, "
-              f"peak of the sum over {r['processes']} processes {r['peak_sum_mb']} MB", flush=True)
+              f"peak of the sum over {r['processes']} processes {r['peak_sum_mb']} MB RSS, {r['peak_pss_mb']} MB PSS "
+              f"(shared pages counted once)", flush=True)
         for mb, what in r["top"]:
             print(f"    {mb:8.1f} MB  {what}")
+        for line in r["log"].splitlines():
+            if any(k in line for k in ("stage timings", "train /", "pixels:", "could not be decoded", "student test")):
+                print("    " + line.strip())
         if r["rc"] != 0:
             print(r["log_tail"])
 
