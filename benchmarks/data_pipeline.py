@@ -238,7 +238,7 @@ def memory(args) -> None:
     teacher = cache / "teacher-cnn-w0.5-rgb.safetensors"
     torch.manual_seed(0)
     save_model(teacher, ModelSpec("cnn", 10, 3, width=0.5).build(), ModelSpec("cnn", 10, 3, width=0.5), {"accuracy": 0.0})
-    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache"))
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache"), COLUMNS="200")
     for name, root in (("6,000 files", small), ("60,000 files", big)):
         out = cache / f"run-{root.name}"
         cmd = ["edgekd", "distill", "--target", "host", "--data", str(root), "--teacher", str(teacher),
