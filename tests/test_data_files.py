@@ -379,3 +379,19 @@ def test_resume_refuses_other_data(tmp_path, tiny_npz):
     other = load_data(tiny_npz, seed=1)  # another validation split: the checkpoint is not for these data
     with pytest.raises(EdgeKDError, match="written for other data"):
         train(spec.build(), None, other, cfg, ckpt_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_command_keeps_the_pixel_options():
+    import shlex
+
+    from edgekd.cli.distill import command
+    from edgekd.pipeline import DistillOptions, resume_command
+
+    opts = DistillOptions(target="host", out="run", image_size=128, teacher_image_size=224, mean=(0.485, 0.456, 0.406),
+                          std=(0.229, 0.224, 0.225), workers=2, strict=True, photo_augment=False, crop_scale=(0.25, 1.0),
+                          flip=False)
+    words = shlex.split(resume_command(opts))
+    params = command.make_context("distill", words[2:]).params
+    assert (params["image_size"], params["teacher_image_size"], params["workers"]) == (128, 224, 2)
+    assert params["mean"] == (0.485, 0.456, 0.406) and params["crop_scale"] == (0.25, 1.0)
+    assert params["strict"] and params["augment"] is False and params["flip"] is False
