@@ -39,25 +39,22 @@ import torch  # noqa: E402
 from edgekd.data import load_data  # noqa: E402
 from edgekd.distill import TrainConfig, get_teacher, train  # noqa: E402
 from edgekd.models import ModelSpec, count_params  # noqa: E402
-from edgekd.pipeline import at_image_size  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 
 
 def rgb_splits(path, size: int, train_size: int | None, val_size: int, seed: int = 0):
-    """Fashion-MNIST as 3-channel ``size`` px images (the grey channel repeated), as a user's RGB photos would be."""
-    splits = load_data(path, seed=seed)
-    first = lambda s, n: dataclasses.replace(s, x=s.x[:n], y=s.y[:n]) if n else s  # noqa: E731
-    # val only picks nothing here (no early stopping) but is evaluated every epoch: keep it small.
-    splits = dataclasses.replace(splits, train=first(splits.train, train_size), val=first(splits.val, val_size))
-    splits = at_image_size(splits, size)
+    """Fashion-MNIST as 3-channel ``size`` px images (the grey channel repeated, resized by edgekd.data), as a
+    user's RGB photos would be; ``train_size``/``val_size`` keep the first N of those splits."""
+    from edgekd.data import ImageSet
 
-    def rgb(s):
-        return dataclasses.replace(s, x=np.repeat(s.x, 3, axis=1))
+    splits = load_data(path, seed=seed, image_size=size, channels=3)
 
-    return dataclasses.replace(splits, train=rgb(splits.train), val=rgb(splits.val), calib=rgb(splits.calib),
-                               test=rgb(splits.test), input_shape=(3, size, size), mean=splits.mean * 3,
-                               std=splits.std * 3)
+    def first(s, n):
+        return ImageSet(s.x[:n], s.y[:n], s.name) if n and n < len(s) else s
+
+    # val picks nothing here (no early stopping) but is evaluated every epoch: keep it small.
+    return dataclasses.replace(splits, train=first(splits.train, train_size), val=first(splits.val, val_size), _views={})
 
 
 def teacher_weights(splits, args, cache: Path) -> Path:
@@ -189,34 +186,15 @@ def run_selection(args, splits, teacher) -> None:
     print(f"\nselection on {args.target}, budget {budget:.3f} ms (the median candidate): rule = most FLOPs")
     results = []
     for c in (c for c in sel.candidates if c.fits):
-        sub = at_image_size(splits, c.image_size)
+        sub = splits.at_image_size(c.image_size)  # the teacher keeps its own size: it sees the same image at 32 px
         run_args = argparse.Namespace(**{**vars(args), "size": c.image_size})
-        acc = student(run_args, sub, c.width, 0, "kd", teacher_at(teacher, c.image_size, args.size))
+        acc = student(run_args, sub, c.width, 0, "kd", teacher)
         results.append((acc, c))
         print(f"  width {c.width:5g} size {c.image_size:3d}: {c.flops / 1e6:7.2f} MFLOPs {c.predicted_ms:7.3f} ms "
               f"accuracy {acc:.4f}{'  <- picked' if c is sel.chosen else ''}", flush=True)
     ranked = sorted(results, key=lambda r: -r[0])
     rank = next(i for i, (_, c) in enumerate(ranked, 1) if c is sel.chosen)
     print(f"  the pick ranks {rank} of {len(ranked)} (best {ranked[0][0]:.4f}, pick {dict((id(c), a) for a, c in results)[id(sel.chosen)]:.4f})")
-
-
-def teacher_at(teacher, size: int, native: int):
-    """The teacher on images resized to ``size``: it was trained at ``native``, so it sees them resized back."""
-    if size == native:
-        return teacher
-
-    class Resized(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def named_root(self):
-            return self.net
-
-        def forward(self, x):
-            return self.net(torch.nn.functional.interpolate(x, size=(native, native), mode="bilinear", align_corners=False))
-
-    return Resized(teacher)
 
 
 if __name__ == "__main__":

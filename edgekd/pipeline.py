@@ -24,13 +24,21 @@ class DistillOptions:
     out: str | None = None
     data: str | None = None
     teacher: str | list[str] | None = None
+    # Pixels (edgekd.data): size, normalisation and how image files are read
+    image_size: int | None = None                # the student's input (default: the data's own size, photos at most 224)
+    teacher_image_size: int | None = None        # the teacher's input (default: the teacher's own, else image_size)
+    mean: tuple[float, ...] | None = None        # normalisation (default: the teacher's, else measured on training images)
+    std: tuple[float, ...] | None = None
+    workers: int | None = None                   # loader processes for image files (default: cores - 1)
+    strict: bool = False                         # refuse a bad image file instead of skipping it
+    photo_augment: bool | None = None            # image files: random-resized crop + flip in training (default on)
+    crop_scale: tuple[float, ...] | None = None  # area fraction of the random crops (default 0.08,1)
+    flip: bool | None = None                     # random horizontal flips (default: with photo_augment)
     teacher_weights: str | list[str] | None = None   # weights for torchvision:/timm:/file.py: teachers
     student: str = "cnn"                             # a family (edgekd.models), timm:NAME or FILE.py:factory
     student_weights: str | None = None               # start from these weights (every tensor that fits)
-    image_size: int | None = None                    # the student's input (default: the data's own size)
-    image_sizes: tuple[int, ...] | None = None       # candidate input sizes for the selection
-    teacher_image_size: int | None = None            # the teacher's input (default: image_size)
-    compare: tuple[str, ...] | None = None           # baselines beside the distilled student (COMPARISONS)
+    image_sizes: tuple[int, ...] | None = None       # candidate student input sizes for the selection
+    compare: tuple[str, ...] | None = None           # baselines beside the distilled student (edgekd.bench.baselines)
     budget_ms: float | None = None
     epochs: int | None = None
     seed: int = 0
@@ -72,10 +80,14 @@ class DistillOptions:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
         for name in ("image_size", "teacher_image_size"):
             value = getattr(self, name)
-            if value is not None and value < 8:
-                raise EdgeKDError(f"--{name.replace('_', '-')} must be at least 8 pixels, got {value}", "e.g. 32 or 224")
-        if self.image_sizes is not None and (not self.image_sizes or min(self.image_sizes) < 8):
-            raise EdgeKDError(f"--image-sizes must be sizes of at least 8 pixels, got {self.image_sizes}", "e.g. --image-sizes 160,192,224")
+            if value is not None and not 8 <= value <= 4096:
+                raise EdgeKDError(f"--{name.replace('_', '-')} must be 8..4096 pixels, got {value}", "e.g. 32 or 224")
+        if self.workers is not None and self.workers < 0:
+            raise EdgeKDError(f"--workers must be >= 0, got {self.workers}", "0 decodes in the main process; e.g. 2")
+        if (self.mean is None) != (self.std is None):
+            raise EdgeKDError("--mean and --std go together", "give both, or neither to use the teacher's or measured ones")
+        if self.image_sizes is not None and (not self.image_sizes or not 8 <= min(self.image_sizes) <= max(self.image_sizes) <= 4096):
+            raise EdgeKDError(f"--image-sizes must be sizes of 8..4096 pixels, got {self.image_sizes}", "e.g. --image-sizes 160,192,224")
         if self.image_size is not None and self.image_sizes:
             raise EdgeKDError("--image-size and --image-sizes contradict each other", "fix the size, or give candidates to choose from")
         if self.compare:
@@ -192,6 +204,11 @@ def resume_command(opts: DistillOptions) -> str:
         value = getattr(opts, f.name)
         if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
             continue
+        if isinstance(value, bool):  # on/off switches: their flag, not a value
+            flag = {("strict", True): "--strict", ("photo_augment", False): "--no-augment", ("flip", False): "--no-flip",
+                    ("flip", True): "--flip"}.get((f.name, value))
+            words += [flag] if flag else []
+            continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
             for v in value:
                 words += [f"--{f.name.replace('_', '-')}", str(v)]
@@ -280,7 +297,9 @@ def _distill(opts: DistillOptions, console=None) -> dict:
     with clock.stage("select", f"Choosing the {run.arch} student's {_selecting(opts)} for {run.target.name} "
                                f"(budget {run.budget_ms:g} ms)"):
         _select_student(run)
-    run.splits = at_image_size(run.splits, run.selection.chosen.image_size)
+    # The chosen size (from --image-sizes) for the student; the teacher keeps its own, or follows the student's.
+    run.splits = run.splits.at_image_size(run.selection.chosen.image_size,
+                                          teacher_image_size=run.splits.preprocessing.teacher_image_size)
     with clock.stage("teacher", "Teacher"):
         _load_teacher(run)
     check_feature_pairs(opts, run.splits, run.selection.chosen, run.teacher, run.device)
@@ -317,16 +336,22 @@ def _plan(run: Run) -> None:
     run.formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(run.target))
 
 
-from edgekd.data.resize import at_image_size  # noqa: E402  (re-exported: benchmarks use it)
-
-
 def _load_data(run: Run) -> None:
     from edgekd.data import load_data
 
-    splits = run.splits = load_data(run.opts.data, seed=run.opts.seed)
-    run.console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
-                      f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
-                      f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
+    opts, console = run.opts, run.console
+    splits = run.splits = load_data(opts.data, seed=opts.seed, request=data_request(opts), workers=opts.workers,
+                                    strict=opts.strict, progress=opts.progress)
+    pre = splits.preprocessing
+    console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
+                  f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
+                  f"{splits.num_classes} classes, input {tuple(splits.input_shape)}"
+                  + (f", teacher input {pre.teacher_size} px" if pre.teacher_size != pre.image_size else ""))
+    console.print(f"  pixels: {pre.resize_rule}; mean {_floats(pre.mean)} std {_floats(pre.std)} ({pre.mean_source})"
+                  + (f"; training crops {pre.crop_scale[0]:g}-{pre.crop_scale[1]:g} of the area"
+                     f"{' + flips' if pre.flip else ''}; {splits.workers} loader worker(s)" if splits.kind == "files" else ""))
+    for note in splits.notes:  # empty class folders, unreadable files: one line each, before any training
+        console.print(f"  [yellow]{note}[/]")
 
 
 def _image_sizes(opts: DistillOptions) -> list[int] | None:
@@ -399,8 +424,10 @@ def _train_student(run: Run, cfg) -> None:
     result = run.result = train(student, run.teacher, splits, cfg, ckpt_dir=out / "checkpoints",
                                 resume=run.opts.resume, progress=run.opts.progress, spec=spec)
     run.student = student.cpu().eval()
+    # Each model file carries the preprocessing it expects (at its own input size).
     save_model(out / "student.safetensors", run.student, spec,
-               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                "preprocess": splits.preprocessing.to_dict()})
     run.teacher_file = save_teacher(out, run.teacher, run.teacher_spec, run.teacher_info, splits)
     run.console.print(f"  student test accuracy {result.accuracy:.4f} "
                       f"(teacher {run.teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
@@ -437,18 +464,21 @@ def _base_report(run: Run) -> dict:
 
 
 def _export_student(run: Run) -> list:
-    from edgekd.data import normalize
+    import numpy as np
+
     from edgekd.export import ExportOptions, export_all
 
     splits = run.splits
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    # Calibration, validation and test images all go through the run's one preprocessing, lazily:
+    # a split of image files larger than memory is read a slice at a time.
+    test_x = splits.normalized("test")
     # Quantized artifacts are gated on the validation split (never the test split, which
     # only gives the final figures); over --max-drop the remedies are tried, then failed.
     return export_all(
         run.student, list(run.formats), run.out / "artifacts",
-        example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+        example=test_x[:1], calib=np.asarray(splits.normalized("calib")),
         parity_inputs=test_x[:512], progress=run.opts.progress, target=run.target, console=run.console,
-        validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+        validation=(splits.normalized("val"), splits.labels("val")),
         options=ExportOptions(stem="student", max_drop=run.opts.max_drop))
 
 
@@ -463,6 +493,23 @@ def _bench_artifacts(run: Run, artifacts: list) -> None:
         teacher_path=run.teacher_file)
     run.report["artifacts"] = rows
     run.report["recommended"] = recommend(rows, run.target, opts.max_drop)
+    _record_files(run)
+
+
+def _record_files(run: Run) -> None:
+    """The data record again (files skipped while training and measuring are counted by now), and
+    for image files the split lists beside the report."""
+    from edgekd.fsutil import atomic_write_json
+
+    splits = run.splits
+    run.report["data"] = splits.describe()
+    if splits.kind != "files":
+        return
+    atomic_write_json(run.out / DATA_SPLITS_FILE, splits.file_lists())
+    run.report["data"]["file_lists"] = DATA_SPLITS_FILE
+    if splits.bad.count():
+        run.console.print(f"  [yellow]{splits.bad.count()} image file(s) could not be decoded and were skipped "
+                          f"(listed in report.json data.bad_files)[/]")
 
 
 def _run_baselines(run: Run, cfg) -> None:
@@ -528,7 +575,8 @@ def save_teacher(out: Path, teacher, spec, info: dict, splits) -> str:
     if spec is not None:
         while isinstance(member, ResizedInput):  # the resize is the run's, not the teacher's
             member = member.net
-        save_model(out / "teacher.safetensors", member, spec, {"accuracy": info["accuracy"]})
+        save_model(out / "teacher.safetensors", member, spec,
+                   {"accuracy": info["accuracy"], "preprocess": splits.for_teacher().preprocessing.to_dict()})
         return "teacher.safetensors"
     from edgekd.models.sources import OnnxModel
 
@@ -542,7 +590,7 @@ def save_teacher(out: Path, teacher, spec, info: dict, splits) -> str:
     else:
         from edgekd.hardware.graph import export_onnx
 
-        export_onnx(member, (1, *splits.input_shape), out / "teacher.onnx")
+        export_onnx(member, (1, *splits.for_teacher().input_shape), out / "teacher.onnx")
     return "teacher.onnx"
 
 
@@ -556,18 +604,53 @@ def check_feature_pairs(opts: DistillOptions, splits, chosen, teacher, device: s
         return
     import torch
 
-    from edgekd.data import normalize
+    import numpy as np
+
     from edgekd.distill.features import pair_stages
 
     student = student_spec(opts.student or "cnn", splits, chosen).build()
-    example = torch.from_numpy(normalize(splits.test.x[:2], splits.mean, splits.std))
-    pair_stages(student, teacher.cpu(), example, explicit=cfg.feature_pairs)
+    example = torch.from_numpy(np.asarray(splits.normalized("test")[:2]))
+    teacher_view = torch.from_numpy(np.asarray(splits.normalized("test", size=splits.preprocessing.teacher_size)[:2]))
+    pair_stages(student, teacher.cpu(), example, teacher_view, explicit=cfg.feature_pairs)
 
 
 def _describe_teacher(spec, info: dict) -> str:
     if spec is None or spec.arch.startswith(("torchvision:", "timm:")):
         return str(info.get("path"))
     return f"{spec.arch} width {spec.width:g} depth {spec.depth:g}"
+
+
+DATA_SPLITS_FILE = "data-splits.json"
+
+
+def data_request(opts: DistillOptions):
+    """What the run asks of the pixels: the user's options, then the teacher's own preprocessing."""
+    from edgekd.data import PreprocessRequest
+    from edgekd.data.preprocess import teacher_preprocess
+
+    own = {}
+    teacher = opts.teacher[0] if isinstance(opts.teacher, (list, tuple)) and opts.teacher else opts.teacher
+    if teacher:
+        own = teacher_preprocess(str(teacher)) or {}
+    user_norm = opts.mean is not None
+    mean = tuple(opts.mean) if user_norm else own.get("mean")
+    std = tuple(opts.std) if opts.std is not None else own.get("std")
+    return PreprocessRequest(
+        image_size=opts.image_size, teacher_image_size=opts.teacher_image_size or own.get("image_size"),
+        mean=mean, std=std, mean_source="user" if user_norm else f"teacher ({own.get('source', teacher)})",
+        crop_pct=own.get("crop_pct"), interpolation=own.get("interpolation"), photo_augment=opts.photo_augment,
+        crop_scale=_crop_scale(opts.crop_scale), flip=opts.flip)
+
+
+def _crop_scale(value):
+    if value is None:
+        return None
+    value = tuple(float(v) for v in value)
+    return (value[0], 1.0) if len(value) == 1 else value
+
+
+def _floats(values) -> str:
+    return ",".join(f"{v:.3f}" for v in values)
 
 
 def _train_config(opts: DistillOptions, device: str):

@@ -62,10 +62,9 @@ def scratch(ctx: BaselineContext) -> list[dict]:
     save_model(ctx.out / "baselines" / "scratch.safetensors", student, ctx.spec,
                {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
     # Shipped as the distilled student would be (ONNX, same graph), so the two latencies compare.
-    from edgekd.data import normalize
     from edgekd.export import ExportOptions, export_all
 
-    test_x = normalize(ctx.splits.test.x, ctx.splits.mean, ctx.splits.std)
+    test_x = ctx.splits.normalized("test")
     art = export_all(student, ["onnx"], ctx.out / "artifacts" / "scratch", example=test_x[:1], calib=test_x[:8],
                      parity_inputs=test_x[:256], progress=False, options=ExportOptions(stem="scratch"))[0]
     row = art.to_dict(relative_to=ctx.out)
@@ -87,13 +86,14 @@ def _fresh(ctx: BaselineContext):
 def teacher_int8(ctx: BaselineContext) -> list[dict]:
     import torch
 
-    from edgekd.data import normalize
+    import numpy as np
+
     from edgekd.export import ExportOptions, export_all
 
-    splits = ctx.splits
+    splits = ctx.splits.for_teacher()  # the teacher's own input size and views
     member = getattr(ctx.teacher, "members", [ctx.teacher])[0].cpu().eval()
-    calib = normalize(splits.calib.x, splits.mean, splits.std)
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    calib = np.asarray(splits.normalized("calib"))
+    test_x = splits.normalized("test")
     from edgekd.models.sources import OnnxModel
 
     onnx_model = next((m for m in member.modules() if isinstance(m, OnnxModel)), None)
@@ -109,7 +109,7 @@ def teacher_int8(ctx: BaselineContext) -> list[dict]:
         row = art.to_dict(relative_to=ctx.out)
     row.update(name="teacher-int8", role="baseline")
     row.setdefault("extra", {})["what"] = "the teacher exported to ONNX and quantized to INT8 (static QDQ)"
-    return [_measure(row, ctx, member)]
+    return [_measure(row, ctx, member, splits)]
 
 
 def _quantize_onnx_file(path: Path, calib, ctx: BaselineContext) -> dict:
@@ -124,21 +124,21 @@ def _quantize_onnx_file(path: Path, calib, ctx: BaselineContext) -> dict:
             "size_bytes": dest.stat().st_size, "status": "ok", "reason": None, "parity": None, "extra": {}}
 
 
-def _measure(row: dict, ctx: BaselineContext, module) -> dict:
-    """Accuracy on the test split, latency here, and the target's figure, as for every artifact row."""
+def _measure(row: dict, ctx: BaselineContext, module, splits=None) -> dict:
+    """Accuracy on the test split, latency here, and the target's figure, as for every artifact row
+    (``splits``: the views the model takes, the teacher's for the teacher)."""
     from edgekd.bench.evaluate import _TargetPredictor, accuracy_of
     from edgekd.bench.measure import measure_latency
     from edgekd.bench.runners import load_runner
-    from edgekd.data import normalize
 
     for key in ("accuracy", "accuracy_drop", "latency_ms", "latency_source", "target_latency_ms", "target_latency_source"):
         row.setdefault(key, None)
-    splits = ctx.splits
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    splits = splits or ctx.splits
+    test_x = splits.normalized("test")
     if row.get("status") == "ok" and row.get("path"):
         runner = load_runner(ctx.out / row["path"], threads=getattr(ctx.opts, "threads", None))
         if row["accuracy"] is None:
-            row["accuracy"] = accuracy_of(runner.run, test_x, splits.test.y)
+            row["accuracy"] = accuracy_of(runner.run, test_x, splits.labels("test"))
         stats = measure_latency(runner.run, test_x[:1], time_budget_s=getattr(ctx.opts, "bench_seconds", 0.5))
         row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
         row["latency_source"] = "measured:host"

@@ -44,11 +44,17 @@ def _names(ctx, param, value):
 @click.option("--teacher-weights", type=click.Path(), multiple=True, help="State dict (.pth/.pt read with weights_only=True, or .safetensors) for a torchvision:/timm:/file.py: teacher; one per such teacher, in order.")
 @click.option("--student", default=D.student, show_default=True, help="Student family (cnn, mlp, mobilenet_v2, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, mnasnet, shufflenet_v2, regnet, resnet), timm:NAME, or path/to/file.py:factory taking width=.")
 @click.option("--student-weights", type=click.Path(), help="Start the student from these weights (transfer): every tensor whose shape fits is loaded.")
-@click.option("--image-size", type=int, help="Student input size in pixels (default: the data's own).")
 @click.option("--image-sizes", callback=lambda c, p, v: None if v is None else tuple(int(x) for x in _floats(c, p, v)), help="Candidate student input sizes for the selection, e.g. 160,192,224.")
-@click.option("--teacher-image-size", type=int, help="Teacher input size in pixels (default: the student's).")
 @click.option("--feature-pairs", help="Feature/attention loss pairs, e.g. student.features.6:teacher.layer2,... (default: paired by stride).")
 @click.option("--compare", callback=_names, help="Baselines beside the distilled student: scratch (labels only, same budget), teacher-int8.")
+@click.option("--image-size", type=int, help="Student input in pixels (default: the data's own size; image folders: the median, at most 224).")
+@click.option("--teacher-image-size", type=int, help="Teacher input in pixels (default: the teacher's own, else --image-size); it sees the same crop, resized.")
+@click.option("--mean", callback=_floats, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (default: the teacher's, else measured on training images).")
+@click.option("--std", callback=_floats, help="Normalisation std per channel, e.g. 0.229,0.224,0.225 (with --mean).")
+@click.option("--workers", type=int, help="Processes decoding image files (default: CPU cores - 1; 0 decodes in the main process).")
+@click.option("--strict", is_flag=True, help="Stop at the first image file that will not decode (default: skip it, count it in the report).")
+@click.option("--crop-scale", callback=_floats, help="Image files: area fraction of the random training crops, MIN[,MAX] (default 0.08,1).")
+@click.option("--flip/--no-flip", default=None, help="Image files: random horizontal flips in training (default: on, with the crops).")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
@@ -61,7 +67,7 @@ def _names(ctx, param, value):
 @click.option("--assistant-width", type=float, help="Teacher-assistant: distil teacher -> this width -> student.")
 @click.option("--generations", cls=TrainOption, type=int, show_default=True, help="Born-again generations (--mode self).")
 @click.option("--finetune-epochs", cls=TrainOption, type=int, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
-@click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
+@click.option("--augment/--no-augment", default=None, help="Arrays: random shifts (teacher logits of the clean image stay cached). Image files are augmented by default (random crops + flips, the teacher seeing the same crop); --augment makes the teacher see the clean image (its outputs cached), --no-augment turns crops and flips off.")
 @click.option("--consistent", is_flag=True, help="With --augment: the teacher labels each shifted image itself (no logit cache, slower; closes more of the gap).")
 @click.option("--mixup", cls=TrainOption, type=float, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
 @click.option("--batch-size", type=int, help="Training batch size.")
@@ -90,7 +96,10 @@ def command(**kw):
             extra[name] = kw[name]
         kw.pop(name)
     consistent = kw.pop("consistent")
-    if kw.pop("augment"):
+    augment = kw.pop("augment")
+    if augment is False:
+        kw["photo_augment"] = False
+    if augment:
         extra.update(augment=True, teacher_view="same" if consistent else "clean")
     elif consistent:
         from edgekd.errors import EdgeKDError

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +16,7 @@ from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.fsutil import remove_stale_temporaries, wait_lock
+from edgekd.fsutil import cache_root, remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family (4x the base channels) with
@@ -31,17 +31,6 @@ TEACHER_TRAIN = TrainConfig(epochs=8, batch_size=128, lr=4e-3, weight_decay=5e-4
 
 def default_teacher_spec(splits: DataSplits) -> ModelSpec:
     return ModelSpec(num_classes=splits.num_classes, in_channels=splits.input_shape[0], **TEACHER_ARCH)
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("EDGEKD_CACHE_DIR"):
-        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("edgekd"))
 
 
 def teacher_cache_key(splits: DataSplits, spec: ModelSpec, cfg: TrainConfig) -> str:
@@ -102,9 +91,11 @@ def _checked(model, spec, text: str, splits: DataSplits, device, info_in: dict, 
     """The teacher at its image size, checked against the data, with its test accuracy."""
     from edgekd.models.sources import ChannelRepeat, ResizedInput
 
-    fixed = info_in.get("image_size")  # an ONNX teacher exported at one size
+    # The data feeds the teacher at its own size (--teacher-image-size, else what its weights say); an ONNX
+    # teacher exported at a fixed size other than that resizes each batch itself.
+    fixed = info_in.get("image_size")
     size = image_size or (fixed[0] if fixed and fixed[0] == fixed[1] else None)
-    if size and size != splits.input_shape[-1]:
+    if size and size != splits.preprocessing.teacher_size:
         model = ResizedInput(model, size)
     if spec is not None:
         check_teacher_fits(spec, splits, text)
@@ -116,8 +107,8 @@ def _checked(model, spec, text: str, splits: DataSplits, device, info_in: dict, 
             raise EdgeKDError(f"teacher {text} takes {channels}-channel images but the data has {splits.input_shape[0]}",
                               "pass a teacher trained on images like these (grey vs RGB)")
         _check_output_classes(model, text, splits)
-    try:
-        accuracy = evaluate(model.eval(), splits.test, splits, device)
+    try:  # at the teacher's own input size: the data gives it views of that size (edgekd.data)
+        accuracy = evaluate(model.eval(), splits.test, splits, device, size=splits.preprocessing.teacher_size)
     except RuntimeError as err:
         raise EdgeKDError(f"teacher {text} cannot run on {tuple(splits.input_shape)} images ({str(err).splitlines()[0][:100]})",
                           "pass a teacher for images of this size and channels") from None
@@ -137,9 +128,7 @@ def named_leaf(model: nn.Module) -> nn.Module:
 
 
 def _check_output_classes(model: nn.Module, text: str, splits: DataSplits) -> None:
-    from edgekd.data import normalize
-
-    x = torch.from_numpy(normalize(splits.test.x[:2], splits.mean, splits.std))
+    x = torch.from_numpy(np.asarray(splits.normalized("test", size=splits.preprocessing.teacher_size)[:2]))
     try:
         with torch.no_grad():
             out = model.eval()(x)
@@ -211,12 +200,13 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
     if members:
         # An ensemble: each member checked on its own, soft targets averaged at `temperature`.
         model = EnsembleTeacher([m for m, _, _ in members], temperature=temperature).eval()
-        accuracy = evaluate(model, splits.test, splits, device)
+        accuracy = evaluate(model, splits.test, splits, device, size=splits.preprocessing.teacher_size)
         return model, members[0][1], {"accuracy": accuracy, "params": count_params(model),
                                       "path": [i["path"] for _, _, i in members], "cached": False,
                                       "seconds": time.perf_counter() - t0, "source": "ensemble",
                                       "members": [{"path": i["path"], "accuracy": i["accuracy"]} for _, _, i in members]}
 
+    splits = splits.for_teacher()  # the default teacher trains and is measured at its own input size
     spec = default_teacher_spec(splits)
     cfg = replace(TEACHER_TRAIN, device=device, epochs=epochs or TEACHER_TRAIN.epochs)
     key = teacher_cache_key(splits, spec, cfg)
@@ -263,7 +253,8 @@ def _train_teacher(splits, spec, cfg, root: Path, key: str, weights: Path, t0: f
     result = train(model, None, splits, cfg, ckpt_dir=ckpt_dir, resume=True, progress=progress, log=log)
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-            "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__}
+            "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__,
+            "preprocess": splits.preprocessing.to_dict()}
     save_model(weights, model, spec, meta)
     return model, spec, {"accuracy": result.accuracy, "params": count_params(model), "path": str(weights),
                          "cached": False, "seconds": time.perf_counter() - t0, "source": "trained",
