@@ -144,7 +144,7 @@ def _measure(row: dict, ctx: BaselineContext, module, splits=None) -> dict:
         row["latency_source"] = "measured:host"
     if row["accuracy"] is not None:
         row["accuracy_drop"] = round(ctx.student_accuracy - row["accuracy"], 6)
-    row.update(_TargetPredictor(ctx.target, {"baseline": module}, (1, *splits.input_shape)).predict(row))
+    row.update(_TargetPredictor(ctx.target, {"baseline": module}, {"baseline": (1, *splits.input_shape)}).predict(row))
     if ctx.console is not None and row["accuracy"] is not None:
         lat = (row["latency_ms"] or {}).get("p50", float("nan"))
         ctx.console.print(f"  baseline {row['name']:13s} acc {row['accuracy']:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
