@@ -520,3 +520,37 @@ def test_teacher_at_its_own_image_size(tmp_path, rgb32):
     assert info["image_size"] == 64
     with torch.no_grad():
         assert torch.allclose(teacher(x), want, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_cli_photo_folder_of_varied_jpegs_torchvision_teacher_mobilenet_student(tmp_path, mnist_arrays):
+    """The issue's end-to-end case: a torchvision teacher state dict, a mobilenet_v3_small student, an
+    ImageFolder of JPEGs of varied sizes, tiny settings, through the real CLI."""
+    from PIL import Image
+
+    x_train, y_train, x_test, y_test = mnist_arrays
+    rng = np.random.default_rng(0)
+    for split, xs, ys, n in (("train", x_train, y_train, 120), ("val", x_test, y_test, 45)):
+        for i in range(n):
+            label = int(ys[i]) % 3
+            side = int(rng.integers(36, 90))
+            img = Image.fromarray(xs[i]).convert("RGB").resize((side, int(side * rng.uniform(0.8, 1.25))))
+            folder = tmp_path / "photos" / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{i}.jpg", quality=90)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), tmp_path / "resnet18_finetuned.pth")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "edgekd", "distill", "--target", "jetson-nano", "--data", str(tmp_path / "photos"),
+           "--teacher", "torchvision:resnet18", "--teacher-weights", str(tmp_path / "resnet18_finetuned.pth"),
+           "--student", "mobilenet_v3_small", "--image-size", "32", "--teacher-image-size", "48", "--width", "0.5",
+           "--epochs", "1", "--batch-size", "16", "--workers", "0", "--formats", "onnx", "--bench-seconds", "0.05",
+           "--threads", "1", "--budget-ms", "100", "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    pre = report["data"]["preprocess"]
+    assert report["data"]["input_shape"] == [3, 32, 32] and pre["image_size"] == 32
+    assert report["student"]["arch"] == "mobilenet_v3_small" and report["teacher"]["arch"] == "torchvision:resnet18"
+    onnx_row = next(r for r in report["artifacts"] if r["role"] == "student" and r["name"] == "onnx")
+    assert onnx_row["status"] == "ok" and onnx_row["accuracy"] is not None
