@@ -43,6 +43,10 @@ class TrainConfig:
     augment: bool = False               # random shifts of up to shift_px pixels
     shift_px: int = 2
     mixup: float = 0.0                  # > 0: mixup with Beta(mixup, mixup) weights; the teacher labels the mixed image
+    flip: bool = False                  # with augment: random left-right flips as well (mirror-symmetric data only)
+    patience: int = 0                   # > 0: stop when validation accuracy has not improved for this many epochs
+                                        # (after lr_drops tenfold drops with schedule "plateau"); best epoch kept
+    lr_drops: int = 1                   # schedule "plateau": plateaus that divide the rate by 10 before one stops
     cache_teacher: bool = True          # teacher logits computed once when inputs are not augmented
     teacher_view: str = "same"          # with augment: "same" (teacher sees the shifted image) or
                                         # "clean" (teacher logits of the original image: cacheable)
@@ -89,6 +93,10 @@ class TrainConfig:
              f"assistant width must be > 0, got {self.assistant_width}", "use e.g. 1.5"),
             (self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}", "use e.g. 2"),
             (self.finetune_lr_scale > 0, f"fine-tuning lr scale must be > 0, got {self.finetune_lr_scale}", "use e.g. 0.1"),
+            (isinstance(self.patience, int) and self.patience >= 0, f"patience must be >= 0 epochs, got {self.patience}", "use e.g. 3 (0: off)"),
+            (self.lr_drops >= 0, f"lr_drops must be >= 0, got {self.lr_drops}", "use e.g. 1"),
+            (self.schedule != "plateau" or self.patience > 0, "the plateau schedule needs a patience",
+             "set patience, e.g. 2 epochs"),
         ]
         for ok, what, how in checks:
             if not ok:
@@ -98,11 +106,19 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def fingerprint(self) -> str:
+    def result_dict(self) -> dict:
+        """The settings that change the result (keys a checkpoint, a cached teacher, a cached probe)."""
         d = {k: getattr(self, k) for k in self.RESULT_FIELDS}
-        if self.mixup:  # added later: absent when off, so checkpoints written before it still resume
-            d["mixup"] = self.mixup
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # Added later: present only when set, so checkpoints written before them still resume.
+        for name in ("mixup", "flip", "patience"):
+            if getattr(self, name):
+                d[name] = getattr(self, name)
+        if self.patience and self.schedule == "plateau":
+            d["lr_drops"] = self.lr_drops
+        return d
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -120,6 +136,8 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     stages: list[dict] = field(default_factory=list)  # multi-stage runs: one summary per stage
     teacher_accuracy: float | None = None              # online mode: the co-trained teacher's test accuracy
+    best_epoch: int | None = None   # with patience: the epoch whose weights were kept (best validation accuracy)
+    stop_reason: str | None = None  # why training ended
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,10 +188,14 @@ class BatchMaker:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.channels_last = channels_last
 
-    def __call__(self, idx: torch.Tensor, shift_px: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, shift_px: int = 0, generator: torch.Generator | None = None,
+                 flip: bool = False) -> torch.Tensor:
         xb = self.x[idx].to(self.device, non_blocking=True)
         if shift_px > 0:
             xb = random_shift(xb, shift_px, generator)
+        if flip:
+            mirrored = (torch.rand(len(xb), generator=generator) < 0.5).to(xb.device).view(-1, 1, 1, 1)
+            xb = torch.where(mirrored, xb.flip(-1), xb)
         xb = (xb.float() / 255.0 - self.mean) / self.std
         return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
 
@@ -243,11 +265,55 @@ OPTIMIZERS = {
 
 SCHEDULES = {
     # OneCycle: warm up then anneal; converges in the few epochs a CPU budget allows.
-    "onecycle": lambda opt, cfg, total: torch.optim.lr_scheduler.OneCycleLR(
+    "onecycle": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25, div_factor=10.0, final_div_factor=100.0),
-    "cosine": lambda opt, cfg, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
-    "constant": lambda opt, cfg, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    "cosine": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
+    "constant": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    # Constant until the validation accuracy plateaus, then a tenfold drop per plateau (EarlyStop).
+    "plateau": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: stop.scale()),
 }
+
+
+class EarlyStop:
+    """Stopping on the validation split: tracks the best epoch (and keeps its weights); after
+    ``patience`` epochs without a better validation accuracy it divides the learning rate by 10
+    (schedule "plateau", ``lr_drops`` times) and then stops the run. Its state is checkpointed."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.patience = cfg.patience
+        self.drops_left = cfg.lr_drops if cfg.schedule == "plateau" else 0
+        self.best, self.best_epoch, self.since, self.drops = -1.0, 0, 0, 0
+        self.best_state: dict | None = None
+        self.reason: str | None = None
+
+    def update(self, epoch: int, val_acc: float, model: nn.Module) -> str | None:
+        """Record one epoch; returns why the run stops now, or None."""
+        if not self.patience:
+            return None
+        if val_acc > self.best:
+            self.best, self.best_epoch, self.since = val_acc, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return None
+        self.since += 1
+        if self.since < self.patience:
+            return None
+        if self.drops < self.drops_left:  # the plateau schedule reads scale() from the next step on
+            self.drops, self.since = self.drops + 1, 0
+            return None
+        after = f" after {self.drops} tenfold learning-rate drop{'s' if self.drops > 1 else ''}" if self.drops else ""
+        self.reason = f"validation accuracy plateaued: no gain for {self.since} epochs{after}"
+        return self.reason
+
+    def scale(self) -> float:
+        return 0.1 ** self.drops
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "since": self.since, "drops": self.drops,
+                "best_state": self.best_state, "reason": self.reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("best", "best_epoch", "since", "drops", "best_state", "reason"):
+            setattr(self, k, state[k])
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -412,7 +478,8 @@ def _fresh_peer(student: nn.Module, seed: int) -> nn.Module:
 
 
 def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
-                ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+                ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None,
+                on_epoch=None) -> TrainResult:
     """One training run: forward teacher, forward student, loss, step, log; checkpoint every epoch.
 
     ``cfg.mode`` "online" trains ``teacher`` too (mutual learning; a fresh peer when it is None).
@@ -468,7 +535,8 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     trained = [student] + ([teacher] if online else [])
     params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
-    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps)
+    stopper = EarlyStop(cfg)
+    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps, stopper)
 
     start_epoch, start_step, history, seconds_before, partial, rng_states = 0, 0, [], 0.0, None, None
     resumed_from = None
@@ -493,6 +561,8 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
         history, seconds_before, partial = list(state["history"]), float(state["seconds"]), state.get("partial")
         rng_states = state.get("rng")
         resumed_from = start_epoch
+        if state.get("early_stop"):
+            stopper.load_state_dict(state["early_stop"])
 
     def checkpoint(epoch: int, step: int, seconds: float, partial_stats=None, rng=None) -> Path:
         if ddp.main:  # one writer; the others wait at the barrier below
@@ -502,6 +572,7 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                 "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "history": history, "seconds": seconds, "partial": partial_stats, "rng": rng,
                 "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
+                "early_stop": stopper.state_dict(),
             })
         return ckpt_path
 
@@ -523,6 +594,8 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     images_seen = 0
     with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
         for epoch in range(start_epoch, cfg.epochs):
+            if stopper.reason:  # resumed after the run had already stopped early
+                break
             t_epoch = time.perf_counter()
             loss_fn.set_progress(epoch / cfg.epochs)
             if online:
@@ -553,7 +626,7 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                         checkpoint(epoch, step, elapsed, (loss_sum, correct, seen), rng_now)
                         raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {ckpt_path}",
                                           "run the same command with --resume to continue", exit_code=130)
-                    xb = make(idx, cfg.shift_px if cfg.augment else 0, gen)
+                    xb = make(idx, cfg.shift_px if cfg.augment else 0, gen, flip=cfg.augment and cfg.flip)
                     yb = labels[idx.to(device)]
                     mix = None
                     if cfg.mixup > 0:
@@ -623,14 +696,24 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
             if online:
                 record["teacher_val_accuracy"] = evaluate(teacher, splits.val, splits, device, cfg.eval_batch_size, cfg.amp)
             history.append(record)
+            stopping = stopper.update(epoch + 1, val_acc, student)
             checkpoint(epoch + 1, 0, seconds_before + time.perf_counter() - t_session)
             _barrier(ddp)
             last_good = str(ckpt_path)
             out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
                 f"val {val_acc:.2%}  {record['seconds']:.1f}s")
+            if on_epoch is not None:
+                on_epoch(record)
+            if stopping:
+                out(f"stopping: {stopping}; keeping epoch {stopper.best_epoch} (val {stopper.best:.2%})")
+                break
 
     session = time.perf_counter() - t_session
     optimizer.zero_grad(set_to_none=True)  # gradients are not part of a trained model; free them
+    if stopper.best_state is not None and stopper.best_epoch != len(history):
+        student.load_state_dict(stopper.best_state)  # the best epoch on validation, not the last
+    stop_reason = stopper.reason or (f"epoch cap reached ({cfg.epochs} epochs) before a plateau" if cfg.patience
+                                     else f"ran the {cfg.epochs} epochs asked for")
     test_acc = evaluate(student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
     teacher_acc = None
     if online:
@@ -647,12 +730,13 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     student.eval()
     return TrainResult(
         accuracy=test_acc,
-        val_accuracy=history[-1]["val_accuracy"] if history else evaluate(student, splits.val, splits, device),
+        val_accuracy=(stopper.best if stopper.best_state is not None else
+                      history[-1]["val_accuracy"] if history else evaluate(student, splits.val, splits, device)),
         epochs_run=len(history), history=history, seconds=seconds_before + session,
         checkpoint=str(ckpt_path), weights_path=weights,
         images_per_second=images_seen * ddp.world / session if session > 0 and images_seen else 0.0,
         device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=resumed_from,
-        teacher_accuracy=teacher_acc,
+        teacher_accuracy=teacher_acc, best_epoch=stopper.best_epoch or len(history) or None, stop_reason=stop_reason,
     )
 
 
@@ -682,7 +766,8 @@ def save_final(path: Path, student: nn.Module, spec, accuracy: float, history: l
 
 
 def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
-          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None,
+          on_epoch=None) -> TrainResult:
     """Train ``student`` on ``splits.train`` with ``cfg.loss``, distilling from ``teacher``.
 
     A plain run (offline or online mode, no assistant, no fine-tuning) is one :func:`train_stage`
@@ -693,7 +778,7 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
     """
     cfg.validate()
     ckpt_dir = Path(ckpt_dir)
-    kw = dict(resume=resume, progress=progress, log=log)
+    kw = dict(resume=resume, progress=progress, log=log, on_epoch=on_epoch)
     if cfg.mode != "self" and cfg.assistant_width is None and cfg.finetune_epochs == 0:
         return train_stage(student, teacher, splits, cfg, ckpt_dir=ckpt_dir, spec=spec, **kw)
 
