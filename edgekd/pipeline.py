@@ -45,6 +45,9 @@ class DistillOptions:
     max_drop: float = 0.01
     bench_seconds: float = 0.5
     threads: int | None = None
+    strict: bool = False              # a teacher not clearly better than the student alone is an error
+    tune: int = 0                     # > 0: search the KD settings with this many trials first
+    tune_minutes: float = 30.0
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
@@ -69,6 +72,14 @@ class DistillOptions:
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
+        if self.tune < 0:
+            raise EdgeKDError(f"--tune must be >= 0 trials, got {self.tune}", "e.g. --tune 20 (0: no search)")
+        if not self.tune_minutes > 0:
+            raise EdgeKDError(f"--tune-minutes must be > 0, got {self.tune_minutes:g}", "e.g. --tune-minutes 20")
+        if self.tune:
+            from edgekd.distill.tune import _need_optuna
+
+            _need_optuna()
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -174,6 +185,9 @@ def resume_command(opts: DistillOptions) -> str:
         value = getattr(opts, f.name)
         if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
             continue
+        if value is True:  # a flag (--strict)
+            words.append(f"--{f.name.replace('_', '-')}")
+            continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
             for v in value:
                 words += [f"--{f.name.replace('_', '-')}", str(v)]
@@ -218,6 +232,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
 
     from edgekd.data import load_data, normalize
     from edgekd.distill import TrainConfig, get_teacher, train
+    from edgekd.distill.teacher import TRAINING_KEYS as TEACHER_TRAINING_KEYS
     from edgekd.hardware import load_target, select_width
     from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
 
@@ -268,6 +283,12 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
                       f"{' (cached)' if teacher_info.get('cached') else ''}")
 
+    chosen = selection.chosen
+    spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
+    train_cfg = _train_config(opts, device)
+    with clock.stage("worth", "Is the teacher worth it? The student trained alone, on the validation split"):
+        worth = _check_worth(teacher, splits, spec, train_cfg, opts, console)
+
     if opts.overwrite and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,9 +301,14 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                   "target_resolved": target.name, "out": str(out)}
         atomic_write_json(out / "config.json", config)
 
-        chosen = selection.chosen
-        spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
-        train_cfg = _train_config(opts, device)
+        tuning = None
+        if opts.tune:
+            with clock.stage("tune", f"Tuning the KD settings on the validation split ({opts.tune} trials, "
+                                     f"at most {opts.tune_minutes:g} min)"):
+                train_cfg, tuning = _tune(spec, teacher, splits, train_cfg, opts, out, console)
+            config["tuning"] = tuning
+            config["tuned"] = tuning["best"]
+            atomic_write_json(out / "config.json", config)
         with clock.stage("distill", f"Distilling the student (width {chosen.width:g}, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
             torch.manual_seed(opts.seed)
             student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
@@ -311,13 +337,18 @@ def _distill(opts: DistillOptions, console=None) -> dict:
             "teacher": {"arch": teacher_spec.arch, "width": teacher_spec.width, "depth": teacher_spec.depth,
                         "params": teacher_info["params"], "accuracy": teacher_info["accuracy"],
                         "path": "teacher.safetensors", "cached": bool(teacher_info.get("cached")),
-                        "source": str(teacher_info.get("path"))},
+                        "source": str(teacher_info.get("path")), "worth": worth.to_dict(),
+                        **{k: teacher_info[k] for k in TEACHER_TRAINING_KEYS if teacher_info.get(k) is not None}},
             "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
                         "params": count_params(student), "flops": chosen.flops,
                         "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
                         "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                        "history": result.history},
+                        "history": result.history, "train": {k: getattr(train_cfg, k) for k in train_cfg.RESULT_FIELDS}},
         }
+        if tuning is not None:
+            report["tuning"] = tuning
+        if not worth.worth:
+            report.setdefault("warnings", []).append(f"teacher not worth distilling from: {worth.message}")
 
         test_x = normalize(splits.test.x, splits.mean, splits.std)
         with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
@@ -357,6 +388,33 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                       f"({', '.join(p.name for p in paths.values())})")
         console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
     return report
+
+
+def _check_worth(teacher, splits, spec, train_cfg, opts: DistillOptions, console):
+    """The student trained alone against the teacher on validation: a warning, or with --strict an error."""
+    from edgekd.distill.worth import check_teacher_worth, refuse_unless_worth
+
+    check = check_teacher_worth(teacher, splits, spec, train_cfg, progress=opts.progress)
+    probe = check.probe
+    console.print(f"  student alone ({probe['epochs']} epochs, labels only{', cached' if probe.get('cached') else ''}): "
+                  f"{check.message}")
+    if opts.strict:
+        refuse_unless_worth(check)
+    if not check.worth:
+        console.print("  [bold yellow]warning:[/] the teacher is not clearly better than the student trained alone: "
+                      "distillation has little to give (pass a stronger --teacher; --strict makes this an error)")
+    return check
+
+
+def _tune(spec, teacher, splits, train_cfg, opts: DistillOptions, out: Path, console):
+    from edgekd.distill.tune import tune_kd, tuned_config
+
+    result = tune_kd(spec, teacher, splits, train_cfg, n_trials=opts.tune, minutes=opts.tune_minutes,
+                     work_dir=out / "tune", resume=opts.resume, log=console.print)
+    best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
+    console.print(f"  best of {len(result.trials)} trials: {best} (val {result.best_val_accuracy:.2%}); "
+                  f"search {result.seconds:.0f} s")
+    return tuned_config(train_cfg, result), result.to_dict()
 
 
 def _train_config(opts: DistillOptions, device: str):
