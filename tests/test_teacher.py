@@ -254,3 +254,19 @@ def test_cli_warns_and_tunes(tiny_npz, untrained_teacher, tmp_path):
     assert (out / "tune" / "optuna.journal").is_file()
     md = (out / "report.md").read_text()
     assert "## Tuning (validation split only)" in md and "NOT clearly better" in md
+
+
+@pytest.mark.slow
+def test_kd_benchmark_refuses_gap_closed_when_the_teacher_is_no_better(tiny_npz, untrained_teacher, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_mnist.py"
+    proc = subprocess.run([sys.executable, str(script), "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
+                           "--seeds", "1", "--epochs", "2", "--threads", "1", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "refusing to report gap_closed" in proc.stdout and "not better than scratch" in proc.stdout
+    assert "gap_closed=" not in proc.stdout
+    assert not (tmp_path / "kd-seed0").exists()  # it stopped before distilling
