@@ -282,6 +282,9 @@ def _distill(opts: DistillOptions, console=None) -> dict:
         console.print(f"  teacher {teacher_spec.arch} width {teacher_spec.width} depth {teacher_spec.depth}: "
                       f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
                       f"{' (cached)' if teacher_info.get('cached') else ''}")
+        if teacher_info.get("stop_reason"):
+            console.print(f"  trained {teacher_info['epochs']} epochs, kept epoch {teacher_info['best_epoch']} "
+                          f"(val {teacher_info['val_accuracy']:.2%}); stopped: {teacher_info['stop_reason']}")
 
     chosen = selection.chosen
     spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)

@@ -44,9 +44,9 @@ class TuneResult:
     storage: str = ""
 
     def to_dict(self) -> dict:
+        space = {k: list(v[1]) if v[0] == "choice" else list(v[1:]) for k, v in SEARCH_SPACE.items()}
         return {"best": self.best, "best_val_accuracy": self.best_val_accuracy, "trials": self.trials,
-                "seconds": round(self.seconds, 2), "storage": self.storage, "space": {k: list(v[1:]) if v[0] != "choice" else list(v[1])
-                                                                                       for k, v in SEARCH_SPACE.items()}}
+                "seconds": round(self.seconds, 2), "storage": self.storage, "space": space}
 
 
 def without_test(splits: DataSplits) -> DataSplits:
