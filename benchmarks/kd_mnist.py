@@ -46,9 +46,8 @@ KD_RECIPE = dict(loss="kd", temperature=8.0, alpha=0.9, epochs=48, shift_px=2)
 RECIPES = {
     "default": {},
     "T=4": dict(temperature=4.0),
-    "alpha=0.5": dict(alpha=0.5),
     "plain views": dict(shift_px=0),
-    "16 epochs": dict(epochs=16),
+    "alpha=0.5": dict(alpha=0.5),
 }
 
 
@@ -184,10 +183,12 @@ def compare_recipes(args, run, student_spec, config, teacher, t_err: int, refuse
     for name, changes in RECIPES.items():
         cfg = config(**changes)
         key = (cfg.epochs, cfg.shift_px)
-        if key not in scratch:
-            _, scratch[key] = run(f"scratch-e{cfg.epochs}-s{cfg.shift_px}", student_spec(), None, replace(cfg, loss="ce"), 0)
+        if key not in scratch:  # the default recipe's runs are the main table's seed 0 (same --work: reused)
+            _, scratch[key] = run("scratch" if not changes else f"scratch-e{cfg.epochs}-s{cfg.shift_px}",
+                                  student_spec(), None, replace(cfg, loss="ce"), 0)
             refuse_unless_better(scratch[key], 0, f", {cfg.epochs} epochs, shifts {cfg.shift_px} px")
-        _, k_err = run(_run_name(name.replace(" ", "_").replace("=", "")), student_spec(), teacher, cfg, 0)
+        name_on_disk = _run_name(args.loss) if not changes else name.replace(" ", "_").replace("=", "")
+        _, k_err = run(name_on_disk, student_spec(), teacher, cfg, 0)
         table.append((name, cfg, scratch[key], k_err, (scratch[key] - k_err) / (scratch[key] - t_err)))
     print(f"\nKD recipes, seed 0 (teacher {t_err} errors of {n_test}):")
     print(f"{'recipe':<12} {'T':>4} {'alpha':>5} {'epochs':>6} {'shift':>5}  {'scratch':>7} {'KD':>5} {'gap closed':>10}")
