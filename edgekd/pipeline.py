@@ -12,14 +12,8 @@ from pathlib import Path
 from edgekd import __version__
 from edgekd.errors import EdgeKDError
 
-# Formats every run exports; a target's runtime adds its own (data, not an if-chain in the code).
+# Formats every run exports; a target's runtime adds its own (``export_formats`` of its descriptor).
 BASE_FORMATS = ("onnx", "ort-int8", "openvino-fp16", "openvino-int8")
-RUNTIME_FORMATS = {
-    "tensorrt": ("tensorrt-fp16",),
-    "executorch": ("executorch",),
-    "onnxruntime": (),
-    "openvino": (),
-}
 
 
 @dataclass
@@ -116,8 +110,10 @@ class StageClock:
 def default_formats(target) -> list[str]:
     """The base formats plus the target runtime's own, keeping only those this install registers."""
     from edgekd.export import FORMATS
+    from edgekd.runtimes import RUNTIMES
 
-    wanted = BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
+    own = RUNTIMES.get(target.runtime).export_formats if target.runtime in RUNTIMES else ()
+    wanted = BASE_FORMATS + tuple(f for f in own if f not in BASE_FORMATS)
     return [name for name in wanted if name in FORMATS]
 
 
@@ -138,9 +134,11 @@ def default_out_dir(target: str) -> Path:
 
 def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber a finished or foreign folder unless asked to; never half-create one early."""
+    from edgekd.fsutil import LOCK_NAME
+
     if out.exists() and not out.is_dir():
         raise EdgeKDError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(p.name != ".edgekd.lock" and not p.name.endswith(".tmp") for p in out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME and not p.name.endswith(".tmp") for p in out.iterdir()):
         if resume:
             if not (out / "config.json").is_file():
                 raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)", "point --out at the run folder to resume")
@@ -197,12 +195,14 @@ def resume_command(opts: DistillOptions) -> str:
         if f.name == "max_drop":  # points on the command line
             value = f"{value * 100:g}"
         words += [f"--{f.name.replace('_', '-')}", str(value)]
-    defaults = {"mode": "offline", "generations": 2, "finetune_epochs": 0, "teacher_view": "clean"}
+    from edgekd.distill import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for key, value in opts.extra.items():
-        if value is None or defaults.get(key) == value:
-            continue
         if key == "teacher_view":  # the teacher labelling each shifted view is `--augment --consistent`
-            words.append("--consistent")
+            words += ["--consistent"] if value == "same" else []
+            continue
+        if value is None or defaults.get(key) == value:
             continue
         flag = f"--{key.replace('_', '-')}"
         words += [flag] if value is True else [flag, str(value)]
