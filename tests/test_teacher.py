@@ -79,11 +79,15 @@ def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
     assert key == teacher_mod.teacher_cache_key(tiny, specs, teacher_mod.teacher_config(tiny))
     changed = {
         "patience": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, patience=cfg.patience + 1)),
-        "lr drops": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, lr_drops=2)),
+        "plateau schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="plateau")),
+        "lr drops": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="plateau", lr_drops=2)),
         "flip": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, flip=not cfg.flip)),
-        "schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="onecycle")),
+        "schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="cosine")),
+        "lr": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, lr=cfg.lr / 2)),
         "ladder": teacher_mod.teacher_cache_key(tiny, specs[:1], cfg),
     }
+    monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", teacher_mod.TEACHER_STEPS + 1)
+    changed["step budget"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 0.5)
     changed["underfit threshold"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     monkeypatch.setattr(teacher_mod, "RECIPE_VERSION", teacher_mod.RECIPE_VERSION + 1)
@@ -98,7 +102,8 @@ def test_teacher_epochs_scale_with_the_data(tiny):
     big = teacher_mod.teacher_config(replace(tiny, train=ImageSet(x, np.resize(tiny.train.y, many), "train")))
     # a budget of optimiser steps: fewer epochs for more images, within the bounds
     assert teacher_mod.TEACHER_MIN_EPOCHS <= big.epochs < small.epochs <= teacher_mod.TEACHER_TRAIN.epochs
-    assert small.patience > 0 and small.schedule == "plateau" and small.shift_px == 2
+    assert small.patience >= 3 and small.schedule == "onecycle" and small.shift_px == 2
+    assert big.patience == 3 and small.patience == -(-teacher_mod.TEACHER_PATIENCE_STEPS // 4)  # 540 images: 4 steps
 
 
 def test_mirror_flips_only_for_mirror_symmetric_data(tiny):
@@ -115,7 +120,7 @@ def test_mirror_flips_only_for_mirror_symmetric_data(tiny):
 def test_default_teacher_records_why_it_stopped(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
     _, spec, info = teacher_mod.get_teacher(tiny, progress=False, epochs=2)
-    assert info["cached"] is False and info["stop_reason"].startswith("epoch cap reached")
+    assert info["cached"] is False and info["stop_reason"].startswith("ran its 2 epochs")
     assert len(info["history"]) == info["epochs"] == 2 and len(info["rungs"]) == 1  # capped: no ladder climb
     _, _, cached = teacher_mod.get_teacher(tiny, progress=False, epochs=2)
     assert cached["cached"] is True and cached["history"] == info["history"]

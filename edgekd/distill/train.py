@@ -789,8 +789,8 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
     stopper = run.stopper
     if stopper.best_state is not None and stopper.best_epoch != len(run.history):
         run.student.load_state_dict(stopper.best_state)  # the best epoch on validation, not the last
-    stop_reason = stopper.reason or (f"epoch cap reached ({cfg.epochs} epochs) before a plateau" if cfg.patience
-                                     else f"ran the {cfg.epochs} epochs asked for")
+    stop_reason = stopper.reason or (f"ran its {cfg.epochs} epochs, no {cfg.patience}-epoch validation plateau before"
+                                     if cfg.patience else f"ran the {cfg.epochs} epochs asked for")
     test_acc = evaluate(run.student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
     teacher_acc = None
     if run.online:
