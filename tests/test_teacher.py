@@ -127,6 +127,19 @@ def test_default_teacher_records_why_it_stopped(tiny, tmp_path, monkeypatch):
     assert cached["stop_reason"] == info["stop_reason"] and cached["best_epoch"] == info["best_epoch"]
 
 
+@pytest.mark.slow
+def test_an_underfitting_teacher_climbs_the_ladder_with_more_steps(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 1.01)  # nothing fits 101%: every rung underfits
+    monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", 1)                # the minimum of 3 epochs
+    _, spec, info = teacher_mod.get_teacher(tiny, cache_dir=tmp_path, progress=False)
+    first, second = info["rungs"]
+    assert first["underfits"] and (first["width"], first["depth"]) == (4.0, 1) and first["epochs"] == 3
+    assert (second["width"], second["depth"]) == (3.0, 2)
+    assert second["epochs"] == 6 or "plateau" in second["stop_reason"]  # twice the epochs unless it stopped early
+    kept = max(info["rungs"], key=lambda r: r["val_accuracy"])
+    assert (spec.width, spec.depth) == (kept["width"], kept["depth"]) and info["val_accuracy"] == kept["val_accuracy"]
+
+
 # ---- is the teacher worth it? ---------------------------------------------------------------------
 
 
