@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.fsutil import remove_stale_temporaries, wait_lock
+from edgekd.fsutil import cache_root, remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family with dropout, trained with label
@@ -61,7 +60,7 @@ def default_teacher_spec(splits: DataSplits, rung: int = 0) -> ModelSpec:
 def teacher_config(splits: DataSplits, device: str = "cpu", epochs: int | None = None) -> TrainConfig:
     """The teacher's training settings for these data: epochs from the step budget, shifts of
     about 1/14 of the image side (2 px at 28 px), mirror flips only for mirror-symmetric data."""
-    from edgekd.distill.train import steps_per_epoch
+    from edgekd.data.batches import steps_per_epoch
 
     n = len(splits.train)
     per_epoch = steps_per_epoch(n, TEACHER_TRAIN.batch_size)
@@ -79,6 +78,8 @@ def mirror_symmetric(splits: DataSplits, keep: float = 0.75) -> bool:
     accuracy of the originals (measured: MNIST digits 0.57, Fashion-MNIST clothes 0.86)."""
     import numpy as np
 
+    if getattr(splits, "kind", "arrays") == "files":
+        return False  # photo folders: crops and flips come with their preprocessing
     x = splits.train.x[:10000].reshape(min(len(splits.train), 10000), -1).astype(np.float32)
     y = splits.train.y[:10000]
     classes = [k for k in range(splits.num_classes) if (y == k).any()]
@@ -92,17 +93,6 @@ def mirror_symmetric(splits: DataSplits, keep: float = 0.75) -> bool:
 
     plain = accuracy(val)
     return plain > 0 and accuracy(val[..., ::-1]) >= keep * plain
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("EDGEKD_CACHE_DIR"):
-        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("edgekd"))
 
 
 def teacher_cache_key(splits: DataSplits, specs: list[ModelSpec], cfg: TrainConfig) -> str:
@@ -171,7 +161,7 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         # An ensemble: each member checked on its own, soft targets averaged at `temperature`.
         members = [get_teacher(splits, teacher_path=p, device=device, progress=False) for p in teacher_path]
         model = EnsembleTeacher([m for m, _, _ in members], temperature=temperature).eval()
-        accuracy = evaluate(model, splits.test, splits, device)
+        accuracy = evaluate(model, splits.test, splits, device, size=splits.preprocessing.teacher_size)
         return model, members[0][1], {"accuracy": accuracy, "params": count_params(model),
                                       "path": [i["path"] for _, _, i in members], "cached": False,
                                       "seconds": time.perf_counter() - t0, "source": "ensemble",
@@ -183,13 +173,14 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         model, spec, meta = load_model(path)
         check_teacher_fits(spec, splits, str(path))
         try:
-            accuracy = evaluate(model, splits.test, splits, device)
+            accuracy = evaluate(model, splits.test, splits, device, size=splits.preprocessing.teacher_size)
         except RuntimeError as err:
             raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({first_line(err, 100)})",
                               "pass a teacher trained on images of this size") from None
         return model.eval(), spec, {"accuracy": accuracy, "params": count_params(model), "path": str(path),
                                     "cached": False, "seconds": time.perf_counter() - t0, "source": "user"}
 
+    splits = splits.for_teacher()  # the default teacher trains and is measured at its own input size
     specs = [default_teacher_spec(splits, rung) for rung in range(len(TEACHER_RUNGS))]
     cfg = teacher_config(splits, device, epochs)
     key = teacher_cache_key(splits, specs, cfg)
@@ -274,7 +265,8 @@ def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: 
                 "history": result.history, "rungs": rungs, "train_seconds": sum(r["seconds"] for r in rungs),
                 "recipe": recipe}
     meta = {"accuracy": result.accuracy, "seconds": training["train_seconds"], "data": splits.fingerprint(),
-            "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__, **training}
+            "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__,
+            "preprocess": splits.preprocessing.to_dict(), **training}
     save_model(weights, model, spec, meta)
     return model, spec, {"accuracy": result.accuracy, "params": count_params(model), "path": str(weights),
                          "cached": False, "seconds": time.perf_counter() - t0, "source": "trained", **training}

@@ -70,8 +70,7 @@ def scratch_predictions(splits: DataSplits, spec, cfg: TrainConfig, *, cache_dir
                         progress: bool = False, log=None) -> tuple[np.ndarray, dict]:
     """Validation predictions of ``spec`` trained on the labels alone with ``cfg``'s budget, cached
     beside the teachers (keyed by the data, the student and the recipe)."""
-    from edgekd.distill.teacher import cache_root
-    from edgekd.fsutil import atomic_write_json
+    from edgekd.fsutil import atomic_write_json, cache_root
 
     probe_cfg = probe_config(cfg)
     blob = json.dumps({"data": splits.fingerprint(), "spec": spec.to_dict(), "train": probe_cfg.result_dict(),
@@ -94,7 +93,7 @@ def scratch_predictions(splits: DataSplits, spec, cfg: TrainConfig, *, cache_dir
 
     with tempfile.TemporaryDirectory(prefix="edgekd-scratch-") as tmp:
         train(model, None, splits, probe_cfg, ckpt_dir=tmp, progress=progress, log=log)
-    pred = predict_logits(model, splits.val.x, splits, probe_cfg.device).argmax(1).numpy()
+    pred = predict_logits(model, splits.val, splits, probe_cfg.device).argmax(1).numpy()
     probe = {"epochs": probe_cfg.epochs, "seconds": round(time.perf_counter() - t0, 2), "arch": spec.arch,
              "width": spec.width, "loss": "ce"}
     try:
@@ -110,8 +109,13 @@ def check_teacher_worth(teacher: nn.Module, splits: DataSplits, student_spec, cf
     """Train ``student_spec`` on the labels alone (or read that run from the cache) and compare it
     with ``teacher`` on the validation split. The test split is not looked at."""
     student_pred, probe = scratch_predictions(splits, student_spec, cfg, cache_dir=cache_dir, progress=progress, log=log)
-    teacher_pred = predict_logits(teacher, splits.val.x, splits, cfg.device).argmax(1).numpy()
-    return compare(teacher_pred, student_pred, splits.val.y, probe)
+    teacher_pred = predict_logits(teacher, splits.val, splits, cfg.device,
+                                  size=splits.preprocessing.teacher_size).argmax(1).numpy()
+    labels = np.asarray(splits.val.y)
+    if len(teacher_pred) != len(labels) or len(student_pred) != len(labels):  # image files that did not decode
+        n = min(len(teacher_pred), len(student_pred), len(labels))
+        teacher_pred, student_pred, labels = teacher_pred[:n], student_pred[:n], labels[:n]
+    return compare(teacher_pred, student_pred, labels, probe)
 
 
 def refuse_unless_worth(check: WorthCheck) -> None:
