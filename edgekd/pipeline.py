@@ -30,7 +30,7 @@ class DistillOptions:
     mean: tuple[float, ...] | None = None        # normalisation (default: the teacher's, else measured on training images)
     std: tuple[float, ...] | None = None
     workers: int | None = None                   # loader processes for image files (default: cores - 1)
-    strict: bool = False                         # refuse a bad image file instead of skipping it
+    strict: bool = False                         # warnings are errors: a bad image file, a teacher not worth it
     photo_augment: bool | None = None            # image files: random-resized crop + flip in training (default on)
     crop_scale: tuple[float, ...] | None = None  # area fraction of the random crops (default 0.08,1)
     flip: bool | None = None                     # random horizontal flips (default: with photo_augment)
@@ -54,6 +54,8 @@ class DistillOptions:
     max_drop: float = 0.01
     bench_seconds: float = 0.5
     threads: int | None = None
+    tune: int = 0                     # > 0: search the KD settings with this many trials first
+    tune_minutes: float = 30.0
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
@@ -78,6 +80,14 @@ class DistillOptions:
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
+        if self.tune < 0:
+            raise EdgeKDError(f"--tune must be >= 0 trials, got {self.tune}", "e.g. --tune 20 (0: no search)")
+        if not self.tune_minutes > 0:
+            raise EdgeKDError(f"--tune-minutes must be > 0, got {self.tune_minutes:g}", "e.g. --tune-minutes 20")
+        if self.tune:
+            from edgekd.distill.tune import _need_optuna
+
+            _need_optuna()
         for name in ("image_size", "teacher_image_size"):
             value = getattr(self, name)
             if value is not None and not 8 <= value <= 4096:
@@ -270,6 +280,9 @@ class Run:
     student: object = None
     spec: object = None
     result: object = None
+    train_cfg: object = None          # the student's training settings (tuned, if --tune)
+    worth: object = None              # the teacher against the student trained alone (WorthCheck)
+    tuning: dict | None = None        # the --tune search, when asked for
     report: dict = field(default_factory=dict)
     teacher_file: str = "teacher.safetensors"
 
@@ -302,11 +315,17 @@ def _distill(opts: DistillOptions, console=None) -> dict:
                                           teacher_image_size=run.splits.preprocessing.teacher_image_size)
     with clock.stage("teacher", "Teacher"):
         _load_teacher(run)
-    check_feature_pairs(opts, run.splits, run.selection.chosen, run.teacher, run.device)
+    chosen, cfg = run.selection.chosen, _train_config(opts, run.device)
+    check_feature_pairs(opts, run.splits, chosen, run.teacher, run.device)
+    with clock.stage("worth", "Is the teacher worth it? The student trained alone, on the validation split"):
+        _check_worth(run, cfg)
     _create_out_dir(run)
     with run_lock(run.out):
         _write_config(run)
-        chosen, cfg = run.selection.chosen, _train_config(opts, run.device)
+        if opts.tune:
+            with clock.stage("tune", f"Tuning the KD settings on the validation split ({opts.tune} trials, "
+                                     f"at most {opts.tune_minutes:g} min)"):
+                cfg = _tune(run, cfg)
         with clock.stage("distill", f"Distilling the {run.arch} student (width {chosen.width:g}, "
                                     f"{run.splits.input_shape[-1]} px, {cfg.loss}, T={cfg.temperature:g}, alpha={cfg.alpha:g})"):
             _train_student(run, cfg)
@@ -395,6 +414,45 @@ def _load_teacher(run: Run) -> None:
     info = run.teacher_info
     run.console.print(f"  teacher {_describe_teacher(run.teacher_spec, info)}: {info['params']:,} params, "
                       f"test accuracy {info['accuracy']:.4f}{' (cached)' if info.get('cached') else ''}")
+    if info.get("stop_reason"):
+        run.console.print(f"  trained {info['epochs']} epochs, kept epoch {info['best_epoch']} "
+                          f"(val {info['val_accuracy']:.2%}); stopped: {info['stop_reason']}")
+
+
+def student_spec(run: Run):
+    return family_spec(run.arch, run.splits, run.selection.chosen)
+
+
+def _check_worth(run: Run, cfg) -> None:
+    """The student trained alone against the teacher on validation: a warning, or with --strict an error
+    (before any folder is written)."""
+    from edgekd.distill.worth import check_teacher_worth, refuse_unless_worth
+
+    check = run.worth = check_teacher_worth(run.teacher, run.splits, student_spec(run), cfg, progress=run.opts.progress)
+    cached = ", cached" if check.probe.get("cached") else ""
+    run.console.print(f"  student alone ({check.probe['epochs']} epochs, labels only{cached}): {check.message}")
+    if run.opts.strict:
+        refuse_unless_worth(check)
+    if not check.worth:
+        run.console.print("  [bold yellow]warning:[/] the teacher is not clearly better than the student trained alone: "
+                          "distillation has little to give (pass a stronger --teacher; --strict makes this an error)")
+
+
+def _tune(run: Run, cfg):
+    """--tune: search the KD settings on the validation split; the best ones train the student."""
+    from edgekd.distill.tune import tune_kd, tuned_config
+    from edgekd.fsutil import atomic_write_json
+
+    opts = run.opts
+    result = tune_kd(student_spec(run), run.teacher, run.splits, cfg, n_trials=opts.tune, minutes=opts.tune_minutes,
+                     work_dir=run.out / "tune", resume=opts.resume, log=run.console.print)
+    best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
+    run.console.print(f"  best of {len(result.trials)} trials: {best} (val {result.best_val_accuracy:.2%}); "
+                      f"search {result.seconds:.0f} s")
+    run.tuning = result.to_dict()
+    run.config.update(tuning=run.tuning, tuned=result.best)
+    atomic_write_json(run.out / "config.json", run.config)
+    return tuned_config(cfg, result)
 
 
 def _create_out_dir(run: Run) -> None:
@@ -418,8 +476,9 @@ def _train_student(run: Run, cfg) -> None:
     from edgekd.distill import train
     from edgekd.models import save_model
 
-    splits, chosen, out = run.splits, run.selection.chosen, run.out
-    spec = run.spec = student_spec(run.arch, splits, chosen)
+    splits, out = run.splits, run.out
+    spec = run.spec = student_spec(run)
+    run.train_cfg = cfg
     student = build_student(spec, run.opts.seed, run.opts.student_weights, run.console)
     result = run.result = train(student, run.teacher, splits, cfg, ckpt_dir=out / "checkpoints",
                                 resume=run.opts.resume, progress=run.opts.progress, spec=spec)
@@ -435,10 +494,11 @@ def _train_student(run: Run, cfg) -> None:
 
 def _base_report(run: Run) -> dict:
     """report.json before export: the run's config, data, selection, teacher and student."""
+    from edgekd.distill.teacher import TRAINING_KEYS
     from edgekd.models import count_params
 
     chosen, spec, result, info, tspec = run.selection.chosen, run.spec, run.result, run.teacher_info, run.teacher_spec
-    return {
+    report = {
         "schema_version": None,  # filled by edgekd.report
         "edgekd_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -452,15 +512,22 @@ def _base_report(run: Run) -> dict:
                     "width": tspec.width if tspec else None, "depth": tspec.depth if tspec else None,
                     "params": info["params"], "accuracy": info["accuracy"],
                     "path": run.teacher_file, "cached": bool(info.get("cached")),
-                    "source": str(info.get("path")), **({"weights": info["weights"]} if info.get("weights") else {})},
+                    "source": str(info.get("path")), "worth": run.worth.to_dict(),
+                    **({"weights": info["weights"]} if info.get("weights") else {}),
+                    **{k: info[k] for k in TRAINING_KEYS if info.get(k) is not None}},
         "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
                     "image_size": int(run.splits.input_shape[-1]),
                     "params": count_params(run.student), "flops": chosen.flops,
                     "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
                     "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                    "history": result.history,
+                    "history": result.history, "train": run.train_cfg.result_dict(),
                     **({"init_weights": run.opts.student_weights} if run.opts.student_weights else {})},
     }
+    if run.tuning is not None:
+        report["tuning"] = run.tuning
+    if not run.worth.worth:
+        report["warnings"] = [f"teacher not worth distilling from: {run.worth.message}"]
+    return report
 
 
 def _export_student(run: Run) -> list:
@@ -538,7 +605,7 @@ def _write_report(run: Run, wall0: float) -> None:
     console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
 
 
-def student_spec(arch: str, splits, chosen):
+def family_spec(arch: str, splits, chosen):
     """The student's spec: its family at the chosen width and depth, for the data's classes, channels and size."""
     from edgekd.models import ModelSpec
 
@@ -608,7 +675,7 @@ def check_feature_pairs(opts: DistillOptions, splits, chosen, teacher, device: s
 
     from edgekd.distill.features import pair_stages
 
-    student = student_spec(opts.student or "cnn", splits, chosen).build()
+    student = family_spec(opts.student or "cnn", splits, chosen).build()
     example = torch.from_numpy(np.asarray(splits.normalized("test")[:2]))
     teacher_view = torch.from_numpy(np.asarray(splits.normalized("test", size=splits.preprocessing.teacher_size)[:2]))
     pair_stages(student, teacher.cpu(), example, teacher_view, explicit=cfg.feature_pairs)

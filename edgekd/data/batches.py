@@ -48,7 +48,8 @@ class ArrayBatches:
     """
 
     def __init__(self, images, pre: Preprocess, *, batch_size: int, seed: int, device: torch.device,
-                 channels_last: bool, shift_px: int = 0, teacher_view: bool = False, rank: int = 0, world: int = 1):
+                 channels_last: bool, shift_px: int = 0, flip: bool = False, teacher_view: bool = False,
+                 rank: int = 0, world: int = 1):
         base = images.base if images.index is None else None
         if base is not None:  # one host tensor, pinned for the GPU; memory-mapped rows are read per batch
             base = torch.from_numpy(np.array(base, copy=True) if not base.flags.writeable else np.ascontiguousarray(base))
@@ -57,6 +58,7 @@ class ArrayBatches:
         self.images, self.base, self.pre = images, base, pre
         self.batch_size, self.seed, self.device, self.channels_last = batch_size, seed, device, channels_last
         self.shift_px, self.teacher_view, self.rank, self.world = shift_px, teacher_view, rank, world
+        self.flip = flip  # random left-right mirrors (the default teacher, on mirror-symmetric data)
         self.n = len(images)
         self.steps = steps_per_epoch(self.n, batch_size * world)
         self.labels = torch.from_numpy(np.asarray(images.y)).to(device)
@@ -73,6 +75,9 @@ class ArrayBatches:
         xb = self.rows(idx).to(self.device, non_blocking=True)
         if shift_px > 0:
             xb = random_shift(xb, shift_px, generator)
+        if self.flip and generator is not None:
+            mirrored = (torch.rand(len(xb), generator=generator) < 0.5).to(xb.device).view(-1, 1, 1, 1)
+            xb = torch.where(mirrored, xb.flip(-1), xb)
         xt = None
         if self.teacher_view and self.pre.teacher_size != self.pre.image_size:
             xt = _to_input(self.pre.eval_view(xb, self.pre.teacher_size), self.pre, self.device, self.channels_last)
@@ -183,8 +188,9 @@ class FileBatches:
 
 def train_batches(splits, **kw):
     """The batch source for ``splits.train``: arrays in process, files through loader workers."""
-    if splits.kind == "files":
+    if splits.kind == "files":  # photos: crops and flips come from the preprocessing
         kw.pop("shift_px", None)
+        kw.pop("flip", None)
         return FileBatches(splits, **kw)
     kw.pop("workers", None)
     return ArrayBatches(splits.train, splits.preprocessing, **kw)

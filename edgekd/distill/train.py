@@ -45,6 +45,10 @@ class TrainConfig:
     augment: bool = False               # random shifts of up to shift_px pixels
     shift_px: int = 2
     mixup: float = 0.0                  # > 0: mixup with Beta(mixup, mixup) weights; the teacher labels the mixed image
+    flip: bool = False                  # with augment: random left-right flips as well (mirror-symmetric data only)
+    patience: int = 0                   # > 0: stop when validation accuracy has not improved for this many epochs
+                                        # (after lr_drops tenfold drops with schedule "plateau"); best epoch kept
+    lr_drops: int = 1                   # schedule "plateau": plateaus that divide the rate by 10 before one stops
     cache_teacher: bool = True          # teacher logits computed once when inputs are not augmented
     teacher_view: str = "same"          # with augment: "same" (teacher sees the shifted image) or
                                         # "clean" (teacher logits of the original image: cacheable)
@@ -95,6 +99,10 @@ class TrainConfig:
              f"assistant width must be > 0, got {self.assistant_width}", "use e.g. 1.5"),
             (self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}", "use e.g. 2"),
             (self.finetune_lr_scale > 0, f"fine-tuning lr scale must be > 0, got {self.finetune_lr_scale}", "use e.g. 0.1"),
+            (isinstance(self.patience, int) and self.patience >= 0, f"patience must be >= 0 epochs, got {self.patience}", "use e.g. 3 (0: off)"),
+            (self.lr_drops >= 0, f"lr_drops must be >= 0, got {self.lr_drops}", "use e.g. 1"),
+            (self.schedule != "plateau" or self.patience > 0, "the plateau schedule needs a patience",
+             "set patience, e.g. 2 epochs"),
             (self.checkpoint_every_steps >= 0 and self.checkpoint_every_minutes >= 0,
              "checkpoint intervals must be >= 0", "use 0 to checkpoint only at the end of each epoch"),
         ]
@@ -106,12 +114,19 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def fingerprint(self) -> str:
+    def result_dict(self) -> dict:
+        """The settings that change the result (keys a checkpoint, a cached teacher, a cached probe)."""
         d = {k: getattr(self, k) for k in self.RESULT_FIELDS}
-        for key in ("mixup", "feature_pairs"):  # added later: absent when off, so older checkpoints still resume
-            if getattr(self, key):
-                d[key] = getattr(self, key)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        # Added later: present only when set, so checkpoints written before them still resume.
+        for name in ("mixup", "flip", "patience", "feature_pairs"):
+            if getattr(self, name):
+                d[name] = getattr(self, name)
+        if self.patience and self.schedule == "plateau":
+            d["lr_drops"] = self.lr_drops
+        return d
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -130,6 +145,8 @@ class TrainResult:
     stages: list[dict] = field(default_factory=list)  # multi-stage runs: one summary per stage
     teacher_accuracy: float | None = None              # online mode: the co-trained teacher's test accuracy
     teacher_cache: dict | None = None                  # image files: the on-disk teacher-output cache, hits and misses
+    best_epoch: int | None = None   # with patience: the epoch whose weights were kept (best validation accuracy)
+    stop_reason: str | None = None  # why training ended
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -238,11 +255,55 @@ OPTIMIZERS = {
 
 SCHEDULES = {
     # OneCycle: warm up then anneal; converges in the few epochs a CPU budget allows.
-    "onecycle": lambda opt, cfg, total: torch.optim.lr_scheduler.OneCycleLR(
+    "onecycle": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25, div_factor=10.0, final_div_factor=100.0),
-    "cosine": lambda opt, cfg, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
-    "constant": lambda opt, cfg, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    "cosine": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
+    "constant": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    # Constant until the validation accuracy plateaus, then a tenfold drop per plateau (EarlyStop).
+    "plateau": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: stop.scale()),
 }
+
+
+class EarlyStop:
+    """Stopping on the validation split: tracks the best epoch (and keeps its weights); after
+    ``patience`` epochs without a better validation accuracy it divides the learning rate by 10
+    (schedule "plateau", ``lr_drops`` times) and then stops the run. Its state is checkpointed."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.patience = cfg.patience
+        self.drops_left = cfg.lr_drops if cfg.schedule == "plateau" else 0
+        self.best, self.best_epoch, self.since, self.drops = -1.0, 0, 0, 0
+        self.best_state: dict | None = None
+        self.reason: str | None = None
+
+    def update(self, epoch: int, val_acc: float, model: nn.Module) -> str | None:
+        """Record one epoch; returns why the run stops now, or None."""
+        if not self.patience:
+            return None
+        if val_acc > self.best:
+            self.best, self.best_epoch, self.since = val_acc, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return None
+        self.since += 1
+        if self.since < self.patience:
+            return None
+        if self.drops < self.drops_left:  # the plateau schedule reads scale() from the next step on
+            self.drops, self.since = self.drops + 1, 0
+            return None
+        after = f" after {self.drops} tenfold learning-rate drop{'s' if self.drops > 1 else ''}" if self.drops else ""
+        self.reason = f"validation accuracy plateaued: no gain for {self.since} epochs{after}"
+        return self.reason
+
+    def scale(self) -> float:
+        return 0.1 ** self.drops
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "since": self.since, "drops": self.drops,
+                "best_state": self.best_state, "reason": self.reason}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("best", "best_epoch", "since", "drops", "best_state", "reason"):
+            setattr(self, k, state[k])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +490,7 @@ class Stage:
     resumed_from: int | None = None
     last_good: str | None = None        # the last checkpoint known to be consistent
     images_seen: int = 0
+    stopper: "EarlyStop | None" = None  # early stopping on the validation split (and the plateau schedule)
 
     @property
     def online(self) -> bool:
@@ -440,23 +502,26 @@ class Stage:
 
 
 def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
-                ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+                ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None,
+                on_epoch=None) -> TrainResult:
     """One training run: forward teacher, forward student, loss, step, log; checkpoint every epoch.
 
     ``cfg.mode`` "online" trains ``teacher`` too (mutual learning; a fresh peer when it is None).
     Under torchrun each process takes its share of every batch and DDP averages the gradients.
+    With ``cfg.patience`` the run stops early on the validation split and keeps its best epoch;
+    ``on_epoch(record)`` is called after each epoch (raising there stops the run).
     """
     run = _set_up(student, teacher, splits, cfg, Path(ckpt_dir) / CHECKPOINT_NAME)
     try:
         if resume and run.ckpt_path.exists():
             _restore(run)
         _cache_teacher_outputs(run)
-        return _train_epochs(run, progress, log, spec)
+        return _train_epochs(run, progress, log, spec, on_epoch)
     finally:
         run.batches.close()  # stop loader workers, also on errors and Ctrl-C
 
 
-def _train_epochs(run: Stage, progress: bool, log, spec) -> TrainResult:
+def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> TrainResult:
     cfg = run.cfg
     progress = progress and run.ddp.main
     out = (log or _console_log(progress)) if run.ddp.main else (lambda line: None)
@@ -464,17 +529,26 @@ def _train_epochs(run: Stage, progress: bool, log, spec) -> TrainResult:
     run.last_good = str(run.ckpt_path) if run.ckpt_path.exists() else None
     with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
         for epoch in range(run.start_epoch, cfg.epochs):
+            if run.stopper.reason:  # resumed after the run had already stopped early
+                break
             t_epoch = time.perf_counter()
             # the epoch: every step, then the epoch's figures summed over processes
             loss_sum, correct, seen = _run_epoch(run, epoch, bar, stop, t_session)
             # evaluate, log and checkpoint
             record = _epoch_record(run, epoch, loss_sum, correct, seen, time.perf_counter() - t_epoch)
             run.history.append(record)
+            # stop early on a validation plateau (the best epoch's weights are kept)
+            stopping = run.stopper.update(epoch + 1, record["val_accuracy"], run.student)
             _save(run, epoch + 1, 0, run.seconds_before + time.perf_counter() - t_session)
             _barrier(run.ddp)
             run.last_good = str(run.ckpt_path)
             out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
                 f"val {record['val_accuracy']:.2%}  {record['seconds']:.1f}s")
+            if on_epoch is not None:
+                on_epoch(record)
+            if stopping:
+                out(f"stopping: {stopping}; keeping epoch {run.stopper.best_epoch} (val {run.stopper.best:.2%})")
+                break
     return _finish(run, spec, time.perf_counter() - t_session)
 
 
@@ -505,7 +579,8 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
     n = len(splits.train)
     batch_size = min(cfg.batch_size, max(1, n // ddp.world))
     batches = train_batches(splits, batch_size=batch_size, seed=cfg.seed, device=device, channels_last=cfg.channels_last,
-                            shift_px=cfg.shift_px if cfg.augment else 0, teacher_view=teacher is not None,
+                            shift_px=cfg.shift_px if cfg.augment else 0, flip=cfg.augment and cfg.flip,
+                            teacher_view=teacher is not None,
                             rank=ddp.rank, world=ddp.world)
     steps = batches.steps
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -530,11 +605,12 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
     trained = [student] + ([teacher] if online else [])
     params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
-    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps)
+    stopper = EarlyStop(cfg)
+    scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps, stopper)
     return Stage(cfg=cfg, splits=splits, device=device, ddp=ddp, student=student, teacher=teacher, loss_fn=loss_fn,
                  peer_loss=peer_loss, student_net=student_net, teacher_net=teacher_net, optimizer=optimizer,
                  scheduler=scheduler, batches=batches, batch_size=batch_size, steps=steps, ckpt_path=ckpt_path,
-                 data_key=splits.fingerprint())
+                 data_key=splits.fingerprint(), stopper=stopper)
 
 
 def _restore(run: Stage) -> None:
@@ -563,6 +639,8 @@ def _restore(run: Stage) -> None:
     run.history, run.seconds_before = list(state["history"]), float(state["seconds"])
     run.partial, run.rng_states = state.get("partial"), state.get("rng")
     run.resumed_from = run.start_epoch
+    if state.get("early_stop"):
+        run.stopper.load_state_dict(state["early_stop"])
 
 
 def _cache_teacher_outputs(run: Stage) -> None:
@@ -626,6 +704,7 @@ def _save(run: Stage, epoch: int, step: int, seconds: float, partial=None, rng=N
             "scheduler": run.scheduler.state_dict(), "history": run.history, "seconds": seconds,
             "partial": partial, "rng": rng, "data": run.data_key,
             "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
+            "early_stop": run.stopper.state_dict(),
         })
     return run.ckpt_path
 
@@ -796,6 +875,11 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
     """Test accuracy, the models handed back in eval mode and plain memory format, final weights."""
     cfg, splits, device = run.cfg, run.splits, run.device
     run.optimizer.zero_grad(set_to_none=True)  # gradients are not part of a trained model; free them
+    stopper = run.stopper
+    if stopper.best_state is not None and stopper.best_epoch != len(run.history):
+        run.student.load_state_dict(stopper.best_state)  # the best epoch on validation, not the last
+    stop_reason = stopper.reason or (f"ran its {cfg.epochs} epochs, no {cfg.patience}-epoch validation plateau before"
+                                     if cfg.patience else f"ran the {cfg.epochs} epochs asked for")
     test_acc = evaluate(run.student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
     teacher_acc = None
     if run.online:
@@ -813,12 +897,14 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
     history = run.history
     return TrainResult(
         accuracy=test_acc,
-        val_accuracy=history[-1]["val_accuracy"] if history else evaluate(run.student, splits.val, splits, device),
+        val_accuracy=(stopper.best if stopper.best_state is not None else
+                      history[-1]["val_accuracy"] if history else evaluate(run.student, splits.val, splits, device)),
         epochs_run=len(history), history=history, seconds=run.seconds_before + session,
         checkpoint=str(run.ckpt_path), weights_path=weights,
         images_per_second=run.images_seen * run.ddp.world / session if session > 0 and run.images_seen else 0.0,
         device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=run.resumed_from,
-        teacher_accuracy=teacher_acc, teacher_cache=run.outputs.describe() if run.outputs is not None else None,
+        teacher_accuracy=teacher_acc, best_epoch=stopper.best_epoch or len(history) or None,
+        stop_reason=stop_reason, teacher_cache=run.outputs.describe() if run.outputs is not None else None,
     )
 
 
@@ -848,7 +934,8 @@ def save_final(path: Path, student: nn.Module, spec, accuracy: float, history: l
 
 
 def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
-          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
+          ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None,
+          on_epoch=None) -> TrainResult:
     """Train ``student`` on ``splits.train`` with ``cfg.loss``, distilling from ``teacher``.
 
     A plain run (offline or online mode, no assistant, no fine-tuning) is one :func:`train_stage`
@@ -859,7 +946,7 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
     """
     cfg.validate()
     ckpt_dir = Path(ckpt_dir)
-    kw = dict(resume=resume, progress=progress, log=log)
+    kw = dict(resume=resume, progress=progress, log=log, on_epoch=on_epoch)
     if cfg.mode != "self" and cfg.assistant_width is None and cfg.finetune_epochs == 0:
         return train_stage(student, teacher, splits, cfg, ckpt_dir=ckpt_dir, spec=spec, **kw)
 

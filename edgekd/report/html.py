@@ -9,7 +9,7 @@ from html import escape
 from edgekd.report.plots import render_figures
 from edgekd.report.table import (
     DASH, artifact_rows, batch_rows, data_lines, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
-    busy_machine_note, latency_pairs, selection_rows, target_name, visible_columns,
+    busy_machine_note, latency_pairs, selection_rows, target_name, tuning_rows, visible_columns,
 )
 
 # Inline CSS only: the file must open on an air-gapped laptop or as a CI artifact with no network.
@@ -353,6 +353,22 @@ def render_html(report: dict) -> str:
                   f'{len(student.get("history") or [])} epochs; final validation accuracy '
                   f'{fmt_pct(last.get("val_accuracy"))}%, test accuracy {fmt_pct(student.get("accuracy"))}%.'
                   "</figcaption></figure>"]
+    teacher = report.get("teacher") or {}
+    if "teacher" in figures:
+        parts += ["<h2>Teacher</h2>",
+                  f'<figure>{_img(figures["teacher"], "teacher training curves")}<figcaption>'
+                  f'{teacher.get("epochs")} epochs; stopped: {escape(str(teacher.get("stop_reason")))}; the weights of '
+                  f'epoch {teacher.get("best_epoch")} (best validation accuracy, {fmt_pct(teacher.get("val_accuracy"))}%) '
+                  "were kept.</figcaption></figure>"]
+    if (teacher.get("worth") or {}).get("message"):
+        cls = "note" if teacher["worth"].get("worth") else "warn"
+        parts.append(f'<div class="{cls}">Teacher vs student alone: {escape(teacher["worth"]["message"])}</div>')
+    header, body = tuning_rows(report)
+    if body:
+        head = "".join(f"<th>{escape(h)}</th>" for h in header)
+        rows = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in body)
+        parts += ["<h2>Tuning (validation split only)</h2>",
+                  f'<div class="panel"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>']
     data = _data_section(report)
     if data:
         parts += ["<h2>Data</h2>", data]

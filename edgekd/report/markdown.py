@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from edgekd.report.table import (
     DASH, artifact_rows, batch_rows, data_lines, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
-    fmt_speedup, latency_pairs, selection_rows, status_text, summary_lines, target_name, visible_columns,
+    fmt_speedup, latency_pairs, selection_rows, status_text, summary_lines, target_name, tuning_rows,
+    visible_columns,
 )
 
 
@@ -71,6 +72,39 @@ def selection_markdown(report: dict) -> list[str]:
                   ["r", "r", "r", "r", "r", "r", "l"])
 
 
+def teacher_markdown(report: dict) -> list[str]:
+    """The teacher's validation curve, why it stopped, and each rung of the capacity ladder tried."""
+    teacher = report.get("teacher") or {}
+    history = [h for h in teacher.get("history") or [] if isinstance(h, dict)]
+    if not history:
+        return []
+    lines = ["## Teacher", "", f"Trained {teacher.get('epochs')} epochs; stopped: {teacher.get('stop_reason')}; "
+             f"the weights of epoch {teacher.get('best_epoch')} (best on validation) were kept.", ""]
+    body = [[h.get("epoch"), f"{h['loss']:.4f}" if h.get("loss") is not None else DASH,
+             fmt_pct(h.get("val_accuracy")), f"{h['lr']:.2g}" if h.get("lr") is not None else DASH,
+             "◀ kept" if h.get("epoch") == teacher.get("best_epoch") else ""] for h in history]
+    lines += _table(["Epoch", "Train loss", "Val %", "LR", ""], body, ["r", "r", "r", "r", "l"]) + [""]
+    rungs = teacher.get("rungs") or []
+    if len(rungs) > 1:
+        body = [[f"{r['arch']} w{r['width']:g} d{r['depth']}", fmt_count(r.get("params")), r.get("epochs"),
+                 fmt_pct(r.get("train_accuracy")), fmt_pct(r.get("val_accuracy")),
+                 "underfits" if r.get("underfits") else "fits"] for r in rungs]
+        lines += ["Capacity ladder (a teacher underfits when it fits fewer of its training images than the threshold):", ""]
+        lines += _table(["Teacher", "Params", "Epochs", "Train %", "Val %", ""], body,
+                        ["l", "r", "r", "r", "r", "l"]) + [""]
+    return lines
+
+
+def tuning_markdown(report: dict) -> list[str]:
+    header, body = tuning_rows(report)
+    if not body:
+        return []
+    tuning = report.get("tuning") or {}
+    return ["## Tuning (validation split only)", "",
+            f"{len(body)} trials, search {tuning.get('seconds', 0):.0f} s this session; the best one's settings "
+            "trained the student above.", ""] + _table(header, body, ["r", "l"] + ["r"] * (len(header) - 2)) + [""]
+
+
 def render_markdown(report: dict) -> str:
     title = "edgekd report" + (f": {report['command']}" if report.get("command") else "")
     lines = [f"# {title}", ""]
@@ -106,6 +140,7 @@ def render_markdown(report: dict) -> str:
                   f"Budget {fmt_ms(selection.get('budget_ms', report.get('budget_ms')))} ms; latencies "
                   f"{selection.get('latency_source', 'predicted')}. The widest candidate that fits is chosen.", ""]
         lines += sel + [""]
+    lines += teacher_markdown(report) + tuning_markdown(report)
     data = report.get("data") or {}
     if data.get("splits"):
         lines += ["## Data", "", f"{data.get('name', '?')} from `{data.get('source', '?')}`, "

@@ -305,9 +305,10 @@ def selection_figure(report: dict) -> Figure | None:
     return fig
 
 
-def training_figure(report: dict) -> Figure | None:
-    """Distillation loss and accuracy per epoch, from the student's training history."""
-    history = [h for h in ((report.get("student") or {}).get("history") or []) if isinstance(h, dict)]
+def training_figure(report: dict, who: str = "student") -> Figure | None:
+    """Loss and accuracy per epoch from the student's (distillation) or teacher's training history;
+    the teacher's best epoch, whose weights were kept, is marked."""
+    history = [h for h in ((report.get(who) or {}).get("history") or []) if isinstance(h, dict)]
     if len(history) < 2 or not all("epoch" in h for h in history):
         return None
     fig = Figure(figsize=(6.0, 3.6))
@@ -317,18 +318,21 @@ def training_figure(report: dict) -> Figure | None:
         ax.plot(epochs, [h["loss"] for h in history], color="#e4572e", marker="o", markersize=3, label="train loss")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel("distillation loss", color="#e4572e")
+    ax.set_ylabel("distillation loss" if who == "student" else "training loss", color="#e4572e")
     ax.tick_params(axis="y", colors="#e4572e")
     ax2 = ax.twinx()
     for key, color, label in (("train_accuracy", "#9ca3af", "train accuracy"), ("val_accuracy", "#2e86de",
                                                                                 "val accuracy")):
         if all(h.get(key) is not None for h in history):
             ax2.plot(epochs, [100 * h[key] for h in history], color=color, marker="o", markersize=3, label=label)
+    best = (report.get(who) or {}).get("best_epoch")
+    if who == "teacher" and best:
+        ax.axvline(best, color="#2e86de", linestyle=":", linewidth=1, label=f"best epoch ({best}), kept")
     ax2.set_ylabel("accuracy, %", color="#2e86de")
     ax2.grid(False)
     ax2.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.set_title("Distillation", loc="left")
+    ax.set_title("Distillation" if who == "student" else "Teacher", loc="left")
     fig.tight_layout()
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.08), frameon=False)
     return fig
@@ -339,7 +343,8 @@ def render_figures(report: dict) -> dict[str, str]:
     out = {}
     with matplotlib.rc_context(_RC):
         for name, build in (("pareto", pareto_figure), ("prediction", prediction_figure),
-                            ("selection", selection_figure), ("training", training_figure)):
+                            ("selection", selection_figure), ("training", training_figure),
+                            ("teacher", lambda r: training_figure(r, "teacher"))):
             fig = build(report)
             if fig is not None:
                 out[name] = to_svg(fig)

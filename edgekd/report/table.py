@@ -311,6 +311,9 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         if model.get("predicted_ms") is not None:
             desc += f", predicted {fmt_ms(model['predicted_ms'])} ms"
         out.append((role.capitalize(), desc))
+    out += teacher_lines(report)
+    for warning in report.get("warnings") or []:
+        out.append(("Warning", str(warning)))
     busy = busy_machine_note(report)
     if busy:
         out.append(("Warning", busy))
@@ -319,6 +322,44 @@ def summary_lines(report: dict) -> list[tuple[str, str]]:
         run = f" (run {rec['run']})" if rec.get("run") else ""
         out.append(("Recommended", f"{rec['name']}{run}" + (f": {rec['why']}" if rec.get("why") else "")))
     return out
+
+
+def teacher_lines(report: dict) -> list[tuple[str, str]]:
+    """How the teacher was trained and whether it beats the student alone; the KD search, if any."""
+    out = []
+    teacher = report.get("teacher") or {}
+    if teacher.get("epochs"):
+        rungs = teacher.get("rungs") or []
+        tried = f"; capacity ladder: {len(rungs)} teachers tried" if len(rungs) > 1 else ""
+        out.append(("Teacher training", f"{teacher['epochs']} epochs, best epoch {teacher.get('best_epoch')} kept "
+                                        f"(val {fmt_pct(teacher.get('val_accuracy'))}%); stopped: "
+                                        f"{teacher.get('stop_reason')}{tried}"))
+    worth = teacher.get("worth") or {}
+    if worth.get("message"):
+        out.append(("Teacher vs student alone", worth["message"]))
+    tuning = report.get("tuning") or {}
+    if tuning.get("best"):
+        best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuning["best"].items())
+        out.append(("Tuning", f"best of {len(tuning.get('trials') or [])} trials on validation: {best} "
+                              f"(val {fmt_pct(tuning.get('best_val_accuracy'))}%), search {tuning.get('seconds', 0):.0f} s"))
+    return out
+
+
+def tuning_rows(report: dict) -> tuple[list[str], list[list[str]]]:
+    """The --tune search as a table: header, then one row of strings per trial."""
+    tuning = report.get("tuning") or {}
+    trials = tuning.get("trials") or []
+    if not trials:
+        return [], []
+    names = list(tuning.get("best") or trials[0].get("params") or {})
+
+    def cell(v) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else (DASH if v is None else str(v))
+
+    body = [[str(t["number"] + 1), str(t.get("state")), *[cell(t.get("params", {}).get(k)) for k in names],
+             fmt_pct(t.get("val_accuracy")), cell(t.get("epochs")),
+             f"{t['seconds']:.0f}" if t.get("seconds") is not None else DASH] for t in trials]
+    return ["Trial", "State", *names, "Val %", "Epochs", "Seconds"], body
 
 
 @dataclass

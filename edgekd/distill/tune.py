@@ -1,0 +1,154 @@
+"""``--tune N``: a small search of the KD settings on the validation split (Optuna; pruned, time-boxed, resumable)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from edgekd.data import DataSplits, ImageSet
+from edgekd.distill.train import TrainConfig, train
+from edgekd.errors import EdgeKDError
+
+STUDY_NAME = "edgekd-kd"
+JOURNAL_NAME = "optuna.journal"
+# What is searched: the settings users most often get wrong for a new dataset. Ranges cover the
+# values the literature uses (T 1-20, alpha 0.1-1, AdamW peak rates a decade either side of ours).
+SEARCH_SPACE = {
+    "temperature": ("float_log", 1.0, 16.0),
+    "alpha": ("float", 0.1, 1.0),
+    "loss": ("choice", ("kd", "dkd")),
+    "lr": ("float_log", 1e-3, 1.6e-2),
+}
+
+
+def _need_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise EdgeKDError("--tune needs Optuna, which is not installed",
+                          'pip install "edgekd[tune]" (or pip install optuna)') from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+@dataclass
+class TuneResult:
+    best: dict                      # the best trial's settings (the keys of SEARCH_SPACE)
+    best_val_accuracy: float
+    trials: list[dict] = field(default_factory=list)  # every trial: number, state, params, val_accuracy, epochs, seconds
+    seconds: float = 0.0            # this session's search time (a resumed search adds to the earlier)
+    storage: str = ""
+
+    def to_dict(self) -> dict:
+        space = {k: list(v[1]) if v[0] == "choice" else list(v[1:]) for k, v in SEARCH_SPACE.items()}
+        return {"best": self.best, "best_val_accuracy": self.best_val_accuracy, "trials": self.trials,
+                "seconds": round(self.seconds, 2), "storage": self.storage, "space": space}
+
+
+def without_test(splits: DataSplits) -> DataSplits:
+    """The splits with the test images taken out: tuning can only see train and validation."""
+    x, y = splits.train.x[:0], splits.train.y[:0]  # empty; the test images are not even looked at
+    return replace(splits, test=ImageSet(x, y, "test (withheld from tuning)"))
+
+
+def _suggest(trial, name: str):
+    kind, *args = SEARCH_SPACE[name]
+    if kind == "choice":
+        return trial.suggest_categorical(name, list(args[0]))
+    return trial.suggest_float(name, args[0], args[1], log=kind == "float_log")
+
+
+def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_trials: int, minutes: float,
+            work_dir: str | Path, resume: bool = False, log=None) -> TuneResult:
+    """Search temperature, alpha, loss and learning rate for distilling ``teacher`` into ``student_spec``.
+
+    Each trial trains with ``base``'s budget and reports its validation accuracy after every epoch;
+    trials below the median of earlier ones at the same epoch are pruned. The search stops after
+    ``n_trials`` finished trials (counting those of a resumed search) or ``minutes``. The first trial
+    is ``base`` itself, so the result is never worse on validation than the defaults. The study lives
+    in ``work_dir/optuna.journal``; ``resume`` continues it. The test split is never seen.
+    """
+    optuna = _need_optuna()
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+
+    if n_trials < 1:
+        raise EdgeKDError(f"--tune must be >= 1 trials, got {n_trials}", "e.g. --tune 20")
+    if not minutes > 0 or not math.isfinite(minutes):
+        raise EdgeKDError(f"--tune-minutes must be > 0, got {minutes}", "e.g. --tune-minutes 20")
+    say = log or (lambda line: None)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    journal = work / JOURNAL_NAME
+    if journal.exists() and not resume:
+        journal.unlink()  # a fresh search (the run folder was replaced or is new)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    warmup = max(1, base.epochs // 4)
+    study = optuna.create_study(
+        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=min(6, n_trials)),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup))
+    if not study.trials:
+        study.enqueue_trial({"temperature": base.temperature, "alpha": base.alpha,
+                             "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr})
+    sealed = without_test(splits)
+
+    def objective(trial) -> float:
+        params = {name: _suggest(trial, name) for name in SEARCH_SPACE}
+        cfg = replace(base, **params)
+        t0 = time.perf_counter()
+        curve: list[float] = []
+
+        def on_epoch(record: dict) -> None:
+            curve.append(record["val_accuracy"])
+            trial.report(record["val_accuracy"], record["epoch"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
+
+        torch.manual_seed(cfg.seed)
+        student = student_spec.build()
+        import tempfile
+
+        state = "complete"
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgekd-trial-") as tmp:
+                train(student, teacher, sealed, cfg, ckpt_dir=tmp, progress=False, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            state = "pruned"
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
+            trial.set_user_attr("curve", curve)
+            shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            say(f"  trial {trial.number + 1}: {shown}: val {100 * max(curve or [0]):.2f}% "
+                f"{'(pruned at epoch ' + str(len(curve)) + ')' if state == 'pruned' else ''}"
+                f" [{time.perf_counter() - t0:.0f} s]")
+        return max(curve)
+
+    done = lambda: sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)  # noqa: E731
+    t0 = time.perf_counter()
+    if done() < n_trials:
+        say(f"tuning: {n_trials - done()} trials of {n_trials} left, at most {minutes:g} min"
+            + (f" (resumed: {done()} done)" if done() else ""))
+        study.optimize(objective, n_trials=n_trials - done(), timeout=minutes * 60)
+    seconds = time.perf_counter() - t0
+    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not finished:
+        raise EdgeKDError(f"--tune: no trial finished within {minutes:g} minutes",
+                          "raise --tune-minutes, or lower --epochs")
+    best = study.best_trial
+    trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params,
+               "val_accuracy": t.value if t.value is not None else max(t.user_attrs.get("curve") or [None]),
+               "epochs": len(t.user_attrs.get("curve") or []), "seconds": t.user_attrs.get("seconds")}
+              for t in study.trials]
+    return TuneResult(best=dict(best.params), best_val_accuracy=float(best.value), trials=trials,
+                      seconds=seconds, storage=str(journal))
+
+
+def tuned_config(base: TrainConfig, result: TuneResult) -> TrainConfig:
+    return replace(base, **result.best)

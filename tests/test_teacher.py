@@ -1,0 +1,290 @@
+"""The default teacher's recipe (early stopping, cache key), the worth-it check, and --tune."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.data import ImageSet, RawData, load_data, make_splits
+from edgekd.distill import TrainConfig, evaluate, train
+from edgekd.distill import teacher as teacher_mod
+from edgekd.distill.worth import WORTH_Z, check_teacher_worth, compare, refuse_unless_worth
+from edgekd.errors import EdgeKDError
+from edgekd.models import ModelSpec, create
+
+TINY = TrainConfig(epochs=2, batch_size=32, lr=1e-2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """600 train / 200 test MNIST digits."""
+    full = load_data()
+    raw = RawData(full.train.x[:600], full.train.y[:600], full.test.x[:200], full.test.y[:200])
+    return make_splits(raw, name="tiny", source="test", calib_size=32)
+
+
+def _cnn(seed=0, width=0.5):
+    torch.manual_seed(seed)
+    return create("cnn", num_classes=10, in_channels=1, width=width)
+
+
+# ---- early stopping ----------------------------------------------------------------------------
+
+
+def test_early_stopping_stops_at_the_plateau_and_keeps_the_best_epoch(tiny, tmp_path):
+    cfg = replace(TINY, loss="ce", epochs=60, schedule="plateau", patience=2, lr_drops=1)
+    model = _cnn()
+    seen = []
+    result = train(model, None, tiny, cfg, ckpt_dir=tmp_path, progress=False, on_epoch=seen.append)
+    vals = [h["val_accuracy"] for h in result.history]
+    assert result.epochs_run < cfg.epochs and len(seen) == result.epochs_run
+    assert "plateau" in result.stop_reason and "1 tenfold" in result.stop_reason
+    # the first epoch with the best validation accuracy is the one kept, whatever came after it
+    assert result.best_epoch == vals.index(max(vals)) + 1
+    assert result.val_accuracy == max(vals) == evaluate(model, tiny.val, tiny)
+    assert result.epochs_run - result.best_epoch >= cfg.patience
+    # the rate was divided by 10 once, at the first plateau
+    lrs = sorted({round(h["lr"], 8) for h in result.history}, reverse=True)
+    assert lrs == [cfg.lr, round(cfg.lr / 10, 8)]
+    # a resume of a run that had stopped does not train on
+    again = _cnn(5)
+    resumed = train(again, None, tiny, cfg, ckpt_dir=tmp_path, resume=True, progress=False)
+    assert resumed.epochs_run == result.epochs_run and resumed.best_epoch == result.best_epoch
+    assert evaluate(again, tiny.val, tiny) == result.val_accuracy
+
+
+def test_without_patience_all_epochs_run(tiny, tmp_path):
+    result = train(_cnn(), None, tiny, replace(TINY, loss="ce"), ckpt_dir=tmp_path, progress=False)
+    assert result.epochs_run == 2 and result.stop_reason == "ran the 2 epochs asked for"
+
+
+@pytest.mark.parametrize("cfg, pattern", [(dict(patience=-1), "patience"), (dict(schedule="plateau"), "needs a patience"),
+                                          (dict(lr_drops=-1), "lr_drops")])
+def test_early_stopping_settings_checked(cfg, pattern):
+    with pytest.raises(EdgeKDError, match=pattern):
+        replace(TINY, **cfg).validate()
+
+
+# ---- the default teacher's recipe -------------------------------------------------------------------
+
+
+def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
+    specs = [teacher_mod.default_teacher_spec(tiny, r) for r in range(len(teacher_mod.TEACHER_RUNGS))]
+    cfg = teacher_mod.teacher_config(tiny)
+    key = teacher_mod.teacher_cache_key(tiny, specs, cfg)
+    assert key == teacher_mod.teacher_cache_key(tiny, specs, teacher_mod.teacher_config(tiny))
+    changed = {
+        "patience": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, patience=cfg.patience + 1)),
+        "plateau schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="plateau")),
+        "lr drops": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="plateau", lr_drops=2)),
+        "flip": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, flip=not cfg.flip)),
+        "schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="cosine")),
+        "lr": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, lr=cfg.lr / 2)),
+        "ladder": teacher_mod.teacher_cache_key(tiny, specs[:1], cfg),
+    }
+    monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", teacher_mod.TEACHER_STEPS + 1)
+    changed["step budget"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
+    monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 0.5)
+    changed["underfit threshold"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
+    monkeypatch.setattr(teacher_mod, "RECIPE_VERSION", teacher_mod.RECIPE_VERSION + 1)
+    changed["recipe version"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
+    assert key not in changed.values() and len(set(changed.values())) == len(changed)
+
+
+def test_teacher_epochs_scale_with_the_data(tiny):
+    small = teacher_mod.teacher_config(tiny)
+    many = 60000
+    x = np.resize(tiny.train.x, (many, *tiny.train.x.shape[1:]))
+    big = teacher_mod.teacher_config(replace(tiny, train=ImageSet(x, np.resize(tiny.train.y, many), "train")))
+    # a budget of optimiser steps: fewer epochs for more images, within the bounds
+    assert teacher_mod.TEACHER_MIN_EPOCHS <= big.epochs < small.epochs <= teacher_mod.TEACHER_TRAIN.epochs
+    assert small.patience >= 3 and small.schedule == "onecycle" and small.shift_px == 2
+    assert big.patience == 3 and small.patience == -(-teacher_mod.TEACHER_PATIENCE_STEPS // 4)  # 540 images: 4 steps
+
+
+def test_mirror_flips_only_for_mirror_symmetric_data(tiny):
+    assert teacher_mod.mirror_symmetric(tiny) is False  # digits change meaning in a mirror
+    # the same digits made symmetric (left half mirrored onto the right): flipping keeps every label
+    sym = tiny.train.x.copy()
+    sym[..., 14:] = sym[..., :14][..., ::-1]
+    vsym = tiny.val.x.copy()
+    vsym[..., 14:] = vsym[..., :14][..., ::-1]
+    mirrored = replace(tiny, train=ImageSet(sym, tiny.train.y, "train"), val=ImageSet(vsym, tiny.val.y, "val"))
+    assert teacher_mod.mirror_symmetric(mirrored) is True
+
+
+def test_default_teacher_records_why_it_stopped(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    _, spec, info = teacher_mod.get_teacher(tiny, progress=False, epochs=2)
+    assert info["cached"] is False and info["stop_reason"].startswith("ran its 2 epochs")
+    assert len(info["history"]) == info["epochs"] == 2 and len(info["rungs"]) == 1  # capped: no ladder climb
+    _, _, cached = teacher_mod.get_teacher(tiny, progress=False, epochs=2)
+    assert cached["cached"] is True and cached["history"] == info["history"]
+    assert cached["stop_reason"] == info["stop_reason"] and cached["best_epoch"] == info["best_epoch"]
+
+
+@pytest.mark.slow
+def test_an_underfitting_teacher_climbs_the_ladder_with_more_steps(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 1.01)  # nothing fits 101%: every rung underfits
+    monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", 1)                # the minimum of 3 epochs
+    _, spec, info = teacher_mod.get_teacher(tiny, cache_dir=tmp_path, progress=False)
+    first, second = info["rungs"]
+    assert first["underfits"] and (first["width"], first["depth"]) == (4.0, 1) and first["epochs"] == 3
+    assert (second["width"], second["depth"]) == (3.0, 2)
+    assert second["epochs"] == 6 or "plateau" in second["stop_reason"]  # twice the epochs unless it stopped early
+    kept = max(info["rungs"], key=lambda r: r["val_accuracy"])
+    assert (spec.width, spec.depth) == (kept["width"], kept["depth"]) and info["val_accuracy"] == kept["val_accuracy"]
+
+
+# ---- is the teacher worth it? ---------------------------------------------------------------------
+
+
+def _preds(right_both, teacher_only, student_only, wrong_both):
+    labels = np.zeros(right_both + teacher_only + student_only + wrong_both, dtype=np.int64)
+    t = labels.copy()
+    s = labels.copy()
+    a = right_both
+    s[a:a + teacher_only] = 1
+    t[a + teacher_only:a + teacher_only + student_only] = 1
+    t[a + teacher_only + student_only:] = 2
+    s[a + teacher_only + student_only:] = 3
+    return t, s, labels
+
+
+@pytest.mark.parametrize("counts, worth", [((700, 30, 10, 60), True), ((700, 12, 8, 80), False),
+                                           ((700, 10, 30, 60), False), ((800, 0, 0, 0), False),
+                                           ((780, 9, 1, 10), True)])
+def test_worth_is_a_paired_margin_on_validation(counts, worth):
+    t, s, y = _preds(*counts)
+    check = compare(t, s, y, {"epochs": 1})
+    b, c = counts[1], counts[2]
+    assert (check.teacher_only, check.student_only) == (b, c)
+    assert check.worth is worth and (check.worth == (b > c and (b - c) / np.sqrt(b + c) >= WORTH_Z))
+    assert ("NOT clearly better" in check.message) is (not worth)
+
+
+def test_a_weak_teacher_is_not_worth_it_and_strict_refuses(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    weak = _cnn(3, width=0.25)  # one epoch of a quarter-width net: worse than the student after 6
+    train(weak, None, tiny, replace(TINY, loss="ce", epochs=1), ckpt_dir=tmp_path / "weak", progress=False)
+    student = ModelSpec("cnn", 10, 1, width=0.5)
+    check = check_teacher_worth(weak.eval(), tiny, student, replace(TINY, epochs=6))
+    assert not check.worth and check.student_val_accuracy > check.teacher_val_accuracy
+    assert check.probe["cached"] is False and check.probe["epochs"] == 6
+    with pytest.raises(EdgeKDError, match="--strict: the teacher is not worth distilling from"):
+        refuse_unless_worth(check)
+    again = check_teacher_worth(weak.eval(), tiny, student, replace(TINY, epochs=6))
+    assert again.probe["cached"] is True and again.student_val_accuracy == check.student_val_accuracy
+
+
+# ---- --tune ---------------------------------------------------------------------------------------
+
+
+class _Tripwire(ImageSet):
+    """A test split that fails the moment anything reads its images or labels."""
+
+    def __getattribute__(self, name):
+        if name in ("x", "y"):
+            raise AssertionError(f"the test split's .{name} was read during tuning")
+        return object.__getattribute__(self, name)
+
+    def __len__(self):
+        return 200
+
+
+def test_tuning_never_reads_the_test_split_and_resumes(tiny, tiny_teacher_for_tune, tmp_path):
+    pytest.importorskip("optuna")
+    from edgekd.distill.tune import tune_kd
+
+    sealed = replace(tiny, test=_Tripwire.__new__(_Tripwire))
+    spec = ModelSpec("cnn", 10, 1, width=0.25)
+    base = replace(TINY, epochs=3)
+    first = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=2, minutes=5, work_dir=tmp_path)
+    assert len(first.trials) == 2 and (tmp_path / "optuna.journal").is_file()
+    assert first.trials[0]["params"] == {"temperature": base.temperature, "alpha": base.alpha, "loss": "kd",
+                                         "lr": base.lr}  # the defaults are trial 1
+    assert first.best_val_accuracy == max(t["val_accuracy"] for t in first.trials if t["state"] == "complete")
+    resumed = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=3, minutes=5, work_dir=tmp_path, resume=True)
+    assert [t["number"] for t in resumed.trials] == [0, 1, 2]  # one more trial, the first two kept
+    assert resumed.trials[:2] == first.trials
+    fresh = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=1, minutes=5, work_dir=tmp_path)
+    assert len(fresh.trials) == 1  # without resume the search starts over
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher_for_tune(tiny, tmp_path_factory):
+    teacher = _cnn(1, width=1.0)
+    train(teacher, None, tiny, replace(TINY, loss="ce", epochs=4), ckpt_dir=tmp_path_factory.mktemp("t"), progress=False)
+    return teacher.eval()
+
+
+# ---- the CLI: the warning, --strict and --tune ------------------------------------------------------
+
+
+def run_cli(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "COLUMNS": "160"}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def untrained_teacher(tmp_path_factory):
+    from edgekd.models import save_model
+
+    path = tmp_path_factory.mktemp("weak") / "untrained.safetensors"
+    return save_model(path, _cnn(7, width=1.0).eval(), ModelSpec("cnn", 10, 1, width=1.0))
+
+
+@pytest.mark.slow
+def test_cli_strict_refuses_a_teacher_not_worth_it(tiny_npz, untrained_teacher, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("distill", "--target", "host", "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
+                   "--epochs", "2", "--widths", "0.25", "--formats", "onnx", "--strict", "--no-progress", "--out", str(out))
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--strict: the teacher is not worth distilling from" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_warns_and_tunes(tiny_npz, untrained_teacher, tmp_path):
+    pytest.importorskip("optuna")
+    out = tmp_path / "run"
+    proc = run_cli("distill", "--target", "host", "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
+                   "--epochs", "2", "--widths", "0.25", "--formats", "onnx", "--tune", "2", "--tune-minutes", "5",
+                   "--no-progress", "--bench-seconds", "0.05", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "warning:" in proc.stdout and "NOT clearly better" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert report["teacher"]["worth"]["worth"] is False and report["warnings"]
+    assert len(report["tuning"]["trials"]) == 2 and config["tuning"]["trials"] == report["tuning"]["trials"]
+    assert config["tuned"] == report["tuning"]["best"]
+    assert report["student"]["train"]["temperature"] == report["tuning"]["best"]["temperature"]
+    assert (out / "tune" / "optuna.journal").is_file()
+    md = (out / "report.md").read_text()
+    assert "## Tuning (validation split only)" in md and "NOT clearly better" in md
+
+
+@pytest.mark.slow
+def test_kd_benchmark_refuses_gap_closed_when_the_teacher_is_no_better(tiny_npz, untrained_teacher, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_mnist.py"
+    proc = subprocess.run([sys.executable, str(script), "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
+                           "--seeds", "1", "--epochs", "2", "--threads", "1", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "refusing to report gap_closed" in proc.stdout and "not better than scratch" in proc.stdout
+    assert "gap_closed=" not in proc.stdout
+    assert not (tmp_path / "kd-seed0").exists()  # it stopped before distilling
