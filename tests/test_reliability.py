@@ -577,7 +577,7 @@ def test_sigkill_at_every_stage_then_resume_matches_an_uninterrupted_run(tmp_pat
     cache, out = tmp_path / "cache", tmp_path / "run"
     args = job_args(kill_npz, out)
     # 1. During teacher training (after its first epoch checkpoint, before its weights exist).
-    start_then_kill(args, cache, lambda: any(cache.glob("teacher-*.ckpt/last.pt")))
+    start_then_kill(args, cache, lambda: any(cache.glob("teacher-*.ckpt/*/last.pt")))  # rung<N>/last.pt
     assert not list(cache.glob("teacher-*.safetensors")), "the teacher had finished: not killed during its training"
     assert_only_complete_files(cache)
     assert_only_complete_files(out)
