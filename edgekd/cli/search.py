@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -10,13 +11,18 @@ import click
 from edgekd.errors import EdgeKDError
 
 
-def _floats(text: str | None, what: str):
+def _numbers(text: str | None, what: str, kind=float):
+    """'0.5,1,2' -> [0.5, 1.0, 2.0] (``kind=int`` for depths and resolutions); finite numbers only."""
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise EdgeKDError(f"cannot read {what} {text!r}", f"write {what} as a comma-separated list, e.g. 0.5,1,2") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        example = "0.5,1,2" if kind is float else "1,2,3"
+        raise EdgeKDError(f"cannot read {what} {text!r}", f"write {what} as a comma-separated list, e.g. {example}")
+    return values
 
 
 @click.command("search")
@@ -28,7 +34,7 @@ def _floats(text: str | None, what: str):
 @click.option("--depths", default="1,2,3", show_default=True, help="Comma-separated depths.")
 @click.option("--resolutions", help="Comma-separated input resolutions (default: the data's own).")
 @click.option("--input", "input_shape", default="1x28x28", show_default=True, help="Input shape CxHxW of the data.")
-@click.option("--num-classes", default=10, show_default=True)
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print the search as JSON.")
 def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
     """Search width, depth and input resolution; print the Pareto front and the largest candidate that fits."""
@@ -36,11 +42,9 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from edgekd.modelfile import parse_shape
 
     shape = parse_shape(input_shape, "--input")
-    depth_list = [int(d) for d in (_floats(depths, "--depths") or [1])]
-    res = _floats(resolutions, "--resolutions")
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
-                 widths=_floats(widths, "--widths"), depths=depth_list,
-                 resolutions=[int(r) for r in res] if res else None, memory_mb=memory_mb, progress=not as_json)
+                 widths=_numbers(widths, "--widths"), depths=_numbers(depths, "--depths", int) or [1],
+                 resolutions=_numbers(resolutions, "--resolutions", int), memory_mb=memory_mb, progress=not as_json)
     if as_json:
         click.echo(json.dumps(sel.to_dict(), indent=2))
         return

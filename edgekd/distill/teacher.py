@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,11 +36,9 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    if os.environ.get("EDGEKD_CACHE_DIR"):
-        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
+    from edgekd.fsutil import cache_dir as user_cache_dir
 
-    return Path(user_cache_dir("edgekd"))
+    return user_cache_dir()
 
 
 def teacher_cache_key(splits: DataSplits, spec: ModelSpec, cfg: TrainConfig) -> str:

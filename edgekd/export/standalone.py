@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 
 GENERATED = "generated"
 
@@ -94,12 +94,24 @@ def _factory_model(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001
-        raise EdgeKDError(f"importing {path} failed: {type(err).__name__}: {str(err)[:160]}", "fix the model file") from None
+    except (SystemExit, Exception) as err:  # noqa: BLE001 - the user's code: its failure (or exit) is one line
+        raise EdgeKDError(f"importing {path} failed: {_user_code_failure(err)}", "fix the model file") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise EdgeKDError(f"{path} defines no callable {factory!r}", "name a function that returns an nn.Module")
-    return fn()
+    try:
+        return fn()
+    except (SystemExit, Exception) as err:  # noqa: BLE001
+        hint = "fix the factory"
+        if isinstance(err, TypeError) and "argument" in str(err):
+            hint = f"{factory} must take no arguments: wrap it, e.g. def build(): return Net(num_classes=10)"
+        raise EdgeKDError(f"{path}:{factory}() failed: {_user_code_failure(err)}", hint) from None
+
+
+def _user_code_failure(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r})"
+    return first_line(err, 160, with_type=True)
 
 
 def load_source(*, run_dir: Path | None, model: str | None, weights: Path | None, input_shape: str | None,
@@ -200,15 +212,25 @@ def _inputs(net, shape, calib_data, data_source, *, seed: int = 0):
 
 def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | None = None,
                weights: Path | None = None, input_shape: str | None = None, calib_data: Path | None = None,
-               num_classes: int | None = None, options=None, progress: bool = True, console=None) -> dict:
-    """Export a model to ``formats`` in ``out`` and write report.json (+ .md/.html); returns the report."""
+               num_classes: int | None = None, options=None, progress: bool = True, console=None,
+               overwrite: bool = False) -> dict:
+    """Export a model to ``formats`` in ``out`` and write report.json (+ .md/.html); returns the report.
+
+    ``out`` is checked before any work: a folder that holds files is refused unless ``overwrite``, and
+    the run folder being exported is never an output.
+    """
     from edgekd.bench.runners import load_runner
     from edgekd.export import ExportOptions, export_all, resolve_formats
     from edgekd.export.accuracy import accuracy
-    from edgekd.fsutil import run_lock
+    from edgekd.fsutil import refuse_existing_output, run_lock, writable_folder
     from edgekd.report import new_report, write_reports
 
     names = resolve_formats(formats)
+    out = Path(out)
+    if run_dir is not None and out.resolve() == Path(run_dir).resolve():
+        raise EdgeKDError(f"--out {out} is the run folder being exported", "choose another --out, e.g. RUN_DIR/export")
+    refuse_existing_output(out, overwrite=overwrite)
+    writable_folder(out)
     options = options or ExportOptions()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -218,7 +240,6 @@ def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | 
     if info.get("random_weights"):
         info["batchnorm"] = reestimate_batchnorm(net, inputs["calib"])
     timings["load"] = round(time.perf_counter() - t0, 2)
-    out = Path(out)
     with run_lock(out):
         t0 = time.perf_counter()
         test_x, test_y = inputs["test"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from edgekd.errors import EdgeKDError
@@ -165,14 +166,21 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
     target = load_target(target) if not isinstance(target, Target) else target
     budget = float(target.budget_ms if budget_ms is None else budget_ms)
     memory = float(target.memory_mb if memory_mb is None else memory_mb)
-    if budget <= 0 or memory <= 0:
+    if not (0 < budget < math.inf and 0 < memory < math.inf):
         raise EdgeKDError("latency and memory budgets must be positive", "pass positive --budget-ms and --memory-mb")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 1_000_000:
+        raise EdgeKDError(f"the number of classes must be 1 to 1,000,000, got {num_classes}", "pass e.g. --num-classes 10")
     widths = sorted({float(w) for w in (widths or DEFAULT_WIDTHS)})
     depths = sorted({int(d) for d in depths})
+    if not (widths and 0 < widths[0] and widths[-1] <= 64) or not (depths and 1 <= depths[0] and depths[-1] <= 16):
+        raise EdgeKDError(f"widths must be in (0, 64] and depths 1 to 16, got {widths} and {depths}",
+                          "pass e.g. --widths 0.5,1,2 --depths 1,2")
     native = int(input_shape[-1])
     resolutions = sorted({int(r) for r in (resolutions or [native])})
     if any(r < 8 for r in resolutions):
         raise EdgeKDError("input resolutions must be at least 8 pixels", "the cnn family pools twice by 2")
+    if resolutions[-1] > 4096:
+        raise EdgeKDError(f"input resolution {resolutions[-1]} is over 4096 pixels", "search resolutions an edge model takes")
     mode = _latency_mode(target, latency)
     grid = [(w, d, r) for r in resolutions for d in depths for w in widths]
     cands = []
