@@ -46,8 +46,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         # mkstemp makes 0600 files, and some writers (safetensors) replace the file with their own 0600
-        # one: set the mode once the content is there, so every output is readable as the umask allows.
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        # one: set the mode once the content is there, so every output is readable as the umask allows
+        # (and a script its writer made executable stays executable).
+        executable = os.stat(tmp_path).st_mode & 0o111
+        os.chmod(tmp_path, (0o777 if executable else 0o666) & ~_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -178,6 +180,15 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
     return removed
 
 
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else the user cache folder (:func:`cache_dir`: ``$EDGEKD_CACHE_DIR`` or the platform's)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from platformdirs import user_cache_dir
+
+    return _user_dir("EDGEKD_CACHE_DIR", user_cache_dir)
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     import hashlib
 
@@ -294,7 +305,5 @@ def config_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """User cache folder: teachers, exported graphs (EDGEKD_CACHE_DIR overrides)."""
-    from platformdirs import user_cache_dir
-
-    return _user_dir("EDGEKD_CACHE_DIR", user_cache_dir)
+    """User cache folder: teachers, exported graphs, decoded images (EDGEKD_CACHE_DIR overrides)."""
+    return cache_root()
