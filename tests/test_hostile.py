@@ -391,3 +391,16 @@ def test_unwritable_step_summary_is_a_warning(capsys, run, monkeypatch, budget, 
     code, out, err = run_cli(capsys, "gate", run, "--no-config", "--max-size-mb", budget)
     assert code == expected, err
     assert "::warning" in out and "GITHUB_STEP_SUMMARY" in out
+
+
+# --- beyond the list: values that are not numbers, caught before any work --------------------------
+
+@pytest.mark.parametrize("option", [
+    ["--temperature", "nan"], ["--budget-ms", "nan"], ["--lr", "inf"], ["--width", "nan"], ["--widths", "1,nan"],
+    ["--max-drop", "nan"], ["--bench-seconds", "-1"], ["--bench-seconds", "nan"], ["--threads", "-1"],
+    ["--threads", "99999999"], ["--seed", "-1"], ["--seed", "99999999999999999999999"],
+])
+def test_distill_refuses_values_that_are_not_numbers(capsys, tmp_path, option):
+    code, _, err = run_cli(capsys, "distill", "--data", tmp_path / "nowhere.npz", "--out", tmp_path / "d", *option)
+    one_line(code, err, 2, option[0])
+    assert not (tmp_path / "d").exists()
