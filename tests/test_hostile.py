@@ -404,3 +404,16 @@ def test_distill_refuses_values_that_are_not_numbers(capsys, tmp_path, option):
     code, _, err = run_cli(capsys, "distill", "--data", tmp_path / "nowhere.npz", "--out", tmp_path / "d", *option)
     one_line(code, err, 2, option[0])
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("option, words", [
+    (["--opset", "5"], ["--opset must be 18"]), (["--opset", "99"], ["--opset must be 18"]),
+    (["--max-drop", "nan"], ["--max-drop"]), (["--max-drop", "-5"], ["--max-drop"]),
+    (["--num-classes", "0"], ["--num-classes"]), (["--input", "1x3x0x0"], ["bad input shape"]),
+    (["--input", "1x3x40000x40000"], ["elements, over"]), (["--input", "3x224"], ["not an input shape"]),
+])
+def test_export_refuses_options_before_any_work(capsys, tmp_path, option, words):
+    code, _, err = run_cli(capsys, "export", "--model", "torchvision:resnet18", "--formats", "onnx",
+                           "--out", tmp_path / "e", *option)
+    one_line(code, err, 2, *words)
+    assert not (tmp_path / "e").exists()

@@ -14,7 +14,7 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="State dict to load (.safetensors, or .pt/.pth read with weights_only=True).")
 @click.option("--input", "input_shape", default=None, help="Input shape NxCxHxW, e.g. 1x3x224x224 (default: the data's).")
-@click.option("--num-classes", type=int, default=None, help="Classifier size for torchvision models.")
+@click.option("--num-classes", type=click.IntRange(1, 1_000_000), default=None, help="Classifier size for torchvision models.")
 @click.option("--formats", default="onnx,ort-int8,openvino-fp16,openvino-int8", show_default=True,
               help="Comma-separated formats, or all.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,

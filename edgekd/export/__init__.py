@@ -125,9 +125,18 @@ class ExportOptions:
     max_drop: float = 0.01                 # accuracy gate: largest top-1 drop (fraction) a quantized artifact may have
 
     def __post_init__(self):
+        import math
+
         if self.calibration not in CALIBRATION_METHODS:
             raise EdgeKDError(f"unknown calibration method {self.calibration!r}",
                               f"use one of {', '.join(CALIBRATION_METHODS)}")
+        if not (isinstance(self.max_drop, (int, float)) and math.isfinite(self.max_drop) and 0 <= self.max_drop <= 1):
+            raise EdgeKDError(f"--max-drop must be 0 to 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1")
+        from onnx.defs import onnx_opset_version
+
+        newest = onnx_opset_version()  # the dynamo exporter starts at 18; onnx cannot check what it does not know
+        if not 18 <= self.opset <= newest:
+            raise EdgeKDError(f"--opset must be 18 to {newest}, got {self.opset}", "e.g. --opset 18")
 
 
 class ExportJob:

@@ -14,15 +14,16 @@ GENERATED = "generated"
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """'1x3x224x224' or '3x224x224' -> (C, H, W)."""
-    try:
-        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x") if d.strip())
-    except ValueError:
-        dims = ()
+    """'1x3x224x224' or '3x224x224' -> (C, H, W), small enough that the calibration images fit in memory."""
+    from edgekd.hardware.measure import check_input_fits
+    from edgekd.modelfile import parse_shape
+
+    dims = parse_shape(text, "--input")
     if len(dims) == 4:
         dims = dims[1:]
-    if len(dims) != 3 or min(dims) < 1:
+    if len(dims) != 3:
         raise EdgeKDError(f"--input {text!r} is not an input shape", "pass NxCxHxW or CxHxW, e.g. --input 1x3x224x224")
+    check_input_fits((160, *dims), "exporting with generated calibration and parity images")
     return dims  # type: ignore[return-value]
 
 
