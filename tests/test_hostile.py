@@ -233,7 +233,7 @@ def _yaml_with(tmp: Path, **changes) -> Path:
     "config-dir-file", "cache-dir-file", "factory-raises", "factory-needs-arguments", "fake-onnx-bench",
     "deep-json-gate", "deep-json-report", "deep-json-ingest", "deep-json-calibrate", "deep-yaml-target",
     "400-digit-yaml", "nan-yaml", "search-num-classes-0", "predict-20-digit-dim", "predict-needs-too-much-memory",
-    "gate-needs-too-much-memory", "baseline-dev-zero", "target-is-a-folder",
+    "gate-needs-too-much-memory", "baseline-dev-zero", "target-is-a-folder", "junit-under-proc",
 ])
 def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case):
     tmp = run.parent
@@ -267,6 +267,7 @@ def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case)
                                        "100000,1,4,4"],
         "baseline-dev-zero": ["gate", run, "--baseline", "/dev/zero", "--max-growth", "5"],
         "target-is-a-folder": ["predict", "--target", tmp / "run.yaml", "--onnx", model],
+        "junit-under-proc": ["gate", run, "--no-config", "--max-size-mb", "5", "--junit", "/proc/edgekd.xml"],
     }[case]
     if case == "config-dir-file":
         monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp / "afile"))

@@ -55,15 +55,15 @@ def junit_xml(result: GateResult) -> bytes:
 
 def check_writable(path: str | os.PathLike, what: str = "JUnit XML") -> Path:
     """Fail before the gate runs (and measures for a while) if its output cannot be written."""
+    from edgekd.fsutil import writable_folder
+
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EdgeKDError(f"cannot write {what} to {path}: {err.strerror or err}",
-                          "pass a path in a writable folder") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise EdgeKDError(f"cannot write {what} to {path}: {'it is a folder' if path.is_dir() else 'folder not writable'}",
-                          "pass a path in a writable folder")
+    if path.is_dir():
+        raise EdgeKDError(f"cannot write {what} to {path}: it is a folder", "pass a path in a writable folder")
+    try:  # a real probe file: root passes os.access for /proc and read-only mounts
+        writable_folder(path.parent, f"the folder for {what}")
+    except EdgeKDError as err:
+        raise EdgeKDError(f"cannot write {what} to {path}: {err.message}", "pass a path in a writable folder") from None
     return path
 
 
