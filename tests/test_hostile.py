@@ -151,6 +151,7 @@ def test_outputs_of_another_command_are_not_overwritten(capsys, run):
     model = run / "artifacts" / "student.onnx"
     for args in (["export", run, "--formats", "onnx", "--out", run],
                  ["bench", model, "--out", run],
+                 ["bench", run, "--out", run.parent / "elsewhere"],
                  ["report", run, run.parent / "copy", "--out", run]):
         if args[0] == "report":
             shutil.copytree(run, run.parent / "copy")

@@ -58,6 +58,9 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
         if len(paths) > 1:
             raise EdgeKDError("pass either one run folder or model files, not both",
                               "run `edgekd bench RUN_DIR` once per run")
+        if out is not None:
+            raise EdgeKDError("--out is for model files: `edgekd bench RUN_DIR` updates the run's own report",
+                              "drop --out, or copy the run folder first")
         report = bench_run(dirs[0], opts, console=console)
         where = dirs[0]
     else:
