@@ -19,7 +19,7 @@ from test_gate import make_onnx, make_run  # noqa: E402
 from test_hostile import run_cli as _run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-FUZZ = settings(max_examples=40, deadline=None, database=None,
+FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
@@ -95,7 +95,8 @@ def test_any_report_is_gated_and_rendered_or_refused_in_one_line(capsys, templat
         assert_clean(code, err, allowed=(0, 1, 2))
         code, err = run_cli(capsys, "report", run, "--no-html", "--quiet")
         assert_clean(code, err)
-        _json_files_are_json(run)
+        if code == 0:  # report rewrote report.json: what it wrote is strict JSON (the input was the test's)
+            _json_files_are_json(run)
     finally:
         shutil.rmtree(run.parent, ignore_errors=True)
 

@@ -187,6 +187,7 @@ def test_existing_outputs_need_overwrite(capsys, run, command):
     ({"latency_ms": {"p50": float("nan")}}, ["NaN is not a JSON number"]),
     ({"latency_ms": {"p50": float("inf")}}, ["Infinity is not a JSON number"]),
     ({"latency_ms": {"p50": -1}}, ["latency_ms.p50 = -1 is not a latency"]),
+    ({"latency_ms": {"p50": 0}}, ["latency_ms.p50 = 0 is not a latency"]),
     ({"latency_ms": {"p50": "fast"}}, ["latency_ms.p50 = 'fast' is not a latency"]),
     ({"latency_ms": {"p50": 0.2, "p99": True}}, ["latency_ms.p99 = True"]),
     ({"latency_ms": {}}, ["has no latency_ms.p50"]),

@@ -74,8 +74,9 @@ def _check_result_row(row: dict, where: str) -> None:
     if not isinstance(lat, dict) or "p50" not in lat:
         raise EdgeKDError(f"{where} has no latency_ms.p50", _RESULT_FIX)
     for key in ("p50", "p90", "p99", "mean"):
-        if key in lat and lat[key] is not None and not (_number(lat[key]) and lat[key] >= 0):
-            raise EdgeKDError(f"{where}: latency_ms.{key} = {lat[key]!r} is not a latency in ms (a finite number >= 0)",
+        # A call that was timed took some time: 0 ms is a broken clock or an edited file, not a measurement.
+        if key in lat and lat[key] is not None and not (_number(lat[key]) and lat[key] > 0):
+            raise EdgeKDError(f"{where}: latency_ms.{key} = {lat[key]!r} is not a latency in ms (a finite number > 0)",
                               _RESULT_FIX)
 
 

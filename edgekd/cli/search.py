@@ -42,6 +42,8 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from edgekd.modelfile import parse_shape
 
     shape = parse_shape(input_shape, "--input")
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] != 1):
+        raise EdgeKDError(f"--input {input_shape} is not an image shape", "write it as CxHxW, e.g. --input 1x28x28")
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
                  widths=_numbers(widths, "--widths"), depths=_numbers(depths, "--depths", int) or [1],
                  resolutions=_numbers(resolutions, "--resolutions", int), memory_mb=memory_mb, progress=not as_json)
