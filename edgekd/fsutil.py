@@ -219,8 +219,8 @@ def writable_folder(path: str | os.PathLike, what: str = "--out") -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
-        raise EdgeKDError(f"cannot write {what} {path}: {err.strerror or err} in {probe}",
-                          f"choose a writable {what}") from None
+        hint = f"choose a writable {what}" if what.startswith("--") else "make it writable, or point it elsewhere"
+        raise EdgeKDError(f"cannot write {what} {path}: {err.strerror or err} in {probe}", hint) from None
     return path
 
 

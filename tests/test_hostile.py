@@ -236,6 +236,7 @@ def _yaml_with(tmp: Path, **changes) -> Path:
     "deep-json-gate", "deep-json-report", "deep-json-ingest", "deep-json-calibrate", "deep-yaml-target",
     "400-digit-yaml", "nan-yaml", "search-num-classes-0", "predict-20-digit-dim", "predict-needs-too-much-memory",
     "gate-needs-too-much-memory", "baseline-dev-zero", "target-is-a-folder", "junit-under-proc",
+    "profile-export-under-proc", "profile-config-under-proc", "profile-max-mflops-nan",
 ])
 def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case):
     tmp = run.parent
@@ -270,11 +271,16 @@ def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case)
         "baseline-dev-zero": ["gate", run, "--baseline", "/dev/zero", "--max-growth", "5"],
         "target-is-a-folder": ["predict", "--target", tmp / "run.yaml", "--onnx", model],
         "junit-under-proc": ["gate", run, "--no-config", "--max-size-mb", "5", "--junit", "/proc/edgekd.xml"],
+        "profile-export-under-proc": ["profile", "--export", "/proc/edgekd"],
+        "profile-config-under-proc": ["profile"],
+        "profile-max-mflops-nan": ["profile", "--max-mflops", "nan", "--export", tmp / "probes"],
     }[case]
     if case == "config-dir-file":
         monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp / "afile"))
     if case == "cache-dir-file":
         monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp / "afile"))
+    if case == "profile-config-under-proc":  # minutes of timing must not end in a calibration that cannot be saved
+        monkeypatch.setenv("EDGEKD_CONFIG_DIR", "/proc/edgekd")
     if case == "target-is-a-folder":
         (tmp / "run.yaml").mkdir()
     if case.endswith("too-much-memory"):  # a machine with 1 MiB free: the check, not the allocation, must stop it
