@@ -167,14 +167,11 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
             raise EdgeKDError(f"output folder {out} already exists and is not empty", "pass --overwrite to replace it, --resume to continue it, or choose another --out")
     # --resume of a run killed before its folder held config.json (e.g. during teacher training,
     # which resumes from its own cache checkpoint) simply starts the run.
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
-    import os
+    from edgekd.fsutil import writable_folder
 
-    if not probe.is_dir():
-        raise EdgeKDError(f"cannot create --out {out}: {probe} is a file, not a folder", "choose another --out")
-    if not os.access(probe, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
-        raise EdgeKDError(f"cannot write to {out if out.is_dir() else probe}", "choose a writable --out")
+    # A probe file, not os.access: root passes that for /proc and read-only mounts, and the run would
+    # find out only after the teacher trained.
+    writable_folder(out, "--out")
     if out.is_dir():
         from edgekd.fsutil import run_lock
 

@@ -236,7 +236,7 @@ def _yaml_with(tmp: Path, **changes) -> Path:
     "deep-json-gate", "deep-json-report", "deep-json-ingest", "deep-json-calibrate", "deep-yaml-target",
     "400-digit-yaml", "nan-yaml", "search-num-classes-0", "predict-20-digit-dim", "predict-needs-too-much-memory",
     "gate-needs-too-much-memory", "baseline-dev-zero", "target-is-a-folder", "junit-under-proc",
-    "profile-export-under-proc", "profile-config-under-proc", "profile-max-mflops-nan",
+    "profile-export-under-proc", "profile-config-under-proc", "profile-max-mflops-nan", "distill-out-under-proc",
 ])
 def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case):
     tmp = run.parent
@@ -272,6 +272,7 @@ def test_mistakes_are_exit_2_not_internal_errors(capsys, run, monkeypatch, case)
         "target-is-a-folder": ["predict", "--target", tmp / "run.yaml", "--onnx", model],
         "junit-under-proc": ["gate", run, "--no-config", "--max-size-mb", "5", "--junit", "/proc/edgekd.xml"],
         "profile-export-under-proc": ["profile", "--export", "/proc/edgekd"],
+        "distill-out-under-proc": ["distill", "--target", "host", "--out", "/proc/edgekd-run"],
         "profile-config-under-proc": ["profile"],
         "profile-max-mflops-nan": ["profile", "--max-mflops", "nan", "--export", tmp / "probes"],
     }[case]

@@ -375,7 +375,7 @@ def test_read_only_output_folder_is_refused(tmp_path, tiny_npz):
     try:
         proc = edgekd("distill", "--target", "host", "--data", str(tiny_npz), "--out", str(parent / "run"),
                       prefix=without_root_powers())
-        assert_one_line_error(proc.returncode, proc.stderr, "cannot write to", "writable --out")
+        assert_one_line_error(proc.returncode, proc.stderr, "cannot write --out", "writable --out")
         assert list(parent.iterdir()) == []
     finally:
         parent.chmod(0o755)
