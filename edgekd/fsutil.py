@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -76,7 +77,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as JSON; NaN and infinities (which JSON has no spelling for) are written as null."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):  # numpy arrays and scalars
+        return _finite(obj.tolist())
+    return obj
 
 
 def _json_default(obj):
@@ -166,14 +181,12 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
+    """``cache_dir``, else the user cache folder (:func:`cache_dir`: ``$EDGEKD_CACHE_DIR`` or the platform's)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    if os.environ.get("EDGEKD_CACHE_DIR"):
-        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("edgekd"))
+    return _user_dir("EDGEKD_CACHE_DIR", user_cache_dir)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -184,3 +197,113 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def writable_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Fail before any work if ``path`` cannot become a folder edgekd writes into.
+
+    A file in the way, /proc or /sys, a read-only or full file system and a folder without write
+    permission (which root passes ``os.access`` for) are all found by creating, then removing, a probe
+    file in the folder or in its nearest existing parent; nothing is left behind.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EdgeKDError(f"{what} {path} is a file, not a folder", f"choose another {what}")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EdgeKDError(f"cannot create {what} {path}: {probe} is a file, not a folder", f"choose another {what}")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".edgekd-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        hint = f"choose a writable {what}" if what.startswith("--") else "make it writable, or point it elsewhere"
+        raise EdgeKDError(f"cannot write {what} {path}: {err.strerror or err} in {probe}", hint) from None
+    return path
+
+
+def refuse_existing_output(path: str | os.PathLike, *, overwrite: bool, what: str = "--out") -> Path:
+    """An output folder that holds files, or an output file that exists, is refused unless ``overwrite``."""
+    path = Path(path)
+    taken = path.is_file() or (path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()))
+    if taken and not overwrite:
+        kind = "file" if path.is_file() else "folder"
+        raise EdgeKDError(f"{what} {path}: the {kind} already exists and is not empty" if kind == "folder"
+                          else f"{what} {path}: the file already exists",
+                          f"pass --overwrite to replace it, or choose another {what}")
+    return path
+
+
+# A JSON, YAML or TOML file edgekd reads (reports, device results, profiles) is a few MB at most; a larger
+# one is a wrong path (/dev/zero, a model, a disk image), refused before it is read into memory.
+MAX_TEXT_BYTES = 256 * 2**20
+
+
+def read_text_file(path: str | os.PathLike, what: str, fix: str) -> str:
+    """The UTF-8 text of a small regular file, or a one-line EdgeKDError saying why it cannot be read."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise EdgeKDError(f"{what} {path} does not exist", fix) from None
+    except OSError as err:
+        raise EdgeKDError(f"cannot read {what} {path}: {err.strerror or err}", fix) from None
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
+        raise EdgeKDError(f"{what} {path} is a folder, not a file", fix)
+    if not _stat.S_ISREG(st.st_mode):
+        raise EdgeKDError(f"{what} {path} is not a regular file (a device, pipe or socket)", fix)
+    if st.st_size > MAX_TEXT_BYTES:
+        raise EdgeKDError(f"{what} {path} is {st.st_size / 2**20:,.0f} MiB, too large to be one", fix)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgeKDError(f"{what} {path} is not UTF-8 text", fix) from None
+    except OSError as err:
+        raise EdgeKDError(f"cannot read {what} {path}: {err.strerror or err}", "check its permissions") from None
+
+
+def _json_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str, where: str, fix: str):
+    """json.loads that refuses NaN/Infinity (not JSON) and nesting too deep to be edgekd's, in one line."""
+    try:
+        return json.loads(text, parse_constant=_json_constant)
+    except json.JSONDecodeError as err:
+        raise EdgeKDError(f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})", fix) from None
+    except RecursionError:
+        raise EdgeKDError(f"{where} is nested too deeply to be an edgekd file", fix) from None
+    except ValueError as err:  # from _json_constant
+        raise EdgeKDError(f"{where} is not valid JSON ({err})", fix) from None
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str):
+    """Read and parse a JSON file edgekd consumes; every way it can be wrong is a one-line EdgeKDError."""
+    return parse_json(read_text_file(path, what, fix), f"{what} {path}", fix)
+
+
+def _user_dir(variable: str, platform_dir) -> Path:
+    """$variable if set, else the platform's folder; a file where the folder should be is a one-line error."""
+    env = os.environ.get(variable)
+    path = Path(env).expanduser() if env else Path(platform_dir("edgekd"))
+    if path.exists() and not path.is_dir():
+        where = f"{variable}={env}" if env else str(path)
+        raise EdgeKDError(f"{where} is a file, not a folder", f"point {variable} to a folder (or unset it)")
+    return path
+
+
+def config_dir() -> Path:
+    """User config folder: calibrations (EDGEKD_CONFIG_DIR overrides, which tests use to stay isolated)."""
+    from platformdirs import user_config_dir
+
+    return _user_dir("EDGEKD_CONFIG_DIR", user_config_dir)
+
+
+def cache_dir() -> Path:
+    """User cache folder: teachers, exported graphs, decoded images (EDGEKD_CACHE_DIR overrides)."""
+    return cache_root()

@@ -278,6 +278,16 @@ def openvino_precision(path: str | os.PathLike) -> str:
 
 # --- any model file ----------------------------------------------------------------------------------
 
+def check_readable(path: str | os.PathLike) -> Path:
+    """Refuse an ONNX file or OpenVINO IR that does not parse (other formats are checked by their runtime)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".onnx":
+        load_onnx(path)
+    elif suffix == ".xml":
+        read_openvino(path)
+    return Path(path)
+
+
 def input_dims(path: str | os.PathLike) -> list[int | None] | None:
     """The input dimensions of an ONNX or OpenVINO file (None where dynamic); None for other files."""
     suffix = Path(path).suffix.lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import shutil
 import time
 from contextlib import contextmanager
@@ -62,6 +63,19 @@ class DistillOptions:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        # NaN passes every "<= 0" test below; a number that is not finite is never an option value.
+        numbers = [("temperature", self.temperature), ("alpha", self.alpha), ("budget_ms", self.budget_ms),
+                   ("lr", self.lr), ("width", self.width), ("max_drop", self.max_drop),
+                   ("bench_seconds", self.bench_seconds), *(("widths", w) for w in self.widths or ())]
+        for name, value in numbers:
+            if value is not None and not math.isfinite(value):
+                raise EdgeKDError(f"--{name.replace('_', '-')} must be a finite number, got {value}", "see edgekd distill --help")
+        if not self.bench_seconds > 0:
+            raise EdgeKDError(f"--bench-seconds must be > 0, got {self.bench_seconds}", "e.g. --bench-seconds 0.5")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise EdgeKDError(f"--threads must be 1 to 4096, got {self.threads}", "e.g. --threads 2")
+        if not 0 <= self.seed < 2**32:
+            raise EdgeKDError(f"--seed must be 0 to 2**32 - 1, got {self.seed}", "e.g. --seed 0")
         if self.temperature <= 0:
             raise EdgeKDError(f"--temperature must be > 0, got {self.temperature}", "typical values are 2 to 8")
         if not 0.0 <= self.alpha <= 1.0:
@@ -177,14 +191,11 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
             raise EdgeKDError(f"output folder {out} already exists and is not empty", "pass --overwrite to replace it, --resume to continue it, or choose another --out")
     # --resume of a run killed before its folder held config.json (e.g. during teacher training,
     # which resumes from its own cache checkpoint) simply starts the run.
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent if parent.exists() else next((p for p in parent.parents if p.exists()), Path("."))
-    import os
+    from edgekd.fsutil import writable_folder
 
-    if not probe.is_dir():
-        raise EdgeKDError(f"cannot create --out {out}: {probe} is a file, not a folder", "choose another --out")
-    if not os.access(probe, os.W_OK) or (out.is_dir() and not os.access(out, os.W_OK)):
-        raise EdgeKDError(f"cannot write to {out if out.is_dir() else probe}", "choose a writable --out")
+    # A probe file, not os.access: root passes that for /proc and read-only mounts, and the run would
+    # find out only after the teacher trained.
+    writable_folder(out, "--out")
     if out.is_dir():
         from edgekd.fsutil import run_lock
 

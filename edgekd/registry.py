@@ -70,3 +70,20 @@ def suggest(name: str, choices, kind: str) -> str:
     if close:
         return f"did you mean {close[0]!r}? known {kind}s: {known}"
     return f"known {kind}s: {known}"
+
+
+def import_modules(package: str, path, *, prefix: str = "", first: tuple[str, ...] = (), skip=()) -> list[str]:
+    """Import the modules of ``package`` (whose ``__path__`` is ``path``) so that each registers itself.
+
+    ``first`` are imported in that order (a registry's order is what users see: ``--formats all``), then
+    every other module whose name starts with ``prefix``, sorted: a module dropped into the package is
+    registered without editing a list anywhere.
+    """
+    import importlib
+    import pkgutil
+
+    found = sorted(m.name for m in pkgutil.iter_modules(path) if m.name.startswith(prefix) and m.name not in skip)
+    order = [m for m in first if m in found] + [m for m in found if m not in first]
+    for module in order:
+        importlib.import_module(f"{package}.{module}")
+    return order

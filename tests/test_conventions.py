@@ -118,3 +118,20 @@ def test_the_run_lock_is_removed_when_the_run_ends(tmp_path):
     assert list((tmp_path / "run").iterdir()) == []
     with run_lock(tmp_path / "run"):  # and the folder can be locked again
         pass
+
+
+def test_a_module_dropped_into_a_registry_package_registers_itself(tmp_path, monkeypatch):
+    """How runtimes (edgekd/runtimes/*.py) and exporters (edgekd/export/to_*.py) are found: no list to edit."""
+    from edgekd.registry import import_modules
+
+    pkg = tmp_path / "plugins"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("SEEN = []\n")
+    for name in ("to_b", "to_a", "to_z", "helper"):
+        (pkg / f"{name}.py").write_text(f"from plugins import SEEN\nSEEN.append({name!r})\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import plugins
+
+    order = import_modules("plugins", plugins.__path__, prefix="to_", first=("to_z",))
+    assert order == ["to_z", "to_a", "to_b"] and plugins.SEEN == ["to_z", "to_a", "to_b"]
+    monkeypatch.delitem(sys.modules, "plugins")

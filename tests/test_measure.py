@@ -472,7 +472,7 @@ def test_bench_model_files_cli(tmp_path, tiny_onnx):
     (["nothere.onnx"], "model file nothere.onnx does not exist"),
     (["{model}", "--runtimes", "onnxruntim"], "did you mean"),
     (["{model}", "--batch", "1,x"], "--batch must be comma-separated integers"),
-    (["{model}", "--batch", "0"], "batch sizes must be >= 1"),
+    (["{model}", "--batch", "0"], "batch sizes must be 1 to 65536"),
 ])
 def test_bench_errors_are_one_line(tmp_path, tiny_onnx, args, message):
     proc = _edgekd("bench", *[a.format(model=tiny_onnx) for a in args], "--out", tmp_path / "b")

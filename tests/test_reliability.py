@@ -228,11 +228,14 @@ def test_export_never_imports_or_unpickles_what_the_user_did_not_name(capsys, fi
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_debug_shows_the_traceback(capsys, tmp_path):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(capsys, tmp_path):
     from edgekd.cli import main
 
-    with pytest.raises(EdgeKDError, match="unknown target"):
+    with pytest.raises(SystemExit) as stop:
         main(["--debug", "distill", "--target", "jetson-nan", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-1].startswith("edgekd: error: unknown target 'jetson-nan'")
 
 
 @pytest.mark.parametrize("name, words", [
@@ -373,7 +376,7 @@ def test_read_only_output_folder_is_refused(tmp_path, tiny_npz):
     try:
         proc = edgekd("distill", "--target", "host", "--data", str(tiny_npz), "--out", str(parent / "run"),
                       prefix=without_root_powers())
-        assert_one_line_error(proc.returncode, proc.stderr, "cannot write to", "writable --out")
+        assert_one_line_error(proc.returncode, proc.stderr, "cannot write --out", "writable --out")
         assert list(parent.iterdir()) == []
     finally:
         parent.chmod(0o755)

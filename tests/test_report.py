@@ -267,6 +267,7 @@ def test_latency_pairs_from_ingested_measurements():
 def test_report_without_target_or_selection_renders(tmp_path):
     """`edgekd bench MODEL_FILE` writes a report with only measured host rows."""
     report = sample_report()
+    report["command"] = "bench"  # a distill report must name its target
     for key in ("target", "budget_ms", "selection", "teacher", "student", "recommended", "data"):
         report.pop(key)
     for art in report["artifacts"]:

@@ -71,17 +71,30 @@ def _concrete_shape(shape, batch):
     return out
 
 
-class OnnxRuntimeBackend(object):
+class Backend(object):
+    """One runtime on the device: loads a model file for a batch size; calling it runs one batch."""
+
+    name = ""
+    modules = ()        # importable module names, any one of which provides the runtime
+    suffixes = ()       # model files it runs
+    builds_from = ()    # files it must build an engine from first: used only when asked for by --runtime
+
+
+def _require(module_name, install):
+    """Import a runtime module, or fail this model's row with how to install it."""
+    try:
+        return __import__(module_name, fromlist=["_"])
+    except ImportError:
+        raise RunnerError("{} is not importable: {}".format(module_name, install))
+
+
+class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     modules = ("onnxruntime",)
     suffixes = (".onnx", ".ort")
-    builds_from = ()
 
     def __init__(self, path, threads, batch, options):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RunnerError("onnxruntime is not importable: pip3 install onnxruntime (onnxruntime-gpu on Jetson)")
+        ort = _require("onnxruntime", "pip3 install onnxruntime (onnxruntime-gpu on Jetson)")
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = threads
@@ -108,11 +121,10 @@ class OnnxRuntimeBackend(object):
         return self.session.run(None, {self.input.name: x})[0]
 
 
-class OpenVINOBackend(object):
+class OpenVINOBackend(Backend):
     name = "openvino"
     modules = ("openvino",)
     suffixes = (".xml", ".onnx")
-    builds_from = ()
 
     def __init__(self, path, threads, batch, options):
         try:
@@ -153,7 +165,7 @@ class OpenVINOBackend(object):
         return self.request.get_output_tensor(0).data
 
 
-class TensorRTBackend(object):
+class TensorRTBackend(Backend):
     """TensorRT 8.x (JetPack 4.6/5) and 10.x engines; pycuda moves the data. Timings include the copies."""
 
     name = "tensorrt"
@@ -162,15 +174,9 @@ class TensorRTBackend(object):
     builds_from = (".onnx",)  # an engine is built here first: never picked for .onnx unless asked for
 
     def __init__(self, path, threads, batch, options):
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise RunnerError("tensorrt is not importable: use JetPack's python3-libnvinfer or pip3 install tensorrt")
-        try:
-            import pycuda.autoinit  # noqa: F401  (creates the CUDA context)
-            import pycuda.driver as cuda
-        except ImportError:
-            raise RunnerError("pycuda is not importable: pip3 install pycuda")
+        trt = _require("tensorrt", "use JetPack's python3-libnvinfer or pip3 install tensorrt")
+        _require("pycuda.autoinit", "pip3 install pycuda")  # creates the CUDA context
+        cuda = _require("pycuda.driver", "pip3 install pycuda")
         self.trt, self.cuda = trt, cuda
         self.logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self.logger)
@@ -275,13 +281,12 @@ class TensorRTBackend(object):
         return self.h_out
 
 
-class LiteRTBackend(object):
+class LiteRTBackend(Backend):
     """LiteRT (TFLite) flatbuffers: ai-edge-litert, tflite-runtime or TensorFlow's interpreter, whichever is here."""
 
     name = "litert"
     modules = ("ai_edge_litert", "tflite_runtime", "tensorflow")
     suffixes = (".tflite",)
-    builds_from = ()
 
     def __init__(self, path, threads, batch, options):
         interpreter_class, self.version = None, None

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.modelfile import image_shape, precision, size_bytes
+from edgekd.modelfile import check_shape, image_shape, precision, size_bytes
 from edgekd.runtimes import RUNTIMES, format_of_file, model_suffixes, readers_of
 
 HOST_SOURCE = "measured:host"
+MAX_BATCH = 65536
 
 
 @dataclass
@@ -28,12 +29,16 @@ class BenchOptions:
     accuracy: bool = True                  # evaluate rows added for another runtime on the run's test split
 
     def check(self) -> "BenchOptions":
-        if not self.batches or min(self.batches) < 1:
-            raise EdgeKDError(f"batch sizes must be >= 1, got {self.batches}", "pass --batch such as 1,8")
-        if self.threads is not None and self.threads < 1:
-            raise EdgeKDError(f"--threads must be >= 1, got {self.threads}", "pass --threads 1 or more")
-        if not self.seconds > 0:
-            raise EdgeKDError(f"--seconds must be > 0, got {self.seconds}", "pass --seconds such as 1.0")
+        if not self.batches or min(self.batches) < 1 or max(self.batches) > MAX_BATCH:
+            raise EdgeKDError(f"batch sizes must be 1 to {MAX_BATCH}, got {self.batches}", "pass --batch such as 1,8")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise EdgeKDError(f"--threads must be 1 to 4096, got {self.threads}", "pass --threads 1 or more")
+        if not 0 < self.seconds <= 3600:
+            raise EdgeKDError(f"--seconds must be > 0 and at most 3600, got {self.seconds}", "pass --seconds such as 1.0")
+        if not 0 <= self.warmup <= 100_000:
+            raise EdgeKDError(f"--warmup must be 0 to 100000 runs, got {self.warmup}", "pass --warmup such as 10")
+        if self.input_shape is not None:
+            check_shape((max(self.batches), *self.input_shape), "largest --batch x --input-shape")
         if self.runtimes:
             for name in self.runtimes:
                 RUNTIMES.get(name)  # one-line error with a suggestion for a typo
@@ -50,12 +55,18 @@ def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tupl
     out = []
     rng = np.random.default_rng(0)
     for batch in batches:
-        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
+        check_shape((batch, *input_shape), "batch x --input-shape")  # a one-line error, not a MemoryError
         if runner.max_batch is not None and batch > runner.max_batch:
             out.append({"batch": batch, "status": "skipped",
                         "reason": f"{path.name} accepts batches up to {runner.max_batch}; it runs batch {batch} "
                                   f"in pieces, which is not batch-{batch} latency"})
             continue
+        try:
+            _check_fits(path, (batch, *input_shape))
+        except EdgeKDError as err:
+            out.append({"batch": batch, "status": "failed", "reason": str(err)})
+            continue
+        x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         try:
             stats = measure_latency(runner.run, x, warmup=opts.warmup, time_budget_s=opts.seconds)
         except Exception as err:  # e.g. a fixed-batch IR given another batch: that batch fails, not the file
@@ -65,6 +76,20 @@ def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tupl
                     "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
                     "throughput": stats.throughput, "runs": stats.runs})
     return out, runner.versions()
+
+
+def _check_fits(path: Path, shape: tuple[int, ...]) -> None:
+    """An ONNX model whose activations at ``shape`` would not fit in free memory is refused, not run."""
+    if path.suffix.lower() != ".onnx":
+        return
+    from edgekd.hardware.graph import graph_cost
+    from edgekd.hardware.measure import check_fits_in_memory
+
+    try:
+        cost = graph_cost(path, input_shape=shape)
+    except EdgeKDError:
+        return  # a shape the graph does not take: the runtime says so when it runs
+    check_fits_in_memory(cost, f"batch {shape[0]} of {path.name}")
 
 
 def _apply_host(row: dict, m: dict, target_is_host: bool) -> None:
@@ -144,6 +169,7 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
                     # An old host figure would now sit beside another machine's environment: drop it.
                     row.update(status="failed", reason=f"{runtime} on this machine: {first_line(err, 300)}",
                                latency_ms=None, latency_source=None)
+                    _drop_stale_figures(row, path)
                     _print(console, row, runtime, None, first_line(err, 300))
                     if not is_own and row not in report["artifacts"]:
                         added.append(row)
@@ -177,12 +203,43 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
                 for m in results:
                     _print(console, row, runtime, m, None)
         report["artifacts"].extend(added)
+        _rechoose_recommendation(report)
         report["environment"] = collect_environment(threads=opts.threads)
         report.setdefault("config", {})["bench"] = {**asdict(opts), "runtimes": opts.runtimes,
                                                     "when": datetime.now().astimezone().isoformat(timespec="seconds")}
         report.setdefault("timings_s", {})["bench"] = round(time.perf_counter() - t0, 2)
         write_reports(run_dir, report)
     return report
+
+
+def _drop_stale_figures(row: dict, path: Path) -> None:
+    """A file that is not what the run measured (truncated, replaced, deleted) keeps none of its old figures."""
+    now = size_bytes(path, strict=False) if path.is_file() else 0
+    if row.get("size_bytes") is None or now == row.get("size_bytes"):
+        return
+    row["reason"] += f" (the file changed since the run: {now:,} bytes, was {row['size_bytes']:,})"
+    row.update(size_bytes=now, accuracy=None, accuracy_drop=None, parity=None, target_latency_ms=None,
+               target_latency_source=None)
+
+
+def _rechoose_recommendation(report: dict) -> None:
+    """The recommended artifact must still be ok: if bench failed it, pick again among the run's own rows."""
+    from types import SimpleNamespace
+
+    from edgekd.bench.evaluate import recommend
+
+    rec = report.get("recommended") or {}
+    rows = [a for a in report["artifacts"] if "@" not in a.get("name", "")]  # runtime variants were never candidates
+    current = next((a for a in rows if a.get("name") == rec.get("name") and a.get("role", "student") == "student"), None)
+    if not rec or (current is not None and current.get("status") == "ok"):
+        return
+    target = report.get("target") or {}
+    if not target.get("runtime"):
+        report["recommended"] = None
+        return
+    target = SimpleNamespace(**{"precisions": [target.get("precision")], **target})
+    max_drop = (report.get("config") or {}).get("max_drop", 0.01)
+    report["recommended"] = recommend(rows, target, max_drop if isinstance(max_drop, (int, float)) else 0.01)
 
 
 def _runtime_row(report: dict, art: dict, runtime: str) -> dict:
@@ -200,10 +257,17 @@ def _runtime_row(report: dict, art: dict, runtime: str) -> dict:
     return row
 
 
-def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
+def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions, *, console=None,
+                overwrite: bool = False) -> dict:
     """Measure model files that belong to no run: a new report in ``out_dir`` with one row per
-    (file, runtime); batch sizes other than 1 under ``extra.host_measurements``."""
+    (file, runtime); batch sizes other than 1 under ``extra.host_measurements``.
+
+    Every file is checked (exists, a runtime reads it, an ONNX or OpenVINO file parses) and ``out_dir``
+    too (writable; a folder that holds files only with ``overwrite``) before anything is measured.
+    """
     from edgekd.bench.env import collect_environment
+    from edgekd.fsutil import refuse_existing_output, writable_folder
+    from edgekd.modelfile import check_readable
     from edgekd.report import new_report, write_reports
 
     opts.check()
@@ -215,6 +279,9 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
             from edgekd.runtimes import runtime_for_file
 
             runtime_for_file(p)  # raises the one-line "no runtime runs ... files" error
+        check_readable(p)  # a corrupt or fake .onnx / .xml is a one-line error now, not a failed row later
+    refuse_existing_output(out_dir, overwrite=overwrite)
+    writable_folder(out_dir)
     t0 = time.perf_counter()
     report = new_report("bench", config={"files": [str(p) for p in paths], **asdict(opts)})
     for p in paths:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
 from edgekd.errors import EdgeKDError
-from edgekd.fsutil import file_sha256, run_lock
+from edgekd.fsutil import file_sha256, read_json, run_lock
 from edgekd.report import load_report, write_reports
 
 _RESULT_FIX = "pass the JSON written by the script from `edgekd runner` (python3 edgekd_runner.py ... --out results.json)"
@@ -26,26 +27,57 @@ class IngestSummary:
 def load_device_results(path: str | Path) -> dict:
     """Read and check a runner results file; one-line EdgeKDError if it is not one."""
     path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"results file {path} does not exist", _RESULT_FIX)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EdgeKDError(f"{path} is not valid JSON ({err.__class__.__name__})", _RESULT_FIX) from None
+    doc = read_json(path, "results file", _RESULT_FIX)
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not isinstance(doc.get("device"), dict):
         raise EdgeKDError(f"{path} has no 'device' object and 'results' list", _RESULT_FIX)
     if doc.get("format", RESULTS_FORMAT) != RESULTS_FORMAT or doc.get("format_version", RESULTS_VERSION) != RESULTS_VERSION:
         raise EdgeKDError(
             f"{path} is {doc.get('format')} version {doc.get('format_version')}, this edgekd reads "
             f"{RESULTS_FORMAT} version {RESULTS_VERSION}", "regenerate the runner with this edgekd's `edgekd runner`")
+    name = doc["device"].get("name")
+    if name is not None and not _is_label(name):
+        raise EdgeKDError(f"{path}: device.name {name!r} is not a device name", "rerun the runner with --device-name NAME")
     for i, row in enumerate(doc["results"]):
-        if not isinstance(row, dict) or not isinstance(row.get("model"), str):
+        if not isinstance(row, dict) or not isinstance(row.get("model"), str) or not row["model"].strip():
             raise EdgeKDError(f"{path}: results[{i}] has no 'model' file name", _RESULT_FIX)
-        if row.get("status", "ok") == "ok":
-            lat = row.get("latency_ms")
-            if not isinstance(lat, dict) or not isinstance(lat.get("p50"), (int, float)) or lat["p50"] < 0:
-                raise EdgeKDError(f"{path}: results[{i}] ({row['model']}) has no latency_ms.p50", _RESULT_FIX)
+        _check_result_row(row, f"{path}: results[{i}] ({row['model']})")
     return doc
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_label(name) -> bool:
+    """A name for a latency source label (measured:<name>): printable text on one line."""
+    return isinstance(name, str) and 0 < len(name.strip()) <= 200 and name.isprintable()
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_result_row(row: dict, where: str) -> None:
+    """One result of the runner: what ingest puts in the report must be a real measurement."""
+    status = row.get("status", "ok")
+    if status not in ("ok", "failed", "skipped"):
+        raise EdgeKDError(f"{where} has status {status!r}", "expected ok, failed or skipped")
+    sha = row.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise EdgeKDError(f"{where}: sha256 {sha!r} is not a SHA-256 digest", _RESULT_FIX)
+    for key in ("batch", "runs"):
+        value = row.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise EdgeKDError(f"{where}: {key} {value!r} is not a whole number >= 1", _RESULT_FIX)
+    if status != "ok":
+        return
+    lat = row.get("latency_ms")
+    if not isinstance(lat, dict) or "p50" not in lat:
+        raise EdgeKDError(f"{where} has no latency_ms.p50", _RESULT_FIX)
+    for key in ("p50", "p90", "p99", "mean"):
+        # A call that was timed took some time: 0 ms is a broken clock or an edited file, not a measurement.
+        if key in lat and lat[key] is not None and not (_number(lat[key]) and lat[key] > 0):
+            raise EdgeKDError(f"{where}: latency_ms.{key} = {lat[key]!r} is not a latency in ms (a finite number > 0)",
+                              _RESULT_FIX)
 
 
 def _artifact_index(run_dir: Path, report: dict) -> tuple[dict, dict]:
@@ -82,6 +114,8 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
     doc = load_device_results(results_path)
     run_dir = Path(run_dir)
     name = device or doc["device"].get("name") or "device"
+    if not _is_label(name):
+        raise EdgeKDError(f"--device {name!r} is not a device name", "pass the target's name, e.g. --device jetson-nano")
     with run_lock(run_dir):
         report = load_report(run_dir)
         target = (report.get("target") or {}).get("name")

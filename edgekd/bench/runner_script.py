@@ -100,13 +100,22 @@ def check_python36(source: str) -> None:
         raise RuntimeError("on-device runner is not Python 3.6: " + "; ".join(problems[:5]))
 
 
-def write_runner_script(out: str | os.PathLike) -> Path:
-    """Write the runner to ``out`` (atomically, executable) and return its path."""
+def write_runner_script(out: str | os.PathLike, *, overwrite: bool = True) -> Path:
+    """Write the runner to ``out`` (atomically, executable) and return its path.
+
+    ``overwrite=False`` refuses a file that exists (the CLI's default); a folder gets edgekd_runner.py.
+    """
+    from edgekd.fsutil import refuse_existing_output, writable_folder
+
     out = Path(out)
     if out.is_dir():
         out = out / RUNNER_NAME
     if out.suffix != ".py":
         raise EdgeKDError(f"runner output {out} must end in .py", f"pass --out such as {RUNNER_NAME}")
+    if out.is_dir():
+        raise EdgeKDError(f"runner output {out} is a folder", f"pass a file name such as {RUNNER_NAME}")
+    refuse_existing_output(out, overwrite=overwrite)
+    writable_folder(out.parent if str(out.parent) else ".")
     source = render_runner_script()
     with atomic_path(out) as tmp:
         tmp.write_text(source, encoding="utf-8")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import os
 import sys
+import traceback
 from types import SimpleNamespace
 
 import click
@@ -70,38 +72,55 @@ def cli():
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the command, turning errors into one line and an exit code."""
+    """Entry point: run the command, turning errors into one line and an exit code.
+
+    The exit code depends only on what went wrong, never on --debug, which adds the traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("EDGEKD_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     try:
         code = cli.main(args=argv, prog_name="edgekd", standalone_mode=False)
-    except EdgeKDError as err:
-        if debug:
-            raise
-        click.echo(f"edgekd: error: {err}", err=True)
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        click.echo("edgekd: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - every error becomes one line and its exit code
+        code, line = error_line(err)
+        if debug and not isinstance(err, (click.ClickException, click.exceptions.Abort, KeyboardInterrupt)):
+            traceback.print_exc()
+        click.echo(line, err=True)
+        sys.exit(code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# Errors from the machine or the user's paths (permissions, a full disk, a file where a folder should be):
+# bad input or environment (exit 2), not a bug in edgekd.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                      errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, errno.EFBIG,
+                      errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENXIO, errno.ENODEV}
+
+
+def error_line(err: BaseException) -> tuple[int, str]:
+    """The exit code and the one line printed for an error: 1 budget exceeded, 2 bad input or environment,
+    3 a bug in edgekd, 130 interrupted."""
+    if isinstance(err, EdgeKDError):
+        return err.exit_code, f"edgekd: error: {err}"
+    if isinstance(err, (click.exceptions.Abort, KeyboardInterrupt)):
+        return 130, "edgekd: interrupted"
+    if isinstance(err, click.ClickException):
         # Usage errors: one line like every other error (click's own adds a usage block), exit 2.
         ctx = getattr(err, "ctx", None)
         see = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-        click.echo(f"edgekd: error: {' '.join(err.format_message().split()).rstrip('.')}{see}", err=True)
-        sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        click.echo("edgekd: interrupted", err=True)
-        sys.exit(130)
-    except Exception as err:  # a bug, not a user error: one line unless --debug
-        if debug:
-            raise
-        torch = sys.modules.get("torch")  # only loaded by commands that use it
-        if torch is not None and isinstance(err, torch.OutOfMemoryError):
-            click.echo("edgekd: error: the GPU ran out of memory; rerun with a smaller --batch-size "
-                       "(e.g. half the current one), adding --resume to keep the finished epochs", err=True)
-            sys.exit(2)
-        click.echo(f"edgekd: internal error: {first_line(err, 300, with_type=True)}; rerun with --debug for the traceback",
-                   err=True)
-        sys.exit(INTERNAL_ERROR)
-    sys.exit(code if isinstance(code, int) else 0)
+        return err.exit_code, f"edgekd: error: {' '.join(err.format_message().split()).rstrip('.')}{see}"
+    torch = sys.modules.get("torch")  # only loaded by commands that use it
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        return 2, ("edgekd: error: the GPU ran out of memory; rerun with a smaller --batch-size "
+                   "(e.g. half the current one), adding --resume to keep the finished epochs")
+    if isinstance(err, MemoryError):
+        return 2, ("edgekd: error: this machine ran out of memory; use a smaller input shape, batch size or model, "
+                   "or a machine with more memory")
+    if isinstance(err, OSError) and err.errno in ENVIRONMENT_ERRNOS:
+        where = f" {err.filename}" if err.filename else ""
+        return 2, (f"edgekd: error: cannot use{where}: {err.strerror or first_line(err)}; "
+                   "check the path, its permissions and the free space")
+    return INTERNAL_ERROR, (f"edgekd: internal error: {first_line(err, 300, with_type=True)}; "
+                            "rerun with --debug for the traceback")

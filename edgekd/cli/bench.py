@@ -31,7 +31,8 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--no-accuracy", is_flag=True, help="Do not evaluate rows added for another runtime.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the report when benchmarking bare model files (default: edgekd-runs/bench-<time>).")
-def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_accuracy, out) -> None:
+@click.option("--overwrite", is_flag=True, help="Write the report into an --out folder that already holds files.")
+def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_accuracy, out, overwrite) -> None:
     """Measure RUN_DIR's artifacts (updating its report) or bare MODEL_FILEs (a new report).
 
     Each file is timed with its own runtime, or each of --runtimes that reads it, at each --batch size:
@@ -57,10 +58,13 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
         if len(paths) > 1:
             raise EdgeKDError("pass either one run folder or model files, not both",
                               "run `edgekd bench RUN_DIR` once per run")
+        if out is not None:
+            raise EdgeKDError("--out is for model files: `edgekd bench RUN_DIR` updates the run's own report",
+                              "drop --out, or copy the run folder first")
         report = bench_run(dirs[0], opts, console=console)
         where = dirs[0]
     else:
         where = out or Path("edgekd-runs") / f"bench-{datetime.now():%Y%m%d-%H%M%S}"
-        report = bench_files(list(paths), where, opts, console=console)
+        report = bench_files(list(paths), where, opts, console=console, overwrite=overwrite)
     render_terminal(report, console, selection=False)
     console.print(f"[green]wrote[/green] {where}/report.json, report.md, report.html", highlight=False)

@@ -14,7 +14,7 @@ import click
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
               help="State dict to load (.safetensors, or .pt/.pth read with weights_only=True).")
 @click.option("--input", "input_shape", default=None, help="Input shape NxCxHxW, e.g. 1x3x224x224 (default: the data's).")
-@click.option("--num-classes", type=int, default=None, help="Classifier size for torchvision models.")
+@click.option("--num-classes", type=click.IntRange(1, 1_000_000), default=None, help="Classifier size for torchvision models.")
 @click.option("--formats", default="onnx,ort-int8,openvino-fp16,openvino-int8", show_default=True,
               help="Comma-separated formats, or all.")
 @click.option("--calib-data", type=click.Path(path_type=Path), default=None,
@@ -27,8 +27,9 @@ import click
               help="Largest INT8 accuracy drop in points; remedies are tried above it, then the artifact fails.")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (>= 18 for the dynamo exporter).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Write into an --out folder that already holds files.")
 def command(run_dir, model, weights, input_shape, num_classes, formats, calib_data, calibration, per_tensor,
-            max_drop, opset, out) -> None:
+            max_drop, opset, out, overwrite) -> None:
     """Export RUN_DIR's student, or --model, to each of --formats, with parity and accuracy checks.
 
     Writes the artifacts under OUT/artifacts and OUT/report.json (+ report.md, report.html).
@@ -44,7 +45,7 @@ def command(run_dir, model, weights, input_shape, num_classes, formats, calib_da
     console = Console()
     report = run_export(out=out, formats=formats, run_dir=run_dir, model=model, weights=weights,
                         input_shape=input_shape, calib_data=calib_data, num_classes=num_classes,
-                        options=options, console=console)
+                        options=options, console=console, overwrite=overwrite)
     render_terminal(report, console=console, selection=False)
     failed = [a["name"] for a in report["artifacts"] if a["status"] == "failed"]
     console.print(f"[bold]Wrote[/] {out / 'report.json'}"

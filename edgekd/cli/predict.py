@@ -31,6 +31,9 @@ def _torchvision_onnx(name: str, shape: list[int]) -> Path:
     key = hashlib.sha256(f"{name}|{shape}|{torch.__version__}|{torchvision.__version__}".encode()).hexdigest()[:16]
     path = cache_dir() / "graphs" / f"torchvision-{name}-{'x'.join(map(str, shape))}-{key}.onnx"
     if not path.is_file():
+        from edgekd.hardware.measure import check_input_fits
+
+        check_input_fits(shape, f"exporting torchvision:{name}")
         torch.manual_seed(0)
         export_onnx(torchvision.models.get_model(name, weights=None), shape, path)
     return path
@@ -71,6 +74,8 @@ def resolve_model(model: str | None, onnx_file: str | None, run_dir: str | None,
         shape = shape or [1, 3, 224, 224]
         if len(shape) == 3:
             shape = [1, *shape]
+        if len(shape) != 4:
+            raise EdgeKDError(f"--input {input_shape} is not an image shape", "write it as NxCxHxW, e.g. 1x3x224x224")
         return _torchvision_onnx(name, shape), shape
     if onnx_file:
         path = Path(onnx_file)

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
+
+
+def _positive(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"{what} must be a finite number > 0, got {value}")
+    return value
 
 
 @click.command("profile")
 @click.option("--target", "-t", default="host", show_default=True, help="A target with `measured: true` (this machine).")
 @click.option("--count", default=60, show_default=True, type=click.IntRange(4, 1000), help="Probe networks to time.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the probe-network generator.")
-@click.option("--max-mflops", default=600.0, show_default=True, help="Skip probes above this many MFLOPs (keeps profiling quick).")
+@click.option("--max-mflops", default=600.0, show_default=True, callback=lambda ctx, param, v: _positive(v, "--max-mflops"),
+              help="Skip probes above this many MFLOPs (keeps profiling quick).")
 @click.option("--export", "export_dir", type=click.Path(file_okay=False),
               help="Instead of timing here, write the probes and a measurements.json template to DIR for the on-device runner.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit as JSON.")
@@ -28,10 +36,18 @@ def command(target, count, seed, max_mflops, export_dir, as_json):
 
     console = Console(width=None if sys.stdout.isatty() else 140)
     if export_dir:
+        from edgekd.fsutil import writable_folder
+
+        writable_folder(export_dir, "--export")
         manifest = export_probes(target, export_dir, count=count, seed=seed, max_mflops=max_mflops, progress=True)
         console.print(f"wrote {count} probe networks and {manifest}; time them on the device with the on-device runner, "
                       f"then run `edgekd calibrate --target {target} --measurements <its output>.json`")
         return
+    from edgekd.fsutil import writable_folder
+    from edgekd.hardware.targets import calibration_path
+
+    # Minutes of timing must not end in a calibration that cannot be saved: check where it goes first.
+    writable_folder(calibration_path(target).parent, "the calibration folder (EDGEKD_CONFIG_DIR)")
     result = profile_host(target, count=count, seed=seed, max_mflops=max_mflops, progress=True)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

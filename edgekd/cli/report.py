@@ -14,7 +14,8 @@ import click
               help="Folder for the comparison report of several runs (default: the first run's compare/ folder).")
 @click.option("--no-html", is_flag=True, help="Skip report.html (no matplotlib needed).")
 @click.option("--quiet", is_flag=True, help="Do not print the tables.")
-def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a report in --out that `edgekd report` did not write.")
+def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: bool, overwrite: bool) -> None:
     """Rebuild the reports of RUN_DIR (a run folder or its report.json).
 
     With several runs, each run's reports are rebuilt and one more report compares them all: every
@@ -22,13 +23,32 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
     """
     from rich.console import Console
 
-    from edgekd.fsutil import run_lock
-    from edgekd.report import load_report, merge_reports, render_terminal, run_labels, write_reports
+    from edgekd.errors import EdgeKDError
+    from edgekd.fsutil import run_lock, writable_folder
+    from edgekd.report import REPORT_NAME, load_report, merge_reports, render_terminal, run_labels, write_reports
+    from edgekd.report.output import check_comparable
     from edgekd.report.schema import report_path
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     folders = [report_path(p).parent for p in run_dirs]
     reports = [load_report(p) for p in run_dirs]  # all validated before anything is written
+    seen = {}
+    for given, folder in zip(run_dirs, folders):
+        if folder.resolve() in seen:
+            raise EdgeKDError(f"{given} and {seen[folder.resolve()]} are the same run", "pass each run once")
+        seen[folder.resolve()] = given
+    for folder in folders:
+        writable_folder(folder, "run folder")
+    if len(reports) > 1:
+        out = out or folders[0] / "compare"
+        if out.resolve() in seen:
+            raise EdgeKDError(f"--out {out} is one of the runs being compared", "choose another --out")
+        check_comparable(list(zip(run_labels(folders), reports)))
+        previous = out / REPORT_NAME
+        if previous.is_file() and not overwrite and _command_of(previous) != "compare":
+            raise EdgeKDError(f"--out {out} holds a report.json that `edgekd report` did not write",
+                              "pass --overwrite to replace it, or choose another --out")
+        writable_folder(out)
     for folder, report in zip(folders, reports):
         with run_lock(folder):
             paths = write_reports(folder, report, html=not no_html)
@@ -38,9 +58,17 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
                       highlight=False)
     if len(reports) > 1:
         merged = merge_reports(list(zip(run_labels(folders), reports)))
-        out = out or folders[0] / "compare"
         paths = write_reports(out, merged, html=not no_html)
         if not quiet:
             render_terminal(merged, console, selection=False)
         console.print(f"[green]wrote[/green] comparison of {len(reports)} runs: "
                       f"{', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def _command_of(report_file: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads(report_file.read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return None

@@ -10,7 +10,8 @@ import click
 @click.command("runner")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("edgekd_runner.py"), show_default=True,
               help="Where to write the script (a folder gets edgekd_runner.py).")
-def command(out: Path) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a file that already exists.")
+def command(out: Path, overwrite: bool) -> None:
     """Write a single-file latency runner to copy to a device.
 
     It needs Python >= 3.6, numpy and one runtime (onnxruntime, openvino, tensorrt+pycuda or a LiteRT
@@ -19,7 +20,7 @@ def command(out: Path) -> None:
     """
     from edgekd.bench.runner_script import write_runner_script
 
-    path = write_runner_script(out)
+    path = write_runner_script(out, overwrite=overwrite)
     click.echo(f"wrote {path}")
-    click.echo("on the device:  python3 edgekd_runner.py artifacts/*.onnx --device-name <target> --out results.json")
+    click.echo(f"on the device:  python3 {path.name} artifacts/*.onnx --device-name <target> --out results.json")
     click.echo("back here:      edgekd ingest results.json RUN_DIR")

@@ -4,6 +4,7 @@ chosen by the same code and rule `edgekd distill` uses, without training anythin
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import click
@@ -11,13 +12,18 @@ import click
 from edgekd.errors import EdgeKDError
 
 
-def _floats(text: str | None, what: str):
+def _numbers(text: str | None, what: str, kind=float):
+    """'0.5,1,2' -> [0.5, 1.0, 2.0] (``kind=int`` for depths and resolutions); finite numbers only."""
     if not text:
         return None
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise EdgeKDError(f"cannot read {what} {text!r}", f"write {what} as a comma-separated list, e.g. 0.5,1,2") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        example = "0.5,1,2" if kind is float else "1,2,3"
+        raise EdgeKDError(f"cannot read {what} {text!r}", f"write {what} as a comma-separated list, e.g. {example}")
+    return values
 
 
 @click.command("search")
@@ -31,7 +37,7 @@ def _floats(text: str | None, what: str):
 @click.option("--image-sizes", "--resolutions", "resolutions", help="Comma-separated input sizes in pixels (default: the input's own).")
 @click.option("--input", "input_shape", default=None,
               help="Input shape CxHxW of the data (default 1x28x28 for cnn/mlp, else 3x224x224).")
-@click.option("--num-classes", default=10, show_default=True)
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--json", "as_json", is_flag=True, help="Print every candidate as JSON (width, image_size, params, flops, predicted_ms, fits).")
 def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
     """Search width, depth and image size; print the Pareto front and the candidate distill would train."""
@@ -39,11 +45,11 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from edgekd.modelfile import parse_shape
 
     shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"), "--input")
-    depth_list = _floats(depths, "--depths")
-    res = _floats(resolutions, "--image-sizes")
+    depth_list = _numbers(depths, "--depths")
+    res = _numbers(resolutions, "--image-sizes", int)
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
-                 widths=_floats(widths, "--widths"), depths=depth_list,
-                 resolutions=[int(r) for r in res] if res else None, memory_mb=memory_mb, progress=not as_json)
+                 widths=_numbers(widths, "--widths"), depths=depth_list,
+                 resolutions=res, memory_mb=memory_mb, progress=not as_json)
     if as_json:
         click.echo(json.dumps(sel.to_dict(), indent=2))
         return

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.registry import Registry
+from edgekd.registry import Registry, import_modules
 
 FORMATS: Registry = Registry("export format")
 
@@ -125,9 +125,18 @@ class ExportOptions:
     max_drop: float = 0.01                 # accuracy gate: largest top-1 drop (fraction) a quantized artifact may have
 
     def __post_init__(self):
+        import math
+
         if self.calibration not in CALIBRATION_METHODS:
             raise EdgeKDError(f"unknown calibration method {self.calibration!r}",
                               f"use one of {', '.join(CALIBRATION_METHODS)}")
+        if not (isinstance(self.max_drop, (int, float)) and math.isfinite(self.max_drop) and 0 <= self.max_drop <= 1):
+            raise EdgeKDError(f"--max-drop must be 0 to 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1")
+        from onnx.defs import onnx_opset_version
+
+        newest = onnx_opset_version()  # the dynamo exporter starts at 18; onnx cannot check what it does not know
+        if not 18 <= self.opset <= newest:
+            raise EdgeKDError(f"--opset must be 18 to {newest}, got {self.opset}", "e.g. --opset 18")
 
 
 class ExportJob:
@@ -486,10 +495,8 @@ def _progress_line(i: int, n: int, art: Artifact) -> str:
     return f"{head} [{colour}]{art.status}[/]: {art.reason}"
 
 
-# Exporters register themselves in the format table on import; the table order is this import order.
-from edgekd.export import to_onnx as _to_onnx  # noqa: E402,F401
-from edgekd.export import to_openvino as _to_openvino  # noqa: E402,F401
-from edgekd.export import to_executorch as _to_executorch  # noqa: E402,F401
-from edgekd.export import to_tensorrt as _to_tensorrt  # noqa: E402,F401
-from edgekd.export import to_litert as _to_litert  # noqa: E402,F401
+# Exporters (to_*.py) register themselves in the format table on import; the table order ("all") is the
+# import order: these first, then any other to_*.py in this folder, which is all a new format needs.
+import_modules(__name__, __path__, prefix="to_", first=("to_onnx", "to_openvino", "to_executorch", "to_tensorrt",
+                                                          "to_litert"))
 from edgekd.export import accuracy as _accuracy  # noqa: E402,F401  (remedies per format)

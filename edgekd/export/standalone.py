@@ -14,15 +14,16 @@ GENERATED = "generated"
 
 
 def parse_input_shape(text: str) -> tuple[int, int, int]:
-    """'1x3x224x224' or '3x224x224' -> (C, H, W)."""
-    try:
-        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x") if d.strip())
-    except ValueError:
-        dims = ()
+    """'1x3x224x224' or '3x224x224' -> (C, H, W), small enough that the calibration images fit in memory."""
+    from edgekd.hardware.measure import check_input_fits
+    from edgekd.modelfile import parse_shape
+
+    dims = parse_shape(text, "--input")
     if len(dims) == 4:
         dims = dims[1:]
-    if len(dims) != 3 or min(dims) < 1:
+    if len(dims) != 3:
         raise EdgeKDError(f"--input {text!r} is not an input shape", "pass NxCxHxW or CxHxW, e.g. --input 1x3x224x224")
+    check_input_fits((160, *dims), "exporting with generated calibration and parity images")
     return dims  # type: ignore[return-value]
 
 
@@ -131,15 +132,25 @@ def _inputs(net, shape, calib_data, data_source, *, seed: int = 0, model_ref: st
 
 def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | None = None,
                weights: Path | None = None, input_shape: str | None = None, calib_data: Path | None = None,
-               num_classes: int | None = None, options=None, progress: bool = True, console=None) -> dict:
-    """Export a model to ``formats`` in ``out`` and write report.json (+ .md/.html); returns the report."""
+               num_classes: int | None = None, options=None, progress: bool = True, console=None,
+               overwrite: bool = False) -> dict:
+    """Export a model to ``formats`` in ``out`` and write report.json (+ .md/.html); returns the report.
+
+    ``out`` is checked before any work: a folder that holds files is refused unless ``overwrite``, and
+    the run folder being exported is never an output.
+    """
     from edgekd.bench.runners import load_runner
     from edgekd.export import ExportOptions, export_all, resolve_formats
     from edgekd.export.accuracy import accuracy
-    from edgekd.fsutil import run_lock
+    from edgekd.fsutil import refuse_existing_output, run_lock, writable_folder
     from edgekd.report import new_report, write_reports
 
     names = resolve_formats(formats)
+    out = Path(out)
+    if run_dir is not None and out.resolve() == Path(run_dir).resolve():
+        raise EdgeKDError(f"--out {out} is the run folder being exported", "choose another --out, e.g. RUN_DIR/export")
+    refuse_existing_output(out, overwrite=overwrite)
+    writable_folder(out)
     options = options or ExportOptions()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -149,7 +160,6 @@ def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | 
     if info.get("random_weights"):
         info["batchnorm"] = reestimate_batchnorm(net, inputs["calib"])
     timings["load"] = round(time.perf_counter() - t0, 2)
-    out = Path(out)
     with run_lock(out):
         t0 = time.perf_counter()
         test_x, test_y = inputs["test"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.gate.budgets import (  # noqa: F401
     CONFIG_KEYS, HOST, LATENCY_STATS, MB, Budgets, find_pyproject, load_config, parse_config, resolve_budgets,
 )
@@ -22,7 +22,7 @@ from edgekd.gate.outputs import (  # noqa: F401
     check_writable, github_annotations, junit_xml, markdown_table, render_table, report_to_github, write_junit,
 )
 from edgekd.gate.subjects import Subject, collect_subjects, subject_from_file, subjects_from_report  # noqa: F401
-from edgekd.modelfile import parse_shape  # noqa: F401
+from edgekd.modelfile import check_readable, parse_shape  # noqa: F401
 from edgekd.report.schema import load_report
 
 
@@ -72,6 +72,12 @@ def _status_rows(subjects: list[Subject]) -> tuple[list[Subject], list[CheckResu
     ok, rows = [], []
     for s in subjects:
         status = (s.row or {}).get("status", "ok")
+        if status == "ok" and s.row is not None and s.path is not None:
+            try:  # a report that says ok about a file that no longer parses ships garbage
+                check_readable(s.path)
+            except EdgeKDError as err:
+                rows.append(_result("status", s, None, None, False, first_line(err, 120), "unreadable", "ok"))
+                continue
         if status == "ok":
             ok.append(s)
         else:

@@ -186,6 +186,13 @@ def check_baseline(subject: Subject, ctx: GateContext):
         growth = _growth(new.value, old_latency.value)
         results.append(_result("latency growth", subject, growth, b.max_growth, growth <= b.max_growth,
                                f"{old_latency.value:.3f} -> {new.value:.3f} ms ({new.source})", f"{growth:+.2f}%", allowed))
+    else:
+        # Say so in the table rather than drop the row: a baseline for another device has nothing to compare.
+        baseline_target = (ctx.baseline.get("target") or {}).get("name") or "no target"
+        results.append(CheckResult("latency growth", subject.label, None, b.max_growth, True,
+                                   f"the baseline ({baseline_target}) records no {b.latency_stat} latency on "
+                                   f"{effective_target(subject, b)}", "n/a", allowed, origin=subject.origin,
+                                   skipped=True))
     if isinstance(old.get("accuracy"), (int, float)) and subject.row is not None:
         new = subject_accuracy(subject)
         fall = float(old["accuracy"]) - new.value

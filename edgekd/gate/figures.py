@@ -81,6 +81,11 @@ def measure_host_latency(path: Path, stat: str, input_shape=None, time_budget_s:
     if shape is None:
         raise EdgeKDError(f"cannot tell the input shape of {path.name}",
                           "pass --input-shape N,C,H,W, or gate the run folder's report.json, which records its latency")
+    if path.suffix.lower() == ".onnx":
+        from edgekd.hardware.graph import graph_cost
+        from edgekd.hardware.measure import check_fits_in_memory
+
+        check_fits_in_memory(graph_cost(path, input_shape=shape), f"timing {path.name}")
     runner = load_runner(path, runtime=runtime)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     try:

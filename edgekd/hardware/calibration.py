@@ -487,13 +487,10 @@ def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
 
     Results without a p50 (failed runs, template rows) are skipped.
     """
+    from edgekd.fsutil import read_json
+
     path = Path(path)
-    if not path.is_file():
-        raise EdgeKDError(f"measurements file {path} does not exist", "pass the JSON the on-device runner wrote")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise EdgeKDError(f"{path} is not valid JSON ({err})", "pass the JSON the on-device runner wrote") from None
+    data = read_json(path, "measurements file", "pass the JSON the on-device runner wrote")
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise EdgeKDError(f"{path} has no 'results' list", 'expected {"device": {...}, "results": [{"model", "input_shape", "latency_ms": {"p50"}}]}')
     device = data.get("device") or {}

@@ -9,6 +9,7 @@ once with non-negative least squares (nn-Meter predicts per kernel in the same s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -456,6 +457,11 @@ def target_graph_cost(source, target: Target, precision: str | None = None, inpu
     """
     precision = precision or target.precision
     if target.measured and target.runtime == "onnxruntime":
+        from edgekd.hardware.measure import check_fits_in_memory
+
+        # ONNX Runtime runs the model here to show what it executes: refuse what this machine cannot hold.
+        nominal = graph_cost(source, runtime="onnxruntime", precision=precision, input_shape=input_shape)
+        check_fits_in_memory(nominal, f"costing {getattr(source, 'name', 'the model')} on {target.name}")
         return executed_graph_cost(source, threads=target.threads, input_shape=input_shape, precision=precision)
     return graph_cost(source, runtime=target.runtime, precision=precision, input_shape=input_shape)
 
@@ -478,7 +484,11 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None) 
     if streamed > 0:
         notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so its weights stream from DRAM: "
                      f"+{streamed:.3g} ms")
-    return Prediction(total_ms=float(sum(per) + streamed + coeffs.fixed_ms), layers=layers, target=target.name,
+    total = float(sum(per) + streamed + coeffs.fixed_ms)
+    if not (math.isfinite(total) and total >= 0):  # never report a negative, NaN or overflowed latency
+        raise EdgeKDError(f"the latency model gives {total} ms on {target.name}: the model or the profile's "
+                          f"figures are out of range", "check the input shape and the target profile's numbers")
+    return Prediction(total_ms=total, layers=layers, target=target.name,
                       runtime=target.runtime, precision=precision, calibration=label, fixed_ms=coeffs.fixed_ms,
                       flops=cost.flops, params=cost.params, memory_mb=cost.memory_mb, notes=notes,
                       streamed_ms=streamed)

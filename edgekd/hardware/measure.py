@@ -10,6 +10,43 @@ import numpy as np
 from edgekd.errors import EdgeKDError, first_line
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (None where the kernel does not say)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits_in_memory(cost, what: str) -> None:
+    """Refuse to run a model here whose weights and live activations would not fit in the free memory.
+
+    ``cost`` is its GraphCost at the input shape asked for; twice its bytes leaves room for the runtime's
+    own buffers. Without this a huge --input ends in MemoryError, or in the kernel's OOM killer.
+    """
+    free = available_memory_bytes()
+    need = 2 * (cost.weight_bytes + cost.peak_activation_bytes)
+    if free is not None and need > free:
+        raise EdgeKDError(f"{what} needs about {need / 2**30:.1f} GiB at input {'x'.join(map(str, cost.input_shape))}, "
+                          f"more than the {free / 2**30:.1f} GiB free on this machine",
+                          "use a smaller input shape or batch, or a target that is not this machine")
+
+
+def check_input_fits(shape, what: str, factor: int = 32) -> None:
+    """Refuse to trace or run a network on an input whose activations (``factor`` x the input) would not fit."""
+    import math
+
+    free = available_memory_bytes()
+    need = factor * 4 * math.prod(int(d) for d in shape)
+    if free is not None and need > free:
+        raise EdgeKDError(f"{what} at input {'x'.join(map(str, shape))} needs about {need / 2**30:.1f} GiB, more than "
+                          f"the {free / 2**30:.1f} GiB free on this machine", "use a smaller input shape")
+
+
 def ort_session(path: str | Path, threads: int | None = None, options: dict | None = None):
     """An ONNX Runtime CPU session configured the way the host profile's conditions say.
 

@@ -8,6 +8,7 @@ resolution (Tan & Le 2019), and FLOPs, unlike parameters, count what a larger in
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from edgekd.errors import EdgeKDError
@@ -169,6 +170,8 @@ def _image_sizes(sizes, native: int) -> list[int]:
     sizes = sorted({int(r) for r in (sizes or [native])})
     if any(r < 8 for r in sizes):
         raise EdgeKDError(f"image sizes must be at least 8 pixels, got {min(sizes)}", "e.g. --image-sizes 32,64 or 160,192,224")
+    if sizes[-1] > 4096:
+        raise EdgeKDError(f"image size {sizes[-1]} is over 4096 pixels", "search image sizes an edge model takes")
     return sizes
 
 
@@ -194,10 +197,15 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
     target = load_target(target) if not isinstance(target, Target) else target
     budget = float(target.budget_ms if budget_ms is None else budget_ms)
     memory = float(target.memory_mb if memory_mb is None else memory_mb)
-    if budget <= 0 or memory <= 0:
+    if not (0 < budget < math.inf and 0 < memory < math.inf):
         raise EdgeKDError("latency and memory budgets must be positive", "pass positive --budget-ms and --memory-mb")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 1_000_000:
+        raise EdgeKDError(f"the number of classes must be 1 to 1,000,000, got {num_classes}", "pass e.g. --num-classes 10")
     widths = sorted({float(w) for w in (widths or search_widths(arch))})
     depths = sorted({float(d) if float(d) != int(d) else int(d) for d in (depths or search_depths(arch))})
+    if not (widths and 0 < widths[0] and widths[-1] <= 64) or not (depths and 0 < depths[0] and depths[-1] <= 16):
+        raise EdgeKDError(f"widths must be in (0, 64] and depths in (0, 16], got {widths} and {depths}",
+                          "pass e.g. --widths 0.5,1,2 --depths 1,2")
     native = int(input_shape[-1])
     resolutions = _image_sizes(resolutions, native)
     mode = _latency_mode(target, latency)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
-import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekd.errors import EdgeKDError
+from edgekd.fsutil import cache_dir, config_dir  # noqa: F401  (where profiles' calibrations live)
 from edgekd.registry import suggest
 from edgekd.runtimes import target_runtimes
 
@@ -24,7 +25,13 @@ DEFAULT_EFFICIENCY = {"conv": 0.5, "dwconv": 0.1, "gemm": 0.3, "pool": 0.1, "ele
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite int or float (not a bool, not NaN, not an integer too large to be a float)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # a 400-digit integer
+        return False
 
 
 # key -> (required, python type description, checker). Checkers return an error string or None.
@@ -141,10 +148,11 @@ def validate_profile(data: Any, where: str) -> dict:
         if c not in CONDITION_KEYS:
             raise _unknown_key(str(c), CONDITION_KEYS, f"{where} conditions")
     threads = cond.get("threads")
-    if threads is not None and threads != "all" and not (isinstance(threads, int) and threads > 0):
+    if threads is not None and threads != "all" and not (_is_number(threads) and isinstance(threads, int)
+                                                         and 0 < threads <= 4096):
         raise EdgeKDError(f"'conditions.threads' in {where} must be a positive integer or 'all'", "e.g. threads: 4")
     cm = data.get("channel_multiple", 1)
-    if not (cm == "auto" or (isinstance(cm, int) and not isinstance(cm, bool) and cm >= 1)):
+    if not (cm == "auto" or (isinstance(cm, int) and not isinstance(cm, bool) and 1 <= cm <= 1024)):
         raise EdgeKDError(f"'channel_multiple' in {where} must be a positive integer or 'auto' (got {cm!r})",
                           "the channel count the runtime's kernels pad to, e.g. 16 for AVX-512 blocked layouts")
     cache = data.get("cache_mb")
@@ -275,25 +283,6 @@ def shipped_profiles() -> dict[str, Path | Any]:
     return dict(sorted(found.items()))
 
 
-def config_dir() -> Path:
-    """User config folder (EDGEKD_CONFIG_DIR overrides, which tests use to stay isolated)."""
-    env = os.environ.get("EDGEKD_CONFIG_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("edgekd"))
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("EDGEKD_CACHE_DIR")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("edgekd"))
-
-
 def calibration_path(target_name: str) -> Path:
     """Where a fitted calibration for ``target_name`` lives (never the shipped profile itself)."""
     return config_dir() / "calibration" / f"{target_name}.json"
@@ -308,6 +297,8 @@ def _read_yaml(text: str, where: str) -> Any:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         at = f" (line {line + 1})" if line is not None else ""
         raise EdgeKDError(f"{where} is not valid YAML{at}", "fix the syntax") from None
+    except RecursionError:
+        raise EdgeKDError(f"{where} is nested too deeply to be a target profile", "fix the YAML file") from None
 
 
 def _from_data(data: dict, path: str) -> Target:
@@ -335,13 +326,15 @@ def _attach_calibration(target: Target) -> None:
         if target.measured:
             target.calibration = "measured (no fitted calibration)"
         return
+    from edgekd.fsutil import read_json
+
+    fix = f"delete it and re-run `edgekd profile --target {target.name}` or `edgekd calibrate`"
+    data = read_json(path, "calibration file", fix)
     try:
-        data = json.loads(path.read_text())
         coeffs = data["coefficients"]
         n = int(data["n_measurements"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise EdgeKDError(f"calibration file {path} is unreadable",
-                          f"delete it and re-run `edgekd profile --target {target.name}` or `edgekd calibrate`") from None
+    except (ValueError, KeyError, TypeError, OverflowError):
+        raise EdgeKDError(f"calibration file {path} is unreadable", fix) from None
     if data.get("target") != target.name or data.get("runtime") != target.runtime:
         raise EdgeKDError(f"calibration file {path} was fitted for {data.get('target')}/{data.get('runtime')}, "
                           f"not {target.name}/{target.runtime}", "delete it and calibrate again")
@@ -367,15 +360,11 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
     text_name = str(name_or_path)
     looks_like_path = text_name.endswith((".yaml", ".yml")) or os.sep in text_name
     if looks_like_path:
+        from edgekd.fsutil import read_text_file
+
         path = Path(text_name).expanduser()
-        if not path.is_file():
-            raise EdgeKDError(f"target file {path} does not exist", "give a shipped target name (see `edgekd targets`) or a path to a .yaml profile")
-        try:
-            text = path.read_text()
-        except OSError as err:
-            raise EdgeKDError(f"cannot read target file {path}: {err.strerror}", "check the permissions") from None
-        except UnicodeDecodeError:
-            raise EdgeKDError(f"target file {path} is not UTF-8 text", "save the profile as a UTF-8 YAML file") from None
+        text = read_text_file(path, "target file", "give a shipped target name (see `edgekd targets`) or a path to "
+                                                   "a UTF-8 .yaml profile")
         return _from_data(_read_yaml(text, str(path)), str(path))
     shipped = shipped_profiles()
     if text_name not in shipped:

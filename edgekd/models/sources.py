@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.models import SCHEMES, ModelSpec, count_params
 
 # ---------------------------------------------------------------------------------------------
@@ -193,8 +193,8 @@ def import_factory(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     try:
         module_spec.loader.exec_module(module)
-    except Exception as err:  # noqa: BLE001
-        raise EdgeKDError(f"importing {path} failed: {type(err).__name__}: {str(err)[:160]}", "fix the model file") from None
+    except (SystemExit, Exception) as err:  # noqa: BLE001 - the user's code: its failure (or exit) is one line
+        raise EdgeKDError(f"importing {path} failed: {_user_code_failure(err)}", "fix the model file") from None
     fn = getattr(module, factory, None)
     if not callable(fn):
         raise EdgeKDError(f"{path} defines no callable {factory!r}", "name a function that returns an nn.Module")
@@ -208,12 +208,18 @@ def call_factory(fn, spec: str, **offered) -> nn.Module:
     kwargs = {k: v for k, v in offered.items() if v is not None and (takes_all or k in params)}
     try:
         net = fn(**kwargs)
-    except Exception as err:  # noqa: BLE001 - the user's code
+    except (SystemExit, Exception) as err:  # noqa: BLE001 - the user's code: its failure (or exit) is one line
         raise EdgeKDError(f"{spec}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
-                          f"{type(err).__name__}: {str(err)[:160]}", "fix the factory") from None
+                          f"{_user_code_failure(err)}", "fix the factory") from None
     if not isinstance(net, nn.Module):
         raise EdgeKDError(f"{spec} returned {type(net).__name__}, not a torch.nn.Module", "the factory must return the model")
     return net
+
+
+def _user_code_failure(err: BaseException) -> str:
+    if isinstance(err, SystemExit):
+        return f"it called sys.exit({err.code!r})"
+    return first_line(err, 160, with_type=True)
 
 
 def factory_family(spec: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgekd.errors import EdgeKDError
 from edgekd.fsutil import atomic_write_json, atomic_write_text
 from edgekd.report.schema import REPORT_NAME, SCHEMA_VERSION, new_report, validate_report
 from edgekd.report.table import artifact_rows
@@ -43,6 +44,23 @@ def run_labels(paths: list[Path]) -> list[str]:
     return [f"{p.resolve().parent.name}/{p.resolve().name}" for p in paths]
 
 
+def _task(report: dict) -> tuple:
+    data = report.get("data") or {}
+    shape = data.get("input_shape")
+    return data.get("num_classes"), tuple(shape) if isinstance(shape, list) else shape
+
+
+def check_comparable(runs: list[tuple[str, dict]]) -> None:
+    """Refuse to put runs of different tasks (classes, input shape) in one table: their accuracies do not compare."""
+    known = [(label, _task(report)) for label, report in runs if _task(report) != (None, None)]
+    for label, task in known[1:]:
+        if task != known[0][1]:
+            def describe(t):
+                return f"{t[0]} classes, input {'x'.join(map(str, t[1] or ('?',)))}"
+            raise EdgeKDError(f"run {label} ({describe(task)}) is another task than run {known[0][0]} "
+                              f"({describe(known[0][1])})", "compare runs of the same dataset, one report per task")
+
+
 def _teacher_key(report: dict):
     t = report.get("teacher") or {}
     return (t.get("arch"), t.get("width"), t.get("depth"), t.get("accuracy"), t.get("source") or t.get("path"))
@@ -58,12 +76,13 @@ def merge_reports(runs: list[tuple[str, dict]], *, command: str = "compare") -> 
     merged = new_report(command, config={"runs": [label for label, _ in runs]})
     if not runs:
         return merged
+    check_comparable(runs)
     first = runs[0][1]
     targets = {(r.get("target") or {}).get("name") for _, r in runs}
     budgets = {r.get("budget_ms") for _, r in runs}
     if len(targets) == 1 and None not in targets:
         merged["target"] = first.get("target")
-    if len(budgets) == 1:
+    if len(budgets) == 1 and len(targets) == 1:  # a budget is a target's: it means nothing across devices
         merged["budget_ms"] = first.get("budget_ms")
     datas = {((r.get("data") or {}).get("splits") or {}).get("test", {}).get("sha256") for _, r in runs}
     if len(datas) == 1 and first.get("data"):
@@ -93,6 +112,10 @@ def merge_reports(runs: list[tuple[str, dict]], *, command: str = "compare") -> 
         return r.target_p50 if r.target_p50 is not None else r.host_p50
 
     within = [r for r in rows if latency(r) is not None and (budget is None or latency(r) <= budget)]
+    if len(targets) > 1:
+        # Target latencies of different devices do not compare: no pick across them.
+        merged["note"] = f"the runs target different devices ({', '.join(sorted(map(str, targets)))}): no recommendation"
+        within = []
     if within:
         # Accuracy differences under a tenth of a point are test-set noise: among those, the fastest wins.
         top = max(r.accuracy for r in within)

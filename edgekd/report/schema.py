@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgekd.errors import EdgeKDError
 
@@ -82,13 +81,73 @@ def _check_fields(obj: dict, where: str, required: dict, optional: dict) -> None
             )
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _check_latency(value, where: str) -> None:
     if value is None:
         return
     for key, v in value.items():
-        if key in ("p50", "p90", "p99", "mean") and v is not None:
-            if not isinstance(v, _NUMBER) or isinstance(v, bool) or not (v >= 0 or math.isnan(v)):
-                raise EdgeKDError(f"invalid report: {where}.{key} = {v!r} is not a latency in ms", _FIX)
+        if key in ("p50", "p90", "p99", "mean") and v is not None and not (_is_number(v) and v >= 0):
+            raise EdgeKDError(f"invalid report: {where}.{key} = {v!r} is not a latency in ms", _FIX)
+
+
+def _check_range(obj: dict, key: str, where: str, low: float, high: float = math.inf, integer: bool = False) -> None:
+    """An optional figure: absent or null, else a finite number (an integer where asked) in [low, high]."""
+    v = obj.get(key)
+    if v is None:
+        return
+    if not _is_number(v) or (integer and not isinstance(v, int)) or not (low <= v <= high):
+        kind = "an integer" if integer else "a number"
+        span = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise EdgeKDError(f"invalid report: {where}.{key} = {v!r} is not {kind} {span}", _FIX)
+
+
+def _check_path(path, where: str, command) -> None:
+    """Artifact paths stay inside the run folder; only `edgekd bench` records files elsewhere, by absolute path."""
+    if path is None:
+        return
+    p = PurePosixPath(path)
+    if ".." in p.parts or "\x00" in path or (p.is_absolute() and command != "bench"):
+        raise EdgeKDError(f"invalid report: {where}.path {path!r} points outside the run folder", _FIX)
+
+
+def _check_model(model, where: str) -> None:
+    """The report's ``student`` / ``teacher`` records: what the gate and the report tables read from them."""
+    if model is None:
+        return
+    _check_range(model, "accuracy", where, 0.0, 1.0)
+    _check_range(model, "val_accuracy", where, 0.0, 1.0)
+    _check_range(model, "params", where, 0, integer=True)
+    _check_range(model, "width", where, 0)
+    _check_range(model, "flops", where, 0)
+    _check_range(model, "predicted_ms", where, 0)
+    if model.get("path") is not None and not isinstance(model["path"], str):
+        raise EdgeKDError(f"invalid report: {where}.path is {type(model['path']).__name__}, expected str", _FIX)
+
+
+def _check_context(report: dict) -> None:
+    """What every row is read against: the target (a distill run must name it), budget, data, models."""
+    target = report.get("target")
+    if report.get("command") == "distill" and not target:
+        raise EdgeKDError("invalid report: a distill report names no target", _FIX)
+    if target is not None:
+        _check_fields(target, "target", {"name": (str,)}, {"runtime": _OPT_STR, "precision": _OPT_STR,
+                                                           "measured": (bool,)})
+    budget = report.get("budget_ms")
+    if budget is not None and not (_is_number(budget) and budget > 0):
+        raise EdgeKDError(f"invalid report: budget_ms = {budget!r} is not a positive number of ms", _FIX)
+    data = report.get("data") or {}
+    _check_range(data, "num_classes", "data", 1, integer=True)
+    shape = data.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                                  and d > 0 for d in shape)):
+        raise EdgeKDError(f"invalid report: data.input_shape = {shape!r} is not a list of positive integers", _FIX)
+    for role in ("student", "teacher"):
+        _check_model(report.get(role), role)
+    _check_fields(report.get("recommended") or {}, "recommended", {}, {"name": _OPT_STR, "path": _OPT_STR})
+    _check_path((report.get("student") or {}).get("path"), "student", report.get("command"))
 
 
 def validate_report(report) -> dict:
@@ -112,10 +171,14 @@ def validate_report(report) -> dict:
                 f"invalid report: {where}.status is {art['status']!r}, expected one of {', '.join(ARTIFACT_STATUSES)}", _FIX
             )
         acc = art.get("accuracy")
-        if acc is not None and not (0.0 <= acc <= 1.0):
+        if acc is not None and not (_is_number(acc) and 0.0 <= acc <= 1.0):
             raise EdgeKDError(f"invalid report: {where}.accuracy = {acc} is not a fraction in [0, 1]", _FIX)
+        _check_range(art, "accuracy_drop", where, -1.0, 1.0)
+        _check_range(art, "size_bytes", where, 0)
+        _check_path(art.get("path"), where, report.get("command"))
         _check_latency(art.get("latency_ms"), where + ".latency_ms")
         _check_latency(art.get("target_latency_ms"), where + ".target_latency_ms")
+    _check_context(report)
     selection = report.get("selection")
     if selection:
         candidates = selection.get("candidates", [])
@@ -136,19 +199,13 @@ def report_path(path: str | Path) -> Path:
 
 def load_report(path: str | Path) -> dict:
     """Read and validate a report.json (or the one inside a run folder)."""
+    from edgekd.fsutil import read_json
+
     file = report_path(path)
     if not file.exists():
         where = f"{path} has no {REPORT_NAME}" if Path(path).is_dir() else f"{file} does not exist"
         raise EdgeKDError(where, "pass a run folder written by `edgekd distill`, `edgekd sweep` or `edgekd bench`")
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise EdgeKDError(f"{file} is not a text file", "pass the report.json written by edgekd") from None
-    except json.JSONDecodeError as err:
-        raise EdgeKDError(
-            f"{file} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})",
-            "pass the report.json written by edgekd, or re-run the command that wrote it",
-        ) from None
+    report = read_json(file, "report", "pass the report.json written by edgekd, or re-run the command that wrote it")
     try:
         return validate_report(report)
     except EdgeKDError as err:

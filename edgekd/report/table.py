@@ -208,7 +208,7 @@ def latency_pairs(report: dict) -> list[dict]:
                 and art.get("latency_source") == HOST_SOURCE:
             pairs.append({"name": art["name"], "role": art.get("role", "student"), "run": art.get("run"),
                           "device": "host", "predicted": measured_target, "measured": _p(art.get("latency_ms"))})
-    return pairs
+    return [p for p in pairs if p["measured"] > 0]  # an error is relative to a measured time: 0 ms has none
 
 
 # ---- formatting shared by terminal, Markdown and HTML ----

@@ -8,12 +8,11 @@ reads the descriptors, so adding a runtime is adding one module here.
 
 from __future__ import annotations
 
-import importlib
 import os
-import pkgutil
 from pathlib import Path
 
 from edgekd.errors import EdgeKDError
+from edgekd.registry import import_modules
 from edgekd.runtimes.base import (  # noqa: F401
     RUNTIMES, FusionRules, Runner, Runtime, importable, module_version, register,
 )
@@ -75,11 +74,5 @@ def format_of_file(path: str | os.PathLike, default: str | None = None) -> str |
     return next((rt.file_format for rt in runtimes() if suffix in rt.suffixes), default)
 
 
-def _register_all() -> None:
-    # Every module here defines one runtime and registers it on import; sorted, so the order is stable.
-    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-        if module != "base":
-            importlib.import_module(f"{__name__}.{module}")
-
-
-_register_all()
+# Every module here defines one runtime and registers it on import (sorted, so the order is stable).
+import_modules(__name__, __path__, skip=("base",))
