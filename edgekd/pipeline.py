@@ -425,7 +425,8 @@ def _base_report(run: Run) -> dict:
                     "params": count_params(run.student), "flops": chosen.flops,
                     "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
                     "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                    "history": result.history},
+                    "history": result.history,
+                    **({"teacher_cache": result.teacher_cache} if result.teacher_cache else {})},
     }
 
 
