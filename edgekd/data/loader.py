@@ -205,7 +205,7 @@ class ArrayEval(EvalImages):
         if self.identity:
             return np.array(x, order="C")  # a writable copy of the slice (IDX arrays are read-only buffers)
         with one_thread():
-            return self.pre.eval_view(torch.from_numpy(np.ascontiguousarray(x)), self.size).numpy()
+            return self.pre.eval_view(torch.from_numpy(np.array(x, order="C")), self.size).numpy()
 
 
 class DiskEval(EvalImages):
