@@ -176,7 +176,7 @@ def test_preprocess_from_user_and_round_trip(photos):
     with pytest.raises(EdgeKDError, match="--mean and --std go together"):
         load_data(photos, mean="0.5,0.5,0.5", workers=0)
     with pytest.raises(EdgeKDError, match="3 value"):
-        load_data(photos, mean="0.5", std="0.2", workers=0)
+        load_data(photos, mean="0.5", std="0.2", channels=3, workers=0)
 
 
 def _epoch(splits, workers: int, epoch: int = 1, teacher: bool = True):
