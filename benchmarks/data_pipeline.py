@@ -11,9 +11,10 @@ quality 90: a stand-in for a folder of photos) under ``--cache`` (outside the re
    collate; edgekd.data.batches.FileBatches) with 0, 1 and 2 worker processes, no model;
 2. model: images/s of a training step (forward, CE loss, backward, AdamW) of torchvision's
    mobilenet_v3_small (10 classes) on ready tensors, at each size;
-3. end to end at each size: the same training step fed by the loader, and the ratio
-   pipeline / model: above 1 the pipeline keeps up, and end-to-end ~= model alone says it is not
-   the bottleneck on this machine (where loader workers and the model share the same cores).
+3. end to end at each size: the same training step fed by the loader (interleaved with 2. for
+   ``--rounds`` rounds, medians), and the ratio pipeline / model: above 1 the pipeline keeps up, and
+   end-to-end ~= model alone says it is not the bottleneck on this machine (where loader workers
+   and the model share the same cores).
 
 ``--memory`` runs ``edgekd distill`` for one epoch over 6,000 and over 60,000 of the files at
 ``--image-size`` and samples the resident memory of the run and every process it starts
@@ -101,13 +102,13 @@ def model_rate(size: int, steps: int, batch: int) -> float:
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
     times = []
-    for i in range(steps + 2):
+    for i in range(steps + 3):
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i >= 2:
+        if i >= 3:  # after oneDNN has built its kernels for these shapes
             times.append(time.perf_counter() - t0)
     return batch / statistics.median(times)
 
@@ -127,11 +128,11 @@ def end_to_end_rate(splits, size: int, workers: int, steps: int, batch: int) -> 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if i == 1:
-                t0 = time.perf_counter()  # after the start-up and the first steps
-            elif i > 1:
+            if i == 2:
+                t0 = time.perf_counter()  # after the workers' start-up and the first steps
+            elif i > 2:
                 seen += len(b.idx)
-            if i >= steps + 1:
+            if i >= steps + 2:
                 break
         return seen / (time.perf_counter() - t0)
     finally:
@@ -151,10 +152,16 @@ def throughput(args) -> None:
     results = []
     for size in sizes:
         batch = args.batch
-        model = model_rate(size, args.steps, batch)
         pipe = {w: pipeline_rate(splits, size, w, args.images, batch) for w in workers}
-        e2e = {w: end_to_end_rate(splits, size, w, args.steps, batch) for w in workers}
-        row = {"size": size, "model_img_s": round(model, 1),
+        # The model alone and fed by the loader, interleaved round by round (other work on the
+        # machine then weighs on both alike); medians of the rounds.
+        models, e2es = [], {w: [] for w in workers}
+        for _ in range(args.rounds):
+            models.append(model_rate(size, args.steps, batch))
+            for w in workers:
+                e2es[w].append(end_to_end_rate(splits, size, w, args.steps, batch))
+        model, e2e = statistics.median(models), {w: statistics.median(v) for w, v in e2es.items()}
+        row = {"size": size, "model_img_s": round(model, 1), "load": os.getloadavg()[0],
                **{f"pipeline_w{w}_img_s": round(r, 1) for w, r in pipe.items()},
                **{f"end_to_end_w{w}_img_s": round(r, 1) for w, r in e2e.items()}}
         results.append(row)
@@ -239,7 +246,8 @@ def memory(args) -> None:
     torch.manual_seed(0)
     save_model(teacher, ModelSpec("cnn", 10, 3, width=0.5).build(), ModelSpec("cnn", 10, 3, width=0.5), {"accuracy": 0.0})
     env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache"), COLUMNS="200")
-    for name, root in (("6,000 files", small), ("60,000 files", big)):
+    # The 6,000-file run twice: the second reads the first's teacher outputs from the disk cache.
+    for name, root in (("6,000 files", small), ("6,000 files again (teacher outputs cached)", small), ("60,000 files", big)):
         out = cache / f"run-{root.name}"
         cmd = ["edgekd", "distill", "--target", "host", "--data", str(root), "--teacher", str(teacher),
                "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--width", str(args.width),
@@ -257,6 +265,11 @@ def memory(args) -> None:
                 print("    " + line.strip())
         if r["rc"] != 0:
             print(r["log_tail"])
+            continue
+        report = json.loads((out / "report.json").read_text())
+        cache = report["student"].get("teacher_cache") or {}
+        print(f"    distill {report['timings_s'].get('distill')} s; teacher-output cache hits {cache.get('hits')} "
+              f"misses {cache.get('misses')}; test accuracy {report['student']['accuracy']:.4f}", flush=True)
 
 
 def main() -> None:
@@ -268,6 +281,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="images timed per pipeline measurement")
     ap.add_argument("--steps", type=int, default=12, help="training steps timed per model measurement")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of model-alone and end-to-end timing")
     ap.add_argument("--memory", action="store_true", help="peak memory of a one-epoch distill over 6,000 and 60,000 files")
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=1)

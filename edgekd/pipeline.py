@@ -532,7 +532,8 @@ def _base_report(run: Run) -> dict:
                     "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
                     "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
                     "history": result.history, "train": run.train_cfg.result_dict(),
-                    **({"init_weights": run.opts.student_weights} if run.opts.student_weights else {})},
+                    **({"init_weights": run.opts.student_weights} if run.opts.student_weights else {}),
+                    **({"teacher_cache": result.teacher_cache} if result.teacher_cache else {})},
     }
     if run.tuning is not None:
         report["tuning"] = run.tuning

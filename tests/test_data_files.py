@@ -176,7 +176,7 @@ def test_preprocess_from_user_and_round_trip(photos):
     with pytest.raises(EdgeKDError, match="--mean and --std go together"):
         load_data(photos, mean="0.5,0.5,0.5", workers=0)
     with pytest.raises(EdgeKDError, match="3 value"):
-        load_data(photos, mean="0.5", std="0.2", workers=0)
+        load_data(photos, mean="0.5", std="0.2", channels=3, workers=0)
 
 
 def _epoch(splits, workers: int, epoch: int = 1, teacher: bool = True):
@@ -398,3 +398,12 @@ def test_resume_command_keeps_the_pixel_options():
     assert (params["image_size"], params["teacher_image_size"], params["workers"]) == (128, 224, 2)
     assert params["mean"] == (0.485, 0.456, 0.406) and params["crop_scale"] == (0.25, 1.0)
     assert params["strict"] and params["augment"] is False and params["flip"] is False
+
+
+def test_channels_follow_the_normalisation(tiny_npz, photos):
+    """A 3-channel normalisation (a torchvision teacher's, or --mean/--std) makes grey data RGB, and back."""
+    grey_as_rgb = load_data(tiny_npz, calib_size=8, mean="0.485,0.456,0.406", std="0.229,0.224,0.225")
+    x = grey_as_rgb.eval_images("test").uint8(0, 3)
+    assert grey_as_rgb.input_shape == (3, 28, 28) and (x[:, 0] == x[:, 2]).all()
+    rgb_as_grey = load_data(photos, image_size=16, workers=0, calib_size=4, mean="0.5", std="0.25")
+    assert rgb_as_grey.input_shape == (1, 16, 16) and rgb_as_grey.eval_images("calib").uint8(0, 2).shape[1] == 1

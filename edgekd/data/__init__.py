@@ -449,7 +449,7 @@ def _size_hw(size: int, native_shape) -> tuple[int, int]:
 
 def _array_preprocess(train: ImageSet, shape: tuple[int, int, int], request: PreprocessRequest) -> Preprocess:
     """Arrays keep their size and channels unless asked; mean/std over the training images."""
-    channels = request.channels or shape[0]
+    channels = request.channels or (len(request.mean) if request.mean is not None else shape[0])
     if request.mean is not None:
         mean, std, source = tuple(request.mean), tuple(request.std), request.mean_source
     else:

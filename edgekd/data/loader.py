@@ -48,20 +48,6 @@ def loader_context():
     return mp.get_context("spawn")
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Decode in the main process on one intra-op thread: a small resize on a thread pool costs 30x more."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @dataclass
 class Bad:
     """A sample that could not be decoded: skipped by the collate, counted in the report."""
@@ -92,8 +78,7 @@ class EvalDataset(torch.utils.data.Dataset):
             return Bad(i, self.files.paths[i], _why(err))
 
     def __getitems__(self, keys):
-        with one_thread():
-            return [self[i] for i in keys]
+        return [self[i] for i in keys]
 
 
 class TrainDataset(torch.utils.data.Dataset):
@@ -118,8 +103,7 @@ class TrainDataset(torch.utils.data.Dataset):
             return Bad(i, self.files.paths[i], _why(err))
 
     def __getitems__(self, keys):
-        with one_thread():
-            return [self[k] for k in keys]
+        return [self[k] for k in keys]
 
 
 def collate(items: list) -> dict:
@@ -204,8 +188,7 @@ class ArrayEval(EvalImages):
         x = self.x[start:stop]
         if self.identity:
             return np.array(x, order="C")  # a writable copy of the slice (IDX arrays are read-only buffers)
-        with one_thread():
-            return self.pre.eval_view(torch.from_numpy(np.ascontiguousarray(x)), self.size).numpy()
+        return self.pre.eval_view(torch.from_numpy(np.array(x, order="C")), self.size).numpy()
 
 
 class DiskEval(EvalImages):

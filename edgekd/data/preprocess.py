@@ -166,28 +166,30 @@ def pil_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
-def _to_tensor(im, channels: int) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as F
+def _to_pil(im, channels: int):
+    """Any Pillow mode -> "L" or "RGB": alpha over white, palettes expanded, 16-bit scaled to 8."""
+    from PIL import Image
 
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         # Transparent pixels over white, not over whatever colour the file stored under alpha 0.
-        from PIL import Image
-
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(background, rgba)
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         top = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        from PIL import Image
-
         im = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    return F.pil_to_tensor(im.convert(pil_mode(channels)))
+    return im.convert(pil_mode(channels))
+
+
+# Files are cropped and resized as Pillow images (torchvision.transforms.v2 dispatches to Pillow's
+# antialiased resampling): no torch thread pool is touched per image, which in the training process
+# (--workers 0) would cost the model's next step more than the resize itself.
 
 
 def decode_eval(path: str, pre: Preprocess, size: int) -> torch.Tensor:
     """One file -> uint8 (C, size, size) by the evaluation rule."""
     from PIL import Image
+    from torchvision.transforms.v2 import functional as F
 
     side = round(size / pre.crop_pct)
     with Image.open(path) as im:
@@ -195,8 +197,10 @@ def decode_eval(path: str, pre: Preprocess, size: int) -> torch.Tensor:
         f = side / max(1, min(w, h))
         if f < 1 and im.format == "JPEG":
             im.draft(pil_mode(pre.channels), (math.ceil(w * f), math.ceil(h * f)))
-        t = _to_tensor(im, pre.channels)
-    return pre.eval_view(t, size)
+        img = _to_pil(im, pre.channels)
+    if min(img.size) != side:
+        img = F.resize(img, [side], interpolation=_mode(pre.interpolation), antialias=True)
+    return F.pil_to_tensor(F.center_crop(img, [size, size]))
 
 
 _RRC = {}
@@ -238,18 +242,23 @@ def decode_train(path: str, pre: Preprocess, sample_seed: int, teacher: bool) ->
             f = max(max(sizes) / box["width"], max(sizes) / box["height"])
         if f < 1 and im.format == "JPEG":
             im.draft(pil_mode(pre.channels), (math.ceil(w * f), math.ceil(h * f)))
-        t = _to_tensor(im, pre.channels)
+        img = _to_pil(im, pre.channels)
+    mode = _mode(pre.interpolation)
     if box is None:
-        views = [pre.eval_view(t, s) for s in sizes]
+        views = []
+        for s in sizes:
+            side = round(s / pre.crop_pct)
+            v = F.resize(img, [side], interpolation=mode, antialias=True) if min(img.size) != side else img
+            views.append(F.center_crop(v, [s, s]))
     else:
-        sy, sx = t.shape[-2] / h, t.shape[-1] / w
+        sy, sx = img.size[1] / h, img.size[0] / w  # a JPEG decoded at a reduced scale
         top, left = round(box["top"] * sy), round(box["left"] * sx)
-        bh = max(1, min(t.shape[-2] - top, round(box["height"] * sy)))
-        bw = max(1, min(t.shape[-1] - left, round(box["width"] * sx)))
-        views = [F.resized_crop(t, top, left, bh, bw, [s, s], interpolation=_mode(pre.interpolation), antialias=True)
-                 for s in sizes]
+        bh = max(1, min(img.size[1] - top, round(box["height"] * sy)))
+        bw = max(1, min(img.size[0] - left, round(box["width"] * sx)))
+        views = [F.resized_crop(img, top, left, bh, bw, [s, s], interpolation=mode, antialias=True) for s in sizes]
     if flip:
         views = [F.horizontal_flip(v) for v in views]
+    views = [F.pil_to_tensor(v) for v in views]
     return views[0], (views[1] if len(views) > 1 else None)
 
 

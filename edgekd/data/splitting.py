@@ -84,7 +84,9 @@ def file_preprocess(train: FileSet, request, *, seed: int, workers: int, progres
     rng = np.random.default_rng([seed, 2])
     sample = rng.permutation(len(train))[:HEADER_SAMPLE]
     modes, sides = _headers(train, sample)
-    channels = request.channels or (1 if modes and modes <= _GREY_MODES else 3)
+    # The normalisation a teacher (or the user) gives says how many channels the models take.
+    channels = request.channels or (len(request.mean) if request.mean is not None else
+                                    1 if modes and modes <= _GREY_MODES else 3)
     size = request.image_size or (int(min(MAX_DEFAULT_SIZE, max(8, np.median(sides)))) if sides else MAX_DEFAULT_SIZE)
     augment = request.photo_augment is not False
     pre = Preprocess(image_size=size, channels=channels, mean=(0.5,) * channels, std=(0.25,) * channels,
