@@ -20,6 +20,8 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 
@@ -40,62 +42,8 @@ REGULAR_CHANNELS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 256, 
 IRREGULAR_CHANNELS = (4, 6, 12, 18, 20, 36, 44, 72, 100, 144)
 
 
-def probe_specs(count: int, seed: int = 0) -> list[dict]:
-    """``count`` random network descriptions covering every kernel class the latency model fits.
-
-    Blocks: plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with optional
-    squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
-    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, relu6 (fused by most
-    runtimes), hardswish, silu, gelu (separate pointwise kernels on some); resolutions 16-224; 1 or 3 input channels.
-    """
-    rng = random.Random(seed)
-
-    def channels(near: int | None = None) -> int:
-        pool = IRREGULAR_CHANNELS if rng.random() < 0.2 else REGULAR_CHANNELS
-        if near is None:
-            return rng.choice(pool)
-        # Stay within 0.5x-2.5x of the current width, as networks grow gradually.
-        close = [c for c in pool if near * 0.5 <= c <= near * 2.5] or list(pool)
-        return rng.choice(close)
-
-    specs: list[dict] = []
-    while len(specs) < count:
-        res = rng.choice([16, 24, 28, 32, 48, 56, 64, 96, 112, 128, 160, 224])
-        spec = {"in_channels": rng.choice([1, 3]), "resolution": res, "stem": {
-            "out": channels(16), "kernel": rng.choice([3, 3, 5, 7]),
-            "stride": 2 if res >= 96 else rng.choice([1, 2]), "act": rng.choice(["relu", "relu", "hardswish"])},
-            "blocks": [], "classes": rng.choice([10, 100, 1000]),
-            # MobileNet-style heads (a wide hidden layer) make the big weight-bound GEMMs measurable.
-            "head_hidden": rng.choice([0, 0, 256, 1024, 1280])}
-        size = res // spec["stem"]["stride"]
-        ch = spec["stem"]["out"]
-        for _ in range(rng.randint(1, 8)):
-            kind = rng.choice(["conv", "conv", "dwsep", "inverted", "inverted", "basic", "pool", "fire", "shuffle",
-                               "grouped"])
-            stride = 2 if size >= 8 and rng.random() < 0.35 else 1
-            block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
-                     "act": rng.choice(["relu", "relu", "relu6", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
-                     "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
-            if kind == "pool":
-                if size < 4:
-                    continue
-                block.update(stride=2, out=ch)
-            elif kind in ("fire", "shuffle"):
-                # Both branches concatenate halves: keep the output even (and equal to the input for shuffle).
-                block.update(out=ch if kind == "shuffle" else 2 * max(4, block["out"] // 2), stride=1)
-                if ch % 2:
-                    continue
-            elif kind == "grouped":
-                block.update(out=max(16, block["out"] // 16 * 16) if ch % 16 == 0 else ch)
-            spec["blocks"].append(block)
-            size = max(1, (size + block["stride"] - 1) // block["stride"])
-            ch = block["out"]
-        specs.append(spec)
-    return specs
-
-
-def build_probe(spec: dict):
-    """The torch module a probe spec describes (BN after each conv, as trained networks have)."""
+def _probe_layers():
+    """Torch building blocks of the probe networks (torch imported only when a probe is built)."""
     import torch
     from torch import nn
 
@@ -149,39 +97,142 @@ def build_probe(spec: dict):
             n, c, hh, ww = y.shape
             return y.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
 
-    layers = [cbr(spec["in_channels"], spec["stem"]["out"], spec["stem"]["kernel"], spec["stem"]["stride"], spec["stem"]["act"])]
+    return SimpleNamespace(nn=nn, cbr=cbr, SE=SE, Residual=Residual, Fire=Fire, Shuffle=Shuffle)
+
+
+def _grouped_groups(ch: int, out: int) -> int:
+    return math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
+
+
+def _build_inverted(L, ch, b):
+    mid, kd, s, out, a = ch * b["expand"], max(3, b["kernel"]), b["stride"], b["out"], b["act"]
+    body = [L.cbr(ch, mid, 1, 1, a), L.cbr(mid, mid, kd, s, a, groups=mid)] + ([L.SE(mid)] if b["se"] else [])
+    body.append(L.cbr(mid, out, 1, 1, None))
+    if s == 1 and out == ch:
+        return L.Residual(L.nn.Sequential(*body), L.nn.Identity(), L.nn.Identity())
+    return L.nn.Sequential(*body)
+
+
+def _build_basic(L, ch, b):
+    s, out = b["stride"], b["out"]
+    body = L.nn.Sequential(L.cbr(ch, out, 3, s, "relu"), L.cbr(out, out, 3, 1, None))
+    shortcut = L.nn.Identity() if (s == 1 and out == ch) else L.cbr(ch, out, 1, s, None)
+    return L.Residual(body, shortcut, L.nn.ReLU())
+
+
+def _fit_pool(block, ch, size):
+    return None if size < 4 else {**block, "stride": 2, "out": ch}
+
+
+def _fit_concat(block, ch, size):
+    # Both branches concatenate halves: keep the output even (and equal to the input for shuffle).
+    if ch % 2:
+        return None
+    return {**block, "out": ch if block["kind"] == "shuffle" else 2 * max(4, block["out"] // 2), "stride": 1}
+
+
+@dataclass(frozen=True)
+class ProbeBlock:
+    """One kind of probe block: how it is built, how many FLOPs it costs, how a drawn spec is made to fit.
+
+    weight: how often it is drawn (relative); build(layers, in_channels, block) -> module;
+    flops(in_channels, block, input pixels, output pixels) -> conv FLOPs; fit(block, in_channels, size)
+    -> the block adjusted to the current tensor, or None to draw again.
+    """
+
+    weight: int
+    build: Callable
+    flops: Callable
+    fit: Callable = lambda block, ch, size: block
+
+
+# Every probe block kind in one table: building a probe and counting its FLOPs read the same rows.
+PROBE_BLOCKS: dict[str, ProbeBlock] = {
+    "conv": ProbeBlock(2, lambda L, ch, b: L.cbr(ch, b["out"], b["kernel"], b["stride"], b["act"]),
+                       lambda ch, b, px_in, px: 2 * ch * b["out"] * b["kernel"] ** 2 * px),
+    "dwsep": ProbeBlock(1, lambda L, ch, b: L.nn.Sequential(L.cbr(ch, ch, max(3, b["kernel"]), b["stride"], b["act"], groups=ch),
+                                                           L.cbr(ch, b["out"], 1, 1, b["act"])),
+                        lambda ch, b, px_in, px: 2 * ch * max(3, b["kernel"]) ** 2 * px + 2 * ch * b["out"] * px),
+    "inverted": ProbeBlock(2, _build_inverted,
+                           lambda ch, b, px_in, px: (2 * ch * ch * b["expand"] * px_in
+                                                     + 2 * ch * b["expand"] * max(3, b["kernel"]) ** 2 * px
+                                                     + 2 * ch * b["expand"] * b["out"] * px)),
+    "basic": ProbeBlock(1, _build_basic,
+                        lambda ch, b, px_in, px: (2 * ch * b["out"] * 9 * px + 2 * b["out"] ** 2 * 9 * px
+                                                  + (2 * ch * b["out"] * px if (b["stride"] > 1 or b["out"] != ch) else 0))),
+    "pool": ProbeBlock(1, lambda L, ch, b: L.nn.MaxPool2d(2) if b["pool"] == "max" else L.nn.AvgPool2d(2),
+                       lambda ch, b, px_in, px: 0, _fit_pool),
+    "fire": ProbeBlock(1, lambda L, ch, b: L.Fire(ch, b["out"], b["act"]),
+                       lambda ch, b, px_in, px: (2 * ch * max(4, b["out"] // 8) * px
+                                                 + 2 * max(4, b["out"] // 8) * (b["out"] // 2) * px * (1 + 9)),
+                       _fit_concat),
+    "shuffle": ProbeBlock(1, lambda L, ch, b: L.Shuffle(ch, b["kernel"], b["act"]),
+                          lambda ch, b, px_in, px: 4 * (ch // 2) ** 2 * px + 2 * (ch // 2) * max(3, b["kernel"]) ** 2 * px,
+                          _fit_concat),
+    "grouped": ProbeBlock(1, lambda L, ch, b: L.cbr(ch, b["out"], 3, b["stride"], b["act"], groups=_grouped_groups(ch, b["out"])),
+                          lambda ch, b, px_in, px: 2 * (ch // _grouped_groups(ch, b["out"])) * b["out"] * 9 * px,
+                          lambda b, ch, size: {**b, "out": max(16, b["out"] // 16 * 16) if ch % 16 == 0 else ch}),
+}
+
+
+def probe_specs(count: int, seed: int = 0) -> list[dict]:
+    """``count`` random network descriptions covering every kernel class the latency model fits.
+
+    Blocks (PROBE_BLOCKS): plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with
+    optional squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
+    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, relu6 (fused by most
+    runtimes), hardswish, silu, gelu (separate pointwise kernels on some); resolutions 16-224; 1 or 3 input channels.
+    """
+    rng = random.Random(seed)
+    kinds = [kind for kind, block in PROBE_BLOCKS.items() for _ in range(block.weight)]
+
+    def channels(near: int | None = None) -> int:
+        pool = IRREGULAR_CHANNELS if rng.random() < 0.2 else REGULAR_CHANNELS
+        if near is None:
+            return rng.choice(pool)
+        # Stay within 0.5x-2.5x of the current width, as networks grow gradually.
+        close = [c for c in pool if near * 0.5 <= c <= near * 2.5] or list(pool)
+        return rng.choice(close)
+
+    specs: list[dict] = []
+    while len(specs) < count:
+        res = rng.choice([16, 24, 28, 32, 48, 56, 64, 96, 112, 128, 160, 224])
+        spec = {"in_channels": rng.choice([1, 3]), "resolution": res, "stem": {
+            "out": channels(16), "kernel": rng.choice([3, 3, 5, 7]),
+            "stride": 2 if res >= 96 else rng.choice([1, 2]), "act": rng.choice(["relu", "relu", "hardswish"])},
+            "blocks": [], "classes": rng.choice([10, 100, 1000]),
+            # MobileNet-style heads (a wide hidden layer) make the big weight-bound GEMMs measurable.
+            "head_hidden": rng.choice([0, 0, 256, 1024, 1280])}
+        size = res // spec["stem"]["stride"]
+        ch = spec["stem"]["out"]
+        for _ in range(rng.randint(1, 8)):
+            kind = rng.choice(kinds)
+            stride = 2 if size >= 8 and rng.random() < 0.35 else 1
+            block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
+                     "act": rng.choice(["relu", "relu", "relu6", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
+                     "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
+            block = PROBE_BLOCKS[kind].fit(block, ch, size)
+            if block is None:
+                continue
+            spec["blocks"].append(block)
+            size = max(1, (size + block["stride"] - 1) // block["stride"])
+            ch = block["out"]
+        specs.append(spec)
+    return specs
+
+
+def build_probe(spec: dict):
+    """The torch module a probe spec describes (BN after each conv, as trained networks have)."""
+    import torch
+
+    L = _probe_layers()
+    nn = L.nn
+    layers = [L.cbr(spec["in_channels"], spec["stem"]["out"], spec["stem"]["kernel"], spec["stem"]["stride"],
+                    spec["stem"]["act"])]
     ch = spec["stem"]["out"]
     for b in spec["blocks"]:
-        k, s, out, a = b["kernel"], b["stride"], b["out"], b["act"]
-        if b["kind"] == "conv":
-            layers.append(cbr(ch, out, k, s, a))
-        elif b["kind"] == "dwsep":
-            kd = max(3, k)
-            layers.append(nn.Sequential(cbr(ch, ch, kd, s, a, groups=ch), cbr(ch, out, 1, 1, a)))
-        elif b["kind"] == "inverted":
-            mid, kd = ch * b["expand"], max(3, k)
-            body = [cbr(ch, mid, 1, 1, a), cbr(mid, mid, kd, s, a, groups=mid)]
-            if b["se"]:
-                body.append(SE(mid))
-            body.append(cbr(mid, out, 1, 1, None))
-            if s == 1 and out == ch:
-                layers.append(Residual(nn.Sequential(*body), nn.Identity(), nn.Identity()))
-            else:
-                layers.append(nn.Sequential(*body))
-        elif b["kind"] == "basic":
-            body = nn.Sequential(cbr(ch, out, 3, s, "relu"), cbr(out, out, 3, 1, None))
-            shortcut = nn.Identity() if (s == 1 and out == ch) else cbr(ch, out, 1, s, None)
-            layers.append(Residual(body, shortcut, nn.ReLU()))
-        elif b["kind"] == "pool":
-            layers.append(nn.MaxPool2d(2) if b["pool"] == "max" else nn.AvgPool2d(2))
-        elif b["kind"] == "fire":
-            layers.append(Fire(ch, out, a))
-        elif b["kind"] == "shuffle":
-            layers.append(Shuffle(ch, k, a))
-        elif b["kind"] == "grouped":
-            groups = math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
-            layers.append(cbr(ch, out, 3, s, a, groups=groups))
-        ch = out
+        layers.append(PROBE_BLOCKS[b["kind"]].build(L, ch, b))
+        ch = b["out"]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if spec.get("head_hidden"):
         layers += [nn.Linear(ch, spec["head_hidden"]), nn.Hardswish()]
@@ -218,27 +269,8 @@ def probe_mflops(spec: dict) -> float:
     flops = 2 * spec["in_channels"] * ch * k * k * size * size
     for b in spec["blocks"]:
         out_size = -(-size // b["stride"])
-        px_in, px = size * size, out_size * out_size
-        k, out = b["kernel"], b["out"]
-        if b["kind"] == "conv":
-            flops += 2 * ch * out * k * k * px
-        elif b["kind"] == "dwsep":
-            flops += 2 * ch * max(3, k) ** 2 * px + 2 * ch * out * px
-        elif b["kind"] == "inverted":
-            mid = ch * b["expand"]
-            flops += 2 * ch * mid * px_in + 2 * mid * max(3, k) ** 2 * px + 2 * mid * out * px
-        elif b["kind"] == "basic":
-            flops += 2 * ch * out * 9 * px + 2 * out * out * 9 * px + (2 * ch * out * px if (b["stride"] > 1 or out != ch) else 0)
-        elif b["kind"] == "fire":
-            sq = max(4, out // 8)
-            flops += 2 * ch * sq * px + 2 * sq * (out // 2) * px * (1 + 9)
-        elif b["kind"] == "shuffle":
-            h = ch // 2
-            flops += 4 * h * h * px + 2 * h * max(3, k) ** 2 * px
-        elif b["kind"] == "grouped":
-            groups = math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
-            flops += 2 * (ch // groups) * out * 9 * px
-        size, ch = out_size, out
+        flops += PROBE_BLOCKS[b["kind"]].flops(ch, b, size * size, out_size * out_size)
+        size, ch = out_size, b["out"]
     return flops / 1e6
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import ALIAS_OPS, GraphCost, Kernel, executed_graph_cost, graph_cost
+from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost, op_rule
 from edgekd.hardware.targets import OP_CLASSES, Target
 
 # Fraction of the datasheet memory bandwidth a kernel sustains (STREAM-like copy on these SoCs is
@@ -59,7 +59,7 @@ def kernel_class(k: Kernel) -> str:
     """The coefficient class of a kernel: its op class, or the sub-class of the code path it runs on."""
     if k.op_type in ("ReorderInput", "ReorderOutput"):
         return "reorder"
-    if k.op_type in ALIAS_OPS:
+    if op_rule(k.op_type).kind == "alias":
         return "view"
     layout = k.geometry.get("layout") if k.geometry else None
     if k.op_class in ("conv", "dwconv") and layout == "nchw":
