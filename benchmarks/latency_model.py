@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgekd.hardware import load_target  # noqa: E402
 from edgekd.hardware.calibration import affordable_probes, fit_host, measure_many  # noqa: E402
 from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
+from edgekd.hardware.hostfacts import cpu_summary, measure_host_facts  # noqa: E402
 from edgekd.hardware.latency import features, target_graph_cost  # noqa: E402
 from edgekd.hardware.targets import cache_dir  # noqa: E402
 
@@ -65,8 +66,12 @@ def main() -> None:
     target = load_target("host")
     m = target.channel_multiple
     t0 = time.time()
-    print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}, "
-          f"cache {target.cache_mb} MB", flush=True)
+    print(f"cpu: {cpu_summary()}", flush=True)
+    facts = measure_host_facts(target.threads)
+    print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}; measured: "
+          f"run() {facts.inference_overhead_ms * 1e3:.2f} us, {facts.dispatch_ms * 1e3:.3f} us per kernel, DRAM "
+          f"{facts.dram_read_gbs:.1f} GB/s, effective cache {facts.cache_mb} MB, private cache {facts.private_cache_mb} MB",
+          flush=True)
     fit_probes = affordable_probes(args.fit_count, 0, target.runtime, 600.0)
     held: list[tuple[str, Path]] = []
     for w, d, k, r in CNN_HOLDOUT:
@@ -85,7 +90,7 @@ def main() -> None:
     ms = measure_many(paths, threads=target.threads, passes=args.passes, time_budget_s=0.2, progress=sys.stderr.isatty())
     fit = fit_host(target, paths[:len(fit_probes)],
                    [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in fit_probes],
-                   ms[:len(fit_probes)], save=False)
+                   ms[:len(fit_probes)], save=False, facts=facts)
     coeffs = fit.coefficients
     print(f"fit set: {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
           f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}; DRAM read "
@@ -95,7 +100,7 @@ def main() -> None:
     errors = []
     for (name, path), measured in zip(held, ms[len(fit_probes):]):
         cost = target_graph_cost(path, target)
-        predicted = float(features(cost, m, target.cache_mb, coeffs.spill_mb) @ coeffs.vector())
+        predicted = float(features(cost, m, coeffs.cache_mb, coeffs.spill_mb) @ coeffs.vector())
         err = (predicted - measured) / measured
         errors.append(err)
         print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")
@@ -103,14 +108,14 @@ def main() -> None:
         import json
 
         Path(args.dump).write_text(json.dumps({
-            "coefficients": coeffs.to_dict(),
+            "cpu": cpu_summary(), "host": facts.to_dict(), "coefficients": coeffs.to_dict(),
             "fit": [{"name": f"probe-s0 {i}", "path": str(p), "ms": t} for i, ((_, p), t) in enumerate(zip(fit_probes, ms))],
             "held": [{"name": n, "path": str(p), "ms": t} for (n, p), t in zip(held, ms[len(fit_probes):])]}, indent=1))
     errors = np.abs(np.array(errors))
     tv = errors[-len(tv_names):]
     print(f"\nheld-out: {len(errors)} models, median |error| {100 * np.median(errors):.1f}%, "
           f"within20={np.mean(errors <= 0.20):.2f}; torchvision only: within10={np.mean(tv <= 0.10):.2f}")
-    print(f"total {time.time() - t0:.0f} s")
+    print(f"total {time.time() - t0:.0f} s; cpu: {cpu_summary()}")
     print(f"within20={np.mean(errors <= 0.20):.3f}")
     print(f"within10={np.mean(errors <= 0.10):.3f}")
 

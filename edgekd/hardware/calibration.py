@@ -17,7 +17,6 @@ import json
 import math
 import platform
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +26,8 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import export_onnx
+from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
+                                       measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import (Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled,
                                     target_graph_cost)
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
@@ -306,13 +307,18 @@ class CalibrationResult:
 
 def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
                prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
-               spill_mb: float | None = None, robust: bool = False) -> tuple[Coefficients, dict, list[dict]]:
-    """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies."""
+               spill_mb: float | None = None, cache_mb: float | None = None,
+               robust: bool = False) -> tuple[Coefficients, dict, list[dict]]:
+    """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies.
+
+    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
+    """
     precision = precision or target.precision
+    cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     rows, table = [], []
     for path, shape, ms in zip(onnx_paths, input_shapes, latencies_ms):
         cost = target_graph_cost(path, target, precision, shape)
-        rows.append(features(cost, target.channel_multiple, target.cache_mb, spill_mb))
+        rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb))
         table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
                       "kernels": len(cost.kernels), "measured_ms": float(ms)})
     prior = datasheet_coefficients(target, precision)
@@ -322,6 +328,7 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
         coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior)
+    coeffs.cache_mb = cache_mb
     pred = np.asarray(rows) @ coeffs.vector()
     for r, p in zip(table, pred):
         r["fitted_ms"] = float(p)
@@ -339,63 +346,6 @@ def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: st
         "n_measurements": int(n), "fit": fit, "device": device or {}, "conditions": conditions or {},
         "coefficients": coeffs.to_dict()})
     return path
-
-
-def dram_read_gbs(megabytes: int = 128, repeats: int = 15) -> float:
-    """This machine's single-thread DRAM read bandwidth (GB/s): the best of several sums over a big array.
-
-    Timed in thread CPU time like the networks themselves: wall-clock time on a loaded machine counts the
-    moments the thread was descheduled, and halved the figure from one run to the next.
-    """
-    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time()
-        data.sum()
-        best = min(best, time.thread_time() - start)
-    return data.nbytes / best / 1e9
-
-
-def _overhead_onnx() -> Path:
-    """One ReLU on a 1x1 tensor: nearly all of its latency is the runtime's per-call cost."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from edgekd.fsutil import atomic_path
-
-    path = cache_dir() / "probes" / "overhead-relu1.onnx"
-    if not path.is_file():
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        with atomic_path(path) as tmp:
-            onnx.save(model, str(tmp))
-    return path
-
-
-def inference_overhead_ms(threads: int | None = 1, repeats: int = 7) -> float:
-    """ONNX Runtime's cost of one ``run`` call on this machine (ms), kernels aside.
-
-    The quietest of several timings of a one-ReLU graph on a 1x1 tensor (the ReLU itself costs ~0.3 us
-    of the ~5 us). Measured, not fitted: in a fit on whole networks the per-kernel overheads can absorb
-    it (they are nearly collinear with it), which leaves tiny networks, where it is a third of the
-    latency, mispredicted. The minimum over repeats, because interference only ever adds time.
-    """
-    from edgekd.hardware.measure import measure_onnx_ms
-
-    path = _overhead_onnx()
-    return min(measure_onnx_ms(path, threads=threads, time_budget_s=0.05, rounds=4)["quiet"] for _ in range(repeats))
-
-
-def private_cache_mb() -> float | None:
-    """Size of one core's private data cache (L2, or L1 where there is no L2) in MB, from /sys; None if unknown."""
-    from edgekd.hardware.targets import cpu_caches
-
-    # Instruction caches, and the last-level cache shared between cores, do not hold a kernel's activations.
-    sizes = {level: mib for level, kind, mib in cpu_caches() if kind != "Instruction" and level <= 2 and mib > 0}
-    return sizes[max(sizes)] * 1.048576 if sizes else None  # MiB -> MB
 
 
 def _host_device() -> dict:
@@ -452,23 +402,25 @@ def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 
     return fit_host(target, paths, shapes, ms, save=save, seed=seed)
 
 
-def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int | None = None) -> CalibrationResult:
-    """Fit (and optionally save) host coefficients from latencies measured on this machine."""
-    # Two terms are measured directly rather than fitted: the per-call overhead (see inference_overhead_ms),
-    # and the DRAM read bandwidth that weights overflowing the cache stream at (few probe networks overflow
-    # the cache, so a fitted value would rest on a handful of points).
-    from edgekd.hardware.latency import FIXED, STREAM
+def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int | None = None,
+             facts: HostFacts | None = None) -> CalibrationResult:
+    """Fit (and optionally save) host coefficients from latencies measured on this machine.
 
-    overhead = inference_overhead_ms(target.threads)
-    fixed_terms, bandwidth = {FIXED: overhead}, None
-    if target.cache_mb:
-        bandwidth = dram_read_gbs()
-        fixed_terms[STREAM] = 1.0 / bandwidth  # 1 MB at 1 GB/s = 1 ms
+    What can be measured is measured and held (``measure_host_facts``: the per-call and per-kernel costs,
+    DRAM bandwidth, the effective cache size, the private cache size); the fit decides the rest.
+    """
+    from edgekd.hardware.latency import DISPATCH, FIXED, STREAM
+
+    facts = facts or measure_host_facts(target.threads)
+    fixed_terms = {FIXED: facts.inference_overhead_ms, DISPATCH: facts.dispatch_ms}
+    if facts.cache_mb:
+        fixed_terms[STREAM] = 1.0 / facts.dram_read_gbs  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
-                                      spill_mb=private_cache_mb(), robust=True)
-    if bandwidth:
-        stats["dram_read_gbs"] = bandwidth
-    stats["inference_overhead_us"] = overhead * 1e3
+                                      spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True)
+    stats["dram_read_gbs"] = facts.dram_read_gbs
+    stats["inference_overhead_us"] = facts.inference_overhead_ms * 1e3
+    stats["dispatch_us"] = facts.dispatch_ms * 1e3
+    stats["host"] = facts.to_dict()
     out = None
     if save:
         out = save_calibration(target, coeffs, n=len(ms), source="edgekd profile", fit=stats, device=_host_device(),

@@ -559,7 +559,13 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
     from edgekd.hardware.targets import host_channel_multiple
 
     nchwc_block = host_channel_multiple()  # what MLAS blocks by on this CPU: 16 with AVX-512, 8 with AVX2
-    nodes = {n.name: n for n in opt.graph.node}
+    nodes = {n.name: n for n in opt.graph.node if n.name}
+    # Nodes ORT creates while optimizing may have no name in the saved graph (HardSwish becomes an unnamed
+    # HardSigmoid + Mul), while the profiler calls them <op>_<index>: they are matched by op type, in order.
+    unnamed: dict[str, list] = {}
+    for n in opt.graph.node:
+        if not n.name:
+            unnamed.setdefault(n.op_type, []).append(n)
     producers = {o: n for n in opt.graph.node for o in n.output if o}
     inits = {i.name for i in opt.graph.initializer}
     graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
@@ -570,11 +576,13 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         name = e["name"][: -len("_kernel_time")]
+        args = e.get("args", {})
         node = nodes.get(name)
+        if node is None and unnamed.get(args.get("op_name")) and name not in seen:
+            node = unnamed[args["op_name"]].pop(0)
         if node is None or name in seen:
             continue
         seen.add(name)
-        args = e.get("args", {})
         in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
         out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
         names_in = [x for x in node.input if x]

@@ -33,7 +33,7 @@ TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
 # Blocked 1x1 convs run ONNX Runtime's pointwise kernel (a GEMM over channel blocks), not the NxN one.
 # Shape-only ops (Reshape, Flatten, ...) alias their input buffer: a call, no copy, unlike Concat/Split/Transpose.
 SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
-              "conv_pointwise": "conv", "view": "data"}
+              "conv_pointwise": "conv", "view": "data", "dwconv_fallback": "dwconv"}
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
 # Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
 # then the sub-classes' terms (appended, so coefficient vectors written before them still read).
@@ -46,7 +46,9 @@ EPILOGUE = SPILL + 1
 BORDER = EPILOGUE + 1
 # Then: MFLOPs of blocked dense convs divided by the output blocks computed per pass (see filter_set_mflops).
 FILTER_SET = BORDER + 1
-N_FEATURES = FILTER_SET + 1
+# Then: the number of kernels, at the runtime's per-call dispatch cost (measured on the host, see DISPATCH).
+DISPATCH = FILTER_SET + 1
+N_FEATURES = DISPATCH + 1
 
 
 def _class_offset(c: str) -> int:
@@ -62,7 +64,9 @@ def kernel_class(k: Kernel) -> str:
     if op_rule(k.op_type).kind == "alias":
         return "view"
     layout = k.geometry.get("layout") if k.geometry else None
-    if k.op_class in ("conv", "dwconv") and layout == "nchw":
+    if k.op_class == "dwconv" and layout == "nchw":
+        return "dwconv_fallback"
+    if k.op_class == "conv" and layout == "nchw":
         return "conv_fallback"
     if k.op_class == "conv" and layout == "nchwc" and k.geometry.get("input_layout") == "nchw":
         return "conv_nchw_input"
@@ -98,6 +102,9 @@ class Coefficients:
     # Blocked dense convs reuse each input load across up to 4 output-channel blocks at once, so a conv
     # with fewer output blocks runs slower per FLOP: ms_per_filter_set_mflop x MFLOPs / blocks per pass.
     ms_per_filter_set_mflop: float = 0.0
+    # What the runtime spends dispatching any kernel, whatever it computes (measured on a chain of tiny
+    # ops); each class's ms_per_kernel is then what its kernels cost beyond that floor.
+    ms_per_dispatch: float = 0.0
 
     def __post_init__(self):
         # Sub-classes missing (coefficients written before they existed) take their parent's terms.
@@ -289,6 +296,7 @@ KERNEL_TERMS = (
     ("ms_per_epilogue_mb", EPILOGUE, lambda k, spill_mb: epilogue_mb(k)),
     ("ms_per_border_mflop", BORDER, lambda k, spill_mb: border_mflops(k)),
     ("ms_per_filter_set_mflop", FILTER_SET, lambda k, spill_mb: filter_set_mflops(k)),
+    ("ms_per_dispatch", DISPATCH, lambda k, spill_mb: 1.0),
 )
 
 
@@ -337,8 +345,10 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
         raise EdgeKDError("calibration needs at least one measurement with a matching graph", "check the measurements file")
     if np.any(y <= 0) or not np.all(np.isfinite(y)):
         raise EdgeKDError("measured latencies must be positive finite milliseconds", "check the measurements file")
-    # Terms measured independently (e.g. DRAM bandwidth) are held, not fitted: their share leaves y.
-    fixed_terms = fixed_terms or {}
+    # Terms measured independently (e.g. DRAM bandwidth) are held, not fitted: their share leaves y. The
+    # dispatch floor is the sum of the per-class kernel counts, so it is only ever held (measured, or the prior's).
+    fixed_terms = dict(fixed_terms or {})
+    fixed_terms.setdefault(DISPATCH, prior.ms_per_dispatch if prior is not None else 0.0)
     held = np.zeros(N_FEATURES)
     for j, value in fixed_terms.items():
         held[j] = value
