@@ -45,6 +45,7 @@ class DistillOptions:
     max_drop: float = 0.01
     bench_seconds: float = 0.5
     threads: int | None = None
+    safe: bool = False          # judge candidates by the upper end of their latency interval
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
@@ -180,6 +181,9 @@ def resume_command(opts: DistillOptions) -> str:
             continue
         if isinstance(value, tuple):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        if value is True:  # a flag (--safe)
+            words.append(f"--{f.name.replace('_', '-')}")
+            continue
         if f.name == "max_drop":  # points on the command line
             value = f"{value * 100:g}"
         words += [f"--{f.name.replace('_', '-')}", str(value)]
@@ -219,6 +223,7 @@ def _distill(opts: DistillOptions, console=None) -> dict:
     from edgekd.data import load_data, normalize
     from edgekd.distill import TrainConfig, get_teacher, train
     from edgekd.hardware import load_target, select_width
+    from edgekd.hardware.select import judged_ms
     from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
 
     console = console or Console(stderr=False)
@@ -249,13 +254,15 @@ def _distill(opts: DistillOptions, console=None) -> dict:
         if opts.width is not None:
             # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
             selection = select_width("cnn", (opts.width,), target=target, budget_ms=float("1e12"),
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape),
+                                     safe=opts.safe)
             selection.budget_ms = budget_ms
             for cand in selection.candidates:
-                cand.fits = cand.predicted_ms <= budget_ms
+                cand.fits = judged_ms(cand, opts.safe) <= budget_ms
         else:
             selection = select_width("cnn", tuple(opts.widths or DEFAULT_WIDTHS), target=target, budget_ms=budget_ms,
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape),
+                                     safe=opts.safe)
         _print_selection(console, selection)
         if not selection.chosen.fits:
             console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
@@ -375,12 +382,15 @@ def _train_config(opts: DistillOptions, device: str):
 def _print_selection(console, selection) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Candidate students ({selection.latency_source}, budget {selection.budget_ms:g} ms)")
-    for col in ("width", "params", "MFLOPs", "latency ms", "fits"):
+    safe = ", judged by the interval's upper end (--safe)" if selection.safe else ""
+    table = Table(title=f"Candidate students ({selection.latency_source}, budget {selection.budget_ms:g} ms{safe})")
+    for col in ("width", "params", "MFLOPs", "latency ms", "interval ms", "fits"):
         table.add_column(col, justify="right")
     for c in selection.candidates:
         mark = "[bold green]◀ chosen[/]" if c is selection.chosen else ("yes" if c.fits else "[red]no[/]")
-        table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", mark)
+        interval = (f"{c.predicted_low_ms:.3f}-{c.predicted_high_ms:.3f}" if c.predicted_high_ms is not None
+                    and c.predicted_high_ms != c.predicted_ms else "")
+        table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", interval, mark)
     console.print(table)
 
 

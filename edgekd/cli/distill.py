@@ -47,6 +47,7 @@ def _names(ctx, param, value):
 @click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
 @click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
 @click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
+@click.option("--safe", is_flag=True, help="Choose the width by the upper end of each candidate's latency interval (learned from the held-out errors of the target's calibration), not the prediction.")
 @click.option("--bench-seconds", type=float, default=0.5, show_default=True, help="Time spent measuring each artifact's latency.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")

@@ -29,8 +29,9 @@ from edgekd.hardware.graph import export_onnx
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import (Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled,
-                                    target_graph_cost)
+                                    fit_stats, target_graph_cost)
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
+from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval_from_ratios
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
 
@@ -305,33 +306,107 @@ class CalibrationResult:
                 "coefficients": self.coefficients.to_dict(), "rows": self.rows}
 
 
-def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
-               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
-               spill_mb: float | None = None, cache_mb: float | None = None,
-               robust: bool = False) -> tuple[Coefficients, dict, list[dict]]:
-    """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies.
-
-    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
-    """
+def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None = None, runtime: str | None = None,
+              cache_mb: float | None = None, spill_mb: float | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Each graph costed for the target's runtime (or ``runtime``) and precision: design-matrix rows and a table."""
     precision = precision or target.precision
     cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     rows, table = [], []
-    for path, shape, ms in zip(onnx_paths, input_shapes, latencies_ms):
-        cost = target_graph_cost(path, target, precision, shape)
+    for path, shape in zip(onnx_paths, input_shapes):
+        cost = target_graph_cost(path, target, precision, shape, runtime=runtime)
         rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb))
         table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
-                      "kernels": len(cost.kernels), "measured_ms": float(ms)})
+                      "kernels": len(cost.kernels)})
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), table
+
+
+def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
+             fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
+             robust: bool = False) -> tuple[Coefficients, dict]:
+    """Fit coefficients to costed rows: every class's terms when there are enough measurements, else scale the datasheet's."""
+    precision = precision or target.precision
     prior = datasheet_coefficients(target, precision)
-    used = int(np.count_nonzero(np.abs(np.asarray(rows)).sum(axis=0)))
+    rows = np.asarray(rows, dtype=np.float64)
+    used = int(np.count_nonzero(np.abs(rows).sum(axis=0)))
     if len(rows) >= 2 * used:  # two measurements per fitted term; NNLS and the prior rows do the rest
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
-        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior)
-    coeffs.cache_mb = cache_mb
-    pred = np.asarray(rows) @ coeffs.vector()
-    for r, p in zip(table, pred):
-        r["fitted_ms"] = float(p)
+        weight = scaled_prior_weight(rows, latencies_ms, prior)
+        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight)
+        stats["prior_weight"] = weight
+    coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
+    return coeffs, stats
+
+
+SCALED_PRIOR_WEIGHTS = (0.01, 0.05, 0.2, 1.0, 5.0)
+
+
+def scaled_prior_weight(rows, latencies_ms, prior: Coefficients) -> float:
+    """How firmly a few device measurements' scale factors are held to the datasheet, chosen by leave-one-out.
+
+    With four measurements and six scale factors, a loose fit explains them all and predicts the next
+    model badly; a firm one barely moves from the datasheet. The weight whose leave-one-out predictions
+    err least (median |log ratio|) decides, from the measurements alone.
+    """
+    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
+    if len(y) < 4:
+        return 0.05
+    best, best_err = 0.05, float("inf")
+    for weight in SCALED_PRIOR_WEIGHTS:
+        errors = []
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight)
+            errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
+        if np.median(errors) < best_err - 1e-9:
+            best, best_err = weight, float(np.median(errors))
+    return best
+
+
+def held_out_interval(rows, latencies_ms, fit, *, what: str, folds: int | None = None) -> tuple[Interval | None, np.ndarray]:
+    """The interval learned from each measurement's prediction by a fit that did not see it, and those predictions.
+
+    ``fit(rows, latencies)`` returns coefficients; ``folds`` None leaves one out at a time.
+    """
+    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
+
+    def fit_predict(train):
+        coeffs = fit(rows[train], y[train])
+        return lambda test: rows[test] @ coeffs.vector()
+
+    predicted = held_out_predictions(len(y), fit_predict, folds=folds)
+    method = f"{'leave-one-out' if folds is None or folds >= len(y) else f'{folds}-fold'} over {len(y)} {what}"
+    return interval_from_ratios(y / predicted, method), predicted
+
+
+def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
+               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
+               spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
+               robust: bool = False, folds: int | None = None,
+               what: str = "measurements") -> tuple[Coefficients, dict, list[dict]]:
+    """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
+    the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
+
+    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
+    """
+    rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
+                            spill_mb=spill_mb)
+    y = np.asarray(latencies_ms, dtype=np.float64)
+
+    def fit(r, t):
+        return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
+                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust)[0]
+
+    coeffs, stats = fit_rows(target, rows, y, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
+                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust)
+    if len(y) >= 3:
+        interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
+        stats["interval"] = interval.to_dict() if interval is not None else None
+        stats["held_out"] = fit_stats(held, y)
+    pred = rows @ coeffs.vector()
+    for r, ms, p in zip(table, y, pred):
+        r["measured_ms"], r["fitted_ms"] = float(ms), float(p)
     return coeffs, stats, table
 
 
@@ -343,7 +418,8 @@ def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: st
     atomic_write_json(path, {
         "target": target.name, "runtime": target.runtime, "precision": coeffs.precision,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source": source,
-        "n_measurements": int(n), "fit": fit, "device": device or {}, "conditions": conditions or {},
+        "n_measurements": int(n), "fit": fit, "interval": fit.get("interval"), "device": device or {},
+        "conditions": conditions or {},
         "coefficients": coeffs.to_dict()})
     return path
 
@@ -416,7 +492,8 @@ def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int 
     if facts.cache_mb:
         fixed_terms[STREAM] = 1.0 / facts.dram_read_gbs  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
-                                      spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True)
+                                      spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True,
+                                      folds=10, what="probe networks")
     stats["dram_read_gbs"] = facts.dram_read_gbs
     stats["inference_overhead_us"] = facts.inference_overhead_ms * 1e3
     stats["dispatch_us"] = facts.dispatch_ms * 1e3
@@ -520,6 +597,8 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
     target = load_target(target) if not isinstance(target, Target) else target
     from edgekd.hardware.targets import target_names
 
+    if Path(measurements).suffix.lower() in (".yaml", ".yml"):
+        return _calibrate_from_table(target, measurements, precision=precision, save=save)
     device, results = read_measurements(measurements)
     # "target" may be a free device name (e.g. "lab-nano-2"); only another shipped target's name is a mismatch.
     if device.get("target") and device["target"] != target.name and device["target"] in target_names():
@@ -544,6 +623,32 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
     out = save_calibration(target, coeffs, n=len(results), source=source, fit=stats, device=device) if save else None
     return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(results), fit=stats,
                              path=out, source=source, rows=table)
+
+
+def _calibrate_from_table(target: Target, path, *, precision: str | None, save: bool) -> CalibrationResult:
+    """Fit ``target``'s coefficients from a published measurement table (targets/measurements/ format)."""
+    from edgekd.hardware.published import load_table, measurement_graph
+
+    table = load_table(path)
+    groups = table.groups()
+    wanted = [(r, p) for r, p in groups if r == target.runtime and (precision is None or p == precision)]
+    if precision is None and (target.runtime, target.precision) in wanted:
+        wanted = [(target.runtime, target.precision)]
+    if len(wanted) != 1:
+        have = ", ".join(f"{r}/{p} ({len(rows)})" for (r, p), rows in groups.items())
+        raise EdgeKDError(f"{path} has no single group of {target.runtime} measurements"
+                          f"{' at ' + precision if precision else ''} to calibrate {target.name} with (it has {have})",
+                          "pass --precision, or a table measured with the target's runtime")
+    runtime, precision = wanted[0]
+    rows = groups[(runtime, precision)]
+    coeffs, stats, fitted = fit_target(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                                       [m.latency_ms for m in rows], precision=precision, prior_weight=0.05,
+                                       what="published measurements")
+    source = f"edgekd calibrate {Path(path).name}"
+    out = save_calibration(target, coeffs, n=len(rows), source=source, fit=stats,
+                           device={"name": table.device, "sources": [s.url for s in table.sources.values()]}) if save else None
+    return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(rows), fit=stats, path=out,
+                             source=source, rows=fitted)
 
 
 def _with_progress(fn, description: str, enabled: bool):

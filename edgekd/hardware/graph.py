@@ -167,6 +167,16 @@ FUSIONS: dict[str, FusionRules] = {
     "openvino": FusionRules(frozenset({"BatchNormalization"}),
                             frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
     "executorch": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip"}), 1, False),
+    # XNNPACK itself (TFLite's delegate, its end2end benchmarks): the kernels ExecuTorch delegates to.
+    "xnnpack": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip"}), 1, False),
+    # TFLite's built-in kernels: the converter folds BN, and CONV_2D / DEPTHWISE_CONV_2D / ADD carry a
+    # fused_activation_function (RELU, RELU6, RELU_N1_TO_1, TANH); HARD_SWISH and LOGISTIC stay separate ops.
+    "tflite": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip", "Tanh"}), 1, False),
+    # ncnn: ncnnoptimize folds BN into (depthwise) convolutions and inner products and fuses the activation
+    # after them (docs/how-to-use-and-FAQ/use-ncnnoptimize-to-optimize-model.md; the fused activation_type
+    # covers ReLU, LeakyReLU, Clip, Sigmoid, Mish and HardSwish in src/layer/fused_activation.h).
+    "ncnn": FusionRules(frozenset({"BatchNormalization"}),
+                        frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Mish", "HardSwish"}), 1, False),
     # No fusion at all: what the raw graph would cost executed node by node.
     "none": FusionRules(frozenset(), frozenset(), 0, False),
 }

@@ -184,10 +184,33 @@ class Target:
     # Fitted latency-model coefficients from a calibration file, None when only the datasheet is known.
     coefficients: dict | None = field(default=None, repr=False)
     calibration_info: dict = field(default_factory=dict, repr=False)
+    # Calibrations shipped with edgekd, fitted on published measurements (targets/calibrations/<name>.json),
+    # one per runtime and precision: the fallback below a user's own calibration, above the datasheet.
+    shipped: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def calibrated(self) -> bool:
         return self.coefficients is not None
+
+    def calibration_for(self, runtime: str, precision: str) -> dict | None:
+        """The calibration predictions on ``runtime`` at ``precision`` use: the user's, else a shipped one.
+
+        A dict with runtime, precision, coefficients, n_measurements, source, interval and origin
+        ("user" or "published"); None when only the datasheet is known.
+        """
+        info = self.calibration_info
+        if (self.coefficients is not None and self.coefficients.get("precision") == precision
+                and info.get("runtime", self.runtime) == runtime):
+            return {**info, "coefficients": self.coefficients, "origin": "user"}
+        for entry in self.shipped:
+            if entry["runtime"] == runtime and entry["precision"] == precision:
+                return {**entry, "origin": "published"}
+        return None
+
+    @property
+    def published_measurements(self) -> int:
+        """How many published measurements back the shipped calibrations (all runtimes and precisions)."""
+        return sum(int(e.get("n_measurements", 0)) for e in self.shipped)
 
     @property
     def threads(self) -> int | None:
@@ -208,6 +231,8 @@ class Target:
             "conditions": dict(self.conditions), "software": {k: str(v) for k, v in self.software.items()},
             "sources": list(self.sources), "path": self.path, "calibration": self.calibration,
             "calibration_path": self.calibration_path,
+            "published_calibrations": [{k: e[k] for k in ("runtime", "precision", "n_measurements") if k in e}
+                                       for e in self.shipped],
         }
 
 
@@ -270,6 +295,20 @@ def shipped_profiles() -> dict[str, Path | Any]:
     return dict(sorted(found.items()))
 
 
+def shipped_resource(relative: str):
+    """A file shipped beside the profiles (``measurements/jetson-nano.yaml``), installed or in the repo; None if absent."""
+    try:
+        from importlib.resources import files
+
+        entry = files("edgekd.profiles").joinpath(relative)
+        if entry.is_file():
+            return entry
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        pass
+    path = _repo_targets_dir() / relative
+    return path if path.is_file() else None
+
+
 def config_dir() -> Path:
     """User config folder (EDGEKD_CONFIG_DIR overrides, which tests use to stay isolated)."""
     env = os.environ.get("EDGEKD_CONFIG_DIR")
@@ -323,8 +362,27 @@ def _from_data(data: dict, path: str) -> Target:
     return target
 
 
+def shipped_calibrations(target_name: str) -> list[dict]:
+    """Calibrations shipped for a profile (fitted on its published measurements), one per runtime and precision."""
+    resource = shipped_resource(f"calibrations/{target_name}.json")
+    if resource is None:
+        return []
+    try:
+        data = json.loads(resource.read_text())
+        entries = [e for e in data["calibrations"] if e["runtime"] and e["precision"] and e["coefficients"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EdgeKDError(f"shipped calibration calibrations/{target_name}.json is unreadable",
+                          "reinstall edgekd, or regenerate it with benchmarks/latency_model.py --device-table ... --ship") from None
+    return entries
+
+
 def _attach_calibration(target: Target) -> None:
-    """Pick up a calibration file written by `edgekd profile` / `edgekd calibrate`, if any."""
+    """Pick up the shipped calibrations and a calibration file written by `edgekd profile` / `edgekd calibrate`."""
+    target.shipped = shipped_calibrations(target.name) if target.path.startswith("targets/") else []
+    default = next((e for e in target.shipped if e["runtime"] == target.runtime and e["precision"] == target.precision),
+                   None)
+    if default is not None:
+        target.calibration = f"calibrated from {default['n_measurements']} published measurements"
     path = calibration_path(target.name)
     if not path.is_file():
         if target.measured:
