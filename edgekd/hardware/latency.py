@@ -192,8 +192,8 @@ def coefficients_for(target: Target, precision: str | None = None, runtime: str 
     if entry is not None:
         n = entry.get("n_measurements", "?")
         label = f"calibrated from {n} {'published ' if entry['origin'] == 'published' else ''}measurements"
-        if runtime != target.runtime:
-            label += f" ({runtime})"
+        if entry.get("runtime", runtime) != target.runtime:
+            label += f" ({entry['runtime']})"
         return CoefficientChoice(Coefficients.from_dict(entry["coefficients"]), label,
                                  Interval.from_dict(entry.get("interval")))
     label = "datasheet"

@@ -16,6 +16,9 @@ RUNTIMES = ("tensorrt", "onnxruntime", "openvino", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kernel classes the latency model keeps separate coefficients for (see edgekd.hardware.graph).
 OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
+# Runtimes whose CPU kernels are another library's: measurements of that library calibrate them too
+# (ExecuTorch delegates CPU inference to XNNPACK, so XNNPACK's published figures are ExecuTorch's kernels).
+KERNEL_LIBRARY = {"executorch": "xnnpack"}
 CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal", "notes")
 
 # Typical fraction of peak compute each kernel class reaches; a profile may override any of them.
@@ -203,7 +206,7 @@ class Target:
                 and info.get("runtime", self.runtime) == runtime):
             return {**info, "coefficients": self.coefficients, "origin": "user"}
         for entry in self.shipped:
-            if entry["runtime"] == runtime and entry["precision"] == precision:
+            if entry["runtime"] in (runtime, KERNEL_LIBRARY.get(runtime)) and entry["precision"] == precision:
                 return {**entry, "origin": "published"}
         return None
 
@@ -379,8 +382,7 @@ def shipped_calibrations(target_name: str) -> list[dict]:
 def _attach_calibration(target: Target) -> None:
     """Pick up the shipped calibrations and a calibration file written by `edgekd profile` / `edgekd calibrate`."""
     target.shipped = shipped_calibrations(target.name) if target.path.startswith("targets/") else []
-    default = next((e for e in target.shipped if e["runtime"] == target.runtime and e["precision"] == target.precision),
-                   None)
+    default = target.calibration_for(target.runtime, target.precision)
     if default is not None:
         target.calibration = f"calibrated from {default['n_measurements']} published measurements"
     path = calibration_path(target.name)
