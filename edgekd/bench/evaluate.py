@@ -6,28 +6,29 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.runtimes import RUNTIMES
 
 EVAL_BATCH = 250
-
-# What a target's runtime can load, and whether it compiles an FP32 graph at its own precision
-# (TensorRT builds FP16/INT8 engines from an FP32 ONNX; CPU runtimes run FP32 as FP32). Data, not
-# code: a new runtime is one more row.
-TARGET_RUNTIMES = {
-    "tensorrt": {"formats": ("tensorrt", "onnx"), "compiles_fp32": True},
-    "onnxruntime": {"formats": ("onnx",), "compiles_fp32": False},
-    "openvino": {"formats": ("openvino", "onnx"), "compiles_fp32": False},
-    "executorch": {"formats": ("executorch",), "compiles_fp32": False},
-}
 PRECISION_BITS = {"int8": 8, "fp16": 16, "bf16": 16, "fp32": 32}
+
+
+def _deploy_formats(target) -> tuple[str, ...]:
+    """What the target's runtime loads (its descriptor's ``deploy_formats``)."""
+    runtime = target.runtime
+    return RUNTIMES.get(runtime).deploy_formats if runtime in RUNTIMES else (runtime,)
+
+
+def _compiles_fp32(target) -> bool:
+    """Whether the target's runtime builds an FP32 graph at its own precision (TensorRT engines from ONNX)."""
+    return target.runtime in RUNTIMES and RUNTIMES.get(target.runtime).compiles_fp32
 
 
 def deployable(row: dict, target) -> bool:
     """Can the target's runtime load this artifact (the PyTorch baselines count: they get exported)?"""
     if row.get("format") == "pytorch":
         return True
-    formats = TARGET_RUNTIMES.get(target.runtime, {}).get("formats", (target.runtime,))
-    return row.get("format") in formats
+    return row.get("format") in _deploy_formats(target)
 
 
 def target_precision(row: dict, target) -> str:
@@ -37,8 +38,7 @@ def target_precision(row: dict, target) -> str:
     least as wide (INT8 on a Maxwell Jetson runs as FP16; FP16 on a CPU without FP16 runs as FP32).
     """
     precision = row.get("precision") or target.precision
-    compiles = TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32", False)
-    if row.get("format") == "pytorch" or (precision == "fp32" and compiles):
+    if row.get("format") == "pytorch" or (precision == "fp32" and _compiles_fp32(target)):
         return target.precision
     fast = list(getattr(target, "precisions", None) or [target.precision])
     if precision in fast:
@@ -105,7 +105,7 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
             row["throughput"] = stats.throughput
         except Exception as err:  # one bad artifact must not sink the report
             row["status"] = "failed"
-            row["reason"] = f"benchmark failed: {_one_line(err)}"
+            row["reason"] = f"benchmark failed: {first_line(err, with_type=True)}"
         if row["role"] == "student" and row["accuracy"] is not None:
             row["accuracy_drop"] = round(student_accuracy - row["accuracy"], 6)
             if row["format"] != "pytorch" and row["accuracy_drop"] > max_drop and row["status"] == "ok":
@@ -158,11 +158,6 @@ class _TargetPredictor:
         return dict(self._cache[key])
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
-
-
 def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
     """The artifact to ship: fastest on the target among deployable ones within the accuracy drop."""
     ok = [r for r in rows if r.get("role") == "student" and r.get("status") == "ok" and r.get("format") != "pytorch"
@@ -180,7 +175,7 @@ def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
         # An artifact whose precision the device has no fast path for (INT8 on a Maxwell Jetson) ties
         # with the wider one it falls back to; prefer the one that runs as built.
         native = target_precision(r, target) == r.get("precision")
-        compiled = r.get("precision") == "fp32" and TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32")
+        compiled = r.get("precision") == "fp32" and _compiles_fp32(target)
         return 0 if native or compiled else 1
 
     best = min(pool, key=lambda r: (round(latency(r), 6), fallback(r), -(r.get("accuracy") or 0), r.get("size_bytes") or 0))

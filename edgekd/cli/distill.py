@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import click
 
+from edgekd.cli import option_defaults
+from edgekd.pipeline import DistillOptions
+
+# Defaults come from the options dataclasses: DistillOptions here, TrainConfig for the training modes
+# (TrainOption, read when needed: importing TrainConfig imports torch). resume_command reads them too.
+D = option_defaults(DistillOptions)
+
+
+class TrainOption(click.Option):
+    """An option whose default is TrainConfig's field of the same name, looked up only when click needs it."""
+
+    def get_default(self, ctx, call=True):
+        from edgekd.distill import TrainConfig
+
+        return getattr(option_defaults(TrainConfig), self.name)
+
 
 def _floats(ctx, param, value):
     if value is None:
@@ -21,40 +37,40 @@ def _names(ctx, param, value):
 
 
 @click.command("distill")
-@click.option("--target", "-t", default="jetson-nano", show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
+@click.option("--target", "-t", default=D.target, show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
 @click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
 @click.option("--teacher", type=click.Path(), multiple=True, help="Teacher weights (.safetensors written by edgekd); repeat for an ensemble of teachers; default: train once and cache.")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--temperature", "-T", type=float, default=4.0, show_default=True, help="Softmax temperature of the soft targets.")
-@click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
-@click.option("--loss", default="kd", show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
-@click.option("--mode", type=click.Choice(["offline", "online", "self"]), default="offline", show_default=True, help="offline: frozen teacher; online: teacher and student learn together; self: born-again generations.")
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--device", default=D.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--temperature", "-T", type=float, default=D.temperature, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
+@click.option("--loss", default=D.loss, show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
+@click.option("--mode", cls=TrainOption, type=click.Choice(["offline", "online", "self"]), show_default=True, help="offline: frozen teacher; online: teacher and student learn together; self: born-again generations.")
 @click.option("--temperature-end", type=float, help="Anneal the temperature linearly from -T to this value.")
 @click.option("--assistant-width", type=float, help="Teacher-assistant: distil teacher -> this width -> student.")
-@click.option("--generations", type=int, default=2, show_default=True, help="Born-again generations (--mode self).")
-@click.option("--finetune-epochs", type=int, default=0, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
+@click.option("--generations", cls=TrainOption, type=int, show_default=True, help="Born-again generations (--mode self).")
+@click.option("--finetune-epochs", cls=TrainOption, type=int, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
 @click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
 @click.option("--consistent", is_flag=True, help="With --augment: the teacher labels each shifted image itself (no logit cache, slower; closes more of the gap).")
-@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
+@click.option("--mixup", cls=TrainOption, type=float, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
 @click.option("--width", type=float, help="Skip the search and distil this width.")
 @click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
+@click.option("--max-drop", type=float, default=D.max_drop * 100, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
 @click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
 @click.option("--safe", is_flag=True, help="Choose the width by the upper end of each candidate's latency interval (learned from the held-out errors of the target's calibration), not the prediction.")
-@click.option("--bench-seconds", type=float, default=0.5, show_default=True, help="Time spent measuring each artifact's latency.")
+@click.option("--bench-seconds", type=float, default=D.bench_seconds, show_default=True, help="Time spent measuring each artifact's latency.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (CI logs).")
 def command(**kw):
     """Pick the widest student that fits TARGET's latency budget, distil, export, measure, report."""
-    from edgekd.pipeline import DistillOptions, distill
+    from edgekd.pipeline import distill
 
     kw["progress"] = not kw.pop("no_progress")
     kw["max_drop"] = kw["max_drop"] / 100.0  # points on the command line, a fraction in the library

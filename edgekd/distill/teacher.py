@@ -15,7 +15,7 @@ from torch import nn
 from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.fsutil import remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
@@ -117,7 +117,7 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         try:
             accuracy = evaluate(model, splits.test, splits, device)
         except RuntimeError as err:
-            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({str(err).splitlines()[0][:100]})",
+            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({first_line(err, 100)})",
                               "pass a teacher trained on images of this size") from None
         return model.eval(), spec, {"accuracy": accuracy, "params": count_params(model), "path": str(path),
                                     "cached": False, "seconds": time.perf_counter() - t0, "source": "user"}

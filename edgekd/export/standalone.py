@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -114,11 +113,12 @@ def load_source(*, run_dir: Path | None, model: str | None, weights: Path | None
             raise EdgeKDError("pass either RUN_DIR or --model, not both", "see edgekd export --help")
         from edgekd.models import load_model
 
-        report_path = Path(run_dir) / "report.json"
-        if not report_path.is_file():
+        from edgekd.report import REPORT_NAME, load_report
+
+        if not (Path(run_dir) / REPORT_NAME).is_file():
             raise EdgeKDError(f"{run_dir} is not an edgekd run folder (no report.json)",
                               "pass the folder edgekd distill wrote, or --model")
-        report = json.loads(report_path.read_text())
+        report = load_report(run_dir)
         student = Path(run_dir) / (report.get("student") or {}).get("path", "student.safetensors")
         net, spec, _ = load_model(weights or student)
         data = report.get("data") or {}

@@ -115,10 +115,10 @@ def _positive_int(value, where: str, key: str, optional: bool = False) -> int | 
 
 
 def _runtime(value, where: str) -> str:
-    from edgekd.hardware.graph import FUSIONS
+    from edgekd.hardware.graph import cost_runtimes
 
-    if value not in FUSIONS or value == "none":
-        raise _fail(where, f"key 'runtime' must be one of {', '.join(r for r in FUSIONS if r != 'none')} (got {value!r})",
+    if value not in cost_runtimes():
+        raise _fail(where, f"key 'runtime' must be one of {', '.join(cost_runtimes())} (got {value!r})",
                     "name the runtime the figure was measured with")
     return value
 
@@ -142,7 +142,7 @@ def _source(key: str, data: Any, where: str) -> Source:
 
 
 def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measurement:
-    from edgekd.hardware.graph import parse_shape
+    from edgekd.modelfile import parse_shape
 
     where = f"{where} measurements[{i}]"
     data = _check_keys(data, ROW_KEYS, where)
@@ -163,7 +163,7 @@ def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measureme
     if not isinstance(kwargs, dict):
         raise _fail(where, "key 'kwargs' must be a mapping", "e.g. kwargs: {width_mult: 0.75}")
     try:
-        shape = parse_shape(str(data["input"]))
+        shape = list(parse_shape(str(data["input"]), "input"))
     except EdgeKDError:
         raise _fail(where, f"key 'input' must be a shape NxCxHxW (got {data['input']!r})", "e.g. input: 1x3x224x224") from None
     use = data.get("use", True)

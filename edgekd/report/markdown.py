@@ -118,8 +118,11 @@ def render_markdown(report: dict) -> str:
                                                if isinstance(v, (int, float))), ""]
     env = report.get("environment") or {}
     if env:
-        keys = ("cpu", "cpu_features", "cores", "usable_cores", "governor", "python", "torch", "onnxruntime",
-                "openvino", "tensorrt", "executorch", "gpu")
+        from edgekd.runtimes import runtimes
+
+        # Each runtime's main distribution (torch for PyTorch, ai-edge-litert for LiteRT, ...).
+        keys = ("cpu", "cpu_features", "cores", "usable_cores", "governor", "python",
+                *(rt.packages[0] for rt in runtimes() if rt.packages), "gpu")
         lines += ["## Environment", ""]
         for k in keys:
             if env.get(k) not in (None, "", [], {}):
