@@ -17,7 +17,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Kernel classes the latency model keeps separate coefficients for (see edgekd.hardware.graph).
 OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
 # Runtimes whose CPU kernels are another library's: measurements of that library calibrate them too
-# (ExecuTorch delegates CPU inference to XNNPACK, so XNNPACK's published figures are ExecuTorch's kernels).
+# (ExecuTorch delegates CPU inference to XNNPACK, so XNNPACK's published figures are its kernels' figures).
 KERNEL_LIBRARY = {"executorch": "xnnpack"}
 CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal", "notes")
 
