@@ -100,7 +100,7 @@ def main() -> None:
                    [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in fit_probes],
                    ms[:len(fit_probes)], save=False, facts=facts)
     coeffs = fit.coefficients
-    print(f"fit set: {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
+    print(f"fit set ({fit.fit['method']}): {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
           f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}; DRAM read "
           f"{fit.fit.get('dram_read_gbs', float('nan')):.1f} GB/s  ({time.time() - t0:.0f} s)", flush=True)
 

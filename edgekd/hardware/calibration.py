@@ -28,8 +28,8 @@ from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import export_onnx
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
-from edgekd.hardware.latency import (Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled,
-                                    fit_stats, target_graph_cost)
+from edgekd.hardware.latency import (DISPATCH, Coefficients, datasheet_coefficients, features, fit_coefficients,
+                                    fit_scaled, fit_stats, target_graph_cost)
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
 from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval_from_ratios
 
@@ -322,13 +322,16 @@ def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None
 
 def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
              fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
-             robust: bool = False) -> tuple[Coefficients, dict]:
-    """Fit coefficients to costed rows: every class's terms when there are enough measurements, else scale the datasheet's."""
+             robust: bool = False, per_class: bool | None = None) -> tuple[Coefficients, dict]:
+    """Fit coefficients to costed rows: every class's terms when there are enough measurements (or
+    ``per_class``), else scale the datasheet's."""
     precision = precision or target.precision
     prior = datasheet_coefficients(target, precision)
     rows = np.asarray(rows, dtype=np.float64)
-    used = int(np.count_nonzero(np.abs(rows).sum(axis=0)))
-    if len(rows) >= 2 * used:  # two measurements per fitted term; NNLS and the prior rows do the rest
+    # Terms the measurements exercise, less those held (measured) rather than fitted.
+    held = set(fixed_terms or {}) | {DISPATCH}
+    used = sum(1 for j in np.flatnonzero(np.abs(rows).sum(axis=0)) if j not in held)
+    if per_class or (per_class is None and len(rows) >= 2 * used):  # two measurements per fitted term
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
@@ -383,7 +386,7 @@ def held_out_interval(rows, latencies_ms, fit, *, what: str, folds: int | None =
 def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
                prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
                spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
-               robust: bool = False, folds: int | None = None,
+               robust: bool = False, folds: int | None = None, per_class: bool | None = None,
                what: str = "measurements") -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
     the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
@@ -396,10 +399,10 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
 
     def fit(r, t):
         return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust)[0]
+                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)[0]
 
     coeffs, stats = fit_rows(target, rows, y, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust)
+                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)
     if len(y) >= 3:
         interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
         stats["interval"] = interval.to_dict() if interval is not None else None
@@ -493,7 +496,7 @@ def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int 
         fixed_terms[STREAM] = 1.0 / facts.dram_read_gbs  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
                                       spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True,
-                                      folds=10, what="probe networks")
+                                      per_class=True, folds=10, what="probe networks")
     stats["dram_read_gbs"] = facts.dram_read_gbs
     stats["inference_overhead_us"] = facts.inference_overhead_ms * 1e3
     stats["dispatch_us"] = facts.dispatch_ms * 1e3
