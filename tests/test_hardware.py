@@ -854,3 +854,19 @@ def test_predictions_carry_their_interval_in_predict_and_search(tmp_path):
     res = CliRunner().invoke(predict, ["--target", "raspberry-pi-4", "--runtime", "ncnn", "--precision", "fp32",
                                        "--onnx", str(path), "--input", "1x8x8x8", "--json"])
     assert json.loads(res.output)["calibration"].startswith("calibrated from 6 published measurements (ncnn)")
+
+
+def test_measured_terms_do_not_count_as_fitted_and_the_host_fit_is_per_class():
+    from edgekd.hardware.calibration import fit_rows
+    from edgekd.hardware.latency import DISPATCH, FIXED
+
+    truth = _known_coefficients()
+    rows = np.array([features(c) for c in _synthetic_costs(38, seed=2)])
+    y = rows @ truth.vector()
+    host = load_target("host")
+    free = sum(1 for j in np.flatnonzero(rows.sum(axis=0)) if j not in (FIXED, DISPATCH))
+    assert 2 * free <= len(rows) < 2 * (free + 2)  # enough only when the held terms are not counted
+    _, stats = fit_rows(host, rows, y, precision="fp32", fixed_terms={FIXED: truth.fixed_ms})
+    assert stats["method"] == "per-class NNLS"
+    assert fit_rows(host, rows[:10], y[:10], precision="fp32")[1]["method"] == "datasheet terms scaled"
+    assert fit_rows(host, rows[:10], y[:10], precision="fp32", per_class=True)[1]["method"] == "per-class NNLS"
