@@ -45,8 +45,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp_path
         # mkstemp makes 0600 files, and some writers (safetensors) replace the file with their own 0600
-        # one: set the mode once the content is there, so every output is readable as the umask allows.
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        # one: set the mode once the content is there, so every output is readable as the umask allows
+        # (and a script its writer made executable stays executable).
+        executable = os.stat(tmp_path).st_mode & 0o111
+        os.chmod(tmp_path, (0o777 if executable else 0o666) & ~_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -161,6 +163,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
             tmp.unlink()
             removed += 1
     return removed
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("EDGEKD_CACHE_DIR"):
+        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgekd"))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -71,13 +71,14 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
     """
     from edgekd.bench.measure import measure_latency
     from edgekd.bench.runners import load_runner
-    from edgekd.data import normalize
-
     run_dir = Path(run_dir)
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
-    test_y = splits.test.y
-    example = test_x[:1]
-    input_shape = (1, *splits.input_shape)
+    test_x = splits.normalized("test")  # lazy: slices are read and normalised as the runner asks
+    test_y = splits.labels("test")
+    # The teacher keeps its own input size (the same image, resized for it): timed and predicted at it.
+    teacher_size = splits.preprocessing.teacher_size
+    examples = {"student": test_x[:1],
+                "teacher": test_x[:1] if teacher_size == splits.input_shape[-1] else splits.normalized("test", teacher_size)[:1]}
+    input_shapes = {role: (1, *x.shape[1:]) for role, x in examples.items()}
 
     rows = [
         _pytorch_row("teacher", run_dir / "teacher.safetensors", teacher_accuracy),
@@ -90,7 +91,7 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
                     "target_latency_ms", "target_latency_source"):
             row.setdefault(key, None)
 
-    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shape)
+    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shapes)
     for row in rows:
         if row.get("status") != "ok" or not row.get("path"):
             row.update(predictor.predict(row))  # a skipped TensorRT engine still has a target estimate
@@ -99,7 +100,7 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
             runner = load_runner(run_dir / row["path"], threads=threads)
             if row["accuracy"] is None:
                 row["accuracy"] = accuracy_of(runner.run, test_x, test_y)
-            stats = measure_latency(runner.run, example, time_budget_s=seconds)
+            stats = measure_latency(runner.run, examples.get(row["role"], examples["student"]), time_budget_s=seconds)
             row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
             row["latency_source"] = "measured:host"
             row["throughput"] = stats.throughput
@@ -129,10 +130,10 @@ def _pytorch_row(role: str, path: Path, accuracy: float) -> dict:
 class _TargetPredictor:
     """Latency on the target: the host measurement when the target is this machine, else the model's prediction."""
 
-    def __init__(self, target, models: dict, input_shape):
+    def __init__(self, target, models: dict, input_shapes: dict):
         self.target = target
         self.models = models
-        self.input_shape = input_shape
+        self.input_shapes = input_shapes
         self._cache: dict = {}
 
     def predict(self, row: dict) -> dict:
@@ -147,7 +148,7 @@ class _TargetPredictor:
             from edgekd.hardware import predict_latency_ms
 
             try:
-                pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shape, precision=precision)
+                pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shapes[key[0]], precision=precision)
                 self._cache[key] = {"target_latency_ms": {"p50": float(pred.total_ms)},
                                     "target_latency_interval_ms": pred.interval_dict(),
                                     "target_latency_source": f"predicted:{self.target.name}",

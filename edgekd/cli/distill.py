@@ -41,6 +41,14 @@ def _names(ctx, param, value):
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
 @click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
 @click.option("--teacher", type=click.Path(), multiple=True, help="Teacher weights (.safetensors written by edgekd); repeat for an ensemble of teachers; default: train once and cache.")
+@click.option("--image-size", type=int, help="Student input in pixels (default: the data's own size; image folders: the median, at most 224).")
+@click.option("--teacher-image-size", type=int, help="Teacher input in pixels (default: the teacher's own, else --image-size); it sees the same crop, resized.")
+@click.option("--mean", callback=_floats, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (default: the teacher's, else measured on training images).")
+@click.option("--std", callback=_floats, help="Normalisation std per channel, e.g. 0.229,0.224,0.225 (with --mean).")
+@click.option("--workers", type=int, help="Processes decoding image files (default: CPU cores - 1; 0 decodes in the main process).")
+@click.option("--strict", is_flag=True, help="Stop at the first image file that will not decode (default: skip it, count it in the report).")
+@click.option("--crop-scale", callback=_floats, help="Image files: area fraction of the random training crops, MIN[,MAX] (default 0.08,1).")
+@click.option("--flip/--no-flip", default=None, help="Image files: random horizontal flips in training (default: on, with the crops).")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
@@ -53,7 +61,7 @@ def _names(ctx, param, value):
 @click.option("--assistant-width", type=float, help="Teacher-assistant: distil teacher -> this width -> student.")
 @click.option("--generations", cls=TrainOption, type=int, show_default=True, help="Born-again generations (--mode self).")
 @click.option("--finetune-epochs", cls=TrainOption, type=int, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
-@click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
+@click.option("--augment/--no-augment", default=None, help="Arrays: random shifts (teacher logits of the clean image stay cached). Image files are augmented by default (random crops + flips, the teacher seeing the same crop); --augment makes the teacher see the clean image (its outputs cached), --no-augment turns crops and flips off.")
 @click.option("--consistent", is_flag=True, help="With --augment: the teacher labels each shifted image itself (no logit cache, slower; closes more of the gap).")
 @click.option("--mixup", cls=TrainOption, type=float, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
 @click.option("--batch-size", type=int, help="Training batch size.")
@@ -82,7 +90,10 @@ def command(**kw):
             extra[name] = kw[name]
         kw.pop(name)
     consistent = kw.pop("consistent")
-    if kw.pop("augment"):
+    augment = kw.pop("augment")
+    if augment is False:
+        kw["photo_augment"] = False
+    if augment:
         extra.update(augment=True, teacher_view="same" if consistent else "clean")
     elif consistent:
         from edgekd.errors import EdgeKDError

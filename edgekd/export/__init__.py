@@ -194,6 +194,11 @@ class ExportJob:
 
 
 def _as_batch(x, what: str) -> np.ndarray:
+    if getattr(x, "lazy", False):  # edgekd.data.NormalizedImages: read a slice at a time, never all at once
+        if x.ndim != 4 or x.dtype != np.float32:
+            raise EdgeKDError(f"{what} inputs must be float32 NCHW, got {x.dtype} with shape {x.shape}",
+                              "normalise images to float32 (N, C, H, W) before exporting")
+        return x
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[None]
