@@ -193,7 +193,7 @@ def resume_command(opts: DistillOptions) -> str:
             continue
         if isinstance(value, bool):  # on/off switches: their flag, not a value
             flag = {("strict", True): "--strict", ("photo_augment", False): "--no-augment", ("flip", False): "--no-flip",
-                    ("flip", True): "--flip"}.get((f.name, value))
+                    ("flip", True): "--flip", ("safe", True): "--safe"}.get((f.name, value))
             words += [flag] if flag else []
             continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
@@ -202,9 +202,6 @@ def resume_command(opts: DistillOptions) -> str:
             continue
         if isinstance(value, tuple):
             value = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
-        if value is True:  # a flag (--safe)
-            words.append(f"--{f.name.replace('_', '-')}")
-            continue
         if f.name == "max_drop":  # points on the command line
             value = f"{value * 100:g}"
         words += [f"--{f.name.replace('_', '-')}", str(value)]
