@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgekd.hardware import load_target  # noqa: E402
 from edgekd.hardware.calibration import affordable_probes, fit_host, measure_many  # noqa: E402
 from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
+from edgekd.hardware.hostfacts import cpu_summary, measure_host_facts  # noqa: E402
 from edgekd.hardware.latency import features, target_graph_cost  # noqa: E402
 from edgekd.hardware.targets import cache_dir  # noqa: E402
 
@@ -58,15 +59,27 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=5, help="interleaved measurement passes (lowest kept)")
     ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
     ap.add_argument("--dump", default=None, help="write the networks, measured ms and fitted coefficients to this JSON")
+    ap.add_argument("--device-table", default=None, metavar="FILE",
+                    help="instead: leave-half-out calibration and prediction on a published device table "
+                         "(targets/measurements/*.yaml)")
+    ap.add_argument("--splits", type=int, default=20, help="random halvings for --device-table")
+    ap.add_argument("--ship", action="store_true", help="with --device-table: write targets/calibrations/<target>.json")
     args = ap.parse_args()
+    if args.device_table:
+        device_table(args.device_table, splits=args.splits, ship=args.ship)
+        return
     if args.quick:
         args.fit_count, args.probe_holdout = 30, 5
 
     target = load_target("host")
     m = target.channel_multiple
     t0 = time.time()
-    print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}, "
-          f"cache {target.cache_mb} MB", flush=True)
+    print(f"cpu: {cpu_summary()}", flush=True)
+    facts = measure_host_facts(target.threads)
+    print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}; measured: "
+          f"run() {facts.inference_overhead_ms * 1e3:.2f} us, {facts.dispatch_ms * 1e3:.3f} us per kernel, DRAM "
+          f"{facts.dram_read_gbs:.1f} GB/s, effective cache {facts.cache_mb} MB, private cache {facts.private_cache_mb} MB",
+          flush=True)
     fit_probes = affordable_probes(args.fit_count, 0, target.runtime, 600.0)
     held: list[tuple[str, Path]] = []
     for w, d, k, r in CNN_HOLDOUT:
@@ -85,9 +98,9 @@ def main() -> None:
     ms = measure_many(paths, threads=target.threads, passes=args.passes, time_budget_s=0.2, progress=sys.stderr.isatty())
     fit = fit_host(target, paths[:len(fit_probes)],
                    [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in fit_probes],
-                   ms[:len(fit_probes)], save=False)
+                   ms[:len(fit_probes)], save=False, facts=facts)
     coeffs = fit.coefficients
-    print(f"fit set: {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
+    print(f"fit set ({fit.fit['method']}): {fit.n_measurements} probe networks, median error {fit.fit['median_abs_pct_err']:.1f}%, "
           f"within10={fit.fit['within10']:.2f}, within20={fit.fit['within20']:.2f}; DRAM read "
           f"{fit.fit.get('dram_read_gbs', float('nan')):.1f} GB/s  ({time.time() - t0:.0f} s)", flush=True)
 
@@ -95,7 +108,7 @@ def main() -> None:
     errors = []
     for (name, path), measured in zip(held, ms[len(fit_probes):]):
         cost = target_graph_cost(path, target)
-        predicted = float(features(cost, m, target.cache_mb, coeffs.spill_mb) @ coeffs.vector())
+        predicted = float(features(cost, m, coeffs.cache_mb, coeffs.spill_mb) @ coeffs.vector())
         err = (predicted - measured) / measured
         errors.append(err)
         print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")
@@ -103,16 +116,61 @@ def main() -> None:
         import json
 
         Path(args.dump).write_text(json.dumps({
-            "coefficients": coeffs.to_dict(),
+            "cpu": cpu_summary(), "host": facts.to_dict(), "coefficients": coeffs.to_dict(),
             "fit": [{"name": f"probe-s0 {i}", "path": str(p), "ms": t} for i, ((_, p), t) in enumerate(zip(fit_probes, ms))],
             "held": [{"name": n, "path": str(p), "ms": t} for (n, p), t in zip(held, ms[len(fit_probes):])]}, indent=1))
     errors = np.abs(np.array(errors))
     tv = errors[-len(tv_names):]
     print(f"\nheld-out: {len(errors)} models, median |error| {100 * np.median(errors):.1f}%, "
           f"within20={np.mean(errors <= 0.20):.2f}; torchvision only: within10={np.mean(tv <= 0.10):.2f}")
-    print(f"total {time.time() - t0:.0f} s")
+    print(f"total {time.time() - t0:.0f} s; cpu: {cpu_summary()}")
     print(f"within20={np.mean(errors <= 0.20):.3f}")
     print(f"within10={np.mean(errors <= 0.10):.3f}")
+
+
+def device_table(path: str, *, splits: int, ship: bool) -> None:
+    """Leave-half-out calibration on a published table: print each measurement's datasheet, leave-one-out and
+    leave-half-out predictions, and within10/within20 of the leave-half-out predictions."""
+    from edgekd.hardware.published import calibrate_table, load_table, write_shipped
+
+    table = load_table(path)
+    t0 = time.time()
+    result = calibrate_table(table, splits=splits, progress=lambda msg: print(f"calibrating {msg} ...", flush=True))
+    print(f"\n{table.target}: {table.device}  ({len(table.measurements)} published measurements, {time.time() - t0:.0f} s)")
+    for key, src in result["sources"].items():
+        print(f"  source {key}: {src['url']}\n      {src['where']}")
+    pooled = []
+    for e in result["calibrations"]:
+        print(f"\n{e['runtime']}/{e['precision']}: {e['n_measurements']} measurements, fit: {e['method']}")
+        print(f"  {'model':34s} {'measured':>9s} {'datasheet':>10s} {'(x)':>6s} {'held-out':>9s} {'err':>7s} "
+              f"{'half-out':>9s} {'err':>7s}")
+        for r in e["rows"]:
+            print(f"  {r['name'][:34]:34s} {r['measured_ms']:9.3g} {r['datasheet_ms']:10.3g} "
+                  f"{r['datasheet_ms'] / r['measured_ms']:6.2f} {r['held_out_ms']:9.3g} "
+                  f"{100 * (r['held_out_ms'] / r['measured_ms'] - 1):+6.1f}% {r['half_out_ms']:9.3g} "
+                  f"{100 * (r['half_out_ms'] / r['measured_ms'] - 1):+6.1f}%")
+        ds, loo, lho = e["datasheet"], e["leave_one_out"], e["leave_half_out"]
+        print(f"  datasheet: median |error| {ds['median_abs_pct_err']:.1f}%, within20={ds['within20']:.2f}; "
+              f"leave-one-out: median {loo['median_abs_pct_err']:.1f}%, within10={loo['within10']:.2f}, "
+              f"within20={loo['within20']:.2f}")
+        print(f"  leave-half-out ({lho['splits']} random halvings, {lho['n']} held-out predictions): median |error| "
+              f"{lho['median_abs_pct_err']:.1f}%, within10={lho['within10']:.3f}, within20={lho['within20']:.3f}")
+        if e["interval"]:
+            iv = e["interval"]
+            print(f"  interval every prediction carries: {100 * iv['level']:.0f}% x{iv['low']:.2f}..x{iv['high']:.2f} "
+                  f"({iv['method']})")
+        pooled.append(lho)
+    if result["uncalibrated"]:
+        print("\nnot calibrated (too few for their runtime/precision, or left out): datasheet prediction only")
+        for r in result["uncalibrated"]:
+            why = f"  [{r['why']}]" if r.get("why") else ""
+            print(f"  {r['name'][:34]:34s} {r['runtime']}/{r['precision']} measured {r['measured_ms']:.3g} ms, "
+                  f"datasheet {r['datasheet_ms']:.3g} ms (x{r['datasheet_ms'] / r['measured_ms']:.2f}){why}")
+    if ship:
+        print(f"\nwrote {write_shipped(table, result)}")
+    n = sum(p["n"] for p in pooled) or 1
+    print(f"\nwithin20={sum(p['within20'] * p['n'] for p in pooled) / n:.3f}")
+    print(f"within10={sum(p['within10'] * p['n'] for p in pooled) / n:.3f}")
 
 
 if __name__ == "__main__":

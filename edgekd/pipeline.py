@@ -57,6 +57,7 @@ class DistillOptions:
     threads: int | None = None
     tune: int = 0                     # > 0: search the KD settings with this many trials first
     tune_minutes: float = 30.0
+    safe: bool = False                # judge candidates by the upper end of their latency interval
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
@@ -227,7 +228,7 @@ def resume_command(opts: DistillOptions) -> str:
             continue
         if isinstance(value, bool):  # on/off switches: their flag, not a value
             flag = {("strict", True): "--strict", ("photo_augment", False): "--no-augment", ("flip", False): "--no-flip",
-                    ("flip", True): "--flip"}.get((f.name, value))
+                    ("flip", True): "--flip", ("safe", True): "--safe"}.get((f.name, value))
             words += [flag] if flag else []
             continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
@@ -395,16 +396,18 @@ def _selecting(opts: DistillOptions) -> str:
 
 def _select_student(run: Run) -> None:
     from edgekd.hardware import select_width
+    from edgekd.hardware.select import judged_ms
     from edgekd.models import search_widths
 
     opts, splits, budget_ms = run.opts, run.splits, run.budget_ms
-    shape = dict(num_classes=splits.num_classes, input_shape=tuple(splits.input_shape), image_sizes=_image_sizes(opts))
+    shape = dict(num_classes=splits.num_classes, input_shape=tuple(splits.input_shape), image_sizes=_image_sizes(opts),
+                 safe=opts.safe)
     if opts.width is not None:
         # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
         selection = select_width(run.arch, (opts.width,), target=run.target, budget_ms=float("1e12"), **shape)
         selection.budget_ms = budget_ms
         for cand in selection.candidates:
-            cand.fits = cand.predicted_ms <= budget_ms
+            cand.fits = judged_ms(cand, opts.safe) <= budget_ms
     else:
         selection = select_width(run.arch, tuple(opts.widths or search_widths(run.arch)), target=run.target,
                                  budget_ms=budget_ms, **shape)
@@ -748,12 +751,15 @@ def _train_config(opts: DistillOptions, device: str):
 def _print_selection(console, selection) -> None:
     from rich.table import Table
 
-    table = Table(title=f"Candidate students ({selection.latency_source}, budget {selection.budget_ms:g} ms)")
-    for col in ("width", "params", "MFLOPs", "latency ms", "fits"):
+    safe = ", judged by the interval's upper end (--safe)" if selection.safe else ""
+    table = Table(title=f"Candidate students ({selection.latency_source}, budget {selection.budget_ms:g} ms{safe})")
+    for col in ("width", "params", "MFLOPs", "latency ms", "interval ms", "fits"):
         table.add_column(col, justify="right")
     for c in selection.candidates:
         mark = "[bold green]◀ chosen[/]" if c is selection.chosen else ("yes" if c.fits else "[red]no[/]")
-        table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", mark)
+        interval = (f"{c.predicted_low_ms:.3f}-{c.predicted_high_ms:.3f}" if c.predicted_high_ms is not None
+                    and c.predicted_high_ms != c.predicted_ms else "")
+        table.add_row(f"{c.width:g}", f"{c.params:,}", f"{c.flops / 1e6:.2f}", f"{c.predicted_ms:.3f}", interval, mark)
     console.print(table)
 
 

@@ -368,14 +368,17 @@ def test_measurement_file_errors(tmp_path):
 # --- selection and search ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["jetson-nano", "jetson-orin-nano", "raspberry-pi-4", "raspberry-pi-5", "pixel-7",
-                                  "intel-nuc-i7"])
+                                  "pixel-1", "intel-nuc-i7"])
 def test_default_budgets_make_the_choice_real(name):
     sel = select_width("cnn", WIDTHS, target=name, budget_ms=None, num_classes=10, input_shape=(1, 28, 28))
     fits = [c.fits for c in sel.candidates]
     assert any(fits) and not all(fits), f"{name}: default budget must split the width grid"
     assert sel.chosen.width == max(c.width for c in sel.candidates if c.fits)
     assert sel.chosen.predicted_ms <= sel.budget_ms
-    assert sel.latency_source == f"predicted:{name} (datasheet)"
+    # Profiles with published measurements for their runtime predict from those, the others from the datasheet.
+    published = {"jetson-nano": 18, "pixel-1": 23}
+    assert sel.latency_source == (f"predicted:{name} (calibrated from {published[name]} published measurements)"
+                                  if name in published else f"predicted:{name} (datasheet)")
     ms = [c.predicted_ms for c in sel.candidates]
     assert ms == sorted(ms), "wider students must not be predicted faster"
     d = sel.to_dict()
@@ -435,7 +438,8 @@ def test_cli_predict_json_and_targets(tmp_path):
     res = CliRunner().invoke(predict, ["--target", "jetson-nano", "--onnx", str(path), "--input", "1x8x8x8", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out["predicted_ms"] > 0 and out["latency_source"] == "predicted:jetson-nano (datasheet)"
+    assert out["predicted_ms"] > 0
+    assert out["latency_source"] == "predicted:jetson-nano (calibrated from 18 published measurements)"
     assert out["predicted_ms"] == pytest.approx(sum(layer["ms"] for layer in out["layers"]) + out["fixed_ms"])
     res = CliRunner().invoke(targets, [])
     assert res.exit_code == 0 and "jetson-nano" in res.output and "tensorrt" in res.output
@@ -593,3 +597,280 @@ def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path)
     # 3x3, padding 1, 20 columns: 2 reach into the padding; shared over the 4 output blocks of the first conv.
     assert border_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 * 2 / 20 / 4)
     assert border_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6 * 2 / 20)
+
+
+# ---- one op table, one probe-block table (issue 16, item 5) ---------------------------------------
+
+def test_op_table_covers_what_both_cost_functions_classify(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.calibration import PROBE_BLOCKS, build_probe
+    from edgekd.hardware.graph import OPS, executed_graph_cost, op_cost, op_rule
+
+    # One probe holding every probe block kind, activation and the MobileNet head: the ops networks use.
+    blocks = [{"kind": kind, "stride": 1, "out": 32, "kernel": 3, "act": act, "expand": 2, "se": True, "pool": pool}
+              for kind, act, pool in zip(PROBE_BLOCKS, ["relu6", "hardswish", "silu", "gelu", "relu", "relu", "relu6",
+                                                         "hardswish"], ["max", "avg"] * 4)]
+    spec = {"in_channels": 3, "resolution": 32, "stem": {"out": 32, "kernel": 3, "stride": 1, "act": "relu"},
+            "blocks": blocks, "classes": 10, "head_hidden": 64}
+    path = _export(tmp_path, "all-blocks", build_probe(spec), [1, 3, 32, 32])
+    nominal = graph_cost(path, runtime="none")
+    executed = executed_graph_cost(path)
+    assert not nominal.unknown_ops
+    for cost in (nominal, executed):
+        assert {k.op_type for k in cost.kernels} <= set(OPS), "an op both cost functions meet is missing from OPS"
+    # Both classify through the same table: the kernel class of every op type agrees with op_rule.
+    for k in nominal.kernels + executed.kernels:
+        rule = op_rule(k.op_type)
+        assert k.op_class == rule.op_class or (rule.kind == "conv" and k.op_class == "dwconv")
+    # And count FLOPs with the same rule: a plain conv costs the same in the ONNX graph and the executed one.
+    conv = _export(tmp_path, "conv", nn.Conv2d(16, 32, 3, padding=1), [1, 16, 20, 20])
+    plain = graph_cost(conv, runtime="none").kernels[0]
+    ran = [k for k in executed_graph_cost(conv).kernels if k.op_type == "Conv"][0]
+    assert plain.flops == ran.flops == 2 * 32 * 20 * 20 * 16 * 9 + 32 * 20 * 20
+    import onnx
+
+    node = onnx.load(str(conv)).graph.node[0]
+    assert op_cost(node, [[1, 16, 20, 20], [32, 16, 3, 3], [32]], [1, 32, 20, 20])[1] == plain.flops
+
+
+def test_probe_block_table_builds_and_counts_the_same_convs(tmp_path):
+    from edgekd.hardware.calibration import PROBE_BLOCKS, build_probe, probe_mflops
+
+    for kind in PROBE_BLOCKS:
+        block = {"kind": kind, "stride": 2, "out": 32, "kernel": 5, "act": "relu", "expand": 3, "se": False, "pool": "avg"}
+        block = PROBE_BLOCKS[kind].fit(block, 32, 16)
+        spec = {"in_channels": 3, "resolution": 16, "stem": {"out": 32, "kernel": 3, "stride": 1, "act": "relu"},
+                "blocks": [block], "classes": 10, "head_hidden": 0}
+        cost = graph_cost(_export(tmp_path, kind, build_probe(spec), [1, 3, 16, 16]), runtime="none")
+        # Multiply-accumulates from each conv's geometry (the exporter folds BN into a bias, whose adds
+        # the probe count leaves out).
+        g = [k.geometry for k in cost.kernels if k.op_type == "Conv"]
+        macs = sum(x["out_pixels"] * x["cout"] * x["cin"] // x["groups"] * int(np.prod(x["kernel"])) for x in g)
+        assert probe_mflops(spec) * 1e6 == 2 * macs, kind
+
+
+def test_hardswish_kernels_ort_leaves_unnamed_are_costed(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+
+    class HS(nn.Module):
+        def forward(self, x):
+            return nn.functional.hardswish(x * 1.5)
+
+    cost = executed_graph_cost(_export(tmp_path, "hs", HS(), [1, 16, 8, 8]))
+    # ORT rewrites HardSwish into an unnamed HardSigmoid + Mul; both run and both cost.
+    assert [k.op_type for k in cost.kernels] == ["Mul", "HardSigmoid", "Mul"]
+
+
+# ---- host facts: measured, not fitted -------------------------------------------------------------
+
+def test_effective_cache_and_dram_come_from_the_bandwidth_sweep():
+    from edgekd.hardware.hostfacts import cache_from_sweep
+
+    sweep = {1.0: 90.0, 2.0: 95.0, 4.0: 80.0, 8.0: 70.0, 16.0: 60.0, 32.0: 30.0, 64.0: 22.0, 128.0: 20.0, 256.0: 20.0}
+    cache, dram = cache_from_sweep(sweep)
+    # Handover at the geometric mean of 95 and 20 GB/s (43.6): 16 MiB still reads above it, 32 MiB not.
+    assert dram == 20.0 and cache == pytest.approx(16 * 1.048576)
+    assert cache_from_sweep({1.0: 21.0, 256.0: 20.0}) == (None, 20.0)  # no cache visible: no streaming term
+
+
+# ---- published measurements, shipped calibrations, intervals ---------------------------------------
+
+def _table(**changes):
+    row = {"model": "torchvision:resnet18", "input": "1x3x224x224", "latency_ms": 11.4, "source": "t2t"}
+    data = {"target": "jetson-nano", "sources": {"t2t": {"url": "https://example.org/table", "where": "table 1",
+                                                          "runtime": "tensorrt", "precision": "fp16"}},
+            "measurements": [row]}
+    for key, value in changes.items():
+        where, _, name = key.partition("__")
+        target = {"top": data, "row": row, "source": data["sources"]["t2t"]}[where]
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
+    return data
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"row__latency_msec": 3.0}, r"unknown key 'latency_msec' in table.yaml measurements\[0\]; did you mean 'latency_ms'"),
+    ({"row__latency_ms": None}, r"measurements\[0\] needs key 'latency_ms'"),
+    ({"row__latency_ms": -1}, r"measurements\[0\] key 'latency_ms' must be a positive number"),
+    ({"row__source": "paper"}, r"key 'source' names 'paper', which is not under sources"),
+    ({"row__model": "resnet18"}, r"key 'model' must be torchvision:NAME or edgekd:NAME"),
+    ({"row__input": "224x224xfoo"}, r"key 'input' must be a shape"),
+    ({"source__runtime": "tensorflow"}, r"sources.t2t key 'runtime' must be one of"),
+    ({"source__url": None}, r"sources.t2t needs key 'url'"),
+    ({"source__precison": "fp16"}, r"unknown key 'precison'.*did you mean 'precision'"),
+    ({"top__measurements": []}, r"needs key 'measurements'"),
+])
+def test_measurement_tables_are_validated_on_load(changes, message):
+    from edgekd.hardware.published import parse_table
+
+    with pytest.raises(EdgeKDError, match=message) as err:
+        parse_table(_table(**changes), "table.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_shipped_measurement_tables_load_and_match_their_calibrations():
+    import hashlib
+
+    from edgekd.hardware.published import load_table
+    from edgekd.hardware.targets import shipped_calibrations
+
+    for path in sorted((REPO / "targets" / "measurements").glob("*.yaml")):
+        table = load_table(path)
+        target = load_target(table.target)
+        assert table.sources and all(s.url.startswith("https://") for s in table.sources.values())
+        shipped = json.loads((REPO / "targets" / "calibrations" / f"{table.target}.json").read_text())
+        # The shipped coefficients were fitted on exactly this table: edit it, and `--ship` must run again.
+        assert shipped["table_sha256"] == hashlib.sha256(path.read_text().encode()).hexdigest()
+        fitted = {(e["runtime"], e["precision"]): e for e in shipped_calibrations(table.target)}
+        for (runtime, precision), rows in table.groups().items():
+            if len(rows) >= 4:
+                entry = fitted[(runtime, precision)]
+                assert entry["n_measurements"] == len(rows) and entry["interval"]["low"] < 1 < entry["interval"]["high"]
+        assert target.published_measurements == sum(e["n_measurements"] for e in fitted.values())
+
+
+def test_interval_is_learned_from_held_out_residuals():
+    from edgekd.hardware.calibration import held_out_interval
+    from edgekd.hardware.uncertainty import interval_from_ratios
+
+    truth = _known_coefficients()
+    costs = _synthetic_costs(12, seed=5)
+    rows = np.array([features(c) for c in costs])
+    noise = np.random.default_rng(0).lognormal(0.0, 0.08, len(costs))
+    y = rows @ truth.vector() * noise
+
+    def fit(r, t):
+        return fit_coefficients(r, t, precision="fp32", prior=truth, prior_weight=0.5)[0]
+
+    interval, held = held_out_interval(rows, y, fit, what="synthetic measurements")
+    # Each held-out prediction is a fit on the other eleven, predicting the twelfth.
+    for i in (0, 7):
+        keep = np.arange(len(y)) != i
+        assert held[i] == pytest.approx(rows[i] @ fit(rows[keep], y[keep]).vector())
+    ratios = y / held
+    logs = np.log(ratios)
+    from scipy.stats import t
+
+    half = t.ppf(0.95, len(y) - 1) * logs.std(ddof=1) * np.sqrt(1 + 1 / len(y))
+    assert interval.n == 12 and interval.level == 0.9 and "leave-one-out" in interval.method
+    assert interval.low == pytest.approx(np.exp(logs.mean() - half)) and interval.high == pytest.approx(np.exp(logs.mean() + half))
+    assert interval.low < 1 < interval.high
+    # Wider errors, wider interval; fewer held-out errors, wider too.
+    assert interval_from_ratios(ratios ** 3, "x").high > interval.high
+    assert interval_from_ratios(ratios[:4], "x").high - interval_from_ratios(ratios[:4], "x").low > 0
+    assert interval_from_ratios([1.1], "x") is None
+
+
+def test_leave_half_out_predicts_each_measurement_from_the_other_half():
+    from edgekd.hardware.uncertainty import error_stats, leave_half_out
+
+    seen = []
+
+    def fit_predict(train):
+        seen.append(list(train))
+        return lambda test: np.array([100.0 + i + len(train) for i in test])  # depends on which half trained
+
+    out = leave_half_out(9, fit_predict, splits=5, seed=3)
+    # Five halvings, each fitted both ways: 10 fits, every measurement predicted once per halving.
+    assert len(seen) == 10 and {len(s) for s in seen} == {4, 5}
+    counts = np.bincount([i for i, _ in out["predictions"]], minlength=9)
+    assert list(counts) == [5] * 9
+    # A measurement is never predicted by a fit that saw it.
+    for k, train in enumerate(seen):
+        tested = out["predictions"][sum(9 - len(s) for s in seen[:k]):sum(9 - len(s) for s in seen[:k + 1])]
+        assert not set(train) & {i for i, _ in tested}
+    assert out == leave_half_out(9, fit_predict, splits=5, seed=3)  # deterministic for a seed
+    stats = error_stats([105.0, 90.0, 130.0, 100.0], [100.0] * 4)
+    assert stats == {"n": 4, "within10": 0.75, "within20": 0.75, "median_abs_pct_err": pytest.approx(7.5)}
+
+
+def _interval_target(low, high):
+    target = load_target("jetson-nano")
+    from edgekd.hardware.latency import datasheet_coefficients
+
+    target.shipped = [{"runtime": "tensorrt", "precision": "fp16", "n_measurements": 9,
+                       "coefficients": datasheet_coefficients(target, "fp16").to_dict(),
+                       "interval": {"low": low, "high": high, "level": 0.9, "n": 9, "method": "test"}}]
+    return target
+
+
+def test_safe_selection_picks_a_smaller_candidate_when_the_interval_says_so():
+    narrow, wide = _interval_target(0.95, 1.05), _interval_target(0.8, 1.6)
+    plain = select_width("cnn", WIDTHS, target=narrow, budget_ms=10.0, num_classes=10, input_shape=(1, 28, 28))
+    ms = {c.width: c.predicted_ms for c in plain.candidates}
+    budget = ms[2.0] * 1.1   # width 2 fits by its prediction, and by a narrow interval's upper end
+    chosen = {}
+    for name, target in (("narrow", narrow), ("wide", wide)):
+        for safe in (False, True):
+            sel = select_width("cnn", WIDTHS, target=target, budget_ms=budget, num_classes=10, input_shape=(1, 28, 28),
+                               safe=safe)
+            chosen[name, safe] = sel.chosen.width
+            assert sel.safe is safe and sel.to_dict()["safe"] is safe
+            c = sel.chosen
+            assert c.predicted_low_ms < c.predicted_ms < c.predicted_high_ms
+            assert (c.predicted_high_ms if safe else c.predicted_ms) <= budget
+    assert chosen["narrow", False] == chosen["wide", False] == chosen["narrow", True] == 2.0
+    # A 1.6x upper end puts width 2 over the budget: the safe selection takes a smaller student.
+    assert chosen["wide", True] < 2.0
+    with pytest.raises(EdgeKDError, match="upper end of its interval"):
+        select_width("cnn", WIDTHS, target=wide, budget_ms=min(ms.values()) * 1.2, num_classes=10,
+                     input_shape=(1, 28, 28), safe=True)
+
+
+def test_safe_is_a_distill_option_and_resumes():
+    from click.testing import CliRunner
+
+    from edgekd.cli.distill import command
+    from edgekd.pipeline import DistillOptions, resume_command
+
+    assert DistillOptions().safe is False
+    assert resume_command(DistillOptions(safe=True, out="run")).split()[-4:] == ["--out", "run", "--safe", "--resume"]
+    assert "--safe" in CliRunner().invoke(command, ["--help"]).output
+
+
+def test_predictions_carry_their_interval_in_predict_and_search(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekd.cli.predict import command as predict
+    from edgekd.cli.search import command as search_cli
+
+    path, _ = _residual_graph(tmp_path)
+    res = CliRunner().invoke(predict, ["--target", "jetson-nano", "--onnx", str(path), "--input", "1x8x8x8", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    iv = out["interval_ms"]
+    assert iv["low"] < out["predicted_ms"] < iv["high"] and iv["level"] == 0.9 and "held-out" in iv["source"]
+    res = CliRunner().invoke(predict, ["--target", "jetson-nano", "--onnx", str(path), "--input", "1x8x8x8"])
+    assert "90% interval" in res.output
+    res = CliRunner().invoke(search_cli, ["--target", "pixel-1", "--widths", "0.5,1", "--depths", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    chosen = json.loads(res.output)["chosen"]
+    assert chosen["predicted_low_ms"] < chosen["predicted_ms"] < chosen["predicted_high_ms"]
+    # A runtime with no calibration on the device falls back to the datasheet, whose interval is wider.
+    res = CliRunner().invoke(predict, ["--target", "raspberry-pi-4", "--onnx", str(path), "--input", "1x8x8x8", "--json"])
+    ds = json.loads(res.output)
+    assert ds["calibration"] == "datasheet" and "datasheet predictions of" in ds["interval_ms"]["source"]
+    res = CliRunner().invoke(predict, ["--target", "raspberry-pi-4", "--runtime", "ncnn", "--precision", "fp32",
+                                       "--onnx", str(path), "--input", "1x8x8x8", "--json"])
+    assert json.loads(res.output)["calibration"].startswith("calibrated from 6 published measurements (ncnn)")
+
+
+def test_measured_terms_do_not_count_as_fitted_and_the_host_fit_is_per_class():
+    from edgekd.hardware.calibration import fit_rows
+    from edgekd.hardware.latency import DISPATCH, FIXED
+
+    truth = _known_coefficients()
+    rows = np.array([features(c) for c in _synthetic_costs(38, seed=2)])
+    y = rows @ truth.vector()
+    host = load_target("host")
+    free = sum(1 for j in np.flatnonzero(rows.sum(axis=0)) if j not in (FIXED, DISPATCH))
+    assert 2 * free <= len(rows) < 2 * (free + 2)  # enough only when the held terms are not counted
+    _, stats = fit_rows(host, rows, y, precision="fp32", fixed_terms={FIXED: truth.fixed_ms})
+    assert stats["method"] == "per-class NNLS"
+    assert fit_rows(host, rows[:10], y[:10], precision="fp32")[1]["method"] == "datasheet terms scaled"
+    assert fit_rows(host, rows[:10], y[:10], precision="fp32", per_class=True)[1]["method"] == "per-class NNLS"

@@ -155,6 +155,7 @@ class _TargetPredictor:
             try:
                 pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shapes[key[0]], precision=precision)
                 self._cache[key] = {"target_latency_ms": {"p50": float(pred.total_ms)},
+                                    "target_latency_interval_ms": pred.interval_dict(),
                                     "target_latency_source": f"predicted:{self.target.name}",
                                     "target_precision": precision}
             except EdgeKDError as err:

@@ -11,7 +11,8 @@ import click
 @click.command("calibrate")
 @click.option("--target", "-t", required=True, help="Target name (see `edgekd targets`) or a profile .yaml path.")
 @click.option("--measurements", "-m", required=True, type=click.Path(dir_okay=False),
-              help="JSON written by the on-device runner: {device, results: [{model, input_shape, latency_ms: {p50}}]}.")
+              help="JSON written by the on-device runner ({device, results: [{model, input_shape, latency_ms: {p50}}]}), "
+                   "or a published table in the targets/measurements/*.yaml format.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Which measured precision to fit (default: the one measured).")
 @click.option("--dry-run", is_flag=True, help="Fit and print, but do not save the calibration.")
 @click.option("--json", "as_json", is_flag=True, help="Print the fit as JSON.")

@@ -77,6 +77,7 @@ def _names(ctx, param, value):
 @click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
 @click.option("--max-drop", type=float, default=D.max_drop * 100, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
 @click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
+@click.option("--safe", is_flag=True, help="Choose the width by the upper end of each candidate's latency interval (learned from the held-out errors of the target's calibration), not the prediction.")
 @click.option("--bench-seconds", type=float, default=D.bench_seconds, show_default=True, help="Time spent measuring each artifact's latency.")
 @click.option("--tune", type=int, default=D.tune, show_default=True, help="Search temperature, alpha, loss and learning rate with this many trials on the validation split first (Optuna: pip install \"edgekd[tune]\").")
 @click.option("--tune-minutes", type=float, default=D.tune_minutes, show_default=True, help="Time budget of the --tune search.")

@@ -93,15 +93,22 @@ def resolve_model(model: str | None, onnx_file: str | None, run_dir: str | None,
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False))
 @click.option("--input", "input_shape", help="Input shape NxCxHxW (default: the model's own, 1x3x224x224 for torchvision).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Default: the target's precision.")
+@click.option("--runtime", help="Predict this runtime on the device instead of the profile's (e.g. ncnn, xnnpack, litert: "
+                                "the runtimes its published measurements calibrate; see `edgekd targets NAME`).")
 @click.option("--measure", is_flag=True, help="Also time the model here with ONNX Runtime (target host only).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object (with predicted_ms) instead of tables.")
-def command(target, model, onnx_file, run_dir, input_shape, precision, measure, as_json):
+def command(target, model, onnx_file, run_dir, input_shape, precision, runtime, measure, as_json):
     """Predict a model's latency on a target, kernel by kernel (after the runtime's fusions)."""
     from edgekd.hardware import load_target, predict_latency_ms
 
     tgt = load_target(target)
     path, shape = resolve_model(model, onnx_file, run_dir, input_shape)
-    pred = predict_latency_ms(path, tgt, input_shape=shape, precision=precision)
+    if runtime is not None:
+        from edgekd.hardware.graph import cost_runtimes
+
+        if runtime not in cost_runtimes():
+            raise EdgeKDError(f"unknown runtime {runtime!r}", f"use one of {', '.join(cost_runtimes())}")
+    pred = predict_latency_ms(path, tgt, input_shape=shape, precision=precision, runtime=runtime)
     out = pred.to_dict()
     out["model"] = str(path)
     if measure:
@@ -119,7 +126,7 @@ def command(target, model, onnx_file, run_dir, input_shape, precision, measure, 
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"{Path(path).name} on {tgt.name} ({tgt.runtime}, {pred.precision})")
+    table = Table(title=f"{Path(path).name} on {tgt.name} ({pred.runtime}, {pred.precision})")
     for col in ("#", "kernel", "class", "MFLOPs", "KB moved", "ms", "%"):
         table.add_column(col, justify="left" if col in ("kernel", "class") else "right")
     total = pred.total_ms or 1.0
@@ -130,7 +137,12 @@ def command(target, model, onnx_file, run_dir, input_shape, precision, measure, 
     console.print(table)
     console.print(f"predicted {pred.total_ms:.4g} ms  ({pred.latency_source}; {pred.flops / 1e6:.2f} MFLOPs, "
                   f"{len(pred.layers)} kernels, {pred.memory_mb:.2f} MB weights + peak activations)")
+    if pred.interval is not None:
+        low, high = pred.interval_ms
+        console.print(f"{100 * pred.interval.level:.0f}% interval {low:.4g} - {high:.4g} ms  (learned from "
+                      f"{pred.interval.n} held-out errors: {pred.interval.method})")
     if measure:
         console.print(f"measured  {out['measured_ms']['p50']:.4g} ms p50 here (error {out['error_pct']:+.1f}%)")
     for note in pred.notes:
-        console.print(f"note: {note}")
+        if not note.startswith("uncertainty:"):
+            console.print(f"note: {note}")

@@ -71,6 +71,13 @@ def print_fit(console, result) -> None:
                   f"within 10%: {fit['within10']:.0%}, within 20%: {fit['within20']:.0%}")
     if "scales" in fit:
         console.print("vs datasheet: " + ", ".join(f"{k} x{v:.2f}" for k, v in fit["scales"].items()))
+    if fit.get("held_out"):
+        held = fit["held_out"]
+        console.print(f"held out ({(fit.get('interval') or {}).get('method', 'each left out in turn')}): median error "
+                      f"{held['median_abs_pct_err']:.1f}%, within 10%: {held['within10']:.0%}, within 20%: {held['within20']:.0%}")
+    if fit.get("interval"):
+        iv = fit["interval"]
+        console.print(f"every prediction carries a {100 * iv['level']:.0f}% interval x{iv['low']:.2f} .. x{iv['high']:.2f}")
     if fit.get("skipped"):
         console.print(f"skipped {len(fit['skipped'])} rows without an ONNX graph: {', '.join(fit['skipped'][:5])}")
     if result.path:

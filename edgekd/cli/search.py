@@ -38,8 +38,9 @@ def _numbers(text: str | None, what: str, kind=float):
 @click.option("--input", "input_shape", default=None,
               help="Input shape CxHxW of the data (default 1x28x28 for cnn/mlp, else 3x224x224).")
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--safe", is_flag=True, help="Judge each candidate by the upper end of its latency interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print every candidate as JSON (width, image_size, params, flops, predicted_ms, fits).")
-def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
+def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, safe, as_json):
     """Search width, depth and image size; print the Pareto front and the candidate distill would train."""
     from edgekd.hardware import search
     from edgekd.modelfile import parse_shape
@@ -49,7 +50,7 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     res = _numbers(resolutions, "--image-sizes", int)
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],
                  widths=_numbers(widths, "--widths"), depths=depth_list,
-                 resolutions=res, memory_mb=memory_mb, progress=not as_json)
+                 resolutions=res, memory_mb=memory_mb, progress=not as_json, safe=safe)
     if as_json:
         click.echo(json.dumps(sel.to_dict(), indent=2))
         return
@@ -57,17 +58,20 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 140)
-    table = Table(title=f"{arch}: Pareto front on {sel.target} ({sel.latency_source}), budget {sel.budget_ms:g} ms, "
+    judged = ", judged by the interval's upper end" if sel.safe else ""
+    table = Table(title=f"{arch}: Pareto front on {sel.target} ({sel.latency_source}), budget {sel.budget_ms:g} ms{judged}, "
                         f"memory {sel.memory_budget_mb:g} MB")
-    for col in ("width", "depth", "res", "params", "MFLOPs", "ms", "memory MB", "fits"):
+    for col in ("width", "depth", "res", "params", "MFLOPs", "ms", "interval ms", "memory MB", "fits"):
         table.add_column(col, justify="right")
     native = shape[-1]
     for c in sel.pareto:
         mark = "chosen" if c is sel.chosen else ("yes" if c.fits else "no")
+        interval = f"{c.predicted_low_ms:.4f}-{c.predicted_high_ms:.4f}" if c.predicted_high_ms is not None else "-"
         table.add_row(f"{c.width:g}", f"{c.depth:g}", str(c.image_size or native), f"{c.params:,}", f"{c.flops / 1e6:.2f}",
-                      f"{c.predicted_ms:.4f}", f"{c.memory_mb:.3f}", mark)
+                      f"{c.predicted_ms:.4f}", interval, f"{c.memory_mb:.3f}", mark)
     console.print(table)
     c = sel.chosen
+    upper = f", up to {c.predicted_high_ms:.4f} ms" if c.predicted_high_ms is not None else ""
     console.print(f"chosen: width {c.width:g}, depth {c.depth:g}, image size {c.image_size or native}: {c.params:,} params, "
-                  f"{c.predicted_ms:.4f} ms ({sum(x.fits for x in sel.candidates)} of {len(sel.candidates)} candidates fit; "
-                  f"rule: {sel.to_dict()['rule']})")
+                  f"{c.predicted_ms:.4f} ms{upper} ({sum(x.fits for x in sel.candidates)} of {len(sel.candidates)} "
+                  f"candidates fit; rule: {sel.to_dict()['rule']})")

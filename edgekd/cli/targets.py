@@ -40,10 +40,11 @@ def command(name: str | None, as_json: bool) -> None:
         click.echo(json.dumps([t.to_dict() for t in targets], indent=2))
         return
     table = Table(title="edgekd targets (a .yaml path works as --target too)")
-    for col in ("name", "runtime", "precision", "fast", "budget ms", "threads", "calibration"):
+    for col in ("name", "runtime", "precision", "fast", "budget ms", "threads", "calibration", "published measurements"):
         table.add_column(col, no_wrap=col in ("name", "runtime", "fast"))
     for t in targets:
+        published = ", ".join(f"{e['n_measurements']} {e['runtime']}/{e['precision']}" for e in t.shipped) or "none"
         table.add_row(t.name, t.runtime, t.precision, ",".join(t.precisions), f"{t.budget_ms:g}",
-                      str(t.conditions.get("threads", "-")), t.calibration)
+                      str(t.conditions.get("threads", "-")), t.calibration, published)
     # Piped output (CI logs) gets a wide console so rows stay on one line.
     Console(width=None if sys.stdout.isatty() else 140).print(table)

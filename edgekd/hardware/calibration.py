@@ -17,17 +17,21 @@ import json
 import math
 import platform
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import export_onnx
-from edgekd.hardware.latency import (Coefficients, datasheet_coefficients, features, fit_coefficients, fit_scaled,
-                                    target_graph_cost)
+from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
+                                       measure_host_facts, private_cache_mb)
+from edgekd.hardware.latency import (DISPATCH, Coefficients, datasheet_coefficients, features, fit_coefficients,
+                                    fit_scaled, fit_stats, target_graph_cost)
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
+from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval_from_ratios
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
 
@@ -40,62 +44,8 @@ REGULAR_CHANNELS = (8, 16, 24, 32, 40, 48, 64, 80, 96, 112, 128, 160, 192, 256, 
 IRREGULAR_CHANNELS = (4, 6, 12, 18, 20, 36, 44, 72, 100, 144)
 
 
-def probe_specs(count: int, seed: int = 0) -> list[dict]:
-    """``count`` random network descriptions covering every kernel class the latency model fits.
-
-    Blocks: plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with optional
-    squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
-    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, relu6 (fused by most
-    runtimes), hardswish, silu, gelu (separate pointwise kernels on some); resolutions 16-224; 1 or 3 input channels.
-    """
-    rng = random.Random(seed)
-
-    def channels(near: int | None = None) -> int:
-        pool = IRREGULAR_CHANNELS if rng.random() < 0.2 else REGULAR_CHANNELS
-        if near is None:
-            return rng.choice(pool)
-        # Stay within 0.5x-2.5x of the current width, as networks grow gradually.
-        close = [c for c in pool if near * 0.5 <= c <= near * 2.5] or list(pool)
-        return rng.choice(close)
-
-    specs: list[dict] = []
-    while len(specs) < count:
-        res = rng.choice([16, 24, 28, 32, 48, 56, 64, 96, 112, 128, 160, 224])
-        spec = {"in_channels": rng.choice([1, 3]), "resolution": res, "stem": {
-            "out": channels(16), "kernel": rng.choice([3, 3, 5, 7]),
-            "stride": 2 if res >= 96 else rng.choice([1, 2]), "act": rng.choice(["relu", "relu", "hardswish"])},
-            "blocks": [], "classes": rng.choice([10, 100, 1000]),
-            # MobileNet-style heads (a wide hidden layer) make the big weight-bound GEMMs measurable.
-            "head_hidden": rng.choice([0, 0, 256, 1024, 1280])}
-        size = res // spec["stem"]["stride"]
-        ch = spec["stem"]["out"]
-        for _ in range(rng.randint(1, 8)):
-            kind = rng.choice(["conv", "conv", "dwsep", "inverted", "inverted", "basic", "pool", "fire", "shuffle",
-                               "grouped"])
-            stride = 2 if size >= 8 and rng.random() < 0.35 else 1
-            block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
-                     "act": rng.choice(["relu", "relu", "relu6", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
-                     "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
-            if kind == "pool":
-                if size < 4:
-                    continue
-                block.update(stride=2, out=ch)
-            elif kind in ("fire", "shuffle"):
-                # Both branches concatenate halves: keep the output even (and equal to the input for shuffle).
-                block.update(out=ch if kind == "shuffle" else 2 * max(4, block["out"] // 2), stride=1)
-                if ch % 2:
-                    continue
-            elif kind == "grouped":
-                block.update(out=max(16, block["out"] // 16 * 16) if ch % 16 == 0 else ch)
-            spec["blocks"].append(block)
-            size = max(1, (size + block["stride"] - 1) // block["stride"])
-            ch = block["out"]
-        specs.append(spec)
-    return specs
-
-
-def build_probe(spec: dict):
-    """The torch module a probe spec describes (BN after each conv, as trained networks have)."""
+def _probe_layers():
+    """Torch building blocks of the probe networks (torch imported only when a probe is built)."""
     import torch
     from torch import nn
 
@@ -149,39 +99,142 @@ def build_probe(spec: dict):
             n, c, hh, ww = y.shape
             return y.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
 
-    layers = [cbr(spec["in_channels"], spec["stem"]["out"], spec["stem"]["kernel"], spec["stem"]["stride"], spec["stem"]["act"])]
+    return SimpleNamespace(nn=nn, cbr=cbr, SE=SE, Residual=Residual, Fire=Fire, Shuffle=Shuffle)
+
+
+def _grouped_groups(ch: int, out: int) -> int:
+    return math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
+
+
+def _build_inverted(L, ch, b):
+    mid, kd, s, out, a = ch * b["expand"], max(3, b["kernel"]), b["stride"], b["out"], b["act"]
+    body = [L.cbr(ch, mid, 1, 1, a), L.cbr(mid, mid, kd, s, a, groups=mid)] + ([L.SE(mid)] if b["se"] else [])
+    body.append(L.cbr(mid, out, 1, 1, None))
+    if s == 1 and out == ch:
+        return L.Residual(L.nn.Sequential(*body), L.nn.Identity(), L.nn.Identity())
+    return L.nn.Sequential(*body)
+
+
+def _build_basic(L, ch, b):
+    s, out = b["stride"], b["out"]
+    body = L.nn.Sequential(L.cbr(ch, out, 3, s, "relu"), L.cbr(out, out, 3, 1, None))
+    shortcut = L.nn.Identity() if (s == 1 and out == ch) else L.cbr(ch, out, 1, s, None)
+    return L.Residual(body, shortcut, L.nn.ReLU())
+
+
+def _fit_pool(block, ch, size):
+    return None if size < 4 else {**block, "stride": 2, "out": ch}
+
+
+def _fit_concat(block, ch, size):
+    # Both branches concatenate halves: keep the output even (and equal to the input for shuffle).
+    if ch % 2:
+        return None
+    return {**block, "out": ch if block["kind"] == "shuffle" else 2 * max(4, block["out"] // 2), "stride": 1}
+
+
+@dataclass(frozen=True)
+class ProbeBlock:
+    """One kind of probe block: how it is built, how many FLOPs it costs, how a drawn spec is made to fit.
+
+    weight: how often it is drawn (relative); build(layers, in_channels, block) -> module;
+    flops(in_channels, block, input pixels, output pixels) -> conv FLOPs; fit(block, in_channels, size)
+    -> the block adjusted to the current tensor, or None to draw again.
+    """
+
+    weight: int
+    build: Callable
+    flops: Callable
+    fit: Callable = lambda block, ch, size: block
+
+
+# Every probe block kind in one table: building a probe and counting its FLOPs read the same rows.
+PROBE_BLOCKS: dict[str, ProbeBlock] = {
+    "conv": ProbeBlock(2, lambda L, ch, b: L.cbr(ch, b["out"], b["kernel"], b["stride"], b["act"]),
+                       lambda ch, b, px_in, px: 2 * ch * b["out"] * b["kernel"] ** 2 * px),
+    "dwsep": ProbeBlock(1, lambda L, ch, b: L.nn.Sequential(L.cbr(ch, ch, max(3, b["kernel"]), b["stride"], b["act"], groups=ch),
+                                                           L.cbr(ch, b["out"], 1, 1, b["act"])),
+                        lambda ch, b, px_in, px: 2 * ch * max(3, b["kernel"]) ** 2 * px + 2 * ch * b["out"] * px),
+    "inverted": ProbeBlock(2, _build_inverted,
+                           lambda ch, b, px_in, px: (2 * ch * ch * b["expand"] * px_in
+                                                     + 2 * ch * b["expand"] * max(3, b["kernel"]) ** 2 * px
+                                                     + 2 * ch * b["expand"] * b["out"] * px)),
+    "basic": ProbeBlock(1, _build_basic,
+                        lambda ch, b, px_in, px: (2 * ch * b["out"] * 9 * px + 2 * b["out"] ** 2 * 9 * px
+                                                  + (2 * ch * b["out"] * px if (b["stride"] > 1 or b["out"] != ch) else 0))),
+    "pool": ProbeBlock(1, lambda L, ch, b: L.nn.MaxPool2d(2) if b["pool"] == "max" else L.nn.AvgPool2d(2),
+                       lambda ch, b, px_in, px: 0, _fit_pool),
+    "fire": ProbeBlock(1, lambda L, ch, b: L.Fire(ch, b["out"], b["act"]),
+                       lambda ch, b, px_in, px: (2 * ch * max(4, b["out"] // 8) * px
+                                                 + 2 * max(4, b["out"] // 8) * (b["out"] // 2) * px * (1 + 9)),
+                       _fit_concat),
+    "shuffle": ProbeBlock(1, lambda L, ch, b: L.Shuffle(ch, b["kernel"], b["act"]),
+                          lambda ch, b, px_in, px: 4 * (ch // 2) ** 2 * px + 2 * (ch // 2) * max(3, b["kernel"]) ** 2 * px,
+                          _fit_concat),
+    "grouped": ProbeBlock(1, lambda L, ch, b: L.cbr(ch, b["out"], 3, b["stride"], b["act"], groups=_grouped_groups(ch, b["out"])),
+                          lambda ch, b, px_in, px: 2 * (ch // _grouped_groups(ch, b["out"])) * b["out"] * 9 * px,
+                          lambda b, ch, size: {**b, "out": max(16, b["out"] // 16 * 16) if ch % 16 == 0 else ch}),
+}
+
+
+def probe_specs(count: int, seed: int = 0) -> list[dict]:
+    """``count`` random network descriptions covering every kernel class the latency model fits.
+
+    Blocks (PROBE_BLOCKS): plain conv (k 1/3/5/7, stride 1/2), depthwise-separable, inverted residual with
+    optional squeeze-excite, basic residual, max/avg pool, SqueezeNet fire (concat), ShuffleNet unit (split,
+    concat, channel shuffle), grouped conv (RegNet/ResNeXt); activations relu, relu6 (fused by most
+    runtimes), hardswish, silu, gelu (separate pointwise kernels on some); resolutions 16-224; 1 or 3 input channels.
+    """
+    rng = random.Random(seed)
+    kinds = [kind for kind, block in PROBE_BLOCKS.items() for _ in range(block.weight)]
+
+    def channels(near: int | None = None) -> int:
+        pool = IRREGULAR_CHANNELS if rng.random() < 0.2 else REGULAR_CHANNELS
+        if near is None:
+            return rng.choice(pool)
+        # Stay within 0.5x-2.5x of the current width, as networks grow gradually.
+        close = [c for c in pool if near * 0.5 <= c <= near * 2.5] or list(pool)
+        return rng.choice(close)
+
+    specs: list[dict] = []
+    while len(specs) < count:
+        res = rng.choice([16, 24, 28, 32, 48, 56, 64, 96, 112, 128, 160, 224])
+        spec = {"in_channels": rng.choice([1, 3]), "resolution": res, "stem": {
+            "out": channels(16), "kernel": rng.choice([3, 3, 5, 7]),
+            "stride": 2 if res >= 96 else rng.choice([1, 2]), "act": rng.choice(["relu", "relu", "hardswish"])},
+            "blocks": [], "classes": rng.choice([10, 100, 1000]),
+            # MobileNet-style heads (a wide hidden layer) make the big weight-bound GEMMs measurable.
+            "head_hidden": rng.choice([0, 0, 256, 1024, 1280])}
+        size = res // spec["stem"]["stride"]
+        ch = spec["stem"]["out"]
+        for _ in range(rng.randint(1, 8)):
+            kind = rng.choice(kinds)
+            stride = 2 if size >= 8 and rng.random() < 0.35 else 1
+            block = {"kind": kind, "stride": stride, "out": channels(ch), "kernel": rng.choice([1, 3, 3, 5, 7]),
+                     "act": rng.choice(["relu", "relu", "relu6", "hardswish", "silu", "gelu"]), "expand": rng.choice([2, 3, 4, 6]),
+                     "se": rng.random() < 0.4, "pool": rng.choice(["max", "avg"])}
+            block = PROBE_BLOCKS[kind].fit(block, ch, size)
+            if block is None:
+                continue
+            spec["blocks"].append(block)
+            size = max(1, (size + block["stride"] - 1) // block["stride"])
+            ch = block["out"]
+        specs.append(spec)
+    return specs
+
+
+def build_probe(spec: dict):
+    """The torch module a probe spec describes (BN after each conv, as trained networks have)."""
+    import torch
+
+    L = _probe_layers()
+    nn = L.nn
+    layers = [L.cbr(spec["in_channels"], spec["stem"]["out"], spec["stem"]["kernel"], spec["stem"]["stride"],
+                    spec["stem"]["act"])]
     ch = spec["stem"]["out"]
     for b in spec["blocks"]:
-        k, s, out, a = b["kernel"], b["stride"], b["out"], b["act"]
-        if b["kind"] == "conv":
-            layers.append(cbr(ch, out, k, s, a))
-        elif b["kind"] == "dwsep":
-            kd = max(3, k)
-            layers.append(nn.Sequential(cbr(ch, ch, kd, s, a, groups=ch), cbr(ch, out, 1, 1, a)))
-        elif b["kind"] == "inverted":
-            mid, kd = ch * b["expand"], max(3, k)
-            body = [cbr(ch, mid, 1, 1, a), cbr(mid, mid, kd, s, a, groups=mid)]
-            if b["se"]:
-                body.append(SE(mid))
-            body.append(cbr(mid, out, 1, 1, None))
-            if s == 1 and out == ch:
-                layers.append(Residual(nn.Sequential(*body), nn.Identity(), nn.Identity()))
-            else:
-                layers.append(nn.Sequential(*body))
-        elif b["kind"] == "basic":
-            body = nn.Sequential(cbr(ch, out, 3, s, "relu"), cbr(out, out, 3, 1, None))
-            shortcut = nn.Identity() if (s == 1 and out == ch) else cbr(ch, out, 1, s, None)
-            layers.append(Residual(body, shortcut, nn.ReLU()))
-        elif b["kind"] == "pool":
-            layers.append(nn.MaxPool2d(2) if b["pool"] == "max" else nn.AvgPool2d(2))
-        elif b["kind"] == "fire":
-            layers.append(Fire(ch, out, a))
-        elif b["kind"] == "shuffle":
-            layers.append(Shuffle(ch, k, a))
-        elif b["kind"] == "grouped":
-            groups = math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
-            layers.append(cbr(ch, out, 3, s, a, groups=groups))
-        ch = out
+        layers.append(PROBE_BLOCKS[b["kind"]].build(L, ch, b))
+        ch = b["out"]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if spec.get("head_hidden"):
         layers += [nn.Linear(ch, spec["head_hidden"]), nn.Hardswish()]
@@ -218,27 +271,8 @@ def probe_mflops(spec: dict) -> float:
     flops = 2 * spec["in_channels"] * ch * k * k * size * size
     for b in spec["blocks"]:
         out_size = -(-size // b["stride"])
-        px_in, px = size * size, out_size * out_size
-        k, out = b["kernel"], b["out"]
-        if b["kind"] == "conv":
-            flops += 2 * ch * out * k * k * px
-        elif b["kind"] == "dwsep":
-            flops += 2 * ch * max(3, k) ** 2 * px + 2 * ch * out * px
-        elif b["kind"] == "inverted":
-            mid = ch * b["expand"]
-            flops += 2 * ch * mid * px_in + 2 * mid * max(3, k) ** 2 * px + 2 * mid * out * px
-        elif b["kind"] == "basic":
-            flops += 2 * ch * out * 9 * px + 2 * out * out * 9 * px + (2 * ch * out * px if (b["stride"] > 1 or out != ch) else 0)
-        elif b["kind"] == "fire":
-            sq = max(4, out // 8)
-            flops += 2 * ch * sq * px + 2 * sq * (out // 2) * px * (1 + 9)
-        elif b["kind"] == "shuffle":
-            h = ch // 2
-            flops += 4 * h * h * px + 2 * h * max(3, k) ** 2 * px
-        elif b["kind"] == "grouped":
-            groups = math.gcd(ch, out) // 16 if ch % 16 == 0 and out % 16 == 0 else 1  # 16-channel groups
-            flops += 2 * (ch // groups) * out * 9 * px
-        size, ch = out_size, out
+        flops += PROBE_BLOCKS[b["kind"]].flops(ch, b, size * size, out_size * out_size)
+        size, ch = out_size, b["out"]
     return flops / 1e6
 
 
@@ -272,27 +306,110 @@ class CalibrationResult:
                 "coefficients": self.coefficients.to_dict(), "rows": self.rows}
 
 
-def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
-               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
-               spill_mb: float | None = None, robust: bool = False) -> tuple[Coefficients, dict, list[dict]]:
-    """Cost each graph for the target's runtime/precision and fit the coefficients to the latencies."""
+def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None = None, runtime: str | None = None,
+              cache_mb: float | None = None, spill_mb: float | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Each graph costed for the target's runtime (or ``runtime``) and precision: design-matrix rows and a table."""
     precision = precision or target.precision
+    cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     rows, table = [], []
-    for path, shape, ms in zip(onnx_paths, input_shapes, latencies_ms):
-        cost = target_graph_cost(path, target, precision, shape)
-        rows.append(features(cost, target.channel_multiple, target.cache_mb, spill_mb))
+    for path, shape in zip(onnx_paths, input_shapes):
+        cost = target_graph_cost(path, target, precision, shape, runtime=runtime)
+        rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb))
         table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
-                      "kernels": len(cost.kernels), "measured_ms": float(ms)})
+                      "kernels": len(cost.kernels)})
+    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), table
+
+
+def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
+             fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
+             robust: bool = False, per_class: bool | None = None) -> tuple[Coefficients, dict]:
+    """Fit coefficients to costed rows: every class's terms when there are enough measurements (or
+    ``per_class``), else scale the datasheet's."""
+    precision = precision or target.precision
     prior = datasheet_coefficients(target, precision)
-    used = int(np.count_nonzero(np.abs(np.asarray(rows)).sum(axis=0)))
-    if len(rows) >= 2 * used:  # two measurements per fitted term; NNLS and the prior rows do the rest
+    rows = np.asarray(rows, dtype=np.float64)
+    # Terms the measurements exercise, less those held (measured) rather than fitted.
+    held = set(fixed_terms or {}) | {DISPATCH}
+    used = sum(1 for j in np.flatnonzero(np.abs(rows).sum(axis=0)) if j not in held)
+    if per_class or (per_class is None and len(rows) >= 2 * used):  # two measurements per fitted term
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
-        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior)
-    pred = np.asarray(rows) @ coeffs.vector()
-    for r, p in zip(table, pred):
-        r["fitted_ms"] = float(p)
+        weight = scaled_prior_weight(rows, latencies_ms, prior)
+        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight)
+        stats["prior_weight"] = weight
+    coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
+    return coeffs, stats
+
+
+SCALED_PRIOR_WEIGHTS = (0.01, 0.05, 0.2, 1.0, 5.0)
+
+
+def scaled_prior_weight(rows, latencies_ms, prior: Coefficients) -> float:
+    """How firmly a few device measurements' scale factors are held to the datasheet, chosen by leave-one-out.
+
+    With four measurements and six scale factors, a loose fit explains them all and predicts the next
+    model badly; a firm one barely moves from the datasheet. The weight whose leave-one-out predictions
+    err least (median |log ratio|) decides, from the measurements alone.
+    """
+    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
+    if len(y) < 4:
+        return 0.05
+    best, best_err = 0.05, float("inf")
+    for weight in SCALED_PRIOR_WEIGHTS:
+        errors = []
+        for i in range(len(y)):
+            keep = np.arange(len(y)) != i
+            coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight)
+            errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
+        if np.median(errors) < best_err - 1e-9:
+            best, best_err = weight, float(np.median(errors))
+    return best
+
+
+def held_out_interval(rows, latencies_ms, fit, *, what: str, folds: int | None = None) -> tuple[Interval | None, np.ndarray]:
+    """The interval learned from each measurement's prediction by a fit that did not see it, and those predictions.
+
+    ``fit(rows, latencies)`` returns coefficients; ``folds`` None leaves one out at a time.
+    """
+    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
+
+    def fit_predict(train):
+        coeffs = fit(rows[train], y[train])
+        return lambda test: rows[test] @ coeffs.vector()
+
+    predicted = held_out_predictions(len(y), fit_predict, folds=folds)
+    method = f"{'leave-one-out' if folds is None or folds >= len(y) else f'{folds}-fold'} over {len(y)} {what}"
+    return interval_from_ratios(y / predicted, method), predicted
+
+
+def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
+               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
+               spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
+               robust: bool = False, folds: int | None = None, per_class: bool | None = None,
+               what: str = "measurements") -> tuple[Coefficients, dict, list[dict]]:
+    """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
+    the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
+
+    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
+    """
+    rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
+                            spill_mb=spill_mb)
+    y = np.asarray(latencies_ms, dtype=np.float64)
+
+    def fit(r, t):
+        return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
+                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)[0]
+
+    coeffs, stats = fit_rows(target, rows, y, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
+                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)
+    if len(y) >= 3:
+        interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
+        stats["interval"] = interval.to_dict() if interval is not None else None
+        stats["held_out"] = fit_stats(held, y)
+    pred = rows @ coeffs.vector()
+    for r, ms, p in zip(table, y, pred):
+        r["measured_ms"], r["fitted_ms"] = float(ms), float(p)
     return coeffs, stats, table
 
 
@@ -304,66 +421,10 @@ def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: st
     atomic_write_json(path, {
         "target": target.name, "runtime": target.runtime, "precision": coeffs.precision,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source": source,
-        "n_measurements": int(n), "fit": fit, "device": device or {}, "conditions": conditions or {},
+        "n_measurements": int(n), "fit": fit, "interval": fit.get("interval"), "device": device or {},
+        "conditions": conditions or {},
         "coefficients": coeffs.to_dict()})
     return path
-
-
-def dram_read_gbs(megabytes: int = 128, repeats: int = 15) -> float:
-    """This machine's single-thread DRAM read bandwidth (GB/s): the best of several sums over a big array.
-
-    Timed in thread CPU time like the networks themselves: wall-clock time on a loaded machine counts the
-    moments the thread was descheduled, and halved the figure from one run to the next.
-    """
-    data = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time()
-        data.sum()
-        best = min(best, time.thread_time() - start)
-    return data.nbytes / best / 1e9
-
-
-def _overhead_onnx() -> Path:
-    """One ReLU on a 1x1 tensor: nearly all of its latency is the runtime's per-call cost."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from edgekd.fsutil import atomic_path
-
-    path = cache_dir() / "probes" / "overhead-relu1.onnx"
-    if not path.is_file():
-        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        model.ir_version = 8
-        with atomic_path(path) as tmp:
-            onnx.save(model, str(tmp))
-    return path
-
-
-def inference_overhead_ms(threads: int | None = 1, repeats: int = 7) -> float:
-    """ONNX Runtime's cost of one ``run`` call on this machine (ms), kernels aside.
-
-    The quietest of several timings of a one-ReLU graph on a 1x1 tensor (the ReLU itself costs ~0.3 us
-    of the ~5 us). Measured, not fitted: in a fit on whole networks the per-kernel overheads can absorb
-    it (they are nearly collinear with it), which leaves tiny networks, where it is a third of the
-    latency, mispredicted. The minimum over repeats, because interference only ever adds time.
-    """
-    from edgekd.hardware.measure import measure_onnx_ms
-
-    path = _overhead_onnx()
-    return min(measure_onnx_ms(path, threads=threads, time_budget_s=0.05, rounds=4)["quiet"] for _ in range(repeats))
-
-
-def private_cache_mb() -> float | None:
-    """Size of one core's private data cache (L2, or L1 where there is no L2) in MB, from /sys; None if unknown."""
-    from edgekd.hardware.targets import cpu_caches
-
-    # Instruction caches, and the last-level cache shared between cores, do not hold a kernel's activations.
-    sizes = {level: mib for level, kind, mib in cpu_caches() if kind != "Instruction" and level <= 2 and mib > 0}
-    return sizes[max(sizes)] * 1.048576 if sizes else None  # MiB -> MB
 
 
 def _host_device() -> dict:
@@ -420,23 +481,26 @@ def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 
     return fit_host(target, paths, shapes, ms, save=save, seed=seed)
 
 
-def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int | None = None) -> CalibrationResult:
-    """Fit (and optionally save) host coefficients from latencies measured on this machine."""
-    # Two terms are measured directly rather than fitted: the per-call overhead (see inference_overhead_ms),
-    # and the DRAM read bandwidth that weights overflowing the cache stream at (few probe networks overflow
-    # the cache, so a fitted value would rest on a handful of points).
-    from edgekd.hardware.latency import FIXED, STREAM
+def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int | None = None,
+             facts: HostFacts | None = None) -> CalibrationResult:
+    """Fit (and optionally save) host coefficients from latencies measured on this machine.
 
-    overhead = inference_overhead_ms(target.threads)
-    fixed_terms, bandwidth = {FIXED: overhead}, None
-    if target.cache_mb:
-        bandwidth = dram_read_gbs()
-        fixed_terms[STREAM] = 1.0 / bandwidth  # 1 MB at 1 GB/s = 1 ms
+    What can be measured is measured and held (``measure_host_facts``: the per-call and per-kernel costs,
+    DRAM bandwidth, the effective cache size, the private cache size); the fit decides the rest.
+    """
+    from edgekd.hardware.latency import DISPATCH, FIXED, STREAM
+
+    facts = facts or measure_host_facts(target.threads)
+    fixed_terms = {FIXED: facts.inference_overhead_ms, DISPATCH: facts.dispatch_ms}
+    if facts.cache_mb:
+        fixed_terms[STREAM] = 1.0 / facts.dram_read_gbs  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
-                                      spill_mb=private_cache_mb(), robust=True)
-    if bandwidth:
-        stats["dram_read_gbs"] = bandwidth
-    stats["inference_overhead_us"] = overhead * 1e3
+                                      spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True,
+                                      per_class=True, folds=10, what="probe networks")
+    stats["dram_read_gbs"] = facts.dram_read_gbs
+    stats["inference_overhead_us"] = facts.inference_overhead_ms * 1e3
+    stats["dispatch_us"] = facts.dispatch_ms * 1e3
+    stats["host"] = facts.to_dict()
     out = None
     if save:
         out = save_calibration(target, coeffs, n=len(ms), source="edgekd profile", fit=stats, device=_host_device(),
@@ -533,6 +597,8 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
     target = load_target(target) if not isinstance(target, Target) else target
     from edgekd.hardware.targets import target_names
 
+    if Path(measurements).suffix.lower() in (".yaml", ".yml"):
+        return _calibrate_from_table(target, measurements, precision=precision, save=save)
     device, results = read_measurements(measurements)
     # "target" may be a free device name (e.g. "lab-nano-2"); only another shipped target's name is a mismatch.
     if device.get("target") and device["target"] != target.name and device["target"] in target_names():
@@ -557,6 +623,32 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
     out = save_calibration(target, coeffs, n=len(results), source=source, fit=stats, device=device) if save else None
     return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(results), fit=stats,
                              path=out, source=source, rows=table)
+
+
+def _calibrate_from_table(target: Target, path, *, precision: str | None, save: bool) -> CalibrationResult:
+    """Fit ``target``'s coefficients from a published measurement table (targets/measurements/ format)."""
+    from edgekd.hardware.published import load_table, measurement_graph
+
+    table = load_table(path)
+    groups = table.groups()
+    wanted = [(r, p) for r, p in groups if r == target.runtime and (precision is None or p == precision)]
+    if precision is None and (target.runtime, target.precision) in wanted:
+        wanted = [(target.runtime, target.precision)]
+    if len(wanted) != 1:
+        have = ", ".join(f"{r}/{p} ({len(rows)})" for (r, p), rows in groups.items())
+        raise EdgeKDError(f"{path} has no single group of {target.runtime} measurements"
+                          f"{' at ' + precision if precision else ''} to calibrate {target.name} with (it has {have})",
+                          "pass --precision, or a table measured with the target's runtime")
+    runtime, precision = wanted[0]
+    rows = groups[(runtime, precision)]
+    coeffs, stats, fitted = fit_target(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                                       [m.latency_ms for m in rows], precision=precision, prior_weight=0.05,
+                                       what="published measurements")
+    source = f"edgekd calibrate {Path(path).name}"
+    out = save_calibration(target, coeffs, n=len(rows), source=source, fit=stats,
+                           device={"name": table.device, "sources": [s.url for s in table.sources.values()]}) if save else None
+    return CalibrationResult(target=target.name, coefficients=coeffs, n_measurements=len(rows), fit=stats, path=out,
+                             source=source, rows=fitted)
 
 
 def _with_progress(fn, description: str, enabled: bool):

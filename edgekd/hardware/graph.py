@@ -14,36 +14,151 @@ from edgekd.runtimes import FusionRules, fusion_rules
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
-# op type -> (kernel class, FLOPs per output element for pointwise ops). Conv/Gemm/pools are counted
-# from their shapes. "free" ops move no data at run time (a runtime aliases reshapes; QDQ pairs are
-# folded into the quantized kernels), so they are not kernels at all.
-OP_TABLE: dict[str, tuple[str, float]] = {
-    "Conv": ("conv", 0), "ConvTranspose": ("conv", 0), "QLinearConv": ("conv", 0), "ConvInteger": ("conv", 0),
-    "Gemm": ("gemm", 0), "MatMul": ("gemm", 0), "QLinearMatMul": ("gemm", 0), "MatMulInteger": ("gemm", 0),
-    "MaxPool": ("pool", 0), "AveragePool": ("pool", 0), "GlobalAveragePool": ("pool", 0),
-    "GlobalMaxPool": ("pool", 0), "ReduceMean": ("pool", 0), "ReduceMax": ("pool", 0), "ReduceSum": ("pool", 0),
-    "LpPool": ("pool", 0),
-    "Relu": ("elementwise", 1), "LeakyRelu": ("elementwise", 2), "PRelu": ("elementwise", 2),
-    "Clip": ("elementwise", 2), "Sigmoid": ("elementwise", 4), "HardSigmoid": ("elementwise", 3),
-    "HardSwish": ("elementwise", 4), "Tanh": ("elementwise", 4), "Elu": ("elementwise", 4),
-    "Selu": ("elementwise", 4), "Gelu": ("elementwise", 8), "Erf": ("elementwise", 8), "Exp": ("elementwise", 4),
-    "Log": ("elementwise", 4), "Sqrt": ("elementwise", 1), "Reciprocal": ("elementwise", 1), "Pow": ("elementwise", 1),
-    "Neg": ("elementwise", 1), "Abs": ("elementwise", 1), "Softplus": ("elementwise", 4), "Mish": ("elementwise", 8),
-    "Add": ("elementwise", 1), "Sub": ("elementwise", 1), "Mul": ("elementwise", 1), "Div": ("elementwise", 1),
-    "Sum": ("elementwise", 1), "Max": ("elementwise", 1), "Min": ("elementwise", 1), "Where": ("elementwise", 1),
-    "BatchNormalization": ("elementwise", 2), "InstanceNormalization": ("elementwise", 5),
-    "LayerNormalization": ("elementwise", 5), "Softmax": ("elementwise", 5), "LogSoftmax": ("elementwise", 5),
-    "Concat": ("data", 0), "Transpose": ("data", 0), "Slice": ("data", 0), "Split": ("data", 0), "Pad": ("data", 0),
-    "Resize": ("data", 0), "Upsample": ("data", 0), "Gather": ("data", 0), "Expand": ("data", 0), "Tile": ("data", 0),
-    "DepthToSpace": ("data", 0), "SpaceToDepth": ("data", 0), "Cast": ("data", 0),
+@dataclass(frozen=True)
+class OpRule:
+    """How edgekd costs one op type, in the ONNX graph (``graph_cost``) and in the graph ONNX Runtime
+    executes (``executed_graph_cost``) alike.
+
+    kind: how its FLOPs are counted (see FLOP_RULES): conv, gemm, window (pooling windows), reduce (a pass
+    over the input), pointwise (``per_element`` FLOPs per output element), alias (a shape-only view:
+    Reshape, Flatten...; a runtime relabels the buffer), free (no kernel at run time: constants, shape
+    queries, and QDQ pairs folded into the quantized kernels), copy (data movement, no arithmetic).
+    op_class: the kernel class whose coefficients it takes (conv and gemm kinds decide theirs from shapes).
+    """
+
+    kind: str
+    op_class: str = "data"
+    per_element: float = 0.0
+    activation: bool = False      # a pointwise activation a conv/gemm kernel may fuse as its epilogue
+
+
+def _pointwise(per: float, activation: bool = False) -> OpRule:
+    return OpRule("pointwise", "elementwise", per, activation)
+
+
+_CONV, _GEMM = OpRule("conv", "conv"), OpRule("gemm", "gemm")
+_WINDOW, _REDUCE = OpRule("window", "pool"), OpRule("reduce", "pool")
+_ALIAS, _FREE, _COPY = OpRule("alias", "data"), OpRule("free", "data"), OpRule("copy", "data")
+
+# Every op type edgekd costs, ONNX and ONNX Runtime's contrib/NCHWc ops in one table: a new op is one row.
+OPS: dict[str, OpRule] = {
+    **dict.fromkeys(["Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "FusedConv"], _CONV),
+    **dict.fromkeys(["Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "FusedGemm", "FusedMatMul"], _GEMM),
+    **dict.fromkeys(["MaxPool", "AveragePool", "LpPool"], _WINDOW),
+    **dict.fromkeys(["GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"], _REDUCE),
+    **dict.fromkeys(["Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"], _ALIAS),
+    **dict.fromkeys(["Shape", "Constant", "ConstantOfShape", "QuantizeLinear", "DequantizeLinear", "Size", "Range"],
+                    _FREE),
+    **dict.fromkeys(["Concat", "Transpose", "Slice", "Split", "Pad", "Resize", "Upsample", "Gather", "Expand", "Tile",
+                     "DepthToSpace", "SpaceToDepth", "Cast", "ReorderInput", "ReorderOutput"], _COPY),
+    "Relu": _pointwise(1, True), "LeakyRelu": _pointwise(2, True), "PRelu": _pointwise(2, True),
+    "Clip": _pointwise(2, True), "Sigmoid": _pointwise(4, True), "HardSigmoid": _pointwise(3, True),
+    "HardSwish": _pointwise(4, True), "Tanh": _pointwise(4, True), "Elu": _pointwise(4, True),
+    "Selu": _pointwise(4, True), "Gelu": _pointwise(8, True), "Softplus": _pointwise(4, True),
+    "Mish": _pointwise(8, True), "QuickGelu": _pointwise(5), "BiasGelu": _pointwise(9), "FastGelu": _pointwise(9),
+    "Erf": _pointwise(8), "Exp": _pointwise(4), "Log": _pointwise(4), "Sqrt": _pointwise(1),
+    "Reciprocal": _pointwise(1), "Pow": _pointwise(1), "Neg": _pointwise(1), "Abs": _pointwise(1),
+    "Add": _pointwise(1), "Sub": _pointwise(1), "Mul": _pointwise(1), "Div": _pointwise(1), "Sum": _pointwise(1),
+    "Max": _pointwise(1), "Min": _pointwise(1), "Where": _pointwise(1),
+    "BatchNormalization": _pointwise(2), "InstanceNormalization": _pointwise(5),
+    "LayerNormalization": _pointwise(5), "Softmax": _pointwise(5), "LogSoftmax": _pointwise(5),
 }
-FREE_OPS = {
-    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Constant", "ConstantOfShape",
-    "QuantizeLinear", "DequantizeLinear", "Size", "Range",
+# An op missing from the table is costed as one FLOP per output element and reported as unknown.
+UNKNOWN_OP = _pointwise(1)
+FREE_OPS = frozenset(op for op, rule in OPS.items() if rule.kind in ("alias", "free"))
+ALIAS_OPS = frozenset(op for op, rule in OPS.items() if rule.kind == "alias")
+ACTIVATIONS = frozenset(op for op, rule in OPS.items() if rule.activation)
+
+
+def op_rule(op_type: str) -> OpRule:
+    return OPS.get(op_type, UNKNOWN_OP)
+
+
+def _elems(shape) -> int:
+    return int(np.prod(shape)) if shape else 0
+
+
+def _conv_rule(node, in_shapes, out_shape) -> tuple[str, int, dict]:
+    """(class, FLOPs, geometry) of a conv: 2 per multiply-accumulate plus 1 per bias add."""
+    # QLinearConv puts scales and zero points between the data and the weight: the weight is the next
+    # input of the data's rank. Its bias is input 8; Conv's and FusedConv's input 2; ConvInteger has none.
+    x = in_shapes[0] if in_shapes else []
+    w = next((shape for shape in in_shapes[1:] if shape and len(shape) == len(x)), [])
+    group = int(_attr(node, "group", 1) or 1)
+    out_elems = _elems(out_shape)
+    bias = {"QLinearConv": 8, "ConvInteger": None}.get(node.op_type, 2)
+    has_bias = bias is not None and len(in_shapes) > bias and bool(in_shapes[bias])
+    transposed = node.op_type == "ConvTranspose"
+    if transposed:  # weight (Cin, Cout/g, kh, kw): each input element feeds Cout/g x kh x kw outputs
+        flops = 2 * _elems(x) * (w[1] * _elems(w[2:]) if len(w) > 1 else 0)
+    else:           # weight (Cout, Cin/g, kh, kw)
+        flops = 2 * out_elems * (w[1] * _elems(w[2:]) if len(w) > 1 else 0)
+    flops += out_elems if has_bias else 0
+    cout = (w[1] * group if transposed else w[0]) if len(w) > 1 else 0
+    geometry = {"cin": int(x[1]) if len(x) > 1 else 0, "cout": int(cout), "groups": group,
+                "kernel": [int(k) for k in w[2:]], "out_pixels": _elems(out_shape[2:])}
+    # Grouped convs (RegNet, ResNeXt) run as many small per-group products, like depthwise ones.
+    return ("dwconv" if group > 1 else "conv"), int(flops), geometry
+
+
+def _gemm_rule(node, in_shapes, out_shape) -> tuple[str, int, dict]:
+    a = in_shapes[0] if in_shapes else []
+    k = (a[0] if int(_attr(node, "transA", 0) or 0) else a[-1]) if a else 0
+    out_elems = _elems(out_shape)
+    has_c = node.op_type in ("Gemm", "FusedGemm") and len(in_shapes) > 2 and bool(in_shapes[2])
+    n = int(out_shape[-1]) if out_shape else 0
+    geometry = {"m": int(out_elems // max(1, n)), "n": n, "k": int(k)}
+    return "gemm", int(2 * out_elems * k + (out_elems if has_c else 0)), geometry
+
+
+# kind -> (node, input shapes, output shape) -> (class or None for the rule's own, FLOPs, geometry).
+FLOP_RULES = {
+    "conv": _conv_rule,
+    "gemm": _gemm_rule,
+    "window": lambda node, ins, out: (None, _elems(out) * _elems(_attr(node, "kernel_shape", [1])), {}),
+    "reduce": lambda node, ins, out: (None, _elems(ins[0]) if ins else 0, {}),
+    "pointwise": lambda node, ins, out: (None, int(op_rule(node.op_type).per_element * _elems(out)), {}),
+    "alias": lambda node, ins, out: (None, 0, {}),
+    "free": lambda node, ins, out: (None, 0, {}),
+    "copy": lambda node, ins, out: (None, 0, {}),
 }
-# Activation ops; a runtime whose FusionRules say epilogue_activations fuses every one of them.
-ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
-               "Gelu", "Softplus", "Mish"}
+
+
+def op_cost(node, in_shapes: list, out_shape: list) -> tuple[str, int, dict]:
+    """Kernel class, FLOPs and shape facts of one node, from its input shapes (data and weights, in the
+    node's input order; [] where unknown) and its first output's shape: what both cost functions use."""
+    rule = op_rule(node.op_type)
+    op_class, flops, geometry = FLOP_RULES[rule.kind](node, in_shapes, out_shape)
+    return op_class or rule.op_class, int(flops), geometry
+
+
+# Kernel libraries that published latency tables measure directly but edgekd does not deploy to (no
+# runner, no export format), with their fusions, so that those tables can calibrate a device. A runtime
+# edgekd deploys to is a descriptor in edgekd.runtimes, which owns its fusions.
+MEASURED_LIBRARIES: dict[str, FusionRules] = {
+    # XNNPACK's own end-to-end benchmarks: the kernels ExecuTorch and LiteRT delegate to (BN folded, ReLU
+    # and ReLU6 as the output clamp, other activations separate operators).
+    "xnnpack": FusionRules(fold=frozenset({"BatchNormalization"}), epilogue=frozenset({"Relu", "Clip"}), max_epilogue=1),
+    # ncnn: ncnnoptimize folds BN into (depthwise) convolutions and inner products and fuses the activation
+    # after them (docs/how-to-use-and-FAQ/use-ncnnoptimize-to-optimize-model.md; the fused activation_type
+    # covers ReLU, LeakyReLU, Clip, Sigmoid, Mish and HardSwish in src/layer/fused_activation.h).
+    "ncnn": FusionRules(fold=frozenset({"BatchNormalization"}),
+                        epilogue=frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Mish", "HardSwish"}), max_epilogue=1),
+}
+
+
+def fusions_for(runtime: str) -> FusionRules:
+    """What ``runtime`` fuses: a registered runtime's descriptor, a measured kernel library, or "none" (nothing)."""
+    if runtime == "none":
+        return FusionRules()
+    return MEASURED_LIBRARIES.get(runtime) or fusion_rules(runtime)
+
+
+def cost_runtimes() -> list[str]:
+    """Every runtime a graph can be costed for: the registered target runtimes and the measured libraries."""
+    from edgekd.runtimes import target_runtimes
+
+    return [*target_runtimes(), *MEASURED_LIBRARIES]
 
 
 @dataclass
@@ -227,17 +342,6 @@ def load_graph(source, input_shape=None):
     return model
 
 
-def _conv_flops(node, in_shape, w_shape, out_shape, has_bias: bool) -> int:
-    group = int(_attr(node, "group", 1) or 1)
-    out_elems = int(np.prod(out_shape))
-    if node.op_type == "ConvTranspose":
-        in_elems = int(np.prod(in_shape))
-        per_in = (w_shape[1]) * int(np.prod(w_shape[2:]))  # weight: (Cin, Cout/g, kh, kw)
-        return 2 * in_elems * per_in + (out_elems if has_bias else 0)
-    per_out = (w_shape[1]) * int(np.prod(w_shape[2:]))      # weight: (Cout, Cin/g, kh, kw)
-    return 2 * out_elems * per_out + (out_elems if has_bias else 0)
-
-
 def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32", input_shape=None) -> GraphCost:
     """Cost of every kernel the runtime would launch for this ONNX graph, after its fusions.
 
@@ -245,7 +349,7 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
     activations read and written, at the element size of ``precision``.
     """
     # What a runtime fuses is part of its descriptor (edgekd.runtimes); "none" costs the raw graph node by node.
-    rules = FusionRules() if runtime == "none" else fusion_rules(runtime)
+    rules = fusions_for(runtime)
     if precision not in BYTES_PER_ELEMENT:
         raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
     model = load_graph(source, input_shape)
@@ -322,7 +426,7 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
             or (rules.pointwise_chain and host.op_class == "elementwise"))
         fusable = op in rules.epilogue or (rules.epilogue_activations and op in ACTIVATIONS)
         if sole and fusable and anchor_ok and out_shape == shapes.get(first, out_shape):
-            per = OP_TABLE.get(op, ("elementwise", 1))[1]
+            per = op_rule(op).per_element
             host.ops.append(op)
             host.flops += int(per * out_elems)
             host.weight_bytes += w_elems * esize
@@ -336,43 +440,8 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
             epilogue_count[id(host)] = epilogue_count.get(id(host), 0) + 1
             producer[out] = host
             continue
-        geometry = {}
-        if op in ("Conv", "ConvTranspose"):
-            w_shape = shapes.get(node.input[1], [])
-            group = int(_attr(node, "group", 1) or 1)
-            cin = shapes.get(acts[0], [0, 0])[1] if acts else 0
-            # Grouped convs (RegNet, ResNeXt) run as many small per-group products, like depthwise ones.
-            op_class = "dwconv" if group > 1 else "conv"
-            has_bias = len(node.input) > 2 and bool(node.input[2])
-            flops = _conv_flops(node, shapes.get(acts[0], []), w_shape, out_shape, has_bias)
-            cout = w_shape[0] if op == "Conv" and w_shape else (w_shape[1] * group if len(w_shape) > 1 else 0)
-            geometry = {"cin": int(cin), "cout": int(cout), "groups": group,
-                        "kernel": [int(x) for x in w_shape[2:]], "out_pixels": int(np.prod(out_shape[2:]))}
-        elif op in ("Gemm", "MatMul"):
-            a = shapes.get(node.input[0], [])
-            b = shapes.get(node.input[1], [])
-            op_class = "gemm"
-            if op == "Gemm":
-                k = a[0] if int(_attr(node, "transA", 0) or 0) else a[-1]
-                has_c = len(node.input) > 2 and bool(node.input[2])
-                flops = 2 * out_elems * k + (out_elems if has_c else 0)
-                geometry = {"m": int(out_elems // max(1, out_shape[-1])), "n": int(out_shape[-1]), "k": int(k)}
-            else:
-                k = a[-1] if a else 0
-                flops = 2 * out_elems * k
-                geometry = {"m": int(out_elems // max(1, out_shape[-1])), "n": int(out_shape[-1]) if out_shape else 0,
-                            "k": int(k)}
-        elif op in ("MaxPool", "AveragePool", "LpPool"):
-            op_class = "pool"
-            flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
-        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
-            op_class = "pool"
-            flops = int(np.prod(shapes.get(acts[0], [0]))) if acts else 0
-        elif op in OP_TABLE:
-            op_class, per = OP_TABLE[op]
-            flops = int(per * out_elems)
-        else:
-            op_class, flops = "elementwise", out_elems
+        op_class, flops, geometry = op_cost(node, [shapes.get(x, []) if x else [] for x in node.input], out_shape)
+        if op not in OPS:
             unknown.append(op)
         k = Kernel(name=node.name or f"{op}_{len(kernels)}", op_type=op, op_class=op_class, ops=[op],
                    flops=int(flops), weight_bytes=w_elems * esize, input_bytes=sum(nbytes(x) for x in acts),
@@ -396,12 +465,6 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
 # Element sizes of the type names ONNX Runtime's profiler writes.
 _PROFILE_ELEMENT_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int8": 1, "uint8": 1,
                           "int32": 4, "int64": 8, "bool": 1}
-# Ops that only relabel a buffer in ONNX Runtime (the allocation planner reuses the input): dispatch, no bytes.
-ALIAS_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
-# Contrib and NCHWc ops in ORT's optimized graphs -> (kernel class, FLOPs per output element).
-_ORT_OPS = {"ReorderInput": ("data", 0), "ReorderOutput": ("data", 0), "QuickGelu": ("elementwise", 5),
-            "BiasGelu": ("elementwise", 9), "FastGelu": ("elementwise", 9), "Gelu": ("elementwise", 8),
-            "FusedGemm": ("gemm", 0), "FusedMatMul": ("gemm", 0), "FusedConv": ("conv", 0)}
 
 
 def _is_blocked(tensor: str, producers: dict) -> bool:
@@ -418,8 +481,7 @@ def _is_blocked(tensor: str, producers: dict) -> bool:
             return False
         if src.domain == "com.microsoft.nchwc":
             return src.op_type != "ReorderOutput"
-        kind = _ORT_OPS.get(src.op_type) or OP_TABLE.get(src.op_type)
-        if not kind or kind[0] != "elementwise" or not src.input:
+        if src.op_type not in OPS or OPS[src.op_type].kind != "pointwise" or not src.input:
             return False
         tensor, seen = src.input[0], seen + 1
     return False
@@ -465,7 +527,13 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
     from edgekd.hardware.targets import host_channel_multiple
 
     nchwc_block = host_channel_multiple()  # what MLAS blocks by on this CPU: 16 with AVX-512, 8 with AVX2
-    nodes = {n.name: n for n in opt.graph.node}
+    nodes = {n.name: n for n in opt.graph.node if n.name}
+    # Nodes ORT creates while optimizing may have no name in the saved graph (HardSwish becomes an unnamed
+    # HardSigmoid + Mul), while the profiler calls them <op>_<index>: they are matched by op type, in order.
+    unnamed: dict[str, list] = {}
+    for n in opt.graph.node:
+        if not n.name:
+            unnamed.setdefault(n.op_type, []).append(n)
     producers = {o: n for n in opt.graph.node for o in n.output if o}
     inits = {i.name for i in opt.graph.initializer}
     graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
@@ -476,11 +544,13 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
             continue
         name = e["name"][: -len("_kernel_time")]
+        args = e.get("args", {})
         node = nodes.get(name)
+        if node is None and unnamed.get(args.get("op_name")) and name not in seen:
+            node = unnamed[args["op_name"]].pop(0)
         if node is None or name in seen:
             continue
         seen.add(name)
-        args = e.get("args", {})
         in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
         out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
         names_in = [x for x in node.input if x]
@@ -505,53 +575,19 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         for o, entry in zip([o for o in node.output if o], out_shapes):
             sizes[o] = size(entry)
         op = node.op_type
-        out_dims = out_shapes[0][1] if out_shapes else []
-        out_elems = int(np.prod(out_dims)) if out_dims else 0
+        out_dims = [int(x) for x in out_shapes[0][1]] if out_shapes and out_shapes[0][1] is not None else []
         fused = [op] + [a.s.decode() for a in node.attribute if a.name == "activation" and a.s]
-        geometry: dict = {}
-        if op in ("Conv", "FusedConv", "QLinearConv", "ConvTranspose"):
-            w_dims = in_shapes[1][1] if len(in_shapes) > 1 else []
-            group = int(_attr(node, "group", 1) or 1)
-            op_class = "dwconv" if group > 1 else "conv"
-            per_out = int(np.prod(w_dims[1:])) if len(w_dims) > 1 else 0
-            flops = 2 * out_elems * per_out
+        dims_by_name = {x: list(entry[1] or []) for x, entry in zip(names_in, in_shapes)}
+        op_class, flops, geometry = op_cost(node, [dims_by_name.get(x, []) if x else [] for x in node.input], out_dims)
+        kind = op_rule(op).kind
+        if kind == "conv":
             if len(names_in) > 3 and names_in[3]:
-                fused.append("Sum")
-            geometry = {"cin": int(in_shapes[0][1][1]) if in_shapes and len(in_shapes[0][1]) > 1 else 0,
-                        "cout": int(w_dims[0]) if w_dims else 0, "groups": group,
-                        "kernel": [int(x) for x in w_dims[2:]], "out_pixels": int(np.prod(out_dims[2:])),
-                        "out_width": int(out_dims[-1]) if len(out_dims) > 2 else 1,
-                        "pads": [int(x) for x in (_attr(node, "pads", None) or [])],
-                        "strides": [int(x) for x in (_attr(node, "strides", None) or [])],
-                        "layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw", "padded": True}
-            if geometry["layout"] == "nchwc":
-                geometry["block"] = nchwc_block  # channels per block: the width of each output-channel block
-                # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
-                geometry["input_layout"] = "nchwc" if names_in and _is_blocked(names_in[0], producers) else "nchw"
-        elif op in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul", "QLinearMatMul", "MatMulInteger"):
-            op_class = "gemm"
-            a_dims = in_shapes[0][1] if in_shapes else []
-            k = (a_dims[0] if int(_attr(node, "transA", 0) or 0) else a_dims[-1]) if a_dims else 0
-            flops = 2 * out_elems * int(k)
-            geometry = {"m": int(out_elems // max(1, out_dims[-1])) if out_dims else 0,
-                        "n": int(out_dims[-1]) if out_dims else 0, "k": int(k)}
-        elif op in ("MaxPool", "AveragePool", "LpPool"):
-            op_class = "pool"
-            flops = out_elems * int(np.prod(_attr(node, "kernel_shape", [1])))
+                fused.append("Sum")  # NCHWc ConvAddActivation: the residual input is summed in the kernel
+            geometry.update(_executed_conv_geometry(node, out_dims, names_in, producers, nchwc_block))
+        elif kind == "window":
             geometry = {"layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw"}
-        elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"):
-            op_class = "pool"
-            flops = int(np.prod(in_shapes[0][1])) if in_shapes else 0
-        elif op in ALIAS_OPS:
-            op_class, flops, a_bytes, o_bytes = "data", 0, 0, 0
-        elif op in _ORT_OPS:
-            op_class, per = _ORT_OPS[op]
-            flops = int(per * out_elems)
-        elif op in OP_TABLE:
-            op_class, per = OP_TABLE[op]
-            flops = int(per * out_elems)
-        else:
-            op_class, flops = "elementwise", out_elems
+        elif kind == "alias":
+            a_bytes = o_bytes = 0  # the buffer is relabelled, not copied
         kernels.append(Kernel(name=name, op_type=op, op_class=op_class, ops=fused, flops=int(flops),
                               weight_bytes=int(w_bytes), input_bytes=int(a_bytes), output_bytes=int(o_bytes),
                               output_shape=[int(x) for x in out_dims], params=int(params), geometry=geometry,
@@ -563,6 +599,23 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
     return GraphCost(kernels=kernels, runtime="onnxruntime", precision=precision, input_shape=in_shape,
                      params=nominal.params, flops=nominal.flops,
                      weight_bytes=sum(k.weight_bytes for k in kernels), peak_activation_bytes=peak, unknown_ops=[])
+
+
+def _executed_conv_geometry(node, out_dims, names_in, producers, nchwc_block: int) -> dict:
+    """Facts of a conv in ONNX Runtime's optimized graph beyond its shapes: padding, layout, channel block.
+
+    The blocked shapes already carry the channel padding (a 12-channel NCHWc conv computes 16): ``padded``.
+    """
+    blocked = node.domain == "com.microsoft.nchwc"
+    g = {"out_width": int(out_dims[-1]) if len(out_dims) > 2 else 1,
+         "pads": [int(x) for x in (_attr(node, "pads", None) or [])],
+         "strides": [int(x) for x in (_attr(node, "strides", None) or [])],
+         "layout": "nchwc" if blocked else "nchw", "padded": True}
+    if blocked:
+        g["block"] = nchwc_block  # channels per block: the width of each output-channel block
+        # An NCHWc conv whose input comes straight from a plain tensor (no ReorderInput) reads NCHW.
+        g["input_layout"] = "nchwc" if names_in and _is_blocked(names_in[0], producers) else "nchw"
+    return g
 
 
 def _peak_activation_bytes(kernels: list[Kernel], graph_inputs, graph_outputs, nbytes) -> int:

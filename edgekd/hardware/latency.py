@@ -9,6 +9,7 @@ once with non-negative least squares (nn-Meter predicts per kernel in the same s
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.hardware.graph import ALIAS_OPS, GraphCost, Kernel, executed_graph_cost, graph_cost
+from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost, op_rule
 from edgekd.hardware.targets import OP_CLASSES, Target
+from edgekd.hardware.uncertainty import Interval, interval_from_ratios
 
 # Fraction of the datasheet memory bandwidth a kernel sustains (STREAM-like copy on these SoCs is
 # 50-70% of theoretical); used only for datasheet coefficients, calibration replaces it.
@@ -34,7 +36,7 @@ TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
 # Blocked 1x1 convs run ONNX Runtime's pointwise kernel (a GEMM over channel blocks), not the NxN one.
 # Shape-only ops (Reshape, Flatten, ...) alias their input buffer: a call, no copy, unlike Concat/Split/Transpose.
 SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
-              "conv_pointwise": "conv", "view": "data"}
+              "conv_pointwise": "conv", "view": "data", "dwconv_fallback": "dwconv"}
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
 # Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
 # then the sub-classes' terms (appended, so coefficient vectors written before them still read).
@@ -47,7 +49,9 @@ EPILOGUE = SPILL + 1
 BORDER = EPILOGUE + 1
 # Then: MFLOPs of blocked dense convs divided by the output blocks computed per pass (see filter_set_mflops).
 FILTER_SET = BORDER + 1
-N_FEATURES = FILTER_SET + 1
+# Then: the number of kernels, at the runtime's per-call dispatch cost (measured on the host, see DISPATCH).
+DISPATCH = FILTER_SET + 1
+N_FEATURES = DISPATCH + 1
 
 
 def _class_offset(c: str) -> int:
@@ -60,10 +64,12 @@ def kernel_class(k: Kernel) -> str:
     """The coefficient class of a kernel: its op class, or the sub-class of the code path it runs on."""
     if k.op_type in ("ReorderInput", "ReorderOutput"):
         return "reorder"
-    if k.op_type in ALIAS_OPS:
+    if op_rule(k.op_type).kind == "alias":
         return "view"
     layout = k.geometry.get("layout") if k.geometry else None
-    if k.op_class in ("conv", "dwconv") and layout == "nchw":
+    if k.op_class == "dwconv" and layout == "nchw":
+        return "dwconv_fallback"
+    if k.op_class == "conv" and layout == "nchw":
         return "conv_fallback"
     if k.op_class == "conv" and layout == "nchwc" and k.geometry.get("input_layout") == "nchw":
         return "conv_nchw_input"
@@ -99,6 +105,9 @@ class Coefficients:
     # Blocked dense convs reuse each input load across up to 4 output-channel blocks at once, so a conv
     # with fewer output blocks runs slower per FLOP: ms_per_filter_set_mflop x MFLOPs / blocks per pass.
     ms_per_filter_set_mflop: float = 0.0
+    # What the runtime spends dispatching any kernel, whatever it computes (measured on a chain of tiny
+    # ops); each class's ms_per_kernel is then what its kernels cost beyond that floor.
+    ms_per_dispatch: float = 0.0
 
     def __post_init__(self):
         # Sub-classes missing (coefficients written before they existed) take their parent's terms.
@@ -161,18 +170,60 @@ def datasheet_coefficients(target: Target, precision: str | None = None) -> Coef
                         ms_per_streamed_mb=ms_per_mb if target.cache_mb else 0.0)
 
 
-def coefficients_for(target: Target, precision: str | None = None) -> tuple[Coefficients, str]:
-    """The coefficients to predict with and a label saying where they come from."""
+@dataclass
+class CoefficientChoice:
+    """The coefficients a prediction uses, where they come from, and how wrong they were on held-out data."""
+
+    coefficients: Coefficients
+    label: str                       # "calibrated from 18 published measurements", "datasheet", ...
+    interval: Interval | None
+
+
+def coefficients_for(target: Target, precision: str | None = None, runtime: str | None = None) -> CoefficientChoice:
+    """The coefficients to predict ``runtime`` (default: the target's) at ``precision`` with.
+
+    A user's calibration (``edgekd profile`` / ``edgekd calibrate``) first, then a shipped calibration fitted
+    on published measurements, then the datasheet. The interval is learned from the held-out errors of
+    that calibration; the datasheet's from how far datasheet predictions fell from every published
+    measurement edgekd ships.
+    """
     precision = precision or target.precision
-    if target.coefficients is not None and target.coefficients.get("precision") == precision:
-        n = target.calibration_info.get("n_measurements", "?")
-        return Coefficients.from_dict(target.coefficients), f"calibrated from {n} measurements"
+    runtime = runtime or target.runtime
+    entry = target.calibration_for(runtime, precision)
+    if entry is not None:
+        n = entry.get("n_measurements", "?")
+        label = f"calibrated from {n} {'published ' if entry['origin'] == 'published' else ''}measurements"
+        if entry.get("runtime", runtime) != target.runtime:
+            label += f" ({entry['runtime']})"
+        return CoefficientChoice(Coefficients.from_dict(entry["coefficients"]), label,
+                                 Interval.from_dict(entry.get("interval")))
     label = "datasheet"
-    if target.measured:
+    if target.measured and runtime == target.runtime:
         label = "uncalibrated prior; run `edgekd profile --target host`"
     elif target.coefficients is not None:
         label = f"datasheet; the calibration is for {target.coefficients.get('precision')}"
-    return datasheet_coefficients(target, precision), label
+    return CoefficientChoice(datasheet_coefficients(target, precision), label, datasheet_interval())
+
+
+def datasheet_interval() -> Interval | None:
+    """How far datasheet predictions fell from the published measurements shipped with edgekd, as an interval."""
+    from edgekd.hardware.targets import shipped_profiles
+
+    return _datasheet_interval(tuple(shipped_profiles()))
+
+
+@functools.lru_cache(maxsize=4)
+def _datasheet_interval(names: tuple[str, ...]) -> Interval | None:
+    from edgekd.hardware.targets import shipped_calibrations
+
+    ratios, devices = [], 0
+    for name in names:
+        found = [r["measured_ms"] / r["datasheet_ms"] for e in shipped_calibrations(name) for r in e.get("rows", [])
+                 if r.get("datasheet_ms")]
+        ratios += found
+        devices += bool(found)
+    return interval_from_ratios(ratios, f"datasheet predictions of {len(ratios)} published measurements on "
+                                        f"{devices} devices")
 
 
 def _round_up(n: int, m: int) -> int:
@@ -290,6 +341,7 @@ KERNEL_TERMS = (
     ("ms_per_epilogue_mb", EPILOGUE, lambda k, spill_mb: epilogue_mb(k)),
     ("ms_per_border_mflop", BORDER, lambda k, spill_mb: border_mflops(k)),
     ("ms_per_filter_set_mflop", FILTER_SET, lambda k, spill_mb: filter_set_mflops(k)),
+    ("ms_per_dispatch", DISPATCH, lambda k, spill_mb: 1.0),
 )
 
 
@@ -338,8 +390,10 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
         raise EdgeKDError("calibration needs at least one measurement with a matching graph", "check the measurements file")
     if np.any(y <= 0) or not np.all(np.isfinite(y)):
         raise EdgeKDError("measured latencies must be positive finite milliseconds", "check the measurements file")
-    # Terms measured independently (e.g. DRAM bandwidth) are held, not fitted: their share leaves y.
-    fixed_terms = fixed_terms or {}
+    # Terms measured independently (e.g. DRAM bandwidth) are held, not fitted: their share leaves y. The
+    # dispatch floor is the sum of the per-class kernel counts, so it is only ever held (measured, or the prior's).
+    fixed_terms = dict(fixed_terms or {})
+    fixed_terms.setdefault(DISPATCH, prior.ms_per_dispatch if prior is not None else 0.0)
     held = np.zeros(N_FEATURES)
     for j, value in fixed_terms.items():
         held[j] = value
@@ -420,7 +474,7 @@ def fit_stats(predicted, measured) -> dict:
 
 @dataclass
 class Prediction:
-    """Predicted latency of one model on one target, per kernel and in total."""
+    """Predicted latency of one model on one target, per kernel and in total, with its uncertainty."""
 
     total_ms: float
     layers: list[dict]
@@ -434,41 +488,62 @@ class Prediction:
     memory_mb: float
     notes: list[str] = field(default_factory=list)
     streamed_ms: float = 0.0      # weights re-read from DRAM when the inference overflows the cache
+    interval: Interval | None = None
 
     @property
     def latency_source(self) -> str:
         return f"predicted:{self.target} ({self.calibration})"
 
+    @property
+    def interval_ms(self) -> tuple[float, float] | None:
+        """(low, high) milliseconds the latency lies between with the interval's probability; None if unknown."""
+        return self.interval.apply(self.total_ms) if self.interval is not None else None
+
+    @property
+    def high_ms(self) -> float:
+        """The upper end of the interval (the prediction itself when no interval is known)."""
+        return self.interval_ms[1] if self.interval is not None else self.total_ms
+
+    def interval_dict(self) -> dict | None:
+        if self.interval is None:
+            return None
+        low, high = self.interval_ms
+        return {"low": low, "high": high, "level": self.interval.level, "source": self.interval.describe()}
+
     def to_dict(self) -> dict:
-        return {"predicted_ms": self.total_ms, "target": self.target, "runtime": self.runtime,
-                "precision": self.precision, "calibration": self.calibration,
+        return {"predicted_ms": self.total_ms, "interval_ms": self.interval_dict(), "target": self.target,
+                "runtime": self.runtime, "precision": self.precision, "calibration": self.calibration,
                 "latency_source": self.latency_source, "fixed_ms": self.fixed_ms, "streamed_ms": self.streamed_ms,
                 "flops": self.flops,
                 "params": self.params, "memory_mb": self.memory_mb, "kernels": len(self.layers),
                 "layers": self.layers, "notes": self.notes}
 
 
-def target_graph_cost(source, target: Target, precision: str | None = None, input_shape=None) -> GraphCost:
-    """The kernels ``target`` runs for an ONNX graph.
+def target_graph_cost(source, target: Target, precision: str | None = None, input_shape=None,
+                      runtime: str | None = None) -> GraphCost:
+    """The kernels ``target`` runs for an ONNX graph on ``runtime`` (default: the target's).
 
     Where the target is this machine's ONNX Runtime, the graph ORT actually executes after its own
     optimizations (NCHWc convs, layout reorders, fallback convs: see ``executed_graph_cost``);
     elsewhere the ONNX graph with the runtime's documented fusions.
     """
     precision = precision or target.precision
-    if target.measured and target.runtime == "onnxruntime":
+    runtime = runtime or target.runtime
+    if target.measured and runtime == "onnxruntime":
         from edgekd.hardware.measure import check_fits_in_memory
 
         # ONNX Runtime runs the model here to show what it executes: refuse what this machine cannot hold.
         nominal = graph_cost(source, runtime="onnxruntime", precision=precision, input_shape=input_shape)
         check_fits_in_memory(nominal, f"costing {getattr(source, 'name', 'the model')} on {target.name}")
         return executed_graph_cost(source, threads=target.threads, input_shape=input_shape, precision=precision)
-    return graph_cost(source, runtime=target.runtime, precision=precision, input_shape=input_shape)
+    return graph_cost(source, runtime=runtime, precision=precision, input_shape=input_shape)
 
 
-def predict_cost(cost: GraphCost, target: Target, precision: str | None = None) -> Prediction:
+def predict_cost(cost: GraphCost, target: Target, precision: str | None = None, runtime: str | None = None) -> Prediction:
     precision = precision or target.precision
-    coeffs, label = coefficients_for(target, precision)
+    runtime = runtime or target.runtime
+    choice = coefficients_for(target, precision, runtime)
+    coeffs = choice.coefficients
     per = kernel_ms(cost, coeffs)
     layers = []
     for k, ms in zip(cost.kernels, per):
@@ -484,18 +559,21 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None) 
     if streamed > 0:
         notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so its weights stream from DRAM: "
                      f"+{streamed:.3g} ms")
+    if choice.interval is not None:
+        notes.append(f"uncertainty: {choice.interval.describe()}")
     total = float(sum(per) + streamed + coeffs.fixed_ms)
     if not (math.isfinite(total) and total >= 0):  # never report a negative, NaN or overflowed latency
         raise EdgeKDError(f"the latency model gives {total} ms on {target.name}: the model or the profile's "
                           f"figures are out of range", "check the input shape and the target profile's numbers")
     return Prediction(total_ms=total, layers=layers, target=target.name,
-                      runtime=target.runtime, precision=precision, calibration=label, fixed_ms=coeffs.fixed_ms,
+                      runtime=runtime, precision=precision, calibration=choice.label, fixed_ms=coeffs.fixed_ms,
                       flops=cost.flops, params=cost.params, memory_mb=cost.memory_mb, notes=notes,
-                      streamed_ms=streamed)
+                      streamed_ms=streamed, interval=choice.interval)
 
 
-def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=None, precision: str | None = None) -> Prediction:
-    """Predicted latency of an ONNX file (or a torch module, exported first) on ``target``."""
+def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=None, precision: str | None = None,
+                       runtime: str | None = None) -> Prediction:
+    """Predicted latency of an ONNX file (or a torch module, exported first) on ``target`` (and ``runtime``)."""
     from edgekd.hardware.targets import load_target
 
     if not isinstance(target, Target):
@@ -511,8 +589,8 @@ def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=Non
 
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(onnx_path_or_model, shape, Path(tmp) / "model.onnx")
-            cost = target_graph_cost(path, target, precision)
+            cost = target_graph_cost(path, target, precision, runtime=runtime)
     else:
         cost = target_graph_cost(Path(onnx_path_or_model) if not hasattr(onnx_path_or_model, "graph") else onnx_path_or_model,
-                                 target, precision, input_shape)
-    return predict_cost(cost, target, precision)
+                                 target, precision, input_shape, runtime=runtime)
+    return predict_cost(cost, target, precision, runtime)

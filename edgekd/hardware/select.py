@@ -35,6 +35,14 @@ class Candidate:
     fits_memory: bool = True
     latency_source: str = ""
     image_size: int | None = None  # the student's input size (pixels, square)
+    # The prediction interval (see edgekd.hardware.uncertainty); equal to predicted_ms when measured.
+    predicted_low_ms: float | None = None
+    predicted_high_ms: float | None = None
+
+    @property
+    def upper_ms(self) -> float:
+        """The latency a safe selection judges by: the interval's upper end, or the figure itself."""
+        return self.predicted_high_ms if self.predicted_high_ms is not None else self.predicted_ms
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +58,7 @@ class Selection:
     precision: str = ""
     memory_budget_mb: float | None = None
     pareto: list[Candidate] = field(default_factory=list)
+    safe: bool = False           # candidates were judged by the upper end of their prediction interval
 
     @property
     def width(self) -> float:
@@ -60,7 +69,7 @@ class Selection:
                 "image_size": self.chosen.image_size, "rule": RULE,
                 "budget_ms": self.budget_ms, "memory_budget_mb": self.memory_budget_mb,
                 "latency_source": self.latency_source, "target": self.target, "precision": self.precision,
-                "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
+                "safe": self.safe, "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
                 "pareto": [c.to_dict() for c in self.pareto]}
 
 
@@ -85,7 +94,8 @@ def _latency_mode(target: Target, latency: str) -> str:
 
 
 def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_shape, width: float, depth: int = 1,
-                       resolution: int | None = None, precision: str | None = None, mode: str = "predicted") -> Candidate:
+                       resolution: int | None = None, precision: str | None = None, mode: str = "predicted",
+                       runtime: str | None = None) -> Candidate:
     """Cost one configuration on ``target``: export (cached), cost the graph, predict or measure."""
     from edgekd.models import count_params, create
 
@@ -96,36 +106,46 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
     precision = precision or target.precision
     size_kw = {} if arch in ("cnn",) else {"image_size": h}  # fully convolutional cnn: one graph per size anyway
     path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth, **size_kw)
-    cost = target_graph_cost(path, target, precision)
+    cost = target_graph_cost(path, target, precision, runtime=runtime)
     params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth, **size_kw))
     if mode == "measured":
         from edgekd.hardware.measure import measure_onnx_ms
 
         ms = measure_onnx_ms(path, threads=target.threads, time_budget_s=0.4)["p50"]
-        source = f"measured:{target.name}"
+        source, (low, high) = f"measured:{target.name}", (ms, ms)
     else:
-        pred = predict_cost(cost, target, precision)
+        pred = predict_cost(cost, target, precision, runtime)
         ms, source = pred.total_ms, pred.latency_source
+        low, high = pred.interval_ms or (None, None)
     return Candidate(width=float(width), depth=depth, resolution=resolution, params=int(params),
                      flops=int(cost.flops), predicted_ms=float(ms), fits=True, memory_mb=float(cost.memory_mb),
-                     latency_source=source, image_size=h)
+                     latency_source=source, image_size=h, predicted_low_ms=low, predicted_high_ms=high)
 
 
-def _judge(cands: list[Candidate], budget_ms: float, memory_mb: float | None) -> None:
+def judged_ms(cand: Candidate, safe: bool) -> float:
+    """The latency a candidate is judged by: its prediction, or with ``safe`` the upper end of its interval."""
+    return cand.upper_ms if safe else cand.predicted_ms
+
+
+def _judge(cands: list[Candidate], budget_ms: float, memory_mb: float | None, safe: bool = False) -> None:
+    """Mark which candidates fit the budgets; a safe selection keeps only those whose interval's upper end fits."""
     for cand in cands:
         cand.fits_memory = memory_mb is None or cand.memory_mb <= memory_mb
-        cand.fits = cand.predicted_ms <= budget_ms and cand.fits_memory
+        cand.fits = judged_ms(cand, safe) <= budget_ms and cand.fits_memory
 
 
-def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memory_mb: float | None) -> EdgeKDError:
-    fastest = min(cands, key=lambda c: c.predicted_ms)
+def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memory_mb: float | None,
+                 safe: bool = False) -> EdgeKDError:
+    fastest = min(cands, key=lambda c: judged_ms(c, safe))
     smallest = min(cands, key=lambda c: (c.params, c.predicted_ms))
     verb = "measured" if fastest.latency_source.startswith("measured") else "predicted"
-    if fastest.predicted_ms > budget_ms:
+    if judged_ms(fastest, safe) > budget_ms:
+        figure = (f"{smallest.predicted_ms:.3g} ms, up to {smallest.upper_ms:.3g} ms at the upper end of its interval "
+                  f"(--safe)" if safe else f"{smallest.predicted_ms:.3g} ms")
         return EdgeKDError(
             f"no candidate fits the {budget_ms:g} ms budget on {target.name}: the smallest "
-            f"(width {smallest.width:g}, depth {smallest.depth}) is {verb} at {smallest.predicted_ms:.3g} ms",
-            f"raise --budget-ms to at least {fastest.predicted_ms * 1.05:.3g} or choose a faster --target")
+            f"(width {smallest.width:g}, depth {smallest.depth}) is {verb} at {figure}",
+            f"raise --budget-ms to at least {judged_ms(fastest, safe) * 1.05:.3g} or choose a faster --target")
     lightest = min(cands, key=lambda c: c.memory_mb)
     return EdgeKDError(
         f"no candidate fits {memory_mb:g} MB of memory on {target.name}: the lightest (width {lightest.width:g}) "
@@ -134,12 +154,13 @@ def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memor
 
 def select_width(arch: str, widths, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
                  depth: float = 1, precision: str | None = None, latency: str = "auto",
-                 progress: bool = False, image_sizes=None) -> Selection:
+                 progress: bool = False, image_sizes=None, safe: bool = False, runtime: str | None = None) -> Selection:
     """Cost every width (x image size) on the target and :func:`choose` among those within the budget
     (the target's default if None); with one image size that is the widest that fits.
 
     ``latency="auto"`` measures on this machine when the target is ``host`` (``measured: true``) and
-    predicts with the latency model otherwise; the Selection's ``latency_source`` says which.
+    predicts with the latency model otherwise; the Selection's ``latency_source`` says which. ``safe``
+    judges each candidate by the upper end of its prediction interval instead of the prediction.
     """
     target = load_target(target) if not isinstance(target, Target) else target
     budget = float(target.budget_ms if budget_ms is None else budget_ms)
@@ -155,15 +176,15 @@ def select_width(arch: str, widths, *, target: Target | str, budget_ms: float | 
     cands = []
     for width, size in _progress(grid, f"costing {len(grid)} candidates on {target.name}", progress):
         cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape,
-                                        width=width, depth=depth, precision=precision, mode=mode,
+                                        width=width, depth=depth, precision=precision, mode=mode, runtime=runtime,
                                         resolution=None if size == native else size))
-    _judge(cands, budget, None)
+    _judge(cands, budget, None, safe)
     fitting = [c for c in cands if c.fits]
     if not fitting:
-        raise _unreachable(cands, budget, target, None)
+        raise _unreachable(cands, budget, target, None, safe)
     chosen = choose(fitting)
     return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
-                     target=target.name, precision=precision or target.precision, pareto=pareto_front(cands))
+                     target=target.name, precision=precision or target.precision, pareto=pareto_front(cands), safe=safe)
 
 
 def _image_sizes(sizes, native: int) -> list[int]:
@@ -186,11 +207,13 @@ def pareto_front(cands: list[Candidate]) -> list[Candidate]:
 
 def search(arch: str, *, target: Target | str, budget_ms: float | None, num_classes: int, input_shape,
            widths=None, depths=None, resolutions=None, memory_mb: float | None = None,
-           precision: str | None = None, latency: str = "auto", progress: bool = False) -> Selection:
+           precision: str | None = None, latency: str = "auto", progress: bool = False, safe: bool = False,
+           runtime: str | None = None) -> Selection:
     """Search width x depth x image size; :func:`choose` among the candidates within both budgets.
 
     Widths and depths default to the family's own candidates. Memory is weights + peak activations at
-    the target's precision, compared with ``memory_mb`` (default: the device's memory).
+    the target's precision, compared with ``memory_mb`` (default: the device's memory). ``safe`` judges
+    latency by the upper end of each candidate's prediction interval.
     """
     from edgekd.models import search_depths, search_widths
 
@@ -213,12 +236,13 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
     cands = []
     for w, d, r in _progress(grid, f"searching {len(grid)} candidates on {target.name}", progress):
         cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape, width=w,
-                                        depth=d, resolution=None if r == native else r, precision=precision, mode=mode))
-    _judge(cands, budget, memory)
+                                        depth=d, resolution=None if r == native else r, precision=precision, mode=mode,
+                                        runtime=runtime))
+    _judge(cands, budget, memory, safe)
     fitting = [c for c in cands if c.fits]
     if not fitting:
-        raise _unreachable(cands, budget, target, memory)
+        raise _unreachable(cands, budget, target, memory, safe)
     chosen = choose(fitting)
     return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
                      target=target.name, precision=precision or target.precision, memory_budget_mb=memory,
-                     pareto=pareto_front(cands))
+                     pareto=pareto_front(cands), safe=safe)

@@ -17,6 +17,9 @@ from edgekd.runtimes import target_runtimes
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kernel classes the latency model keeps separate coefficients for (see edgekd.hardware.graph).
 OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
+# Runtimes whose CPU kernels are another library's: measurements of that library calibrate them too
+# (ExecuTorch delegates CPU inference to XNNPACK, so XNNPACK's published figures are its kernels' figures).
+KERNEL_LIBRARY = {"executorch": "xnnpack"}
 CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal", "notes")
 
 # Typical fraction of peak compute each kernel class reaches; a profile may override any of them.
@@ -197,10 +200,33 @@ class Target:
     # Fitted latency-model coefficients from a calibration file, None when only the datasheet is known.
     coefficients: dict | None = field(default=None, repr=False)
     calibration_info: dict = field(default_factory=dict, repr=False)
+    # Calibrations shipped with edgekd, fitted on published measurements (targets/calibrations/<name>.json),
+    # one per runtime and precision: the fallback below a user's own calibration, above the datasheet.
+    shipped: list[dict] = field(default_factory=list, repr=False)
 
     @property
     def calibrated(self) -> bool:
         return self.coefficients is not None
+
+    def calibration_for(self, runtime: str, precision: str) -> dict | None:
+        """The calibration predictions on ``runtime`` at ``precision`` use: the user's, else a shipped one.
+
+        A dict with runtime, precision, coefficients, n_measurements, source, interval and origin
+        ("user" or "published"); None when only the datasheet is known.
+        """
+        info = self.calibration_info
+        if (self.coefficients is not None and self.coefficients.get("precision") == precision
+                and info.get("runtime", self.runtime) == runtime):
+            return {**info, "coefficients": self.coefficients, "origin": "user"}
+        for entry in self.shipped:
+            if entry["runtime"] in (runtime, KERNEL_LIBRARY.get(runtime)) and entry["precision"] == precision:
+                return {**entry, "origin": "published"}
+        return None
+
+    @property
+    def published_measurements(self) -> int:
+        """How many published measurements back the shipped calibrations (all runtimes and precisions)."""
+        return sum(int(e.get("n_measurements", 0)) for e in self.shipped)
 
     @property
     def threads(self) -> int | None:
@@ -221,6 +247,8 @@ class Target:
             "conditions": dict(self.conditions), "software": {k: str(v) for k, v in self.software.items()},
             "sources": list(self.sources), "path": self.path, "calibration": self.calibration,
             "calibration_path": self.calibration_path,
+            "published_calibrations": [{k: e[k] for k in ("runtime", "precision", "n_measurements") if k in e}
+                                       for e in self.shipped],
         }
 
 
@@ -283,6 +311,20 @@ def shipped_profiles() -> dict[str, Path | Any]:
     return dict(sorted(found.items()))
 
 
+def shipped_resource(relative: str):
+    """A file shipped beside the profiles (``measurements/jetson-nano.yaml``), installed or in the repo; None if absent."""
+    try:
+        from importlib.resources import files
+
+        entry = files("edgekd.profiles").joinpath(relative)
+        if entry.is_file():
+            return entry
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        pass
+    path = _repo_targets_dir() / relative
+    return path if path.is_file() else None
+
+
 def calibration_path(target_name: str) -> Path:
     """Where a fitted calibration for ``target_name`` lives (never the shipped profile itself)."""
     return config_dir() / "calibration" / f"{target_name}.json"
@@ -319,8 +361,26 @@ def _from_data(data: dict, path: str) -> Target:
     return target
 
 
+def shipped_calibrations(target_name: str) -> list[dict]:
+    """Calibrations shipped for a profile (fitted on its published measurements), one per runtime and precision."""
+    resource = shipped_resource(f"calibrations/{target_name}.json")
+    if resource is None:
+        return []
+    try:
+        data = json.loads(resource.read_text())
+        entries = [e for e in data["calibrations"] if e["runtime"] and e["precision"] and e["coefficients"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise EdgeKDError(f"shipped calibration calibrations/{target_name}.json is unreadable",
+                          "reinstall edgekd, or regenerate it with benchmarks/latency_model.py --device-table ... --ship") from None
+    return entries
+
+
 def _attach_calibration(target: Target) -> None:
-    """Pick up a calibration file written by `edgekd profile` / `edgekd calibrate`, if any."""
+    """Pick up the shipped calibrations and a calibration file written by `edgekd profile` / `edgekd calibrate`."""
+    target.shipped = shipped_calibrations(target.name) if target.path.startswith("targets/") else []
+    default = target.calibration_for(target.runtime, target.precision)
+    if default is not None:
+        target.calibration = f"calibrated from {default['n_measurements']} published measurements"
     path = calibration_path(target.name)
     if not path.is_file():
         if target.measured:

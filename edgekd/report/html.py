@@ -213,7 +213,7 @@ def _selection_table(report: dict) -> str:
     if not rows:
         return ""
     html = ['<table><thead><tr><th class="num">Width</th><th class="num">Depth</th><th class="num">Params</th>'
-            '<th class="num">FLOPs</th><th class="num">Predicted ms</th><th class="num">Memory MB</th>'
+            '<th class="num">FLOPs</th><th class="num">Predicted ms (interval)</th><th class="num">Memory MB</th>'
             "<th>Fits budget</th></tr></thead><tbody>"]
     for c in rows:
         fits = '<span class="fit">yes</span>' if c.fits else '<span class="over">no</span>'
@@ -223,7 +223,7 @@ def _selection_table(report: dict) -> str:
             f'<tr class="{"recommended" if c.chosen else ""}"><td class="num">{c.width:g}</td>'
             f'<td class="num">{c.depth if c.depth is not None else DASH}</td>'
             f'<td class="num">{fmt_count(c.params)}</td><td class="num">{fmt_count(c.flops)}</td>'
-            f'<td class="num">{fmt_ms(c.predicted_ms)}</td><td class="num">{fmt_mb(c.memory_mb)}</td>'
+            f'<td class="num">{c.predicted}</td><td class="num">{fmt_mb(c.memory_mb)}</td>'
             f"<td>{fits}</td></tr>")
     html.append("</tbody></table>")
     return "".join(html)

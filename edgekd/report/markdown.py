@@ -66,9 +66,9 @@ def selection_markdown(report: dict) -> list[str]:
     if not rows:
         return []
     body = [[f"**{c.width:g}**" if c.chosen else f"{c.width:g}", c.depth if c.depth is not None else DASH,
-             fmt_count(c.params), fmt_count(c.flops), fmt_ms(c.predicted_ms), fmt_mb(c.memory_mb),
+             fmt_count(c.params), fmt_count(c.flops), c.predicted, fmt_mb(c.memory_mb),
              ("✓" if c.fits else "✗") + (" ← chosen" if c.chosen else "")] for c in rows]
-    return _table(["Width", "Depth", "Params", "FLOPs", "Predicted ms", "Memory MB", "Fits"], body,
+    return _table(["Width", "Depth", "Params", "FLOPs", "Predicted ms (interval)", "Memory MB", "Fits"], body,
                   ["r", "r", "r", "r", "r", "r", "l"])
 
 

@@ -58,6 +58,7 @@ ARTIFACT_OPTIONAL = {
     "latency_source": _OPT_STR,
     "target_latency_ms": _OPT_DICT,
     "target_latency_source": _OPT_STR,
+    "target_latency_interval_ms": _OPT_DICT,  # {low, high, level, source} of a predicted target latency
     "extra": _OPT_DICT,
 }
 CANDIDATE_REQUIRED = {"width": _NUMBER, "params": _NUMBER, "flops": _NUMBER, "predicted_ms": _NUMBER, "fits": (bool,)}

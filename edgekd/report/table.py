@@ -54,6 +54,15 @@ class CandidateRow:
     memory_mb: float | None
     fits: bool
     chosen: bool
+    predicted_low_ms: float | None = None
+    predicted_high_ms: float | None = None
+
+    @property
+    def predicted(self) -> str:
+        """'0.166 (0.141-0.198)': the prediction and its interval, when the prediction has one."""
+        if self.predicted_high_ms is None or self.predicted_high_ms == self.predicted_ms:
+            return fmt_ms(self.predicted_ms)
+        return f"{fmt_ms(self.predicted_ms)} ({fmt_ms(self.predicted_low_ms)}-{fmt_ms(self.predicted_high_ms)})"
 
 
 def _p(lat: dict | None, key: str = "p50") -> float | None:
@@ -182,7 +191,7 @@ def selection_rows(report: dict) -> list[CandidateRow]:
         rows.append(CandidateRow(
             width=c["width"], depth=c.get("depth"), params=int(c["params"]), flops=int(c["flops"]),
             predicted_ms=float(c["predicted_ms"]), memory_mb=c.get("memory_mb"), fits=bool(c["fits"]),
-            chosen=is_chosen,
+            chosen=is_chosen, predicted_low_ms=c.get("predicted_low_ms"), predicted_high_ms=c.get("predicted_high_ms"),
         ))
     return rows
 

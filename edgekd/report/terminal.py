@@ -133,13 +133,13 @@ def selection_table(report: dict) -> Table | None:
     table.add_column("Depth", justify="right")
     table.add_column("Params", justify="right")
     table.add_column("FLOPs", justify="right")
-    table.add_column("Predicted ms", justify="right")
+    table.add_column("Predicted ms (interval)", justify="right")
     table.add_column("Memory MB", justify="right")
     table.add_column("Fits")
     for c in rows:
         table.add_row(
             f"{c.width:g}", str(c.depth) if c.depth is not None else DASH, fmt_count(c.params), fmt_count(c.flops),
-            fmt_ms(c.predicted_ms), fmt_mb(c.memory_mb),
+            c.predicted, fmt_mb(c.memory_mb),
             Text("yes ◀ chosen" if c.chosen else "yes", style="bold green" if c.chosen else "green") if c.fits
             else Text("no", style="red"),
             style="bold" if c.chosen else "",

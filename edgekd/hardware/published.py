@@ -1,0 +1,395 @@
+"""Published on-device latencies: the tables shipped beside the device profiles (targets/measurements/),
+validated on load, and the graphs of the models they name.
+
+A table lists where each figure was read (``sources``: URL, table or figure, runtime, precision, batch,
+threads) and the figures themselves (``measurements``: model, input shape, latency in ms, source). Each
+row takes its runtime, precision, batch and threads from its source unless it says otherwise::
+
+    target: jetson-nano
+    sources:
+      torch2trt:
+        url: https://github.com/NVIDIA-AI-IOT/torch2trt/blob/<commit>/benchmarks/JETSON_NANO.md
+        where: "column 'Latency (TensorRT)'"
+        runtime: tensorrt
+        precision: fp16
+        batch: 1
+    measurements:
+      - {model: "torchvision:resnet18", input: 1x3x224x224, latency_ms: 11.4, source: torch2trt}
+
+Models are ``torchvision:NAME`` (``kwargs`` go to its constructor, e.g. ``{width_mult: 0.75}``) or
+``edgekd:NAME`` for the reference architectures torchvision lacks (REFERENCE_MODELS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekd.errors import EdgeKDError
+
+TABLE_KEYS = ("target", "device", "sources", "measurements", "notes")
+SOURCE_KEYS = ("url", "where", "runtime", "precision", "batch", "threads", "notes")
+ROW_KEYS = ("model", "name", "kwargs", "input", "latency_ms", "source", "runtime", "precision", "batch", "threads",
+            "use", "why")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class Source:
+    key: str
+    url: str
+    where: str
+    runtime: str
+    precision: str
+    batch: int = 1
+    threads: int | None = None
+    notes: str = ""
+
+
+@dataclass
+class Measurement:
+    """One published latency: a model at an input shape, on a runtime and precision, in milliseconds."""
+
+    model: str
+    input_shape: list[int]
+    latency_ms: float
+    source: str
+    runtime: str
+    precision: str
+    batch: int = 1
+    threads: int | None = None
+    kwargs: dict = field(default_factory=dict)
+    name: str = ""
+    use: bool = True          # false: recorded but left out of the fit (``why`` says why)
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model.split(":", 1)[-1]
+
+
+@dataclass
+class MeasurementTable:
+    target: str
+    path: str
+    sources: dict[str, Source]
+    measurements: list[Measurement]
+    device: str = ""
+    sha256: str = ""
+
+    def groups(self) -> dict[tuple[str, str], list[Measurement]]:
+        """The usable measurements by (runtime, precision): each pair is calibrated on its own."""
+        out: dict[tuple[str, str], list[Measurement]] = {}
+        for m in self.measurements:
+            if m.use:
+                out.setdefault((m.runtime, m.precision), []).append(m)
+        return out
+
+
+def _fail(where: str, problem: str, fix: str) -> EdgeKDError:
+    return EdgeKDError(f"{where} {problem}", fix)
+
+
+def _check_keys(data: Any, allowed, where: str) -> dict:
+    from edgekd.hardware.targets import _unknown_key
+
+    if not isinstance(data, dict):
+        raise _fail(where, "must be a mapping", "see targets/measurements/jetson-nano.yaml for the format")
+    for key in data:
+        if key not in allowed:
+            raise _unknown_key(str(key), allowed, where)
+    return data
+
+
+def _positive_int(value, where: str, key: str, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _fail(where, f"key '{key}' must be a positive integer (got {value!r})", "e.g. batch: 1")
+    return value
+
+
+def _runtime(value, where: str) -> str:
+    from edgekd.hardware.graph import cost_runtimes
+
+    if value not in cost_runtimes():
+        raise _fail(where, f"key 'runtime' must be one of {', '.join(cost_runtimes())} (got {value!r})",
+                    "name the runtime the figure was measured with")
+    return value
+
+
+def _precision(value, where: str) -> str:
+    if value not in PRECISIONS:
+        raise _fail(where, f"key 'precision' must be one of {', '.join(PRECISIONS)} (got {value!r})", "e.g. precision: fp16")
+    return value
+
+
+def _source(key: str, data: Any, where: str) -> Source:
+    where = f"{where} sources.{key}"
+    data = _check_keys(data, SOURCE_KEYS, where)
+    for required in ("url", "where", "runtime", "precision"):
+        if not isinstance(data.get(required), str) or not data[required].strip():
+            raise _fail(where, f"needs key '{required}' (a non-empty string)",
+                        "say where the figures were read: url, where (table/figure), runtime, precision")
+    return Source(key=key, url=data["url"], where=data["where"], runtime=_runtime(data["runtime"], where),
+                  precision=_precision(data["precision"], where), batch=_positive_int(data.get("batch", 1), where, "batch"),
+                  threads=_positive_int(data.get("threads"), where, "threads", optional=True), notes=str(data.get("notes", "")))
+
+
+def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measurement:
+    from edgekd.modelfile import parse_shape
+
+    where = f"{where} measurements[{i}]"
+    data = _check_keys(data, ROW_KEYS, where)
+    for required in ("model", "input", "latency_ms", "source"):
+        if required not in data:
+            raise _fail(where, f"needs key '{required}'", "each row gives model, input, latency_ms and source")
+    model = data["model"]
+    if not isinstance(model, str) or model.split(":", 1)[0] not in MODEL_SOURCES or not model.split(":", 1)[-1]:
+        raise _fail(where, f"key 'model' must be torchvision:NAME or edgekd:NAME (got {model!r})", "e.g. torchvision:resnet18")
+    latency = data["latency_ms"]
+    if not isinstance(latency, (int, float)) or isinstance(latency, bool) or not latency > 0:
+        raise _fail(where, f"key 'latency_ms' must be a positive number (got {latency!r})", "milliseconds per inference")
+    if data["source"] not in sources:
+        raise _fail(where, f"key 'source' names {data['source']!r}, which is not under sources",
+                    f"use one of {', '.join(sources) or '(none defined)'}")
+    src = sources[data["source"]]
+    kwargs = data.get("kwargs", {}) or {}
+    if not isinstance(kwargs, dict):
+        raise _fail(where, "key 'kwargs' must be a mapping", "e.g. kwargs: {width_mult: 0.75}")
+    try:
+        shape = list(parse_shape(str(data["input"]), "input"))
+    except EdgeKDError:
+        raise _fail(where, f"key 'input' must be a shape NxCxHxW (got {data['input']!r})", "e.g. input: 1x3x224x224") from None
+    use = data.get("use", True)
+    if not isinstance(use, bool):
+        raise _fail(where, "key 'use' must be true or false", "use: false keeps a row out of the fit (say why)")
+    return Measurement(model=model, input_shape=shape, latency_ms=float(latency), source=src.key,
+                       runtime=_runtime(data.get("runtime", src.runtime), where),
+                       precision=_precision(data.get("precision", src.precision), where),
+                       batch=_positive_int(data.get("batch", src.batch), where, "batch"),
+                       threads=_positive_int(data.get("threads", src.threads), where, "threads", optional=True),
+                       kwargs=dict(kwargs), name=str(data.get("name", "")), use=use, why=str(data.get("why", "")))
+
+
+def parse_table(data: Any, where: str, sha256: str = "") -> MeasurementTable:
+    """Validate a parsed measurement table; every error is one line naming the key."""
+    data = _check_keys(data, TABLE_KEYS, where)
+    if not isinstance(data.get("target"), str) or not data["target"].strip():
+        raise _fail(where, "needs key 'target' (the profile these figures calibrate)", "e.g. target: jetson-nano")
+    sources_data = data.get("sources")
+    if not isinstance(sources_data, dict) or not sources_data:
+        raise _fail(where, "needs key 'sources' (a mapping of source name: url, where, runtime, precision)",
+                    "cite where every figure was read")
+    sources = {str(k): _source(str(k), v, where) for k, v in sources_data.items()}
+    rows = data.get("measurements")
+    if not isinstance(rows, list) or not rows:
+        raise _fail(where, "needs key 'measurements' (a non-empty list)", "list the published latencies")
+    return MeasurementTable(target=data["target"], path=where, sources=sources,
+                            measurements=[_row(i, r, sources, where) for i, r in enumerate(rows)],
+                            device=str(data.get("device", "")), sha256=sha256)
+
+
+def load_table(path: str | Path | Any) -> MeasurementTable:
+    """Read and validate a measurement table (a path or a package resource)."""
+    import yaml
+
+    where = str(path)
+    try:
+        text = path.read_text() if hasattr(path, "read_text") else Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise EdgeKDError(f"cannot read measurement table {where} ({type(err).__name__})",
+                          "pass a YAML file like targets/measurements/jetson-nano.yaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        raise EdgeKDError(f"{where} is not valid YAML" + (f" (line {line + 1})" if line is not None else ""),
+                          "fix the syntax") from None
+    return parse_table(data, where, hashlib.sha256(text.encode()).hexdigest())
+
+
+def shipped_table(target_name: str) -> MeasurementTable | None:
+    """The published measurements shipped for a profile, or None."""
+    from edgekd.hardware.targets import shipped_resource
+
+    resource = shipped_resource(f"measurements/{target_name}.yaml")
+    return load_table(resource) if resource is not None else None
+
+
+# --- the graphs of the models the tables name ----------------------------------------------------
+
+def _mobilenet_v1(width_mult: float = 1.0, num_classes: int = 1000):
+    """MobileNet v1 (Howard et al. 2017): a 3x3 stem and 13 depthwise-separable blocks, BN + ReLU."""
+    from torch import nn
+
+    def cbr(cin, cout, stride, groups=1, k=3):
+        return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    plan = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)] + [(512, 1)] * 5 + [(1024, 2), (1024, 1)]
+    ch = int(32 * width_mult)
+    layers = cbr(3, ch, 2)
+    for out, stride in plan:
+        out = int(out * width_mult)
+        layers += cbr(ch, ch, stride, groups=ch) + cbr(ch, out, 1, k=1)
+        ch = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(ch, num_classes))
+
+
+def _mobilenet_v3(arch: str):
+    def build(width_mult: float = 1.0, num_classes: int = 1000):
+        from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
+
+        setting, last_channel = _mobilenet_v3_conf(arch, width_mult=width_mult)
+        return MobileNetV3(setting, last_channel, num_classes=num_classes)
+    return build
+
+
+# Architectures published tables measure that torchvision does not build (or not at every width).
+REFERENCE_MODELS: dict[str, Callable] = {
+    "mobilenet_v1": _mobilenet_v1,
+    "mobilenet_v3_large": _mobilenet_v3("mobilenet_v3_large"),
+    "mobilenet_v3_small": _mobilenet_v3("mobilenet_v3_small"),
+}
+
+
+def _torchvision(name: str, **kwargs):
+    import torchvision
+
+    if name not in torchvision.models.list_models():
+        raise EdgeKDError(f"unknown torchvision model {name!r}", "see torchvision.models.list_models()")
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def _reference(name: str, **kwargs):
+    if name not in REFERENCE_MODELS:
+        raise EdgeKDError(f"unknown reference model edgekd:{name}", f"use one of {', '.join(REFERENCE_MODELS)}")
+    return REFERENCE_MODELS[name](**kwargs)
+
+
+MODEL_SOURCES: dict[str, Callable] = {"torchvision": _torchvision, "edgekd": _reference}
+
+
+def model_graph(model: str, input_shape, kwargs: dict | None = None) -> Path:
+    """ONNX export of a named model with random weights (latency does not depend on them), cached."""
+    import torch
+
+    from edgekd.hardware.graph import export_onnx
+    from edgekd.hardware.targets import cache_dir
+
+    kwargs = dict(kwargs or {})
+    source, _, name = model.partition(":")
+    if source not in MODEL_SOURCES:
+        raise EdgeKDError(f"cannot read model {model!r}", "write it as torchvision:NAME or edgekd:NAME")
+    key = hashlib.sha256(json.dumps([model, list(input_shape), kwargs, torch.__version__], sort_keys=True)
+                         .encode()).hexdigest()[:16]
+    path = cache_dir() / "graphs" / f"{source}-{name}-{'x'.join(map(str, input_shape))}-{key}.onnx"
+    if not path.is_file():
+        torch.manual_seed(0)
+        try:
+            module = MODEL_SOURCES[source](name, **kwargs)
+        except TypeError as err:
+            raise EdgeKDError(f"{model} does not take {kwargs} ({err})", "fix the row's kwargs") from None
+        export_onnx(module, list(input_shape), path)
+    return path
+
+
+def measurement_graph(m: Measurement) -> Path:
+    return model_graph(m.model, m.input_shape, m.kwargs)
+
+
+# --- shipped calibrations: a fit per runtime and precision, with its held-out errors ---------------
+
+SHIPPED_SCHEMA = "edgekd.shipped-calibration/1"
+MIN_ROWS = 4        # a leave-half-out split needs two measurements on each side
+
+
+def _row_record(m: Measurement, **figures) -> dict:
+    return {"name": m.label, "model": m.model, "kwargs": m.kwargs, "input": "x".join(map(str, m.input_shape)),
+            "source": m.source, "runtime": m.runtime, "precision": m.precision, "threads": m.threads,
+            "measured_ms": m.latency_ms, "used": m.use, **({"why": m.why} if m.why else {}),
+            **{k: (float(v) if v is not None else None) for k, v in figures.items()}}
+
+
+def datasheet_predictions(target, rows: list[Measurement]) -> list[float]:
+    """What the profile's datasheet coefficients (no calibration) predict for each measurement."""
+    from edgekd.hardware.calibration import cost_rows
+    from edgekd.hardware.latency import datasheet_coefficients
+
+    out = []
+    for m in rows:
+        feats, _ = cost_rows(target, [measurement_graph(m)], [m.input_shape], precision=m.precision, runtime=m.runtime)
+        out.append(float(feats[0] @ datasheet_coefficients(target, m.precision).vector()))
+    return out
+
+
+def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dict:
+    """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
+    (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
+    every prediction then carries) and leave-half-out (``splits`` random halvings)."""
+    from edgekd.hardware.calibration import cost_rows, fit_rows, held_out_interval
+    from edgekd.hardware.uncertainty import error_stats, leave_half_out
+
+    runtime, precision = rows[0].runtime, rows[0].precision
+    feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                         precision=precision, runtime=runtime)
+    y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
+
+    def fit(r, t):
+        return fit_rows(target, r, t, precision=precision, prior_weight=0.05)[0]
+
+    coeffs, stats = fit_rows(target, feats, y, precision=precision, prior_weight=0.05)
+    interval, loo = held_out_interval(feats, y, fit, what="published measurements")
+    half = leave_half_out(len(y), lambda train: (lambda c: (lambda test: feats[test] @ c.vector()))(fit(feats[train], y[train])),
+                          splits=splits)
+    half_pred = {}
+    for i, p in half["predictions"]:
+        half_pred.setdefault(i, []).append(p)
+    datasheet = datasheet_predictions(target, rows)
+    fitted = feats @ coeffs.vector()
+    return {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
+            "coefficients": coeffs.to_dict(), "interval": interval.to_dict() if interval else None,
+            "fit": {k: v for k, v in stats.items() if k in ("scales", "median_abs_pct_err", "within10", "within20")},
+            "leave_one_out": error_stats(loo, y),
+            "leave_half_out": {"splits": splits, **error_stats([p for _, p in half["predictions"]],
+                                                                 [y[i] for i, _ in half["predictions"]])},
+            "datasheet": error_stats(datasheet, y),
+            "rows": [_row_record(m, datasheet_ms=d, fitted_ms=f, held_out_ms=h, half_out_ms=float(np.median(half_pred[i])))
+                     for i, (m, d, f, h) in enumerate(zip(rows, datasheet, fitted, loo))]}
+
+
+def calibrate_table(table: MeasurementTable, *, splits: int = 20, progress=None) -> dict:
+    """Every runtime/precision of a table with enough measurements, calibrated; the rest predicted from the datasheet."""
+    from edgekd.hardware.targets import load_target
+
+    target = load_target(table.target)
+    entries, leftover = [], []
+    groups = table.groups()
+    for (runtime, precision), rows in groups.items():
+        if progress:
+            progress(f"{table.target}: {runtime}/{precision}, {len(rows)} measurements")
+        if len(rows) >= MIN_ROWS:
+            entries.append(calibrate_group(target, rows, splits=splits))
+        else:
+            leftover += rows
+    leftover += [m for m in table.measurements if not m.use]
+    uncalibrated = [_row_record(m, datasheet_ms=d) for m, d in zip(leftover, datasheet_predictions(target, leftover))]
+    return {"schema": SHIPPED_SCHEMA, "target": table.target, "device": table.device,
+            "table": f"measurements/{table.target}.yaml", "table_sha256": table.sha256,
+            "sources": {k: {"url": s.url, "where": s.where} for k, s in table.sources.items()},
+            "calibrations": entries, "uncalibrated": uncalibrated}
+
+
+def write_shipped(table: MeasurementTable, result: dict) -> Path:
+    """Write a table's calibrations beside the profiles (targets/calibrations/<target>.json)."""
+    from edgekd.fsutil import atomic_write_json
+    from edgekd.hardware.targets import _repo_targets_dir
+
+    path = _repo_targets_dir() / "calibrations" / f"{table.target}.json"
+    atomic_write_json(path, result)
+    return path
