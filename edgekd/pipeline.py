@@ -48,6 +48,8 @@ class DistillOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    remote_device: str | None = None   # `edgekd devices` name: measure there and close the loop (edgekd.devices.loop)
+    max_rounds: int = 2
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -69,6 +71,8 @@ class DistillOptions:
             raise EdgeKDError(f"--widths must be positive numbers, got {self.widths}", "e.g. --widths 0.25,0.5,1,2")
         if not 0.0 <= self.max_drop <= 1.0:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
+        if self.max_rounds < 1:
+            raise EdgeKDError(f"--max-rounds must be >= 1, got {self.max_rounds}", "e.g. --max-rounds 2")
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -200,7 +204,13 @@ def distill(opts: DistillOptions, console=None) -> dict:
     """Run the whole job and return the report dict (also written to ``<out>/report.json``).
 
     Ctrl-C at any stage ends with a one-line error (exit 130) that gives the exact command to resume.
+    With ``remote_device`` the job runs as a closed loop measured on that device (edgekd.devices.loop).
     """
+    if opts.remote_device:
+        from edgekd.devices.loop import distill_on_device
+
+        opts.validate()
+        return distill_on_device(opts, console, distill)
     try:
         return _distill(opts, console)
     except (KeyboardInterrupt, EdgeKDError) as err:

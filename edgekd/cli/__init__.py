@@ -31,6 +31,7 @@ COMMANDS = {
     "runner": "runner",
     "ingest": "ingest",
     "gate": "gate",
+    "devices": "devices",
 }
 
 
