@@ -93,8 +93,8 @@ def bench_on_device(run_dir: str | Path, device: str | Device, *, options: Measu
     if options.threads is None and not target.measured:
         options.threads = target.threads  # the profile's conditions: what its coefficients were fitted at
     files = [a["_path"] for a in arts]
-    precisions = {a["_path"].name: a["_precision"] for a in arts}
-    inputs = {p.name: i for p in files if p.suffix == ".onnx" and (i := onnx_input(p))}
+    precisions = {a["_path"]: a["_precision"] for a in arts}
+    inputs = {p: i for p in files if p.suffix == ".onnx" and (i := onnx_input(p))}
     if console is not None:
         console.print(f"  measuring {len(files)} artifact(s) on {device.name} ({device.ssh}, {target.runtime})")
     run = measure_files(device, files, runtime=target.runtime, precisions=precisions, options=options,
@@ -107,13 +107,15 @@ def bench_on_device(run_dir: str | Path, device: str | Device, *, options: Measu
         atomic_write_json(tmp_results, doc)
         summary = ingest_results(tmp_results, run_dir, device=device.name, device_target=target.name)
         results_path = atomic_write_bytes(run_dir / "device-results" / f"{device.name}.json", tmp_results.read_bytes())
-    history.record(device.name, doc["results"], _graphs(arts, report, run_dir), threads=options.threads,
+    graphs = _graphs(arts, report, run_dir)
+    graphs = {name: graphs[path] for name, path in run.files.items() if path in graphs}
+    history.record(device.name, doc["results"], graphs, threads=options.threads,
                    source=history_source or f"bench {run_dir}", device_info=doc["device"])
     return DeviceBench(device=device.name, run=run, ingest=summary, skipped=skipped, results_path=results_path)
 
 
-def _graphs(arts: list[dict], report: dict, run_dir: Path) -> dict[str, Path]:
-    """Measured file name -> the FP32 ONNX graph of the same network (itself when it is one)."""
+def _graphs(arts: list[dict], report: dict, run_dir: Path) -> dict[Path, Path]:
+    """Measured file -> the FP32 ONNX graph of the same network (itself when it is one)."""
     fp32 = next((run_dir / a["path"] for a in report.get("artifacts", [])
                  if a.get("format") == "onnx" and a.get("precision") == "fp32" and a.get("status") == "ok"
                  and a.get("path") and a.get("role", "student") in ("student", "model")), None)
@@ -121,7 +123,7 @@ def _graphs(arts: list[dict], report: dict, run_dir: Path) -> dict[str, Path]:
     for art in arts:
         path = art["_path"]
         if path.suffix == ".onnx" and art.get("precision") == "fp32":
-            out[path.name] = path
+            out[path] = path
         elif fp32 is not None and Path(fp32).is_file() and art.get("role", "student") == "student":
-            out[path.name] = Path(fp32)
+            out[path] = Path(fp32)
     return out

@@ -69,7 +69,7 @@ def prediction_errors(target, rows: list[dict], paths: dict[str, Path], precisio
     errors = []
     label = None
     for row in rows:
-        path = paths.get(Path(row.get("model", "")).name)
+        path = paths.get(row.get("model", ""))
         if row.get("status") != "ok" or path is None or path.suffix != ".onnx":
             continue
         pred = predict_cost(target_graph_cost(path, target, precision, row.get("input_shape")), target, precision)
@@ -103,17 +103,17 @@ def calibrate_on_device(target, device: str | Device, *, count: int = 40, seed: 
         return DeviceCalibration(result=fit_from_history(target, device, precision, threads), run=None)
     probes = _with_progress(lambda: affordable_probes(count, seed, target.runtime, max_mflops),
                             "exporting probe networks", progress)
-    paths = {p.name: p for _, p in probes}
+    files = [p for _, p in probes]
     options = options or MeasureOptions(seconds=1.0, threads=threads)
     options.threads = threads
-    inputs = {name: i for name, p in paths.items() if (i := onnx_input(p))}
-    run = measure_files(device, list(paths.values()), runtime=target.runtime, precisions=dict.fromkeys(paths, precision),
+    inputs = {p: i for p in files if (i := onnx_input(p))}
+    run = measure_files(device, files, runtime=target.runtime, precisions=dict.fromkeys(files, precision),
                         options=options, onnx_inputs=inputs)
-    history.record(device.name, run.results["results"], paths, threads=threads, source="calibrate probes",
+    history.record(device.name, run.results["results"], run.files, threads=threads, source="calibrate probes",
                    device_info=run.results["device"])
-    before = prediction_errors(target, run.results["results"], paths, precision)
+    before = prediction_errors(target, run.results["results"], run.files, precision)
     result = fit_from_history(target, device, precision, threads)
-    after = prediction_errors(reload_target(target), run.results["results"], paths, precision)
+    after = prediction_errors(reload_target(target), run.results["results"], run.files, precision)
     return DeviceCalibration(result=result, run=run, errors={"before": before, "after": after})
 
 

@@ -41,7 +41,7 @@ def load_rows(device_name: str) -> list[dict]:
 
 def record(device_name: str, rows: list[dict], graphs: dict[str, Path], *, threads: int | None, source: str,
            device_info: dict | None = None) -> int:
-    """Add the successful batch-1 rows of one device run; ``graphs``: row model name -> the FP32 ONNX it was built from.
+    """Add the successful batch-1 rows of one device run; ``graphs``: row "model" -> the FP32 ONNX it was built from.
 
     A quantized or compiled artifact is recorded against the FP32 graph of the same network, because
     that is the graph width selection costs at the target precision. The newest timing of the same
@@ -55,13 +55,13 @@ def record(device_name: str, rows: list[dict], graphs: dict[str, Path], *, threa
         kept = load_rows(device_name)
         added = 0
         for row in rows:
-            graph = graphs.get(Path(row.get("model", "")).name)
+            graph = graphs.get(row.get("model", ""))
             if row.get("status") != "ok" or row.get("batch", 1) != 1 or graph is None or not Path(graph).is_file():
                 continue
             digest = file_sha256(graph)
             stored = folder / GRAPHS / f"{digest[:20]}.onnx"
             if not stored.is_file():
-                atomic_write_bytes(stored, Path(graph).read_bytes())
+                atomic_write_bytes(stored, _self_contained(Path(graph)))
             entry = {"model": f"{GRAPHS}/{stored.name}", "graph_sha256": digest,
                      "measured_sha256": row.get("sha256"), "measured_file": Path(row["model"]).name,
                      "runtime": row.get("runtime"), "precision": row.get("precision"), "threads": threads,
@@ -74,6 +74,14 @@ def record(device_name: str, rows: list[dict], graphs: dict[str, Path], *, threa
             "schema": "edgekd.measurements/1", "device": {**(device_info or {}), "name": device_name},
             "results": kept})
     return added
+
+
+def _self_contained(path: Path) -> bytes:
+    """The ONNX model as one file: weights kept beside it (NAME.onnx.data) are pulled inside."""
+    import onnx
+
+    model = onnx.load(str(path))  # reads external data into the tensors
+    return model.SerializeToString()
 
 
 def _key(row: dict) -> tuple:

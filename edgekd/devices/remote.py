@@ -145,6 +145,10 @@ class DeviceRun:
         """Seconds spent on SSH (connecting, probing, copying, fetching) rather than timing models."""
         return round(max(0.0, self.wall_s - self.measuring_s), 3)
 
+    def local(self, row: dict) -> Path | None:
+        """The local file a result row measured."""
+        return self.files.get(row.get("model", ""))
+
     def transfer_record(self) -> dict:
         return {"method": self.method, "files": len(self.files), "sent_bytes": self.sent_bytes,
                 "retries": self.retries, "wall_s": round(self.wall_s, 3), "overhead_s": self.overhead_s(),
@@ -160,38 +164,57 @@ class MeasureOptions:
 
 
 def _unique_names(files) -> dict[str, Path]:
+    """Name on the device -> local file: the file name, or N/name when two files share it (each in its folder)."""
     names: dict[str, Path] = {}
-    for path in files:
-        path = Path(path)
-        name, i = path.name, 1
-        while name in names and names[name] != path:
-            i += 1
-            name = f"{i}-{path.name}"
+    taken = set()
+    for i, path in enumerate(Path(f) for f in files):
+        if path in names.values():
+            continue
+        name = path.name if path.name not in taken else f"{i}/{path.name}"
+        taken.add(path.name)
         names[name] = path
     return names
 
 
+def external_files(path: Path) -> list[str]:
+    """Files an ONNX model keeps its weights in (torch's dynamo exporter writes NAME.onnx.data), by the names it uses."""
+    if path.suffix != ".onnx":
+        return []
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    found = []
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            found += [e.value for e in tensor.external_data if e.key == "location" and e.value not in found]
+    return found
+
+
 def _companions(names: dict[str, Path]) -> dict[str, Path]:
-    """Files a model needs beside it: an OpenVINO IR's .bin, an ONNX model's external data."""
+    """Add what a model needs beside it: an OpenVINO IR's .bin, an ONNX model's external data files."""
     out = dict(names)
     for name, path in names.items():
-        for extra in (path.with_suffix(".bin") if path.suffix == ".xml" else None, Path(str(path) + ".data")):
-            if extra is not None and extra.is_file():
-                out[Path(name).stem + extra.suffix if extra.suffix == ".bin" else name + ".data"] = extra
+        folder = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+        extras = [path.with_suffix(".bin").name] if path.suffix == ".xml" else external_files(path)
+        for extra in extras:
+            if (path.parent / extra).is_file():
+                out[folder + extra] = path.parent / extra
     return out
 
 
-def measure_files(device: Device, files, *, runtime: str, precisions: dict[str, str] | None = None,
-                  options: MeasureOptions | None = None, onnx_inputs: dict[str, tuple] | None = None) -> DeviceRun:
+def measure_files(device: Device, files, *, runtime: str, precisions: dict[Path, str] | None = None,
+                  options: MeasureOptions | None = None, onnx_inputs: dict[Path, tuple] | None = None) -> DeviceRun:
     """Time ``files`` on ``device`` with ``runtime``; the runner-format results document comes back.
 
-    ``precisions``: name -> precision to build at (TensorRT builds from ONNX); ``onnx_inputs``: name ->
-    (input name, shape) for trtexec. Connection drops are retried from the copy on (bounded); any other
+    ``precisions``: file -> precision to build at (TensorRT builds from ONNX); ``onnx_inputs``: file ->
+    (input name, shape) for trtexec. Result rows name files as they were called on the device (``run.files``). Connection drops are retried from the copy on (bounded); any other
     failure is a one-line DeviceError naming the device, and nothing is left in its work folder.
     """
     options = options or MeasureOptions()
     t0 = time.perf_counter()
     names = _unique_names(files)
+    precisions = {name: (precisions or {})[path] for name, path in names.items() if path in (precisions or {})}
+    onnx_inputs = {name: (onnx_inputs or {})[path] for name, path in names.items() if path in (onnx_inputs or {})}
     with Connection(device) as conn:
         spec = device_runtime(device, runtime)
         info = conn.retrying(lambda: probe(conn, ("numpy", *spec.modules)), "probing")
@@ -290,7 +313,7 @@ def _results(device: Device, info: dict, method: str, code: int, got: dict, name
     doc["device"]["runtimes"] = {k: v.get("version") for k, v in info.get("modules", {}).items() if v.get("ok")}
     doc["target"] = device.name
     for row in doc["results"]:
-        local = names.get(Path(row.get("model", "")).name)
+        local = names.get(row.get("model", ""))
         if local is not None and "sha256" not in row:
             row["sha256"] = _sha256(local)
     ok = [r for r in doc["results"] if r.get("status") == "ok"]

@@ -66,6 +66,8 @@ _FAILURES = (
 
 
 def classify(stderr: str) -> tuple[str, bool]:
+    if not stderr.strip():  # a client multiplexed on a master that died exits 255 without a word
+        return "dropped", True
     for needle, kind, transient in _FAILURES:
         if needle in stderr:
             return kind, transient

@@ -1,0 +1,321 @@
+"""Devices over SSH against a real sshd on 127.0.0.1 whose "device" runtime is this machine's ONNX Runtime.
+
+Every failure the issue lists is provoked for real: a stopped server, a key it does not accept, a host
+key not in known_hosts, a python that is not there, a runtime that is not there, a runner that times
+out or is killed, a connection cut while files are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sshd_server import Killer, SSHServer, sshd_unavailable
+
+REPO = Path(__file__).resolve().parents[1]
+
+LOOPBACK_PROFILE = """\
+name: loopback
+description: this machine's CPU reached over SSH, ONNX Runtime FP32 on one thread (test device)
+runtime: onnxruntime
+precision: fp32
+precisions: [fp32]
+budget_ms: 0.1
+memory_mb: 8192
+measured: false
+peak_gflops: {fp32: 83}
+memory_bandwidth_gbs: 20
+kernel_overhead_us: 2
+channel_multiple: 8
+inference_overhead_us: 8
+conditions: {threads: 1, batch: 1}
+software: {onnxruntime: "installed"}
+sources: ["test profile: datasheet-like figures for a 2-core x86 VM"]
+"""
+
+WHY_NO_SSHD = sshd_unavailable()
+needs_sshd = pytest.mark.skipif(WHY_NO_SSHD is not None, reason=WHY_NO_SSHD or "")
+
+
+def edgekd(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**(env or os.environ), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
+    """The command failed with exit 2 and one stderr line containing ``words``; that line."""
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A running sshd, a config folder of its own, the loopback profile and a device 'loop' on it."""
+    if WHY_NO_SSHD:
+        pytest.skip(WHY_NO_SSHD)
+    root = tmp_path_factory.mktemp("devices")
+    server = SSHServer(root / "ssh").start()
+    profile = root / "loopback.yaml"
+    profile.write_text(LOOPBACK_PROFILE)
+    remote = root / "remote"  # the device's work folder: every test checks nothing is left in it
+    remote.mkdir()
+    old = os.environ.get("EDGEKD_CONFIG_DIR")
+    os.environ["EDGEKD_CONFIG_DIR"] = str(root / "config")
+    env = server.env()
+    proc = edgekd("devices", "add", "loop", "--ssh", server.ssh_spec(), "--target", str(profile),
+                  "--python", sys.executable, "--workdir", str(remote), env=env)
+    assert proc.returncode == 0, proc.stderr
+    yield {"server": server, "env": env, "profile": profile, "remote": remote, "root": root}
+    subprocess.run(["ssh", "-F", str(server.config), "-O", "exit", "loop"], capture_output=True)
+    server.stop()
+    if old is None:
+        os.environ.pop("EDGEKD_CONFIG_DIR", None)
+    else:
+        os.environ["EDGEKD_CONFIG_DIR"] = old
+
+
+def add(world, name: str, ssh: str, *extra: str, target: str | None = None) -> None:
+    proc = edgekd("devices", "add", name, "--ssh", ssh, "--target", target or str(world["profile"]),
+                  "--python", sys.executable, "--workdir", str(world["remote"]), "--replace", *extra, env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+
+
+def tiny_onnx(path: Path) -> Path:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    torch.onnx.export(model, (torch.randn(2, 1, 28, 28),), str(path), dynamo=True,
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["x"])
+    return path
+
+
+def big_onnx(path: Path, megabytes: int = 160) -> Path:
+    """A valid ONNX model with ``megabytes`` of weights: its copy takes long enough to be cut."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = megabytes * 1_000_000 // 4 // 8
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, n)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 1, n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_run(world, tmp_path_factory):
+    """A run folder of one tiny model (`edgekd bench FILE --out`), as a device measures it."""
+    folder = tmp_path_factory.mktemp("bench-run")
+    model = tiny_onnx(folder / "student.onnx")
+    proc = edgekd("bench", str(model), "--out", str(folder / "run"), "--seconds", "0.1", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    return folder / "run"
+
+
+def unchanged(run: Path):
+    """Snapshot of a run folder's files; call the result to assert nothing changed since."""
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".edgekd.lock"}
+
+    def check():
+        after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".edgekd.lock"}
+        assert after.keys() == before.keys(), set(after) ^ set(before)
+        assert all(after[k] == before[k] for k in before), [str(k) for k in before if after[k] != before[k]]
+    return check
+
+
+# --- the device list -------------------------------------------------------------------------------
+
+def test_devices_are_stored_atomically_and_validated(tmp_path):
+    env = {**os.environ, "EDGEKD_CONFIG_DIR": str(tmp_path / "cfg")}
+    ok = edgekd("devices", "add", "lab-nano", "--ssh", "ubuntu@192.168.1.40:2222", "--target", "jetson-nano", env=env)
+    assert ok.returncode == 0, ok.stderr
+    listed = json.loads(edgekd("devices", "list", "--json", env=env).stdout)
+    assert listed[0]["name"] == "lab-nano" and listed[0]["ssh"] == "ubuntu@192.168.1.40:2222"
+    assert listed[0]["target"] == "jetson-nano" and listed[0]["python"] == "python3"
+    store = json.loads((tmp_path / "cfg" / "devices.json").read_text())
+    assert list(store["devices"]) == ["lab-nano"] and not list((tmp_path / "cfg").glob("*.tmp"))
+    one_line_error(edgekd("devices", "add", "lab-nano", "--ssh", "u@h", "--target", "jetson-nano", env=env),
+                   "already exists", "--replace")
+    one_line_error(edgekd("devices", "add", "x", "--ssh", "u@h:99999", "--target", "jetson-nano", env=env), "port")
+    one_line_error(edgekd("devices", "add", "x", "--ssh", "u@@h", "--target", "jetson-nano", env=env), "SSH address")
+    one_line_error(edgekd("devices", "add", "cuda", "--ssh", "u@h", "--target", "jetson-nano", env=env), "reserved")
+    one_line_error(edgekd("devices", "add", "x", "--ssh", "u@h", "--target", "jetson-nan", env=env), "jetson-nano")
+    one_line_error(edgekd("devices", "check", "lab-nan0", env=env), "unknown device", "lab-nano")
+    assert edgekd("devices", "remove", "lab-nano", env=env).returncode == 0
+    assert json.loads(edgekd("devices", "list", "--json", env=env).stdout) == []
+
+
+def test_ssh_addresses_parse():
+    from edgekd.devices.store import parse_ssh
+
+    assert parse_ssh("ubuntu@192.168.1.40") == ("ubuntu", "192.168.1.40", None)
+    assert parse_ssh("pi@raspberrypi.local:2222") == ("pi", "raspberrypi.local", 2222)
+    assert parse_ssh("lab-nano") == (None, "lab-nano", None)  # an alias from ~/.ssh/config
+    assert parse_ssh("root@[fe80::1]:22") == ("root", "fe80::1", 22)
+
+
+# --- check -------------------------------------------------------------------------------------------
+
+@needs_sshd
+def test_check_reports_python_runtimes_and_machine(world):
+    proc = edgekd("devices", "check", "loop", "--json", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    info = report["info"]
+    assert report["ready"] and report["method"] == "runner"
+    assert info["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["modules"]["onnxruntime"]["ok"] and "CPUExecutionProvider" in info["modules"]["onnxruntime"]["providers"]
+    assert info["modules"]["numpy"]["ok"] and not info["modules"]["tensorrt"]["ok"]
+    assert info["cores"] == os.cpu_count() and info["os"] and info["cpu"]
+    assert report["timings_s"]["round_trip_ms"] > 0
+    table = edgekd("devices", "check", "loop", env=world["env"])
+    assert table.returncode == 0 and "ready: loopback's onnxruntime runs on loop" in table.stdout
+    for row in ("python", "onnxruntime", "trtexec", "cpu", "os"):
+        assert row in table.stdout
+
+
+@needs_sshd
+def test_unknown_host_key_is_refused_with_the_command_to_trust_it(world):
+    add(world, "stranger", "loop-unknown")
+    line = one_line_error(edgekd("devices", "check", "stranger", env=world["env"]), "device stranger", "host key")
+    port = world["server"].port
+    assert f"ssh-keyscan -p {port} 127.0.0.1 >> {world['server'].empty_known_hosts}" in line
+    assert world["server"].empty_known_hosts.read_text() == ""  # nothing trusted behind the user's back
+
+
+@needs_sshd
+def test_wrong_key_is_refused(world):
+    add(world, "badkey", "loop-badkey")
+    one_line_error(edgekd("devices", "check", "badkey", env=world["env"]), "device badkey", "Permission denied",
+                   "ssh-copy-id")
+
+
+@needs_sshd
+def test_missing_python_and_missing_runtime(world):
+    proc = edgekd("devices", "add", "nopython", "--ssh", world["server"].ssh_spec(), "--target", str(world["profile"]),
+                  "--python", "python3-edgekd-absent", "--replace", env=world["env"])
+    assert proc.returncode == 0
+    one_line_error(edgekd("devices", "check", "nopython", env=world["env"]), "device nopython",
+                   "python3-edgekd-absent is not found", "--python")
+    # The same machine registered as a Jetson: no trtexec, no tensorrt module.
+    add(world, "fake-nano", world["server"].ssh_spec(), target="jetson-nano")
+    one_line_error(edgekd("devices", "check", "fake-nano", env=world["env"]), "device fake-nano cannot run tensorrt",
+                   "trtexec")
+
+
+@needs_sshd
+def test_stopped_server_is_unreachable(world, tmp_path):
+    other = SSHServer(tmp_path / "ssh").start()
+    env = other.env(EDGEKD_CONFIG_DIR=os.environ["EDGEKD_CONFIG_DIR"])
+    add({**world, "env": env}, "brief", other.ssh_spec())
+    assert edgekd("devices", "check", "brief", env=env).returncode == 0
+    subprocess.run(["ssh", "-F", str(other.config), "-O", "exit", "127.0.0.1"], capture_output=True)
+    other.stop()
+    one_line_error(edgekd("devices", "check", "brief", env=env), "device brief", "refused the connection",
+                   f"ssh -p {other.port}")
+
+
+# --- bench --device ----------------------------------------------------------------------------------
+
+@needs_sshd
+def test_bench_on_the_device_ingests_measured_timings(world, bench_run):
+    from edgekd.devices import history
+
+    proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "0.3", env=world["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((bench_run / "report.json").read_text())
+    row = next(a for a in report["artifacts"] if a["name"] == "student.onnx")
+    assert row["target_latency_source"] == "measured:loop" and 0 < row["target_latency_ms"]["p50"] < 50
+    assert row["extra"]["device_measurements"][0]["runtime"] == "onnxruntime"
+    device = report["devices"]["loop"]
+    assert device["python"] == ".".join(map(str, sys.version_info[:3])) and device["cores"] == os.cpu_count()
+    assert device["transfer"]["files"] == 1 and device["transfer"]["retries"] == 0
+    assert 0 < device["transfer"]["overhead_s"] < device["transfer"]["wall_s"]
+    assert (bench_run / "device-results" / "loop.json").is_file()
+    assert "SSH:" in proc.stdout and "measured:loop" in proc.stdout
+    assert not any(world["remote"].iterdir()), "the remote work folder was not cleaned"
+    rows = history.load_rows("loop")
+    assert any(r["measured_file"] == "student.onnx" and r["threads"] == 1 for r in rows)
+
+
+@needs_sshd
+def test_runner_timeout_leaves_the_run_as_it_was(world, bench_run):
+    same = unchanged(bench_run)
+    proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "30", "--timeout", "3", env=world["env"])
+    one_line_error(proc, "device loop", "did not finish within 3 s", "--timeout")
+    same()
+    assert not any(world["remote"].iterdir())
+
+
+@needs_sshd
+def test_runner_killed_on_the_device_is_a_crash(world, bench_run):
+    same = unchanged(bench_run)
+    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv),
+                connection=False, times=1) as killer:
+        proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "5", env=world["env"])
+    assert killer.hits == 1
+    one_line_error(proc, "device loop", "killed by signal 9", "dmesg")
+    same()
+    assert not any(world["remote"].iterdir())
+
+
+@needs_sshd
+def test_connection_dropped_once_is_retried(world, bench_run):
+    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv), times=1) as killer:
+        proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "0.5", env=world["env"])
+    assert killer.hits == 1 and proc.returncode == 0, proc.stderr
+    report = json.loads((bench_run / "report.json").read_text())
+    assert report["devices"]["loop"]["transfer"]["retries"] == 1
+    assert "1 retried" in proc.stdout
+
+
+@needs_sshd
+def test_connection_dropped_mid_copy_leaves_the_run_as_it_was(world, tmp_path):
+    big = big_onnx(tmp_path / "big.onnx")
+    run = tmp_path / "run"
+    assert edgekd("bench", str(big), "--out", str(run), "--seconds", "0.05", env=world["env"]).returncode == 0
+    same = unchanged(run)
+    # Every copy attempt is cut: its tar is frozen and the sshd processes carrying the link are killed.
+    with Killer(world["server"], lambda argv: bool(argv) and argv[0].endswith("tar") and "-xf" in argv) as killer:
+        proc = edgekd("bench", str(run), "--device", "loop", env=world["env"])
+    assert killer.hits == 3  # the first try and two retries
+    one_line_error(proc, "device loop", "dropped while copying files", "3 attempts")
+    same()
+    assert not any(world["remote"].iterdir()), "the cut copies' folders were not cleaned"
+
+
+# --- calibrate --device -----------------------------------------------------------------------------
+
+@needs_sshd
+def test_calibrate_on_the_device_fits_the_target(world):
+    from edgekd.hardware.targets import load_target
+
+    proc = edgekd("calibrate", "--target", str(world["profile"]), "--device", "loop", "--count", "10",
+                  "--seconds", "0.3", "--json", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["n_measurements"] >= 10 and Path(out["path"]).is_file()
+    before, after = out["errors"]["before"], out["errors"]["after"]
+    assert before["n"] == after["n"] == 10
+    assert after["median_abs_pct_err"] < 30 and after["median_abs_pct_err"] < before["median_abs_pct_err"]
+    assert out["transfer"]["files"] == 10 and out["transfer"]["overhead_s"] > 0
+    target = load_target(str(world["profile"]))
+    assert target.calibration.startswith("calibrated from") and "loop" in target.calibration
+    one_line_error(edgekd("calibrate", "--target", "jetson-nano", "--device", "loop", env=world["env"]),
+                   "device loop is a loopback, not a jetson-nano")
+    one_line_error(edgekd("calibrate", "--target", "jetson-nano", env=world["env"]), "--measurements", "--device")
