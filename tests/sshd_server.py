@@ -161,12 +161,13 @@ class Killer:
 
     ``connection=True`` freezes the matched process and kills the sshd processes that carry its
     connection: the client sees the link drop mid-transfer. ``connection=False`` kills the matched
-    process itself (a runner crashing on the device). ``times``: how many matches to act on.
+    process itself (a runner crashing on the device). ``times``: how many matches to act on, after
+    letting the first ``skip`` run.
     """
 
-    def __init__(self, server: SSHServer, match, *, connection: bool = True, times: int = 1_000_000):
-        self.server, self.match, self.connection, self.times = server, match, connection, times
-        self.hits = 0
+    def __init__(self, server: SSHServer, match, *, connection: bool = True, times: int = 1_000_000, skip: int = 0):
+        self.server, self.match, self.connection, self.times, self.skip = server, match, connection, times, skip
+        self.hits = self.skipped = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -185,6 +186,9 @@ class Killer:
                 if pid in seen or not self.match(_cmdline(pid)):
                     continue
                 seen.add(pid)
+                if self.skipped < self.skip:  # let the first matches through
+                    self.skipped += 1
+                    continue
                 self.hits += 1
                 if self.connection:
                     _kill(pid, signal.SIGSTOP)

@@ -69,8 +69,9 @@ def world(tmp_path_factory):
     profile.write_text(LOOPBACK_PROFILE)
     remote = root / "remote"  # the device's work folder: every test checks nothing is left in it
     remote.mkdir()
-    old = os.environ.get("EDGEKD_CONFIG_DIR")
+    old = {k: os.environ.get(k) for k in ("EDGEKD_CONFIG_DIR", "EDGEKD_SSH_CONFIG")}
     os.environ["EDGEKD_CONFIG_DIR"] = str(root / "config")
+    os.environ["EDGEKD_SSH_CONFIG"] = str(server.config)  # for the library calls made in this process
     env = server.env()
     proc = edgekd("devices", "add", "loop", "--ssh", server.ssh_spec(), "--target", str(profile),
                   "--python", sys.executable, "--workdir", str(remote), env=env)
@@ -78,10 +79,11 @@ def world(tmp_path_factory):
     yield {"server": server, "env": env, "profile": profile, "remote": remote, "root": root}
     subprocess.run(["ssh", "-F", str(server.config), "-O", "exit", "loop"], capture_output=True)
     server.stop()
-    if old is None:
-        os.environ.pop("EDGEKD_CONFIG_DIR", None)
-    else:
-        os.environ["EDGEKD_CONFIG_DIR"] = old
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def add(world, name: str, ssh: str, *extra: str, target: str | None = None) -> None:
@@ -175,7 +177,7 @@ def test_ssh_addresses_parse():
 def test_check_reports_python_runtimes_and_machine(world):
     proc = edgekd("devices", "check", "loop", "--json", env=world["env"])
     assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout[:proc.stdout.rindex("}") + 1])
+    report = json.loads(proc.stdout)
     info = report["info"]
     assert report["ready"] and report["method"] == "runner"
     assert info["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -319,3 +321,172 @@ def test_calibrate_on_the_device_fits_the_target(world):
     one_line_error(edgekd("calibrate", "--target", "jetson-nano", "--device", "loop", env=world["env"]),
                    "device loop is a loopback, not a jetson-nano")
     one_line_error(edgekd("calibrate", "--target", "jetson-nano", env=world["env"]), "--measurements", "--device")
+
+
+# --- distill --device: the closed loop -------------------------------------------------------------
+
+LOOP_WIDTHS = (0.25, 1.0, 3.0)
+
+
+@pytest.fixture(scope="module")
+def loop_budget(world):
+    """A budget the widest candidate misses on the device by a clear margin, and each width's latency there.
+
+    Measured, not assumed: 0.75x the widest student's latency on this CPU, which the narrower ones
+    (about 8x and 20x faster on the MNIST family) meet whatever the CPU.
+    """
+    from edgekd.devices.remote import MeasureOptions, measure_files
+    from edgekd.devices.store import get_device
+    from edgekd.hardware.graph import cached_onnx
+
+    files = [cached_onnx("cnn", num_classes=10, input_shape=[1, 1, 28, 28], width=w, depth=1) for w in LOOP_WIDTHS]
+    best = {}
+    for _ in range(2):  # the quieter of two measurements: load on the machine only adds time
+        run = measure_files(get_device("loop"), files, runtime="onnxruntime", options=MeasureOptions(seconds=0.5, threads=1))
+        for w, row in zip(LOOP_WIDTHS, run.results["results"]):
+            best[w] = min(best.get(w, float("inf")), row["latency_ms"]["p50"])
+    budget = 0.75 * best[3.0]
+    assert best[1.0] < 0.5 * budget, best
+    return budget, best
+
+
+def miscalibrate(world) -> None:
+    """Fit the loopback profile from the device's measurements, then halve it: every prediction half the truth."""
+    from edgekd.devices.calibrate import scale_calibration
+    from edgekd.devices.history import load_rows
+
+    count = "10" if len(load_rows("loop")) < 10 else "0"  # probes once per module; later refits reuse them
+    proc = edgekd("calibrate", "--target", str(world["profile"]), "--device", "loop", "--count", count,
+                  "--seconds", "0.3", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    scale_calibration("loopback", 0.5)
+
+
+def distill_on_loop(world, tiny_npz, out: Path, budget: float, *extra: str) -> subprocess.CompletedProcess:
+    return edgekd("distill", "--target", str(world["profile"]), "--device", "loop", "--data", str(tiny_npz),
+                  "--epochs", "2", "--batch-size", "64", "--widths", ",".join(f"{w:g}" for w in LOOP_WIDTHS),
+                  "--budget-ms", f"{budget:.5f}", "--formats", "onnx", "--out", str(out), "--no-progress",
+                  "--bench-seconds", "0.3", *extra, env=world["env"])
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_closed_loop_corrects_a_profile_that_underestimates_2x(world, tiny_npz, tmp_path, loop_budget):
+    budget, truth = loop_budget
+    miscalibrate(world)
+    out = tmp_path / "run"
+    proc = distill_on_loop(world, tiny_npz, out, budget)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    loop = report["device_loop"]
+    r1, r2 = loop["rounds"]
+    # Round 1 trusted the halved profile: the widest student, predicted in budget, measured over it.
+    assert r1["width"] == 3.0 and r1["predicted_ms"] <= budget < r1["measured_ms"] and r1["status"] == "over"
+    assert r1["measured_ms"] / r1["predicted_ms"] > 1.5 and "x0.5" in r1["calibration"]
+    assert r1["decision"] == "next round" and r1["next_width"] == 1.0
+    assert r1["recalibrated"]["n_measurements"] >= 11  # the probes and round 1's student
+    # Round 2 was selected and predicted with the recalibrated profile, and fits.
+    assert r2["width"] == 1.0 and r2["measured_ms"] <= budget and r2["status"] == "fits" and r2["decision"] == "stop"
+    assert r2["calibration"].startswith("calibrated from") and "x0.5" not in r2["calibration"]
+    assert abs(r2["predicted_ms"] - r2["measured_ms"]) / r2["measured_ms"] < 0.5
+    assert loop["final_round"] == 2 and loop["status"] == "fits" and loop["stopped"] is None
+    # The run folder's report is round 2's; which numbers were measured where is on every row.
+    assert report["selection"]["width"] == 1.0 and report["recommended"]["path"].startswith("rounds/2/")
+    rec = next(a for a in report["artifacts"] if a["name"] == report["recommended"]["name"])
+    assert rec["target_latency_source"] == "measured:loop" and rec["latency_source"] == "measured:host"
+    assert rec["predicted_target_latency_source"].startswith("predicted:loopback")
+    assert "Closed loop on loop" in (out / "report.md").read_text()
+    gate = edgekd("gate", str(out), "--artifact", "recommended", "--max-latency-ms", f"{budget:.5f}", env=world["env"])
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    print(f"\nbudget {budget:.4f} ms; truth {truth}")
+    for r in loop["rounds"]:
+        print(f"round {r['round']}: width {r['width']:g}, predicted {r['predicted_ms']:.4f} ms ({r['calibration']}), "
+              f"measured {r['measured_ms']:.4f} ms, {r['status']}, SSH overhead {r['device_overhead_s']:.2f} s")
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_closed_loop_keeps_the_last_good_round_when_the_link_drops(world, tiny_npz, tmp_path, loop_budget):
+    budget, _ = loop_budget
+    miscalibrate(world)
+    out = tmp_path / "run"
+    # Round 1's runner goes through; every try of round 2's loses its connection.
+    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv), skip=1) as killer:
+        proc = distill_on_loop(world, tiny_npz, out, budget)
+    assert killer.hits == 3
+    line = one_line_error(proc, "round 2", "device loop", "dropped", "keeps round 1", "--resume")
+    report = json.loads((out / "report.json").read_text())
+    assert report["device_loop"]["final_round"] == 1 and report["selection"]["width"] == 3.0
+    assert report["recommended"]["path"].startswith("rounds/1/")
+    assert "dropped" in report["device_loop"]["stopped"]
+    assert [r["round"] for r in report["device_loop"]["rounds"]] == [1, 2]
+    assert not any(world["remote"].iterdir())
+    # The command the error gives continues the loop: round 2 is measured and the run moves to it.
+    resume = line.split("continue with: ", 1)[1].split()
+    assert resume[:2] == ["edgekd", "distill"] and "--remote-device" in resume and "--resume" in resume
+    proc = edgekd(*resume[1:], env=world["env"])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["device_loop"]["final_round"] == 2 and report["selection"]["width"] == 1.0
+    assert report["device_loop"]["stopped"] is None
+    assert [r["status"] for r in report["device_loop"]["rounds"]] == ["over", "fits"]
+
+
+# --- TensorRT on a Jetson: trtexec builds and times there -------------------------------------------
+
+TRTEXEC_LOG = """\
+&&&& RUNNING TensorRT.trtexec [TensorRT v8201] # /usr/src/tensorrt/bin/trtexec --onnx=student.onnx --fp16
+[11/29/2026-10:00:01] [I] === Performance summary ===
+[11/29/2026-10:00:01] [I] Throughput: 3190.2 qps
+[11/29/2026-10:00:01] [I] Latency: min = 0.2854 ms, max = 1.20312 ms, mean = 0.310181 ms, median = 0.30127 ms, percentile(99%) = 0.62207 ms
+[11/29/2026-10:00:01] [I] GPU Compute Time: min = 0.2 ms, max = 1.1 ms, mean = 0.21 ms, median = 0.205 ms, percentile(99%) = 0.5 ms
+&&&& PASSED TensorRT.trtexec [TensorRT v8201]
+"""
+
+
+def _trace(queries) -> str:
+    """An --exportTimes trace of (start ms, latency ms) queries in trtexec's layout (sampleReporting.cpp)."""
+    rows = []
+    for t, ms in queries:
+        rows.append(f'{{ "startEnqMs" : {t}, "endEnqMs" : {t + 0.01}, "startH2dMs" : {t}, "endH2dMs" : {t + 0.01}, '
+                    f'"startComputeMs" : {t + 0.01}, "endComputeMs" : {t + ms - 0.01}, "startD2hMs" : {t + ms - 0.01}, '
+                    f'"endD2hMs" : {t + ms}, "h2dMs" : 0.01, "computeMs" : {ms - 0.02}, "d2hMs" : 0.01, '
+                    f'"latencyMs" : {ms}, "endToEndMs" : {ms} }}')
+    return "[\n  " + "\n, ".join(rows) + "\n]\n"
+
+
+def test_trtexec_commands_and_results():
+    from edgekd.devices import trtexec
+
+    cmd = trtexec.command("/usr/src/tensorrt/bin/trtexec", "student.int8.onnx", "int8", input_name="x",
+                          input_shape=[1, 1, 28, 28], seconds=3)
+    assert "--onnx=student.int8.onnx" in cmd and "--fp16 --int8" in cmd and "--shapes=x:1x1x28x28" in cmd
+    assert "--exportTimes=student.int8.onnx.times.json" in cmd and "--duration=3" in cmd
+    assert cmd.endswith("> student.int8.onnx.trtexec.log 2>&1")
+    assert "--fp16" not in trtexec.command("trtexec", "m.onnx", "fp32", input_name=None, input_shape=None, seconds=1)
+    # The trace holds the warm-up (compute started before 500 ms), which is not timed.
+    warmup = [(i * 50.0, 5.0) for i in range(10)]
+    timed = [(600.0 + i, 0.3) for i in range(50)] + [(700.0, 0.9)]
+    trace = _trace(warmup + timed)
+    row = trtexec.result_row("student.onnx", "fp16", log=TRTEXEC_LOG, times=trace.encode(), version="v8201")
+    assert row["status"] == "ok" and row["runs"] == 51 and row["latency_ms"]["p50"] == pytest.approx(0.3)
+    assert row["runtime"] == "tensorrt" and row["provider"] == "trtexec" and row["precision"] == "fp16"
+    # Without a trace (an old trtexec), the log's summary line.
+    row = trtexec.result_row("student.onnx", "fp16", log=TRTEXEC_LOG, times=None, version="v8201")
+    assert row["latency_ms"]["p50"] == pytest.approx(0.30127) and row["latency_ms"]["p99"] == pytest.approx(0.62207)
+    failed = trtexec.result_row("student.onnx", "fp16", log="[E] [TRT] ModelImporter.cpp:773: unsupported op\n"
+                                "&&&& FAILED TensorRT.trtexec", times=None, version=None)
+    assert failed["status"] == "failed" and "unsupported op" in failed["reason"]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not any(Path(p).is_file() for p in ("/usr/src/tensorrt/bin/trtexec", "/usr/bin/trtexec")),
+                    reason="needs trtexec and an NVIDIA GPU on the device (a Jetson); the loopback device has neither")
+def test_trtexec_builds_and_times_on_the_device(world, bench_run):
+    add(world, "nano-like", world["server"].ssh_spec(), target="jetson-nano")
+    proc = edgekd("bench", str(bench_run), "--device", "nano-like", "--seconds", "1", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((bench_run / "report.json").read_text())
+    row = next(a for a in report["artifacts"] if a["name"] == "student.onnx")
+    assert row["target_latency_source"] == "measured:nano-like"
+    assert report["devices"]["nano-like"]["transfer"]["method"] == "trtexec"

@@ -103,6 +103,8 @@ def check(name, as_json) -> None:
         _print_check(device, target, info, timings)
     if problem:
         raise problem
+    if as_json:
+        return
     how = f"trtexec ({info['trtexec']['path']})" if method == "trtexec" else "the edgekd runner"
     click.echo(f"ready: {target.name}'s {target.runtime} runs on {device.name} through {how}")
 
