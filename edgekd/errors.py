@@ -18,3 +18,12 @@ class EdgeKDError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+def first_line(err: BaseException | str, limit: int = 160) -> str:
+    """The first non-empty line of an error's text (its type name when it has none), cut to ``limit``."""
+    text = str(err).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not line and isinstance(err, BaseException):
+        line = type(err).__name__
+    return line[:limit]

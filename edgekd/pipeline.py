@@ -222,151 +222,231 @@ def distill(opts: DistillOptions, console=None) -> dict:
         raise EdgeKDError(what, f"resume with: {resume_command(opts)}", exit_code=130) from None
 
 
+@dataclass
+class Run:
+    """One distill run as it moves through the stages: what each stage produced for the next."""
+
+    opts: DistillOptions
+    console: object
+    clock: StageClock
+    device: str
+    target: object = None
+    out: Path | None = None
+    budget_ms: float = 0.0
+    formats: list = field(default_factory=list)
+    splits: object = None
+    selection: object = None
+    teacher: object = None
+    teacher_spec: object = None
+    teacher_info: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+    student: object = None
+    spec: object = None
+    result: object = None
+    report: dict = field(default_factory=dict)
+
+
 def _distill(opts: DistillOptions, console=None) -> dict:
     import torch
     from rich.console import Console
 
-    from edgekd.data import load_data, normalize
-    from edgekd.distill import TrainConfig, get_teacher, train
-    from edgekd.hardware import load_target, select_width
-    from edgekd.models import DEFAULT_WIDTHS, ModelSpec, count_params, create, save_model
+    from edgekd.fsutil import run_lock
 
     console = console or Console(stderr=False)
     opts.validate()
-    clock = StageClock(console)
+    run = Run(opts=opts, console=console, clock=StageClock(console), device=resolve_device(opts.device))
     wall0 = time.perf_counter()
-    device = resolve_device(opts.device)
     if opts.threads:
         torch.set_num_threads(opts.threads)
-
-    # Everything that can reject the run is checked before the output folder is created.
-    target = load_target(opts.target)
-    out = Path(opts.out) if opts.out else default_out_dir(target.name)
-    opts.out = str(out)  # an interrupted run's resume command names the folder
-    prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
-    budget_ms = opts.budget_ms if opts.budget_ms is not None else target.budget_ms
-    from edgekd.export import resolve_formats
-
-    formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(target))
-
+    _plan(run)
+    clock = run.clock
     with clock.stage("data", "Loading data"):
-        splits = load_data(opts.data, seed=opts.seed)
-        console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
+        _load_data(run)
+    with clock.stage("select", f"Choosing the student width for {run.target.name} (budget {run.budget_ms:g} ms)"):
+        _select_student(run)
+    with clock.stage("teacher", "Teacher"):
+        _load_teacher(run)
+    _create_out_dir(run)
+    with run_lock(run.out):
+        _write_config(run)
+        chosen, cfg = run.selection.chosen, _train_config(opts, run.device)
+        with clock.stage("distill", f"Distilling the student (width {chosen.width:g}, {cfg.loss}, "
+                                    f"T={cfg.temperature:g}, alpha={cfg.alpha:g})"):
+            _train_student(run, cfg)
+        run.report = _base_report(run)
+        with clock.stage("export", f"Exporting and quantizing ({', '.join(run.formats)})"):
+            artifacts = _export_student(run)
+        with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
+            _bench_artifacts(run, artifacts)
+        _write_report(run, wall0)
+    return run.report
+
+
+def _plan(run: Run) -> None:
+    """Everything that can reject the run, checked before any data is read or any folder created."""
+    from edgekd.export import resolve_formats
+    from edgekd.hardware import load_target
+
+    opts = run.opts
+    run.target = load_target(opts.target)
+    run.out = Path(opts.out) if opts.out else default_out_dir(run.target.name)
+    opts.out = str(run.out)  # an interrupted run's resume command names the folder
+    prepare_out_dir(run.out, overwrite=opts.overwrite, resume=opts.resume)
+    run.budget_ms = opts.budget_ms if opts.budget_ms is not None else run.target.budget_ms
+    run.formats = resolve_formats(list(opts.formats) if opts.formats else default_formats(run.target))
+
+
+def _load_data(run: Run) -> None:
+    from edgekd.data import load_data
+
+    splits = run.splits = load_data(run.opts.data, seed=run.opts.seed)
+    run.console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
                       f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
                       f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
 
-    with clock.stage("select", f"Choosing the student width for {target.name} (budget {budget_ms:g} ms)"):
-        if opts.width is not None:
-            # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
-            selection = select_width("cnn", (opts.width,), target=target, budget_ms=float("1e12"),
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
-            selection.budget_ms = budget_ms
-            for cand in selection.candidates:
-                cand.fits = cand.predicted_ms <= budget_ms
-        else:
-            selection = select_width("cnn", tuple(opts.widths or DEFAULT_WIDTHS), target=target, budget_ms=budget_ms,
-                                     num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
-        _print_selection(console, selection)
-        if not selection.chosen.fits:
-            console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
+
+def _select_student(run: Run) -> None:
+    from edgekd.hardware import select_width
+    from edgekd.models import DEFAULT_WIDTHS
+
+    opts, splits, budget_ms = run.opts, run.splits, run.budget_ms
+    shape = dict(num_classes=splits.num_classes, input_shape=tuple(splits.input_shape))
+    if opts.width is not None:
+        # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
+        selection = select_width("cnn", (opts.width,), target=run.target, budget_ms=float("1e12"), **shape)
+        selection.budget_ms = budget_ms
+        for cand in selection.candidates:
+            cand.fits = cand.predicted_ms <= budget_ms
+    else:
+        selection = select_width("cnn", tuple(opts.widths or DEFAULT_WIDTHS), target=run.target, budget_ms=budget_ms, **shape)
+    run.selection = selection
+    _print_selection(run.console, selection)
+    if not selection.chosen.fits:
+        run.console.print(f"  [yellow]width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
                           f"({selection.chosen.predicted_ms:.3f} ms): distilling it because --width asked for it[/]")
 
-    with clock.stage("teacher", "Teacher"):
-        teacher, teacher_spec, teacher_info = get_teacher(
-            splits, teacher_path=opts.teacher, progress=opts.progress, device=device, temperature=opts.temperature)
-        console.print(f"  teacher {teacher_spec.arch} width {teacher_spec.width} depth {teacher_spec.depth}: "
-                      f"{teacher_info['params']:,} params, test accuracy {teacher_info['accuracy']:.4f}"
-                      f"{' (cached)' if teacher_info.get('cached') else ''}")
 
-    if opts.overwrite and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    from edgekd.fsutil import atomic_write_json, run_lock
+def _load_teacher(run: Run) -> None:
+    from edgekd.distill import get_teacher
 
-    with run_lock(out):
-        if opts.resume:
-            remove_stale_temporaries(out)
-        config = {**asdict(opts), "device_resolved": device, "budget_ms": budget_ms,
-                  "target_resolved": target.name, "out": str(out)}
-        atomic_write_json(out / "config.json", config)
+    opts = run.opts
+    run.teacher, run.teacher_spec, run.teacher_info = get_teacher(
+        run.splits, teacher_path=opts.teacher, progress=opts.progress, device=run.device, temperature=opts.temperature)
+    spec, info = run.teacher_spec, run.teacher_info
+    run.console.print(f"  teacher {spec.arch} width {spec.width} depth {spec.depth}: {info['params']:,} params, "
+                      f"test accuracy {info['accuracy']:.4f}{' (cached)' if info.get('cached') else ''}")
 
-        chosen = selection.chosen
-        spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
-        train_cfg = _train_config(opts, device)
-        with clock.stage("distill", f"Distilling the student (width {chosen.width:g}, {train_cfg.loss}, T={train_cfg.temperature:g}, alpha={train_cfg.alpha:g})"):
-            torch.manual_seed(opts.seed)
-            student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                             width=spec.width, depth=spec.depth)
-            result = train(student, teacher, splits, train_cfg, ckpt_dir=out / "checkpoints",
-                           resume=opts.resume, progress=opts.progress, spec=spec)
-            student = student.cpu().eval()
-            save_model(out / "student.safetensors", student, spec,
-                       {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
-            # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
-            save_model(out / "teacher.safetensors", getattr(teacher, "members", [teacher])[0].cpu().eval(),
-                       teacher_spec, {"accuracy": teacher_info["accuracy"]})
-            console.print(f"  student test accuracy {result.accuracy:.4f} "
-                          f"(teacher {teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
-        report = {
-            "schema_version": None,  # filled by edgekd.report
-            "edgekd_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "distill",
-            "config": config,
-            "target": target.to_dict(),
-            "budget_ms": budget_ms,
-            "data": splits.describe(),
-            "selection": {"width": chosen.width, **selection.to_dict()},
-            "teacher": {"arch": teacher_spec.arch, "width": teacher_spec.width, "depth": teacher_spec.depth,
-                        "params": teacher_info["params"], "accuracy": teacher_info["accuracy"],
-                        "path": "teacher.safetensors", "cached": bool(teacher_info.get("cached")),
-                        "source": str(teacher_info.get("path"))},
-            "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
-                        "params": count_params(student), "flops": chosen.flops,
-                        "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
-                        "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
-                        "history": result.history},
-        }
+def _create_out_dir(run: Run) -> None:
+    if run.opts.overwrite and run.out.exists():
+        shutil.rmtree(run.out)
+    run.out.mkdir(parents=True, exist_ok=True)
 
-        test_x = normalize(splits.test.x, splits.mean, splits.std)
-        with clock.stage("export", f"Exporting and quantizing ({', '.join(formats)})"):
-            from edgekd.export import ExportOptions, export_all
 
-            # Quantized artifacts are gated on the validation split (never the test split, which
-            # only gives the final figures); over --max-drop the remedies are tried, then failed.
-            artifacts = export_all(
-                student, list(formats), out / "artifacts",
-                example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
-                parity_inputs=test_x[:512], progress=opts.progress, target=target, console=console,
-                validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
-                options=ExportOptions(stem="student", max_drop=opts.max_drop))
+def _write_config(run: Run) -> None:
+    """Under the run lock: clear a killed run's leftovers, then write the resolved options."""
+    from edgekd.fsutil import atomic_write_json
 
-        with clock.stage("bench", "Measuring accuracy and latency of every artifact"):
-            from edgekd.bench.evaluate import benchmark_artifacts, recommend
+    if run.opts.resume:
+        remove_stale_temporaries(run.out)
+    run.config = {**asdict(run.opts), "device_resolved": run.device, "budget_ms": run.budget_ms,
+                  "target_resolved": run.target.name, "out": str(run.out)}
+    atomic_write_json(run.out / "config.json", run.config)
 
-            rows = benchmark_artifacts(
-                artifacts, run_dir=out, teacher=teacher, student=student, splits=splits, target=target,
-                student_accuracy=result.accuracy, teacher_accuracy=teacher_info["accuracy"],
-                max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads,
-                console=console)
-        report["artifacts"] = rows
-        report["recommended"] = recommend(rows, target, opts.max_drop)
 
-        from edgekd.bench.env import environment
-        from edgekd.report import render_terminal, write_reports
+def _train_student(run: Run, cfg) -> None:
+    import torch
 
-        clock.seconds["total"] = round(time.perf_counter() - wall0, 2)
-        report["timings_s"] = clock.seconds
-        report["environment"] = environment()
-        with clock.stage("report", "Writing reports"):
-            paths = write_reports(out, report)
-        report["timings_s"] = clock.seconds
-        render_terminal(report, console=console, selection=False)
-        console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {out}  "
-                      f"({', '.join(p.name for p in paths.values())})")
-        console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
-    return report
+    from edgekd.distill import train
+    from edgekd.models import ModelSpec, create, save_model
+
+    splits, chosen, out = run.splits, run.selection.chosen, run.out
+    spec = run.spec = ModelSpec("cnn", splits.num_classes, splits.input_shape[0], width=chosen.width, depth=chosen.depth)
+    torch.manual_seed(run.opts.seed)
+    student = create(spec.arch, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                     width=spec.width, depth=spec.depth)
+    result = run.result = train(student, run.teacher, splits, cfg, ckpt_dir=out / "checkpoints",
+                                resume=run.opts.resume, progress=run.opts.progress, spec=spec)
+    run.student = student.cpu().eval()
+    save_model(out / "student.safetensors", run.student, spec,
+               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+    # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
+    save_model(out / "teacher.safetensors", getattr(run.teacher, "members", [run.teacher])[0].cpu().eval(),
+               run.teacher_spec, {"accuracy": run.teacher_info["accuracy"]})
+    run.console.print(f"  student test accuracy {result.accuracy:.4f} "
+                      f"(teacher {run.teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
+
+
+def _base_report(run: Run) -> dict:
+    """report.json before export: the run's config, data, selection, teacher and student."""
+    from edgekd.models import count_params
+
+    chosen, spec, result, info, tspec = run.selection.chosen, run.spec, run.result, run.teacher_info, run.teacher_spec
+    return {
+        "schema_version": None,  # filled by edgekd.report
+        "edgekd_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "distill",
+        "config": run.config,
+        "target": run.target.to_dict(),
+        "budget_ms": run.budget_ms,
+        "data": run.splits.describe(),
+        "selection": {"width": chosen.width, **run.selection.to_dict()},
+        "teacher": {"arch": tspec.arch, "width": tspec.width, "depth": tspec.depth,
+                    "params": info["params"], "accuracy": info["accuracy"],
+                    "path": "teacher.safetensors", "cached": bool(info.get("cached")),
+                    "source": str(info.get("path"))},
+        "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
+                    "params": count_params(run.student), "flops": chosen.flops,
+                    "accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                    "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
+                    "history": result.history},
+    }
+
+
+def _export_student(run: Run) -> list:
+    from edgekd.data import normalize
+    from edgekd.export import ExportOptions, export_all
+
+    splits = run.splits
+    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    # Quantized artifacts are gated on the validation split (never the test split, which
+    # only gives the final figures); over --max-drop the remedies are tried, then failed.
+    return export_all(
+        run.student, list(run.formats), run.out / "artifacts",
+        example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+        parity_inputs=test_x[:512], progress=run.opts.progress, target=run.target, console=run.console,
+        validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+        options=ExportOptions(stem="student", max_drop=run.opts.max_drop))
+
+
+def _bench_artifacts(run: Run, artifacts: list) -> None:
+    from edgekd.bench.evaluate import benchmark_artifacts, recommend
+
+    opts = run.opts
+    rows = benchmark_artifacts(
+        artifacts, run_dir=run.out, teacher=run.teacher, student=run.student, splits=run.splits, target=run.target,
+        student_accuracy=run.result.accuracy, teacher_accuracy=run.teacher_info["accuracy"],
+        max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads, console=run.console)
+    run.report["artifacts"] = rows
+    run.report["recommended"] = recommend(rows, run.target, opts.max_drop)
+
+
+def _write_report(run: Run, wall0: float) -> None:
+    from edgekd.bench.env import environment
+    from edgekd.report import render_terminal, write_reports
+
+    clock, report, console = run.clock, run.report, run.console
+    clock.seconds["total"] = round(time.perf_counter() - wall0, 2)
+    report["timings_s"] = clock.seconds
+    report["environment"] = environment()
+    with clock.stage("report", "Writing reports"):
+        paths = write_reports(run.out, report)
+    report["timings_s"] = clock.seconds
+    render_terminal(report, console=console, selection=False)
+    console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {run.out}  "
+                  f"({', '.join(p.name for p in paths.values())})")
+    console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
 
 
 def _train_config(opts: DistillOptions, device: str):

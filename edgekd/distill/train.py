@@ -18,7 +18,7 @@ from torch import nn
 
 from edgekd.data import DataSplits, ImageSet
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 
 CHECKPOINT_NAME = "last.pt"
 MODES = ("offline", "online", "self")
@@ -195,16 +195,6 @@ def random_shift(x: torch.Tensor, px: int, generator: torch.Generator | None) ->
     return out
 
 
-def run_model(model: nn.Module, x: torch.Tensor, features: bool) -> ModelOutputs:
-    if features:
-        if not hasattr(model, "forward_features"):
-            raise EdgeKDError(f"{type(model).__name__} has no forward_features()",
-                              "feature and attention losses need a model that returns its stage features; use --loss kd")
-        feats, logits = model.forward_features(x)
-        return ModelOutputs(logits, list(feats))
-    return ModelOutputs(model(x))
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, splits: DataSplits, device="cpu", batch_size: int = 512,
                    amp: str = "auto", channels_last: bool = False) -> torch.Tensor:
@@ -269,19 +259,16 @@ def save_checkpoint(path: Path, state: dict) -> Path:
 
 def load_checkpoint(path: Path) -> dict:
     """Load a training checkpoint with ``weights_only=True``: tensors and primitives, never code."""
-    import pickle
-    import zipfile
-
     import warnings
 
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
-            TypeError, KeyError, Exception) as err:  # Exception: torch.load hands *.safetensors to safetensors
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        raise EdgeKDError(f"checkpoint {path} is corrupt or not an edgekd checkpoint ({first})",
+    # Any failure means an unusable file: torch.load raises a dozen types (unpickling, zip, OS, and
+    # whatever safetensors raises for a *.safetensors file it hands over).
+    except Exception as err:
+        raise EdgeKDError(f"checkpoint {path} is corrupt or not an edgekd checkpoint ({first_line(err, 120)})",
                           f"delete {path} to start the run afresh") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "student" not in state:
         raise EdgeKDError(f"{path} is not an edgekd training checkpoint", f"delete {path} to start the run afresh")
@@ -411,6 +398,47 @@ def _fresh_peer(student: nn.Module, seed: int) -> nn.Module:
     return peer
 
 
+@dataclass
+class Stage:
+    """What one training stage carries from step to step: models, loss, optimizer, data, progress."""
+
+    cfg: TrainConfig
+    splits: DataSplits
+    device: torch.device
+    ddp: Dist
+    student: nn.Module
+    teacher: nn.Module | None
+    loss_fn: CombinedLoss
+    peer_loss: CombinedLoss | None      # online mode: the teacher learns from the student's soft targets
+    student_net: nn.Module
+    teacher_net: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    make: BatchMaker
+    labels: torch.Tensor
+    batch_size: int
+    steps: int                          # optimizer steps per epoch
+    ckpt_path: Path
+    cached_logits: torch.Tensor | None = None
+    history: list = field(default_factory=list)
+    start_epoch: int = 0
+    start_step: int = 0
+    seconds_before: float = 0.0         # training time of earlier sessions of this run
+    partial: tuple | None = None        # (loss_sum, correct, seen) of an epoch interrupted mid-way
+    rng_states: dict | None = None      # random streams of an epoch interrupted mid-way
+    resumed_from: int | None = None
+    last_good: str | None = None        # the last checkpoint known to be consistent
+    images_seen: int = 0
+
+    @property
+    def online(self) -> bool:
+        return self.cfg.mode == "online"
+
+    @property
+    def n(self) -> int:
+        return len(self.splits.train)
+
+
 def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
                 ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None) -> TrainResult:
     """One training run: forward teacher, forward student, loss, step, log; checkpoint every epoch.
@@ -418,6 +446,33 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     ``cfg.mode`` "online" trains ``teacher`` too (mutual learning; a fresh peer when it is None).
     Under torchrun each process takes its share of every batch and DDP averages the gradients.
     """
+    run = _set_up(student, teacher, splits, cfg, Path(ckpt_dir) / CHECKPOINT_NAME)
+    if resume and run.ckpt_path.exists():
+        _restore(run)
+    _cache_teacher_logits(run)
+    progress = progress and run.ddp.main
+    out = (log or _console_log(progress)) if run.ddp.main else (lambda line: None)
+    t_session = time.perf_counter()
+    run.last_good = str(run.ckpt_path) if run.ckpt_path.exists() else None
+    with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
+        for epoch in range(run.start_epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            # the epoch: every step, then the epoch's figures summed over processes
+            loss_sum, correct, seen = _run_epoch(run, epoch, bar, stop, t_session)
+            # evaluate, log and checkpoint
+            record = _epoch_record(run, epoch, loss_sum, correct, seen, time.perf_counter() - t_epoch)
+            run.history.append(record)
+            _save(run, epoch + 1, 0, run.seconds_before + time.perf_counter() - t_session)
+            _barrier(run.ddp)
+            run.last_good = str(run.ckpt_path)
+            out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
+                f"val {record['val_accuracy']:.2%}  {record['seconds']:.1f}s")
+    return _finish(run, spec, time.perf_counter() - t_session)
+
+
+def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig,
+            ckpt_path: Path) -> Stage:
+    """Device, process group, loss, models on the device, optimizer and schedule, before any step."""
     cfg.validate()
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
@@ -426,31 +481,24 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
         torch.cuda.set_device(device)
     if cfg.threads and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    progress = progress and ddp.main
     online = cfg.mode == "online"
-    ckpt_dir = Path(ckpt_dir)
-    ckpt_path = ckpt_dir / CHECKPOINT_NAME
     opts = dict(temperature=cfg.temperature, temperature_end=cfg.temperature_end, alpha=cfg.alpha,
                 label_smoothing=cfg.label_smoothing, **cfg.loss_opts)
-    loss_fn: CombinedLoss = build_loss(cfg.loss, **opts)
+    loss_fn, peer_loss = build_loss(cfg.loss, **opts), None
     if online:
         if loss_fn.needs_features or not loss_fn.needs_teacher:
             raise EdgeKDError(f"online (mutual) distillation needs a logit loss such as kd or dkd, not {cfg.loss!r}",
                               "use --loss kd with --mode online")
         teacher = teacher if teacher is not None else _fresh_peer(student, cfg.seed)
-        peer_loss = build_loss(cfg.loss, **opts)  # the teacher learns from the student's soft targets too
+        peer_loss = build_loss(cfg.loss, **opts)
     elif loss_fn.needs_teacher and teacher is None:
         raise EdgeKDError(f"loss {cfg.loss!r} needs a teacher but none was given", "pass a teacher or use --loss ce")
-    features = loss_fn.needs_features
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    train_set = splits.train
-    n = len(train_set)
+    n = len(splits.train)
     batch_size = min(cfg.batch_size, max(1, n // ddp.world))
     steps = steps_per_epoch(n, batch_size * ddp.world)
-    labels = torch.from_numpy(train_set.y).to(device)
-    make = BatchMaker(train_set.x, splits.mean, splits.std, device, cfg.channels_last)
-
+    make = BatchMaker(splits.train.x, splits.mean, splits.std, device, cfg.channels_last)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Same initial state for adapters etc. on every (re)start: the checkpoint then overwrites them.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -463,195 +511,219 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
                 teacher.eval().requires_grad_(False)
         loss_fn.setup(student, teacher, make(torch.arange(min(2, n))))
         loss_fn.to(device)
+    features = loss_fn.needs_features
     student_net = _wrap(student, features, ddp, device)
     teacher_net = _wrap(teacher, features, ddp if online else Dist(), device) if teacher is not None else None
     trained = [student] + ([teacher] if online else [])
     params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
     scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps)
+    return Stage(cfg=cfg, splits=splits, device=device, ddp=ddp, student=student, teacher=teacher, loss_fn=loss_fn,
+                 peer_loss=peer_loss, student_net=student_net, teacher_net=teacher_net, optimizer=optimizer,
+                 scheduler=scheduler, make=make, labels=torch.from_numpy(splits.train.y).to(device),
+                 batch_size=batch_size, steps=steps, ckpt_path=ckpt_path)
 
-    start_epoch, start_step, history, seconds_before, partial, rng_states = 0, 0, [], 0.0, None, None
-    resumed_from = None
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        if state.get("config_fingerprint") != cfg.fingerprint():
-            old = state.get("config", {})
-            diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in cfg.RESULT_FIELDS if old.get(k) != getattr(cfg, k)]
-            raise EdgeKDError(f"checkpoint {ckpt_path} was written with other settings ({'; '.join(diff) or 'unknown'})",
-                              "resume with the original settings, or start afresh in a new output folder")
-        try:
-            student.load_state_dict(state["student"])
-            if online:
-                teacher.load_state_dict(state["teacher"])
-            loss_fn.load_state_dict(state["loss"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise EdgeKDError(f"checkpoint {ckpt_path} does not match this model ({str(err).splitlines()[0][:100]})",
-                              "resume with the same architecture and width, or start afresh in a new output folder") from None
-        start_epoch, start_step = int(state["epoch"]), int(state.get("step", 0))
-        history, seconds_before, partial = list(state["history"]), float(state["seconds"]), state.get("partial")
-        rng_states = state.get("rng")
-        resumed_from = start_epoch
 
-    def checkpoint(epoch: int, step: int, seconds: float, partial_stats=None, rng=None) -> Path:
-        if ddp.main:  # one writer; the others wait at the barrier below
-            save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "student": student.state_dict(),
-                "teacher": teacher.state_dict() if online else None,
-                "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "history": history, "seconds": seconds, "partial": partial_stats, "rng": rng,
-                "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
-            })
-        return ckpt_path
+def _restore(run: Stage) -> None:
+    """Continue from ``run.ckpt_path``: weights, optimizer, schedule, history and, mid-epoch, the random streams."""
+    cfg, path = run.cfg, run.ckpt_path
+    state = load_checkpoint(path)
+    if state.get("config_fingerprint") != cfg.fingerprint():
+        old = state.get("config", {})
+        diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in cfg.RESULT_FIELDS if old.get(k) != getattr(cfg, k)]
+        raise EdgeKDError(f"checkpoint {path} was written with other settings ({'; '.join(diff) or 'unknown'})",
+                          "resume with the original settings, or start afresh in a new output folder")
+    try:
+        run.student.load_state_dict(state["student"])
+        if run.online:
+            run.teacher.load_state_dict(state["teacher"])
+        run.loss_fn.load_state_dict(state["loss"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise EdgeKDError(f"checkpoint {path} does not match this model ({first_line(err, 100)})",
+                          "resume with the same architecture and width, or start afresh in a new output folder") from None
+    run.start_epoch, run.start_step = int(state["epoch"]), int(state.get("step", 0))
+    run.history, run.seconds_before = list(state["history"]), float(state["seconds"])
+    run.partial, run.rng_states = state.get("partial"), state.get("rng")
+    run.resumed_from = run.start_epoch
 
-    # Teacher logits do not change when the teacher is frozen and the inputs are not augmented:
-    # compute them once instead of once per epoch (the teacher forward dominates a KD step).
-    cached_logits = None
+
+def _cache_teacher_logits(run: Stage) -> None:
+    """A frozen teacher on un-augmented inputs gives the same logits every epoch: compute them once
+    (the teacher forward dominates a KD step)."""
+    cfg = run.cfg
     augmenting = (cfg.augment and cfg.shift_px > 0) or cfg.mixup > 0
-    use_cache = (teacher is not None and not online and cfg.cache_teacher and not features
-                 and (not augmenting or (cfg.teacher_view == "clean" and cfg.mixup == 0)))
-    if use_cache and start_epoch < cfg.epochs:
-        cached_logits = predict_logits(teacher, train_set.x, splits, device, cfg.eval_batch_size, cfg.amp,
-                                       cfg.channels_last).to(device)
+    if (run.teacher is None or run.online or not cfg.cache_teacher or run.loss_fn.needs_features
+            or (augmenting and (cfg.teacher_view != "clean" or cfg.mixup > 0)) or run.start_epoch >= cfg.epochs):
+        return
+    run.cached_logits = predict_logits(run.teacher, run.splits.train.x, run.splits, run.device, cfg.eval_batch_size,
+                                       cfg.amp, cfg.channels_last).to(run.device)
 
-    out = log or _console_log(progress)
-    if not ddp.main:
-        out = lambda line: None  # noqa: E731
-    t_session = time.perf_counter()
-    last_good = str(ckpt_path) if ckpt_path.exists() else None
-    images_seen = 0
-    with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            t_epoch = time.perf_counter()
-            loss_fn.set_progress(epoch / cfg.epochs)
-            if online:
-                peer_loss.set_progress(epoch / cfg.epochs)
-            student.train()
-            if online:
-                teacher.train()
-            # Everything random in an epoch derives from (seed, epoch, rank): resuming replays it exactly.
-            epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + ddp.rank
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            gen = torch.Generator().manual_seed(epoch_seed)
-            first = start_step if epoch == start_epoch else 0
-            loss_sum, correct, seen = (partial if (partial and epoch == start_epoch) else (0.0, 0, 0))
-            task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=steps, completed=first,
-                                loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(epoch_seed)
-                if first and rng_states:
-                    # Mid-epoch resume (after Ctrl-C): restore the random streams where they stopped.
-                    gen.set_state(rng_states["shift"])
-                    torch.set_rng_state(rng_states["torch"])
-                for step in range(first, steps):
-                    start = (step * ddp.world + ddp.rank) * batch_size
-                    idx = perm[start:start + batch_size]
-                    rng_now = {"shift": gen.get_state(), "torch": torch.get_rng_state()}
-                    if stop.requested:  # Ctrl-C: stop here, between steps, where the state is consistent
-                        elapsed = seconds_before + time.perf_counter() - t_session
-                        checkpoint(epoch, step, elapsed, (loss_sum, correct, seen), rng_now)
-                        raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {ckpt_path}",
-                                          "run the same command with --resume to continue", exit_code=130)
-                    xb = make(idx, cfg.shift_px if cfg.augment else 0, gen)
-                    yb = labels[idx.to(device)]
-                    mix = None
-                    if cfg.mixup > 0:
-                        # Mixup as function matching (Beyer et al. 2022): the student sees a blend of two
-                        # images; the teacher labels the blend, the label terms take both labels, weighted.
-                        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-                        partner = torch.randperm(len(idx)).to(device)
-                        xb = lam * xb + (1.0 - lam) * xb[partner]
-                        mix = (lam, yb[partner])
-                    try:
-                        with autocast_for(device, cfg.amp):
-                            s_out = ModelOutputs(*reversed(student_net(xb)))
-                            if teacher is None:
-                                t_out = None
-                            elif cached_logits is not None:
-                                t_out = ModelOutputs(cached_logits[idx.to(device)])
-                            elif online:
-                                t_out = ModelOutputs(*reversed(teacher_net(xb)))
-                            else:
-                                with torch.no_grad():
-                                    t_out = ModelOutputs(*reversed(teacher_net(xb)))
-                            def step_loss(y):
-                                if online:
-                                    return (loss_fn(s_out, ModelOutputs(t_out.logits.detach()), y)
-                                            + peer_loss(t_out, ModelOutputs(s_out.logits.detach()), y))
-                                return loss_fn(s_out, t_out, y)
 
-                            if mix is None:
-                                loss = step_loss(yb)
-                            else:  # teacher terms are the same in both, so they count once; labels are mixed
-                                loss = mix[0] * step_loss(yb) + (1.0 - mix[0]) * step_loss(mix[1])
-                        if not torch.isfinite(loss):
-                            raise EdgeKDError(
-                                f"the loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                f"last good checkpoint: {last_good or 'none (no epoch finished)'}",
-                                "lower --lr or the temperature, then --resume or start afresh")
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if ddp.world > 1:
-                            _sync_loss_grads(loss_fn, ddp)
-                        optimizer.step()
-                        scheduler.step()
-                    except KeyboardInterrupt:
-                        # A second Ctrl-C lands mid-step, where weights and optimizer may disagree:
-                        # keep the last consistent checkpoint rather than write this state.
-                        raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; "
-                                          f"kept the last checkpoint {last_good or 'none (no epoch finished)'}",
-                                          "run the same command with --resume to continue", exit_code=130) from None
-                    except torch.cuda.OutOfMemoryError:
-                        raise EdgeKDError(f"the GPU ran out of memory at batch size {batch_size}",
-                                          "use a smaller --batch-size") from None
-                    loss_sum += float(loss.detach()) * len(idx)
-                    correct += int((s_out.logits.argmax(1) == yb).sum())
-                    seen += len(idx)
-                    images_seen += len(idx)
-                    bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
-            bar.remove_task(task)
-            if ddp.world > 1:
-                loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
-            val_acc = evaluate(student, splits.val, splits, device, cfg.eval_batch_size, cfg.amp)
-            record = {
-                "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0],
-                "temperature": getattr(loss_fn.terms[0], "temperature", None),
-                "seconds": time.perf_counter() - t_epoch,
-            }
-            if online:
-                record["teacher_val_accuracy"] = evaluate(teacher, splits.val, splits, device, cfg.eval_batch_size, cfg.amp)
-            history.append(record)
-            checkpoint(epoch + 1, 0, seconds_before + time.perf_counter() - t_session)
-            _barrier(ddp)
-            last_good = str(ckpt_path)
-            out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
-                f"val {val_acc:.2%}  {record['seconds']:.1f}s")
+def _save(run: Stage, epoch: int, step: int, seconds: float, partial=None, rng=None) -> Path:
+    if run.ddp.main:  # one writer; the others wait at a barrier
+        cfg = run.cfg
+        save_checkpoint(run.ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "step": step, "student": run.student.state_dict(),
+            "teacher": run.teacher.state_dict() if run.online else None,
+            "loss": run.loss_fn.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "history": run.history, "seconds": seconds,
+            "partial": partial, "rng": rng,
+            "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
+        })
+    return run.ckpt_path
 
-    session = time.perf_counter() - t_session
-    optimizer.zero_grad(set_to_none=True)  # gradients are not part of a trained model; free them
-    test_acc = evaluate(student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
+
+def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session: float) -> tuple[float, int, int]:
+    """Every step of one epoch; returns (loss sum, correct, seen), summed over processes."""
+    cfg, ddp, device = run.cfg, run.ddp, run.device
+    run.loss_fn.set_progress(epoch / cfg.epochs)
+    if run.online:
+        run.peer_loss.set_progress(epoch / cfg.epochs)
+        run.teacher.train()
+    run.student.train()
+    # Everything random in an epoch derives from (seed, epoch, rank): resuming replays it exactly.
+    epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + ddp.rank
+    perm = torch.randperm(run.n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+    gen = torch.Generator().manual_seed(epoch_seed)
+    resuming = epoch == run.start_epoch
+    first = run.start_step if resuming else 0
+    loss_sum, correct, seen = run.partial if (run.partial and resuming) else (0.0, 0, 0)
+    task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=run.steps, completed=first,
+                        loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(epoch_seed)
+        if first and run.rng_states:
+            # Mid-epoch resume (after Ctrl-C): restore the random streams where they stopped.
+            gen.set_state(run.rng_states["shift"])
+            torch.set_rng_state(run.rng_states["torch"])
+        for step in range(first, run.steps):
+            start = (step * ddp.world + ddp.rank) * run.batch_size
+            idx = perm[start:start + run.batch_size]
+            if stop.requested:  # Ctrl-C: stop here, between steps, where the state is consistent
+                rng_now = {"shift": gen.get_state(), "torch": torch.get_rng_state()}
+                _save(run, epoch, step, run.seconds_before + time.perf_counter() - t_session, (loss_sum, correct, seen), rng_now)
+                raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {run.ckpt_path}",
+                                  "run the same command with --resume to continue", exit_code=130)
+            xb = run.make(idx, cfg.shift_px if cfg.augment else 0, gen)
+            yb = run.labels[idx.to(device)]
+            try:
+                loss, logits = _train_step(run, idx, xb, yb)
+            except KeyboardInterrupt:
+                # A second Ctrl-C lands mid-step, where weights and optimizer may disagree:
+                # keep the last consistent checkpoint rather than write this state.
+                raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; "
+                                  f"kept the last checkpoint {run.last_good or 'none (no epoch finished)'}",
+                                  "run the same command with --resume to continue", exit_code=130) from None
+            if not math.isfinite(loss):
+                raise EdgeKDError(
+                    f"the loss became {loss} at epoch {epoch + 1} step {step + 1}; "
+                    f"last good checkpoint: {run.last_good or 'none (no epoch finished)'}",
+                    "lower --lr or the temperature, then --resume or start afresh")
+            loss_sum += loss * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            run.images_seen += len(idx)
+            bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+    bar.remove_task(task)
+    if ddp.world > 1:
+        loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
+    return loss_sum, correct, seen
+
+
+def _train_step(run: Stage, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One optimizer step on one batch; returns the loss value and the student's logits.
+
+    A non-finite loss is returned before any weight changes, so the last checkpoint stays good.
+    """
+    cfg = run.cfg
+    mix = None
+    if cfg.mixup > 0:
+        # mixup as function matching (Beyer et al. 2022): the student sees a blend of two images,
+        # the teacher labels the blend, the label terms take both labels, weighted
+        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+        partner = torch.randperm(len(idx)).to(run.device)
+        xb = lam * xb + (1.0 - lam) * xb[partner]
+        mix = (lam, yb[partner])
+    try:
+        with autocast_for(run.device, cfg.amp):
+            # forward the student, then the teacher (cached logits, frozen, or co-trained when online)
+            s_out = ModelOutputs(*reversed(run.student_net(xb)))
+            if run.teacher is None:
+                t_out = None
+            elif run.cached_logits is not None:
+                t_out = ModelOutputs(run.cached_logits[idx.to(run.device)])
+            elif run.online:
+                t_out = ModelOutputs(*reversed(run.teacher_net(xb)))
+            else:
+                with torch.no_grad():
+                    t_out = ModelOutputs(*reversed(run.teacher_net(xb)))
+            # the loss; with mixup the teacher terms are the same for both labels, so they count once
+            if mix is None:
+                loss = _step_loss(run, s_out, t_out, yb)
+            else:
+                loss = mix[0] * _step_loss(run, s_out, t_out, yb) + (1.0 - mix[0]) * _step_loss(run, s_out, t_out, mix[1])
+        if not torch.isfinite(loss):
+            return float(loss.item()), s_out.logits
+        # backward, average learned loss parts across processes, step
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.ddp.world > 1:
+            _sync_loss_grads(run.loss_fn, run.ddp)
+        run.optimizer.step()
+        run.scheduler.step()
+    except torch.cuda.OutOfMemoryError:
+        raise EdgeKDError(f"the GPU ran out of memory at batch size {run.batch_size}",
+                          "use a smaller --batch-size") from None
+    return float(loss.detach()), s_out.logits
+
+
+def _step_loss(run: Stage, s_out: ModelOutputs, t_out: ModelOutputs | None, y: torch.Tensor) -> torch.Tensor:
+    if run.online:  # mutual learning: each model learns from the other's (detached) soft targets
+        return (run.loss_fn(s_out, ModelOutputs(t_out.logits.detach()), y)
+                + run.peer_loss(t_out, ModelOutputs(s_out.logits.detach()), y))
+    return run.loss_fn(s_out, t_out, y)
+
+
+def _epoch_record(run: Stage, epoch: int, loss_sum: float, correct: int, seen: int, seconds: float) -> dict:
+    cfg, splits = run.cfg, run.splits
+    record = {
+        "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+        "val_accuracy": evaluate(run.student, splits.val, splits, run.device, cfg.eval_batch_size, cfg.amp),
+        "lr": run.scheduler.get_last_lr()[0], "temperature": getattr(run.loss_fn.terms[0], "temperature", None),
+        "seconds": seconds,
+    }
+    if run.online:
+        record["teacher_val_accuracy"] = evaluate(run.teacher, splits.val, splits, run.device, cfg.eval_batch_size, cfg.amp)
+    return record
+
+
+def _finish(run: Stage, spec, session: float) -> TrainResult:
+    """Test accuracy, the models handed back in eval mode and plain memory format, final weights."""
+    cfg, splits, device = run.cfg, run.splits, run.device
+    run.optimizer.zero_grad(set_to_none=True)  # gradients are not part of a trained model; free them
+    test_acc = evaluate(run.student, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
     teacher_acc = None
-    if online:
-        teacher.eval().requires_grad_(False)
-        teacher_acc = evaluate(teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
-    # Hand the models back in the default memory format: exporters and user code expect plain
-    # contiguous weights (channels_last was only for the speed of training).
-    student.to(memory_format=torch.contiguous_format)
-    if teacher is not None:
-        teacher.to(memory_format=torch.contiguous_format)
+    if run.online:
+        run.teacher.eval().requires_grad_(False)
+        teacher_acc = evaluate(run.teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
+    # Exporters and user code expect plain contiguous weights (channels_last was only for training speed).
+    run.student.to(memory_format=torch.contiguous_format)
+    if run.teacher is not None:
+        run.teacher.to(memory_format=torch.contiguous_format)
     weights = None
-    if spec is not None and ddp.main:
-        weights = str(save_final(ckpt_dir / "final.safetensors", student, spec, test_acc, history))
-    student.eval()
+    if spec is not None and run.ddp.main:
+        weights = str(save_final(run.ckpt_path.parent / "final.safetensors", run.student, spec, test_acc, run.history))
+    run.student.eval()
+    history = run.history
     return TrainResult(
         accuracy=test_acc,
-        val_accuracy=history[-1]["val_accuracy"] if history else evaluate(student, splits.val, splits, device),
-        epochs_run=len(history), history=history, seconds=seconds_before + session,
-        checkpoint=str(ckpt_path), weights_path=weights,
-        images_per_second=images_seen * ddp.world / session if session > 0 and images_seen else 0.0,
-        device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=resumed_from,
+        val_accuracy=history[-1]["val_accuracy"] if history else evaluate(run.student, splits.val, splits, device),
+        epochs_run=len(history), history=history, seconds=run.seconds_before + session,
+        checkpoint=str(run.ckpt_path), weights_path=weights,
+        images_per_second=run.images_seen * run.ddp.world / session if session > 0 and run.images_seen else 0.0,
+        device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=run.resumed_from,
         teacher_accuracy=teacher_acc,
     )
 
