@@ -107,12 +107,12 @@ def readiness(device: Device, info: dict, runtime: str) -> tuple[str, DeviceErro
     """('runner' or the tool that will time ``runtime``, None) or (what is missing, the error to raise)."""
     spec = device_runtime(device, runtime)
     modules = info.get("modules", {})
+    if spec.tool and info.get(spec.tool):  # trtexec builds and times by itself: no numpy needed
+        return spec.tool, None
     if not modules.get("numpy", {}).get("ok"):
         return "numpy", DeviceError(f"device {device.name}: {device.python} there has no numpy "
                                     f"({modules.get('numpy', {}).get('error', 'not importable')})",
                                     "pip3 install numpy there (the runner needs it), or pass --python to one that has it")
-    if spec.tool and info.get(spec.tool):
-        return spec.tool, None
     missing = [m for m in spec.modules if not modules.get(m, {}).get("ok")]
     if not missing:
         return "runner", None
