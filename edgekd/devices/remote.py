@@ -207,7 +207,8 @@ def measure_files(device: Device, files, *, runtime: str, precisions: dict[Path,
     """Time ``files`` on ``device`` with ``runtime``; the runner-format results document comes back.
 
     ``precisions``: file -> precision to build at (TensorRT builds from ONNX); ``onnx_inputs``: file ->
-    (input name, shape) for trtexec. Result rows name files as they were called on the device (``run.files``). Connection drops are retried from the copy on (bounded); any other
+    (input name, shape) for trtexec. Result rows name files as they are called on the device
+    (``run.files`` maps them back). Connection drops are retried from the copy on (bounded); any other
     failure is a one-line DeviceError naming the device, and nothing is left in its work folder.
     """
     options = options or MeasureOptions()
@@ -226,12 +227,12 @@ def measure_files(device: Device, files, *, runtime: str, precisions: dict[Path,
         with tempfile.TemporaryDirectory(prefix="edgekd-device-") as tmp:
             payload = _companions(names)
             if method == "trtexec":
-                script, fetch = _trtexec_script(info, names, precisions or {}, onnx_inputs or {}, options, timeout)
+                script, fetch = _trtexec_script(info, names, precisions, onnx_inputs, options, timeout)
             else:
                 from edgekd.bench.runner_script import write_runner_script
 
                 payload[RUNNER_NAME] = write_runner_script(Path(tmp) / RUNNER_NAME)
-                script, fetch = _runner_script(device, names, runtime, precisions or {}, options, timeout)
+                script, fetch = _runner_script(device, names, runtime, precisions, options, timeout)
 
             def attempt():
                 workdir = conn.put(payload)
@@ -241,7 +242,7 @@ def measure_files(device: Device, files, *, runtime: str, precisions: dict[Path,
                 code, got = conn.retrying(attempt, "measuring")
             finally:
                 conn.remove_workdirs(conn.leftovers)  # what dropped copies left behind, best effort
-        results = _results(device, info, method, code, got, names, precisions or {}, onnx_inputs or {}, timeout,
+        results = _results(device, info, method, code, got, names, precisions, onnx_inputs, timeout,
                            elapsed=conn.timings.get("measuring", 0.0))
         run = DeviceRun(device=device.name, results=results, files=names, method=method,
                         timings_s=dict(conn.timings), retries=conn.retries, sent_bytes=conn.sent_bytes)
