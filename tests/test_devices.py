@@ -350,6 +350,19 @@ def loop_budget(world):
     return budget, best
 
 
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory) -> Path:
+    """A teacher that was never trained: the loop is about latency, and this saves minutes of CPU."""
+    import torch
+
+    from edgekd.models import ModelSpec, create, save_model
+
+    torch.manual_seed(0)
+    spec = ModelSpec("cnn", 10, 1, width=1.0, depth=1)
+    model = create("cnn", num_classes=10, in_channels=1, width=1.0, depth=1).eval()
+    return save_model(tmp_path_factory.mktemp("teacher") / "teacher.safetensors", model, spec)
+
+
 def miscalibrate(world) -> None:
     """Fit the loopback profile from the device's measurements, then halve it: every prediction half the truth."""
     from edgekd.devices.calibrate import scale_calibration
@@ -362,20 +375,21 @@ def miscalibrate(world) -> None:
     scale_calibration("loopback", 0.5)
 
 
-def distill_on_loop(world, tiny_npz, out: Path, budget: float, *extra: str) -> subprocess.CompletedProcess:
+def distill_on_loop(world, tiny_npz, teacher: Path, out: Path, budget: float) -> subprocess.CompletedProcess:
     return edgekd("distill", "--target", str(world["profile"]), "--device", "loop", "--data", str(tiny_npz),
+                  "--teacher", str(teacher),
                   "--epochs", "2", "--batch-size", "64", "--widths", ",".join(f"{w:g}" for w in LOOP_WIDTHS),
                   "--budget-ms", f"{budget:.5f}", "--formats", "onnx", "--out", str(out), "--no-progress",
-                  "--bench-seconds", "0.3", *extra, env=world["env"])
+                  "--bench-seconds", "0.3", env=world["env"])
 
 
 @pytest.mark.slow
 @needs_sshd
-def test_closed_loop_corrects_a_profile_that_underestimates_2x(world, tiny_npz, tmp_path, loop_budget):
+def test_closed_loop_corrects_a_profile_that_underestimates_2x(world, tiny_npz, random_teacher, tmp_path, loop_budget):
     budget, truth = loop_budget
     miscalibrate(world)
     out = tmp_path / "run"
-    proc = distill_on_loop(world, tiny_npz, out, budget)
+    proc = distill_on_loop(world, tiny_npz, random_teacher, out, budget)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     loop = report["device_loop"]
@@ -406,13 +420,14 @@ def test_closed_loop_corrects_a_profile_that_underestimates_2x(world, tiny_npz, 
 
 @pytest.mark.slow
 @needs_sshd
-def test_closed_loop_keeps_the_last_good_round_when_the_link_drops(world, tiny_npz, tmp_path, loop_budget):
+def test_closed_loop_keeps_the_last_good_round_when_the_link_drops(world, tiny_npz, random_teacher, tmp_path,
+                                                                  loop_budget):
     budget, _ = loop_budget
     miscalibrate(world)
     out = tmp_path / "run"
     # Round 1's runner goes through; every try of round 2's loses its connection.
     with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv), skip=1) as killer:
-        proc = distill_on_loop(world, tiny_npz, out, budget)
+        proc = distill_on_loop(world, tiny_npz, random_teacher, out, budget)
     assert killer.hits == 3
     line = one_line_error(proc, "round 2", "device loop", "dropped", "keeps round 1", "--resume")
     report = json.loads((out / "report.json").read_text())
@@ -490,3 +505,23 @@ def test_trtexec_builds_and_times_on_the_device(world, bench_run):
     row = next(a for a in report["artifacts"] if a["name"] == "student.onnx")
     assert row["target_latency_source"] == "measured:nano-like"
     assert report["devices"]["nano-like"]["transfer"]["method"] == "trtexec"
+
+
+@needs_sshd
+def test_calibrating_an_int8_target_times_quantized_probes(world):
+    """A Raspberry Pi profile predicts at INT8: its probes run there as QDQ models, costed as their FP32 graph."""
+    from edgekd.devices.history import load_rows
+
+    profile = world["root"] / "loopback-int8.yaml"
+    profile.write_text(LOOPBACK_PROFILE.replace("name: loopback", "name: loopback-int8")
+                       .replace("precision: fp32", "precision: int8").replace("precisions: [fp32]", "precisions: [fp32, int8]")
+                       .replace("peak_gflops: {fp32: 83}", "peak_gflops: {fp32: 83, int8: 332}"))
+    add(world, "loop-int8", world["server"].ssh_spec(), target=str(profile))
+    proc = edgekd("calibrate", "--target", str(profile), "--device", "loop-int8", "--count", "4", "--seconds", "0.2",
+                  "--json", env=world["env"])
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["coefficients"]["precision"] == "int8" and out["n_measurements"] == 4
+    rows = load_rows("loop-int8")
+    assert {r["precision"] for r in rows} == {"int8"} and all(r["measured_file"].endswith(".int8.onnx") for r in rows)
+    assert all(not r["model"].endswith(".int8.onnx") for r in rows)  # costed as the FP32 graph

@@ -42,12 +42,35 @@ def reload_target(target):
 
 
 def fit_precision(target, precision: str | None) -> str:
-    """What the probes measure: a compiling runtime (TensorRT) builds FP32 ONNX at the target's precision."""
-    spec_builds = target.runtime == "tensorrt"
-    precision = precision or (target.precision if spec_builds else "fp32")
+    """The precision to calibrate: the one width selection predicts at, unless asked otherwise."""
+    precision = precision or target.precision
     if precision not in target.peak_gflops:
         raise EdgeKDError(f"{target.name} has no {precision} figures", f"use one of {', '.join(target.peak_gflops)}")
     return precision
+
+
+def probe_files(target, probes, precision: str) -> dict[Path, Path]:
+    """File to time on the device -> the FP32 graph it is costed as.
+
+    TensorRT builds the FP32 ONNX at the precision asked for, on the device. CPU runtimes run a file at
+    its own precision, so for INT8 each probe is quantized here (static QDQ, the same recipe as
+    ort-int8, calibrated on random inputs: latency does not depend on the scales) and cached.
+    """
+    if target.runtime == "tensorrt" or precision == "fp32":
+        return {path: path for _, path in probes}
+    if precision != "int8":
+        raise EdgeKDError(f"{target.runtime} runs {precision} probes only as exported {precision} files, "
+                          "which edgekd does not generate", "pass --precision fp32 or int8")
+    from edgekd.export.to_onnx import quantize_onnx
+
+    out = {}
+    for spec, path in probes:
+        qdq = path.with_name(path.stem + ".int8.onnx")
+        if not qdq.is_file():
+            shape = (8, spec["in_channels"], spec["resolution"], spec["resolution"])
+            quantize_onnx(path, np.random.default_rng(0).standard_normal(shape).astype(np.float32), qdq, batch=1)
+        out[qdq] = path
+    return out
 
 
 def fit_from_history(target, device: Device, precision: str, threads: int | None):
@@ -103,17 +126,19 @@ def calibrate_on_device(target, device: str | Device, *, count: int = 40, seed: 
         return DeviceCalibration(result=fit_from_history(target, device, precision, threads), run=None)
     probes = _with_progress(lambda: affordable_probes(count, seed, target.runtime, max_mflops),
                             "exporting probe networks", progress)
-    files = [p for _, p in probes]
+    graphs = probe_files(target, probes, precision)
+    files = list(graphs)
     options = options or MeasureOptions(seconds=1.0, threads=threads)
     options.threads = threads
     inputs = {p: i for p in files if (i := onnx_input(p))}
     run = measure_files(device, files, runtime=target.runtime, precisions=dict.fromkeys(files, precision),
                         options=options, onnx_inputs=inputs)
-    history.record(device.name, run.results["results"], run.files, threads=threads, source="calibrate probes",
+    graphs = {name: graphs[path] for name, path in run.files.items()}
+    history.record(device.name, run.results["results"], graphs, threads=threads, source="calibrate probes",
                    device_info=run.results["device"])
-    before = prediction_errors(target, run.results["results"], run.files, precision)
+    before = prediction_errors(target, run.results["results"], graphs, precision)
     result = fit_from_history(target, device, precision, threads)
-    after = prediction_errors(reload_target(target), run.results["results"], run.files, precision)
+    after = prediction_errors(reload_target(target), run.results["results"], graphs, precision)
     return DeviceCalibration(result=result, run=run, errors={"before": before, "after": after})
 
 

@@ -140,8 +140,10 @@ def _decide(record: dict, report: dict, opts, device, target, console, previous:
         return {"decision": "stop", "why": f"measured {record['measured_ms']:.4g} ms is within the budget"}
     if opts.width is not None:
         return {"decision": "stop", "why": "--width fixed the student: nothing to re-select"}
-    precision = target.precision if target.runtime == "tensorrt" else (record["precision"] or target.precision)
-    fit = fit_from_history(target, device, fit_precision(target, precision), target.threads)
+    try:  # at the precision width selection predicts at: the one that decides the next width
+        fit = fit_from_history(target, device, fit_precision(target, None), target.threads)
+    except EdgeKDError as err:
+        return {"decision": "stop", "why": f"cannot recalibrate: {err}"}
     recal = {"n_measurements": fit.n_measurements, "fit": {k: fit.fit.get(k) for k in ("method", "median_abs_pct_err")},
              "path": str(fit.path) if fit.path else None}
     console.print(f"  recalibrated {target.name} from {fit.n_measurements} measurements on {device.name} "
