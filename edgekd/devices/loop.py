@@ -88,7 +88,11 @@ def _round(opts, console, run_round, device, target, k: int, state: dict, out: P
                          overwrite=not resume and round_dir.exists())
     calibration = load_target(device.target).calibration
     try:
-        report = run_round(round_opts, console)
+        if resume and (round_dir / "report.json").is_file():
+            report = load_report(round_dir)  # distilled before; only its measurement failed
+            calibration = (report.get("target") or {}).get("calibration", calibration)
+        else:
+            report = run_round(round_opts, console)
     except EdgeKDError as err:
         if err.exit_code == 130:
             from edgekd.pipeline import resume_command
