@@ -20,10 +20,23 @@ class EdgeKDError(Exception):
         return f"{self.message}; {self.hint}" if self.hint else self.message
 
 
-def first_line(err: BaseException | str, limit: int = 160) -> str:
-    """The first non-empty line of an error's text (its type name when it has none), cut to ``limit``."""
-    text = str(err).strip()
-    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    if not line and isinstance(err, BaseException):
-        line = type(err).__name__
-    return line[:limit]
+# Lines runtimes put before the cause (OpenVINO and ONNX Runtime lead with C++ source locations).
+_LOCATION_PREFIXES = ("Exception from ", "Check '", "[ GENERAL_ERROR ]")
+
+
+def first_line(err: BaseException | str, limit: int = 200, *, with_type: bool = False) -> str:
+    """The informative first line of an error, for one-line messages and report reasons.
+
+    Skips the source-location lines runtimes lead with, never fails on an empty message (the type name
+    stands in), and cuts at ``limit`` characters. ``with_type`` prefixes the exception's type name
+    (``ValueError: ...``), except for an EdgeKDError, whose message already says what went wrong.
+    """
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(_LOCATION_PREFIXES)
+              and not ln.endswith(".cpp") and "src/" not in ln[:40]]
+    line = (useful or lines or [""])[0]
+    name = type(err).__name__ if isinstance(err, BaseException) else ""
+    if with_type and name and not isinstance(err, EdgeKDError):
+        line = f"{name}: {line}" if line else name
+    line = line or name or "unknown error"
+    return line if len(line) <= limit else line[: limit - 3] + "..."

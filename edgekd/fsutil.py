@@ -42,12 +42,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     )
     os.close(fd)
     tmp_path = Path(tmp)
-    # mkstemp makes 0600 files; outputs are ordinary files, readable as the umask allows.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
+        # mkstemp makes 0600 files, and some writers (safetensors) replace the file with their own 0600
+        # one: set the mode once the content is there, so every output is readable as the umask allows
+        # (and a script its writer made executable stays executable).
+        executable = os.stat(tmp_path).st_mode & 0o111
+        os.chmod(tmp_path, (0o777 if executable else 0o666) & ~_umask())
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
@@ -56,6 +57,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -82,33 +89,46 @@ def _json_default(obj):
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+LOCK_NAME = ".edgekd.lock"
+
+
 @contextlib.contextmanager
 def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` for the life of a run.
 
     A second run writing into the same folder fails at once with a one-line error instead of
     interleaving files. The lock is an ``flock`` on ``.edgekd.lock``, released by the kernel when the
-    process dies, so a killed run never leaves a stale lock behind.
+    process dies, so a killed run never leaves a stale lock behind; a run that ends removes the file.
     """
     import fcntl
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    lock_file = directory / ".edgekd.lock"
-    fh = open(lock_file, "a+")
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
+    lock_file = directory / LOCK_NAME
+    while True:
+        fh = open(lock_file, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            fh.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise EdgeKDError(
+                    f"output folder {directory} is being written by another edgekd run",
+                    "wait for it to finish or choose another --out",
+                ) from None
+            raise
+        # The run before us removes the file as it ends: a lock won on a removed file guards nothing.
+        try:
+            if os.fstat(fh.fileno()).st_ino == os.stat(lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         fh.close()
-        if err.errno in (errno.EAGAIN, errno.EACCES):
-            raise EdgeKDError(
-                f"output folder {directory} is being written by another edgekd run",
-                "wait for it to finish or choose another --out",
-            ) from None
-        raise
     try:
         yield lock_file
     finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_file.unlink()
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         fh.close()
 
@@ -143,6 +163,17 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> int:
             tmp.unlink()
             removed += 1
     return removed
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("EDGEKD_CACHE_DIR"):
+        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("edgekd"))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -12,14 +12,8 @@ from pathlib import Path
 from edgekd import __version__
 from edgekd.errors import EdgeKDError
 
-# Formats every run exports; a target's runtime adds its own (data, not an if-chain in the code).
+# Formats every run exports; a target's runtime adds its own (``export_formats`` of its descriptor).
 BASE_FORMATS = ("onnx", "ort-int8", "openvino-fp16", "openvino-int8")
-RUNTIME_FORMATS = {
-    "tensorrt": ("tensorrt-fp16",),
-    "executorch": ("executorch",),
-    "onnxruntime": (),
-    "openvino": (),
-}
 
 
 @dataclass
@@ -30,6 +24,16 @@ class DistillOptions:
     out: str | None = None
     data: str | None = None
     teacher: str | list[str] | None = None
+    # Pixels (edgekd.data): size, normalisation and how image files are read
+    image_size: int | None = None                # the student's input (default: the data's own size, photos at most 224)
+    teacher_image_size: int | None = None        # the teacher's input (default: the teacher's own, else image_size)
+    mean: tuple[float, ...] | None = None        # normalisation (default: the teacher's, else measured on training images)
+    std: tuple[float, ...] | None = None
+    workers: int | None = None                   # loader processes for image files (default: cores - 1)
+    strict: bool = False                         # refuse a bad image file instead of skipping it
+    photo_augment: bool | None = None            # image files: random-resized crop + flip in training (default on)
+    crop_scale: tuple[float, ...] | None = None  # area fraction of the random crops (default 0.08,1)
+    flip: bool | None = None                     # random horizontal flips (default: with photo_augment)
     budget_ms: float | None = None
     epochs: int | None = None
     seed: int = 0
@@ -73,6 +77,14 @@ class DistillOptions:
             raise EdgeKDError(f"--max-drop must be between 0 and 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1 for one point")
         if self.max_rounds < 1:
             raise EdgeKDError(f"--max-rounds must be >= 1, got {self.max_rounds}", "e.g. --max-rounds 2")
+        for name in ("image_size", "teacher_image_size"):
+            value = getattr(self, name)
+            if value is not None and not 8 <= value <= 4096:
+                raise EdgeKDError(f"--{name.replace('_', '-')} must be 8..4096 pixels, got {value}", "e.g. 32 or 224")
+        if self.workers is not None and self.workers < 0:
+            raise EdgeKDError(f"--workers must be >= 0, got {self.workers}", "0 decodes in the main process; e.g. 2")
+        if (self.mean is None) != (self.std is None):
+            raise EdgeKDError("--mean and --std go together", "give both, or neither to use the teacher's or measured ones")
         if self.overwrite and self.resume:
             raise EdgeKDError("--overwrite and --resume contradict each other", "pick one")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -109,8 +121,10 @@ class StageClock:
 def default_formats(target) -> list[str]:
     """The base formats plus the target runtime's own, keeping only those this install registers."""
     from edgekd.export import FORMATS
+    from edgekd.runtimes import RUNTIMES
 
-    wanted = BASE_FORMATS + RUNTIME_FORMATS.get(target.runtime, ())
+    own = RUNTIMES.get(target.runtime).export_formats if target.runtime in RUNTIMES else ()
+    wanted = BASE_FORMATS + tuple(f for f in own if f not in BASE_FORMATS)
     return [name for name in wanted if name in FORMATS]
 
 
@@ -131,9 +145,11 @@ def default_out_dir(target: str) -> Path:
 
 def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     """Refuse to clobber a finished or foreign folder unless asked to; never half-create one early."""
+    from edgekd.fsutil import LOCK_NAME
+
     if out.exists() and not out.is_dir():
         raise EdgeKDError(f"--out {out} exists and is not a folder", "choose another --out")
-    if out.is_dir() and any(p.name != ".edgekd.lock" and not p.name.endswith(".tmp") for p in out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK_NAME and not p.name.endswith(".tmp") for p in out.iterdir()):
         if resume:
             if not (out / "config.json").is_file():
                 raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)", "point --out at the run folder to resume")
@@ -178,6 +194,11 @@ def resume_command(opts: DistillOptions) -> str:
         value = getattr(opts, f.name)
         if f.name in ("target", "overwrite", "resume", "progress", "extra") or value is None or value == f.default:
             continue
+        if isinstance(value, bool):  # on/off switches: their flag, not a value
+            flag = {("strict", True): "--strict", ("photo_augment", False): "--no-augment", ("flip", False): "--no-flip",
+                    ("flip", True): "--flip"}.get((f.name, value))
+            words += [flag] if flag else []
+            continue
         if isinstance(value, list):  # repeated option (--teacher for an ensemble)
             for v in value:
                 words += [f"--{f.name.replace('_', '-')}", str(v)]
@@ -187,12 +208,14 @@ def resume_command(opts: DistillOptions) -> str:
         if f.name == "max_drop":  # points on the command line
             value = f"{value * 100:g}"
         words += [f"--{f.name.replace('_', '-')}", str(value)]
-    defaults = {"mode": "offline", "generations": 2, "finetune_epochs": 0, "teacher_view": "clean"}
+    from edgekd.distill import TrainConfig
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
     for key, value in opts.extra.items():
-        if value is None or defaults.get(key) == value:
-            continue
         if key == "teacher_view":  # the teacher labelling each shifted view is `--augment --consistent`
-            words.append("--consistent")
+            words += ["--consistent"] if value == "same" else []
+            continue
+        if value is None or defaults.get(key) == value:
             continue
         flag = f"--{key.replace('_', '-')}"
         words += [flag] if value is True else [flag, str(value)]
@@ -299,10 +322,19 @@ def _plan(run: Run) -> None:
 def _load_data(run: Run) -> None:
     from edgekd.data import load_data
 
-    splits = run.splits = load_data(run.opts.data, seed=run.opts.seed)
-    run.console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
-                      f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
-                      f"{splits.num_classes} classes, input {tuple(splits.input_shape)}")
+    opts, console = run.opts, run.console
+    splits = run.splits = load_data(opts.data, seed=opts.seed, request=data_request(opts), workers=opts.workers,
+                                    strict=opts.strict, progress=opts.progress)
+    pre = splits.preprocessing
+    console.print(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
+                  f"{len(splits.calib.y)} calib / {len(splits.test.y)} test, "
+                  f"{splits.num_classes} classes, input {tuple(splits.input_shape)}"
+                  + (f", teacher input {pre.teacher_size} px" if pre.teacher_size != pre.image_size else ""))
+    console.print(f"  pixels: {pre.resize_rule}; mean {_floats(pre.mean)} std {_floats(pre.std)} ({pre.mean_source})"
+                  + (f"; training crops {pre.crop_scale[0]:g}-{pre.crop_scale[1]:g} of the area"
+                     f"{' + flips' if pre.flip else ''}; {splits.workers} loader worker(s)" if splits.kind == "files" else ""))
+    for note in splits.notes:  # empty class folders, unreadable files: one line each, before any training
+        console.print(f"  [yellow]{note}[/]")
 
 
 def _select_student(run: Run) -> None:
@@ -368,11 +400,14 @@ def _train_student(run: Run, cfg) -> None:
     result = run.result = train(student, run.teacher, splits, cfg, ckpt_dir=out / "checkpoints",
                                 resume=run.opts.resume, progress=run.opts.progress, spec=spec)
     run.student = student.cpu().eval()
+    # Each model file carries the preprocessing it expects (at its own input size).
     save_model(out / "student.safetensors", run.student, spec,
-               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
+               {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy,
+                "preprocess": splits.preprocessing.to_dict()})
     # An ensemble is saved as its first member (the row's accuracy is the ensemble's).
     save_model(out / "teacher.safetensors", getattr(run.teacher, "members", [run.teacher])[0].cpu().eval(),
-               run.teacher_spec, {"accuracy": run.teacher_info["accuracy"]})
+               run.teacher_spec, {"accuracy": run.teacher_info["accuracy"],
+                                  "preprocess": splits.for_teacher().preprocessing.to_dict()})
     run.console.print(f"  student test accuracy {result.accuracy:.4f} "
                       f"(teacher {run.teacher_info['accuracy']:.4f}, {result.seconds:.1f} s)")
 
@@ -405,18 +440,21 @@ def _base_report(run: Run) -> dict:
 
 
 def _export_student(run: Run) -> list:
-    from edgekd.data import normalize
+    import numpy as np
+
     from edgekd.export import ExportOptions, export_all
 
     splits = run.splits
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
+    # Calibration, validation and test images all go through the run's one preprocessing, lazily:
+    # a split of image files larger than memory is read a slice at a time.
+    test_x = splits.normalized("test")
     # Quantized artifacts are gated on the validation split (never the test split, which
     # only gives the final figures); over --max-drop the remedies are tried, then failed.
     return export_all(
         run.student, list(run.formats), run.out / "artifacts",
-        example=test_x[:1], calib=normalize(splits.calib.x, splits.mean, splits.std),
+        example=test_x[:1], calib=np.asarray(splits.normalized("calib")),
         parity_inputs=test_x[:512], progress=run.opts.progress, target=run.target, console=run.console,
-        validation=(normalize(splits.val.x, splits.mean, splits.std), splits.val.y),
+        validation=(splits.normalized("val"), splits.labels("val")),
         options=ExportOptions(stem="student", max_drop=run.opts.max_drop))
 
 
@@ -430,6 +468,23 @@ def _bench_artifacts(run: Run, artifacts: list) -> None:
         max_drop=opts.max_drop, seconds=opts.bench_seconds, threads=opts.threads, console=run.console)
     run.report["artifacts"] = rows
     run.report["recommended"] = recommend(rows, run.target, opts.max_drop)
+    _record_files(run)
+
+
+def _record_files(run: Run) -> None:
+    """The data record again (files skipped while training and measuring are counted by now), and
+    for image files the split lists beside the report."""
+    from edgekd.fsutil import atomic_write_json
+
+    splits = run.splits
+    run.report["data"] = splits.describe()
+    if splits.kind != "files":
+        return
+    atomic_write_json(run.out / DATA_SPLITS_FILE, splits.file_lists())
+    run.report["data"]["file_lists"] = DATA_SPLITS_FILE
+    if splits.bad.count():
+        run.console.print(f"  [yellow]{splits.bad.count()} image file(s) could not be decoded and were skipped "
+                          f"(listed in report.json data.bad_files)[/]")
 
 
 def _write_report(run: Run, wall0: float) -> None:
@@ -447,6 +502,39 @@ def _write_report(run: Run, wall0: float) -> None:
     console.print(f"[bold green]Done in {time.perf_counter() - wall0:.1f} s.[/] Run folder: {run.out}  "
                   f"({', '.join(p.name for p in paths.values())})")
     console.print("  stage timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in clock.seconds.items()))
+
+
+DATA_SPLITS_FILE = "data-splits.json"
+
+
+def data_request(opts: DistillOptions):
+    """What the run asks of the pixels: the user's options, then the teacher's own preprocessing."""
+    from edgekd.data import PreprocessRequest
+    from edgekd.data.preprocess import teacher_preprocess
+
+    own = {}
+    teacher = opts.teacher[0] if isinstance(opts.teacher, (list, tuple)) and opts.teacher else opts.teacher
+    if teacher:
+        own = teacher_preprocess(str(teacher)) or {}
+    user_norm = opts.mean is not None
+    mean = tuple(opts.mean) if user_norm else own.get("mean")
+    std = tuple(opts.std) if opts.std is not None else own.get("std")
+    return PreprocessRequest(
+        image_size=opts.image_size, teacher_image_size=opts.teacher_image_size or own.get("image_size"),
+        mean=mean, std=std, mean_source="user" if user_norm else f"teacher ({own.get('source', teacher)})",
+        crop_pct=own.get("crop_pct"), interpolation=own.get("interpolation"), photo_augment=opts.photo_augment,
+        crop_scale=_crop_scale(opts.crop_scale), flip=opts.flip)
+
+
+def _crop_scale(value):
+    if value is None:
+        return None
+    value = tuple(float(v) for v in value)
+    return (value[0], 1.0) if len(value) == 1 else value
+
+
+def _floats(values) -> str:
+    return ",".join(f"{v:.3f}" for v in values)
 
 
 def _train_config(opts: DistillOptions, device: str):

@@ -81,22 +81,30 @@ def test_idx_folder_gz_and_raw(tmp_path, packaged):
 def test_imagefolder_grey_and_rgb(tmp_path, packaged):
     from PIL import Image
 
+    # Folder names whose sorted order is not the digits' order: a label taken from the digit, or from the
+    # order folders were found in, would name the wrong class.
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     x, y = _digits(packaged, 40)
     for mode in ("L", "RGB"):
         root = tmp_path / mode
         for split, sl in (("train", slice(0, 30)), ("val", slice(30, 40))):
             for i, (img, label) in enumerate(zip(x[sl], y[sl])):
-                d = root / split / f"digit{label}"
+                d = root / split / names[label]
                 d.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(img[0]).convert(mode).save(d / f"{i}.png")
         s = load_data(root, calib_size=8)
         assert s.input_shape == ((1, 28, 28) if mode == "L" else (3, 28, 28))
         assert len(s.test) == 10 and len(s.train) + len(s.val) == 30
-        assert s.classes == sorted(s.classes) and s.num_classes == len(s.classes)
-        # labels follow the sorted class folder names; the pixels survive the PNG round trip
-        i = int(np.flatnonzero(s.test.y == s.test.y[0])[0])
-        assert s.classes[s.test.y[i]].startswith("digit")
-        assert s.test.x[:, :1].sum() == x[30:40].sum() or mode == "RGB"
+        assert s.classes == sorted(names[label] for label in set(y[:30])) and s.num_classes == len(s.classes)
+        assert s.preprocessing.train_crop == "random-resized-crop"
+        # Every test image, found by its pixels (they survive the PNG round trip, in every channel), is
+        # labelled with the index of its own folder's name among the sorted names.
+        test = s.eval_images("test").uint8(0, len(s.test))
+        assert test.shape == (10, *s.input_shape)
+        for img, label in zip(test, s.eval_images("test").y):
+            (j,) = [j for j in range(30, 40) if np.array_equal(img[0], x[j][0])]
+            assert s.classes[label] == names[y[j]]
+            assert all(np.array_equal(channel, img[0]) for channel in img)
 
 
 def test_imagefolder_train_val_test(tmp_path, packaged):
@@ -176,29 +184,36 @@ def test_unknown_layout(tmp_path):
     assert "idx" in _one_line(err) and "npz" in str(err.value)
 
 
-def test_mixed_image_sizes(tmp_path):
+def test_mixed_image_sizes_are_resized(tmp_path):
     from PIL import Image
 
     for split in ("train", "val"):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             Image.new("L", (16, 16)).save(tmp_path / split / c / "0.png")
-    Image.new("L", (20, 16)).save(tmp_path / "train" / "b" / "1.png")
-    with pytest.raises(EdgeKDError, match="mixed sizes") as err:
-        load_data(tmp_path)
-    assert "1.png" in _one_line(err)
+    Image.new("L", (40, 16), 255).save(tmp_path / "train" / "b" / "1.png")
+    s = load_data(tmp_path, workers=0, calib_size=2)
+    assert s.input_shape == (1, 16, 16)
+    views = s.eval_images("train").uint8(0, len(s.train))
+    assert views.shape == (len(s.train), 1, 16, 16) and views.max() == 255  # the 40x16 image, centre-cropped
 
 
-def test_unreadable_image(tmp_path):
+def test_unreadable_image_skipped_or_refused(tmp_path):
     from PIL import Image
 
     for split in ("train", "val"):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
-            Image.new("L", (16, 16)).save(tmp_path / split / c / "0.png")
+            for i in range(3):
+                Image.new("L", (16, 16)).save(tmp_path / split / c / f"{i}.png")
     (tmp_path / "train" / "a" / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(EdgeKDError, match="cannot read image") as err:
-        load_data(tmp_path)
+    s = load_data(tmp_path, workers=0, calib_size=2)
+    s.eval_images(s.train)
+    bad = s.describe()["bad_files"]["train"]
+    assert bad["count"] == 1 and bad["first"][0]["path"].endswith("bad.png")
+    strict = load_data(tmp_path, workers=0, calib_size=2, strict=True)
+    with pytest.raises(EdgeKDError, match="bad.png cannot be read") as err:
+        strict.eval_images(strict.train)
     _one_line(err)
 
 

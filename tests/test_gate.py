@@ -18,10 +18,8 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import EdgeKDError
-from edgekd.gate import (
-    CONFIG_KEYS, MB, Budgets, gate, junit_xml, load_config, onnx_param_count, parse_config, resolve_budgets,
-    shipped_files, size_bytes,
-)
+from edgekd.gate import CONFIG_KEYS, MB, Budgets, gate, junit_xml, load_config, parse_config, resolve_budgets
+from edgekd.modelfile import onnx_param_count, shipped_files, size_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN = 8
@@ -187,7 +185,7 @@ def test_quantized_onnx_params_skip_scales(tmp_path):
 
 def test_openvino_xml_counts_its_bin_and_params(tmp_path):
     ov = pytest.importorskip("openvino")
-    from edgekd.gate import openvino_param_count
+    from edgekd.modelfile import openvino_param_count
 
     onnx_path = make_onnx(tmp_path / "m.onnx")
     xml = tmp_path / "ov" / "m.xml"
@@ -230,7 +228,7 @@ def test_latency_of_a_half_precision_model(tmp_path):
     """An FP16 export whose input is float16 is timed with float16 input, not refused."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    from edgekd.gate import onnx_precision
+    from edgekd.modelfile import onnx_precision
 
     half = convert_float_to_float16(onnx.load(str(make_onnx(tmp_path / "m.onnx"))), keep_io_types=False)
     onnx.save_model(half, str(tmp_path / "m16.onnx"))
@@ -549,7 +547,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, cli):
         ((model, "--min-accuracy", 0.9), "accuracy is known only for report artifacts"),
         ((model, "--max-size-mb", -1), "--max-size-mb must be a number >= 0"),
         ((model, "--max-latency-ms", 1, "--input-shape", "1,a"), "bad input shape"),
-        ((model, "--max-latency-ms", 1, "--input-shape", "1x16"), "--input-shape 1,16 has 2 dimensions; the model's input has 4"),
+        ((model, "--max-latency-ms", 1, "--input-shape", "1x16"), "input shape 1x16 has 2 dimensions; m.onnx's input has 4"),
         ((tmp_path / "notes.txt", "--max-size-mb", 1), "does not exist"),
         ((model, "--baseline", tmp_path / "nope.json", "--max-growth", 5), "nope.json does not exist"),
     ]

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from edgekd.bench.env import collect_environment, cpu_info, device_info, portable_source
+from edgekd.bench.env import collect_environment, cpu_info, device_info
 from edgekd.bench.measure import LatencyStats, measure_latency
 from edgekd.errors import EdgeKDError
 
@@ -164,7 +164,10 @@ def test_environment_of_this_machine():
 
 def test_portable_probes_parse_as_python36_and_run_standalone(tmp_path):
     """The probes copied into the on-device runner need nothing but the standard library."""
-    src = portable_source()
+    from edgekd.bench import env
+    from edgekd.bench.runner_script import portable_block
+
+    src = portable_block(env)
     ast.parse(src, feature_version=(3, 6))
     script = tmp_path / "probe.py"
     script.write_text("import json, os, platform\n" + src + "\nprint(json.dumps(device_info()))\n")
@@ -192,18 +195,58 @@ def tiny_onnx(tmp_path_factory):
 
 
 def test_runner_script_parses_as_python36():
-    from edgekd.bench.runner_script import OLDEST_PYTHON, render_runner_script
+    from edgekd.bench.runner_script import OLDEST_PYTHON, python36_problems, render_runner_script
 
     source = render_runner_script()
+    assert python36_problems(source) == []
     tree = ast.parse(source, feature_version=OLDEST_PYTHON)
-    # Features ast's feature_version does not police: newer stdlib calls and imports.
-    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    assert not names & {"perf_counter_ns", "fromisoformat", "removeprefix", "removesuffix"}
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
                 for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
                                      if isinstance(n, ast.ImportFrom) and n.module}
-    assert "edgekd" not in imported and "dataclasses" not in imported and "__future__" not in imported
-    assert not any(isinstance(n, ast.keyword) and n.arg == "capture_output" for n in ast.walk(tree))
+    assert "edgekd" not in imported and "__future__" not in imported
+    # The copy embeds the one timing loop and the one set of probes instead of importing them.
+    assert "def time_calls(" in source and "def device_info(" in source and "def measure(" not in source
+
+
+@pytest.mark.parametrize("snippet", [
+    "from __future__ import annotations\n",
+    "import time\nt = time.perf_counter_ns()\n",
+    "import subprocess\nsubprocess.run(['ls'], capture_output=True)\n",
+    "import subprocess\nsubprocess.check_output(['ls'], text=True)\n",
+    "import dataclasses\n",
+    "from dataclasses import dataclass\n",
+    "import contextlib\nctx = contextlib.nullcontext()\n",
+    "import importlib.resources\n",
+    "from importlib import resources\n",
+    "import datetime\nd = datetime.datetime.fromisoformat('2020-01-01')\n",
+    "if (n := 3):\n    pass\n",
+    "def f(a, /):\n    pass\n",
+    "breakpoint()\n",
+    "from edgekd.bench.env import device_info\n",
+])
+def test_python36_checker_rejects_newer_constructs(snippet):
+    """The checker that guards the runner when no Python 3.6 is at hand catches what 3.6 cannot run."""
+    from edgekd.bench.runner_script import check_python36, python36_problems
+
+    assert python36_problems(snippet)
+    with pytest.raises(RuntimeError, match="not Python 3.6"):
+        check_python36(snippet)
+
+
+def test_device_runner_is_an_importable_module():
+    """The runner's source is a real module: its functions are edgekd's own, called directly here."""
+    from edgekd.bench import device_runner, measure
+    from edgekd.runtimes import RUNTIMES
+
+    assert device_runner.time_calls is measure.time_calls and device_runner.device_info is device_info
+    assert set(device_runner.BACKENDS) == {n for n, rt in RUNTIMES.items() if rt.on_device}
+    assert device_runner.runtimes_for("m.xml", None) == ["openvino"]
+    assert device_runner.runtimes_for("m.tflite", None) == ["litert"]
+    assert device_runner.runtimes_for("m.engine", None) == ["tensorrt"]
+    assert device_runner.runtimes_for("m.onnx", ["tensorrt"]) == ["tensorrt"]  # builds an engine only when asked
+    assert device_runner.runtimes_for("m.onnx", None) == ["onnxruntime"]
+    samples = device_runner.time_calls(lambda x: x, 1, warmup=0, runs=7)
+    assert len(samples) == 7 and device_runner.latency_summary(samples, 1)["runs"] == 7
 
 
 @pytest.mark.slow
@@ -235,6 +278,83 @@ def test_runner_script_measures_an_onnx_model(tmp_path, tiny_onnx):
         assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
         assert row["provider"] == "CPUExecutionProvider"
     assert "p50" in proc.stdout and not list(tmp_path.glob("*.tmp"))
+
+
+def _python36() -> str | None:
+    """A Python 3.6 with numpy and onnxruntime (what JetPack 4.6 has): $EDGEKD_PYTHON36, else python3.6 on PATH."""
+    import os
+    import shutil
+
+    for exe in filter(None, (os.environ.get("EDGEKD_PYTHON36"), shutil.which("python3.6"))):
+        probe = subprocess.run([exe, "-I", "-c", "import sys, numpy, onnxruntime; print(sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 6)":
+            return exe
+    return None
+
+
+def _opset13_onnx(path):
+    """A tiny CNN at opset 13, the newest the ONNX Runtime builds for Python 3.6 read."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal((10, 4)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]), helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Gemm", ["f", "fc"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return path
+
+
+def test_runner_runs_on_a_real_python36(tmp_path):
+    """The copied runner on an actual Python 3.6 interpreter, numpy and ONNX Runtime, as on JetPack 4.6."""
+    from edgekd.bench.runner_script import write_runner_script
+
+    exe = _python36()
+    if exe is None:
+        pytest.skip("no Python 3.6 with numpy and onnxruntime here (set EDGEKD_PYTHON36); "
+                    "test_python36_checker_* and test_runner_script_parses_as_python36 guard the runner instead")
+    script = write_runner_script(tmp_path / "edgekd_runner.py")
+    model = _opset13_onnx(tmp_path / "m.onnx")
+    proc = subprocess.run([exe, "-I", str(script), str(model), "--batch", "1,2", "--runs", "10", "--warmup", "2",
+                           "--device-name", "jetson-nano", "--out", "res.json"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "res.json").read_text())
+    assert doc["device"]["python"].startswith("3.6.")
+    assert [(r["batch"], r["status"], r["runs"]) for r in doc["results"]] == [(1, "ok", 10), (2, "ok", 10)]
+    assert all(0 < r["latency_ms"]["p50"] <= r["latency_ms"]["max"] for r in doc["results"])
+
+
+@pytest.mark.slow
+def test_runner_script_measures_a_litert_model(tmp_path):
+    """LiteRT runs on the device too: a .tflite from edgekd's exporter, timed by the copied runner."""
+    import torch
+
+    from edgekd.bench.runner_script import write_runner_script
+    from edgekd.export import FORMATS, export_all
+
+    ok, why = FORMATS.get("litert").available()
+    if not ok:
+        pytest.skip(why)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    (art,) = export_all(net, ["litert"], tmp_path / "art", example=x[:1], calib=x, parity_inputs=x, progress=False)
+    assert art.status == "ok", art.reason
+    script = write_runner_script(tmp_path / "edgekd_runner.py")
+    proc = subprocess.run([sys.executable, "-I", str(script), str(art.path), "--batch", "1,2", "--runs", "5",
+                           "--out", "res.json"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "res.json").read_text())["results"]
+    assert [(r["runtime"], r["batch"], r["status"]) for r in rows] == [("litert", 1, "ok"), ("litert", 2, "skipped")]
+    assert rows[0]["output_shape"] == [1, 10] and "fixed batch of 1" in rows[1]["reason"]
 
 
 def test_runner_script_reports_bad_files_per_row(tmp_path, tiny_onnx):

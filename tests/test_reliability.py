@@ -100,12 +100,13 @@ def files(tmp_path_factory, tiny_npz):
     y_test[3] = 42
     np.savez(d / "labels.npz", **{**arrays, "y_test": y_test})
     np.savez(d / "pickled.npz", **{**arrays, "y_train": np.array([RunsCode(d / "npz-ran-code")] * 3, dtype=object)})
-    for split in ("train", "val"):
-        for cls in ("zero", "one"):
-            folder = d / "mixed" / split / cls
+    # Images of mixed sizes are welcome (each is resized); a class in val/ that train/ lacks is not.
+    for split, classes in (("train", ("zero", "one")), ("val", ("zero", "two"))):
+        for cls in classes:
+            folder = d / "extra-class" / split / cls
             folder.mkdir(parents=True)
             for i in range(3):
-                side = 32 if (split, cls, i) == ("val", "one", 2) else 28
+                side = 32 if i == 2 else 28
                 Image.fromarray(np.full((side, side), 40 * i, np.uint8)).save(folder / f"{i}.png")
     # Teachers and checkpoints
     for name, classes, channels in (("teacher-5-classes", 5, 1), ("teacher-rgb", 10, 3), ("teacher-ok", 10, 1)):
@@ -165,7 +166,7 @@ def test_bad_target_yaml_names_the_problem(capsys, files, tmp_path, name, words)
     ("nowhere", ["does not exist"]),
     ("empty.npz", ["empty file"]),
     ("empty-dir", ["empty folder"]),
-    ("mixed", ["mixed sizes", "28x28", "32x32", "resize"]),
+    ("extra-class", ["class folder 'two'", "train/ does not have"]),
     ("labels.npz", ["label 42", "outside the 10 classes"]),
     ("pickled.npz", ["object (pickled) arrays", "refuses"]),
 ])

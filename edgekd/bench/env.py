@@ -203,14 +203,24 @@ def device_info():
 # PORTABLE-END
 
 
-# Distributions whose versions explain a latency; looked up by metadata, so nothing heavy is imported.
-RUNTIME_PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf",
-                    "executorch", "tensorrt", "onnxslim")
+# Distributions whose versions explain a latency besides each runtime's own (its descriptor's packages);
+# looked up by metadata, so nothing heavy is imported.
+BASE_PACKAGES = ("numpy", "torch", "onnx", "onnxslim")
 
 
-def package_versions(names=RUNTIME_PACKAGES) -> dict:
+def runtime_packages() -> tuple[str, ...]:
+    from edgekd.runtimes import runtimes
+
+    names = list(BASE_PACKAGES)
+    for rt in runtimes():
+        names += [p for p in rt.packages if p not in names]
+    return tuple(names)
+
+
+def package_versions(names=None) -> dict:
     from importlib import metadata
 
+    names = runtime_packages() if names is None else names
     out = {}
     for name in names:
         try:
@@ -240,12 +250,3 @@ def collect_environment(*, threads: int | None = None) -> dict:
 
 # The name the pipeline calls.
 environment = collect_environment
-
-
-def portable_source() -> str:
-    """The source of the portable probes, for embedding in the on-device runner."""
-    with open(__file__, "r", encoding="utf-8") as fh:
-        text = fh.read()
-    start = text.index("# PORTABLE-BEGIN")
-    end = text.index("# PORTABLE-END")
-    return text[start:end].split("\n", 1)[1]

@@ -6,28 +6,29 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.runtimes import RUNTIMES
 
 EVAL_BATCH = 250
-
-# What a target's runtime can load, and whether it compiles an FP32 graph at its own precision
-# (TensorRT builds FP16/INT8 engines from an FP32 ONNX; CPU runtimes run FP32 as FP32). Data, not
-# code: a new runtime is one more row.
-TARGET_RUNTIMES = {
-    "tensorrt": {"formats": ("tensorrt", "onnx"), "compiles_fp32": True},
-    "onnxruntime": {"formats": ("onnx",), "compiles_fp32": False},
-    "openvino": {"formats": ("openvino", "onnx"), "compiles_fp32": False},
-    "executorch": {"formats": ("executorch",), "compiles_fp32": False},
-}
 PRECISION_BITS = {"int8": 8, "fp16": 16, "bf16": 16, "fp32": 32}
+
+
+def _deploy_formats(target) -> tuple[str, ...]:
+    """What the target's runtime loads (its descriptor's ``deploy_formats``)."""
+    runtime = target.runtime
+    return RUNTIMES.get(runtime).deploy_formats if runtime in RUNTIMES else (runtime,)
+
+
+def _compiles_fp32(target) -> bool:
+    """Whether the target's runtime builds an FP32 graph at its own precision (TensorRT engines from ONNX)."""
+    return target.runtime in RUNTIMES and RUNTIMES.get(target.runtime).compiles_fp32
 
 
 def deployable(row: dict, target) -> bool:
     """Can the target's runtime load this artifact (the PyTorch baselines count: they get exported)?"""
     if row.get("format") == "pytorch":
         return True
-    formats = TARGET_RUNTIMES.get(target.runtime, {}).get("formats", (target.runtime,))
-    return row.get("format") in formats
+    return row.get("format") in _deploy_formats(target)
 
 
 def target_precision(row: dict, target) -> str:
@@ -37,8 +38,7 @@ def target_precision(row: dict, target) -> str:
     least as wide (INT8 on a Maxwell Jetson runs as FP16; FP16 on a CPU without FP16 runs as FP32).
     """
     precision = row.get("precision") or target.precision
-    compiles = TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32", False)
-    if row.get("format") == "pytorch" or (precision == "fp32" and compiles):
+    if row.get("format") == "pytorch" or (precision == "fp32" and _compiles_fp32(target)):
         return target.precision
     fast = list(getattr(target, "precisions", None) or [target.precision])
     if precision in fast:
@@ -71,13 +71,14 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
     """
     from edgekd.bench.measure import measure_latency
     from edgekd.bench.runners import load_runner
-    from edgekd.data import normalize
-
     run_dir = Path(run_dir)
-    test_x = normalize(splits.test.x, splits.mean, splits.std)
-    test_y = splits.test.y
-    example = test_x[:1]
-    input_shape = (1, *splits.input_shape)
+    test_x = splits.normalized("test")  # lazy: slices are read and normalised as the runner asks
+    test_y = splits.labels("test")
+    # The teacher keeps its own input size (the same image, resized for it): timed and predicted at it.
+    teacher_size = splits.preprocessing.teacher_size
+    examples = {"student": test_x[:1],
+                "teacher": test_x[:1] if teacher_size == splits.input_shape[-1] else splits.normalized("test", teacher_size)[:1]}
+    input_shapes = {role: (1, *x.shape[1:]) for role, x in examples.items()}
 
     rows = [
         _pytorch_row("teacher", run_dir / "teacher.safetensors", teacher_accuracy),
@@ -90,7 +91,7 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
                     "target_latency_ms", "target_latency_source"):
             row.setdefault(key, None)
 
-    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shape)
+    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shapes)
     for row in rows:
         if row.get("status") != "ok" or not row.get("path"):
             row.update(predictor.predict(row))  # a skipped TensorRT engine still has a target estimate
@@ -99,13 +100,13 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
             runner = load_runner(run_dir / row["path"], threads=threads)
             if row["accuracy"] is None:
                 row["accuracy"] = accuracy_of(runner.run, test_x, test_y)
-            stats = measure_latency(runner.run, example, time_budget_s=seconds)
+            stats = measure_latency(runner.run, examples.get(row["role"], examples["student"]), time_budget_s=seconds)
             row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
             row["latency_source"] = "measured:host"
             row["throughput"] = stats.throughput
         except Exception as err:  # one bad artifact must not sink the report
             row["status"] = "failed"
-            row["reason"] = f"benchmark failed: {_one_line(err)}"
+            row["reason"] = f"benchmark failed: {first_line(err, with_type=True)}"
         if row["role"] == "student" and row["accuracy"] is not None:
             row["accuracy_drop"] = round(student_accuracy - row["accuracy"], 6)
             if row["format"] != "pytorch" and row["accuracy_drop"] > max_drop and row["status"] == "ok":
@@ -129,10 +130,10 @@ def _pytorch_row(role: str, path: Path, accuracy: float) -> dict:
 class _TargetPredictor:
     """Latency on the target: the host measurement when the target is this machine, else the model's prediction."""
 
-    def __init__(self, target, models: dict, input_shape):
+    def __init__(self, target, models: dict, input_shapes: dict):
         self.target = target
         self.models = models
-        self.input_shape = input_shape
+        self.input_shapes = input_shapes
         self._cache: dict = {}
 
     def predict(self, row: dict) -> dict:
@@ -147,7 +148,7 @@ class _TargetPredictor:
             from edgekd.hardware import predict_latency_ms
 
             try:
-                pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shape, precision=precision)
+                pred = predict_latency_ms(self.models[key[0]], self.target, self.input_shapes[key[0]], precision=precision)
                 self._cache[key] = {"target_latency_ms": {"p50": float(pred.total_ms)},
                                     "target_latency_source": f"predicted:{self.target.name}",
                                     "target_precision": precision}
@@ -155,11 +156,6 @@ class _TargetPredictor:
                 self._cache[key] = {"target_latency_ms": None, "target_latency_source": None,
                                     "target_note": str(err)}
         return dict(self._cache[key])
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
@@ -179,7 +175,7 @@ def recommend(rows: list[dict], target, max_drop: float) -> dict | None:
         # An artifact whose precision the device has no fast path for (INT8 on a Maxwell Jetson) ties
         # with the wider one it falls back to; prefer the one that runs as built.
         native = target_precision(r, target) == r.get("precision")
-        compiled = r.get("precision") == "fp32" and TARGET_RUNTIMES.get(target.runtime, {}).get("compiles_fp32")
+        compiled = r.get("precision") == "fp32" and _compiles_fp32(target)
         return 0 if native or compiled else 1
 
     best = min(pool, key=lambda r: (round(latency(r), 6), fallback(r), -(r.get("accuracy") or 0), r.get("size_bytes") or 0))

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.modelfile import image_shape, precision, size_bytes
+from edgekd.runtimes import RUNTIMES, format_of_file, model_suffixes, readers_of
 
 HOST_SOURCE = "measured:host"
-
-# Runtimes that read files beyond their runner's own suffixes: OpenVINO compiles ONNX directly, which
-# is how users compare it against ONNX Runtime on the very same file.
-EXTRA_READERS = {"openvino": (".onnx",)}
-FORMAT_OF_SUFFIX = {".onnx": "onnx", ".ort": "onnx", ".xml": "openvino", ".pte": "executorch",
-                    ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "pytorch"}
 
 
 @dataclass
@@ -39,68 +35,9 @@ class BenchOptions:
         if not self.seconds > 0:
             raise EdgeKDError(f"--seconds must be > 0, got {self.seconds}", "pass --seconds such as 1.0")
         if self.runtimes:
-            from edgekd.bench.runners import RUNTIMES
-
             for name in self.runtimes:
                 RUNTIMES.get(name)  # one-line error with a suggestion for a typo
         return self
-
-
-def readers_of(path: Path) -> list[str]:
-    """Runtimes that can run this file here or elsewhere, the file's own runtime first."""
-    from edgekd.bench.runners import RUNTIMES
-
-    suffix = path.suffix.lower()
-    own = [name for name, cls in RUNTIMES.items() if suffix in cls.suffixes]
-    extra = [name for name, sufs in EXTRA_READERS.items() if suffix in sufs and name not in own]
-    return own + extra
-
-
-def model_input_shape(path: Path) -> tuple[int, ...] | None:
-    """(C, H, W) read from an ONNX or OpenVINO IR file's first input; None when it is not static."""
-    suffix = path.suffix.lower()
-    dims: list = []
-    if suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        inits = {i.name for i in model.graph.initializer}
-        inp = next(i for i in model.graph.input if i.name not in inits)
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
-    elif suffix == ".xml":
-        import openvino as ov
-
-        shape = ov.Core().read_model(str(path)).inputs[0].get_partial_shape()
-        dims = [d.get_length() if d.is_static else None for d in shape]
-    chw = tuple(dims[1:])
-    return chw if len(chw) == 3 and all(isinstance(d, int) and d > 0 for d in chw) else None
-
-
-def detect_precision(path: Path) -> str:
-    """fp32 / fp16 / int8 of a model file, from its content: quantize nodes mean int8, half weights fp16."""
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        ops = {n.op_type for n in model.graph.node}
-        if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
-                  "MatMulInteger", "DynamicQuantizeLinear"}:
-            return "int8"
-        if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-            return "fp16"
-        return "fp32"
-    if suffix == ".xml":
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if "FakeQuantize" in text or 'element_type="i8"' in text or 'element_type="u8"' in text:
-            return "int8"
-        if 'element_type="f16"' in text:
-            return "fp16"
-        return "fp32"
-    for tag in ("int8", "fp16", "fp32"):
-        if tag in path.name.lower():
-            return tag
-    return "fp32"
 
 
 def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tuple[int, ...],
@@ -122,20 +59,12 @@ def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tupl
         try:
             stats = measure_latency(runner.run, x, warmup=opts.warmup, time_budget_s=opts.seconds)
         except Exception as err:  # e.g. a fixed-batch IR given another batch: that batch fails, not the file
-            out.append({"batch": batch, "status": "failed", "reason": _one_line(err)})
+            out.append({"batch": batch, "status": "failed", "reason": first_line(err, 300)})
             continue
         out.append({"batch": batch, "status": "ok", "threads": opts.threads,
                     "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
                     "throughput": stats.throughput, "runs": stats.runs})
     return out, runner.versions()
-
-
-def _one_line(err: BaseException) -> str:
-    """The informative line of an error: OpenVINO and ORT lead with source locations, not the cause."""
-    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from ", "Check '", "[ GENERAL_ERROR ]"))
-              and not ln.endswith(".cpp") and "src/" not in ln[:40]]
-    return (useful or lines or [type(err).__name__])[0][:300]
 
 
 def _apply_host(row: dict, m: dict, target_is_host: bool) -> None:
@@ -158,17 +87,16 @@ class _TestSplit:
     def get(self):
         if self._loaded is None and self.error is None:
             try:
-                from edgekd.data import load_data, normalize
+                from edgekd.data import load_data_like
 
                 data = self.report.get("data") or {}
-                source = data.get("source")
-                splits = load_data(None if source in (None, "edgekd:mnist") else source)
+                splits = load_data_like(data)  # the run's splits and preprocessing, not today's defaults
                 want = (data.get("splits") or {}).get("test", {}).get("sha256")
                 if want and splits.test.sha256() != want:
                     raise EdgeKDError("the run's test data changed since the run (sha256 differs)")
-                self._loaded = (normalize(splits.test.x, splits.mean, splits.std), splits.test.y)
+                self._loaded = (splits.normalized("test"), splits.labels("test"))
             except Exception as err:  # accuracy is a bonus here; latency rows stand without it
-                self.error = _one_line(err)
+                self.error = first_line(err, 300)
         return self._loaded
 
 
@@ -208,15 +136,15 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
                 is_own = runtime == own
                 row = art if is_own else _runtime_row(report, art, runtime)
                 try:
-                    file_shape = shape or model_input_shape(path)
+                    file_shape = shape or image_shape(path)
                     if file_shape is None:
                         raise EdgeKDError(f"cannot tell the input shape of {path.name}", "pass --input-shape C,H,W")
                     results, versions = measure_file(path, runtime, opts.batches, file_shape, opts)
                 except Exception as err:  # one format's failure is its row's, not the command's
                     # An old host figure would now sit beside another machine's environment: drop it.
-                    row.update(status="failed", reason=f"{runtime} on this machine: {_one_line(err)}",
+                    row.update(status="failed", reason=f"{runtime} on this machine: {first_line(err, 300)}",
                                latency_ms=None, latency_source=None)
-                    _print(console, row, runtime, None, _one_line(err))
+                    _print(console, row, runtime, None, first_line(err, 300))
                     if not is_own and row not in report["artifacts"]:
                         added.append(row)
                     continue
@@ -282,9 +210,9 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
     paths = [Path(f) for f in files]
     for p in paths:
         if not p.is_file():
-            raise EdgeKDError(f"model file {p} does not exist", "pass .onnx, .xml, .pte, .engine or .safetensors files")
+            raise EdgeKDError(f"model file {p} does not exist", f"pass model files ({', '.join(model_suffixes())})")
         if not readers_of(p):
-            from edgekd.bench.runners import runtime_for_file
+            from edgekd.runtimes import runtime_for_file
 
             runtime_for_file(p)  # raises the one-line "no runtime runs ... files" error
     t0 = time.perf_counter()
@@ -300,7 +228,7 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
             name = p.name if runtime == readers[0] else f"{p.name}@{runtime}"
             row = _file_row(p, runtime, name=name)
             try:
-                shape = opts.input_shape or model_input_shape(p)
+                shape = opts.input_shape or image_shape(p)
                 if shape is None:
                     raise EdgeKDError(f"cannot tell the input shape of {p.name}", "pass --input-shape C,H,W")
                 results, versions = measure_file(p, runtime, opts.batches, shape, opts)
@@ -314,7 +242,7 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
                 for m in results:
                     _print(console, row, runtime, m, None)
             except Exception as err:
-                row.update(status="failed", reason=_one_line(err))
+                row.update(status="failed", reason=first_line(err, 300))
                 _print(console, row, runtime, None, row["reason"])
             report["artifacts"].append(row)
     report["environment"] = collect_environment(threads=opts.threads)
@@ -326,20 +254,12 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
 def _file_row(path: Path, runtime: str, *, name: str | None = None, status: str = "ok",
               reason: str | None = None) -> dict:
     return {
-        "name": name or path.name, "role": "model", "format": FORMAT_OF_SUFFIX.get(path.suffix.lower(), runtime),
-        "precision": detect_precision(path) if status == "ok" else "?", "runtime": runtime,
-        "path": str(path.resolve()), "size_bytes": _size(path), "status": status, "reason": reason,
+        "name": name or path.name, "role": "model", "format": format_of_file(path, runtime),
+        "precision": precision(path) if status == "ok" else "?", "runtime": runtime,
+        "path": str(path.resolve()), "size_bytes": size_bytes(path, strict=False), "status": status, "reason": reason,
         "accuracy": None, "accuracy_drop": None, "parity": None, "latency_ms": None, "latency_source": None,
         "target_latency_ms": None, "target_latency_source": None, "extra": {},
     }
-
-
-def _size(path: Path) -> int:
-    """Bytes on disk, counting an OpenVINO IR's .bin beside its .xml."""
-    size = path.stat().st_size
-    if path.suffix.lower() == ".xml" and path.with_suffix(".bin").is_file():
-        size += path.with_suffix(".bin").stat().st_size
-    return size
 
 
 def _print(console, row: dict, runtime: str, m: dict | None, error: str | None) -> None:

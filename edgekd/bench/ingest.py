@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgekd.bench.runner_script import RESULTS_FORMAT, RESULTS_VERSION
+from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import file_sha256, run_lock
 from edgekd.report import load_report, write_reports

@@ -12,10 +12,64 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 
+# PORTABLE-BEGIN
+# Copied verbatim into the on-device runner (edgekd.bench.runner_script), which runs on Python 3.6 with
+# only the standard library and numpy: no annotations, f-string "=", dataclasses or *_ns-only clocks here.
+# One implementation means a host row and a device row of a report are timed the same way.
+
 # With a time budget, at least this many timed runs so that p90 is an order statistic, not a guess;
 # and at most this many so that a sub-microsecond callable does not fill memory with samples.
 MIN_RUNS = 10
-MAX_RUNS = 100_000
+MAX_RUNS = 100000
+
+
+def time_calls(fn, x, warmup=10, runs=None, seconds=1.0, min_runs=MIN_RUNS, max_runs=MAX_RUNS):
+    """Per-call latencies of ``fn(x)`` in ms: ``warmup`` untimed calls, then ``runs`` timed calls (or as
+    many as fit in ``seconds``, between ``min_runs`` and ``max_runs``).
+
+    Each call is timed on its own so that the percentiles see the jitter (a scheduler hiccup shows in
+    p99, not smeared into the mean). The garbage collector is paused while timing, as ``timeit`` does,
+    so a collection triggered by some earlier allocation is not charged to the model.
+    """
+    for _ in range(warmup):
+        fn(x)
+    clock = getattr(time, "perf_counter_ns", None)
+    ticks_per_s = 1e9
+    if clock is None:  # Python 3.6 (JetPack 4.6): float seconds
+        clock, ticks_per_s = time.perf_counter, 1.0
+    samples = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        if runs:
+            for _ in range(runs):
+                t0 = clock()
+                fn(x)
+                samples.append(clock() - t0)
+        else:
+            deadline = clock() + seconds * ticks_per_s
+            while len(samples) < max_runs:
+                t0 = clock()
+                fn(x)
+                t1 = clock()
+                samples.append(t1 - t0)
+                if t1 >= deadline and len(samples) >= min_runs:
+                    break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [t * 1000.0 / ticks_per_s for t in samples]
+
+
+def latency_summary(samples_ms, batch):
+    """p50/p90/p99, mean, min, max, std (ms), the run count and images/s at this batch size."""
+    s = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(s, [50, 90, 99])
+    mean = float(s.mean())
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": mean, "min": float(s.min()),
+            "max": float(s.max()), "std": float(s.std()), "runs": int(s.size),
+            "throughput": (batch * 1000.0 / mean) if mean > 0 else float("inf")}
+# PORTABLE-END
 
 
 @dataclass
@@ -35,16 +89,9 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, samples_ms, batch: int = 1) -> "LatencyStats":
-        s = np.asarray(samples_ms, dtype=np.float64)
-        if s.size == 0:
+        if np.asarray(samples_ms).size == 0:
             raise EdgeKDError("no latency samples to summarise", "run the model at least once")
-        p50, p90, p99 = np.percentile(s, [50, 90, 99])
-        mean = float(s.mean())
-        return cls(
-            p50=float(p50), p90=float(p90), p99=float(p99), mean=mean, runs=int(s.size), batch=int(batch),
-            throughput=(batch * 1000.0 / mean) if mean > 0 else math.inf,
-            min=float(s.min()), max=float(s.max()), std=float(s.std()),
-        )
+        return cls(batch=int(batch), **latency_summary(samples_ms, batch))
 
     def to_dict(self, ndigits: int = 4) -> dict:
         """The report.json ``latency_ms`` entry (plus runs, batch and throughput)."""
@@ -65,10 +112,8 @@ def measure_latency(
     """Time ``fn(x)``: ``warmup`` untimed calls, then ``runs`` timed calls (or as many as fit in
     ``time_budget_s``, between ``min_runs`` and ``max_runs``).
 
-    The batch size is ``x.shape[0]``. Each call is timed on its own with ``perf_counter_ns`` so the
-    percentiles see the jitter (a scheduler hiccup shows in p99, not smeared into the mean). The
-    garbage collector is paused while timing, as ``timeit`` does, so a collection triggered by some
-    earlier allocation is not charged to the model.
+    The batch size is ``x.shape[0]``; the timing itself is :func:`time_calls`, shared with the on-device
+    runner.
     """
     if warmup < 0:
         raise EdgeKDError(f"warm-up must be >= 0 runs, got {warmup}", "pass warmup=0 or more")
@@ -77,30 +122,5 @@ def measure_latency(
     if runs is None and not (time_budget_s > 0):
         raise EdgeKDError(f"time budget must be > 0 s, got {time_budget_s}", "pass time_budget_s such as 1.0")
     batch = int(x.shape[0]) if getattr(x, "ndim", 0) >= 1 else 1
-
-    for _ in range(warmup):
-        fn(x)
-
-    samples: list[int] = []
-    clock = time.perf_counter_ns
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        if runs is not None:
-            for _ in range(runs):
-                t0 = clock()
-                fn(x)
-                samples.append(clock() - t0)
-        else:
-            deadline = clock() + int(time_budget_s * 1e9)
-            while len(samples) < max_runs:
-                t0 = clock()
-                fn(x)
-                t1 = clock()
-                samples.append(t1 - t0)
-                if t1 >= deadline and len(samples) >= min_runs:
-                    break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return LatencyStats.from_samples(np.asarray(samples, dtype=np.float64) / 1e6, batch=batch)
+    samples = time_calls(fn, x, warmup=warmup, runs=runs, seconds=time_budget_s, min_runs=min_runs, max_runs=max_runs)
+    return LatencyStats.from_samples(samples, batch=batch)

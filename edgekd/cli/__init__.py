@@ -6,11 +6,12 @@ import importlib
 import importlib.util
 import os
 import sys
+from types import SimpleNamespace
 
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 
 # Exit codes: 0 success, 1 a check failed (gate), 2 bad usage or input, 3 a bug in edgekd, 130 Ctrl-C.
 INTERNAL_ERROR = 3
@@ -44,6 +45,15 @@ class LazyGroup(click.Group):
         if module is None or not _module_exists(module):
             return None
         return importlib.import_module(f"edgekd.cli.{module}").command
+
+
+def option_defaults(options_class) -> SimpleNamespace:
+    """The field defaults of an options dataclass, so click options read them instead of repeating them."""
+    from dataclasses import MISSING, fields
+
+    return SimpleNamespace(**{f.name: f.default if f.default is not MISSING else f.default_factory()
+                              for f in fields(options_class)
+                              if f.default is not MISSING or f.default_factory is not MISSING})
 
 
 def _module_exists(module: str) -> bool:
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             click.echo("edgekd: error: the GPU ran out of memory; rerun with a smaller --batch-size "
                        "(e.g. half the current one), adding --resume to keep the finished epochs", err=True)
             sys.exit(2)
-        first = str(err).splitlines()[0] if str(err) else ""
-        click.echo(f"edgekd: internal error: {type(err).__name__}: {first[:300]}; rerun with --debug for the traceback", err=True)
+        click.echo(f"edgekd: internal error: {first_line(err, 300, with_type=True)}; rerun with --debug for the traceback",
+                   err=True)
         sys.exit(INTERNAL_ERROR)
     sys.exit(code if isinstance(code, int) else 0)

@@ -50,7 +50,9 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
     from edgekd.bench.host import BenchOptions, bench_files, bench_run
     from edgekd.report import render_terminal
 
-    shape = tuple(_int_list(input_shape, "--input-shape")) if input_shape else None
+    from edgekd.modelfile import parse_shape
+
+    shape = parse_shape(input_shape, "--input-shape") if input_shape else None
     if shape is not None and len(shape) != 3:
         raise EdgeKDError(f"--input-shape must be C,H,W, got {input_shape}", "pass e.g. --input-shape 1,28,28")
     opts = BenchOptions(runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,

@@ -120,6 +120,8 @@ def _module(info: dict, name: str) -> str:
 def _print_check(device, target, info: dict, timings: dict) -> None:
     from rich.table import Table
 
+    from edgekd.devices.remote import probe_modules
+
     table = Table(title=f"{device.name} ({device.ssh}), target {target.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
@@ -127,7 +129,7 @@ def _print_check(device, target, info: dict, timings: dict) -> None:
     rows = [
         ("reachable", f"yes: connected in {timings.get('connect', 0):.2f} s, round trip {timings['round_trip_ms']:.0f} ms"),
         ("python", f"{info.get('python')} ({info.get('python_executable')})"),
-        *[(m, _module(info, m)) for m in ("numpy", "onnxruntime", "openvino", "tensorrt", "pycuda")],
+        *[(m, _module(info, m)) for m in probe_modules()],
         ("trtexec", f"{trt['path']} ({trt.get('version') or 'version unknown'})" if trt else "not found"),
         ("cpu", f"{info.get('cpu')} ({info.get('cores')} cores, {info.get('machine')})"),
         ("memory", f"{info.get('memory_mb')} MB" if info.get("memory_mb") else "?"),

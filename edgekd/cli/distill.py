@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import click
 
+from edgekd.cli import option_defaults
+from edgekd.pipeline import DistillOptions
+
+# Defaults come from the options dataclasses: DistillOptions here, TrainConfig for the training modes
+# (TrainOption, read when needed: importing TrainConfig imports torch). resume_command reads them too.
+D = option_defaults(DistillOptions)
+
+
+class TrainOption(click.Option):
+    """An option whose default is TrainConfig's field of the same name, looked up only when click needs it."""
+
+    def get_default(self, ctx, call=True):
+        from edgekd.distill import TrainConfig
+
+        return getattr(option_defaults(TrainConfig), self.name)
+
 
 def _floats(ctx, param, value):
     if value is None:
@@ -39,45 +55,53 @@ def _names(ctx, param, value):
 
 
 @click.command("distill")
-@click.option("--target", "-t", default="jetson-nano", show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
+@click.option("--target", "-t", default=D.target, show_default=True, help="Device profile name (see `edgekd targets`) or a profile YAML file.")
 @click.option("--out", "-o", type=click.Path(), help="Run folder (default: edgekd-runs/<target>-<time>).")
 @click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree (train/, val/) or .npz (default: packaged MNIST).")
 @click.option("--teacher", type=click.Path(), multiple=True, help="Teacher weights (.safetensors written by edgekd); repeat for an ensemble of teachers; default: train once and cache.")
+@click.option("--image-size", type=int, help="Student input in pixels (default: the data's own size; image folders: the median, at most 224).")
+@click.option("--teacher-image-size", type=int, help="Teacher input in pixels (default: the teacher's own, else --image-size); it sees the same crop, resized.")
+@click.option("--mean", callback=_floats, help="Normalisation mean per channel, e.g. 0.485,0.456,0.406 (default: the teacher's, else measured on training images).")
+@click.option("--std", callback=_floats, help="Normalisation std per channel, e.g. 0.229,0.224,0.225 (with --mean).")
+@click.option("--workers", type=int, help="Processes decoding image files (default: CPU cores - 1; 0 decodes in the main process).")
+@click.option("--strict", is_flag=True, help="Stop at the first image file that will not decode (default: skip it, count it in the report).")
+@click.option("--crop-scale", callback=_floats, help="Image files: area fraction of the random training crops, MIN[,MAX] (default 0.08,1).")
+@click.option("--flip/--no-flip", default=None, help="Image files: random horizontal flips in training (default: on, with the crops).")
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True,
+@click.option("--seed", type=int, default=D.seed, show_default=True)
+@click.option("--device", default=D.device, show_default=True,
               help="Where to train (auto, cpu, cuda[:N]); or a device added with `edgekd devices add`: measure the "
                    "student there and close the loop (recalibrate, re-select, re-distil).")
 @click.option("--train-device", default=None, help="Where to train when --device names a measuring device (auto, cpu, cuda).")
 @click.option("--remote-device", default=None, hidden=True)
-@click.option("--max-rounds", type=int, default=2, show_default=True,
+@click.option("--max-rounds", type=int, default=D.max_rounds, show_default=True,
               help="With --device NAME: at most this many distil-and-measure rounds.")
-@click.option("--temperature", "-T", type=float, default=4.0, show_default=True, help="Softmax temperature of the soft targets.")
-@click.option("--alpha", type=float, default=0.9, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
-@click.option("--loss", default="kd", show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
-@click.option("--mode", type=click.Choice(["offline", "online", "self"]), default="offline", show_default=True, help="offline: frozen teacher; online: teacher and student learn together; self: born-again generations.")
+@click.option("--temperature", "-T", type=float, default=D.temperature, show_default=True, help="Softmax temperature of the soft targets.")
+@click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
+@click.option("--loss", default=D.loss, show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
+@click.option("--mode", cls=TrainOption, type=click.Choice(["offline", "online", "self"]), show_default=True, help="offline: frozen teacher; online: teacher and student learn together; self: born-again generations.")
 @click.option("--temperature-end", type=float, help="Anneal the temperature linearly from -T to this value.")
 @click.option("--assistant-width", type=float, help="Teacher-assistant: distil teacher -> this width -> student.")
-@click.option("--generations", type=int, default=2, show_default=True, help="Born-again generations (--mode self).")
-@click.option("--finetune-epochs", type=int, default=0, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
-@click.option("--augment", is_flag=True, help="Random shifts during distillation (teacher logits of the clean image stay cached).")
+@click.option("--generations", cls=TrainOption, type=int, show_default=True, help="Born-again generations (--mode self).")
+@click.option("--finetune-epochs", cls=TrainOption, type=int, show_default=True, help="Two-stage: fine-tune on labels alone afterwards.")
+@click.option("--augment/--no-augment", default=None, help="Arrays: random shifts (teacher logits of the clean image stay cached). Image files are augmented by default (random crops + flips, the teacher seeing the same crop); --augment makes the teacher see the clean image (its outputs cached), --no-augment turns crops and flips off.")
 @click.option("--consistent", is_flag=True, help="With --augment: the teacher labels each shifted image itself (no logit cache, slower; closes more of the gap).")
-@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
+@click.option("--mixup", cls=TrainOption, type=float, show_default=True, help="Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
 @click.option("--batch-size", type=int, help="Training batch size.")
 @click.option("--lr", type=float, help="Peak learning rate.")
 @click.option("--widths", callback=_floats, help="Candidate width multipliers, e.g. 0.25,0.5,1,2.")
 @click.option("--width", type=float, help="Skip the search and distil this width.")
 @click.option("--formats", callback=_names, help="Export formats (default: onnx, ort-int8, openvino-fp16, openvino-int8, plus the target's runtime).")
-@click.option("--max-drop", type=float, default=1.0, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
+@click.option("--max-drop", type=float, default=D.max_drop * 100, show_default=True, help="Largest accuracy drop, in points, a quantized artifact may have vs the FP32 student.")
 @click.option("--threads", type=int, help="CPU threads for training and benchmarking.")
-@click.option("--bench-seconds", type=float, default=0.5, show_default=True, help="Time spent measuring each artifact's latency.")
+@click.option("--bench-seconds", type=float, default=D.bench_seconds, show_default=True, help="Time spent measuring each artifact's latency.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (CI logs).")
 def command(**kw):
     """Pick the widest student that fits TARGET's latency budget, distil, export, measure, report."""
-    from edgekd.pipeline import DistillOptions, distill
+    from edgekd.pipeline import distill
 
     kw["progress"] = not kw.pop("no_progress")
     kw["device"], kw["remote_device"] = _split_device(kw["device"], kw.pop("train_device"), kw["remote_device"])
@@ -90,7 +114,10 @@ def command(**kw):
             extra[name] = kw[name]
         kw.pop(name)
     consistent = kw.pop("consistent")
-    if kw.pop("augment"):
+    augment = kw.pop("augment")
+    if augment is False:
+        kw["photo_augment"] = False
+    if augment:
         extra.update(augment=True, teacher_view="same" if consistent else "clean")
     elif consistent:
         from edgekd.errors import EdgeKDError

@@ -38,13 +38,11 @@ def _torchvision_onnx(name: str, shape: list[int]) -> Path:
 
 def _run_dir_onnx(run_dir: Path) -> tuple[Path, list[int] | None]:
     """The student's FP32 ONNX in a run folder, and its input shape from report.json."""
-    report = run_dir / "report.json"
+    from edgekd.report import REPORT_NAME, load_report
+
     shape = None
-    if report.is_file():
-        try:
-            data = json.loads(report.read_text())
-        except ValueError:
-            raise EdgeKDError(f"{report} is not valid JSON", "re-run the command that wrote it") from None
+    if (run_dir / REPORT_NAME).is_file():
+        data = load_report(run_dir)
         in_shape = (data.get("data") or {}).get("input_shape")
         if in_shape:
             shape = [1, *in_shape]
@@ -60,12 +58,12 @@ def _run_dir_onnx(run_dir: Path) -> tuple[Path, list[int] | None]:
 
 def resolve_model(model: str | None, onnx_file: str | None, run_dir: str | None, input_shape: str | None):
     """One of --model torchvision:NAME, --onnx FILE, RUN_DIR -> (onnx path, input shape or None)."""
-    from edgekd.hardware.graph import parse_shape
+    from edgekd.modelfile import parse_shape
 
     given = [x for x in (model, onnx_file, run_dir) if x]
     if len(given) != 1:
         raise EdgeKDError("give exactly one model", "pass --model torchvision:NAME, --onnx FILE or a run folder")
-    shape = parse_shape(input_shape) if input_shape else None
+    shape = list(parse_shape(input_shape, "--input")) if input_shape else None
     if model:
         source, _, name = model.partition(":")
         if source != "torchvision" or not name:

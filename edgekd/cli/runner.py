@@ -13,9 +13,9 @@ import click
 def command(out: Path) -> None:
     """Write a single-file latency runner to copy to a device.
 
-    It needs Python >= 3.6, numpy and one runtime (onnxruntime, openvino or tensorrt+pycuda), times the
-    model files it is given and writes a JSON that `edgekd ingest RESULTS.json RUN_DIR` merges into the
-    run's report as measured:<device>.
+    It needs Python >= 3.6, numpy and one runtime (onnxruntime, openvino, tensorrt+pycuda or a LiteRT
+    interpreter), times the model files it is given and writes a JSON that `edgekd ingest RESULTS.json
+    RUN_DIR` merges into the run's report as measured:<device>.
     """
     from edgekd.bench.runner_script import write_runner_script
 

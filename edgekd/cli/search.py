@@ -32,9 +32,10 @@ def _floats(text: str | None, what: str):
 @click.option("--json", "as_json", is_flag=True, help="Print the search as JSON.")
 def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, input_shape, num_classes, as_json):
     """Search width, depth and input resolution; print the Pareto front and the largest candidate that fits."""
-    from edgekd.hardware import parse_shape, search
+    from edgekd.hardware import search
+    from edgekd.modelfile import parse_shape
 
-    shape = parse_shape(input_shape)
+    shape = parse_shape(input_shape, "--input")
     depth_list = [int(d) for d in (_floats(depths, "--depths") or [1])]
     res = _floats(resolutions, "--resolutions")
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],

@@ -1,14 +1,17 @@
-"""Image datasets as uint8 NCHW arrays, split into train/val/calib/test, from IDX, ImageFolder or .npz."""
+"""Datasets split into train/val/calib/test: uint8 arrays (IDX, .npz) or image files read on demand (folders, CSV/JSON lists)."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
+from edgekd.data.files import FileSet, RawFiles
+from edgekd.data.loader import ArrayEval, BadFiles, EvalImages, NormalizedImages, decode_split, default_workers
+from edgekd.data.preprocess import Preprocess, normalize, parse_floats
 from edgekd.errors import EdgeKDError
 from edgekd.registry import Registry
 
@@ -29,10 +32,10 @@ class RawData(NamedTuple):
 
 
 class DataFormat(NamedTuple):
-    """A registered on-disk layout: ``detect(path) -> bool`` and ``load(path) -> RawData``."""
+    """A registered on-disk layout: ``detect(path) -> bool`` and ``load(path) -> RawData | RawFiles``."""
 
     detect: Callable[[Path], bool]
-    load: Callable[[Path], RawData]
+    load: Callable[[Path], "RawData | RawFiles"]
     description: str
 
 
@@ -40,13 +43,30 @@ class DataFormat(NamedTuple):
 DATA_FORMATS: Registry[DataFormat] = Registry("data format")
 
 
-@dataclass
 class ImageSet:
-    """One split: uint8 images (N, C, H, W) and int64 labels (N,)."""
+    """One split of an array dataset: uint8 images (N, C, H, W) and int64 labels (N,).
 
-    x: np.ndarray
-    y: np.ndarray
-    name: str
+    With ``index`` the split is rows ``index`` of ``base`` (a memory-mapped file), read a batch at a
+    time, so a dataset larger than memory is never copied; ``x`` then materialises the split.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, name: str, index: np.ndarray | None = None):
+        self.base, self.y, self.name, self.index = x, y, name, index
+
+    @property
+    def x(self) -> np.ndarray:
+        return self.base if self.index is None else np.ascontiguousarray(self.base[self.index])
+
+    def rows(self, idx) -> np.ndarray:
+        """uint8 images of the split's rows ``idx`` (an index array or a slice)."""
+        if self.index is None:
+            return self.base[idx]
+        sel = self.index[idx]
+        return self.base[sel] if isinstance(idx, slice) else self.base[np.asarray(sel)]
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.base.shape[1:])
 
     def __len__(self) -> int:
         return len(self.y)
@@ -54,8 +74,10 @@ class ImageSet:
     def sha256(self) -> str:
         # Shape and dtype go in too, so two splits with the same bytes but different layouts differ.
         h = hashlib.sha256()
-        h.update(f"{self.x.shape}{self.x.dtype}{self.y.shape}{self.y.dtype}".encode())
-        h.update(np.ascontiguousarray(self.x).tobytes())
+        shape = (len(self.y), *self.image_shape)
+        h.update(f"{shape}{self.base.dtype}{self.y.shape}{self.y.dtype}".encode())
+        for i in range(0, len(self.y), 4096):  # a batch at a time: memory-mapped splits stay on disk
+            h.update(np.ascontiguousarray(self.rows(slice(i, i + 4096))).tobytes())
         h.update(np.ascontiguousarray(self.y).tobytes())
         return h.hexdigest()
 
@@ -65,49 +87,136 @@ class ImageSet:
 
 @dataclass
 class DataSplits:
-    """The four splits of one dataset plus what a model needs to consume it."""
+    """The four splits of one dataset plus how its pixels become model inputs.
 
-    train: ImageSet
-    val: ImageSet
-    calib: ImageSet
-    test: ImageSet
+    ``kind`` "array": IDX / .npz images held (or memory-mapped) as uint8 arrays. ``kind`` "files":
+    image files listed per split and decoded on demand by ``workers`` loader processes.
+    """
+
+    train: ImageSet | FileSet
+    val: ImageSet | FileSet
+    calib: ImageSet | FileSet
+    test: ImageSet | FileSet
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int]      # the student's input: (channels, image_size, image_size)
     name: str
     source: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocessing: Preprocess
     classes: list[str] | None = None
+    kind: str = "array"
+    workers: int = 0
+    notes: list[str] = field(default_factory=list)         # one line each, printed before training
+    split_options: dict = field(default_factory=dict)      # seed, fractions: how to rebuild these splits
+    bad: BadFiles = field(default_factory=BadFiles)
+    cache_dir: Path | None = None
+    progress: bool = False
+    _views: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocessing.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocessing.std
 
     def preprocess(self, x_uint8: np.ndarray) -> np.ndarray:
         return normalize(x_uint8, self.mean, self.std)
 
-    def split(self, name: str) -> ImageSet:
+    def split(self, name: str) -> ImageSet | FileSet:
         return {"train": self.train, "val": self.val, "calib": self.calib, "test": self.test}[name]
 
+    def eval_images(self, split, size: int | None = None) -> EvalImages:
+        """uint8 evaluation views (resize, centre crop) of a split (a name or the split itself) at
+        ``size`` (default the student's), with the labels of the images that decoded."""
+        name = split if isinstance(split, str) else split.name
+        images = self.split(name) if isinstance(split, str) else split
+        size = size or self.preprocessing.image_size
+        key = (name, id(images), size)
+        if key not in self._views:
+            if isinstance(images, ImageSet):
+                view = ArrayEval(_RowsView(images), images.y, self.preprocessing, size)
+            else:
+                view = decode_split(images, self.preprocessing, size, self._decoded_dir(), workers=self.workers,
+                                    bad=self.bad, progress=self.progress)
+            self._views[key] = view
+        return self._views[key]
+
+    def normalized(self, split, size: int | None = None) -> NormalizedImages:
+        """A lazy float32 array of a split's normalised evaluation views (slices read on access)."""
+        return NormalizedImages(self.eval_images(split, size), self.preprocessing)
+
+    def labels(self, split) -> np.ndarray:
+        """Labels of a split's images that decoded (all of them for array data)."""
+        return self.eval_images(split).y
+
+    def at_image_size(self, size: int, teacher_image_size: int | None | str = "keep") -> "DataSplits":
+        """These splits with the student's input at ``size`` (files and arrays are resized on the fly).
+
+        The teacher keeps its size unless ``teacher_image_size`` is given (None: the student's).
+        """
+        import dataclasses
+
+        pre = self.preprocessing
+        teacher = pre.teacher_size if teacher_image_size == "keep" else (teacher_image_size or size)
+        new = dataclasses.replace(pre, image_size=int(size), teacher_image_size=None if teacher == size else int(teacher))
+        if new == pre:
+            return self
+        return dataclasses.replace(self, preprocessing=new, input_shape=(pre.channels, int(size), int(size)), _views={})
+
+    def for_teacher(self) -> "DataSplits":
+        """These splits as the teacher sees them: at the teacher's input size."""
+        return self.at_image_size(self.preprocessing.teacher_size, teacher_image_size=None)
+
+    def _decoded_dir(self) -> Path:
+        from edgekd.fsutil import cache_root
+
+        return (self.cache_dir or cache_root()) / "decoded"
+
     def fingerprint(self) -> str:
-        """One hash of all split hashes, mean/std and class count (keys the teacher cache)."""
+        """One hash of all split hashes, preprocessing and class count (keys the teacher cache)."""
         parts = [s.sha256() for s in (self.train, self.val, self.calib, self.test)]
         parts.append(f"{self.num_classes}{self.input_shape}{self.mean}{self.std}")
+        if self.kind == "files":  # array fingerprints stay as they were, so cached teachers still match
+            parts.append(self.preprocessing.train_key() + self.preprocessing.eval_key(self.preprocessing.image_size))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def describe(self) -> dict:
-        return {
+        d = {
             "name": self.name,
             "source": self.source,
+            "kind": self.kind,
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
             "mean": [round(m, 6) for m in self.mean],
             "std": [round(s, 6) for s in self.std],
+            "preprocess": self.preprocessing.to_dict(),
+            "split_options": dict(self.split_options),
             "splits": {s.name: s.describe() for s in (self.train, self.val, self.calib, self.test)},
         }
+        if self.classes is not None:
+            d["classes"] = list(self.classes)
+        if self.kind == "files":
+            d["bad_files"] = self.bad.describe()
+            d["notes"] = list(self.notes)
+        return d
+
+    def file_lists(self) -> dict:
+        """Every split's files and labels (file data), for the run folder beside the report."""
+        if self.kind != "files":
+            return {}
+        return {s.name: s.file_list() for s in (self.train, self.val, self.calib, self.test)}
 
 
-def normalize(x_uint8: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 (N, C, H, W) -> float32 ``(x / 255 - mean) / std`` per channel."""
-    mean = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return ((np.asarray(x_uint8, dtype=np.float32) / 255.0 - mean) / std).astype(np.float32)
+class _RowsView:
+    """Slicing adapter: ``view[a:b]`` is rows a..b of an ImageSet, however it is stored."""
+
+    def __init__(self, images: ImageSet):
+        self.images = images
+        self.shape = (len(images), *images.image_shape)
+
+    def __getitem__(self, key):
+        return self.images.rows(key)
 
 
 def detect_format(path: Path) -> str:
@@ -118,18 +227,61 @@ def detect_format(path: Path) -> str:
     raise EdgeKDError(f"--data {path}: unknown data layout", f"expected one of: {layouts}")
 
 
+@dataclass(frozen=True)
+class PreprocessRequest:
+    """What the user (or the teacher) asked of the pixels; None leaves the choice to the data."""
+
+    image_size: int | None = None
+    teacher_image_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    mean_source: str = "user"               # who gave mean/std: "user" (--mean/--std) or "teacher"
+    channels: int | None = None
+    crop_pct: float | None = None
+    photo_augment: bool | None = None       # file data: random-resized crop + flip (default on)
+    crop_scale: tuple[float, float] | None = None
+    flip: bool | None = None
+    interpolation: str | None = None
+
+
 def load_data(path: str | Path | None = None, *, val_fraction: float = 0.1, calib_size: int = 256,
-              seed: int = 0, data_format: str | None = None) -> DataSplits:
+              seed: int = 0, data_format: str | None = None, test_fraction: float = 0.1,
+              image_size: int | None = None, teacher_image_size: int | None = None,
+              mean=None, std=None, channels: int | None = None, crop_pct: float | None = None,
+              photo_augment: bool | None = None, crop_scale=None, flip: bool | None = None,
+              preprocess: Preprocess | dict | None = None, request: PreprocessRequest | None = None,
+              workers: int | None = None, strict: bool = False, cache_dir: str | Path | None = None,
+              progress: bool = False) -> DataSplits:
     """Load a dataset and split it; ``None`` is the MNIST subset packaged with edgekd.
 
-    val is carved from the training files unless the data ships its own (ImageFolder ``val/`` beside
-    ``test/``); calib is a subset of the remaining training images (so it never overlaps val);
-    test is the test files. The split is a pure function of the files and ``seed``.
+    Array data (IDX, .npz): val is carved from the training images unless the data ships its own;
+    calib is a subset of the remaining training images (so it never overlaps val); test is the test
+    files. File data (image folders, CSV/JSON lists): the splits given are kept (with one held-out
+    folder, it is the test split); what is missing is carved from the training files, stratified by
+    class; calib is a stratified subset of train. Splits are a pure function of the files and ``seed``.
+
+    ``image_size`` (student), ``teacher_image_size``, ``mean``/``std``, ``channels``, ``crop_pct``
+    and the photo augmentation settings shape the :class:`Preprocess` recorded in the report;
+    ``preprocess`` (a record from a report) reproduces a run's exactly. File data is decoded by
+    ``workers`` loader processes (default: the machine's cores but one); ``strict`` refuses bad
+    files instead of skipping them.
     """
     if not 0.0 < val_fraction < 1.0:
         raise EdgeKDError(f"val_fraction must be in (0, 1), got {val_fraction}", "use e.g. 0.1")
+    if not 0.0 < test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        raise EdgeKDError(f"test_fraction must be in (0, 1 - val_fraction), got {test_fraction}", "use e.g. 0.1")
     if calib_size < 1:
         raise EdgeKDError(f"calib_size must be >= 1, got {calib_size}", "use e.g. 256")
+    if workers is not None and workers < 0:
+        raise EdgeKDError(f"--workers must be >= 0, got {workers}", "use 0 to decode in the main process, or e.g. 2")
+    request = request or PreprocessRequest(
+        image_size=image_size, teacher_image_size=teacher_image_size, mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std"), channels=channels, crop_pct=crop_pct, photo_augment=photo_augment,
+        crop_scale=_scale(crop_scale), flip=flip)
+    if (request.mean is None) != (request.std is None):
+        raise EdgeKDError("--mean and --std go together", "give both, or neither to compute them from the training images")
+    if isinstance(preprocess, dict):
+        preprocess = Preprocess.from_dict(preprocess)
     if path is None:
         root, source, name = PACKAGED_MNIST, PACKAGED_SOURCE, "mnist (packaged)"
         fmt = "idx"
@@ -139,8 +291,42 @@ def load_data(path: str | Path | None = None, *, val_fraction: float = 0.1, cali
         source, name = str(root), root.stem if root.is_file() else root.name
         fmt = data_format or detect_format(root)
     raw = DATA_FORMATS.get(fmt).load(root)
-    return make_splits(raw, name=name, source=source, val_fraction=val_fraction,
-                       calib_size=calib_size, seed=seed, where=str(root))
+    split_options = {"seed": seed, "val_fraction": val_fraction, "calib_size": calib_size}
+    if isinstance(raw, RawFiles):
+        from edgekd.data.splitting import make_file_splits
+
+        split_options["test_fraction"] = test_fraction
+        splits = make_file_splits(raw, name=name, source=source, split_options=split_options, where=str(root),
+                                  request=request, preprocess=preprocess, strict=strict,
+                                  workers=default_workers() if workers is None else workers,
+                                  cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+    else:
+        splits = make_splits(raw, name=name, source=source, val_fraction=val_fraction, calib_size=calib_size,
+                             seed=seed, where=str(root), request=request, preprocess=preprocess)
+    splits.split_options = split_options
+    splits.bad.strict = strict
+    return splits
+
+
+def load_data_like(record: dict, **kw) -> DataSplits:
+    """The splits a run used, rebuilt from its report's ``data`` record (source, split options and
+    preprocessing), so evaluation here sees exactly the pixels the run saw."""
+    source = record.get("source")
+    opts = {k: v for k, v in (record.get("split_options") or {}).items()
+            if k in ("seed", "val_fraction", "calib_size", "test_fraction")}
+    pre = record.get("preprocess")
+    return load_data(None if source in (None, PACKAGED_SOURCE) else source, preprocess=pre, **opts, **kw)
+
+
+def _scale(value) -> tuple[float, float] | None:
+    v = parse_floats(value, "--crop-scale")
+    if v is None:
+        return None
+    if len(v) == 1:
+        v = (v[0], 1.0)
+    if len(v) != 2:
+        raise EdgeKDError(f"--crop-scale takes MIN or MIN,MAX, got {value!r}", "e.g. --crop-scale 0.25,1")
+    return v
 
 
 def _check_readable(root: Path) -> None:
@@ -171,7 +357,8 @@ def _check_arrays(x: np.ndarray, y: np.ndarray, split: str, where: str) -> None:
 
 
 def make_splits(raw: RawData, *, name: str, source: str, val_fraction: float = 0.1, calib_size: int = 256,
-                seed: int = 0, where: str = "data") -> DataSplits:
+                seed: int = 0, where: str = "data", request: PreprocessRequest | None = None,
+                preprocess: Preprocess | None = None) -> DataSplits:
     """Validate loaded arrays and carve val and calib out of train, deterministically by ``seed``."""
     _check_arrays(raw.x_train, raw.y_train, "train", where)
     _check_arrays(raw.x_test, raw.y_test, "test", where)
@@ -211,32 +398,71 @@ def make_splits(raw: RawData, *, name: str, source: str, val_fraction: float = 0
                               "provide more training images")
         val_idx = np.sort(perm[:n_val])
         train_idx = np.sort(perm[n_val:])
-        x_val, y_val = raw.x_train[val_idx], raw.y_train[val_idx]
         calib_pool = perm[n_val:]
     else:
-        train_idx = np.arange(n)
-        x_val, y_val = raw.x_val, raw.y_val
+        train_idx, val_idx = np.arange(n), None
         calib_pool = perm
     calib_idx = np.sort(calib_pool[:calib_size])
 
-    x_train = np.ascontiguousarray(raw.x_train[train_idx])
-    # Channel statistics in [0, 1] units; float64 sums so large sets do not lose precision.
-    pixels = x_train.transpose(1, 0, 2, 3).reshape(shape[0], -1).astype(np.float64) / 255.0
-    mean = tuple(float(v) for v in pixels.mean(axis=1))
-    std = tuple(float(max(v, 1e-3)) for v in pixels.std(axis=1))
-    return DataSplits(
-        train=ImageSet(x_train, raw.y_train[train_idx].astype(np.int64), "train"),
-        val=ImageSet(np.ascontiguousarray(x_val), y_val.astype(np.int64), "val"),
-        calib=ImageSet(np.ascontiguousarray(raw.x_train[calib_idx]), raw.y_train[calib_idx].astype(np.int64), "calib"),
-        test=ImageSet(np.ascontiguousarray(raw.x_test), raw.y_test.astype(np.int64), "test"),
-        num_classes=num_classes,
-        input_shape=tuple(int(s) for s in shape),
-        name=name,
-        source=source,
-        mean=mean,
-        std=std,
-        classes=raw.classes,
-    )
+    # Memory-mapped arrays above this size stay on disk: each split is a list of rows of the file.
+    mapped = isinstance(raw.x_train, np.memmap) and raw.x_train.nbytes > MAP_ABOVE_BYTES
+
+    def take(x, idx, split):
+        if idx is None:
+            return ImageSet(x, raw.y_val.astype(np.int64), split)
+        y = raw.y_train[idx].astype(np.int64)
+        return ImageSet(x, y, split, index=idx) if mapped else ImageSet(np.ascontiguousarray(x[idx]), y, split)
+
+    train = take(raw.x_train, train_idx, "train")
+    val = take(raw.x_train, val_idx, "val") if val_idx is not None else ImageSet(
+        raw.x_val if mapped else np.ascontiguousarray(raw.x_val), raw.y_val.astype(np.int64), "val")
+    calib = take(raw.x_train, calib_idx, "calib")
+    test = ImageSet(raw.x_test if mapped else np.ascontiguousarray(raw.x_test), raw.y_test.astype(np.int64), "test")
+    pre = preprocess or _array_preprocess(train, tuple(int(s) for s in shape), request or PreprocessRequest())
+    return DataSplits(train=train, val=val, calib=calib, test=test, num_classes=num_classes,
+                      input_shape=(pre.channels, *_size_hw(pre.image_size, shape)), name=name, source=source,
+                      preprocessing=pre, classes=raw.classes)
+
+
+MAP_ABOVE_BYTES = 256 << 20
+
+
+def _channel_stats(train: ImageSet, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std in [0, 1] units; float64 so large sets do not lose precision."""
+    if train.index is None:
+        pixels = train.x.transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64) / 255.0
+        return pixels.mean(axis=1), pixels.std(axis=1)
+    sums, count = np.zeros((2, channels), np.float64), 0
+    for i in range(0, len(train), 8192):  # memory-mapped: a chunk at a time
+        px = train.rows(slice(i, i + 8192)).transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64) / 255.0
+        sums += (px.sum(axis=1), (px * px).sum(axis=1))
+        count += px.shape[1]
+    m = sums[0] / count
+    return m, np.sqrt(np.maximum(sums[1] / count - m * m, 0.0))
+
+
+def _size_hw(size: int, native_shape) -> tuple[int, int]:
+    # Array data at its own size keeps its own (possibly non-square) height and width.
+    return tuple(int(s) for s in native_shape[1:]) if size == native_shape[1] and native_shape[1] != native_shape[2] \
+        else (int(size), int(size))
+
+
+def _array_preprocess(train: ImageSet, shape: tuple[int, int, int], request: PreprocessRequest) -> Preprocess:
+    """Arrays keep their size and channels unless asked; mean/std over the training images."""
+    channels = request.channels or shape[0]
+    if request.mean is not None:
+        mean, std, source = tuple(request.mean), tuple(request.std), request.mean_source
+    else:
+        m, s = _channel_stats(train, shape[0])
+        mean, std, source = tuple(float(v) for v in m), tuple(float(max(v, 1e-3)) for v in s), "train"
+        if channels != shape[0]:  # grey <-> RGB: the statistics of the converted pixels
+            w = np.array([0.299, 0.587, 0.114]) if shape[0] == 3 else np.ones(3)
+            mean = (float(w @ np.array(mean)),) if channels == 1 else mean * 3
+            std = (float(w @ np.array(std)),) if channels == 1 else std * 3
+    return Preprocess(image_size=request.image_size or shape[1], channels=channels, mean=mean, std=std,
+                      teacher_image_size=request.teacher_image_size, crop_pct=request.crop_pct or 1.0,
+                      interpolation=request.interpolation or "bilinear", train_crop="none",
+                      flip=bool(request.flip), mean_source=source)
 
 
 def _hw(shape) -> str:

@@ -38,9 +38,20 @@ def _detect_idx(path: Path) -> bool:
     return any(_idx_files(path).values())
 
 
+MAP_FILES_ABOVE = 64 << 20  # uncompressed image files larger than this are memory-mapped, not read
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzipped), validating the magic number and the payload size."""
+    """Parse one IDX file (optionally gzipped), validating the magic number and the payload size.
+
+    A large uncompressed file is memory-mapped: its images are read from disk as batches ask for them.
+    """
     try:
+        if path.stat().st_size > MAP_FILES_ABOVE:
+            with open(path, "rb") as fh:
+                head = fh.read(4 + 4 * 4)
+            if head[:2] != b"\x1f\x8b" and len(head) >= 4 and head[:2] == b"\0\0" and head[2] in _IDX_DTYPES and 1 <= head[3] <= 4:
+                return _map_idx(path, head)
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
@@ -59,6 +70,17 @@ def read_idx(path: Path) -> np.ndarray:
         raise EdgeKDError(f"{path} is truncated or corrupt: header says {dims} but the payload holds {len(raw) - header} bytes",
                           "re-download or re-extract the dataset")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def _map_idx(path: Path, head: bytes) -> np.ndarray:
+    ndim, dtype = head[3], np.dtype(_IDX_DTYPES[head[2]])
+    header = 4 + 4 * ndim
+    dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
+    payload = path.stat().st_size - header
+    if payload != int(np.prod(dims)) * dtype.itemsize:
+        raise EdgeKDError(f"{path} is truncated or corrupt: header says {dims} but the payload holds {payload} bytes",
+                          "re-download or re-extract the dataset")
+    return np.memmap(path, dtype=dtype, mode="r", offset=header, shape=dims)
 
 
 def _load_idx(root: Path) -> RawData:
@@ -88,95 +110,24 @@ def _load_idx(root: Path) -> RawData:
 DATA_FORMATS.add("idx", DataFormat(_detect_idx, _load_idx, "a folder with train-/t10k- images/labels IDX files (.gz or raw)"))
 
 # ---------------------------------------------------------------------------------------------
-# ImageFolder tree: root/train/<class>/*.png and root/val/<class>/*.png (or root/test/...)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
-
-
-def _class_dirs(split_dir: Path) -> list[Path]:
-    return sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+# ImageFolder tree: root/train/<class>/... (+ val/, test/), or root/<class>/... alone. The files
+# are listed here and decoded on demand (edgekd.data.loader), so any number and size of images works.
 
 
 def _detect_imagefolder(path: Path) -> bool:
-    return path.is_dir() and (path / "train").is_dir()
+    from edgekd.data.files import has_class_folders
+
+    return path.is_dir() and ((path / "train").is_dir() or has_class_folders(path))
 
 
-def _read_split(split_dir: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
-    files, labels = [], []
-    index = {c: i for i, c in enumerate(classes)}
-    for d in _class_dirs(split_dir):
-        if d.name not in index:
-            raise EdgeKDError(f"{split_dir} has class folder {d.name!r} that train/ does not have",
-                              f"use the same class folders as train/ ({', '.join(classes[:10])})")
-        for f in sorted(d.iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
-                files.append(f)
-                labels.append(index[d.name])
-    if not files:
-        raise EdgeKDError(f"{split_dir} holds no images", f"put images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {split_dir}/<class>/")
-    return files, np.asarray(labels, dtype=np.int64)
+def _load_imagefolder(root: Path):
+    from edgekd.data.files import scan_imagefolder
 
-
-def _load_images(files: list[Path], mode: str, size: tuple[int, int] | None, first: Path | None) -> tuple[np.ndarray, tuple[int, int], Path]:
-    from PIL import Image, UnidentifiedImageError
-
-    out = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                if size is None:
-                    size, first = im.size, f
-                elif im.size != size:
-                    raise EdgeKDError(f"images of mixed sizes: {first} is {size[0]}x{size[1]} but {f} is {im.size[0]}x{im.size[1]}",
-                                      "resize all images to one size")
-                out.append(np.asarray(im.convert(mode), dtype=np.uint8))
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise EdgeKDError(f"cannot read image {f} ({type(err).__name__})", "remove or re-save the file") from None
-    x = np.stack(out)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(x), size, first
-
-
-def _image_mode(files: list[Path]) -> str:
-    """Grey if every image is grey, else RGB: one channel count for the whole dataset."""
-    from PIL import Image, UnidentifiedImageError
-
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                if im.mode not in _GREY_MODES:
-                    return "RGB"
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            raise EdgeKDError(f"cannot read image {f} ({type(err).__name__})", "remove or re-save the file") from None
-    return "L"
-
-
-def _load_imagefolder(root: Path) -> RawData:
-    train_dir = root / "train"
-    classes = [d.name for d in _class_dirs(train_dir)]
-    if len(classes) < 2:
-        raise EdgeKDError(f"{train_dir} has {len(classes)} class folder(s)", "ImageFolder needs train/<class>/ folders for at least two classes")
-    held_out = [d for d in ("val", "test") if (root / d).is_dir()]
-    if not held_out:
-        raise EdgeKDError(f"{root} has train/ but neither val/ nor test/", "add a val/ (or test/) folder with the same class folders")
-    splits = {"train": _read_split(train_dir, classes)}
-    for d in held_out:
-        splits[d] = _read_split(root / d, classes)
-    mode = _image_mode([f for files, _ in splits.values() for f in files])
-    arrays, size, first = {}, None, None
-    for name, (files, labels) in splits.items():
-        x, size, first = _load_images(files, mode, size, first)
-        arrays[name] = (x, labels)
-    # With both val/ and test/, val/ is the validation split and test/ the test split; with one of
-    # them, it is the test split and validation is carved from train/.
-    test = arrays.get("test", arrays.get("val"))
-    val = arrays["val"] if len(held_out) == 2 else (None, None)
-    return RawData(*arrays["train"], *test, *val, classes=classes)
+    return scan_imagefolder(root)
 
 
 DATA_FORMATS.add("imagefolder", DataFormat(_detect_imagefolder, _load_imagefolder,
-                                           "a folder with train/<class>/*.png and val/<class>/ (or test/<class>/)"))
+                                           "a folder of <class>/ image folders, optionally inside train/ (+ val/, test/)"))
 
 # ---------------------------------------------------------------------------------------------
 # .npz with x_train, y_train, x_test, y_test (optionally x_val, y_val)
@@ -191,6 +142,33 @@ def _detect_npz(path: Path) -> bool:
         return fh.read(4) == b"PK\x03\x04"
 
 
+def _npz_mapped(path: Path, key: str) -> np.ndarray | None:
+    """A large uint8 member stored uncompressed (``np.savez``) memory-mapped in place; else None."""
+    import zipfile
+
+    if path.stat().st_size <= MAP_FILES_ABOVE:
+        return None
+    with zipfile.ZipFile(path) as zf:
+        try:
+            info = zf.getinfo(f"{key}.npy")
+        except KeyError:
+            return None
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+            fh.seek(start)
+            version = np.lib.format.read_magic(fh)
+            shape, fortran, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                                     else np.lib.format.read_array_header_2_0(fh))
+            offset = fh.tell()
+    if dtype != np.uint8 or fortran:
+        return None
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=shape)
+
+
 def _load_npz(path: Path) -> RawData:
     import zipfile
 
@@ -203,7 +181,9 @@ def _load_npz(path: Path) -> RawData:
             if missing:
                 raise EdgeKDError(f"{path} lacks array(s) {', '.join(missing)} (it has {', '.join(sorted(keys)) or 'none'})",
                                   "save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
-            arrays = {k: npz[k] for k in required + [k for k in ("x_val", "y_val") if k in keys]}
+            names = required + [k for k in ("x_val", "y_val") if k in keys]
+            arrays = {k: _npz_mapped(path, k) if k.startswith("x_") else None for k in names}
+            arrays = {k: npz[k] if v is None else v for k, v in arrays.items()}
     except EdgeKDError:
         raise
     except ValueError as err:
@@ -221,6 +201,22 @@ def _load_npz(path: Path) -> RawData:
 
 
 DATA_FORMATS.add("npz", DataFormat(_detect_npz, _load_npz, "an .npz file with x_train, y_train, x_test, y_test"))
+
+# ---------------------------------------------------------------------------------------------
+# A CSV or JSON list of `path,label[,split]`, paths relative to the list file
+
+
+def _detect_list(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in (".csv", ".json")
+
+
+def _load_list(path: Path):
+    from edgekd.data.files import read_file_list
+
+    return read_file_list(path)
+
+
+DATA_FORMATS.add("list", DataFormat(_detect_list, _load_list, "a .csv or .json list of `path,label[,split]` lines"))
 
 # ---------------------------------------------------------------------------------------------
 # Array normalisation shared by the loaders
@@ -243,7 +239,8 @@ def channels_first(x: np.ndarray, where: str) -> np.ndarray:
 def to_uint8_images(x: np.ndarray, where: str) -> np.ndarray:
     """Images as uint8 0..255: uint8 as is, floats in [0, 1] scaled, floats/ints in [0, 255] rounded."""
     if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
+        # memory-mapped images stay mapped (even as a transposed view); batches are copied when read
+        return x if x.flags.c_contiguous or isinstance(x, np.memmap) else np.ascontiguousarray(x)
     if x.dtype == np.bool_:
         return np.ascontiguousarray(x.astype(np.uint8) * 255)
     if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):

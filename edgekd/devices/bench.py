@@ -24,21 +24,21 @@ def loadable_artifacts(report: dict, run_dir: Path, device: Device, target) -> t
     """The report's artifacts the device's runtime can load (engines are built there), and why others stay."""
     from edgekd.bench.evaluate import target_precision
 
-    spec = device_runtime(device, target.runtime)
+    rt = device_runtime(device, target.runtime)
     chosen, skipped, seen = [], [], set()
     for art in report.get("artifacts", []):
         name = art.get("name", "?")
         if art.get("status") != "ok" or not art.get("path") or "@" in name or art.get("format") == "pytorch":
             continue
         path = Path(art["path"]) if Path(art["path"]).is_absolute() else run_dir / art["path"]
-        if art.get("format") not in spec.formats:
+        if art.get("format") not in rt.device_formats:
             skipped.append((name, f"{art.get('format')} does not load in {target.runtime} on the device"))
             continue
         if not path.is_file():
             skipped.append((name, f"{path} is missing"))
             continue
         precision = target_precision(art, target)
-        if spec.builds and art.get("precision") not in ("fp32", precision):
+        if rt.builds_on_device and art.get("precision") not in ("fp32", precision):
             skipped.append((name, f"{art.get('precision')} has no fast path on {target.name} (runs as {precision})"))
             continue
         if path in seen:

@@ -56,7 +56,9 @@ def probe_files(target, probes, precision: str) -> dict[Path, Path]:
     its own precision, so for INT8 each probe is quantized here (static QDQ, the same recipe as
     ort-int8, calibrated on random inputs: latency does not depend on the scales) and cached.
     """
-    if target.runtime == "tensorrt" or precision == "fp32":
+    from edgekd.runtimes import RUNTIMES
+
+    if RUNTIMES.get(target.runtime).compiles_fp32 or precision == "fp32":
         return {path: path for _, path in probes}
     if precision != "int8":
         raise EdgeKDError(f"{target.runtime} runs {precision} probes only as exported {precision} files, "

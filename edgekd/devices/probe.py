@@ -18,7 +18,7 @@ except NameError:  # imported within edgekd (tests)
     from edgekd.bench.env import device_info
 
 PROBE_FORMAT = "edgekd-device-probe"
-# Python modules a runtime needs on the device; trtexec is looked for as a program.
+# Python modules to try when none are named (edgekd names its runtimes' device_modules).
 MODULES = ("numpy", "onnxruntime", "openvino", "tensorrt", "pycuda")
 # JetPack installs trtexec here, off the PATH.
 TRTEXEC_PATHS = ("/usr/src/tensorrt/bin/trtexec", "/usr/local/TensorRT/bin/trtexec", "/opt/tensorrt/bin/trtexec")
@@ -108,7 +108,7 @@ def probe(modules=MODULES):
 
 def main(argv=None):
     # Arguments name the modules to try (importing every runtime takes seconds on a small board).
-    names = [m for m in (sys.argv[1:] if argv is None else argv) if m in MODULES] or MODULES
+    names = [m for m in (sys.argv[1:] if argv is None else argv) if m.replace("_", "").isalnum()] or MODULES
     sys.stdout.write(json.dumps(probe(names)) + "\n")
     return 0
 

@@ -22,43 +22,38 @@ LOAD_ALLOWANCE_S = 20      # per file: loading a model and the runner's warm-up 
 BUILD_ALLOWANCE_S = 600    # per file: a TensorRT engine build on a Jetson Nano takes minutes
 
 
-@dataclass(frozen=True)
-class DeviceRuntime:
-    """How a target's runtime is run on a device, and what it needs there."""
+def device_runtime(device: Device, runtime: str):
+    """The runtime's descriptor (edgekd.runtimes), when the device runner or a device tool can drive it."""
+    from edgekd.runtimes import RUNTIMES
 
-    formats: tuple[str, ...]        # report artifact formats the device loads (engines are built there)
-    modules: tuple[str, ...]        # Python modules the runner needs for it
-    install: str                    # what to do when they are missing
-    tool: str | None = None         # a program that builds and times instead of the runner (trtexec)
-    builds: bool = False            # compiles the ONNX on the device (minutes, not seconds)
-
-
-# A new runtime is one row. ExecuTorch runs on phones, not over SSH, so it has none.
-DEVICE_RUNTIMES = {
-    "onnxruntime": DeviceRuntime(("onnx",), ("onnxruntime",),
-                                 "pip3 install onnxruntime there (on a Jetson: NVIDIA's onnxruntime-gpu wheel for its JetPack)"),
-    "openvino": DeviceRuntime(("openvino", "onnx"), ("openvino",), "pip3 install openvino there"),
-    "tensorrt": DeviceRuntime(("onnx",), ("tensorrt", "pycuda"),
-                              "install TensorRT there (JetPack ships it, with trtexec in /usr/src/tensorrt/bin), or give "
-                              "its Python the tensorrt and pycuda modules", tool="trtexec", builds=True),
-}
-
-
-def device_runtime(device: Device, runtime: str) -> DeviceRuntime:
-    if runtime not in DEVICE_RUNTIMES:
+    rt = RUNTIMES.get(runtime) if runtime in RUNTIMES else None
+    if rt is None or not (rt.device_modules or rt.device_tool):
+        over = ", ".join(name for name, r in RUNTIMES.items() if r.device_modules or r.device_tool)
         raise EdgeKDError(f"device {device.name}: its target runs {runtime}, which edgekd cannot drive over SSH",
-                          f"over SSH edgekd runs {', '.join(DEVICE_RUNTIMES)}; time {runtime} models with that "
-                          "platform's own benchmark tool and `edgekd ingest` the results")
-    return DEVICE_RUNTIMES[runtime]
+                          f"over SSH edgekd runs {over}; time {runtime} models with that platform's own benchmark "
+                          "tool and `edgekd ingest` the results")
+    return rt
+
+
+def probe_modules(runtimes=None) -> list[str]:
+    """Python modules to try on a device: numpy and what the runtimes' device runner backends import."""
+    from edgekd.runtimes import RUNTIMES
+
+    names = ["numpy"]
+    for _, rt in RUNTIMES.items():
+        if runtimes is None or rt.name in runtimes:
+            names += [m for spec in rt.device_modules for m in spec.split("|") if m not in names]
+    return names
 
 
 # --- probing ----------------------------------------------------------------------------------------
 
 def probe_source() -> str:
     """The probe script as the device runs it: edgekd's portable hardware probes, then probe.py."""
-    from edgekd.bench.env import portable_source
+    from edgekd.bench import env
+    from edgekd.bench.runner_script import portable_block
 
-    return "import os, platform, sys\n" + portable_source() + "\n" + Path(__file__).with_name("probe.py").read_text()
+    return "import os, platform, sys\n" + portable_block(env) + "\n" + Path(__file__).with_name("probe.py").read_text()
 
 
 def _python_checked(device: Device, then: str) -> str:
@@ -80,13 +75,13 @@ def python_failure(device: Device, code: int, output: str) -> DeviceError | None
     return None
 
 
-def probe(conn: Connection, modules=()) -> dict:
+def probe(conn: Connection, modules=None) -> dict:
     """Run the probe on the device: what it is and what it can run (see edgekd.devices.probe).
 
-    ``modules``: only try these Python modules (default: every runtime's).
+    ``modules``: the Python modules to try (default: every runtime's, see probe_modules).
     """
     device = conn.device
-    names = " ".join(shlex.quote(m) for m in modules)
+    names = " ".join(shlex.quote(m) for m in (modules or probe_modules()))
     script = _python_checked(device, f"exec {remote_command(device.python)} - {names}")
     proc = conn.run(f"sh -c {shlex.quote(script)}", step="probing", timeout=120, stdin=probe_source().encode(),
                     check=False)
@@ -107,19 +102,21 @@ def readiness(device: Device, info: dict, runtime: str) -> tuple[str, DeviceErro
     """('runner' or the tool that will time ``runtime``, None) or (what is missing, the error to raise)."""
     spec = device_runtime(device, runtime)
     modules = info.get("modules", {})
-    if spec.tool and info.get(spec.tool):  # trtexec builds and times by itself: no numpy needed
-        return spec.tool, None
+    if spec.device_tool and info.get(spec.device_tool):  # trtexec builds and times by itself: no numpy needed
+        return spec.device_tool, None
     if not modules.get("numpy", {}).get("ok"):
         return "numpy", DeviceError(f"device {device.name}: {device.python} there has no numpy "
                                     f"({modules.get('numpy', {}).get('error', 'not importable')})",
                                     "pip3 install numpy there (the runner needs it), or pass --python to one that has it")
-    missing = [m for m in spec.modules if not modules.get(m, {}).get("ok")]
+    # "a|b" in device_modules: any one of them will do (LiteRT's interpreter comes in three packages).
+    missing = [m for m in spec.device_modules if not any(modules.get(a, {}).get("ok") for a in m.split("|"))]
     if not missing:
         return "runner", None
-    what = f"{spec.tool} or " if spec.tool else ""
-    why = modules.get(missing[0], {}).get("error", "not importable")
-    return runtime, DeviceError(f"device {device.name} cannot run {runtime}: no {what}{missing[0]} for {device.python} ({why})",
-                                spec.install)
+    what = f"{spec.device_tool} or " if spec.device_tool else ""
+    first = missing[0].split("|")[0]
+    why = modules.get(first, {}).get("error", "not importable")
+    return runtime, DeviceError(f"device {device.name} cannot run {runtime}: no {what}{first} for {device.python} ({why})",
+                                spec.device_install)
 
 
 # --- measuring ----------------------------------------------------------------------------------------
@@ -218,12 +215,12 @@ def measure_files(device: Device, files, *, runtime: str, precisions: dict[Path,
     onnx_inputs = {name: (onnx_inputs or {})[path] for name, path in names.items() if path in (onnx_inputs or {})}
     with Connection(device) as conn:
         spec = device_runtime(device, runtime)
-        info = conn.retrying(lambda: probe(conn, ("numpy", *spec.modules)), "probing")
+        info = conn.retrying(lambda: probe(conn, probe_modules([runtime])), "probing")
         method, problem = readiness(device, info, runtime)
         if problem:
             raise problem
         timeout = options.timeout_s or (60 + len(names) * (options.seconds + options.warmup * 0.05 + LOAD_ALLOWANCE_S
-                                                           + (BUILD_ALLOWANCE_S if spec.builds else 0)))
+                                                           + (BUILD_ALLOWANCE_S if spec.builds_on_device else 0)))
         with tempfile.TemporaryDirectory(prefix="edgekd-device-") as tmp:
             payload = _companions(names)
             if method == "trtexec":
@@ -338,7 +335,7 @@ def _runner_crash(device: Device, code: int, log: str) -> DeviceError:
 
 def _trtexec_results(info: dict, got: dict, names: dict[str, Path], precisions: dict[str, str], inputs: dict) -> dict:
     from edgekd import __version__
-    from edgekd.bench.runner_script import RESULTS_FORMAT, RESULTS_VERSION
+    from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
     from edgekd.devices import trtexec
 
     version = (info.get("trtexec") or {}).get("version")

@@ -26,9 +26,13 @@ from edgekd.errors import EdgeKDError
 @click.option("--alpha", default=None, type=float)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--image-size", type=int, default=None, help="student input in pixels (default: the data's own)")
+@click.option("--workers", type=int, default=None, help="processes decoding image files (default: cores - 1)")
+@click.option("--strict", is_flag=True, help="stop at the first image file that will not decode")
+@click.option("--checkpoint-every-steps", type=int, default=0, help="also checkpoint every N steps inside an epoch")
 @click.option("--resume", is_flag=True, help="continue from the checkpoint in --out")
 def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epochs, batch_size, lr, temperature,
-         alpha, device, seed, resume):
+         alpha, device, seed, image_size, workers, strict, checkpoint_every_steps, resume):
     """Distil a student from a teacher (the cached default teacher when --teacher is not given).
 
     Under torchrun every process trains on its share of each batch (DistributedDataParallel: NCCL on
@@ -42,10 +46,11 @@ def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epoc
     from edgekd.models import ModelSpec
 
     try:
-        splits = load_data(data_path, seed=seed)
+        splits = load_data(data_path, seed=seed, image_size=image_size, workers=workers, strict=strict)
         overrides = {k: v for k, v in dict(epochs=epochs, batch_size=batch_size, lr=lr, temperature=temperature,
                                            alpha=alpha).items() if v is not None}
-        cfg = TrainConfig(loss=loss, mode=mode, device=device, seed=seed, **overrides).validate()
+        cfg = TrainConfig(loss=loss, mode=mode, device=device, seed=seed, checkpoint_every_steps=checkpoint_every_steps,
+                          **overrides).validate()
         rank0 = int(os.environ.get("RANK", "0")) == 0
         teacher = None
         if cfg.loss != "ce" or mode == "online":

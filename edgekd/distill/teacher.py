@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,8 +14,8 @@ from torch import nn
 from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
-from edgekd.errors import EdgeKDError
-from edgekd.fsutil import remove_stale_temporaries, wait_lock
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.fsutil import cache_root, remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family (4x the base channels) with
@@ -31,17 +30,6 @@ TEACHER_TRAIN = TrainConfig(epochs=8, batch_size=128, lr=4e-3, weight_decay=5e-4
 
 def default_teacher_spec(splits: DataSplits) -> ModelSpec:
     return ModelSpec(num_classes=splits.num_classes, in_channels=splits.input_shape[0], **TEACHER_ARCH)
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$EDGEKD_CACHE_DIR``, else the platform's user cache dir for edgekd."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("EDGEKD_CACHE_DIR"):
-        return Path(os.environ["EDGEKD_CACHE_DIR"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("edgekd"))
 
 
 def teacher_cache_key(splits: DataSplits, spec: ModelSpec, cfg: TrainConfig) -> str:
@@ -103,7 +91,7 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         # An ensemble: each member checked on its own, soft targets averaged at `temperature`.
         members = [get_teacher(splits, teacher_path=p, device=device, progress=False) for p in teacher_path]
         model = EnsembleTeacher([m for m, _, _ in members], temperature=temperature).eval()
-        accuracy = evaluate(model, splits.test, splits, device)
+        accuracy = evaluate(model, splits.test, splits, device, size=splits.preprocessing.teacher_size)
         return model, members[0][1], {"accuracy": accuracy, "params": count_params(model),
                                       "path": [i["path"] for _, _, i in members], "cached": False,
                                       "seconds": time.perf_counter() - t0, "source": "ensemble",
@@ -115,13 +103,14 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         model, spec, meta = load_model(path)
         check_teacher_fits(spec, splits, str(path))
         try:
-            accuracy = evaluate(model, splits.test, splits, device)
+            accuracy = evaluate(model, splits.test, splits, device, size=splits.preprocessing.teacher_size)
         except RuntimeError as err:
-            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({str(err).splitlines()[0][:100]})",
+            raise EdgeKDError(f"teacher {path} cannot run on {splits.input_shape} images ({first_line(err, 100)})",
                               "pass a teacher trained on images of this size") from None
         return model.eval(), spec, {"accuracy": accuracy, "params": count_params(model), "path": str(path),
                                     "cached": False, "seconds": time.perf_counter() - t0, "source": "user"}
 
+    splits = splits.for_teacher()  # the default teacher trains and is measured at its own input size
     spec = default_teacher_spec(splits)
     cfg = replace(TEACHER_TRAIN, device=device, epochs=epochs or TEACHER_TRAIN.epochs)
     key = teacher_cache_key(splits, spec, cfg)
@@ -168,7 +157,8 @@ def _train_teacher(splits, spec, cfg, root: Path, key: str, weights: Path, t0: f
     result = train(model, None, splits, cfg, ckpt_dir=ckpt_dir, resume=True, progress=progress, log=log)
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
     meta = {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy, "seconds": result.seconds,
-            "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__}
+            "data": splits.fingerprint(), "data_name": splits.name, "train": cfg.to_dict(), "edgekd": __version__,
+            "preprocess": splits.preprocessing.to_dict()}
     save_model(weights, model, spec, meta)
     return model, spec, {"accuracy": result.accuracy, "params": count_params(model), "path": str(weights),
                          "cached": False, "seconds": time.perf_counter() - t0, "source": "trained",

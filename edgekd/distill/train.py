@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.data import DataSplits, ImageSet
+from edgekd.data import DataSplits
+from edgekd.data.batches import TrainBatch, random_shift, train_batches
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
 from edgekd.errors import EdgeKDError, first_line
 
@@ -60,6 +61,9 @@ class TrainConfig:
     assistant_width: float | None = None  # teacher-assistant: teacher -> this width -> student
     finetune_epochs: int = 0            # two-stage: then fine-tune on labels alone for this many epochs
     finetune_lr_scale: float = 0.1      # fine-tuning learning rate as a fraction of lr
+    # Mid-epoch checkpoints for long epochs (they do not change the result, so resume ignores them):
+    checkpoint_every_steps: int = 0     # > 0: also after every this many steps
+    checkpoint_every_minutes: float = 10.0  # > 0: also when this long has passed since the last one
 
     # Settings that change the result; a checkpoint only resumes a run with the same ones.
     RESULT_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "loss", "temperature",
@@ -89,6 +93,8 @@ class TrainConfig:
              f"assistant width must be > 0, got {self.assistant_width}", "use e.g. 1.5"),
             (self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}", "use e.g. 2"),
             (self.finetune_lr_scale > 0, f"fine-tuning lr scale must be > 0, got {self.finetune_lr_scale}", "use e.g. 0.1"),
+            (self.checkpoint_every_steps >= 0 and self.checkpoint_every_minutes >= 0,
+             "checkpoint intervals must be >= 0", "use 0 to checkpoint only at the end of each epoch"),
         ]
         for ok, what, how in checks:
             if not ok:
@@ -120,6 +126,7 @@ class TrainResult:
     resumed_from_epoch: int | None = None
     stages: list[dict] = field(default_factory=list)  # multi-stage runs: one summary per stage
     teacher_accuracy: float | None = None              # online mode: the co-trained teacher's test accuracy
+    teacher_cache: dict | None = None                  # image files: the on-disk teacher-output cache, hits and misses
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,49 +185,44 @@ class BatchMaker:
         return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
 
 
-def random_shift(x: torch.Tensor, px: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Translate each image by up to ``px`` pixels (zero fill).
-
-    Images are grouped by their offset, so the work is (2 px + 1)^2 slice copies per batch instead
-    of a per-pixel gather (measured 10x cheaper on CPU).
-    """
-    n, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (px, px, px, px))
-    offsets = torch.randint(0, (2 * px + 1) ** 2, (n,), generator=generator).to(x.device)
-    out = torch.empty_like(x)
-    for k in torch.unique(offsets).tolist():
-        sel = (offsets == k).nonzero().squeeze(1)
-        dy, dx = divmod(k, 2 * px + 1)
-        out[sel] = padded[sel, :, dy:dy + h, dx:dx + w]
-    return out
-
-
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, splits: DataSplits, device="cpu", batch_size: int = 512,
-                   amp: str = "auto", channels_last: bool = False) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) for uint8 images, as float32 on the host."""
+def predict_logits(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
+                   amp: str = "auto", channels_last: bool = False, size: int | None = None) -> torch.Tensor:
+    """Logits of ``model`` (in eval mode) as float32 on the host, for a split (its name or the split
+    itself: evaluation views, files that do not decode left out) or for uint8 images (N, C, H, W),
+    preprocessed at ``size`` (default the student's; the teacher's size for a teacher)."""
+    from edgekd.data.loader import ArrayEval
+
     device = torch.device(device) if not isinstance(device, torch.device) else device
+    pre = splits.preprocessing
+    if isinstance(images, np.ndarray):
+        views = ArrayEval(images, np.zeros(len(images), np.int64), pre, size or pre.image_size)
+    else:
+        views = splits.eval_images(images, size)
     was_training = model.training
     model.eval()
-    make = BatchMaker(images, splits.mean, splits.std, device, channels_last)
     out = []
     try:
         with autocast_for(device, amp):
-            for i in range(0, len(images), batch_size):
-                out.append(model(make(torch.arange(i, min(i + batch_size, len(images))))).float().cpu())
+            for _, xb in views.batches(batch_size):
+                x = pre.normalize(torch.from_numpy(xb).to(device, non_blocking=True))
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(model(x).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def evaluate(model: nn.Module, images: ImageSet, splits: DataSplits, device="cpu", batch_size: int = 512,
-             amp: str = "auto") -> float:
-    """Top-1 accuracy (fraction) of ``model`` on one split."""
+def evaluate(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
+             amp: str = "auto", size: int | None = None) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on one split (its name or the split itself), at
+    ``size`` (default the student's input; a teacher's own size for a teacher)."""
     device = resolve_device(device) if isinstance(device, str) else device
-    logits = predict_logits(model, images.x, splits, device, batch_size, amp)
+    logits = predict_logits(model, images, splits, device, batch_size, amp, size=size)
     if len(logits) == 0:
         return 0.0
-    return float((logits.argmax(1).numpy() == images.y).mean())
+    return float((logits.argmax(1).numpy() == splits.eval_images(images, size).y).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,11 +240,6 @@ SCHEDULES = {
     "cosine": lambda opt, cfg, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
     "constant": lambda opt, cfg, total: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
 }
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    # Drop the ragged last batch (a batch of 1 breaks BatchNorm) unless the set is smaller than one batch.
-    return max(1, n // batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,12 +411,13 @@ class Stage:
     teacher_net: nn.Module | None
     optimizer: torch.optim.Optimizer
     scheduler: object
-    make: BatchMaker
-    labels: torch.Tensor
+    batches: object                     # edgekd.data.batches source: ArrayBatches or FileBatches
     batch_size: int
     steps: int                          # optimizer steps per epoch
     ckpt_path: Path
-    cached_logits: torch.Tensor | None = None
+    data_key: str = ""                  # the data the checkpoints belong to
+    cached_logits: torch.Tensor | None = None   # array data: every teacher logit, in memory
+    outputs: object = None              # image files: TeacherOutputCache on disk
     history: list = field(default_factory=list)
     start_epoch: int = 0
     start_step: int = 0
@@ -447,9 +445,17 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
     Under torchrun each process takes its share of every batch and DDP averages the gradients.
     """
     run = _set_up(student, teacher, splits, cfg, Path(ckpt_dir) / CHECKPOINT_NAME)
-    if resume and run.ckpt_path.exists():
-        _restore(run)
-    _cache_teacher_logits(run)
+    try:
+        if resume and run.ckpt_path.exists():
+            _restore(run)
+        _cache_teacher_outputs(run)
+        return _train_epochs(run, progress, log, spec)
+    finally:
+        run.batches.close()  # stop loader workers, also on errors and Ctrl-C
+
+
+def _train_epochs(run: Stage, progress: bool, log, spec) -> TrainResult:
+    cfg = run.cfg
     progress = progress and run.ddp.main
     out = (log or _console_log(progress)) if run.ddp.main else (lambda line: None)
     t_session = time.perf_counter()
@@ -496,8 +502,10 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
 
     n = len(splits.train)
     batch_size = min(cfg.batch_size, max(1, n // ddp.world))
-    steps = steps_per_epoch(n, batch_size * ddp.world)
-    make = BatchMaker(splits.train.x, splits.mean, splits.std, device, cfg.channels_last)
+    batches = train_batches(splits, batch_size=batch_size, seed=cfg.seed, device=device, channels_last=cfg.channels_last,
+                            shift_px=cfg.shift_px if cfg.augment else 0, teacher_view=teacher is not None,
+                            rank=ddp.rank, world=ddp.world)
+    steps = batches.steps
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     # Same initial state for adapters etc. on every (re)start: the checkpoint then overwrites them.
     with torch.random.fork_rng(devices=[]):
@@ -509,7 +517,7 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
                 teacher.train().requires_grad_(True)
             else:
                 teacher.eval().requires_grad_(False)
-        loss_fn.setup(student, teacher, make(torch.arange(min(2, n))))
+        loss_fn.setup(student, teacher, batches.example().x)
         loss_fn.to(device)
     features = loss_fn.needs_features
     student_net = _wrap(student, features, ddp, device)
@@ -520,8 +528,8 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
     scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps)
     return Stage(cfg=cfg, splits=splits, device=device, ddp=ddp, student=student, teacher=teacher, loss_fn=loss_fn,
                  peer_loss=peer_loss, student_net=student_net, teacher_net=teacher_net, optimizer=optimizer,
-                 scheduler=scheduler, make=make, labels=torch.from_numpy(splits.train.y).to(device),
-                 batch_size=batch_size, steps=steps, ckpt_path=ckpt_path)
+                 scheduler=scheduler, batches=batches, batch_size=batch_size, steps=steps, ckpt_path=ckpt_path,
+                 data_key=splits.fingerprint())
 
 
 def _restore(run: Stage) -> None:
@@ -533,6 +541,9 @@ def _restore(run: Stage) -> None:
         diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in cfg.RESULT_FIELDS if old.get(k) != getattr(cfg, k)]
         raise EdgeKDError(f"checkpoint {path} was written with other settings ({'; '.join(diff) or 'unknown'})",
                           "resume with the original settings, or start afresh in a new output folder")
+    if state.get("data") not in (None, run.data_key):  # older checkpoints do not say
+        raise EdgeKDError(f"checkpoint {path} was written for other data (files, splits or preprocessing differ)",
+                          "resume with the same --data and pixel options, or start afresh in a new output folder")
     try:
         run.student.load_state_dict(state["student"])
         if run.online:
@@ -549,16 +560,55 @@ def _restore(run: Stage) -> None:
     run.resumed_from = run.start_epoch
 
 
-def _cache_teacher_logits(run: Stage) -> None:
-    """A frozen teacher on un-augmented inputs gives the same logits every epoch: compute them once
-    (the teacher forward dominates a KD step)."""
-    cfg = run.cfg
-    augmenting = (cfg.augment and cfg.shift_px > 0) or cfg.mixup > 0
-    if (run.teacher is None or run.online or not cfg.cache_teacher or run.loss_fn.needs_features
-            or (augmenting and (cfg.teacher_view != "clean" or cfg.mixup > 0)) or run.start_epoch >= cfg.epochs):
+def _cache_teacher_outputs(run: Stage) -> None:
+    """A frozen teacher's logits depend only on its input: keep them instead of recomputing.
+
+    Array data: every logit of un-augmented (or clean-view) inputs, computed once, in memory. Image
+    files: a memory-mapped table on disk, one view in all when the teacher sees the clean image or
+    the crops are off, one per epoch when it sees that epoch's random crop; filled as steps compute
+    them and read by later epochs, resumed runs and other runs with the same data and teacher.
+    """
+    cfg, splits = run.cfg, run.splits
+    if (run.teacher is None or run.online or not cfg.cache_teacher or run.loss_fn.needs_features or cfg.mixup > 0
+            or run.start_epoch >= cfg.epochs):
         return
-    run.cached_logits = predict_logits(run.teacher, run.splits.train.x, run.splits, run.device, cfg.eval_batch_size,
-                                       cfg.amp, cfg.channels_last).to(run.device)
+    if splits.kind != "files":
+        if cfg.augment and cfg.shift_px > 0 and cfg.teacher_view != "clean":
+            return
+        run.cached_logits = predict_logits(run.teacher, splits.train, splits, run.device, cfg.eval_batch_size, cfg.amp,
+                                           cfg.channels_last, size=splits.preprocessing.teacher_size).to(run.device)
+        return
+    from edgekd.distill.outputs import TeacherOutputCache, cache_key
+    from edgekd.fsutil import cache_root
+
+    pre = splits.preprocessing
+    clean = cfg.teacher_view == "clean" or (pre.train_crop == "none" and not pre.flip)
+    key = cache_key(splits, run.teacher, seed=cfg.seed, view="clean" if clean else "same")
+    run.outputs = TeacherOutputCache.open(splits.cache_dir or cache_root(), key, run.n, splits.num_classes,
+                                          views_vary=not clean, epochs=cfg.epochs)
+    if run.outputs is not None and clean:
+        _fill_clean_outputs(run)
+
+
+@torch.no_grad()
+def _fill_clean_outputs(run: Stage) -> None:
+    """Teacher logits of every training image's evaluation view not cached yet, in one pass."""
+    from edgekd.data.loader import EvalDataset, make_loader
+
+    cfg, splits, pre = run.cfg, run.splits, run.splits.preprocessing
+    rows = run.outputs.missing(0, np.arange(run.n))
+    if not len(rows):
+        return
+    subset = splits.train.subset(rows, "train")
+    order = [list(range(i, min(i + cfg.eval_batch_size, len(rows)))) for i in range(0, len(rows), cfg.eval_batch_size)]
+    for batch in make_loader(EvalDataset(subset, pre, pre.teacher_size), order, splits.workers if len(order) > 1 else 0):
+        splits.bad.add("train", batch["bad"])
+        if batch["x"] is None:
+            continue
+        x = pre.normalize(batch["x"].to(run.device))
+        x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        with autocast_for(run.device, cfg.amp):
+            run.outputs.put(0, rows[batch["idx"].numpy()], run.teacher(x).float())
 
 
 def _save(run: Stage, epoch: int, step: int, seconds: float, partial=None, rng=None) -> Path:
@@ -569,7 +619,7 @@ def _save(run: Stage, epoch: int, step: int, seconds: float, partial=None, rng=N
             "teacher": run.teacher.state_dict() if run.online else None,
             "loss": run.loss_fn.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(), "history": run.history, "seconds": seconds,
-            "partial": partial, "rng": rng,
+            "partial": partial, "rng": rng, "data": run.data_key,
             "config": {k: getattr(cfg, k) for k in cfg.RESULT_FIELDS}, "config_fingerprint": cfg.fingerprint(),
         })
     return run.ckpt_path
@@ -583,33 +633,30 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
         run.peer_loss.set_progress(epoch / cfg.epochs)
         run.teacher.train()
     run.student.train()
-    # Everything random in an epoch derives from (seed, epoch, rank): resuming replays it exactly.
+    # Everything random in an epoch derives from (seed, epoch, rank) (the batches from (seed, epoch,
+    # step) or (seed, epoch, image)): resuming replays it exactly.
     epoch_seed = cfg.seed * 1_000_003 + epoch * 1009 + ddp.rank
-    perm = torch.randperm(run.n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-    gen = torch.Generator().manual_seed(epoch_seed)
     resuming = epoch == run.start_epoch
     first = run.start_step if resuming else 0
     loss_sum, correct, seen = run.partial if (run.partial and resuming) else (0.0, 0, 0)
     task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=run.steps, completed=first,
                         loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+    last_save = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(epoch_seed)
         if first and run.rng_states:
-            # Mid-epoch resume (after Ctrl-C): restore the random streams where they stopped.
-            gen.set_state(run.rng_states["shift"])
-            torch.set_rng_state(run.rng_states["torch"])
-        for step in range(first, run.steps):
-            start = (step * ddp.world + ddp.rank) * run.batch_size
-            idx = perm[start:start + run.batch_size]
+            _set_random_state(run.rng_states, device)  # mid-epoch resume: the streams where they stopped
+        for step, batch in run.batches.epoch(epoch, first):
             if stop.requested:  # Ctrl-C: stop here, between steps, where the state is consistent
-                rng_now = {"shift": gen.get_state(), "torch": torch.get_rng_state()}
-                _save(run, epoch, step, run.seconds_before + time.perf_counter() - t_session, (loss_sum, correct, seen), rng_now)
+                _save(run, epoch, step, run.seconds_before + time.perf_counter() - t_session, (loss_sum, correct, seen),
+                      _random_state(device))
                 raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {run.ckpt_path}",
                                   "run the same command with --resume to continue", exit_code=130)
-            xb = run.make(idx, cfg.shift_px if cfg.augment else 0, gen)
-            yb = run.labels[idx.to(device)]
+            if batch is None:  # every image of the batch failed to decode (counted in the report)
+                bar.update(task, advance=1)
+                continue
             try:
-                loss, logits = _train_step(run, idx, xb, yb)
+                loss, logits = _train_step(run, epoch, batch)
             except KeyboardInterrupt:
                 # A second Ctrl-C lands mid-step, where weights and optimizer may disagree:
                 # keep the last consistent checkpoint rather than write this state.
@@ -621,44 +668,65 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
                     f"the loss became {loss} at epoch {epoch + 1} step {step + 1}; "
                     f"last good checkpoint: {run.last_good or 'none (no epoch finished)'}",
                     "lower --lr or the temperature, then --resume or start afresh")
-            loss_sum += loss * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            run.images_seen += len(idx)
+            n = len(batch.y)
+            loss_sum, correct, seen = loss_sum + loss * n, correct + int((logits.argmax(1) == batch.y).sum()), seen + n
+            run.images_seen += n
             bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            if _mid_epoch_checkpoint_due(cfg, step + 1, run.steps, last_save):
+                # a long epoch: a checkpoint to resume from after a crash or kill -9, not only Ctrl-C
+                _save(run, epoch, step + 1, run.seconds_before + time.perf_counter() - t_session,
+                      (loss_sum, correct, seen), _random_state(device))
+                run.last_good, last_save = str(run.ckpt_path), time.perf_counter()
     bar.remove_task(task)
     if ddp.world > 1:
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
     return loss_sum, correct, seen
 
 
-def _train_step(run: Stage, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, torch.Tensor]:
+def _mid_epoch_checkpoint_due(cfg: TrainConfig, done: int, steps: int, last_save: float) -> bool:
+    if done >= steps:
+        return False  # the epoch's own checkpoint follows
+    by_steps = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
+    by_time = cfg.checkpoint_every_minutes and time.perf_counter() - last_save >= cfg.checkpoint_every_minutes * 60
+    return bool(by_steps or by_time)
+
+
+def _random_state(device: torch.device) -> dict:
+    """The process's random streams between two steps (dropout, mixup); the data's need none."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_random_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _train_step(run: Stage, epoch: int, batch: TrainBatch) -> tuple[float, torch.Tensor]:
     """One optimizer step on one batch; returns the loss value and the student's logits.
 
     A non-finite loss is returned before any weight changes, so the last checkpoint stays good.
     """
     cfg = run.cfg
+    xb, yb = batch.x, batch.y
+    xt = batch.x_teacher  # the teacher's view of the same crop when it takes another size
     mix = None
     if cfg.mixup > 0:
         # mixup as function matching (Beyer et al. 2022): the student sees a blend of two images,
         # the teacher labels the blend, the label terms take both labels, weighted
         lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-        partner = torch.randperm(len(idx)).to(run.device)
+        partner = torch.randperm(len(yb)).to(run.device)
         xb = lam * xb + (1.0 - lam) * xb[partner]
+        xt = None if xt is None else lam * xt + (1.0 - lam) * xt[partner]
         mix = (lam, yb[partner])
     try:
         with autocast_for(run.device, cfg.amp):
             # forward the student, then the teacher (cached logits, frozen, or co-trained when online)
             s_out = ModelOutputs(*reversed(run.student_net(xb)))
-            if run.teacher is None:
-                t_out = None
-            elif run.cached_logits is not None:
-                t_out = ModelOutputs(run.cached_logits[idx.to(run.device)])
-            elif run.online:
-                t_out = ModelOutputs(*reversed(run.teacher_net(xb)))
-            else:
-                with torch.no_grad():
-                    t_out = ModelOutputs(*reversed(run.teacher_net(xb)))
+            t_out = _teacher_outputs(run, epoch, batch, xb if xt is None else xt)
             # the loss; with mixup the teacher terms are the same for both labels, so they count once
             if mix is None:
                 loss = _step_loss(run, s_out, t_out, yb)
@@ -679,6 +747,25 @@ def _train_step(run: Stage, idx: torch.Tensor, xb: torch.Tensor, yb: torch.Tenso
     return float(loss.detach()), s_out.logits
 
 
+def _teacher_outputs(run: Stage, epoch: int, batch: TrainBatch, x: torch.Tensor) -> ModelOutputs | None:
+    """The teacher's outputs for a batch: from the in-memory or on-disk cache, else a forward pass."""
+    if run.teacher is None:
+        return None
+    if run.cached_logits is not None:
+        return ModelOutputs(run.cached_logits[batch.idx])
+    if run.online:
+        return ModelOutputs(*reversed(run.teacher_net(x)))
+    if run.outputs is not None:
+        rows = batch.idx.cpu().numpy()
+        logits = run.outputs.get(epoch, rows)
+        if logits is None:  # not cached yet: compute, store, and use the stored (rounded) values
+            with torch.no_grad():
+                logits = run.outputs.put(epoch, rows, run.teacher_net(x)[1].float())
+        return ModelOutputs(logits.to(run.device))
+    with torch.no_grad():
+        return ModelOutputs(*reversed(run.teacher_net(x)))
+
+
 def _step_loss(run: Stage, s_out: ModelOutputs, t_out: ModelOutputs | None, y: torch.Tensor) -> torch.Tensor:
     if run.online:  # mutual learning: each model learns from the other's (detached) soft targets
         return (run.loss_fn(s_out, ModelOutputs(t_out.logits.detach()), y)
@@ -695,7 +782,8 @@ def _epoch_record(run: Stage, epoch: int, loss_sum: float, correct: int, seen: i
         "seconds": seconds,
     }
     if run.online:
-        record["teacher_val_accuracy"] = evaluate(run.teacher, splits.val, splits, run.device, cfg.eval_batch_size, cfg.amp)
+        record["teacher_val_accuracy"] = evaluate(run.teacher, splits.val, splits, run.device, cfg.eval_batch_size, cfg.amp,
+                                                  size=splits.preprocessing.teacher_size)
     return record
 
 
@@ -707,7 +795,8 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
     teacher_acc = None
     if run.online:
         run.teacher.eval().requires_grad_(False)
-        teacher_acc = evaluate(run.teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp)
+        teacher_acc = evaluate(run.teacher, splits.test, splits, device, cfg.eval_batch_size, cfg.amp,
+                               size=splits.preprocessing.teacher_size)
     # Exporters and user code expect plain contiguous weights (channels_last was only for training speed).
     run.student.to(memory_format=torch.contiguous_format)
     if run.teacher is not None:
@@ -724,7 +813,7 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
         checkpoint=str(run.ckpt_path), weights_path=weights,
         images_per_second=run.images_seen * run.ddp.world / session if session > 0 and run.images_seen else 0.0,
         device=str(device), amp=amp_name(device, cfg.amp), resumed_from_epoch=run.resumed_from,
-        teacher_accuracy=teacher_acc,
+        teacher_accuracy=teacher_acc, teacher_cache=run.outputs.describe() if run.outputs is not None else None,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.registry import Registry
 
 FORMATS: Registry = Registry("export format")
@@ -31,7 +31,7 @@ class Format:
     name: str                       # key users type: "ort-int8"
     format: str                     # file family: "onnx" | "openvino" | "executorch" | "tensorrt"
     precision: str                  # "fp32" | "fp16" | "int8"
-    runtime: str                    # edgekd.bench.runners.RUNTIMES key
+    runtime: str                    # a registered runtime (edgekd.runtimes)
     filename: str                   # "{stem}.int8.onnx": the main file written into out_dir
     export: Callable[["ExportJob", Path], dict]
     requires: tuple[str, ...] = ()  # modules that must import for the exporter to run
@@ -68,7 +68,7 @@ def register_format(name: str, *, format: str, precision: str, runtime: str, fil
 
     def decorator(fn):
         FORMATS.add(name, Format(name, format, precision, runtime, filename, fn, requires, install_hint,
-                                 needs_gpu, description or (fn.__doc__ or "").strip().splitlines()[0], device_kit))
+                                 needs_gpu, description or ((fn.__doc__ or "").strip().splitlines() or [""])[0], device_kit))
         return fn
 
     return decorator
@@ -194,6 +194,11 @@ class ExportJob:
 
 
 def _as_batch(x, what: str) -> np.ndarray:
+    if getattr(x, "lazy", False):  # edgekd.data.NormalizedImages: read a slice at a time, never all at once
+        if x.ndim != 4 or x.dtype != np.float32:
+            raise EdgeKDError(f"{what} inputs must be float32 NCHW, got {x.dtype} with shape {x.shape}",
+                              "normalise images to float32 (N, C, H, W) before exporting")
+        return x
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[None]
@@ -221,13 +226,8 @@ def resolve_formats(formats) -> list[str]:
 
 
 def one_line(err: BaseException, limit: int = 240) -> str:
-    """A failure as one readable line (exporters raise long multi-line errors)."""
-    if isinstance(err, EdgeKDError):
-        return str(err)
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    text = lines[0] if lines else ""
-    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A failure as one readable line (exporters raise long multi-line errors), with its type."""
+    return first_line(err, limit, with_type=True)
 
 
 def parity(reference: np.ndarray, outputs: np.ndarray, inputs_label: str) -> dict:
@@ -356,8 +356,14 @@ def _ship_device_kit(job, fmt: Format, dest: Path, out_dir: Path, row: dict, why
     return Artifact(**row, path=None, size_bytes=0, status="skipped", reason=reason, extra=extra)
 
 
+def _builds_on_device(runtime: str | None) -> bool:
+    from edgekd.runtimes import RUNTIMES
+
+    return runtime in RUNTIMES and RUNTIMES.get(runtime).builds_on_device
+
+
 def _runtime_available(runtime: str) -> tuple[bool, str]:
-    from edgekd.bench.runners import RUNTIMES
+    from edgekd.runtimes import RUNTIMES
 
     return RUNTIMES.get(runtime).available()
 
@@ -383,7 +389,7 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
     """
     names = resolve_formats(formats)
     options = options or ExportOptions()
-    if target is not None and getattr(target, "runtime", None) == "tensorrt":
+    if target is not None and _builds_on_device(getattr(target, "runtime", None)):
         # Engines are device-specific: for a TensorRT device ship the ONNX plus the exact build command.
         options.jetson = True
     out_dir = Path(out_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import time
 from pathlib import Path
 
@@ -114,16 +113,17 @@ def load_source(*, run_dir: Path | None, model: str | None, weights: Path | None
             raise EdgeKDError("pass either RUN_DIR or --model, not both", "see edgekd export --help")
         from edgekd.models import load_model
 
-        report_path = Path(run_dir) / "report.json"
-        if not report_path.is_file():
+        from edgekd.report import REPORT_NAME, load_report
+
+        if not (Path(run_dir) / REPORT_NAME).is_file():
             raise EdgeKDError(f"{run_dir} is not an edgekd run folder (no report.json)",
                               "pass the folder edgekd distill wrote, or --model")
-        report = json.loads(report_path.read_text())
+        report = load_report(run_dir)
         student = Path(run_dir) / (report.get("student") or {}).get("path", "student.safetensors")
         net, spec, _ = load_model(weights or student)
         data = report.get("data") or {}
         shape = tuple(data.get("input_shape") or ()) or None
-        data_source = data.get("source")
+        data_source = data if data.get("source") else None  # the run's record: its splits and preprocessing
         info = {"source": f"run:{run_dir}", "arch": spec.arch, "width": spec.width, "depth": spec.depth}
     elif model is not None:
         if model.startswith("torchvision:"):
@@ -173,20 +173,27 @@ def reestimate_batchnorm(net, x: np.ndarray, batch: int = 16) -> str:
     return f"re-estimated on {len(x)} generated inputs (random weights)"
 
 
-def _inputs(net, shape, calib_data, data_source, *, seed: int = 0):
+def _inputs(net, shape, calib_data, data_source, *, seed: int = 0, model_ref: str | None = None):
     """(calib, validation, parity/test inputs and labels, data description, label for parity inputs)."""
-    from edgekd.data import load_data
+    from edgekd.data import load_data, load_data_like
+    from edgekd.data.preprocess import teacher_preprocess
 
-    source = calib_data if calib_data is not None else data_source
-    if source is not None:
-        splits = load_data(None if source == "edgekd:mnist" else source)
+    if calib_data is not None or data_source is not None:
+        if calib_data is None:  # the run's own data, split and preprocessed exactly as the run did
+            splits = load_data_like(data_source)
+        else:  # the user's images at the model's input size and channels, with the model's own normalisation
+            size = {"image_size": shape[1], "channels": shape[0]} if len(shape) == 3 and shape[1] == shape[2] else {}
+            own = teacher_preprocess(model_ref) if model_ref else None
+            if own and len(own["mean"]) == shape[0]:
+                size.update(mean=own["mean"], std=own["std"], crop_pct=own["crop_pct"])
+            splits = load_data(None if calib_data == "edgekd:mnist" else calib_data, **size)
         if tuple(splits.input_shape) != tuple(shape):
             raise EdgeKDError(f"the data's images are {'x'.join(map(str, splits.input_shape))} but the model takes "
                               f"{'x'.join(map(str, shape))}", "pass --input matching the data, or other --calib-data")
-        pre = splits.preprocess
-        val = splits.val
-        return {"calib": pre(splits.calib.x), "validation": (pre(val.x[:1000]), val.y[:1000]),
-                "test": (pre(splits.test.x), splits.test.y), "data": splits.describe(), "label": "test split"}
+        val = splits.normalized("val")
+        n_val = min(1000, len(val))
+        return {"calib": np.asarray(splits.normalized("calib")), "validation": (val.head(n_val), splits.labels("val")[:n_val]),
+                "test": (splits.normalized("test"), splits.labels("test")), "data": splits.describe(), "label": "test split"}
     # No data: calibration and parity on generated N(0, 1) images (normalised inputs), labelled so.
     rng = np.random.default_rng(seed)
     big = int(np.prod(shape)) > 50_000
@@ -214,7 +221,7 @@ def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | 
     t0 = time.perf_counter()
     net, info, shape, data_source = load_source(run_dir=run_dir, model=model, weights=weights,
                                                 input_shape=input_shape, num_classes=num_classes)
-    inputs = _inputs(net, shape, calib_data, data_source)
+    inputs = _inputs(net, shape, calib_data, data_source, model_ref=model)
     if info.get("random_weights"):
         info["batchnorm"] = reestimate_batchnorm(net, inputs["calib"])
     timings["load"] = round(time.perf_counter() - t0, 2)

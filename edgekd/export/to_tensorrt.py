@@ -39,7 +39,7 @@ def device_info() -> dict:
             "compute_capability": f"{major}.{minor}", "jetpack": None}
     release = Path("/etc/nv_tegra_release")
     if release.is_file():
-        info["jetpack"] = release.read_text().splitlines()[0].strip()[:120]
+        info["jetpack"] = (release.read_text().splitlines() or [""])[0].strip()[:120]
     return info
 
 

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
+from edgekd.runtimes import FusionRules, fusion_rules
 
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
@@ -40,49 +41,9 @@ FREE_OPS = {
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Constant", "ConstantOfShape",
     "QuantizeLinear", "DequantizeLinear", "Size", "Range",
 }
+# Activation ops; a runtime whose FusionRules say epilogue_activations fuses every one of them.
 ACTIVATIONS = {"Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu",
                "Gelu", "Softplus", "Mish"}
-
-
-@dataclass(frozen=True)
-class FusionRules:
-    """What one runtime folds or fuses into the kernel that produces a tensor.
-
-    fold: ops removed at build time (BatchNorm folded into the preceding conv's weights).
-    epilogue: ops computed inside a conv/gemm kernel's epilogue (activations, residual add).
-    max_epilogue: how many epilogue ops one conv/gemm kernel can absorb.
-    pointwise_chain: whether consecutive pointwise ops become one kernel (TensorRT/OpenVINO do).
-    """
-
-    fold: frozenset
-    epilogue: frozenset
-    max_epilogue: int
-    pointwise_chain: bool
-
-
-# Fusions per runtime, from each runtime's documentation:
-# - onnxruntime: ConvBNFusion, ConvActivationFusion (Relu, Clip, Sigmoid, Tanh, LeakyRelu, HardSigmoid,
-#   HardSwish; checked against ORT 1.32's optimized graph of mobilenet_v3_small) and on x86 the NCHWc
-#   ConvAddActivation fusion (conv + residual add + activation); MatMul+Add -> Gemm.
-# - tensorrt: conv/gemm + BN + activation + residual add, and chains of pointwise ops -> one PointWise kernel
-#   ("Types of Fusions", TensorRT developer guide).
-# - openvino: CPU plugin fuses BN, activations, eltwise and FakeQuantize into conv post-ops and merges
-#   eltwise chains.
-# - executorch (XNNPACK delegate): BN folded into conv; ReLU/Clip become the output clamp of conv, gemm
-#   and add; other activations (hardswish, sigmoid) stay separate operators.
-FUSIONS: dict[str, FusionRules] = {
-    "onnxruntime": FusionRules(frozenset({"BatchNormalization"}),
-                               frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "HardSwish",
-                                          "Add", "Sum"}),
-                               2, False),
-    "tensorrt": FusionRules(frozenset({"BatchNormalization"}),
-                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
-    "openvino": FusionRules(frozenset({"BatchNormalization"}),
-                            frozenset(ACTIVATIONS | {"Add", "Mul", "Sub", "Div", "Sum"}), 8, True),
-    "executorch": FusionRules(frozenset({"BatchNormalization"}), frozenset({"Relu", "Clip"}), 1, False),
-    # No fusion at all: what the raw graph would cost executed node by node.
-    "none": FusionRules(frozenset(), frozenset(), 0, False),
-}
 
 
 @dataclass
@@ -229,60 +190,39 @@ def _attr(node, name, default=None):
 
 
 def load_graph(source, input_shape=None):
-    """An ONNX ModelProto with every tensor shape inferred (``input_shape`` fixes dynamic inputs)."""
+    """An ONNX ModelProto with every tensor shape inferred (``input_shape`` fixes dynamic inputs).
+
+    The input shape is resolved by edgekd.modelfile: a dynamic batch is 1, ``input_shape`` must agree
+    with the model's static dimensions, and a shape too large to run is refused before any cost.
+    """
     import onnx
 
-    if isinstance(source, onnx.ModelProto):
-        model = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise EdgeKDError(f"ONNX file {path} does not exist", "check the path")
-        try:
-            model = onnx.load(str(path))
-        except Exception as err:  # onnx raises DecodeError/ValidationError subclasses
-            raise EdgeKDError(f"{path} is not a readable ONNX model ({type(err).__name__})",
-                              "pass a .onnx file exported with torch.onnx.export") from None
-    inits = {i.name for i in model.graph.initializer}
-    graph_inputs = [i for i in model.graph.input if i.name not in inits]
-    if input_shape is not None:
-        if len(graph_inputs) != 1:
-            raise EdgeKDError(f"the model has {len(graph_inputs)} inputs; --input sets the shape of exactly one",
-                              "export the model with a single image input")
-        shape = [int(s) for s in input_shape]
-        dims = graph_inputs[0].type.tensor_type.shape.dim
-        if len(shape) == len(dims) - 1:  # CxHxW given: batch 1
-            shape = [1, *shape]
-        if len(dims) and len(dims) != len(shape):
-            raise EdgeKDError(f"input shape {'x'.join(map(str, shape))} has {len(shape)} dims but the model's input has {len(dims)}",
-                              "give the full shape including the batch, e.g. --input 1x3x224x224")
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        tensor_type = model.graph.input[[i.name for i in model.graph.input].index(graph_inputs[0].name)].type.tensor_type
+    from edgekd.modelfile import load_onnx, resolve_shape
+
+    model = source if isinstance(source, onnx.ModelProto) else load_onnx(source)
+    weights = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in weights]
+    if input_shape is not None and len(graph_inputs) != 1:
+        raise EdgeKDError(f"the model has {len(graph_inputs)} inputs; --input sets the shape of exactly one",
+                          "export the model with a single image input")
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for inp in model.graph.input:
+        if inp.name in weights:
+            continue
+        tensor_type = inp.type.tensor_type
+        dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim]
+        shape = resolve_shape(dims, input_shape, name=f"input {inp.name!r}")
         if not len(tensor_type.shape.dim):  # rank unknown in the file: take the given shape as is
             tensor_type.shape.dim.extend(onnx.TensorShapeProto.Dimension() for _ in shape)
-        for d, s in zip(tensor_type.shape.dim, shape):
+        for d, size in zip(tensor_type.shape.dim, shape):
             d.Clear()
-            d.dim_value = s
-    else:
-        # A dynamic batch means batch 1 here; other dynamic dimensions need --input.
-        for inp in graph_inputs:
-            dims = inp.type.tensor_type.shape.dim
-            dynamic = [i for i, d in enumerate(dims) if not (d.HasField("dim_value") and d.dim_value > 0)]
-            if not dynamic:
-                continue
-            if dynamic != [0]:
-                raise EdgeKDError(f"input {inp.name!r} has dynamic dimensions besides the batch",
-                                  "pass --input with the full shape, e.g. 1x3x224x224")
-            model = onnx.ModelProto.FromString(model.SerializeToString())
-            d = [i for i in model.graph.input if i.name == inp.name][0].type.tensor_type.shape.dim[0]
-            d.Clear()
-            d.dim_value = 1
+            d.dim_value = size
     # Stale intermediate shapes from a dynamic-batch export would shadow the fixed input's.
     del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as err:
-        raise EdgeKDError(f"ONNX shape inference failed ({str(err).splitlines()[0][:120]})",
+    except Exception as err:  # noqa: BLE001 - onnx raises InferenceError and plain RuntimeErrors
+        raise EdgeKDError(f"ONNX shape inference failed ({first_line(err)})",
                           "pass --input with the model's full input shape, e.g. 1x3x224x224") from None
     return model
 
@@ -304,12 +244,11 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
     FLOPs count a multiply-accumulate as 2 (plus 1 per bias add); bytes are weights read plus
     activations read and written, at the element size of ``precision``.
     """
-    if runtime not in FUSIONS:
-        raise EdgeKDError(f"unknown runtime {runtime!r} for fusion rules", f"use one of {', '.join(FUSIONS)}")
+    # What a runtime fuses is part of its descriptor (edgekd.runtimes); "none" costs the raw graph node by node.
+    rules = FusionRules() if runtime == "none" else fusion_rules(runtime)
     if precision not in BYTES_PER_ELEMENT:
         raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
     model = load_graph(source, input_shape)
-    rules = FUSIONS[runtime]
     esize = BYTES_PER_ELEMENT[precision]
     g = model.graph
     # Integer initializers (axes, shapes) are operands, not weights; int8 ones are quantized weights.
@@ -381,7 +320,8 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
         anchor_ok = host is not None and (
             (host.op_class in ("conv", "dwconv", "gemm") and epilogue_count.get(id(host), 0) < rules.max_epilogue)
             or (rules.pointwise_chain and host.op_class == "elementwise"))
-        if sole and op in rules.epilogue and anchor_ok and out_shape == shapes.get(first, out_shape):
+        fusable = op in rules.epilogue or (rules.epilogue_activations and op in ACTIVATIONS)
+        if sole and fusable and anchor_ok and out_shape == shapes.get(first, out_shape):
             per = OP_TABLE.get(op, ("elementwise", 1))[1]
             host.ops.append(op)
             host.flops += int(per * out_elems)
@@ -654,14 +594,3 @@ def model_cost(model, input_shape, *, runtime="onnxruntime", precision="fp32", p
     with tempfile.TemporaryDirectory() as tmp:
         p = export_onnx(model, input_shape, Path(tmp) / "model.onnx")
         return graph_cost(p, runtime=runtime, precision=precision)
-
-
-def parse_shape(text: str) -> list[int]:
-    """'1x3x224x224' -> [1, 3, 224, 224]."""
-    try:
-        shape = [int(s) for s in str(text).lower().replace(",", "x").split("x") if s.strip()]
-    except ValueError:
-        shape = []
-    if not shape or any(s <= 0 for s in shape):
-        raise EdgeKDError(f"cannot read input shape {text!r}", "write it as NxCxHxW, e.g. 1x3x224x224")
-    return shape

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 
 
 def ort_session(path: str | Path, threads: int | None = None, options: dict | None = None):
@@ -29,7 +29,7 @@ def ort_session(path: str | Path, threads: int | None = None, options: dict | No
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as err:
-        raise EdgeKDError(f"onnxruntime cannot load {path} ({str(err).splitlines()[0][:160]})",
+        raise EdgeKDError(f"onnxruntime cannot load {path} ({first_line(err, 160)})",
                           "export the model with torch.onnx.export and check it with onnx.checker") from None
 
 

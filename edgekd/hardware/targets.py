@@ -11,8 +11,8 @@ from typing import Any
 
 from edgekd.errors import EdgeKDError
 from edgekd.registry import suggest
+from edgekd.runtimes import target_runtimes
 
-RUNTIMES = ("tensorrt", "onnxruntime", "openvino", "executorch")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kernel classes the latency model keeps separate coefficients for (see edgekd.hardware.graph).
 OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
@@ -50,6 +50,11 @@ def _one_of(choices):
     return check
 
 
+def _runtime(v):
+    # Any registered runtime whose fusions the latency model knows (edgekd.runtimes).
+    return _one_of(target_runtimes())(v)
+
+
 def _precision_list(v):
     if not isinstance(v, list) or not v or any(p not in PRECISIONS for p in v):
         return f"must be a non-empty list drawn from {', '.join(PRECISIONS)} (got {v!r})"
@@ -69,7 +74,7 @@ def _str_map(v):
 SCHEMA: dict[str, tuple[bool, Any]] = {
     "name": (True, _string),
     "description": (True, _string),
-    "runtime": (True, _one_of(RUNTIMES)),
+    "runtime": (True, _runtime),
     "precision": (True, _one_of(PRECISIONS)),
     "precisions": (True, _precision_list),
     "budget_ms": (True, _positive),

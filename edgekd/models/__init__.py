@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, first_line
 from edgekd.registry import Registry
 
 MODELS: Registry = Registry("model")
@@ -85,7 +85,7 @@ def load_model(path: str | Path, spec: ModelSpec | None = None) -> tuple[nn.Modu
             state = {k: fh.get_tensor(k) for k in fh.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise EdgeKDError(
-            f"{path} is not a readable safetensors checkpoint ({str(err).splitlines()[0][:120]})",
+            f"{path} is not a readable safetensors checkpoint ({first_line(err, 120)})",
             "pass a .safetensors file written by edgekd or safetensors.torch.save_file",
         ) from None
     if spec is None:

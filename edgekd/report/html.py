@@ -9,7 +9,7 @@ from html import escape
 from edgekd.report.markdown import LOOP_HEADER, device_loop_rows
 from edgekd.report.plots import render_figures
 from edgekd.report.table import (
-    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
+    DASH, artifact_rows, batch_rows, data_lines, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
     busy_machine_note, latency_pairs, selection_rows, target_name, visible_columns,
 )
 
@@ -277,6 +277,7 @@ def _data_section(report: dict) -> str:
             html.append(f"<tr><td>{escape(name)}</td><td class=\"num\">{escape(str(s.get('size', DASH)))}</td>"
                         f"<td><code>{escape(str(s.get('sha256', ''))[:16])}</code></td></tr>")
         html.append("</tbody></table></div>")
+    html += [f'<p class="note">{escape(line)}</p>' for line in data_lines(report)]
     return "".join(html)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgekd.report.table import (
-    DASH, artifact_rows, batch_rows, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
+    DASH, artifact_rows, batch_rows, data_lines, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_source,
     fmt_speedup, latency_pairs, selection_rows, status_text, summary_lines, target_name, visible_columns,
 )
 
@@ -147,14 +147,18 @@ def render_markdown(report: dict) -> str:
                   f"{data.get('num_classes', '?')} classes, input {data.get('input_shape', '?')}.", ""]
         body = [[name, s.get("size", DASH), f"`{str(s.get('sha256', ''))[:12]}`"] for name, s in data["splits"].items()]
         lines += _table(["Split", "Images", "sha256"], body, ["l", "r", "l"]) + [""]
+        lines += [line + "\n" for line in data_lines(report)]
     timings = report.get("timings_s") or {}
     if timings:
         lines += ["## Timings", "", " · ".join(f"{k} {v:.1f} s" for k, v in timings.items()
                                                if isinstance(v, (int, float))), ""]
     env = report.get("environment") or {}
     if env:
-        keys = ("cpu", "cpu_features", "cores", "usable_cores", "governor", "python", "torch", "onnxruntime",
-                "openvino", "tensorrt", "executorch", "gpu")
+        from edgekd.runtimes import runtimes
+
+        # Each runtime's main distribution (torch for PyTorch, ai-edge-litert for LiteRT, ...).
+        keys = ("cpu", "cpu_features", "cores", "usable_cores", "governor", "python",
+                *(rt.packages[0] for rt in runtimes() if rt.packages), "gpu")
         lines += ["## Environment", ""]
         for k in keys:
             if env.get(k) not in (None, "", [], {}):

@@ -15,15 +15,9 @@ from edgekd.report.table import (  # noqa: E402
     ArtifactRow, artifact_rows, fmt_count, fmt_ms, latency_pairs, pareto_front, selection_rows, target_name,
 )
 
-# One colour per runtime, the same in every figure; the teacher is always dark grey.
-RUNTIME_COLORS = {
-    "pytorch": "#e4572e",
-    "onnxruntime": "#2e86de",
-    "openvino": "#8e44ad",
-    "tensorrt": "#5f9e1a",
-    "executorch": "#d4a017",
-}
+# One colour per runtime (its descriptor's ``color``), the same in every figure; the teacher is always dark grey.
 TEACHER_COLOR = "#3d3d3d"
+UNKNOWN_RUNTIME_COLOR = "#16a085"
 PRECISION_MARKERS = {"fp32": "o", "fp16": "s", "bf16": "s", "int8": "^"}
 BUDGET_COLOR = "#c0392b"
 CHOSEN_COLOR = "#f1c40f"
@@ -51,8 +45,14 @@ def to_svg(fig: Figure) -> str:
     return buf.getvalue()
 
 
+def runtime_color(runtime: str | None) -> str:
+    from edgekd.runtimes import RUNTIMES
+
+    return RUNTIMES.get(runtime).color if runtime in RUNTIMES else UNKNOWN_RUNTIME_COLOR
+
+
 def _color(row: ArtifactRow) -> str:
-    return TEACHER_COLOR if row.role == "teacher" else RUNTIME_COLORS.get(row.runtime, "#16a085")
+    return TEACHER_COLOR if row.role == "teacher" else runtime_color(row.runtime)
 
 
 def _ms_formatter():
@@ -203,7 +203,7 @@ def pareto_figure(report: dict) -> Figure | None:
         Line2D([], [], color="#9ca3af", linestyle=":", label="Pareto frontier"),
     ]
     runtimes = sorted({r.runtime for r in rows if r.ok and r.role != "teacher" and r.runtime})
-    handles += [Line2D([], [], marker="o", linestyle="", color=RUNTIME_COLORS.get(rt, "#16a085"), label=rt)
+    handles += [Line2D([], [], marker="o", linestyle="", color=runtime_color(rt), label=rt)
                 for rt in runtimes]
     precisions = sorted({r.precision for r in rows if r.ok and r.role != "teacher"},
                         key=lambda p: list(PRECISION_MARKERS).index(p) if p in PRECISION_MARKERS else 99)

@@ -371,3 +371,30 @@ def busy_machine_note(report: dict) -> str | None:
         return None
     return (f"this machine was busy while measuring (load {load[0]:.1f} on {cores} cores): host latencies are "
             "inflated, multi-threaded runtimes most; re-run `edgekd bench RUN_DIR` on an idle machine")
+
+
+def data_lines(report: dict) -> list[str]:
+    """How the run read its pixels and which files it skipped, one sentence each (from ``data``)."""
+    data = report.get("data") or {}
+    pre = data.get("preprocess") or {}
+    lines = []
+    if pre:
+        teacher = pre.get("teacher_image_size")
+        crops = (f"; training crops {pre['crop_scale'][0]:g}-{pre['crop_scale'][1]:g} of the area"
+                 f"{' + flips' if pre.get('flip') else ''}" if pre.get("train_crop") == "random-resized-crop" else "")
+        lines.append(f"Pixels: {pre.get('resize', '?')}{f' (teacher at {teacher} px)' if teacher else ''}; "
+                     f"{pre.get('channels', '?')} channel(s); mean {_floats(pre.get('mean'))}, std {_floats(pre.get('std'))} "
+                     f"({pre.get('mean_source', '?')}){crops}.")
+    bad = data.get("bad_files") or {}
+    if bad:
+        names = sorted({b["path"] for v in bad.values() for b in v.get("first", [])})
+        lines.append(f"Skipped image files (would not decode): "
+                     + ", ".join(f"{k} {v.get('count', 0)}" for k, v in bad.items())
+                     + f"; e.g. {', '.join(names[:5])}.")
+    lines += [str(n) for n in data.get("notes") or []]
+    return lines
+
+
+def _floats(values) -> str:
+    return ",".join(f"{float(v):.3f}" for v in values or []) or "?"
+
