@@ -109,28 +109,46 @@ def check(name, as_json) -> None:
     click.echo(f"ready: {target.name}'s {target.runtime} runs on {device.name} through {how}")
 
 
-def _module(info: dict, name: str) -> str:
-    m = info.get("modules", {}).get(name) or {}
-    if not m.get("ok"):
-        return f"missing ({m.get('error', 'not importable')})"
+def _module(info: dict, spec: str) -> str:
+    """One needed module (``a|b``: any of them) as the device reported it."""
+    names = spec.split("|")
+    found = [(n, info.get("modules", {}).get(n) or {}) for n in names]
+    ok = next(((n, m) for n, m in found if m.get("ok")), None)
+    if ok is None:
+        return f"{' or '.join(names)} missing ({found[0][1].get('error', 'not importable')})"
+    name, m = ok
     extra = m.get("providers") or m.get("devices")
-    return f"{m.get('version') or 'yes'}" + (f"  [{', '.join(extra)}]" if extra else "")
+    return f"{name} {m.get('version') or ''}".strip() + (f" [{', '.join(extra)}]" if extra else "")
+
+
+def _runtime_rows(info: dict) -> list[tuple[str, str]]:
+    """One row per runtime edgekd can drive on a device: its modules (and tool) as found there."""
+    from edgekd.runtimes import RUNTIMES
+
+    rows = []
+    for name, rt in RUNTIMES.items():
+        if not (rt.device_modules or rt.device_tool):
+            continue
+        parts = [_module(info, spec) for spec in rt.device_modules]
+        if rt.device_tool:
+            tool = info.get(rt.device_tool)
+            parts.append(f"{rt.device_tool} {tool['path']} ({tool.get('version') or 'version unknown'})" if tool
+                         else f"{rt.device_tool} not found")
+        rows.append((name, "; ".join(parts)))
+    return rows
 
 
 def _print_check(device, target, info: dict, timings: dict) -> None:
     from rich.table import Table
 
-    from edgekd.devices.remote import probe_modules
-
     table = Table(title=f"{device.name} ({device.ssh}), target {target.name}", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
-    trt = info.get("trtexec")
     rows = [
         ("reachable", f"yes: connected in {timings.get('connect', 0):.2f} s, round trip {timings['round_trip_ms']:.0f} ms"),
         ("python", f"{info.get('python')} ({info.get('python_executable')})"),
-        *[(m, _module(info, m)) for m in probe_modules()],
-        ("trtexec", f"{trt['path']} ({trt.get('version') or 'version unknown'})" if trt else "not found"),
+        ("numpy", _module(info, "numpy")),
+        *_runtime_rows(info),
         ("cpu", f"{info.get('cpu')} ({info.get('cores')} cores, {info.get('machine')})"),
         ("memory", f"{info.get('memory_mb')} MB" if info.get("memory_mb") else "?"),
         ("gpu", ", ".join(info.get("gpus") or []) or ("integrated (Jetson)" if info.get("l4t") else "none found")),
