@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -323,11 +325,12 @@ def test_photo_folder_end_to_end_preprocessing_applied_everywhere(tmp_path):
     import subprocess
 
     root = make_folder(tmp_path / "photos", per_class=20)
-    env = dict(os.environ, EDGEKD_CACHE_DIR=str(tmp_path / "cache"))
+    # this checkout's edgekd, whatever `edgekd` on PATH is
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     run = tmp_path / "run"
 
     def edgekd(*args):
-        done = subprocess.run(["edgekd", *args], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "edgekd", *args], env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return done.stdout
 
