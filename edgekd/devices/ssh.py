@@ -278,8 +278,10 @@ class Connection:
         (kept in ``self.leftovers``), then one tar stream fills it.
         """
         base = _remote_path(self.device.workdir) if self.device.workdir else '"${TMPDIR:-/tmp}"'
-        command = (f'base={base} && mkdir -p "$base" && d=$(mktemp -d "$base/{WORKDIR_PREFIX}XXXXXXXX") && '
-                   'echo "$d" && tar -xf - -C "$d"')
+        # sh -c: the login shell may be fish or csh; every script edgekd runs there is POSIX sh.
+        script = (f'base={base} && mkdir -p "$base" && d=$(mktemp -d "$base/{WORKDIR_PREFIX}XXXXXXXX") && '
+                  'echo "$d" && tar -xf - -C "$d"')
+        command = f"sh -c {shlex.quote(script)}"
         with tempfile.TemporaryFile() as stream:
             with tarfile.open(fileobj=stream, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for name, path in files.items():
