@@ -61,6 +61,8 @@ class DistillOptions:
     overwrite: bool = False
     resume: bool = False
     progress: bool = True
+    remote_device: str | None = None   # `edgekd devices` name: measure there and close the loop (edgekd.devices.loop)
+    max_rounds: int = 2
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -103,6 +105,8 @@ class DistillOptions:
             from edgekd.distill.tune import _need_optuna
 
             _need_optuna()
+        if self.max_rounds < 1:
+            raise EdgeKDError(f"--max-rounds must be >= 1, got {self.max_rounds}", "e.g. --max-rounds 2")
         for name in ("image_size", "teacher_image_size"):
             value = getattr(self, name)
             if value is not None and not 8 <= value <= 4096:
@@ -259,7 +263,13 @@ def distill(opts: DistillOptions, console=None) -> dict:
     """Run the whole job and return the report dict (also written to ``<out>/report.json``).
 
     Ctrl-C at any stage ends with a one-line error (exit 130) that gives the exact command to resume.
+    With ``remote_device`` the job runs as a closed loop measured on that device (edgekd.devices.loop).
     """
+    if opts.remote_device:
+        from edgekd.devices.loop import distill_on_device
+
+        opts.validate()
+        return distill_on_device(opts, console, distill)
     try:
         return _distill(opts, console)
     except (KeyboardInterrupt, EdgeKDError) as err:

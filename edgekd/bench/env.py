@@ -118,6 +118,55 @@ def usable_cores():
     return n
 
 
+def _devfreq_gpu():
+    """GPU clock (MHz) of an SoC's integrated GPU from devfreq (Jetson: 57000000.gpu, 17000000.ga10b ...)."""
+    root = "/sys/class/devfreq"
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return None
+    for name in names:
+        if not any(tag in name for tag in ("gpu", "ga10b", "gv11b", "gp10b")):
+            continue
+        cur = _read_text(os.path.join(root, name, "cur_freq"))
+        top = _read_text(os.path.join(root, name, "max_freq"))
+        if cur and cur.isdigit():
+            return {"cur_mhz": int(cur) // 1000000, "max_mhz": int(top) // 1000000 if top and top.isdigit() else None}
+    return None
+
+
+def jetson_state():
+    """NVIDIA Jetson power mode (nvpmodel), GPU clock and JetPack version; empty elsewhere.
+
+    A Jetson's latency depends on these as much as on the model: the same engine is ~2x slower in a 5 W
+    mode than in MAXN, and jetson_clocks pins the clocks that DVFS otherwise lowers between runs.
+    """
+    if not os.path.exists("/etc/nv_tegra_release"):
+        return {}
+    state = {}
+    status = _read_text("/var/lib/nvpmodel/status")  # "pmode:0000 fmode:..." written by nvpmodel
+    if status and status.startswith("pmode:"):
+        state["power_mode_id"] = status.split()[0].split(":", 1)[1]
+    import subprocess
+
+    for key, cmd in (("power_mode", ["nvpmodel", "-q"]),
+                     ("jetpack", ["dpkg-query", "-W", "-f", "${Version}", "nvidia-jetpack"])):
+        try:
+            out = subprocess.check_output(cmd, stderr=subprocess.DEVNULL, timeout=10).decode("utf-8", "replace")
+        except Exception:
+            continue
+        line = out.strip().splitlines()[0] if out.strip() else ""
+        if key == "power_mode":
+            line = line.split(":", 1)[-1].strip()  # "NV Power Mode: MAXN"
+        if line:
+            state[key] = line
+    gpu = _devfreq_gpu()
+    if gpu:
+        state["gpu_mhz"] = gpu["cur_mhz"]
+        state["gpu_max_mhz"] = gpu["max_mhz"]
+    return state
+
+
 def device_info():
     """Hardware and OS of this machine: what every measured latency must be read against."""
     cpu = cpu_info()
@@ -149,6 +198,7 @@ def device_info():
     if info["l4t"]:
         # "# R32 (release), REVISION: 7.1, GCID: ..." -> keep the first line only.
         info["l4t"] = info["l4t"].splitlines()[0].lstrip("# ").strip()
+    info.update(jetson_state())
     return info
 # PORTABLE-END
 

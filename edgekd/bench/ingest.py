@@ -102,14 +102,16 @@ def _latency_entry(row: dict) -> dict:
     return out
 
 
-def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str | None = None) -> IngestSummary:
+def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str | None = None,
+                   device_target: str | None = None) -> IngestSummary:
     """Put a device's measured latencies into ``run_dir``'s report and regenerate its reports.
 
     Results are matched to artifacts by file hash (a renamed copy still matches), then by file name.
     The batch-1 timing becomes the artifact's ``target_latency_ms`` with source ``measured:<device>``;
     a prediction it replaces is kept as ``predicted_target_latency_ms`` so the report can show predicted
     against measured and ``edgekd calibrate`` can fit the latency model to the device. Every timing
-    (all batch sizes) is kept under ``extra.device_measurements``.
+    (all batch sizes) is kept under ``extra.device_measurements``. ``device_target``: the target profile
+    of the device (a device registered with `edgekd devices add`), when its name is not the target's.
     """
     doc = load_device_results(results_path)
     run_dir = Path(run_dir)
@@ -119,7 +121,7 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
     with run_lock(run_dir):
         report = load_report(run_dir)
         target = (report.get("target") or {}).get("name")
-        if target and name != target:
+        if target and name != target and device_target != target:
             raise EdgeKDError(
                 f"the results are from device '{name}' but the run targets '{target}'",
                 f"pass --device {target} if these timings were taken on a {target}, or ingest them into a run "

@@ -34,6 +34,7 @@ COMMANDS = {
     "runner": "runner",
     "ingest": "ingest",
     "gate": "gate",
+    "devices": "devices",
 }
 
 

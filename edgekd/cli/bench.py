@@ -32,13 +32,20 @@ def _int_list(text: str, what: str) -> list[int]:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for the report when benchmarking bare model files (default: edgekd-runs/bench-<time>).")
 @click.option("--overwrite", is_flag=True, help="Write the report into an --out folder that already holds files.")
-def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_accuracy, out, overwrite) -> None:
+@click.option("--device", "device", default=None,
+              help="Measure on this device (`edgekd devices add`) over SSH instead of here; results are ingested as measured:NAME.")
+@click.option("--timeout", type=float, default=None, help="With --device: seconds the measurement may take there (default: from the file count).")
+def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_accuracy, out, overwrite, device, timeout) -> None:
     """Measure RUN_DIR's artifacts (updating its report) or bare MODEL_FILEs (a new report).
 
     Each file is timed with its own runtime, or each of --runtimes that reads it, at each --batch size:
     warm-up, then per-call timings for --seconds; p50/p90/p99 and throughput. A failure is recorded in
     its row and never stops the others.
     """
+    if device is not None:
+        return _bench_on_device(paths, device, seconds=seconds, warmup=warmup, threads=threads, timeout=timeout)
+    if timeout is not None:
+        raise EdgeKDError("--timeout goes with --device", "add --device NAME, or drop --timeout")
     from rich.console import Console
 
     from edgekd.bench.host import BenchOptions, bench_files, bench_run
@@ -68,3 +75,30 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
         report = bench_files(list(paths), where, opts, console=console, overwrite=overwrite)
     render_terminal(report, console, selection=False)
     console.print(f"[green]wrote[/green] {where}/report.json, report.md, report.html", highlight=False)
+
+
+def _bench_on_device(paths, device, *, seconds, warmup, threads, timeout) -> None:
+    from rich.console import Console
+
+    from edgekd.devices.bench import bench_on_device
+    from edgekd.devices.remote import MeasureOptions
+
+    if len(paths) != 1 or not paths[0].is_dir():
+        raise EdgeKDError("--device measures a run folder", "pass one RUN_DIR written by `edgekd distill` or `edgekd bench`")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    options = MeasureOptions(seconds=seconds, warmup=warmup, threads=threads, timeout_s=timeout)
+    result = bench_on_device(paths[0], device, options=options, console=console)
+    for name, why in result.skipped:
+        console.print(f"  not sent: {name}: {why}", highlight=False)
+    for model, artifact in result.ingest.matched:
+        row = next(r for r in result.run.results["results"] if r.get("model") == model and r.get("status") == "ok")
+        console.print(f"  measured:{result.device}  {artifact:16s} p50 {row['latency_ms']['p50']:.4f} ms  "
+                      f"p90 {row['latency_ms']['p90']:.4f} ms  ({row.get('runs')} runs, {row.get('runtime')})", highlight=False)
+    for model, reason in result.ingest.failed:
+        console.print(f"  [red]failed on {result.device}[/]: {model}: {reason}", highlight=False)
+    run = result.run
+    console.print(f"  SSH: {run.wall_s:.2f} s in all, {run.overhead_s():.2f} s of it not measuring "
+                  f"({run.overhead_s() / max(1, len(run.files)):.2f} s per artifact), {run.sent_bytes / 1e6:.2f} MB sent"
+                  + (f", {run.retries} retried" if run.retries else ""), highlight=False)
+    console.print(f"[green]updated[/green] {paths[0]}/report.json, report.md, report.html "
+                  f"(device results: {result.results_path})", highlight=False)

@@ -30,6 +30,24 @@ def _floats(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
 
 
+def _is_compute(name: str) -> bool:
+    return name in ("auto", "cpu", "cuda") or name.startswith("cuda:")
+
+
+def _split_device(device: str, train_device: str | None, remote: str | None) -> tuple[str, str | None]:
+    """--device is where to train (auto/cpu/cuda) or, any other name, a device to measure on."""
+    from edgekd.errors import EdgeKDError
+
+    if _is_compute(device):
+        if train_device is not None:
+            raise EdgeKDError("--train-device goes with --device NAME (a measuring device)",
+                              f"use --device {train_device} alone to choose where to train")
+        return device, remote
+    if remote is not None and remote != device:
+        raise EdgeKDError(f"--device {device} and --remote-device {remote} name two devices", "give one")
+    return train_device or "auto", device
+
+
 def _names(ctx, param, value):
     if value is None:
         return None
@@ -58,7 +76,13 @@ def _names(ctx, param, value):
 @click.option("--budget-ms", type=float, help="Latency budget on the target in ms (default: the target's).")
 @click.option("--epochs", type=int, help="Distillation epochs.")
 @click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--device", default=D.device, show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default=D.device, show_default=True,
+              help="Where to train (auto, cpu, cuda[:N]); or a device added with `edgekd devices add`: measure the "
+                   "student there and close the loop (recalibrate, re-select, re-distil).")
+@click.option("--train-device", default=None, help="Where to train when --device names a measuring device (auto, cpu, cuda).")
+@click.option("--remote-device", default=None, hidden=True)
+@click.option("--max-rounds", type=int, default=D.max_rounds, show_default=True,
+              help="With --device NAME: at most this many distil-and-measure rounds.")
 @click.option("--temperature", "-T", type=float, default=D.temperature, show_default=True, help="Softmax temperature of the soft targets.")
 @click.option("--alpha", type=float, default=D.alpha, show_default=True, help="Weight of the distillation loss against the hard-label loss.")
 @click.option("--loss", default=D.loss, show_default=True, help="Distillation loss(es), e.g. kd, dkd, kd+at:0.5.")
@@ -89,6 +113,7 @@ def command(**kw):
     from edgekd.pipeline import distill
 
     kw["progress"] = not kw.pop("no_progress")
+    kw["device"], kw["remote_device"] = _split_device(kw["device"], kw.pop("train_device"), kw["remote_device"])
     kw["max_drop"] = kw["max_drop"] / 100.0  # points on the command line, a fraction in the library
     for name in ("teacher", "teacher_weights"):
         kw[name] = list(kw[name]) if len(kw[name]) > 1 else (kw[name][0] if kw[name] else None)

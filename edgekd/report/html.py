@@ -6,6 +6,7 @@ import base64
 import json
 from html import escape
 
+from edgekd.report.markdown import LOOP_HEADER, device_loop_rows
 from edgekd.report.plots import render_figures
 from edgekd.report.table import (
     DASH, artifact_rows, batch_rows, data_lines, fmt_count, fmt_delta, fmt_mb, fmt_ms, fmt_pct, fmt_rate, fmt_speedup,
@@ -339,6 +340,16 @@ def render_html(report: dict) -> str:
                           f"{n} artifact(s) with both a prediction and a measurement on the same device."
                           "</figcaption></figure>")
         parts.append(f'<div class="grid2">{"".join(panels)}</div>' if len(panels) > 1 else panels[0])
+    loop_rows = device_loop_rows(report)
+    if loop_rows:
+        loop = report["device_loop"]
+        head = "".join(f"<th>{escape(h)}</th>" for h in LOOP_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in loop_rows)
+        parts += [f"<h2>Closed loop on {escape(loop['device'])}</h2>",
+                  f'<div class="panel"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>',
+                  f'<p class="note">Each round was distilled here and timed on {escape(loop["device"])} over SSH; this '
+                  f'report is round {loop.get("final_round")}.'
+                  + (f" Stopped: {escape(str(loop['stopped']))}" if loop.get("stopped") else "") + "</p>"]
     sel = _selection_table(report)
     if sel:
         selection = report.get("selection") or {}
@@ -380,8 +391,8 @@ def render_html(report: dict) -> str:
     if target:
         parts += ["<h3>Target profile</h3>", f'<div class="panel">{_kv_table(target)}</div>']
     for name, dev in (report.get("devices") or {}).items():
-        keys = ("board", "l4t", "cpu", "cpu_features", "cores", "memory_mb", "governor", "temperature_c",
-                "python", "numpy", "runtimes", "results_file", "ingested_from")
+        keys = ("board", "l4t", "jetpack", "power_mode", "gpu_mhz", "cpu", "cpu_features", "cores", "memory_mb",
+                "governor", "temperature_c", "python", "numpy", "runtimes", "results_file", "ingested_from", "transfer")
         parts += [f"<h3>Device measured: {escape(name)}</h3>",
                   f'<div class="panel">{_kv_table({k: dev[k] for k in keys if dev.get(k) not in (None, {}, [])})}'
                   "</div>"]

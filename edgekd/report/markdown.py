@@ -103,6 +103,38 @@ def tuning_markdown(report: dict) -> list[str]:
     return ["## Tuning (validation split only)", "",
             f"{len(body)} trials, search {tuning.get('seconds', 0):.0f} s this session; the best one's settings "
             "trained the student above.", ""] + _table(header, body, ["r", "l"] + ["r"] * (len(header) - 2)) + [""]
+LOOP_HEADER = ["Round", "Width", "Artifact", "Predicted ms", "Measured ms", "Error", "Budget ms", "Status",
+               "Calibration used", "Next"]
+
+
+def device_loop_rows(report: dict) -> list[list]:
+    """One row per round of `edgekd distill --device` (empty for other runs)."""
+    loop = report.get("device_loop") or {}
+    rows = []
+    for r in loop.get("rounds", []):
+        pred, meas = r.get("predicted_ms"), r.get("measured_ms")
+        err = f"{100 * (pred - meas) / meas:+.0f}%" if pred and meas else DASH
+        nxt = f"width {r['next_width']:g}" if r.get("decision") == "next round" else (r.get("why") or r.get("error") or DASH)
+        rows.append([r["round"], f"{r['width']:g}", r.get("artifact", DASH), fmt_ms(pred), fmt_ms(meas), err,
+                     fmt_ms(r.get("budget_ms")), r.get("status", "failed"), r.get("calibration", DASH), nxt])
+    return rows
+
+
+def device_loop_markdown(report: dict) -> list[str]:
+    loop = report.get("device_loop") or {}
+    rows = device_loop_rows(report)
+    if not rows:
+        return []
+    lines = [f"## Closed loop on {loop['device']}", "",
+             f"Each round was distilled here, then timed on {loop['device']} ({loop.get('ssh')}) over SSH "
+             f"(measured:{loop['device']}); predictions used the calibration named in its row. Over the budget, or "
+             f"under {loop.get('under_budget_fraction', 0.7):g}x of it with a wider student predicted to fit, the "
+             f"target was recalibrated from every measurement on the device and the width re-selected. "
+             f"This report is round {loop.get('final_round')}.", ""]
+    lines += _table(LOOP_HEADER, rows, ["r", "r", "l", "r", "r", "r", "r", "l", "l", "l"])
+    if loop.get("stopped"):
+        lines += ["", f"Stopped: {loop['stopped']}"]
+    return lines + [""]
 
 
 def render_markdown(report: dict) -> str:
@@ -133,6 +165,7 @@ def render_markdown(report: dict) -> str:
                 for p in pairs]
         lines += _table(["Artifact", "Device", "Predicted ms", "Measured ms", "Error"], body, ["l", "l", "r", "r", "r"])
         lines.append("")
+    lines += device_loop_markdown(report)
     sel = selection_markdown(report)
     if sel:
         selection = report.get("selection") or {}
@@ -167,10 +200,15 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     for name, dev in (report.get("devices") or {}).items():
         lines += [f"## Device measured: {name}", ""]
-        for k in ("board", "cpu", "cores", "memory_mb", "governor", "python", "runtimes"):
+        for k in ("board", "l4t", "jetpack", "power_mode", "gpu_mhz", "cpu", "cores", "memory_mb", "governor",
+                  "temperature_c", "python", "runtimes"):
             v = dev.get(k)
             if v not in (None, "", [], {}):
                 v = ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else v
                 lines.append(f"- {k}: {v}")
+        transfer = dev.get("transfer") or {}
+        if transfer:
+            lines.append(f"- over SSH: {transfer.get('files')} file(s), {transfer.get('wall_s')} s in all, "
+                         f"{transfer.get('overhead_s')} s not measuring, {transfer.get('retries', 0)} retried")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -108,12 +108,22 @@ class Runtime:
     export_formats: tuple[str, ...] = ()    # formats a run for a device of this runtime exports besides the base ones
     builds_on_device: bool = False          # artifacts are device-specific builds: ship the ONNX and the build command
     on_device: bool = False                 # the standalone device runner (edgekd runner) has a backend of this name
+    # Measuring on a device over SSH (edgekd.devices): the Python modules the device runner needs there,
+    # a program that builds and times by itself instead (trtexec), and what to install when they are missing.
+    device_modules: tuple[str, ...] = ()
+    device_tool: str | None = None
+    device_install: str = ""
     packages: tuple[str, ...] = ()          # distributions whose versions a measurement is read against
     color: str = "#16a085"                  # its colour in every report figure
 
     @property
     def deploy_formats(self) -> tuple[str, ...]:
         return self.deploys or (self.file_format,)
+
+    @property
+    def device_formats(self) -> tuple[str, ...]:
+        """Artifact formats worth sending to a device: its own builds are made there, never copied."""
+        return tuple(f for f in self.deploy_formats if not (self.builds_on_device and f == self.file_format))
 
     @property
     def is_target_runtime(self) -> bool:

@@ -43,5 +43,7 @@ FUSIONS = FusionRules(fold=frozenset({"BatchNormalization"}), epilogue=frozenset
 RUNTIME = register(Runtime(
     name="litert", description="LiteRT (TFLite, XNNPACK)", runner=LiteRTRunner,
     suffixes=(".tflite",), file_format="litert", fusions=FUSIONS, export_formats=("litert",), on_device=True,
+    device_modules=("ai_edge_litert|tflite_runtime|tensorflow",),
+    device_install="pip3 install ai-edge-litert there (or tflite-runtime)",
     packages=("ai-edge-litert",), color="#e67e22",
 ))

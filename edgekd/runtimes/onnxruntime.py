@@ -65,5 +65,7 @@ FUSIONS = FusionRules(fold=frozenset({"BatchNormalization"}),
 RUNTIME = register(Runtime(
     name="onnxruntime", description="ONNX Runtime", runner=OnnxRuntimeRunner,
     suffixes=(".onnx", ".ort"), file_format="onnx", fusions=FUSIONS, on_device=True,
+    device_modules=("onnxruntime",),
+    device_install="pip3 install onnxruntime there (on a Jetson: NVIDIA's onnxruntime-gpu wheel for its JetPack)",
     packages=("onnxruntime", "onnxruntime-gpu"), color="#2e86de",
 ))

@@ -52,4 +52,5 @@ RUNTIME = register(Runtime(
     name="openvino", description="OpenVINO", runner=OpenVINORunner,
     suffixes=(".xml",), file_format="openvino", reads=(".onnx",), deploys=("openvino", "onnx"),
     fusions=FUSIONS, on_device=True, packages=("openvino", "nncf"), color="#8e44ad",
+    device_modules=("openvino",), device_install="pip3 install openvino there",
 ))

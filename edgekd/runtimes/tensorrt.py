@@ -74,5 +74,8 @@ RUNTIME = register(Runtime(
     name="tensorrt", description="TensorRT", runner=TensorRTRunner,
     suffixes=(".engine", ".plan", ".trt"), file_format="tensorrt", deploys=("tensorrt", "onnx"), compiles_fp32=True,
     fusions=FUSIONS, export_formats=("tensorrt-fp16",), builds_on_device=True, on_device=True,
+    device_modules=("tensorrt", "pycuda"), device_tool="trtexec",
+    device_install="install TensorRT there (JetPack ships it, with trtexec in /usr/src/tensorrt/bin), or give its "
+                   "Python the tensorrt and pycuda modules",
     packages=("tensorrt",), color="#5f9e1a",
 ))

@@ -1,0 +1,1 @@
+"""Measure on the user's own devices over SSH: registry, transport, remote runs, calibration, closed loop."""
