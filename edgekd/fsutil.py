@@ -189,6 +189,17 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return _user_dir("EDGEKD_CACHE_DIR", user_cache_dir)
 
 
+def make_cache_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Create a cache folder (``what``: "teacher cache", ...), or one line saying why it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise EdgeKDError(f"cannot create the {what} {folder} ({err.strerror})",
+                          "set EDGEKD_CACHE_DIR to a writable folder") from None
+    return folder
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     import hashlib
 

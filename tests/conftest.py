@@ -60,3 +60,22 @@ def tiny_npz(tmp_path_factory, mnist_arrays) -> Path:
     path = tmp_path_factory.mktemp("data") / "tiny-mnist.npz"
     np.savez(path, x_train=x_train[:1200], y_train=y_train[:1200], x_test=x_test[:300], y_test=y_test[:300])
     return path
+
+
+def packaged_subset(n_train: int, n_test: int):
+    """The first ``n_train`` / ``n_test`` digits of the packaged MNIST as DataSplits (tiny, real data)."""
+    from edgekd.data import RawData, load_data, make_splits
+
+    full = load_data()
+    raw = RawData(full.train.x[:n_train], full.train.y[:n_train], full.test.x[:n_test], full.test.y[:n_test])
+    return make_splits(raw, name="tiny", source="test", calib_size=32)
+
+
+def seeded_cnn(seed: int = 0, width: float = 0.5):
+    """An edgekd cnn for 1x28x28 digits, initialised from ``seed``."""
+    import torch
+
+    from edgekd.models import create
+
+    torch.manual_seed(seed)
+    return create("cnn", num_classes=10, in_channels=1, width=width)

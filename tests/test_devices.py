@@ -255,10 +255,23 @@ def test_bench_on_the_device_ingests_measured_timings(world, bench_run):
     assert any(r["measured_file"] == "student.onnx" and r["threads"] == 1 for r in rows)
 
 
+def slow_onnx(path: Path) -> Path:
+    """A conv of a few ms per call: 30 s of timing takes 30 s on any CPU (the runner's run cap is not reached)."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=True, input_names=["x"])
+    return path
+
+
 @needs_sshd
-def test_runner_timeout_leaves_the_run_as_it_was(world, bench_run):
-    same = unchanged(bench_run)
-    proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "30", "--timeout", "3", env=world["env"])
+def test_runner_timeout_leaves_the_run_as_it_was(world, tmp_path):
+    model = slow_onnx(tmp_path / "student.onnx")
+    run = tmp_path / "run"
+    assert edgekd("bench", str(model), "--out", str(run), "--seconds", "0.1", env=world["env"]).returncode == 0
+    same = unchanged(run)
+    proc = edgekd("bench", str(run), "--device", "loop", "--seconds", "30", "--timeout", "3", env=world["env"])
     one_line_error(proc, "device loop", "did not finish within 3 s", "--timeout")
     same()
     assert not any(world["remote"].iterdir())
@@ -267,7 +280,7 @@ def test_runner_timeout_leaves_the_run_as_it_was(world, bench_run):
 @needs_sshd
 def test_runner_killed_on_the_device_is_a_crash(world, bench_run):
     same = unchanged(bench_run)
-    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv),
+    with Killer(world["server"], runs_runner,
                 connection=False, times=1) as killer:
         proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "5", env=world["env"])
     assert killer.hits == 1
@@ -278,7 +291,7 @@ def test_runner_killed_on_the_device_is_a_crash(world, bench_run):
 
 @needs_sshd
 def test_connection_dropped_once_is_retried(world, bench_run):
-    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv), times=1) as killer:
+    with Killer(world["server"], runs_runner, times=1) as killer:
         proc = edgekd("bench", str(bench_run), "--device", "loop", "--seconds", "0.5", env=world["env"])
     assert killer.hits == 1 and proc.returncode == 0, proc.stderr
     report = json.loads((bench_run / "report.json").read_text())
@@ -375,6 +388,11 @@ def miscalibrate(world) -> None:
     scale_calibration("loopback", 0.5)
 
 
+def runs_runner(argv: list[str]) -> bool:
+    """The device's Python running the copied runner (not the shell that copies it or starts it)."""
+    return bool(argv) and "python" in Path(argv[0]).name and any(a.endswith("edgekd_runner.py") for a in argv[1:])
+
+
 def distill_on_loop(world, tiny_npz, teacher: Path, out: Path, budget: float) -> subprocess.CompletedProcess:
     return edgekd("distill", "--target", str(world["profile"]), "--device", "loop", "--data", str(tiny_npz),
                   "--teacher", str(teacher),
@@ -426,9 +444,9 @@ def test_closed_loop_keeps_the_last_good_round_when_the_link_drops(world, tiny_n
     miscalibrate(world)
     out = tmp_path / "run"
     # Round 1's runner goes through; every try of round 2's loses its connection.
-    with Killer(world["server"], lambda argv: any(a.endswith("edgekd_runner.py") for a in argv), skip=1) as killer:
+    with Killer(world["server"], runs_runner, skip=1) as killer:
         proc = distill_on_loop(world, tiny_npz, random_teacher, out, budget)
-    assert killer.hits == 3
+    assert killer.hits == 3, proc.stdout[-3000:] + proc.stderr[-2000:]
     line = one_line_error(proc, "round 2", "device loop", "dropped", "keeps round 1", "--resume")
     report = json.loads((out / "report.json").read_text())
     assert report["device_loop"]["final_round"] == 1 and report["selection"]["width"] == 3.0

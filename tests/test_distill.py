@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import packaged_subset, seeded_cnn
 
 from edgekd.data import RawData, load_data, make_splits
 from edgekd.distill import LOSSES, ModelOutputs, TrainConfig, build_loss, evaluate, get_teacher, train
@@ -30,14 +31,11 @@ LEARN = replace(TINY, batch_size=16, lr=2e-2)
 @pytest.fixture(scope="module")
 def tiny():
     """384 train / 128 test MNIST digits: big enough to learn, small enough for seconds."""
-    full = load_data()
-    raw = RawData(full.train.x[:384], full.train.y[:384], full.test.x[:128], full.test.y[:128])
-    return make_splits(raw, name="tiny", source="test", calib_size=32)
+    return packaged_subset(384, 128)
 
 
 def _student(seed=0, width=0.5):
-    torch.manual_seed(seed)
-    return create("cnn", num_classes=10, in_channels=1, width=width)
+    return seeded_cnn(seed, width)
 
 
 @pytest.fixture(scope="module")

@@ -333,9 +333,10 @@ def test_accuracy_gate_passes_and_records_validation(trained, mnist, tmp_path):
 def test_accuracy_gate_tries_remedies_then_fails_without_leaving_files(trained, mnist, tmp_path):
     """An unreachable limit forces every remedy: each is recorded, and the artifact fails, never kept."""
     x, y = mnist
+    options = ExportOptions()
+    options.max_drop = -1.0  # no user can ask for this (--max-drop is 0 to 100 points): only the gate's logic is tested
     (art,) = export_all(trained, ["ort-int8"], tmp_path, example=x[:1], calib=x[:128], parity_inputs=x[1100:1200],
-                        validation=(x[1000:1100], y[1000:1100]), progress=False,
-                        options=ExportOptions(max_drop=-1.0))
+                        validation=(x[1000:1100], y[1000:1100]), progress=False, options=options)
     assert art.status == "failed" and art.path is None
     tried = [t["remedy"] for t in art.extra["accuracy_gate"]["tried"]]
     assert tried[:4] == ["as exported", "per-tensor weights", "entropy calibration", "percentile calibration"]

@@ -7,14 +7,14 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
+from conftest import packaged_subset, seeded_cnn
 
-from edgekd.data import ImageSet, RawData, load_data, make_splits
+from edgekd.data import ImageSet
 from edgekd.distill import TrainConfig, evaluate, train
 from edgekd.distill import teacher as teacher_mod
 from edgekd.distill.worth import WORTH_Z, check_teacher_worth, compare, refuse_unless_worth
 from edgekd.errors import EdgeKDError
-from edgekd.models import ModelSpec, create
+from edgekd.models import ModelSpec
 
 TINY = TrainConfig(epochs=2, batch_size=32, lr=1e-2, threads=1)
 
@@ -22,14 +22,11 @@ TINY = TrainConfig(epochs=2, batch_size=32, lr=1e-2, threads=1)
 @pytest.fixture(scope="module")
 def tiny():
     """600 train / 200 test MNIST digits."""
-    full = load_data()
-    raw = RawData(full.train.x[:600], full.train.y[:600], full.test.x[:200], full.test.y[:200])
-    return make_splits(raw, name="tiny", source="test", calib_size=32)
+    return packaged_subset(600, 200)
 
 
 def _cnn(seed=0, width=0.5):
-    torch.manual_seed(seed)
-    return create("cnn", num_classes=10, in_channels=1, width=width)
+    return seeded_cnn(seed, width)
 
 
 # ---- early stopping ----------------------------------------------------------------------------

@@ -45,6 +45,13 @@ def _split_device(device: str, train_device: str | None, remote: str | None) -> 
         return device, remote
     if remote is not None and remote != device:
         raise EdgeKDError(f"--device {device} and --remote-device {remote} name two devices", "give one")
+    from edgekd.devices.store import get_device
+
+    try:
+        get_device(device)
+    except EdgeKDError as err:
+        raise EdgeKDError(f"--device {device!r} is neither where to train (auto, cpu, cuda[:N]) nor a device to measure "
+                          f"on: {err.message}", err.hint) from None
     return train_device or "auto", device
 
 

@@ -46,6 +46,8 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     from edgekd.modelfile import parse_shape
 
     shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"), "--input")
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] != 1):
+        raise EdgeKDError(f"--input {input_shape} is not an image shape", "write it as CxHxW, e.g. --input 1x28x28")
     depth_list = _numbers(depths, "--depths")
     res = _numbers(resolutions, "--image-sizes", int)
     sel = search(arch, target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=shape[-3:],

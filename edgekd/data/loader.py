@@ -219,15 +219,11 @@ def decoded_key(files: FileSet, pre: Preprocess, size: int) -> str:
 def decode_split(files: FileSet, pre: Preprocess, size: int, cache: Path, *, workers: int, bad: BadFiles,
                  progress: bool = False, batch_size: int = 64) -> DiskEval:
     """The evaluation views of ``files`` at ``size``, decoded once (by ``workers`` processes) into ``cache``."""
-    from edgekd.fsutil import atomic_path, atomic_write_json, remove_stale_temporaries, wait_lock
+    from edgekd.fsutil import atomic_path, atomic_write_json, make_cache_folder, remove_stale_temporaries, wait_lock
 
     key = decoded_key(files, pre, size)
     data, meta_path = cache / f"{key}.u8", cache / f"{key}.json"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EdgeKDError(f"cannot create the decoded-image cache {cache} ({err.strerror})",
-                          "set EDGEKD_CACHE_DIR to a writable folder") from None
+    make_cache_folder(cache, "decoded-image cache")
     with wait_lock(cache / f".{key}.lock"):
         found = _read_decoded(data, meta_path, files, bad)
         if found is not None:

@@ -16,8 +16,8 @@ from torch import nn
 from edgekd import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
-from edgekd.errors import EdgeKDError, first_line
-from edgekd.fsutil import cache_root, remove_stale_temporaries, wait_lock
+from edgekd.errors import EdgeKDError
+from edgekd.fsutil import cache_root, make_cache_folder, remove_stale_temporaries, wait_lock
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family with dropout, trained with label
@@ -285,11 +285,7 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
     cached = _cached_teacher(weights, specs, t0)
     if cached is not None:
         return cached
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise EdgeKDError(f"cannot create the teacher cache {root} ({err.strerror})",
-                          "set EDGEKD_CACHE_DIR to a writable folder") from None
+    make_cache_folder(root, "teacher cache")
     # One process trains a given teacher; another that needs it meanwhile waits, then reads the cache.
     with wait_lock(root / f".teacher-{key}.lock"):
         cached = _cached_teacher(weights, specs, t0)
