@@ -45,7 +45,7 @@ class DistillOptions:
     seed: int = 0
     device: str = "auto"
     temperature: float = 4.0
-    alpha: float = 0.9
+    alpha: float = 0.5
     loss: str = "kd"
     batch_size: int | None = None
     lr: float | None = None

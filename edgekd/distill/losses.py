@@ -77,7 +77,7 @@ def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 class HintonKD(DistillLoss):
     """Hinton et al. (2015): ``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(student, labels)``."""
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, temperature_end: float | None = None,
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.5, temperature_end: float | None = None,
                  label_smoothing: float = 0.0):
         super().__init__()
         _check_temperature(temperature, temperature_end)
@@ -105,7 +105,7 @@ def _check_temperature(t: float, t_end: float | None) -> None:
 
 def _check_alpha(alpha: float) -> None:
     if not 0.0 <= alpha <= 1.0:
-        raise EdgeKDError(f"alpha must be in [0, 1], got {alpha}", "use e.g. --alpha 0.9 (weight of the soft-target loss)")
+        raise EdgeKDError(f"alpha must be in [0, 1], got {alpha}", "use e.g. --alpha 0.5 (weight of the soft-target loss)")
 
 
 class CombinedLoss(DistillLoss):

@@ -33,14 +33,18 @@ class TrainConfig:
 
     epochs: int = 16
     batch_size: int = 128
-    lr: float = 4e-3                    # peak learning rate (OneCycle) / initial (cosine, constant)
+    # Peak learning rate (OneCycle) / initial (cosine, constant). With alpha below, measured on MNIST and on
+    # 8,000 Fashion-MNIST images (cnn width 1, 16 epochs, seed 0) and on 1,080 digits for 6 epochs:
+    # lr 1e-2 with alpha 0.5 gave 98.70% / 88.10% / 81-88% where lr 4e-3 with alpha 0.9 gave 98.25% /
+    # 86.95% / 61-66% (edgekd's small students on few steps were under-trained at 4e-3).
+    lr: float = 1e-2
     weight_decay: float = 5e-4
     optimizer: str = "adamw"            # "adamw" | "sgd" (Nesterov, momentum 0.9)
     schedule: str = "onecycle"          # "onecycle" | "cosine" | "constant"
     loss: str = "kd"                    # a registered loss or a combination: "kd", "ce", "kd+at:0.5"
     temperature: float = 4.0
     temperature_end: float | None = None  # set for a linear temperature schedule start -> end
-    alpha: float = 0.9                  # weight of the soft-target term; 1 - alpha weighs the labels
+    alpha: float = 0.5                  # weight of the soft-target term; 1 - alpha weighs the labels
     label_smoothing: float = 0.0
     augment: bool = False               # random shifts of up to shift_px pixels
     shift_px: int = 2
@@ -84,7 +88,7 @@ class TrainConfig:
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}", "use e.g. --temperature 4"),
             (self.temperature_end is None or self.temperature_end > 0,
              f"final temperature must be > 0, got {self.temperature_end}", "use e.g. 1"),
-            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}", "use e.g. --alpha 0.9"),
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}", "use e.g. --alpha 0.5"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}", "use e.g. 0.1"),
             (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"unknown lr schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import copy
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -140,7 +140,10 @@ def gate(job: ExportJob, art, export: Callable[[ExportJob], object], *, validati
         if overrides.get("exclude") == "sensitive":
             overrides = {"exclude": tuple(sensitive_onnx_nodes(job, job.onnx_qdq(), x))}
             label = f"keep {', '.join(overrides['exclude'])} in float"
-        job.options = replace(base, **overrides)
+        # A remedy changes only how the format is quantized; the options were checked when they were made.
+        job.options = copy.copy(base)
+        for name, value in overrides.items():
+            setattr(job.options, name, value)
         try:
             candidate = export(job)
             if candidate.status != "ok":
