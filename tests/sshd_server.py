@@ -163,6 +163,9 @@ class Killer:
     connection: the client sees the link drop mid-transfer. ``connection=False`` kills the matched
     process itself (a runner crashing on the device). ``times``: how many matches to act on, after
     letting the first ``skip`` run.
+
+    A process forked by a matched one is part of it, not a new match: until it execs, a fork (the runner's
+    ``platform.processor()`` vforks ``uname -p``) shows its parent's command line in /proc.
     """
 
     def __init__(self, server: SSHServer, match, *, connection: bool = True, times: int = 1_000_000, skip: int = 0):
@@ -181,11 +184,15 @@ class Killer:
 
     def _watch(self) -> None:
         seen: set[int] = set()
+        matched: set[int] = set()
         while not self._stop.is_set() and self.hits < self.times:
             for pid, chain in descendants(self.server.proc.pid):
                 if pid in seen or not self.match(_cmdline(pid)):
                     continue
                 seen.add(pid)
+                if matched.intersection(chain):  # a fork of a matched process (parents come first)
+                    continue
+                matched.add(pid)
                 if self.skipped < self.skip:  # let the first matches through
                     self.skipped += 1
                     continue

@@ -15,9 +15,11 @@ import hashlib
 import io
 import os
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,10 +254,12 @@ class Connection:
                                   stdin=None if isinstance(stdin, bytes) else (stdin or subprocess.DEVNULL),
                                   capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise DeviceError(f"device {self.device.name}: {step} did not finish within {timeout:g} s",
-                              "check the device is responsive (ssh to it, look at its load), or raise --timeout") from None
+            raise self._timed_out(step, timeout) from None
         finally:
             self._add_time(step, time.perf_counter() - t0)
+        return self._checked(proc, step, check)
+
+    def _checked(self, proc: subprocess.CompletedProcess, step: str, check: bool) -> subprocess.CompletedProcess:
         if proc.returncode == 255:  # ssh's own failure (no command of ours exits 255)
             failure = self.failure(proc.stderr.decode("utf-8", "replace"), step)
             failure.stdout = proc.stdout
@@ -266,6 +270,10 @@ class Connection:
                               "rerun with --debug, or run the step by hand over ssh")
         return proc
 
+    def _timed_out(self, step: str, timeout: float) -> DeviceError:
+        return DeviceError(f"device {self.device.name}: {step} did not finish within {timeout:g} s",
+                           "check the device is responsive (ssh to it, look at its load), or raise --timeout")
+
     def _add_time(self, step: str, seconds: float) -> None:
         self.timings[step] = round(self.timings.get(step, 0.0) + seconds, 4)
 
@@ -274,24 +282,60 @@ class Connection:
     def put(self, files: dict[str, Path]) -> str:
         """Copy local files (name there -> local path) into a fresh private folder on the device; its path.
 
-        One call: ``mktemp -d`` prints the folder first, so a copy cut short still names what to clean up
-        (kept in ``self.leftovers``), then one tar stream fills it.
+        One call: ``mktemp -d`` prints the folder, and the device waits for a "go" line before it
+        starts tar: the tar stream is sent only once the folder's path is here (kept in
+        ``self.leftovers`` until the copy succeeds), so a copy cut short always names what to clean up.
+        A link that drops before "go" arrives makes the device remove the empty folder itself.
         """
         base = _remote_path(self.device.workdir) if self.device.workdir else '"${TMPDIR:-/tmp}"'
         # sh -c: the login shell may be fish or csh; every script edgekd runs there is POSIX sh.
+        # `read` takes exactly one line from a pipe, leaving the tar stream to tar.
         script = (f'base={base} && mkdir -p "$base" && d=$(mktemp -d "$base/{WORKDIR_PREFIX}XXXXXXXX") && '
-                  'echo "$d" && tar -xf - -C "$d"')
-        command = f"sh -c {shlex.quote(script)}"
-        with tempfile.TemporaryFile() as stream:
+                  'echo "$d" && { read go || { rmdir "$d"; exit 1; }; } && tar -xf - -C "$d"')
+        step = "copying files"
+        with tempfile.TemporaryFile() as stream, tempfile.TemporaryFile() as err:
             with tarfile.open(fileobj=stream, mode="w", format=tarfile.GNU_FORMAT) as tar:
                 for name, path in files.items():
                     tar.add(str(path), arcname=name, recursive=False)
             size = stream.tell()
+            stream.seek(0)
+            timeout = 120 + size / 1e6  # >= 1 MB/s
+            t0 = time.perf_counter()
+            # stderr to a file: only stdout is read while the stream is written (tar -x prints nothing there)
+            ssh = subprocess.Popen(self.ssh_args(f"sh -c {shlex.quote(script)}"), stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=err)
+            expired = threading.Event()
+            timer = threading.Timer(timeout, lambda: (expired.set(), ssh.kill()))
+            timer.start()
             try:
-                proc = self.run(command, step="copying files", timeout=120 + size / 1e6, stdin=stream)  # >= 1 MB/s
-            except DeviceError as err:
-                self.leftovers += _workdirs_in(err.stdout)
-                raise
+                first = ssh.stdout.readline()
+                known = _workdirs_in(first)
+                self.leftovers += known
+                try:
+                    if known:
+                        ssh.stdin.write(b"go\n")
+                        shutil.copyfileobj(stream, ssh.stdin, 1 << 20)
+                except BrokenPipeError:  # the link dropped or the device gave up: the exit code says which
+                    pass
+                finally:
+                    try:
+                        ssh.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                stdout = first + ssh.stdout.read()
+                ssh.wait()
+            finally:
+                timer.cancel()
+                if ssh.poll() is None:
+                    ssh.kill()
+                    ssh.wait()
+                self._add_time(step, time.perf_counter() - t0)
+            if expired.is_set():
+                raise self._timed_out(step, timeout)
+            err.seek(0)
+            proc = self._checked(subprocess.CompletedProcess(ssh.args, ssh.returncode, stdout, err.read()), step, True)
+        for w in known:
+            self.leftovers.remove(w)
         self.sent_bytes += size
         found = _workdirs_in(proc.stdout)
         if len(found) != 1:
