@@ -135,8 +135,11 @@ def _slow_onnx(path: Path) -> Path:
 def test_ctrl_c_is_130(tmp_path):
     model = _slow_onnx(tmp_path / "m.onnx")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # As from a terminal: Ctrl-C at its default (a process started with SIGINT ignored, as some earlier
+    # test's library can leave this one, rightly ignores it and the command would finish with 0).
     proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "bench", str(model), "--seconds", "60",
-                             "--out", str(tmp_path / "b")], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+                             "--out", str(tmp_path / "b")], stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(8)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
