@@ -100,6 +100,9 @@ def teacher_cache_key(splits: DataSplits, specs: list[ModelSpec], cfg: TrainConf
     """Hash of everything that determines the trained teacher: data, capacity ladder, recipe, version.
     A changed recipe (another schedule, patience, augmentation, ladder or threshold) retrains."""
     recipe = cfg.result_dict()
+    if cfg.loss == "ce":  # trained on labels alone: the soft-target settings play no part (a new KD default keeps it)
+        for name in ("temperature", "temperature_end", "alpha"):
+            recipe.pop(name, None)
     blob = json.dumps({"data": splits.fingerprint(), "specs": [s.to_dict() for s in specs], "train": recipe,
                        **_recipe_constants(), "edgekd": __version__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
