@@ -74,6 +74,8 @@ def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
     cfg = teacher_mod.teacher_config(tiny)
     key = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     assert key == teacher_mod.teacher_cache_key(tiny, specs, teacher_mod.teacher_config(tiny))
+    # The students' KD settings play no part in a teacher trained on labels: a new KD default keeps the cache.
+    assert teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, alpha=0.1, temperature=2.0)) == key
     changed = {
         "patience": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, patience=cfg.patience + 1)),
         "plateau schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="plateau")),
@@ -90,8 +92,6 @@ def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
     monkeypatch.setattr(teacher_mod, "RECIPE_VERSION", teacher_mod.RECIPE_VERSION + 1)
     changed["recipe version"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     assert key not in changed.values() and len(set(changed.values())) == len(changed)
-    # The students' KD settings play no part in a teacher trained on labels: a new KD default keeps the cache.
-    assert teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, alpha=0.1, temperature=2.0)) == key
 
 
 def test_teacher_epochs_scale_with_the_data(tiny):
