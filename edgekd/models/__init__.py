@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.registry import Registry
+from edgekd.registry import Registry, import_modules
 
 MODELS: Registry = Registry("model")
 # "timm:NAME", "torchvision:NAME" -> the factory of that source (filled by the modules that define them).
@@ -178,15 +178,6 @@ def load_model(path: str | Path, spec: ModelSpec | None = None, *,
     return model, spec, meta
 
 
-# One file per family; importing it registers it.
-from edgekd.models import cnn as _cnn  # noqa: E402,F401
-from edgekd.models import efficientnet as _efficientnet  # noqa: E402,F401
-from edgekd.models import mlp as _mlp  # noqa: E402,F401
-from edgekd.models import mnasnet as _mnasnet  # noqa: E402,F401
-from edgekd.models import mobilenet_v2 as _mobilenet_v2  # noqa: E402,F401
-from edgekd.models import mobilenet_v3 as _mobilenet_v3  # noqa: E402,F401
-from edgekd.models import regnet as _regnet  # noqa: E402,F401
-from edgekd.models import resnet as _resnet  # noqa: E402,F401
-from edgekd.models import shufflenet_v2 as _shufflenet_v2  # noqa: E402,F401
-from edgekd.models import sources as _sources  # noqa: E402,F401  (torchvision:NAME)
-from edgekd.models import timm_models as _timm_models  # noqa: E402,F401  (timm:NAME)
+# One file per family, registering itself when imported: a module dropped into edgekd/models/ is a
+# family (or a model source: torchvision:NAME in sources, timm:NAME in timm_models) without editing a list.
+import_modules(__name__, __path__, skip=("adapt",))
