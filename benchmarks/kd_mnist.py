@@ -41,7 +41,8 @@ from edgekd.models import ModelSpec, count_params  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist"
 # The KD recipe of the main table, the same for every dataset (see --recipes for the comparison it won).
-KD_RECIPE = dict(loss="kd", temperature=8.0, alpha=0.9, epochs=48, shift_px=2)
+# (lr 4e-3 as in the README's table; the product's default is now 1e-2, not yet measured with this MLP.)
+KD_RECIPE = dict(loss="kd", temperature=8.0, alpha=0.9, epochs=48, shift_px=2, lr=4e-3)
 # Alternatives measured by --recipes (seed 0): one setting changed at a time.
 RECIPES = {
     "default": {},
@@ -66,6 +67,7 @@ def main() -> None:
                     help="random shifts of the training images for both students (0: none)")
     ap.add_argument("--temperature", type=float, default=KD_RECIPE["temperature"])
     ap.add_argument("--alpha", type=float, default=KD_RECIPE["alpha"])
+    ap.add_argument("--lr", type=float, default=KD_RECIPE["lr"], help="peak learning rate of both students")
     ap.add_argument("--loss", default=KD_RECIPE["loss"], help="distillation loss of the main table (default: Hinton KD)")
     ap.add_argument("--recipes", action="store_true", help="compare the KD recipes in RECIPES on seed 0 instead")
     ap.add_argument("--losses", default="", help="comma-separated loss specs for the per-loss table (seed 0)")
@@ -89,7 +91,8 @@ def main() -> None:
 
     def config(**changes) -> TrainConfig:
         recipe = dict(epochs=args.epochs, shift_px=args.shift_px, temperature=args.temperature, alpha=args.alpha,
-                      loss=args.loss, **changes)
+                      loss=args.loss, lr=args.lr)
+        recipe.update(changes)
         return TrainConfig(**recipe, threads=args.threads, augment=recipe["shift_px"] > 0, teacher_view="same")
 
     base = config()
