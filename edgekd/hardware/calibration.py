@@ -15,7 +15,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,15 +431,11 @@ def _host_device() -> dict:
 
     import onnxruntime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "onnxruntime": onnxruntime.__version__}
+    from edgekd.bench.env import _platform, cpu_info
+
+    # No platform.processor()/platform(): they fork `uname`, which can kill a process holding runtime threads.
+    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "platform": _platform(),
+            "onnxruntime": onnxruntime.__version__}
 
 
 def measure_many(paths, *, threads: int | None, passes: int = 3, time_budget_s: float = 0.3,
