@@ -267,9 +267,9 @@ def memory(args) -> None:
             print(r["log_tail"])
             continue
         report = json.loads((out / "report.json").read_text())
-        cache = report["student"].get("teacher_cache") or {}
-        print(f"    distill {report['timings_s'].get('distill')} s; teacher-output cache hits {cache.get('hits')} "
-              f"misses {cache.get('misses')}; test accuracy {report['student']['accuracy']:.4f}", flush=True)
+        outputs = report["student"].get("teacher_cache") or {}
+        print(f"    distill {report['timings_s'].get('distill')} s; teacher-output cache hits {outputs.get('hits')} "
+              f"misses {outputs.get('misses')}; test accuracy {report['student']['accuracy']:.4f}", flush=True)
 
 
 def main() -> None:
