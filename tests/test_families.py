@@ -20,18 +20,11 @@ from edgekd.models import MODELS, ModelSpec, count_params, create, load_model, s
 FAMILIES = MODELS.names()
 CONV_FAMILIES = [f for f in FAMILIES if f not in ("mlp",)]
 
-try:
-    import timm  # noqa: F401
-
-    HAVE_TIMM = True
-except ImportError:
-    HAVE_TIMM = False
-
-needs_timm = pytest.mark.skipif(not HAVE_TIMM, reason="timm is an optional extra (pip install 'edgekd[timm]')")
+import timm  # noqa: F401,E402  (an optional extra for users; the test extra installs it, so timm:NAME is tested)
 
 
 def _arches():
-    return FAMILIES + (["timm:mobilenetv3_small_100"] if HAVE_TIMM else [])
+    return FAMILIES + ["timm:mobilenetv3_small_100"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,7 +94,6 @@ def test_bad_family_arguments():
         create("cnn", num_classes=10, in_channels=1, depth=1.5)
 
 
-@needs_timm
 def test_timm_width_through_channel_multiplier_and_refusals():
     half = create("timm:mobilenetv3_small_100", num_classes=10, in_channels=1, width=0.5)
     full = create("timm:mobilenetv3_small_100", num_classes=10, in_channels=1)
@@ -281,7 +273,6 @@ def test_factory_and_onnx_teachers(tmp_path, rgb32):
     assert spec is None and abs(info["accuracy"] - _plain_accuracy(net, rgb32)) <= 0.01
 
 
-@needs_timm
 def test_timm_teacher_with_weights(tmp_path, rgb32):
     import timm
 
@@ -341,8 +332,6 @@ def bad_teachers(tmp_path_factory):
 def test_bad_teacher_inputs_are_one_line(rgb32, bad_teachers, case, pattern):
     from edgekd.distill import get_teacher
 
-    if case == "unknown-timm" and not HAVE_TIMM:
-        pytest.skip("timm not installed")
     folder, sources = bad_teachers
     source, weights = sources[case]
     with pytest.raises(EdgeKDError, match=pattern) as err:
