@@ -79,3 +79,19 @@ def seeded_cnn(seed: int = 0, width: float = 0.5):
 
     torch.manual_seed(seed)
     return create("cnn", num_classes=10, in_channels=1, width=width)
+
+
+def slow_conv_onnx(path: Path) -> Path:
+    """A conv of a few ms per call on any CPU: a long measurement is still running seconds later."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "slow",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 222, 222])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

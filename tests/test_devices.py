@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import slow_conv_onnx
 from sshd_server import Killer, SSHServer, sshd_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,19 +256,9 @@ def test_bench_on_the_device_ingests_measured_timings(world, bench_run):
     assert any(r["measured_file"] == "student.onnx" and r["threads"] == 1 for r in rows)
 
 
-def slow_onnx(path: Path) -> Path:
-    """A conv of a few ms per call: 30 s of timing takes 30 s on any CPU (the runner's run cap is not reached)."""
-    import torch
-
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
-    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=True, input_names=["x"])
-    return path
-
-
 @needs_sshd
 def test_runner_timeout_leaves_the_run_as_it_was(world, tmp_path):
-    model = slow_onnx(tmp_path / "student.onnx")
+    model = slow_conv_onnx(tmp_path / "student.onnx")
     run = tmp_path / "run"
     assert edgekd("bench", str(model), "--out", str(run), "--seconds", "0.1", env=world["env"]).returncode == 0
     same = unchanged(run)

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from test_gate import make_onnx, make_run  # noqa: E402  (the gate tests' real tiny ONNX run folder)
+from conftest import slow_conv_onnx  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -116,24 +117,8 @@ def test_a_bug_is_exit_3_with_and_without_debug():
     assert error_line(KeyboardInterrupt())[0] == 130
 
 
-def _slow_onnx(path: Path) -> Path:
-    """A conv of a few ms per call, so that a 60 s measurement is still running when Ctrl-C comes."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.ones((64, 3, 3, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "slow",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 222, 222])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 def test_ctrl_c_is_130(tmp_path):
-    model = _slow_onnx(tmp_path / "m.onnx")
+    model = slow_conv_onnx(tmp_path / "m.onnx")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # As from a terminal: Ctrl-C at its default (a process started with SIGINT ignored, as some earlier
     # test's library can leave this one, rightly ignores it and the command would finish with 0).
