@@ -205,7 +205,8 @@ def test_tuning_never_reads_the_test_split_and_resumes(tiny, tiny_teacher_for_tu
     first = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=2, minutes=5, work_dir=tmp_path)
     assert len(first.trials) == 2 and (tmp_path / "optuna.journal").is_file()
     assert first.trials[0]["params"] == {"temperature": base.temperature, "alpha": base.alpha, "loss": "kd",
-                                         "lr": base.lr}  # the defaults are trial 1
+                                         "lr": base.lr, "views": "none"}  # the defaults are trial 1
+    assert first.to_dict()["space"]["views"] == ["none", "shifted", "consistent"]  # array data: views searched
     assert first.best_val_accuracy == max(t["val_accuracy"] for t in first.trials if t["state"] == "complete")
     resumed = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=3, minutes=5, work_dir=tmp_path, resume=True)
     assert [t["number"] for t in resumed.trials] == [0, 1, 2]  # one more trial, the first two kept
@@ -287,3 +288,15 @@ def test_kd_benchmark_refuses_gap_closed_when_the_teacher_is_no_better(tiny_npz,
     assert "refusing to report gap_closed" in proc.stdout and "not better than scratch" in proc.stdout
     assert "gap_closed=" not in proc.stdout
     assert not (tmp_path / "kd-seed0").exists()  # it stopped before distilling
+
+
+def test_tuned_views_unfold_into_the_training_settings():
+    from edgekd.distill.tune import TuneResult, tuned_config, views_of
+
+    base = replace(TINY, augment=False)
+    assert views_of(base) == "none"
+    for views, augment, teacher_view in (("shifted", True, "clean"), ("consistent", True, "same"), ("none", False, None)):
+        cfg = tuned_config(base, TuneResult(best={"temperature": 2.0, "views": views}, best_val_accuracy=0.9))
+        assert cfg.temperature == 2.0 and cfg.augment is augment and views_of(cfg) == views
+        if teacher_view:
+            assert cfg.teacher_view == teacher_view

@@ -23,6 +23,32 @@ SEARCH_SPACE = {
     "loss": ("choice", ("kd", "dkd")),
     "lr": ("float_log", 1e-3, 1.6e-2),
 }
+# Array data (IDX, .npz) also searches the views the two models see, the choice that depends most on
+# the data: "none" (the images as they are; the teacher's logits cached), "shifted" (random shifts of
+# up to shift_px, the teacher's logits of the clean image) or "consistent" (random shifts, the teacher
+# labelling each shifted image itself: slower, and the one that closes most of the gap when it helps;
+# Beyer et al. 2022). Image files are augmented by the loader already, so they do not search this.
+VIEWS = {"none": {"augment": False}, "shifted": {"augment": True, "teacher_view": "clean"},
+         "consistent": {"augment": True, "teacher_view": "same"}}
+VIEWS_SPACE = {"views": ("choice", tuple(VIEWS))}
+
+
+def search_space(splits: DataSplits) -> dict:
+    """The settings searched for these data: SEARCH_SPACE, plus the views for array data."""
+    return {**SEARCH_SPACE, **(VIEWS_SPACE if splits.kind == "array" else {})}
+
+
+def views_of(cfg: TrainConfig) -> str:
+    if not cfg.augment or cfg.shift_px == 0:
+        return "none"
+    return "consistent" if cfg.teacher_view == "same" else "shifted"
+
+
+def apply(base: TrainConfig, params: dict) -> TrainConfig:
+    """``base`` with a trial's settings (the views name unfolded into augment / teacher_view)."""
+    params = dict(params)
+    views = params.pop("views", None)
+    return replace(base, **params, **(VIEWS[views] if views else {}))
 
 
 def _need_optuna():
@@ -42,9 +68,10 @@ class TuneResult:
     trials: list[dict] = field(default_factory=list)  # every trial: number, state, params, val_accuracy, epochs, seconds
     seconds: float = 0.0            # this session's search time (a resumed search adds to the earlier)
     storage: str = ""
+    space: dict = field(default_factory=lambda: dict(SEARCH_SPACE))
 
     def to_dict(self) -> dict:
-        space = {k: list(v[1]) if v[0] == "choice" else list(v[1:]) for k, v in SEARCH_SPACE.items()}
+        space = {k: list(v[1]) if v[0] == "choice" else list(v[1:]) for k, v in self.space.items()}
         return {"best": self.best, "best_val_accuracy": self.best_val_accuracy, "trials": self.trials,
                 "seconds": round(self.seconds, 2), "storage": self.storage, "space": space}
 
@@ -55,8 +82,8 @@ def without_test(splits: DataSplits) -> DataSplits:
     return replace(splits, test=ImageSet(x, y, "test (withheld from tuning)"))
 
 
-def _suggest(trial, name: str):
-    kind, *args = SEARCH_SPACE[name]
+def _suggest(trial, name: str, space: dict):
+    kind, *args = space[name]
     if kind == "choice":
         return trial.suggest_categorical(name, list(args[0]))
     return trial.suggest_float(name, args[0], args[1], log=kind == "float_log")
@@ -64,7 +91,8 @@ def _suggest(trial, name: str):
 
 def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_trials: int, minutes: float,
             work_dir: str | Path, resume: bool = False, log=None) -> TuneResult:
-    """Search temperature, alpha, loss and learning rate for distilling ``teacher`` into ``student_spec``.
+    """Search temperature, alpha, loss, learning rate (and, on array data, the views) for distilling
+    ``teacher`` into ``student_spec``.
 
     Each trial trains with ``base``'s budget and reports its validation accuracy after every epoch;
     trials below the median of earlier ones at the same epoch are pruned. The search stops after
@@ -93,14 +121,16 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
         study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=min(6, n_trials)),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup))
+    space = search_space(splits)
     if not study.trials:
         study.enqueue_trial({"temperature": base.temperature, "alpha": base.alpha,
-                             "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr})
+                             "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr,
+                             **({"views": views_of(base)} if "views" in space else {})})
     sealed = without_test(splits)
 
     def objective(trial) -> float:
-        params = {name: _suggest(trial, name) for name in SEARCH_SPACE}
-        cfg = replace(base, **params)
+        params = {name: _suggest(trial, name, space) for name in space}
+        cfg = apply(base, params)
         t0 = time.perf_counter()
         curve: list[float] = []
 
@@ -147,8 +177,8 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
                "epochs": len(t.user_attrs.get("curve") or []), "seconds": t.user_attrs.get("seconds")}
               for t in study.trials]
     return TuneResult(best=dict(best.params), best_val_accuracy=float(best.value), trials=trials,
-                      seconds=seconds, storage=str(journal))
+                      seconds=seconds, storage=str(journal), space=space)
 
 
 def tuned_config(base: TrainConfig, result: TuneResult) -> TrainConfig:
-    return replace(base, **result.best)
+    return apply(base, result.best)
