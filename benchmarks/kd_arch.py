@@ -12,7 +12,9 @@ loaded back the way a user's would be (``--teacher torchvision:resnet18 --teache
 Each student is trained twice with the same epochs and schedule: on the labels alone (scratch) and
 distilled (Hinton KD with edgekd's defaults: T=4, alpha=0.5, lr 1e-2; teacher logits cached). Prints test accuracy per width and seed,
 and per width gap_closed = mean over seeds of (KD - scratch) / (teacher - scratch); the last line is
-``gap_closed=<f>``, the smallest over the widths (the goal is >= 0.3 at every width).
+``gap_closed=<f>``, the smallest over the widths (the goal is >= 0.3 at every width). A distilled student
+can pass the teacher (a ratio above 1). When the teacher is not better than the student from scratch
+on some width and seed the ratio means nothing: the script says so and exits with status 1 instead.
 
 ``--extras`` adds, at the smallest width and seed 0: DKD, KD + FitNets hints between hooked stages
 (ResNet-18 ``layerN`` paired with the student's stages by stride), and consistent views (both see
@@ -126,7 +128,7 @@ def main() -> None:
     print(f"teacher torchvision:resnet18 ({info['params']:,} params): test accuracy {t_acc:.4f}", flush=True)
 
     widths = [float(w) for w in args.widths.split(",")]
-    per_width, seed0 = {}, {}
+    per_width, seed0, not_better = {}, {}, []
     print(f"\n{'width':>6} {'params':>9} {'seed':>4} {'scratch':>8} {'kd':>8} {'closed':>7}")
     for width in widths if args.seeds > 0 else []:
         params = count_params(ModelSpec(args.student, 10, 3, width=width, image_size=args.size).build())
@@ -135,6 +137,8 @@ def main() -> None:
             s = student(args, splits, width, seed, "ce", None)
             k = student(args, splits, width, seed, "kd", teacher)
             rows.append((s, k))
+            if s >= t_acc:
+                not_better.append(f"width {width:g} seed {seed}: scratch {s:.4f} >= teacher {t_acc:.4f}")
             seed0.setdefault(width, (s, k))
             print(f"{width:6g} {params:9,} {seed:4d} {s:8.4f} {k:8.4f} {closed(k, s, t_acc):7.2f}", flush=True)
         s_mean, k_mean = statistics.mean(r[0] for r in rows), statistics.mean(r[1] for r in rows)
@@ -149,6 +153,10 @@ def main() -> None:
     if args.selection:
         run_selection(args, splits, teacher)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    if not_better:
+        print("no gap_closed: the teacher is not better than the student from scratch on "
+              + "; ".join(not_better) + " (train a stronger teacher: more --teacher-epochs or a larger --size)")
+        sys.exit(1)
     if per_width:  # --seeds 0 runs only the extras / selection
         print("gap closed per width: " + ", ".join(f"{w:g}: {g:.2f}" for w, g in per_width.items()))
         print(f"gap_closed={min(per_width.values()):.3f}")

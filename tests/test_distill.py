@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -123,6 +124,14 @@ def test_kd_learns_and_teacher_stays_frozen(tiny, tiny_teacher, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats too: eval mode
     assert all(p.grad is None and not p.requires_grad for p in tiny_teacher.parameters())
     assert (tmp_path / "last.pt").exists()
+
+
+@pytest.mark.parametrize("batch_size", [346, 173, 116, 87, 70, 58, 50, 44])
+def test_one_cycle_schedule_takes_any_number_of_steps(tiny, batch_size, tmp_path):
+    # 1 to 8 optimiser steps in all; torch's OneCycleLR divided by zero at exactly 4 (a 1-step warm-up)
+    result = train(_student(), None, tiny, replace(TINY, loss="ce", epochs=1, batch_size=batch_size),
+                   ckpt_dir=tmp_path, progress=False)
+    assert result.epochs_run == 1 and math.isfinite(result.history[-1]["loss"])
 
 
 def test_teacher_cache_gives_same_result(tiny, tiny_teacher, tmp_path):

@@ -259,8 +259,11 @@ OPTIMIZERS = {
 
 SCHEDULES = {
     # OneCycle: warm up then anneal; converges in the few epochs a CPU budget allows.
+    # (torch's OneCycleLR divides by zero when its warm-up is exactly one step: 4 steps in all, e.g. 1 epoch
+    # of 512 images; a warm-up fraction of 0.3 makes it 1.2 steps there and is the same schedule elsewhere.)
     "onecycle": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25, div_factor=10.0, final_div_factor=100.0),
+        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25 if total * 0.25 != 1 else 0.3, div_factor=10.0,
+        final_div_factor=100.0),
     "cosine": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
     "constant": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
     # Constant until the validation accuracy plateaus, then a tenfold drop per plateau (EarlyStop).
