@@ -54,7 +54,7 @@ def cpu_info(cpuinfo_text=None):
         elif key == "core id":
             cores.add((physical, value))
     if model is None:
-        model = platform.machine() or "unknown"  # not platform.processor(): it runs `uname -p` (see _platform)
+        model = platform.machine() or "unknown"  # not platform.processor(): it runs `uname -p` (see platform_string)
         if arm_part:
             model = "{} (ARM part {})".format(model, arm_part)
     features = [f for f in ISA_FEATURES if f in flags]
@@ -135,7 +135,7 @@ def _devfreq_gpu():
     return None
 
 
-def _platform():
+def platform_string():
     """What platform.platform() says (Linux-6.1.0-x86_64-with-glibc2.36), read without starting a process.
 
     platform.platform() runs `uname -p` in a subprocess. Forking a process that holds the threads of ONNX
@@ -186,7 +186,7 @@ def device_info():
         "hostname": platform.node(),
         "board": _read_text("/proc/device-tree/model"),
         "l4t": _read_text("/etc/nv_tegra_release"),
-        "platform": _platform(),
+        "platform": platform_string(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu": cpu["model"],

@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 try:
-    device_info  # noqa: B018 - defined above this file when it is shipped to a device
+    device_info, platform_string  # noqa: B018 - defined above this file when it is shipped to a device
 except NameError:  # imported within edgekd (tests)
-    from edgekd.bench.env import device_info
+    from edgekd.bench.env import device_info, platform_string
 
 PROBE_FORMAT = "edgekd-device-probe"
 # Python modules to try when none are named (edgekd names its runtimes' device_modules).
@@ -84,7 +84,7 @@ def os_name():
     for line in (_read("/etc/os-release") or "").splitlines():
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip().strip('"')
-    return platform.platform()
+    return platform_string()
 
 
 def _read(path):

@@ -431,10 +431,10 @@ def _host_device() -> dict:
 
     import onnxruntime
 
-    from edgekd.bench.env import _platform, cpu_info
+    from edgekd.bench.env import cpu_info, platform_string
 
     # No platform.processor()/platform(): they fork `uname`, which can kill a process holding runtime threads.
-    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "platform": _platform(),
+    return {"cpu": cpu_info()["model"], "cores": os.cpu_count(), "platform": platform_string(),
             "onnxruntime": onnxruntime.__version__}
 
 
