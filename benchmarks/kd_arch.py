@@ -128,18 +128,15 @@ def main() -> None:
     print(f"teacher torchvision:resnet18 ({info['params']:,} params): test accuracy {t_acc:.4f}", flush=True)
 
     widths = [float(w) for w in args.widths.split(",")]
-    per_width, seed0, not_better = {}, {}, []
+    runs, per_width = {}, {}  # width -> [(scratch, kd) per seed]; width -> mean gap closed
     print(f"\n{'width':>6} {'params':>9} {'seed':>4} {'scratch':>8} {'kd':>8} {'closed':>7}")
     for width in widths if args.seeds > 0 else []:
         params = count_params(ModelSpec(args.student, 10, 3, width=width, image_size=args.size).build())
-        rows = []
+        rows = runs[width] = []
         for seed in range(args.seeds):
             s = student(args, splits, width, seed, "ce", None)
             k = student(args, splits, width, seed, "kd", teacher)
             rows.append((s, k))
-            if s >= t_acc:
-                not_better.append(f"width {width:g} seed {seed}: scratch {s:.4f} >= teacher {t_acc:.4f}")
-            seed0.setdefault(width, (s, k))
             print(f"{width:6g} {params:9,} {seed:4d} {s:8.4f} {k:8.4f} {closed(k, s, t_acc):7.2f}", flush=True)
         s_mean, k_mean = statistics.mean(r[0] for r in rows), statistics.mean(r[1] for r in rows)
         per_width[width] = statistics.mean(closed(k, s, t_acc) for s, k in rows)
@@ -149,10 +146,12 @@ def main() -> None:
               f"KD wins {sum(k > s for s, k in rows)}/{len(rows)})", flush=True)
 
     if args.extras:
-        run_extras(args, splits, teacher, t_acc, min(widths), seed0.get(min(widths)))
+        run_extras(args, splits, teacher, t_acc, min(widths), (runs.get(min(widths)) or [None])[0])
     if args.selection:
         run_selection(args, splits, teacher)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
+    not_better = [f"width {w:g} seed {seed}: scratch {s:.4f} >= teacher {t_acc:.4f}"
+                  for w, rows in runs.items() for seed, (s, _) in enumerate(rows) if s >= t_acc]
     if not_better:
         print("no gap_closed: the teacher is not better than the student from scratch on "
               + "; ".join(not_better) + " (train a stronger teacher: more --teacher-epochs or a larger --size)")
