@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from conftest import packaged_subset, seeded_cnn
 
 from edgekd.data import RawData, load_data, make_splits
+from edgekd.data.batches import steps_per_epoch
 from edgekd.distill import LOSSES, ModelOutputs, TrainConfig, build_loss, evaluate, get_teacher, train
 from edgekd.distill.losses import soft_kl
 from edgekd.errors import EdgeKDError
@@ -202,6 +203,35 @@ def test_mixup_function_matching(tiny, tiny_teacher, tmp_path):
     assert TINY.fingerprint() == replace(TINY, mixup=0.0).fingerprint() != replace(TINY, mixup=0.2).fingerprint()
     with pytest.raises(EdgeKDError, match="mixup"):
         replace(TINY, mixup=-1.0).validate()
+
+
+@pytest.mark.parametrize("shift_px", [0, 2])
+def test_consistent_views_teacher_labels_each_flipped_view(tiny, tiny_teacher, tmp_path, shift_px):
+    """With flips (alone or with shifts) and teacher_view "same", the teacher labels the very view the
+    student sees, batch by batch: no cached logits of the un-flipped images."""
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = copy.deepcopy(tiny_teacher)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.inner(x)
+
+    cfg = replace(TINY, epochs=1, augment=True, shift_px=shift_px, flip=True, teacher_view="same", channels_last=False)
+    train(_student(), Recording().eval(), tiny, cfg, ckpt_dir=tmp_path, progress=False)
+    train_views = [x for x in seen if len(x) <= cfg.batch_size]  # the evaluation passes use batches of 512
+    assert len(train_views) == steps_per_epoch(len(tiny.train), cfg.batch_size)  # one teacher pass per step
+    images = torch.cat(train_views).flatten(1)
+    originals = torch.from_numpy(np.asarray(tiny.normalized("train")[:])).float()
+    mirrored = originals.flip(-1).flatten(1)
+    if shift_px == 0:  # each view is an original or its mirror image, and both kinds occur
+        # (rounding of the two normalisation paths: up to 0.06 measured; distinct digits lie tens apart)
+        exact = torch.cdist(images, originals.flatten(1)).min(1).values < 1.0
+        flipped = torch.cdist(images, mirrored).min(1).values < 1.0
+        assert bool((exact | flipped).all()) and 0 < int(flipped.sum()) < len(images)
 
 
 def test_resume_with_other_settings_is_refused(tiny, tiny_teacher, tmp_path):

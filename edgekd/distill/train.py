@@ -663,8 +663,8 @@ def _cache_teacher_outputs(run: Stage) -> None:
             or run.start_epoch >= cfg.epochs):
         return
     if splits.kind != "files":
-        if cfg.augment and cfg.shift_px > 0 and cfg.teacher_view != "clean":
-            return
+        if cfg.augment and (cfg.shift_px > 0 or cfg.flip) and cfg.teacher_view != "clean":
+            return  # the teacher labels each augmented view itself (consistent views)
         run.cached_logits = predict_logits(run.teacher, splits.train, splits, run.device, cfg.eval_batch_size, cfg.amp,
                                            cfg.channels_last, size=splits.preprocessing.teacher_size).to(run.device)
         return
