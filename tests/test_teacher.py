@@ -105,15 +105,18 @@ def test_teacher_epochs_scale_with_the_data(tiny):
     assert big.patience == 3 and small.patience == -(-teacher_mod.TEACHER_PATIENCE_STEPS // 4)  # 540 images: 4 steps
 
 
-def test_mirror_flips_only_for_mirror_symmetric_data(tiny):
-    assert teacher_mod.mirror_symmetric(tiny) is False  # digits change meaning in a mirror
-    # the same digits made symmetric (left half mirrored onto the right): flipping keeps every label
+def _mirrored(tiny):
+    """The same digits made symmetric (left half mirrored onto the right): flipping keeps every label."""
     sym = tiny.train.x.copy()
     sym[..., 14:] = sym[..., :14][..., ::-1]
     vsym = tiny.val.x.copy()
     vsym[..., 14:] = vsym[..., :14][..., ::-1]
-    mirrored = replace(tiny, train=ImageSet(sym, tiny.train.y, "train"), val=ImageSet(vsym, tiny.val.y, "val"))
-    assert teacher_mod.mirror_symmetric(mirrored) is True
+    return replace(tiny, train=ImageSet(sym, tiny.train.y, "train"), val=ImageSet(vsym, tiny.val.y, "val"))
+
+
+def test_mirror_flips_only_for_mirror_symmetric_data(tiny):
+    assert teacher_mod.mirror_symmetric(tiny) is False  # digits change meaning in a mirror
+    assert teacher_mod.mirror_symmetric(_mirrored(tiny)) is True
 
 
 def test_default_teacher_records_why_it_stopped(tiny, tmp_path, monkeypatch):
@@ -297,6 +300,21 @@ def test_tuned_views_unfold_into_the_training_settings():
     assert views_of(base) == "none"
     for views, augment, teacher_view in (("shifted", True, "clean"), ("consistent", True, "same"), ("none", False, None)):
         cfg = tuned_config(base, TuneResult(best={"temperature": 2.0, "views": views}, best_val_accuracy=0.9))
-        assert cfg.temperature == 2.0 and cfg.augment is augment and views_of(cfg) == views
+        assert cfg.temperature == 2.0 and cfg.augment is augment and views_of(cfg) == views and cfg.flip is False
         if teacher_view:
             assert cfg.teacher_view == teacher_view
+    # the mirrored views: flips alone (no shifts) or with shifts, the teacher labelling each view
+    flipped = tuned_config(base, TuneResult(best={"views": "flipped"}, best_val_accuracy=0.9))
+    assert (flipped.augment, flipped.flip, flipped.shift_px, flipped.teacher_view) == (True, True, 0, "same")
+    both = tuned_config(base, TuneResult(best={"views": "consistent+flips"}, best_val_accuracy=0.9))
+    assert (both.augment, both.flip, both.shift_px, both.teacher_view) == (True, True, base.shift_px, "same")
+    assert views_of(flipped) == "flipped" and views_of(both) == "consistent+flips"
+    # a base with flips on is brought back to none by the "none" views
+    assert tuned_config(both, TuneResult(best={"views": "none"}, best_val_accuracy=0.9)).flip is False
+
+
+def test_mirrored_views_searched_only_for_mirror_symmetric_data(tiny):
+    from edgekd.distill.tune import search_space
+
+    assert search_space(tiny)["views"][1] == ("none", "shifted", "consistent")  # digits: no flips
+    assert search_space(_mirrored(tiny))["views"][1] == ("none", "shifted", "consistent", "flipped", "consistent+flips")

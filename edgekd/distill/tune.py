@@ -27,28 +27,43 @@ SEARCH_SPACE = {
 # the data: "none" (the images as they are; the teacher's logits cached), "shifted" (random shifts of
 # up to shift_px, the teacher's logits of the clean image) or "consistent" (random shifts, the teacher
 # labelling each shifted image itself: slower, and the one that closes most of the gap when it helps;
-# Beyer et al. 2022). Image files are augmented by the loader already, so they do not search this.
-VIEWS = {"none": {"augment": False}, "shifted": {"augment": True, "teacher_view": "clean"},
-         "consistent": {"augment": True, "teacher_view": "same"}}
-VIEWS_SPACE = {"views": ("choice", tuple(VIEWS))}
+# Beyer et al. 2022). Data that keep their labels when mirrored (judged on the data, as for the default
+# teacher: clothes yes, digits no) also try "flipped" (random left-right flips alone) and
+# "consistent+flips" (shifts and flips), the teacher labelling each view. Image files are augmented by
+# the loader already, so they do not search this.
+VIEWS = {"none": {"augment": False, "flip": False},
+         "shifted": {"augment": True, "flip": False, "teacher_view": "clean"},
+         "consistent": {"augment": True, "flip": False, "teacher_view": "same"}}
+MIRROR_VIEWS = {"flipped": {"augment": True, "flip": True, "shift_px": 0, "teacher_view": "same"},
+                "consistent+flips": {"augment": True, "flip": True, "teacher_view": "same"}}
 
 
 def search_space(splits: DataSplits) -> dict:
-    """The settings searched for these data: SEARCH_SPACE, plus the views for array data."""
-    return {**SEARCH_SPACE, **(VIEWS_SPACE if splits.kind == "array" else {})}
+    """The settings searched for these data: SEARCH_SPACE, plus the views for array data (with the
+    mirrored ones for mirror-symmetric data)."""
+    if splits.kind != "array":
+        return dict(SEARCH_SPACE)
+    from edgekd.distill.teacher import mirror_symmetric
+
+    views = tuple(VIEWS) + (tuple(MIRROR_VIEWS) if mirror_symmetric(splits) else ())
+    return {**SEARCH_SPACE, "views": ("choice", views)}
 
 
 def views_of(cfg: TrainConfig) -> str:
-    if not cfg.augment or cfg.shift_px == 0:
+    """The name of ``cfg``'s views (the nearest one for a combination the search does not make)."""
+    shifts, flips = cfg.augment and cfg.shift_px > 0, cfg.augment and cfg.flip
+    if flips:
+        return "consistent+flips" if shifts else "flipped"
+    if not shifts:
         return "none"
     return "consistent" if cfg.teacher_view == "same" else "shifted"
 
 
 def apply(base: TrainConfig, params: dict) -> TrainConfig:
-    """``base`` with a trial's settings (the views name unfolded into augment / teacher_view)."""
+    """``base`` with a trial's settings (the views name unfolded into augment / flip / teacher_view)."""
     params = dict(params)
     views = params.pop("views", None)
-    return replace(base, **params, **(VIEWS[views] if views else {}))
+    return replace(base, **params, **({**VIEWS, **MIRROR_VIEWS}[views] if views else {}))
 
 
 def _need_optuna():
