@@ -313,6 +313,15 @@ def test_tuned_views_unfold_into_the_training_settings():
     assert tuned_config(both, TuneResult(best={"views": "none"}, best_val_accuracy=0.9)).flip is False
 
 
+def test_a_trial_scores_the_student_it_leaves():
+    from edgekd.distill.tune import _score
+
+    curve = [0.5, 0.91, 0.88]  # a lucky middle epoch
+    assert _score(curve, TINY) == 0.88  # the last epoch is the student kept
+    assert _score(curve, replace(TINY, patience=3)) == 0.91  # with patience the best epoch is kept
+    assert _score([], TINY) == 0.0
+
+
 def test_mirrored_views_searched_only_for_mirror_symmetric_data(tiny):
     from edgekd.distill.tune import search_space
 

@@ -110,7 +110,8 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
     ``teacher`` into ``student_spec``.
 
     Each trial trains with ``base``'s budget and reports its validation accuracy after every epoch;
-    trials below the median of earlier ones at the same epoch are pruned. The search stops after
+    from the second half of the epochs on, trials below the median of earlier ones at the same epoch
+    are pruned. A trial scores its last epoch (the kept one). The search stops after
     ``n_trials`` finished trials (counting those of a resumed search) or ``minutes``. The first trial
     is ``base`` itself, so the result is never worse on validation than the defaults. The study lives
     in ``work_dir/optuna.journal``; ``resume`` continues it. The test split is never seen.
@@ -131,7 +132,10 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
     if journal.exists() and not resume:
         journal.unlink()  # a fresh search (the run folder was replaced or is new)
     storage = JournalStorage(JournalFileBackend(str(journal)))
-    warmup = max(1, base.epochs // 4)
+    # No pruning in the first half: one-cycle's rate peaks at a quarter of the epochs, and validation
+    # accuracy around the peak swings by 10-20 points from epoch to epoch (measured on Fashion-MNIST:
+    # a near-default trial pruned at epoch 4 with 74.5% where the defaults ended at 90%).
+    warmup = max(1, base.epochs // 2)
     study = optuna.create_study(
         study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=min(6, n_trials)),
@@ -170,10 +174,10 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
             trial.set_user_attr("seconds", round(time.perf_counter() - t0, 2))
             trial.set_user_attr("curve", curve)
             shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-            say(f"  trial {trial.number + 1}: {shown}: val {100 * max(curve or [0]):.2f}% "
+            say(f"  trial {trial.number + 1}: {shown}: val {100 * _score(curve, cfg):.2f}% "
                 f"{'(pruned at epoch ' + str(len(curve)) + ')' if state == 'pruned' else ''}"
                 f" [{time.perf_counter() - t0:.0f} s]")
-        return max(curve)
+        return _score(curve, cfg)
 
     done = lambda: sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)  # noqa: E731
     t0 = time.perf_counter()
@@ -193,6 +197,14 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
               for t in study.trials]
     return TuneResult(best=dict(best.params), best_val_accuracy=float(best.value), trials=trials,
                       seconds=seconds, storage=str(journal), space=space)
+
+
+def _score(curve: list[float], cfg: TrainConfig) -> float:
+    """A trial's validation accuracy: that of the student its settings leave, the last epoch's (the best
+    one's with patience, which keeps it); not the luckiest epoch of a noisy curve."""
+    if not curve:
+        return 0.0
+    return max(curve) if cfg.patience else curve[-1]
 
 
 def tuned_config(base: TrainConfig, result: TuneResult) -> TrainConfig:
