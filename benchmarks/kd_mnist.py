@@ -1,6 +1,6 @@
 """Hinton et al.'s MNIST table on any dataset: teacher vs the same small student from scratch and distilled.
 
-    python benchmarks/kd_mnist.py [--data DIR] [--seeds 3] [--recipes] [--losses kd,dkd,at,fitnet,rkd]
+    python benchmarks/kd_mnist.py [--data DIR] [--subset 8000,2000] [--seeds 3] [--recipes] [--losses kd,dkd,at,fitnet,rkd]
 
 The teacher is edgekd's default (trained to its validation plateau, cached; see edgekd.distill.teacher),
 or ``--teacher`` weights. For each seed a small student is trained on the labels alone (no dropout)
@@ -57,6 +57,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None,
                     help="IDX folder, ImageFolder tree or .npz (default ../shared/data/mnist, else the packaged MNIST)")
+    ap.add_argument("--subset", default=None, metavar="TRAIN,TEST",
+                    help="draw this many training and test images (numpy seed 0) from --data first, e.g. 8000,2000 "
+                         "for Fashion-MNIST at MNIST's scale")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--student-arch", default="mlp", help="registered model family of the student (default mlp)")
     ap.add_argument("--student-width", type=float, default=1.0)
@@ -85,10 +88,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    splits = load_data(args.data)
+    work = Path(args.work or tempfile.mkdtemp(prefix="kd_bench_"))
+    splits = load_data(draw_subset(args.data, args.subset, work) if args.subset else args.data)
     flip = args.flip == "on" or (args.flip == "auto" and mirror_symmetric(splits))
     n_test = len(splits.test)
-    work = Path(args.work or tempfile.mkdtemp(prefix="kd_bench_"))
     print(f"data: {splits.name} ({len(splits.train)} train, {len(splits.val)} val, {n_test} test); work dir {work}")
 
     def student_spec() -> ModelSpec:
@@ -184,6 +187,25 @@ def main() -> None:
             print(f"  {spec:<16} {err:5d} errors ({100 * err / n_test:.2f}%)")
 
     print(f"gap_closed={statistics.mean(r[4] for r in rows):.3f}")
+
+
+def draw_subset(data: str, subset: str, work: Path) -> Path:
+    """``TRAIN,TEST`` images drawn without replacement (numpy default_rng(0), the training indices first,
+    each sorted) from ``data``'s train and test splits, as an .npz in ``work``."""
+    import numpy as np
+
+    from edgekd.data import DATA_FORMATS, detect_format
+
+    n_train, n_test = (int(v) for v in subset.split(","))
+    raw = DATA_FORMATS.get(detect_format(Path(data))).load(Path(data))
+    rng = np.random.default_rng(0)
+    train = np.sort(rng.choice(len(raw.y_train), n_train, replace=False))
+    test = np.sort(rng.choice(len(raw.y_test), n_test, replace=False))
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"subset-{n_train}-{n_test}.npz"
+    np.savez(out, x_train=np.asarray(raw.x_train)[train], y_train=np.asarray(raw.y_train)[train],
+             x_test=np.asarray(raw.x_test)[test], y_test=np.asarray(raw.y_test)[test])
+    return out
 
 
 def compare_recipes(args, run, student_spec, config, teacher, t_err: int, refuse_unless_better, n_test: int) -> None:
