@@ -284,10 +284,12 @@ def test_kd_benchmark_refuses_gap_closed_when_the_teacher_is_no_better(tiny_npz,
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_mnist.py"
-    proc = subprocess.run([sys.executable, str(script), "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
+    proc = subprocess.run([sys.executable, str(script), "--data", str(tiny_npz), "--subset", "1000,200",
+                           "--teacher", str(untrained_teacher),
                            "--seeds", "1", "--epochs", "2", "--threads", "1", "--work", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "(900 train, 100 val, 200 test)" in proc.stdout  # --subset drew 1,000 of 1,200 and 200 of 300
     assert "refusing to report gap_closed" in proc.stdout and "not better than scratch" in proc.stdout
     assert "gap_closed=" not in proc.stdout
     assert not (tmp_path / "kd-seed0").exists()  # it stopped before distilling
