@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--student-width", type=float, default=1.0)
     ap.add_argument("--teacher", default=None, help="use these teacher weights (safetensors) instead of the default teacher")
     ap.add_argument("--cache", default=None, help="teacher cache folder (default: edgekd's user cache)")
+    ap.add_argument("--teacher-smoothing", type=float, default=None,
+                    help="label smoothing of the default teacher (default: its recipe's 0.1; 0 keeps more of the "
+                         "class similarities a student learns from)")
     ap.add_argument("--teacher-epochs", type=int, default=None, help="cap the default teacher's epochs (default: its recipe)")
     ap.add_argument("--epochs", type=int, default=KD_RECIPE["epochs"], help="student epochs (scratch and KD alike)")
     ap.add_argument("--shift-px", type=int, default=KD_RECIPE["shift_px"],
@@ -127,7 +130,8 @@ def main() -> None:
     if args.teacher:
         teacher, t_spec, info = get_teacher(splits, teacher_path=args.teacher, progress=False)
     else:
-        teacher, t_spec, info = get_teacher(splits, cache_dir=args.cache, progress=False, epochs=args.teacher_epochs)
+        teacher, t_spec, info = get_teacher(splits, cache_dir=args.cache, progress=False, epochs=args.teacher_epochs,
+                                            label_smoothing=args.teacher_smoothing)
     teacher.eval()
     t_err = round((1 - info["accuracy"]) * n_test)
     how = "user weights" if args.teacher else ("cached" if info["cached"] else "trained")

@@ -23,8 +23,8 @@ def edgekd(*args: str, cwd: Path | None = None, timeout: int = 600) -> subproces
 def tiny_run(tmp_path_factory, tiny_npz):
     out = tmp_path_factory.mktemp("e2e") / "run"
     # --max-drop 5: the test split has 300 images (1 point = 3 images), and a 6-epoch student this small
-    # moves by several of them under INT8 (ONNX Runtime INT8 dropped 6 once the default teacher changed);
-    # these tests check the run folder and the labels, the accuracy gate is tested on its own.
+    # moves by several of them under INT8 (ONNX Runtime INT8 dropped 6 with a teacher trained without label
+    # smoothing); these tests check the run folder and the labels, the accuracy gate is tested on its own.
     proc = edgekd("distill", "--target", "jetson-nano", "--data", str(tiny_npz), "--epochs", "6", "--batch-size", "64",
                   "--widths", "0.25,0.5,3", "--out", str(out), "--no-progress", "--bench-seconds", "0.1",
                   "--max-drop", "5")

@@ -84,7 +84,9 @@ def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
         "schedule": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, schedule="cosine")),
         "lr": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, lr=cfg.lr / 2)),
         "ladder": teacher_mod.teacher_cache_key(tiny, specs[:1], cfg),
+        "no label smoothing": teacher_mod.teacher_cache_key(tiny, specs, teacher_mod.teacher_config(tiny, label_smoothing=0.0)),
     }
+    assert cfg.label_smoothing == 0.1 and teacher_mod.teacher_config(tiny, label_smoothing=0.0).label_smoothing == 0.0
     monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", teacher_mod.TEACHER_STEPS + 1)
     changed["step budget"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 0.5)
