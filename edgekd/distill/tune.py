@@ -36,6 +36,7 @@ VIEWS = {"none": {"augment": False, "flip": False},
          "consistent": {"augment": True, "flip": False, "teacher_view": "same"}}
 MIRROR_VIEWS = {"flipped": {"augment": True, "flip": True, "shift_px": 0, "teacher_view": "same"},
                 "consistent+flips": {"augment": True, "flip": True, "teacher_view": "same"}}
+ALL_VIEWS = {**VIEWS, **MIRROR_VIEWS}
 
 
 def search_space(splits: DataSplits) -> dict:
@@ -63,7 +64,7 @@ def apply(base: TrainConfig, params: dict) -> TrainConfig:
     """``base`` with a trial's settings (the views name unfolded into augment / flip / teacher_view)."""
     params = dict(params)
     views = params.pop("views", None)
-    return replace(base, **params, **({**VIEWS, **MIRROR_VIEWS}[views] if views else {}))
+    return replace(base, **params, **(ALL_VIEWS[views] if views else {}))
 
 
 def _need_optuna():
@@ -192,7 +193,7 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
                           "raise --tune-minutes, or lower --epochs")
     best = study.best_trial
     trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params,
-               "val_accuracy": t.value if t.value is not None else max(t.user_attrs.get("curve") or [None]),
+               "val_accuracy": t.value if t.value is not None else _score(t.user_attrs.get("curve") or [], base),
                "epochs": len(t.user_attrs.get("curve") or []), "seconds": t.user_attrs.get("seconds")}
               for t in study.trials]
     return TuneResult(best=dict(best.params), best_val_accuracy=float(best.value), trials=trials,
