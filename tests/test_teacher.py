@@ -85,12 +85,19 @@ def test_teacher_cache_key_covers_the_recipe(tiny, monkeypatch):
         "lr": teacher_mod.teacher_cache_key(tiny, specs, replace(cfg, lr=cfg.lr / 2)),
         "ladder": teacher_mod.teacher_cache_key(tiny, specs[:1], cfg),
         "no label smoothing": teacher_mod.teacher_cache_key(tiny, specs, teacher_mod.teacher_config(tiny, label_smoothing=0.0)),
+        # Smoothing chosen by the caller holds on every rung, unlike the recipe's (dropped after an underfit).
+        "smoothing on every rung": teacher_mod.teacher_cache_key(
+            tiny, specs, cfg, teacher_mod.rung_smoothing(cfg, len(specs), explicit=True)),
     }
+    assert teacher_mod.rung_smoothing(cfg, 2) == [0.1, 0.0]
+    assert teacher_mod.rung_smoothing(cfg, 2, explicit=True) == [0.1, 0.1]
     assert cfg.label_smoothing == 0.1 and teacher_mod.teacher_config(tiny, label_smoothing=0.0).label_smoothing == 0.0
     monkeypatch.setattr(teacher_mod, "TEACHER_STEPS", teacher_mod.TEACHER_STEPS + 1)
     changed["step budget"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     monkeypatch.setattr(teacher_mod, "UNDERFIT_TRAIN_ACCURACY", 0.5)
     changed["underfit threshold"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
+    monkeypatch.setattr(teacher_mod, "UNDERFIT_LABEL_SMOOTHING", 0.05)
+    changed["smoothing after an underfit"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     monkeypatch.setattr(teacher_mod, "RECIPE_VERSION", teacher_mod.RECIPE_VERSION + 1)
     changed["recipe version"] = teacher_mod.teacher_cache_key(tiny, specs, cfg)
     assert key not in changed.values() and len(set(changed.values())) == len(changed)
@@ -139,6 +146,9 @@ def test_an_underfitting_teacher_climbs_the_ladder_with_more_steps(tiny, tmp_pat
     first, second = info["rungs"]
     assert first["underfits"] and (first["width"], first["depth"]) == (4.0, 1) and first["epochs"] == 3
     assert (second["width"], second["depth"]) == (3.0, 2)
+    # Short of capacity, not of regularisation: the rung after an underfitting one drops label smoothing.
+    assert (first["label_smoothing"], second["label_smoothing"]) == (0.1, 0.0)
+    assert info["recipe"]["rung_label_smoothing"] == [0.1, 0.0]
     assert second["epochs"] == 6 or "plateau" in second["stop_reason"]  # twice the epochs unless it stopped early
     kept = max(info["rungs"], key=lambda r: r["val_accuracy"])
     assert (spec.width, spec.depth) == (kept["width"], kept["depth"]) and info["val_accuracy"] == kept["val_accuracy"]
@@ -331,3 +341,11 @@ def test_mirrored_views_searched_only_for_mirror_symmetric_data(tiny):
 
     assert search_space(tiny)["views"][1] == ("none", "shifted", "consistent")  # digits: no flips
     assert search_space(_mirrored(tiny))["views"][1] == ("none", "shifted", "consistent", "flipped", "consistent+flips")
+
+
+def test_learning_rate_searched_around_the_configured_one(tiny):
+    from edgekd.distill.tune import LR_FACTOR, search_space
+
+    assert search_space(tiny)["lr"] == ("float_log", 1e-2 / LR_FACTOR, 1e-2 * LR_FACTOR)
+    kind, low, high = search_space(tiny, lr=2e-3)["lr"]
+    assert kind == "float_log" and low == pytest.approx(5e-4) and high == pytest.approx(8e-3)
