@@ -460,3 +460,20 @@ def test_cli_runner_writes_the_script(tmp_path):
     import ast
 
     ast.parse((tmp_path / "r.py").read_text(), feature_version=(3, 6))
+
+
+def test_teacher_section_shows_the_ladder_with_each_rungs_smoothing():
+    from edgekd.report.markdown import teacher_markdown
+
+    report = sample_report()
+    report["teacher"].update(
+        history=[{"epoch": e, "loss": 1.0 / e, "val_accuracy": 0.8 + 0.01 * e, "lr": 1e-3} for e in (1, 2)],
+        epochs=2, best_epoch=2, stop_reason="ran its 2 epochs",
+        rungs=[{"arch": "cnn", "width": 4.0, "depth": 1, "params": 372_682, "epochs": 9, "label_smoothing": 0.1,
+                "train_accuracy": 0.87, "val_accuracy": 0.88, "underfits": True},
+               {"arch": "cnn", "width": 3.0, "depth": 2, "params": 646_522, "epochs": 18, "label_smoothing": 0.0,
+                "train_accuracy": 0.99, "val_accuracy": 0.916, "underfits": False}])
+    text = "\n".join(teacher_markdown(report))
+    assert "| Teacher | Params | Epochs | Smoothing |" in text
+    assert "| cnn w4 d1 | 373k | 9 | 0.1 | 87.00 | 88.00 | underfits |" in text
+    assert "| cnn w3 d2 | 647k | 18 | 0 | 99.00 | 91.60 | fits |" in text

@@ -35,11 +35,9 @@ TEACHER_RUNGS = (
     dict(arch="cnn", width=3.0, depth=2, extra={"dropout": 0.3}),  # twice the layers, 1.7x the weights
 )
 TEACHER_ARCH = TEACHER_RUNGS[0]
-# Label smoothing 0.1. Without it the teacher's wrong-class logits keep more of the class similarities
-# (Mueller et al. 2019), and an MLP 2x800 distilled from it on 8,000 Fashion-MNIST images closed 0.310 of
-# the gap (kd_mnist.py, 3 seeds) where this teacher's students close 0.211; but the product's own
-# CNN student on MNIST came out 0.33 points worse from that teacher (3 of 3 seeds) and the teacher
-# itself was less accurate (98.95% vs 99.10%), so smoothing stays.
+# Label smoothing 0.1 on the first rung: on MNIST the teacher trained without it was less accurate
+# (98.95% vs 99.10% on the test split, 97.50% vs 98.38% on validation) and the product's own CNN student
+# distilled from it came out 0.33 points worse (3 of 3 seeds).
 TEACHER_TRAIN = TrainConfig(epochs=60, batch_size=128, lr=4e-3, weight_decay=5e-4, loss="ce", label_smoothing=0.1,
                             augment=True, shift_px=2, schedule="onecycle", patience=3)
 TEACHER_STEPS = 500           # optimiser steps at TEACHER_STEPS_AT images, scaled by sqrt(images / that)
@@ -56,6 +54,14 @@ UNDERFIT_TRAIN_ACCURACY = 0.98
 # images: 9 epochs fit 87% of the training images, validation still rising): each rung up the ladder
 # also gets this many times the previous rung's epochs (at most TEACHER_TRAIN.epochs).
 RUNG_EPOCHS_FACTOR = 2
+# ... and is short of capacity, not of regularisation: the rungs after an underfitting one train with
+# at most this label smoothing. Smoothing guards against over-confidence, which a network that cannot
+# fit its training images does not have, and it erases the wrong-class similarities a student learns
+# from (Mueller et al. 2019); on hard data those similarities (shirt / T-shirt / pullover) are most of
+# what a teacher has to give. Measured on 8,000 Fashion-MNIST images (the first rung fits 87% of them):
+# the second rung with smoothing 0.1 made 199 test errors of 2,000, without it 184; an MLP 2x800
+# distilled from them (kd_mnist.py, 3 seeds) closed 0.211 and 0.310 of the gap to its scratch twin.
+UNDERFIT_LABEL_SMOOTHING = 0.0
 RECIPE_VERSION = 4            # bump when the recipe changes in a way the fields above do not show
 
 
@@ -104,15 +110,25 @@ def mirror_symmetric(splits: DataSplits, keep: float = 0.75) -> bool:
     return plain > 0 and accuracy(val[..., ::-1]) >= keep * plain
 
 
-def teacher_cache_key(splits: DataSplits, specs: list[ModelSpec], cfg: TrainConfig) -> str:
+def rung_smoothing(cfg: TrainConfig, rungs: int, explicit: bool = False) -> list[float]:
+    """Each rung's label smoothing: ``cfg``'s on the first; on the ones after an underfitting rung at most
+    UNDERFIT_LABEL_SMOOTHING, unless the caller chose the smoothing (``explicit``: then every rung has it)."""
+    later = cfg.label_smoothing if explicit else min(cfg.label_smoothing, UNDERFIT_LABEL_SMOOTHING)
+    return [cfg.label_smoothing] + [later] * (rungs - 1)
+
+
+def teacher_cache_key(splits: DataSplits, specs: list[ModelSpec], cfg: TrainConfig,
+                      smoothing: list[float] | None = None) -> str:
     """Hash of everything that determines the trained teacher: data, capacity ladder, recipe, version.
     A changed recipe (another schedule, patience, augmentation, ladder or threshold) retrains."""
     recipe = cfg.result_dict()
     if cfg.loss == "ce":  # trained on labels alone: the soft-target settings play no part (a new KD default keeps it)
         for name in ("temperature", "temperature_end", "alpha"):
             recipe.pop(name, None)
+    smoothing = rung_smoothing(cfg, len(specs)) if smoothing is None else smoothing
     blob = json.dumps({"data": splits.fingerprint(), "specs": [s.to_dict() for s in specs], "train": recipe,
-                       **_recipe_constants(), "edgekd": __version__}, sort_keys=True, default=str)
+                       "rung_label_smoothing": smoothing, **_recipe_constants(), "edgekd": __version__},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -292,7 +308,8 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
     splits = splits.for_teacher()  # the default teacher trains and is measured at its own input size
     specs = [default_teacher_spec(splits, rung) for rung in range(len(TEACHER_RUNGS))]
     cfg = teacher_config(splits, device, epochs, label_smoothing)
-    key = teacher_cache_key(splits, specs, cfg)
+    smoothing = rung_smoothing(cfg, len(specs), explicit=label_smoothing is not None)
+    key = teacher_cache_key(splits, specs, cfg, smoothing)
     root = cache_root(cache_dir)
     weights = root / f"teacher-{key}.safetensors"
     cached = _cached_teacher(weights, specs, t0)
@@ -305,7 +322,8 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         if cached is not None:
             return cached
         remove_stale_temporaries(root, weights.name)  # left by a process killed mid-write
-        return _train_teacher(splits, specs, cfg, root, key, weights, t0, progress, log, capped=epochs is not None)
+        return _train_teacher(splits, specs, cfg, root, key, weights, t0, progress, log, capped=epochs is not None,
+                              smoothing=smoothing)
 
 
 # What the report shows of how the teacher was trained (kept in the cached file's header too).
@@ -329,26 +347,30 @@ def _cached_teacher(weights: Path, specs: list[ModelSpec], t0: float):
 
 
 def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: float, progress: bool, log,
-                   capped: bool = False):
+                   capped: bool = False, smoothing: list[float] | None = None):
     """Train the ladder's rungs until one does not underfit (resuming what a killed run left), keep
-    the one best on validation, and cache it."""
+    the one best on validation, and cache it. ``smoothing``: each rung's label smoothing (:func:`rung_smoothing`)."""
     say = log or _console_log(progress)
+    smoothing = smoothing or rung_smoothing(cfg, len(specs))
     rungs, best = [], None
     rung_cfg = cfg
     for rung, spec in enumerate(specs):
         if rung:
-            rung_cfg = replace(rung_cfg, epochs=min(TEACHER_TRAIN.epochs, rung_cfg.epochs * RUNG_EPOCHS_FACTOR))
+            rung_cfg = replace(rung_cfg, epochs=min(TEACHER_TRAIN.epochs, rung_cfg.epochs * RUNG_EPOCHS_FACTOR),
+                               label_smoothing=smoothing[rung])
         ckpt_dir = root / f"teacher-{key}.ckpt" / f"rung{rung}"
         remove_stale_temporaries(ckpt_dir, "last.pt")
         torch.manual_seed(cfg.seed)
         model = spec.build()
         say(f"  teacher {spec.arch} width {spec.width:g} depth {spec.depth} ({count_params(model):,} params): "
-            f"{rung_cfg.epochs} epochs at most (early stopping on the validation split)")
+            f"{rung_cfg.epochs} epochs at most (early stopping on the validation split), "
+            f"label smoothing {rung_cfg.label_smoothing:g}")
         result = train(model, None, splits, rung_cfg, ckpt_dir=ckpt_dir, resume=True, progress=progress, log=log)
         model = model.cpu().to(memory_format=torch.contiguous_format).eval()
         train_acc = evaluate(model, splits.train, splits)
         summary = {"rung": rung, "arch": spec.arch, "width": spec.width, "depth": spec.depth,
-                   "params": count_params(model), "val_accuracy": result.val_accuracy, "train_accuracy": train_acc,
+                   "params": count_params(model), "label_smoothing": rung_cfg.label_smoothing,
+                   "val_accuracy": result.val_accuracy, "train_accuracy": train_acc,
                    "accuracy": result.accuracy, "epochs": result.epochs_run, "best_epoch": result.best_epoch,
                    "stop_reason": result.stop_reason, "seconds": round(result.seconds, 2),
                    # Not judged when the caller cut the epochs (tests, quick looks): that teacher is short of steps.
@@ -362,9 +384,10 @@ def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: 
             break
         nxt = specs[rung + 1]
         say(f"  it underfits (fits < {UNDERFIT_TRAIN_ACCURACY:.0%} of its training images): "
-            f"trying {nxt.arch} width {nxt.width:g} depth {nxt.depth}")
+            f"trying {nxt.arch} width {nxt.width:g} depth {nxt.depth}"
+            + (", without label smoothing" if smoothing[rung + 1] == 0 < smoothing[rung] else ""))
     model, spec, result, summary = best
-    recipe = {**cfg.to_dict(), **_recipe_constants()}
+    recipe = {**cfg.to_dict(), **_recipe_constants(), "rung_label_smoothing": smoothing}
     training = {"val_accuracy": result.val_accuracy, "train_accuracy": summary["train_accuracy"],
                 "epochs": result.epochs_run, "best_epoch": result.best_epoch, "stop_reason": result.stop_reason,
                 "history": result.history, "rungs": rungs, "train_seconds": sum(r["seconds"] for r in rungs),

@@ -87,11 +87,13 @@ def teacher_markdown(report: dict) -> list[str]:
     rungs = teacher.get("rungs") or []
     if len(rungs) > 1:
         body = [[f"{r['arch']} w{r['width']:g} d{r['depth']}", fmt_count(r.get("params")), r.get("epochs"),
+                 f"{r['label_smoothing']:g}" if r.get("label_smoothing") is not None else DASH,
                  fmt_pct(r.get("train_accuracy")), fmt_pct(r.get("val_accuracy")),
                  "underfits" if r.get("underfits") else "fits"] for r in rungs]
-        lines += ["Capacity ladder (a teacher underfits when it fits fewer of its training images than the threshold):", ""]
-        lines += _table(["Teacher", "Params", "Epochs", "Train %", "Val %", ""], body,
-                        ["l", "r", "r", "r", "r", "l"]) + [""]
+        lines += ["Capacity ladder (a teacher underfits when it fits fewer of its training images than the threshold; "
+                  "the rung after it trains without label smoothing):", ""]
+        lines += _table(["Teacher", "Params", "Epochs", "Smoothing", "Train %", "Val %", ""], body,
+                        ["l", "r", "r", "r", "r", "r", "l"]) + [""]
     return lines
 
 
