@@ -223,6 +223,7 @@ def test_tuning_never_reads_the_test_split_and_resumes(tiny, tiny_teacher_for_tu
                                          "lr": base.lr, "views": "none"}  # the defaults are trial 1
     assert first.to_dict()["space"]["views"] == ["none", "shifted", "consistent"]  # array data: views searched
     assert first.best_val_accuracy == max(t["val_accuracy"] for t in first.trials if t["state"] == "complete")
+    assert all(base.lr / 4 <= t["params"]["lr"] <= base.lr * 4 for t in first.trials)  # rates around the run's
     resumed = tune_kd(spec, tiny_teacher_for_tune, sealed, base, n_trials=3, minutes=5, work_dir=tmp_path, resume=True)
     assert [t["number"] for t in resumed.trials] == [0, 1, 2]  # one more trial, the first two kept
     assert resumed.trials[:2] == first.trials
@@ -341,6 +342,12 @@ def test_mirrored_views_searched_only_for_mirror_symmetric_data(tiny):
 
     assert search_space(tiny)["views"][1] == ("none", "shifted", "consistent")  # digits: no flips
     assert search_space(_mirrored(tiny))["views"][1] == ("none", "shifted", "consistent", "flipped", "consistent+flips")
+
+
+def test_trials_are_pruned_only_in_the_last_quarter_of_their_epochs():
+    from edgekd.distill.tune import pruning_starts
+
+    assert [pruning_starts(n) for n in (1, 3, 4, 16, 48)] == [1, 2, 3, 12, 36]
 
 
 def test_learning_rate_searched_around_the_configured_one(tiny):
