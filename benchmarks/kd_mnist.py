@@ -66,8 +66,9 @@ def main() -> None:
     ap.add_argument("--teacher", default=None, help="use these teacher weights (safetensors) instead of the default teacher")
     ap.add_argument("--cache", default=None, help="teacher cache folder (default: edgekd's user cache)")
     ap.add_argument("--teacher-smoothing", type=float, default=None,
-                    help="label smoothing of the default teacher (default: its recipe's 0.1; 0 keeps more of the "
-                         "class similarities a student learns from)")
+                    help="label smoothing of the default teacher on every rung of its ladder (default: its "
+                         "recipe's, 0.1 on the first rung and none on a rung after an underfitting one; 0 keeps more "
+                         "of the class similarities a student learns from)")
     ap.add_argument("--teacher-epochs", type=int, default=None, help="cap the default teacher's epochs (default: its recipe)")
     ap.add_argument("--epochs", type=int, default=KD_RECIPE["epochs"], help="student epochs (scratch and KD alike)")
     ap.add_argument("--shift-px", type=int, default=KD_RECIPE["shift_px"],
