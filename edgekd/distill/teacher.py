@@ -21,11 +21,11 @@ from edgekd.fsutil import cache_root, make_cache_folder, remove_stale_temporarie
 from edgekd.models import ModelSpec, count_params, load_model, save_model
 
 # The default teacher: the widest member of the student family with dropout, trained with label
-# smoothing (while it fits, below) and random shifts (Hinton et al.'s large regularised teacher). Its training length is a
-# budget of optimiser steps that grows with the square root of the dataset (500 steps at 7,200 images:
-# 9 epochs; 24 epochs for 1,000 images; 3 for 60,000), on a one-cycle schedule whose annealing ends
-# on a plateau; early stopping on the validation split ends it sooner and keeps the best epoch.
-# (Measured against a constant rate divided by 10 at each validation plateau: on the packaged MNIST
+# smoothing (while it fits, below) and random shifts (Hinton et al.'s large regularised teacher). Its
+# training length is a budget of optimiser steps that grows with the square root of the dataset (500
+# steps at 7,200 images: 9 epochs; 24 epochs for 1,000 images; 3 for 60,000), on a one-cycle schedule
+# whose annealing ends on a plateau; early stopping on the validation split ends it sooner and keeps
+# the best epoch. (Measured against a constant rate divided by 10 at each validation plateau: on the packaged MNIST
 # that stayed at 97.4% after 10 epochs, where one cycle reaches 98.9% in 8.)
 TEACHER_RUNGS = (
     # A capacity ladder: the next rung is trained only when the one before underfits (below).

@@ -91,7 +91,7 @@ def teacher_markdown(report: dict) -> list[str]:
                  fmt_pct(r.get("train_accuracy")), fmt_pct(r.get("val_accuracy")),
                  "underfits" if r.get("underfits") else "fits"] for r in rungs]
         lines += ["Capacity ladder (a teacher underfits when it fits fewer of its training images than the threshold; "
-                  "the rung after it trains without label smoothing):", ""]
+                  "the rung after it is bigger and, by default, trained without label smoothing):", ""]
         lines += _table(["Teacher", "Params", "Epochs", "Smoothing", "Train %", "Val %", ""], body,
                         ["l", "r", "r", "r", "r", "r", "l"]) + [""]
     return lines
