@@ -25,8 +25,8 @@ from edgekd.models import ModelSpec, count_params, load_model, save_model
 # training length is a budget of optimiser steps that grows with the square root of the dataset (500
 # steps at 7,200 images: 9 epochs; 24 epochs for 1,000 images; 3 for 60,000), on a one-cycle schedule
 # whose annealing ends on a plateau; early stopping on the validation split ends it sooner and keeps
-# the best epoch. (Measured against a constant rate divided by 10 at each validation plateau: on the packaged MNIST
-# that stayed at 97.4% after 10 epochs, where one cycle reaches 98.9% in 8.)
+# the best epoch. (Measured against a constant rate divided by 10 at each validation plateau: on the
+# packaged MNIST that stayed at 97.4% after 10 epochs, where one cycle reaches 98.9% in 8.)
 TEACHER_RUNGS = (
     # A capacity ladder: the next rung is trained only when the one before underfits (below).
     dict(arch="cnn", width=4.0, depth=1, extra={"dropout": 0.3}),
