@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from test_gate import make_onnx, make_run  # noqa: E402
@@ -110,6 +110,7 @@ RESULT_FIELDS = st.sampled_from(["model", "runtime", "batch", "runs", "status", 
        p50=st.floats(allow_nan=True, allow_infinity=True) | scalars,
        device=st.dictionaries(st.sampled_from(["name", "cpu", "runtime"]), scalars, max_size=2),
        top=st.dictionaries(st.sampled_from(["format", "format_version", "results", "device"]), json_values, max_size=1))
+@example(row_changes={}, p50=1.1235582092889474e308, device={}, top={})  # once overflowed the plot's axis limits
 def test_any_device_results_are_ingested_or_refused(capsys, template, row_changes, p50, device, top):
     run = _mutated_run(template, [])
     row = {"model": "student.onnx", "runtime": "onnxruntime", "batch": 1, "status": "ok", "latency_ms": {"p50": p50}}

@@ -177,6 +177,8 @@ def test_existing_outputs_need_overwrite(capsys, run, command):
     ({"latency_ms": {"p50": -1}}, ["latency_ms.p50 = -1 is not a latency"]),
     ({"latency_ms": {"p50": 0}}, ["latency_ms.p50 = 0 is not a latency"]),
     ({"latency_ms": {"p50": "fast"}}, ["latency_ms.p50 = 'fast' is not a latency"]),
+    # Finite but absurd (found by the fuzz test: 1.1e308 ms overflowed the Pareto plot's axis limits).
+    ({"latency_ms": {"p50": 1.1235582092889474e308}}, ["latency_ms.p50 = 1.12", "at most a day"]),
     ({"latency_ms": {"p50": 0.2, "p99": True}}, ["latency_ms.p99 = True"]),
     ({"latency_ms": {}}, ["has no latency_ms.p50"]),
     ({"sha256": "0" * 63}, ["is not a SHA-256 digest"]),

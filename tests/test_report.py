@@ -110,6 +110,7 @@ def test_sample_is_valid_and_json_round_trips(tmp_path):
     (lambda r: r["artifacts"][2].update(accuracy=98.7), "not a fraction"),
     (lambda r: r["artifacts"][2].update(size_bytes="12kB"), "artifacts[2].size_bytes is str"),
     (lambda r: r["artifacts"][3]["latency_ms"].update(p50=-1.0), "latency_ms.p50"),
+    (lambda r: r["artifacts"][3]["latency_ms"].update(p50=1e308), "latency_ms.p50"),  # longer than a day per call
     (lambda r: r["artifacts"][1].pop("format"), "artifacts[1] has no 'format'"),
     (lambda r: r["selection"]["candidates"][0].pop("fits"), "candidates[0] has no 'fits'"),
     (lambda r: r["selection"]["candidates"][0].update(fits=1), "fits is int"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import file_sha256, read_json, run_lock
 from edgekd.report import load_report, write_reports
+from edgekd.report.schema import MAX_LATENCY_MS, is_latency_ms
 
 _RESULT_FIX = "pass the JSON written by the script from `edgekd runner` (python3 edgekd_runner.py ... --out results.json)"
 
@@ -52,10 +52,6 @@ def _is_label(name) -> bool:
     return isinstance(name, str) and 0 < len(name.strip()) <= 200 and name.isprintable()
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_result_row(row: dict, where: str) -> None:
     """One result of the runner: what ingest puts in the report must be a real measurement."""
     status = row.get("status", "ok")
@@ -75,9 +71,9 @@ def _check_result_row(row: dict, where: str) -> None:
         raise EdgeKDError(f"{where} has no latency_ms.p50", _RESULT_FIX)
     for key in ("p50", "p90", "p99", "mean"):
         # A call that was timed took some time: 0 ms is a broken clock or an edited file, not a measurement.
-        if key in lat and lat[key] is not None and not (_number(lat[key]) and lat[key] > 0):
-            raise EdgeKDError(f"{where}: latency_ms.{key} = {lat[key]!r} is not a latency in ms (a finite number > 0)",
-                              _RESULT_FIX)
+        if key in lat and lat[key] is not None and not is_latency_ms(lat[key], zero=False):
+            raise EdgeKDError(f"{where}: latency_ms.{key} = {lat[key]!r} is not a latency in ms "
+                              f"(a finite number > 0, at most a day: {MAX_LATENCY_MS:.0f})", _RESULT_FIX)
 
 
 def _artifact_index(run_dir: Path, report: dict) -> tuple[dict, dict]:

@@ -86,11 +86,21 @@ def _is_number(v) -> bool:
     return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# The longest latency a report holds: a day per call. Beyond it a figure is a corrupt or edited file, not
+# a timing (and 1e308 ms overflows the plots' axis limits).
+MAX_LATENCY_MS = 86_400_000.0
+
+
+def is_latency_ms(v, zero: bool = True) -> bool:
+    """A latency in ms: a finite number, >= 0 (> 0 unless ``zero``), at most MAX_LATENCY_MS."""
+    return _is_number(v) and (v >= 0 if zero else v > 0) and v <= MAX_LATENCY_MS
+
+
 def _check_latency(value, where: str) -> None:
     if value is None:
         return
     for key, v in value.items():
-        if key in ("p50", "p90", "p99", "mean") and v is not None and not (_is_number(v) and v >= 0):
+        if key in ("p50", "p90", "p99", "mean") and v is not None and not is_latency_ms(v):
             raise EdgeKDError(f"invalid report: {where}.{key} = {v!r} is not a latency in ms", _FIX)
 
 
