@@ -320,8 +320,8 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         if cached is not None:
             return cached
         remove_stale_temporaries(root, weights.name)  # left by a process killed mid-write
-        return _train_teacher(splits, specs, cfg, root, key, weights, t0, progress, log, capped=epochs is not None,
-                              smoothing=smoothing)
+        return _train_teacher(splits, specs, cfg, root, key, weights, t0, progress, log, smoothing,
+                              capped=epochs is not None)
 
 
 # What the report shows of how the teacher was trained (kept in the cached file's header too).
@@ -345,11 +345,10 @@ def _cached_teacher(weights: Path, specs: list[ModelSpec], t0: float):
 
 
 def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: float, progress: bool, log,
-                   capped: bool = False, smoothing: list[float] | None = None):
+                   smoothing: list[float], capped: bool = False):
     """Train the ladder's rungs until one does not underfit (resuming what a killed run left), keep
     the one best on validation, and cache it. ``smoothing``: each rung's label smoothing (:func:`rung_smoothing`)."""
     say = log or _console_log(progress)
-    smoothing = smoothing or rung_smoothing(cfg, len(specs))
     rungs, best = [], None
     rung_cfg = cfg
     for rung, spec in enumerate(specs):

@@ -17,15 +17,22 @@ STUDY_NAME = "edgekd-kd"
 JOURNAL_NAME = "optuna.journal"
 # What is searched: the settings users most often get wrong for a new dataset. Ranges cover the
 # values the literature uses (T 1-20, alpha 0.1-1). The peak learning rate is searched a factor
-# LR_FACTOR either side of the configured one: a decade either side (1e-3 to 1.6e-2 around our 1e-2)
-# spent half the random start-up trials on rates too low for the epoch budget (Fashion-MNIST, 16
-# epochs: every trial below 2e-3 was 10-20 points under the defaults when it ended or was pruned).
+# LR_FACTOR either side of the configured one (TrainConfig's by default): a decade either side (1e-3
+# to 1.6e-2 around our 1e-2) spent half the random start-up trials on rates too low for the epoch
+# budget (Fashion-MNIST, 16 epochs: every trial below 2e-3 was 10-20 points under the defaults when
+# it ended or was pruned).
 LR_FACTOR = 4.0
+
+
+def _rates_around(lr: float) -> tuple:
+    return ("float_log", lr / LR_FACTOR, lr * LR_FACTOR)
+
+
 SEARCH_SPACE = {
     "temperature": ("float_log", 1.0, 16.0),
     "alpha": ("float", 0.1, 1.0),
     "loss": ("choice", ("kd", "dkd")),
-    "lr": ("float_log", 1e-2 / LR_FACTOR, 1e-2 * LR_FACTOR),
+    "lr": _rates_around(TrainConfig.lr),
 }
 # Array data (IDX, .npz) also searches the views the two models see, the choice that depends most on
 # the data: "none" (the images as they are; the teacher's logits cached), "shifted" (random shifts of
@@ -48,7 +55,7 @@ def search_space(splits: DataSplits, lr: float | None = None) -> dict:
     views for array data (with the mirrored ones for mirror-symmetric data)."""
     space = dict(SEARCH_SPACE)
     if lr is not None:
-        space["lr"] = ("float_log", lr / LR_FACTOR, lr * LR_FACTOR)
+        space["lr"] = _rates_around(lr)
     if splits.kind != "array":
         return space
     from edgekd.distill.teacher import mirror_symmetric
