@@ -10,7 +10,7 @@ from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
 from edgekd.errors import EdgeKDError
 from edgekd.fsutil import file_sha256, read_json, run_lock
 from edgekd.report import load_report, write_reports
-from edgekd.report.schema import MAX_LATENCY_MS, is_latency_ms
+from edgekd.limits import MAX_LATENCY_MS, is_latency_ms
 
 _RESULT_FIX = "pass the JSON written by the script from `edgekd runner` (python3 edgekd_runner.py ... --out results.json)"
 
@@ -90,6 +90,47 @@ def _artifact_index(run_dir: Path, report: dict) -> tuple[dict, dict]:
     return by_hash, by_name
 
 
+def _record_contradiction(doc: dict, target: str | None, device_target: str | None) -> str | None:
+    """The device the results say they came from, when that is known to be another target than the run's.
+
+    A results file names its device twice (the runner's ``--device-name`` as ``target`` and ``device.name``);
+    a name that is a shipped target or a registered device of another target contradicts a run for ``target``.
+    """
+    if not target:
+        return None
+    from edgekd.devices.store import registered_targets
+    from edgekd.hardware.targets import target_names
+
+    registered = registered_targets()
+    for label in (doc.get("target"), doc["device"].get("name")):
+        if not _is_label(label) or label in (target, device_target):
+            continue
+        if label in target_names() and device_target is None:
+            return label
+        if label in registered and registered[label] not in (target, device_target):
+            return f"{label} (a {registered[label]})"
+    return None
+
+
+def _artifact_by_name(row: dict, by_hash: dict, by_name: dict, run_dir: Path):
+    """The artifact a result row measured: by hash, else by file name when the hashes cannot disagree."""
+    sha = row.get("sha256")
+    art = by_hash.get(sha)
+    if art is not None:
+        return art
+    art = by_name.get(Path(row["model"]).name)
+    if art is None or not sha:
+        return art
+    file = Path(art["path"])
+    file = file if file.is_absolute() else run_dir / file
+    if file.is_file():
+        raise EdgeKDError(
+            f"{row['model']} was measured with sha256 {sha} but the run's {file.name} has sha256 {file_sha256(file)}: "
+            "the timings are of another model",
+            "copy this run's artifacts/ files to the device, run the runner again and ingest its results")
+    return art
+
+
 def _latency_entry(row: dict) -> dict:
     lat = row["latency_ms"]
     out = {k: lat[k] for k in ("p50", "p90", "p99", "mean") if isinstance(lat.get(k), (int, float))}
@@ -99,7 +140,7 @@ def _latency_entry(row: dict) -> dict:
 
 
 def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str | None = None,
-                   device_target: str | None = None) -> IngestSummary:
+                   device_target: str | None = None, force: bool = False) -> IngestSummary:
     """Put a device's measured latencies into ``run_dir``'s report and regenerate its reports.
 
     Results are matched to artifacts by file hash (a renamed copy still matches), then by file name.
@@ -108,6 +149,8 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
     against measured and ``edgekd calibrate`` can fit the latency model to the device. Every timing
     (all batch sizes) is kept under ``extra.device_measurements``. ``device_target``: the target profile
     of the device (a device registered with `edgekd devices add`), when its name is not the target's.
+    A result whose hash differs from the artifact of its file name is refused; so is a results file whose
+    own device record names another target than the run's, unless ``force``.
     """
     doc = load_device_results(results_path)
     run_dir = Path(run_dir)
@@ -122,6 +165,12 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
                 f"the results are from device '{name}' but the run targets '{target}'",
                 f"pass --device {target} if these timings were taken on a {target}, or ingest them into a run "
                 f"for {name}")
+        other = None if force else _record_contradiction(doc, target, device_target)
+        if other:
+            raise EdgeKDError(
+                f"the results file records its device as {other} but the run targets '{target}'",
+                "ingest them into a run for that device, or pass --force if they were taken on a "
+                f"{target} all the same")
         by_hash, by_name = _artifact_index(run_dir, report)
         summary = IngestSummary(device=name)
         source = f"measured:{name}"
@@ -130,7 +179,7 @@ def ingest_results(results_path: str | Path, run_dir: str | Path, *, device: str
             if row.get("status", "ok") != "ok":
                 summary.failed.append((row["model"], row.get("reason") or row.get("status", "failed")))
                 continue
-            art = by_hash.get(row.get("sha256")) or by_name.get(Path(row["model"]).name)
+            art = _artifact_by_name(row, by_hash, by_name, run_dir)
             if art is None:
                 summary.unmatched.append(row["model"])
                 continue

@@ -91,7 +91,7 @@ def _read(path: Path) -> dict:
         devices = data["devices"]
         return {name: Device(**{k: v for k, v in d.items() if k in Device.__dataclass_fields__})
                 for name, d in devices.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         raise EdgeKDError(f"the device list {path} is unreadable",
                           "fix or delete it and add the devices again with `edgekd devices add`") from None
 
@@ -105,6 +105,14 @@ def _write(path: Path, devices: dict) -> None:
 
 def list_devices() -> list[Device]:
     return list(_read(store_path()).values())
+
+
+def registered_targets() -> dict[str, str]:
+    """Each registered device's name -> its target (none when the device list is missing or unreadable)."""
+    try:
+        return {name: d.target for name, d in _read(store_path()).items()}
+    except EdgeKDError:
+        return {}
 
 
 def get_device(name: str) -> Device:
