@@ -21,16 +21,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
 
-import numpy as np
-
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import export_onnx
+from edgekd.hardware.fitting import (cost_rows, fit_rows, fit_target, held_out_interval,  # noqa: F401
+                                    scaled_prior_weight)
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
-from edgekd.hardware.latency import (DISPATCH, Coefficients, datasheet_coefficients, features, fit_coefficients,
-                                    fit_scaled, fit_stats, target_graph_cost)
+from edgekd.hardware.latency import Coefficients
 from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
-from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval_from_ratios
+from edgekd.limits import MAX_LATENCY_MS, is_latency_ms
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
 
@@ -305,113 +304,6 @@ class CalibrationResult:
                 "coefficients": self.coefficients.to_dict(), "rows": self.rows}
 
 
-def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None = None, runtime: str | None = None,
-              cache_mb: float | None = None, spill_mb: float | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Each graph costed for the target's runtime (or ``runtime``) and precision: design-matrix rows and a table."""
-    precision = precision or target.precision
-    cache_mb = cache_mb if cache_mb is not None else target.cache_mb
-    rows, table = [], []
-    for path, shape in zip(onnx_paths, input_shapes):
-        cost = target_graph_cost(path, target, precision, shape, runtime=runtime)
-        rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb))
-        table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
-                      "kernels": len(cost.kernels)})
-    return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), table
-
-
-def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
-             fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
-             robust: bool = False, per_class: bool | None = None) -> tuple[Coefficients, dict]:
-    """Fit coefficients to costed rows: every class's terms when there are enough measurements (or
-    ``per_class``), else scale the datasheet's."""
-    precision = precision or target.precision
-    prior = datasheet_coefficients(target, precision)
-    rows = np.asarray(rows, dtype=np.float64)
-    # Terms the measurements exercise, less those held (measured) rather than fitted.
-    held = set(fixed_terms or {}) | {DISPATCH}
-    used = sum(1 for j in np.flatnonzero(np.abs(rows).sum(axis=0)) if j not in held)
-    if per_class or (per_class is None and len(rows) >= 2 * used):  # two measurements per fitted term
-        coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
-                                         fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
-    else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
-        weight = scaled_prior_weight(rows, latencies_ms, prior)
-        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight)
-        stats["prior_weight"] = weight
-    coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
-    return coeffs, stats
-
-
-SCALED_PRIOR_WEIGHTS = (0.01, 0.05, 0.2, 1.0, 5.0)
-
-
-def scaled_prior_weight(rows, latencies_ms, prior: Coefficients) -> float:
-    """How firmly a few device measurements' scale factors are held to the datasheet, chosen by leave-one-out.
-
-    With four measurements and six scale factors, a loose fit explains them all and predicts the next
-    model badly; a firm one barely moves from the datasheet. The weight whose leave-one-out predictions
-    err least (median |log ratio|) decides, from the measurements alone.
-    """
-    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
-    if len(y) < 4:
-        return 0.05
-    best, best_err = 0.05, float("inf")
-    for weight in SCALED_PRIOR_WEIGHTS:
-        errors = []
-        for i in range(len(y)):
-            keep = np.arange(len(y)) != i
-            coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight)
-            errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
-        if np.median(errors) < best_err - 1e-9:
-            best, best_err = weight, float(np.median(errors))
-    return best
-
-
-def held_out_interval(rows, latencies_ms, fit, *, what: str, folds: int | None = None) -> tuple[Interval | None, np.ndarray]:
-    """The interval learned from each measurement's prediction by a fit that did not see it, and those predictions.
-
-    ``fit(rows, latencies)`` returns coefficients; ``folds`` None leaves one out at a time.
-    """
-    rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
-
-    def fit_predict(train):
-        coeffs = fit(rows[train], y[train])
-        return lambda test: rows[test] @ coeffs.vector()
-
-    predicted = held_out_predictions(len(y), fit_predict, folds=folds)
-    method = f"{'leave-one-out' if folds is None or folds >= len(y) else f'{folds}-fold'} over {len(y)} {what}"
-    return interval_from_ratios(y / predicted, method), predicted
-
-
-def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precision: str | None = None,
-               prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
-               spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
-               robust: bool = False, folds: int | None = None, per_class: bool | None = None,
-               what: str = "measurements") -> tuple[Coefficients, dict, list[dict]]:
-    """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
-    the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
-
-    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
-    """
-    rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
-                            spill_mb=spill_mb)
-    y = np.asarray(latencies_ms, dtype=np.float64)
-
-    def fit(r, t):
-        return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)[0]
-
-    coeffs, stats = fit_rows(target, rows, y, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)
-    if len(y) >= 3:
-        interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
-        stats["interval"] = interval.to_dict() if interval is not None else None
-        stats["held_out"] = fit_stats(held, y)
-    pred = rows @ coeffs.vector()
-    for r, ms, p in zip(table, y, pred):
-        r["measured_ms"], r["fitted_ms"] = float(ms), float(p)
-    return coeffs, stats, table
-
-
 def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: str, fit: dict,
                      device: dict | None = None, conditions: dict | None = None) -> Path:
     from edgekd.fsutil import atomic_write_json
@@ -563,8 +455,9 @@ def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
         p50 = lat.get("p50") if isinstance(lat, dict) else lat
         if p50 is None or r.get("status", "ok") != "ok":
             continue
-        if not isinstance(p50, (int, float)) or isinstance(p50, bool) or not p50 > 0:
-            raise EdgeKDError(f"results[{i}].latency_ms.p50 in {path} must be a positive number", "milliseconds per batch-1 inference")
+        if not is_latency_ms(p50, zero=False):
+            raise EdgeKDError(f"results[{i}].latency_ms.p50 in {path} must be a positive number of ms, at most a day "
+                              f"({MAX_LATENCY_MS:.0f})", "milliseconds per batch-1 inference")
         model = Path(r["model"])
         if not model.is_absolute():
             model = path.parent / model
@@ -622,7 +515,7 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
 
 def _calibrate_from_table(target: Target, path, *, precision: str | None, save: bool) -> CalibrationResult:
     """Fit ``target``'s coefficients from a published measurement table (targets/measurements/ format)."""
-    from edgekd.hardware.published import load_table, measurement_graph
+    from edgekd.hardware.published import load_table, measurement_graph  # published -> fitting, never back
 
     table = load_table(path)
     groups = table.groups()

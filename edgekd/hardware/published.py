@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.errors import EdgeKDError
+from edgekd.limits import is_latency_ms
 
 TABLE_KEYS = ("target", "device", "sources", "measurements", "notes")
 SOURCE_KEYS = ("url", "where", "runtime", "precision", "batch", "threads", "notes")
@@ -153,8 +154,9 @@ def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measureme
     if not isinstance(model, str) or model.split(":", 1)[0] not in MODEL_SOURCES or not model.split(":", 1)[-1]:
         raise _fail(where, f"key 'model' must be torchvision:NAME or edgekd:NAME (got {model!r})", "e.g. torchvision:resnet18")
     latency = data["latency_ms"]
-    if not isinstance(latency, (int, float)) or isinstance(latency, bool) or not latency > 0:
-        raise _fail(where, f"key 'latency_ms' must be a positive number (got {latency!r})", "milliseconds per inference")
+    if not is_latency_ms(latency, zero=False):
+        raise _fail(where, f"key 'latency_ms' must be a positive number of ms, at most a day (got {latency!r})",
+                    "milliseconds per inference")
     if data["source"] not in sources:
         raise _fail(where, f"key 'source' names {data['source']!r}, which is not under sources",
                     f"use one of {', '.join(sources) or '(none defined)'}")
@@ -318,7 +320,7 @@ def _row_record(m: Measurement, **figures) -> dict:
 
 def datasheet_predictions(target, rows: list[Measurement]) -> list[float]:
     """What the profile's datasheet coefficients (no calibration) predict for each measurement."""
-    from edgekd.hardware.calibration import cost_rows
+    from edgekd.hardware.fitting import cost_rows
     from edgekd.hardware.latency import datasheet_coefficients
 
     out = []
@@ -332,7 +334,7 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings)."""
-    from edgekd.hardware.calibration import cost_rows, fit_rows, held_out_interval
+    from edgekd.hardware.fitting import cost_rows, fit_rows, held_out_interval
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision

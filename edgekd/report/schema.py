@@ -6,6 +6,7 @@ import math
 from pathlib import Path, PurePosixPath
 
 from edgekd.errors import EdgeKDError
+from edgekd.limits import MAX_LATENCY_MS, is_latency_ms  # noqa: F401  (one home, shared with edgekd.hardware)
 
 SCHEMA_VERSION = 1
 REPORT_NAME = "report.json"
@@ -84,16 +85,6 @@ def _check_fields(obj: dict, where: str, required: dict, optional: dict) -> None
 
 def _is_number(v) -> bool:
     return isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# The longest latency a report holds: a day per call. Beyond it a figure is a corrupt or edited file, not
-# a timing (and 1e308 ms overflows the plots' axis limits).
-MAX_LATENCY_MS = 86_400_000.0
-
-
-def is_latency_ms(v, zero: bool = True) -> bool:
-    """A latency in ms: a finite number, >= 0 (> 0 unless ``zero``), at most MAX_LATENCY_MS."""
-    return _is_number(v) and (v >= 0 if zero else v > 0) and v <= MAX_LATENCY_MS
 
 
 def _check_latency(value, where: str) -> None:
