@@ -36,7 +36,7 @@ def _numbers(text: str | None, what: str, kind=float):
 @click.option("--depths", help="Comma-separated depth multipliers (default: the family's; 1 for families without one).")
 @click.option("--image-sizes", "--resolutions", "resolutions", help="Comma-separated input sizes in pixels (default: the input's own).")
 @click.option("--input", "input_shape", default=None,
-              help="Input shape CxHxW of the data (default 1x28x28 for cnn/mlp, else 3x224x224).")
+              help="Input shape CxHxW of the data (default: the family's, 1x28x28 for cnn/mlp, else 3x224x224).")
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(1, 1_000_000))
 @click.option("--safe", is_flag=True, help="Judge each candidate by the upper end of its latency interval.")
 @click.option("--json", "as_json", is_flag=True, help="Print every candidate as JSON (width, image_size, params, flops, predicted_ms, fits).")
@@ -44,8 +44,10 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, inp
     """Search width, depth and image size; print the Pareto front and the candidate distill would train."""
     from edgekd.hardware import search
     from edgekd.modelfile import parse_shape
+    from edgekd.models import family_traits
 
-    shape = parse_shape(input_shape or ("1x28x28" if arch in ("cnn", "mlp") else "3x224x224"), "--input")
+    default_input = "x".join(map(str, family_traits(arch).default_input))
+    shape = parse_shape(input_shape or default_input, "--input")
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[0] != 1):
         raise EdgeKDError(f"--input {input_shape} is not an image shape", "write it as CxHxW, e.g. --input 1x28x28")
     depth_list = _numbers(depths, "--depths")

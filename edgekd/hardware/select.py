@@ -97,14 +97,14 @@ def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_sha
                        resolution: int | None = None, precision: str | None = None, mode: str = "predicted",
                        runtime: str | None = None) -> Candidate:
     """Cost one configuration on ``target``: export (cached), cost the graph, predict or measure."""
-    from edgekd.models import count_params, create
+    from edgekd.models import count_params, create, create_kwargs
 
     c, h, w = (int(s) for s in input_shape[-3:])
     if resolution is not None:
         h = w = int(resolution)
     shape = [1, c, h, w]
     precision = precision or target.precision
-    size_kw = {} if arch in ("cnn",) else {"image_size": h}  # fully convolutional cnn: one graph per size anyway
+    size_kw = create_kwargs(arch, shape)
     path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth, **size_kw)
     cost = target_graph_cost(path, target, precision, runtime=runtime)
     params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth, **size_kw))

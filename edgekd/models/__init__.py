@@ -26,17 +26,57 @@ SCHEMES: Registry = Registry("model source")
 DEFAULT_WIDTHS = (0.25, 0.375, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
-def family(name: str, *, depths=(1,), widths=None):
+@dataclass(frozen=True)
+class FamilyTraits:
+    """What code outside ``edgekd.models`` may ask about a family, instead of testing its name.
+
+    ``depths``/``widths``: the candidates a search tries (``(1,)`` when the family has no depth knob).
+    ``graph_depends_on_image_size``: the modules change with the input size (stem stride, fan-in); False for
+    a fully convolutional network with global pooling and a fixed stem, whose graph is one for any size.
+    ``flat_input``: the first layer sees the flattened image, so the spec carries the (H, W) it was built for.
+    ``feature_stages``: it has spatial stages that feature and attention losses can tap.
+    ``default_input``: the C, H, W a search assumes when the user gives no input shape.
+    ``traceable``: edgekd can build it at any width and depth itself (registered families), so its graphs
+    can be costed without an ONNX export each (``edgekd.hardware.fastcost``).
+    """
+
+    depths: tuple = (1,)
+    widths: tuple = DEFAULT_WIDTHS
+    graph_depends_on_image_size: bool = True
+    flat_input: bool = False
+    feature_stages: bool = True
+    default_input: tuple = (3, 224, 224)
+    traceable: bool = False
+
+    @property
+    def has_depth_multiplier(self) -> bool:
+        return tuple(self.depths) != (1,)
+
+    @property
+    def image_size_in_spec(self) -> bool:
+        """Whether a spec records the data's image size as ``image_size`` (it picks the stem stride)."""
+        return self.graph_depends_on_image_size and not self.flat_input
+
+
+def family(name: str, *, depths=(1,), widths=None, **traits):
     """Register a student family. ``depths``: the depth multipliers a search tries (``(1,)`` when the family
-    has no depth knob); ``widths``: its default candidate widths (default :data:`DEFAULT_WIDTHS`)."""
+    has no depth knob); ``widths``: its default candidate widths (default :data:`DEFAULT_WIDTHS`); ``traits``:
+    the other fields of :class:`FamilyTraits` (registered families are ``traceable`` unless told)."""
 
     def decorator(fn):
-        fn.search_depths = tuple(depths)
-        fn.search_widths = tuple(widths or DEFAULT_WIDTHS)
+        fn.traits = FamilyTraits(depths=tuple(depths), widths=tuple(widths or DEFAULT_WIDTHS),
+                                 **{"traceable": True, **traits})
+        fn.search_depths = fn.traits.depths
+        fn.search_widths = fn.traits.widths
         MODELS.add(name, fn)
         return fn
 
     return decorator
+
+
+def families() -> list[str]:
+    """Every registered student family: the names ``--student auto`` searches."""
+    return sorted(MODELS.names())
 
 
 def resolve_factory(arch: str):
@@ -54,12 +94,49 @@ def resolve_factory(arch: str):
     return MODELS.get(arch)
 
 
+def family_traits(arch: str) -> FamilyTraits:
+    """The traits of ``arch``: a registered family's own; a model source's (``timm:NAME``...) from its
+    factory; a user's ``FILE.py:factory`` the defaults (one width, one depth, its file not imported)."""
+    if ".py:" in arch:
+        return FamilyTraits(widths=(1.0,))
+    factory = resolve_factory(arch)
+    traits = getattr(factory, "traits", None)
+    if traits is not None:
+        return traits
+    return FamilyTraits(depths=tuple(getattr(factory, "search_depths", (1,))),
+                        widths=tuple(getattr(factory, "search_widths", DEFAULT_WIDTHS)))
+
+
 def search_depths(arch: str) -> tuple:
-    return getattr(resolve_factory(arch), "search_depths", (1,)) if ".py:" not in arch else (1,)
+    return family_traits(arch).depths if ".py:" not in arch else (1,)
 
 
 def search_widths(arch: str) -> tuple:
-    return getattr(resolve_factory(arch), "search_widths", DEFAULT_WIDTHS) if ".py:" not in arch else DEFAULT_WIDTHS
+    return family_traits(arch).widths if ".py:" not in arch else DEFAULT_WIDTHS
+
+
+def size_kwargs(arch: str, input_shape) -> dict:
+    """How ``arch`` is told the size of C x H x W inputs, as :class:`ModelSpec` fields: ``image_size`` (it
+    picks the stem stride; None where the graph does not depend on it) and, for a flat-input family, an
+    ``extra`` ``image_size`` of [H, W] (its first layer's fan-in)."""
+    traits = family_traits(arch)
+    h, w = (int(s) for s in input_shape[-2:])
+    return {"image_size": w if traits.image_size_in_spec else None,
+            "extra": {"image_size": [h, w]} if traits.flat_input else {}}
+
+
+def create_kwargs(arch: str, input_shape) -> dict:
+    """The size keyword :func:`create` takes for ``arch`` on C x H x W inputs ({} where it changes nothing)."""
+    sizes = size_kwargs(arch, input_shape)
+    if sizes["extra"]:
+        return dict(sizes["extra"])
+    return {"image_size": sizes["image_size"]} if sizes["image_size"] is not None else {}
+
+
+def family_spec(arch: str, num_classes: int, input_shape, *, width: float = 1.0, depth: float = 1) -> "ModelSpec":
+    """The spec of ``arch`` at ``width``/``depth`` for ``num_classes`` classes of C x H x W inputs."""
+    return ModelSpec(arch, int(num_classes), int(input_shape[-3]), width=width, depth=depth,
+                     **size_kwargs(arch, input_shape))
 
 
 def create(arch: str, *, num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,

@@ -58,7 +58,7 @@ class CNN(nn.Module):
         return self.forward_features(x)[1]
 
 
-@family("cnn", depths=(1, 2, 3))
+@family("cnn", depths=(1, 2, 3), graph_depends_on_image_size=False, default_input=(1, 28, 28))
 def cnn(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1, image_size=None, **kw) -> CNN:
     # Fully convolutional with global pooling: any image size, so image_size changes nothing.
     return CNN(num_classes, in_channels, width=width, depth=integer_depth(depth, "cnn"), **kw)

@@ -32,7 +32,7 @@ class MLP(nn.Module):
         return self.classifier(self.body(x))
 
 
-@family("mlp", depths=(1, 2, 3))
+@family("mlp", depths=(1, 2, 3), flat_input=True, feature_stages=False, default_input=(1, 28, 28))
 def mlp(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1, image_size=None, **kw) -> MLP:
     return MLP(num_classes, in_channels, width=width, depth=integer_depth(depth, "mlp"),
                image_size=image_size if image_size is not None else 28, **kw)
