@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd import __version__
+from edgekd import __version__, events
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
 from edgekd.errors import EdgeKDError
@@ -348,7 +348,11 @@ def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: 
                    smoothing: list[float], capped: bool = False):
     """Train the ladder's rungs until one does not underfit (resuming what a killed run left), keep
     the one best on validation, and cache it. ``smoothing``: each rung's label smoothing (:func:`rung_smoothing`)."""
-    say = log or _console_log(progress)
+    def say(line: str) -> None:
+        if progress:
+            events.info(line.strip())
+        if log is not None:
+            log(line)
     rungs, best = [], None
     rung_cfg = cfg
     for rung, spec in enumerate(specs):
@@ -395,9 +399,3 @@ def _train_teacher(splits, specs, cfg, root: Path, key: str, weights: Path, t0: 
     save_model(weights, model, spec, meta)
     return model, spec, {"accuracy": result.accuracy, "params": count_params(model), "path": str(weights),
                          "cached": False, "seconds": time.perf_counter() - t0, "source": "trained", **training}
-
-
-def _console_log(enabled: bool):
-    from edgekd.distill.train import _console_log as console_log
-
-    return console_log(enabled)

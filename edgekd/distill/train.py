@@ -1,387 +1,38 @@
-"""The training loop: teacher forward (frozen), student forward, loss, step, log, checkpoint, resume."""
+"""The training loop: teacher forward (frozen), student forward, loss, step, log, checkpoint, resume.
+
+What it does is told through :mod:`edgekd.events` (``epoch_end`` after every epoch, ``progress`` per
+step, ``info`` for stage changes); it never prints.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgekd import events
 from edgekd.data import DataSplits
-from edgekd.data.batches import TrainBatch, random_shift, train_batches
+from edgekd.data.batches import TrainBatch, train_batches
+from edgekd.distill.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, DeferredInterrupt, Dist, _all_reduce_sum,
+                                       _barrier, _random_state, _set_random_state, _sync_loss_grads, init_distributed,
+                                       load_checkpoint, save_checkpoint, save_final)
+from edgekd.distill.evaluate import BatchMaker, amp_name, autocast_for, evaluate, predict_logits, resolve_device
 from edgekd.distill.features import FeatureTap, StagePairs, pair_stages
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
+from edgekd.distill.trainconfig import MODES, OPTIMIZERS, SCHEDULES, EarlyStop, TrainConfig, TrainResult
 from edgekd.errors import EdgeKDError, first_line
 
-CHECKPOINT_NAME = "last.pt"
-MODES = ("offline", "online", "self")
-CHECKPOINT_FORMAT = 1
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of one training run. Defaults are tuned for the packaged MNIST on a 2-core CPU."""
-
-    epochs: int = 16
-    batch_size: int = 128
-    # Peak learning rate (OneCycle) / initial (cosine, constant). With alpha below, measured on MNIST and on
-    # 8,000 Fashion-MNIST images (cnn width 1, 16 epochs, seed 0) and on 1,080 digits for 6 epochs:
-    # lr 1e-2 with alpha 0.5 gave 98.70% / 88.10% / 81-88% where lr 4e-3 with alpha 0.9 gave 98.25% /
-    # 86.95% / 61-66% (edgekd's small students on few steps were under-trained at 4e-3).
-    lr: float = 1e-2
-    weight_decay: float = 5e-4
-    optimizer: str = "adamw"            # "adamw" | "sgd" (Nesterov, momentum 0.9)
-    schedule: str = "onecycle"          # "onecycle" | "cosine" | "constant"
-    loss: str = "kd"                    # a registered loss or a combination: "kd", "ce", "kd+at:0.5"
-    temperature: float = 4.0
-    temperature_end: float | None = None  # set for a linear temperature schedule start -> end
-    alpha: float = 0.5                  # weight of the soft-target term; 1 - alpha weighs the labels
-    label_smoothing: float = 0.0
-    augment: bool = False               # random shifts of up to shift_px pixels
-    shift_px: int = 2
-    mixup: float = 0.0                  # > 0: mixup with Beta(mixup, mixup) weights; the teacher labels the mixed image
-    flip: bool = False                  # with augment: random left-right flips as well (mirror-symmetric data only)
-    patience: int = 0                   # > 0: stop when validation accuracy has not improved for this many epochs
-                                        # (after lr_drops tenfold drops with schedule "plateau"); best epoch kept
-    lr_drops: int = 1                   # schedule "plateau": plateaus that divide the rate by 10 before one stops
-    cache_teacher: bool = True          # teacher logits computed once when inputs are not augmented
-    teacher_view: str = "same"          # with augment: "same" (teacher sees the shifted image) or
-                                        # "clean" (teacher logits of the original image: cacheable)
-    device: str = "cpu"                 # "cpu" | "cuda" | "cuda:N" | "auto"
-    amp: str = "auto"                   # "auto" (bf16 on CUDA only) | "bf16" | "off"
-    channels_last: bool = True          # measured faster for these convnets on CPU as well as GPU
-    threads: int | None = None          # torch intra-op threads on CPU (None: torch's default)
-    seed: int = 0
-    eval_batch_size: int = 512
-    loss_opts: dict = field(default_factory=dict)  # extra options for losses (e.g. {"hint_layers": [1]})
-    feature_pairs: str | None = None    # "student.A:teacher.B,..." for feature losses; None: paired by stride
-    # Modes. offline: frozen teacher. online: teacher and student learn together (mutual learning).
-    # self: born-again, `generations` students in a row, each taught by the one before.
-    mode: str = "offline"               # "offline" | "online" | "self"
-    generations: int = 2                # students trained in "self" mode (the last one is returned)
-    assistant_width: float | None = None  # teacher-assistant: teacher -> this width -> student
-    finetune_epochs: int = 0            # two-stage: then fine-tune on labels alone for this many epochs
-    finetune_lr_scale: float = 0.1      # fine-tuning learning rate as a fraction of lr
-    # Mid-epoch checkpoints for long epochs (they do not change the result, so resume ignores them):
-    checkpoint_every_steps: int = 0     # > 0: also after every this many steps
-    checkpoint_every_minutes: float = 10.0  # > 0: also when this long has passed since the last one
-
-    # Settings that change the result; a checkpoint only resumes a run with the same ones.
-    RESULT_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "loss", "temperature",
-                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode", "teacher_view")
-
-    def validate(self) -> "TrainConfig":
-        checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}", "use e.g. --epochs 10"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}", "use e.g. 128"),
-            (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}", "use e.g. 3e-3"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}", "use e.g. 5e-4"),
-            (self.temperature > 0, f"temperature must be > 0, got {self.temperature}", "use e.g. --temperature 4"),
-            (self.temperature_end is None or self.temperature_end > 0,
-             f"final temperature must be > 0, got {self.temperature_end}", "use e.g. 1"),
-            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}", "use e.g. --alpha 0.5"),
-            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}", "use e.g. 0.1"),
-            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}"),
-            (self.schedule in SCHEDULES, f"unknown lr schedule {self.schedule!r}", f"use one of {', '.join(SCHEDULES)}"),
-            (self.amp in ("auto", "bf16", "off"), f"unknown amp mode {self.amp!r}", "use auto, bf16 or off"),
-            (self.shift_px >= 0, f"shift_px must be >= 0, got {self.shift_px}", "use e.g. 2"),
-            (self.mixup >= 0 and math.isfinite(self.mixup), f"mixup must be >= 0, got {self.mixup}", "use e.g. --mixup 0.4"),
-            (self.threads is None or self.threads >= 1, f"threads must be >= 1, got {self.threads}", "use e.g. 2"),
-            (self.teacher_view in ("same", "clean"), f"unknown teacher view {self.teacher_view!r}", "use same or clean"),
-            (self.mode in MODES, f"unknown distillation mode {self.mode!r}", f"use one of {', '.join(MODES)}"),
-            (self.generations >= 1, f"generations must be >= 1, got {self.generations}", "use e.g. 2"),
-            (self.assistant_width is None or self.assistant_width > 0,
-             f"assistant width must be > 0, got {self.assistant_width}", "use e.g. 1.5"),
-            (self.finetune_epochs >= 0, f"fine-tuning epochs must be >= 0, got {self.finetune_epochs}", "use e.g. 2"),
-            (self.finetune_lr_scale > 0, f"fine-tuning lr scale must be > 0, got {self.finetune_lr_scale}", "use e.g. 0.1"),
-            (isinstance(self.patience, int) and self.patience >= 0, f"patience must be >= 0 epochs, got {self.patience}", "use e.g. 3 (0: off)"),
-            (self.lr_drops >= 0, f"lr_drops must be >= 0, got {self.lr_drops}", "use e.g. 1"),
-            (self.schedule != "plateau" or self.patience > 0, "the plateau schedule needs a patience",
-             "set patience, e.g. 2 epochs"),
-            (self.checkpoint_every_steps >= 0 and self.checkpoint_every_minutes >= 0,
-             "checkpoint intervals must be >= 0", "use 0 to checkpoint only at the end of each epoch"),
-        ]
-        for ok, what, how in checks:
-            if not ok:
-                raise EdgeKDError(what, how)
-        return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def result_dict(self) -> dict:
-        """The settings that change the result (keys a checkpoint, a cached teacher, a cached probe)."""
-        d = {k: getattr(self, k) for k in self.RESULT_FIELDS}
-        # Added later: present only when set, so checkpoints written before them still resume.
-        for name in ("mixup", "flip", "patience", "feature_pairs"):
-            if getattr(self, name):
-                d[name] = getattr(self, name)
-        if self.patience and self.schedule == "plateau":
-            d["lr_drops"] = self.lr_drops
-        return d
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.result_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class TrainResult:
-    accuracy: float          # test split, fraction
-    val_accuracy: float
-    epochs_run: int          # epochs completed in total (including those before a resume)
-    history: list[dict]      # one dict per epoch: epoch, loss, train_accuracy, val_accuracy, lr, temperature, seconds
-    seconds: float           # training time summed over all sessions of this run
-    checkpoint: str | None = None
-    weights_path: str | None = None
-    images_per_second: float = 0.0
-    device: str = "cpu"
-    amp: str = "off"
-    resumed_from_epoch: int | None = None
-    stages: list[dict] = field(default_factory=list)  # multi-stage runs: one summary per stage
-    teacher_accuracy: float | None = None              # online mode: the co-trained teacher's test accuracy
-    teacher_cache: dict | None = None                  # image files: the on-disk teacher-output cache, hits and misses
-    best_epoch: int | None = None   # with patience: the epoch whose weights were kept (best validation accuracy)
-    stop_reason: str | None = None  # why training ended
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Devices, batches and model outputs
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise EdgeKDError(f"unknown device {name!r}", "use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EdgeKDError("--device cuda was asked for but no CUDA GPU is available", "use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise EdgeKDError(f"device {name!r} is not supported", "use cpu or cuda")
-    return device
-
-
-def autocast_for(device: torch.device, amp: str):
-    """bf16 autocast on CUDA by default; on CPU only when asked (it is slower there for small convs)."""
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def amp_name(device: torch.device, amp: str) -> str:
-    return "bf16" if amp == "bf16" or (amp == "auto" and device.type == "cuda") else "off"
-
-
-class BatchMaker:
-    """uint8 images -> normalised float batches on the device, with optional random shifts.
-
-    Images stay uint8 on the host (a quarter of the float size); each batch is converted on the
-    fly, so large datasets fit and nothing is normalised twice.
-    """
-
-    def __init__(self, x_uint8: np.ndarray, mean, std, device: torch.device, channels_last: bool):
-        self.x = torch.from_numpy(np.array(x_uint8, copy=True)) if not x_uint8.flags.writeable else torch.from_numpy(np.ascontiguousarray(x_uint8))
-        if device.type == "cuda":
-            self.x = self.x.pin_memory()
-        self.device = device
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.channels_last = channels_last
-
-    def __call__(self, idx: torch.Tensor, shift_px: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
-        xb = self.x[idx].to(self.device, non_blocking=True)
-        if shift_px > 0:
-            xb = random_shift(xb, shift_px, generator)
-        xb = (xb.float() / 255.0 - self.mean) / self.std
-        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
-                   amp: str = "auto", channels_last: bool = False, size: int | None = None) -> torch.Tensor:
-    """Logits of ``model`` (in eval mode) as float32 on the host, for a split (its name or the split
-    itself: evaluation views, files that do not decode left out) or for uint8 images (N, C, H, W),
-    preprocessed at ``size`` (default the student's; the teacher's size for a teacher)."""
-    from edgekd.data.loader import ArrayEval
-
-    device = torch.device(device) if not isinstance(device, torch.device) else device
-    pre = splits.preprocessing
-    if isinstance(images, np.ndarray):
-        views = ArrayEval(images, np.zeros(len(images), np.int64), pre, size or pre.image_size)
-    else:
-        views = splits.eval_images(images, size)
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        with autocast_for(device, amp):
-            for _, xb in views.batches(batch_size):
-                x = pre.normalize(torch.from_numpy(xb).to(device, non_blocking=True))
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out.append(model(x).float().cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def evaluate(model: nn.Module, images, splits: DataSplits, device="cpu", batch_size: int = 512,
-             amp: str = "auto", size: int | None = None) -> float:
-    """Top-1 accuracy (fraction) of ``model`` on one split (its name or the split itself), at
-    ``size`` (default the student's input; a teacher's own size for a teacher)."""
-    device = resolve_device(device) if isinstance(device, str) else device
-    logits = predict_logits(model, images, splits, device, batch_size, amp, size=size)
-    if len(logits) == 0:
-        return 0.0
-    return float((logits.argmax(1).numpy() == splits.eval_images(images, size).y).mean())
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimisation
-
-OPTIMIZERS = {
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
-}
-
-SCHEDULES = {
-    # OneCycle: warm up then anneal; converges in the few epochs a CPU budget allows.
-    # (torch's OneCycleLR divides by zero when its warm-up is exactly one step: 4 steps in all, e.g. 1 epoch
-    # of 512 images; a warm-up fraction of 0.3 makes it 1.2 steps there and is the same schedule elsewhere.)
-    "onecycle": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25 if total * 0.25 != 1 else 0.3, div_factor=10.0,
-        final_div_factor=100.0),
-    "cosine": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
-    "constant": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
-    # Constant until the validation accuracy plateaus, then a tenfold drop per plateau (EarlyStop).
-    "plateau": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: stop.scale()),
-}
-
-
-class EarlyStop:
-    """Stopping on the validation split: tracks the best epoch (and keeps its weights); after
-    ``patience`` epochs without a better validation accuracy it divides the learning rate by 10
-    (schedule "plateau", ``lr_drops`` times) and then stops the run. Its state is checkpointed."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.patience = cfg.patience
-        self.drops_left = cfg.lr_drops if cfg.schedule == "plateau" else 0
-        self.best, self.best_epoch, self.since, self.drops = -1.0, 0, 0, 0
-        self.best_state: dict | None = None
-        self.reason: str | None = None
-
-    def update(self, epoch: int, val_acc: float, model: nn.Module) -> str | None:
-        """Record one epoch; returns why the run stops now, or None."""
-        if not self.patience:
-            return None
-        if val_acc > self.best:
-            self.best, self.best_epoch, self.since = val_acc, epoch, 0
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return None
-        self.since += 1
-        if self.since < self.patience:
-            return None
-        if self.drops < self.drops_left:  # the plateau schedule reads scale() from the next step on
-            self.drops, self.since = self.drops + 1, 0
-            return None
-        after = f" after {self.drops} tenfold learning-rate drop{'s' if self.drops > 1 else ''}" if self.drops else ""
-        self.reason = f"validation accuracy plateaued: no gain for {self.since} epochs{after}"
-        return self.reason
-
-    def scale(self) -> float:
-        return 0.1 ** self.drops
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch, "since": self.since, "drops": self.drops,
-                "best_state": self.best_state, "reason": self.reason}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k in ("best", "best_epoch", "since", "drops", "best_state", "reason"):
-            setattr(self, k, state[k])
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def save_checkpoint(path: Path, state: dict) -> Path:
-    from edgekd.fsutil import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a training checkpoint with ``weights_only=True``: tensors and primitives, never code."""
-    import warnings
-
-    try:
-        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    # Any failure means an unusable file: torch.load raises a dozen types (unpickling, zip, OS, and
-    # whatever safetensors raises for a *.safetensors file it hands over).
-    except Exception as err:
-        raise EdgeKDError(f"checkpoint {path} is corrupt or not an edgekd checkpoint ({first_line(err, 120)})",
-                          f"delete {path} to start the run afresh") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or "student" not in state:
-        raise EdgeKDError(f"{path} is not an edgekd training checkpoint", f"delete {path} to start the run afresh")
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# Data parallelism across processes (torchrun): NCCL on GPUs, gloo on CPU
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group that torchrun (or the caller) set up; a single process otherwise."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size())
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return Dist(dist.get_rank(), dist.get_world_size())
-    return Dist()
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _barrier(ddp: Dist) -> None:
-    if ddp.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+# Re-exported: callers import these from here (the loop's public face).
+__all__ = ["CHECKPOINT_NAME", "MODES", "OPTIMIZERS", "SCHEDULES", "BatchMaker", "EarlyStop", "TrainConfig",
+           "TrainResult", "autocast_for", "evaluate", "load_checkpoint", "predict_logits", "resolve_device", "train",
+           "train_stage"]
 
 
 class _Forward(nn.Module):
@@ -413,45 +64,37 @@ def _wrap(model: nn.Module, stage_names: list[str], ddp: Dist, device: torch.dev
 # The loop
 
 
-class DeferredInterrupt:
-    """Ctrl-C during training takes effect at the next step boundary, where weights, optimizer and
-    random streams agree, so the checkpoint written there resumes exactly; a second Ctrl-C
-    interrupts at once. Outside the main thread (no signal handlers there) it does nothing."""
 
-    def __init__(self):
-        self.requested = False
-        self._previous = None
+class _StepBar:
+    """Per-step ``progress`` events for one epoch (task "train"); nothing when progress is off."""
 
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
 
-    def __enter__(self) -> "DeferredInterrupt":
-        import signal
-        import threading
+    def start(self, description: str, steps: int, first: int) -> None:
+        if self.enabled:
+            self.bar = events.Progress("train", description, steps)
+            events.emit("progress", description, task="train", completed=float(first), total=steps, started=True)
+            self.bar.completed = float(first)
 
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
+    def advance(self, **metrics) -> None:
+        if self.bar is not None:
+            self.bar.advance(**metrics)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        if self.requested and exc_type is None:
-            raise KeyboardInterrupt  # asked for after the last step: stop before the next stage
+    def finish(self) -> None:
+        if self.bar is not None:
+            events.emit("progress", self.bar.description, task="train", completed=self.bar.completed,
+                        total=self.bar.total, finished=True)
+            self.bar = None
 
 
-def _progress_bar(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=True,
-    )
+def _say(log, line: str, quiet: bool = False) -> None:
+    """A line about the run: an ``info`` event, and the caller's ``log`` callable if it gave one."""
+    if quiet:
+        return
+    events.info(line)
+    if log is not None:
+        log(line)
 
 
 def _fresh_peer(student: nn.Module, seed: int) -> nn.Module:
@@ -531,10 +174,11 @@ def train_stage(student: nn.Module, teacher: nn.Module | None, splits: DataSplit
 def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> TrainResult:
     cfg = run.cfg
     progress = progress and run.ddp.main
-    out = (log or _console_log(progress)) if run.ddp.main else (lambda line: None)
+    main = run.ddp.main
     t_session = time.perf_counter()
     run.last_good = str(run.ckpt_path) if run.ckpt_path.exists() else None
-    with _progress_bar(progress) as bar, DeferredInterrupt() as stop:
+    bar = _StepBar(progress and main)
+    with DeferredInterrupt() as stop:
         for epoch in range(run.start_epoch, cfg.epochs):
             if run.stopper.reason:  # resumed after the run had already stopped early
                 break
@@ -549,12 +193,17 @@ def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> Train
             _save(run, epoch + 1, 0, run.seconds_before + time.perf_counter() - t_session)
             _barrier(run.ddp)
             run.last_good = str(run.ckpt_path)
-            out(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
-                f"val {record['val_accuracy']:.2%}  {record['seconds']:.1f}s")
+            line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
+                    f"val {record['val_accuracy']:.2%}  {record['seconds']:.1f}s")
+            if main and progress:  # nested runs (tune trials, probes) pass progress=False: no events
+                events.emit("epoch_end", line, epochs=cfg.epochs, **record)
+            if main and log is not None:
+                log(line)
             if on_epoch is not None:
                 on_epoch(record)
             if stopping:
-                out(f"stopping: {stopping}; keeping epoch {run.stopper.best_epoch} (val {run.stopper.best:.2%})")
+                _say(log, f"stopping: {stopping}; keeping epoch {run.stopper.best_epoch} (val {run.stopper.best:.2%})",
+                     quiet=not (main and progress))
                 break
     return _finish(run, spec, time.perf_counter() - t_session)
 
@@ -730,8 +379,7 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
     resuming = epoch == run.start_epoch
     first = run.start_step if resuming else 0
     loss_sum, correct, seen = run.partial if (run.partial and resuming) else (0.0, 0, 0)
-    task = bar.add_task(f"epoch {epoch + 1}/{cfg.epochs}", total=run.steps, completed=first,
-                        loss=loss_sum / max(seen, 1), acc=correct / max(seen, 1))
+    bar.start(f"epoch {epoch + 1}/{cfg.epochs}", run.steps, first)
     last_save = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(epoch_seed)
@@ -744,7 +392,7 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
                 raise EdgeKDError(f"interrupted at epoch {epoch + 1} step {step + 1}; checkpoint saved to {run.ckpt_path}",
                                   "run the same command with --resume to continue", exit_code=130)
             if batch is None:  # every image of the batch failed to decode (counted in the report)
-                bar.update(task, advance=1)
+                bar.advance()
                 continue
             try:
                 loss, logits = _train_step(run, epoch, batch)
@@ -762,13 +410,13 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
             n = len(batch.y)
             loss_sum, correct, seen = loss_sum + loss * n, correct + int((logits.argmax(1) == batch.y).sum()), seen + n
             run.images_seen += n
-            bar.update(task, advance=1, loss=loss_sum / seen, acc=correct / seen)
+            bar.advance(loss=loss_sum / seen, acc=correct / seen)
             if _mid_epoch_checkpoint_due(cfg, step + 1, run.steps, last_save):
                 # a long epoch: a checkpoint to resume from after a crash or kill -9, not only Ctrl-C
                 _save(run, epoch, step + 1, run.seconds_before + time.perf_counter() - t_session,
                       (loss_sum, correct, seen), _random_state(device))
                 run.last_good, last_save = str(run.ckpt_path), time.perf_counter()
-    bar.remove_task(task)
+    bar.finish()
     if ddp.world > 1:
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
     return loss_sum, correct, seen
@@ -780,20 +428,6 @@ def _mid_epoch_checkpoint_due(cfg: TrainConfig, done: int, steps: int, last_save
     by_steps = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
     by_time = cfg.checkpoint_every_minutes and time.perf_counter() - last_save >= cfg.checkpoint_every_minutes * 60
     return bool(by_steps or by_time)
-
-
-def _random_state(device: torch.device) -> dict:
-    """The process's random streams between two steps (dropout, mixup); the data's need none."""
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_random_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _train_step(run: Stage, epoch: int, batch: TrainBatch) -> tuple[float, torch.Tensor]:
@@ -915,30 +549,6 @@ def _finish(run: Stage, spec, session: float) -> TrainResult:
     )
 
 
-def _sync_loss_grads(loss_fn: nn.Module, ddp: Dist) -> None:
-    """Average the gradients of learned loss parts (FitNets adapters): DDP only covers the models."""
-    import torch.distributed as dist
-
-    for p in loss_fn.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= ddp.world
-
-
-def save_final(path: Path, student: nn.Module, spec, accuracy: float, history: list[dict]) -> Path:
-    from edgekd.models import save_model
-
-    device = next(student.parameters()).device
-    student.to(memory_format=torch.contiguous_format)
-    path = save_model(path, student.cpu(), spec,
-                      {"accuracy": accuracy, "val_accuracy": history[-1]["val_accuracy"] if history else None})
-    student.to(device)
-    return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Multi-stage runs: teacher assistant, born-again generations, two-stage fine-tuning
-
 
 def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg: TrainConfig, *,
           ckpt_dir: str | Path, resume: bool = False, progress: bool = True, spec=None, log=None,
@@ -959,7 +569,8 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
 
     stage_results: list[tuple[str, TrainResult]] = []
     current_teacher = teacher
-    say = log or _console_log(progress)
+    def say(line):
+        _say(log, line, quiet=not progress)
     if cfg.assistant_width is not None:
         if spec is None or teacher is None:
             raise EdgeKDError("teacher-assistant distillation needs a teacher and the student's ModelSpec",
@@ -1011,12 +622,3 @@ def train(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, cfg
 def _stage_cfg(cfg: TrainConfig, mode: str, **changes) -> TrainConfig:
     # A stage is a plain run: no further stages inside it.
     return replace(cfg, mode=mode, assistant_width=None, finetune_epochs=0, generations=1, **changes)
-
-
-def _console_log(enabled: bool):
-    if not enabled:
-        return lambda line: None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-    return lambda line: console.print(line, highlight=False)
