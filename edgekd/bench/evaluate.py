@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd import events
 from edgekd.errors import EdgeKDError, first_line
 from edgekd.runtimes import RUNTIMES
 
@@ -64,7 +65,7 @@ def accuracy_of(run, x: np.ndarray, y: np.ndarray) -> float:
 
 def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, target,
                         student_accuracy: float, teacher_accuracy: float, max_drop: float,
-                        seconds: float = 0.5, threads: int | None = None, console=None,
+                        seconds: float = 0.5, threads: int | None = None, console=None,  # unused: lines are events
                         teacher_path: str = "teacher.safetensors") -> list[dict]:
     """One report row per artifact (plus the PyTorch teacher and student baselines).
 
@@ -115,11 +116,17 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
                 row["reason"] = (f"accuracy {row['accuracy']:.4f} is {row['accuracy_drop'] * 100:.2f} points below the "
                                  f"FP32 student, over --max-drop {max_drop * 100:g}")
         row.update(predictor.predict(row))
-        if console is not None:
-            lat = row["latency_ms"]["p50"] if row.get("latency_ms") else float("nan")
-            acc = row["accuracy"] if row["accuracy"] is not None else float("nan")
-            console.print(f"  {row['role']:7s} {row['name']:15s} acc {acc:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
+        _tell_measured(row)
     return rows
+
+
+def _tell_measured(row: dict) -> None:
+    lat = row["latency_ms"]["p50"] if row.get("latency_ms") else float("nan")
+    acc = row["accuracy"] if row["accuracy"] is not None else float("nan")
+    events.emit("artifact_measured", f"  {row['role']:7s} {row['name']:15s} acc {acc:.4f}  p50 {lat:.3f} ms  "
+                f"[{row['status']}]", format=row.get("format"), path=row.get("path"), name=row["name"],
+                role=row["role"], accuracy=row["accuracy"], p50_ms=row["latency_ms"]["p50"] if row.get("latency_ms")
+                else None, status=row["status"])
 
 
 def _pytorch_row(role: str, path: Path, accuracy: float) -> dict:

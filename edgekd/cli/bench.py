@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -46,10 +45,8 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
         return _bench_on_device(paths, device, seconds=seconds, warmup=warmup, threads=threads, timeout=timeout)
     if timeout is not None:
         raise EdgeKDError("--timeout goes with --device", "add --device NAME, or drop --timeout")
-    from rich.console import Console
-
     from edgekd.bench.host import BenchOptions, bench_files, bench_run
-    from edgekd.report import render_terminal
+    from edgekd.cli.render import make_console, print_report, rendering
 
     from edgekd.modelfile import parse_shape
 
@@ -59,7 +56,7 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
     opts = BenchOptions(runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,
                         batches=_int_list(batches, "--batch"), threads=threads, seconds=seconds, warmup=warmup,
                         input_shape=shape, accuracy=not no_accuracy)
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = make_console()
     dirs = [p for p in paths if p.is_dir()]
     if dirs:
         if len(paths) > 1:
@@ -68,26 +65,28 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
         if out is not None:
             raise EdgeKDError("--out is for model files: `edgekd bench RUN_DIR` updates the run's own report",
                               "drop --out, or copy the run folder first")
-        report = bench_run(dirs[0], opts, console=console)
+        with rendering(console):
+            report = bench_run(dirs[0], opts, console=console)
         where = dirs[0]
     else:
         where = out or Path("edgekd-runs") / f"bench-{datetime.now():%Y%m%d-%H%M%S}"
-        report = bench_files(list(paths), where, opts, console=console, overwrite=overwrite)
-    render_terminal(report, console, selection=False)
+        with rendering(console):
+            report = bench_files(list(paths), where, opts, console=console, overwrite=overwrite)
+    print_report(console, report, selection=False)
     console.print(f"[green]wrote[/green] {where}/report.json, report.md, report.html", highlight=False)
 
 
 def _bench_on_device(paths, device, *, seconds, warmup, threads, timeout) -> None:
-    from rich.console import Console
-
+    from edgekd.cli.render import make_console, rendering
     from edgekd.devices.bench import bench_on_device
     from edgekd.devices.remote import MeasureOptions
 
     if len(paths) != 1 or not paths[0].is_dir():
         raise EdgeKDError("--device measures a run folder", "pass one RUN_DIR written by `edgekd distill` or `edgekd bench`")
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = make_console()
     options = MeasureOptions(seconds=seconds, warmup=warmup, threads=threads, timeout_s=timeout)
-    result = bench_on_device(paths[0], device, options=options, console=console)
+    with rendering(console):
+        result = bench_on_device(paths[0], device, options=options)
     for name, why in result.skipped:
         console.print(f"  not sent: {name}: {why}", highlight=False)
     for model, artifact in result.ingest.matched:

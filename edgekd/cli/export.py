@@ -34,19 +34,18 @@ def command(run_dir, model, weights, input_shape, num_classes, formats, calib_da
 
     Writes the artifacts under OUT/artifacts and OUT/report.json (+ report.md, report.html).
     """
-    from rich.console import Console
-
+    from edgekd.cli.render import make_console, print_report, rendering
     from edgekd.export import ExportOptions
     from edgekd.export.standalone import run_export
-    from edgekd.report import render_terminal
 
     options = ExportOptions(calibration=calibration, per_channel=not per_tensor, max_drop=max_drop / 100.0,
                             opset=opset)
-    console = Console()
-    report = run_export(out=out, formats=formats, run_dir=run_dir, model=model, weights=weights,
-                        input_shape=input_shape, calib_data=calib_data, num_classes=num_classes,
-                        options=options, console=console, overwrite=overwrite)
-    render_terminal(report, console=console, selection=False)
+    console = make_console()
+    with rendering(console):
+        report = run_export(out=out, formats=formats, run_dir=run_dir, model=model, weights=weights,
+                            input_shape=input_shape, calib_data=calib_data, num_classes=num_classes,
+                            options=options, overwrite=overwrite)
+    print_report(console, report, selection=False)
     failed = [a["name"] for a in report["artifacts"] if a["status"] == "failed"]
     console.print(f"[bold]Wrote[/] {out / 'report.json'}"
                   + (f"  [red]failed: {', '.join(failed)}[/]" if failed else ""))

@@ -34,7 +34,8 @@ def command(ctx, inputs, junit, config, no_config, **budget_values):
     Budgets come from [tool.edgekd.gate] in pyproject.toml, overridden by the options. Exit codes:
     0 all checks pass, 1 a budget is exceeded, 2 bad usage or unreadable input.
     """
-    from edgekd.gate import check_writable, gate, parse_shape, render_table, report_to_github, resolve_budgets, write_junit
+    from edgekd.cli.render import make_console
+    from edgekd.gate import check_writable, gate, gate_renderables, parse_shape, report_to_github, resolve_budgets, write_junit
 
     try:
         if budget_values["input_shape"] is not None:
@@ -45,7 +46,9 @@ def command(ctx, inputs, junit, config, no_config, **budget_values):
         if junit:
             check_writable(junit)
         result = gate(list(inputs), budgets, config=pyproject)
-        render_table(result)
+        console = make_console()
+        for renderable in gate_renderables(result):
+            console.print(renderable, highlight=False)
         if junit:
             write_junit(result, junit)
         report_to_github(result, echo=click.echo)

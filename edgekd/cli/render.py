@@ -12,6 +12,7 @@ a bar is drawn go above it (through the live display's console), so bars never t
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -24,12 +25,22 @@ _EPOCH_KEYS = {"epoch", "epochs", "stage", "seconds"}
 
 
 def make_console(stderr: bool = False, width: int = 160):
-    """A rich console that folds at ``width`` when the output is not a terminal (CI logs, pipes):
-    80 columns would fold every table."""
+    """A rich console that folds at ``width`` when the output is not a terminal and COLUMNS is not set
+    (CI logs, pipes): rich's 80 columns would fold every table."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr, width=None if stream.isatty() else width)
+    wide = stream.isatty() or "COLUMNS" in os.environ
+    return Console(stderr=stderr, width=None if wide else width)
+
+
+def print_report(out, report: dict, *, selection: bool = True) -> None:
+    """Print a report.json's headline and tables on ``out`` (a :class:`RichRenderer` or a rich console)."""
+    from edgekd.report.terminal import report_renderables
+
+    console = out.console if isinstance(out, RichRenderer) else out
+    for renderable in report_renderables(report, console.width, selection=selection):
+        out.print(renderable, highlight=False)
 
 
 def _number(key: str, value) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -21,15 +20,14 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
     With several runs, each run's reports are rebuilt and one more report compares them all: every
     artifact of every run in one table and one accuracy-latency plot, with the frontier across runs.
     """
-    from rich.console import Console
-
+    from edgekd.cli.render import make_console, print_report
     from edgekd.errors import EdgeKDError
     from edgekd.fsutil import run_lock, writable_folder
-    from edgekd.report import REPORT_NAME, load_report, merge_reports, render_terminal, run_labels, write_reports
+    from edgekd.report import REPORT_NAME, load_report, merge_reports, run_labels, write_reports
     from edgekd.report.output import check_comparable
     from edgekd.report.schema import report_path
 
-    console = Console(width=None if sys.stdout.isatty() else 160)
+    console = make_console()
     folders = [report_path(p).parent for p in run_dirs]
     reports = [load_report(p) for p in run_dirs]  # all validated before anything is written
     seen = {}
@@ -53,14 +51,14 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
         with run_lock(folder):
             paths = write_reports(folder, report, html=not no_html)
         if len(reports) == 1 and not quiet:
-            render_terminal(report, console)
+            print_report(console, report)
         console.print(f"[green]wrote[/green] {', '.join(str(p) for k, p in paths.items() if k != 'json')}",
                       highlight=False)
     if len(reports) > 1:
         merged = merge_reports(list(zip(run_labels(folders), reports)))
         paths = write_reports(out, merged, html=not no_html)
         if not quiet:
-            render_terminal(merged, console, selection=False)
+            print_report(console, merged, selection=False)
         console.print(f"[green]wrote[/green] comparison of {len(reports)} runs: "
                       f"{', '.join(str(p) for p in paths.values())}", highlight=False)
 

@@ -6,6 +6,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekd import events
 from edgekd.devices.remote import DeviceRun, MeasureOptions, device_runtime, measure_files
 from edgekd.devices.store import Device, get_device
 from edgekd.errors import EdgeKDError
@@ -64,7 +65,7 @@ def onnx_input(path: Path) -> tuple[str, list[int]] | None:
 
 
 def bench_on_device(run_dir: str | Path, device: str | Device, *, options: MeasureOptions | None = None,
-                    console=None, history_source: str | None = None) -> DeviceBench:
+                    console=None, history_source: str | None = None) -> DeviceBench:  # console unused: events
     """Measure ``run_dir``'s artifacts on ``device`` and merge them into its report as measured:<device>.
 
     The report is touched only once everything came back: a failure on the way (unreachable device,
@@ -95,8 +96,8 @@ def bench_on_device(run_dir: str | Path, device: str | Device, *, options: Measu
     files = [a["_path"] for a in arts]
     precisions = {a["_path"]: a["_precision"] for a in arts}
     inputs = {p: i for p in files if p.suffix == ".onnx" and (i := onnx_input(p))}
-    if console is not None:
-        console.print(f"  measuring {len(files)} artifact(s) on {device.name} ({device.ssh}, {target.runtime})")
+    events.info(f"  measuring {len(files)} artifact(s) on {device.name} ({device.ssh}, {target.runtime})",
+                device=device.name, artifacts=len(files))
     run = measure_files(device, files, runtime=target.runtime, precisions=precisions, options=options,
                         onnx_inputs=inputs)
     doc = run.results

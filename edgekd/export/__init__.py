@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgekd import events
 from edgekd.errors import EdgeKDError, first_line
 from edgekd.registry import Registry, import_modules
 
@@ -379,7 +380,7 @@ def _runtime_available(runtime: str) -> tuple[bool, str]:
 
 def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarray, calib: np.ndarray,
                parity_inputs: np.ndarray | None, progress: bool = True, parity_label: str = "test split",
-               options: ExportOptions | None = None, target=None, console=None,
+               options: ExportOptions | None = None, target=None, console=None,  # console unused: events
                validation: tuple[np.ndarray, np.ndarray] | None = None) -> list[Artifact]:
     """Export ``model`` to each of ``formats`` in ``out_dir`` and check each against PyTorch.
 
@@ -403,10 +404,6 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
         options.jetson = True
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if progress and console is None:
-        from rich.console import Console
-
-        console = Console()
     model = model.eval()
     parity_x = _as_batch(parity_inputs, "parity") if parity_inputs is not None else None
     reference = _reference_logits(model, parity_x) if parity_x is not None else None
@@ -418,17 +415,19 @@ def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarra
             val_x, val_y = _as_batch(validation[0], "validation"), np.asarray(validation[1])
             job.validation = (val_x, val_y)
             val_reference = float((_reference_logits(model, val_x).argmax(1) == val_y).mean())
-        for i, name in enumerate(names, 1):
-            if progress and console.is_terminal:
-                console.print(f"[dim]export[/] [{i}/{len(names)}] {name} ...", end="\r", highlight=False)
-            art = export_one(job, name, out_dir, reference=reference, parity_inputs=parity_x,
-                             parity_label=parity_label)
-            if val_reference is not None and art.ok and art.precision != "fp32":
-                art = _gate(job, art, out_dir, val_reference, reference=reference, parity_inputs=parity_x,
-                            parity_label=parity_label)
-            artifacts.append(art)
-            if progress:
-                console.print(_progress_line(i, len(names), art), highlight=False)
+        with events.progress("export", "export", total=len(names)) if progress else contextlib.nullcontext() as bar:
+            for i, name in enumerate(names, 1):
+                if bar is not None:
+                    bar.update(i - 1, description=f"export {name}")
+                art = export_one(job, name, out_dir, reference=reference, parity_inputs=parity_x,
+                                 parity_label=parity_label)
+                if val_reference is not None and art.ok and art.precision != "fp32":
+                    art = _gate(job, art, out_dir, val_reference, reference=reference, parity_inputs=parity_x,
+                                parity_label=parity_label)
+                artifacts.append(art)
+                _tell_exported(i, len(names), art)
+            if bar is not None:
+                bar.update(len(names))
     return artifacts
 
 
@@ -484,15 +483,24 @@ def _gate(job: ExportJob, art: Artifact, out_dir: Path, val_reference: float, **
 
 
 def _progress_line(i: int, n: int, art: Artifact) -> str:
-    head = f"[dim]export[/] [{i}/{n}] {art.name:<15}"
+    head = f"export [{i}/{n}] {art.name:<15}"
     secs = art.extra.get("export_seconds", 0.0)
     if art.status == "ok":
-        text = f"{head} [green]ok[/] {secs:5.1f} s {art.size_bytes / 1e6:6.2f} MB"
+        text = f"{head} ok {secs:5.1f} s {art.size_bytes / 1e6:6.2f} MB"
         if art.parity:
             text += f" max|Δ| {art.parity['max_abs_diff']:.1e} top-1 {art.parity['top1_agreement'] * 100:.1f}%"
         return text
-    colour = "yellow" if art.status == "skipped" else "red"
-    return f"{head} [{colour}]{art.status}[/]: {art.reason}"
+    return f"{head} {art.status}: {art.reason}"
+
+
+def _tell_exported(i: int, n: int, art: Artifact) -> None:
+    """An ``artifact_exported`` event (a ``warning`` for a format that failed)."""
+    figures = {"format": art.name, "path": str(art.path) if art.path else None, "status": art.status,
+               "size_mb": round(art.size_bytes / 1e6, 4) if art.size_bytes else None, "reason": art.reason}
+    if art.status == "failed":
+        events.warning(_progress_line(i, n, art), **figures)
+    else:
+        events.emit("artifact_exported", _progress_line(i, n, art), **figures)
 
 
 # Exporters (to_*.py) register themselves in the format table on import; the table order ("all") is the

@@ -132,18 +132,16 @@ def _inputs(net, shape, calib_data, data_source, *, seed: int = 0, model_ref: st
 
 def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | None = None,
                weights: Path | None = None, input_shape: str | None = None, calib_data: Path | None = None,
-               num_classes: int | None = None, options=None, progress: bool = True, console=None,
+               num_classes: int | None = None, options=None, progress: bool = True,
                overwrite: bool = False) -> dict:
     """Export a model to ``formats`` in ``out`` and write report.json (+ .md/.html); returns the report.
 
     ``out`` is checked before any work: a folder that holds files is refused unless ``overwrite``, and
     the run folder being exported is never an output.
     """
-    from edgekd.bench.runners import load_runner
-    from edgekd.export import ExportOptions, export_all, resolve_formats
-    from edgekd.export.accuracy import accuracy
+    from edgekd.export import ExportOptions, resolve_formats
     from edgekd.fsutil import refuse_existing_output, run_lock, writable_folder
-    from edgekd.report import new_report, write_reports
+    from edgekd.report import write_reports
 
     names = resolve_formats(formats)
     out = Path(out)
@@ -162,55 +160,74 @@ def run_export(*, out: Path, formats, run_dir: Path | None = None, model: str | 
     timings["load"] = round(time.perf_counter() - t0, 2)
     with run_lock(out):
         t0 = time.perf_counter()
-        test_x, test_y = inputs["test"]
-        parity_x = test_x[:512]
-        try:
-            artifacts = export_all(net, names, out / "artifacts", example=parity_x[:1], calib=inputs["calib"],
-                                   parity_inputs=parity_x, parity_label=inputs["label"], progress=progress,
-                                   options=options, validation=inputs["validation"], console=console)
-        except RuntimeError as err:
-            raise EdgeKDError(f"the model does not run on a {'x'.join(map(str, shape))} input: {str(err)[:160]}",
-                              "pass --input with the shape the model takes") from None
+        artifacts = _export_artifacts(net, names, out, inputs, shape, options, progress)
         timings["export"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
-        rows = []
-        reference_acc = None
-        if test_y is not None:
-            from edgekd.bench.runners import PyTorchRunner
-
-            reference_acc = accuracy(PyTorchRunner.from_module(net).run, test_x, test_y)
-        rows.append({"name": "pytorch", "role": "student", "format": "pytorch", "precision": "fp32",
-                     "runtime": "pytorch", "path": None, "size_bytes": None, "status": "ok", "reason": None,
-                     "accuracy": reference_acc, "accuracy_drop": 0.0 if reference_acc is not None else None,
-                     "parity": None, "extra": {"params": info["params"]}})
-        for art in artifacts:
-            row = {"role": "student", **art.to_dict(relative_to=out), "accuracy": None, "accuracy_drop": None}
-            if reference_acc is not None and art.ok:
-                try:
-                    row["accuracy"] = accuracy(load_runner(art).run, test_x, test_y)
-                    row["accuracy_drop"] = round(reference_acc - row["accuracy"], 6)
-                except EdgeKDError as err:
-                    row["extra"]["accuracy_error"] = str(err)
-                if row["accuracy_drop"] is not None and row["accuracy_drop"] > options.max_drop:
-                    row["status"] = "failed"
-                    row["reason"] = (f"test accuracy {row['accuracy']:.4f} is {row['accuracy_drop'] * 100:.2f} points "
-                                     f"below PyTorch, over --max-drop {options.max_drop * 100:g}")
-            rows.append(row)
+        rows = _accuracy_rows(net, artifacts, inputs, out, options, info)
         timings["accuracy"] = round(time.perf_counter() - t0, 2)
-        report = new_report("export", config={
-            "formats": names, "model": info["source"], "weights": info.get("weights"),
-            "input_shape": list(shape), "calib_data": str(calib_data) if calib_data else None,
-            "opset": options.opset, "calibration": options.calibration, "per_channel": options.per_channel,
-            "max_drop": options.max_drop})
-        report["model"] = info
-        report["data"] = inputs["data"]
-        report["artifacts"] = rows
-        report["timings_s"] = timings
-        try:
-            from edgekd.bench.env import environment
-
-            report["environment"] = environment()
-        except Exception:  # noqa: BLE001 - environment details are nice to have, never a reason to fail
-            pass
+        report = _export_report(names, info, shape, calib_data, options, inputs, rows, timings)
         write_reports(out, report)
+    return report
+
+
+def _export_artifacts(net, names, out: Path, inputs: dict, shape, options, progress: bool) -> list:
+    from edgekd.export import export_all
+
+    parity_x = inputs["test"][0][:512]
+    try:
+        return export_all(net, names, out / "artifacts", example=parity_x[:1], calib=inputs["calib"],
+                          parity_inputs=parity_x, parity_label=inputs["label"], progress=progress,
+                          options=options, validation=inputs["validation"])
+    except RuntimeError as err:
+        raise EdgeKDError(f"the model does not run on a {'x'.join(map(str, shape))} input: {str(err)[:160]}",
+                          "pass --input with the shape the model takes") from None
+
+
+def _accuracy_rows(net, artifacts, inputs: dict, out: Path, options, info: dict) -> list[dict]:
+    """The PyTorch row and one row per artifact, with its test accuracy where the inputs carry labels;
+    an artifact more than ``options.max_drop`` below PyTorch fails."""
+    from edgekd.export.accuracy import accuracy
+    from edgekd.runtimes.load import load_runner, pytorch_runner
+
+    test_x, test_y = inputs["test"]
+    reference_acc = accuracy(pytorch_runner(net).run, test_x, test_y) if test_y is not None else None
+    rows = [{"name": "pytorch", "role": "student", "format": "pytorch", "precision": "fp32",
+             "runtime": "pytorch", "path": None, "size_bytes": None, "status": "ok", "reason": None,
+             "accuracy": reference_acc, "accuracy_drop": 0.0 if reference_acc is not None else None,
+             "parity": None, "extra": {"params": info["params"]}}]
+    for art in artifacts:
+        row = {"role": "student", **art.to_dict(relative_to=out), "accuracy": None, "accuracy_drop": None}
+        if reference_acc is not None and art.ok:
+            try:
+                row["accuracy"] = accuracy(load_runner(art).run, test_x, test_y)
+                row["accuracy_drop"] = round(reference_acc - row["accuracy"], 6)
+            except EdgeKDError as err:
+                row["extra"]["accuracy_error"] = str(err)
+            if row["accuracy_drop"] is not None and row["accuracy_drop"] > options.max_drop:
+                row["status"] = "failed"
+                row["reason"] = (f"test accuracy {row['accuracy']:.4f} is {row['accuracy_drop'] * 100:.2f} points "
+                                 f"below PyTorch, over --max-drop {options.max_drop * 100:g}")
+        rows.append(row)
+    return rows
+
+
+def _export_report(names, info: dict, shape, calib_data, options, inputs: dict, rows: list[dict],
+                   timings: dict) -> dict:
+    from edgekd.report import new_report
+
+    report = new_report("export", config={
+        "formats": names, "model": info["source"], "weights": info.get("weights"),
+        "input_shape": list(shape), "calib_data": str(calib_data) if calib_data else None,
+        "opset": options.opset, "calibration": options.calibration, "per_channel": options.per_channel,
+        "max_drop": options.max_drop})
+    report["model"] = info
+    report["data"] = inputs["data"]
+    report["artifacts"] = rows
+    report["timings_s"] = timings
+    try:
+        from edgekd.bench.env import environment
+
+        report["environment"] = environment()
+    except Exception:  # noqa: BLE001 - environment details are nice to have, never a reason to fail
+        pass
     return report

@@ -19,7 +19,7 @@ from edgekd.gate.figures import (  # noqa: F401
     measure_host_latency, predict_target_latency, report_latency, subject_latency,
 )
 from edgekd.gate.outputs import (  # noqa: F401
-    check_writable, github_annotations, junit_xml, markdown_table, render_table, report_to_github, write_junit,
+    check_writable, github_annotations, junit_xml, gate_renderables, markdown_table, report_to_github, write_junit,
 )
 from edgekd.gate.subjects import Subject, collect_subjects, subject_from_file, subjects_from_report  # noqa: F401
 from edgekd.modelfile import check_readable, parse_shape  # noqa: F401

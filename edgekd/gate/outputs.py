@@ -12,24 +12,22 @@ if TYPE_CHECKING:
     from edgekd.gate import GateResult
 
 
-def render_table(result: GateResult, console=None) -> None:
-    from rich.console import Console
+def gate_renderables(result: GateResult) -> list:
+    """The gate's rich table and its summary line, for a front end to print."""
     from rich.table import Table
+    from rich.text import Text
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal and "COLUMNS" not in os.environ:
-            console = Console(width=160)  # CI logs are not terminals; 80 columns would fold every source
     table = Table(title="edgekd gate", show_lines=False)
     for column in ("check", "artifact", "value", "budget", "result", "source"):
         table.add_column(column, overflow="fold", no_wrap=column in ("result",))
     for r in result.results:
-        verdict = "[dim]skip[/dim]" if r.skipped else "[green]pass[/green]" if r.passed else "[bold red]FAIL[/bold red]"
+        verdict = (Text("skip", style="dim") if r.skipped else Text("pass", style="green") if r.passed
+                   else Text("FAIL", style="bold red"))
         table.add_row(r.check, r.artifact, r.value_text, r.budget_text, verdict, r.source)
-    console.print(table)
-    style = "green" if result.passed else "bold red"
-    console.print(f"[{style}]{result.summary()}[/{style}]"
-                  + (f" (budgets from {result.config})" if result.config else ""))
+    summary = Text(result.summary(), style="green" if result.passed else "bold red")
+    if result.config:
+        summary.append(f" (budgets from {result.config})")
+    return [table, summary]
 
 
 def junit_xml(result: GateResult) -> bytes:

@@ -29,64 +29,64 @@ def _short_label(r) -> str:
     return base
 
 
-def artifacts_table(report: dict, width: int = 160) -> tuple[Table, list[str]]:
-    """The artifact table fitted to ``width`` columns, and the footnotes (reasons of failed/skipped rows).
-
-    Reasons live under the table, not in it: one long reason would otherwise squeeze every column.
-    Columns that carry nothing are left out, and on a narrow terminal the least important go first.
-    """
-    rows = artifact_rows(report)
-    multi_run = any(r.run for r in rows)
-    tname = target_name(report)
-    budget = report.get("budget_ms")
-    cols = visible_columns(rows)
+def _status_cells(rows) -> tuple[list[Text], list[str]]:
+    """Each row's status cell, and the footnotes that carry the reasons of the failed and skipped rows."""
     footnotes: list[str] = []
-    status_cells = []
+    cells = []
     for r in rows:
         if r.ok:
-            status_cells.append(Text("ok", style="green"))
+            cells.append(Text("ok", style="green"))
             continue
         mark = _footnote_mark(len(footnotes))
         footnotes.append(f"{mark} {_short_label(r)}: {r.status}" + (f": {r.reason}" if r.reason else ""))
-        status_cells.append(Text(r.status + mark, style="red" if r.status == "failed" else "yellow"))
+        cells.append(Text(r.status + mark, style="red" if r.status == "failed" else "yellow"))
+    return cells, footnotes
 
-    def target_cell(r):
-        cell = Text(fmt_ms(r.target_p50))
-        if r.fits is False:
-            cell.stylize("red")
-        elif r.fits:
-            cell.stylize("green")
-        if r.target_source:
-            cell.append(" pred" if r.target_source.startswith("predicted:") else " meas", style="dim")
-        return cell
 
-    def label_cell(r):
-        marks = ("★" if r.recommended else "") + ("◆" if r.on_frontier else "")
-        text = Text(_short_label(r) + (" " + marks if marks else ""), style="bold" if r.recommended else "")
-        if r.role == "teacher":
-            text.stylize("italic")
-        return text
+def _target_cell(r) -> Text:
+    cell = Text(fmt_ms(r.target_p50))
+    if r.fits is False:
+        cell.stylize("red")
+    elif r.fits:
+        cell.stylize("green")
+    if r.target_source:
+        cell.append(" pred" if r.target_source.startswith("predicted:") else " meas", style="dim")
+    return cell
 
-    def delta_cell(r):
-        return Text(fmt_delta(r), style="red" if r.delta_pt is not None and r.delta_pt < -1 else "")
 
-    # (header, justify, cell, keep-priority: lower survives longer on a narrow terminal, shown)
+def _label_cell(r) -> Text:
+    marks = ("★" if r.recommended else "") + ("◆" if r.on_frontier else "")
+    text = Text(_short_label(r) + (" " + marks if marks else ""), style="bold" if r.recommended else "")
+    if r.role == "teacher":
+        text.stylize("italic")
+    return text
+
+
+def _delta_cell(r) -> Text:
+    return Text(fmt_delta(r), style="red" if r.delta_pt is not None and r.delta_pt < -1 else "")
+
+
+def _artifact_columns(rows, cols, tname: str | None) -> list[tuple]:
+    """(header, justify, cell, keep-priority: lower survives longer on a narrow terminal) of the shown columns;
+    a cell of None is the status column."""
     spec = [
-        ("Run", "left", lambda r: r.run or DASH, 0, multi_run),
-        ("Artifact", "left", label_cell, 0, True),
+        ("Run", "left", lambda r: r.run or DASH, 0, any(r.run for r in rows)),
+        ("Artifact", "left", _label_cell, 0, True),
         ("Runtime", "left", lambda r: r.runtime or DASH, 6, True),
         ("Prec", "left", lambda r: r.precision, 3, True),
         ("MB", "right", lambda r: fmt_mb(r.size_mb), 5, True),
         ("Acc %", "right", lambda r: fmt_pct(r.accuracy), 1, cols.accuracy),
-        ("Δ pt", "right", delta_cell, 4, cols.accuracy),
+        ("Δ pt", "right", _delta_cell, 4, cols.accuracy),
         ("Host ms", "right", lambda r: fmt_ms(r.host_p50), 0, True),
         ("×teacher", "right", lambda r: fmt_speedup(r.speedup), 2, cols.speedup),
-        (f"{tname or 'target'} ms", "right", target_cell, 0, cols.target),
+        (f"{tname or 'target'} ms", "right", _target_cell, 0, cols.target),
         ("Status", "left", None, 1, True),
     ]
-    spec = [c for c in spec if c[4]]
-    cells = [[status_cells[i] if fn is None else fn(r) for (_, _, fn, _, _) in spec] for i, r in enumerate(rows)]
+    return [c[:4] for c in spec if c[4]]
 
+
+def _columns_that_fit(spec: list[tuple], cells: list[list], width: int) -> list[int]:
+    """The columns kept within ``width``: the least important go first."""
     def text_len(c) -> int:
         return len(c.plain if isinstance(c, Text) else str(c))
 
@@ -98,21 +98,42 @@ def artifacts_table(report: dict, width: int = 160) -> tuple[Table, list[str]]:
         if needed(keep) <= width:
             break
         keep = [j for j in keep if spec[j][3] < priority]
+    return keep
 
-    title = "Artifacts"
-    if tname:
-        title += f" on {tname}" + (f" (budget {fmt_ms(budget)} ms)" if budget else "")
+
+def _artifacts_caption(rows, cols, speedup_shown: bool) -> str:
     notes = ["Host ms: p50 measured on this machine"]
     if cols.target:
         notes.append("pred = predicted by the latency model, meas = measured on the device")
-    if cols.speedup and any(spec[j][0] == "×teacher" for j in keep):
+    if cols.speedup and speedup_shown:
         notes.append("×teacher: speed-up vs the teacher in PyTorch here")
     if any(r.recommended for r in rows):
         notes.append("★ recommended")
     if any(r.on_frontier for r in rows):
         notes.append("◆ accuracy–latency frontier")
+    return "; ".join(notes)
+
+
+def artifacts_table(report: dict, width: int = 160) -> tuple[Table, list[str]]:
+    """The artifact table fitted to ``width`` columns, and the footnotes (reasons of failed/skipped rows).
+
+    Reasons live under the table, not in it: one long reason would otherwise squeeze every column.
+    Columns that carry nothing are left out, and on a narrow terminal the least important go first.
+    """
+    rows = artifact_rows(report)
+    tname = target_name(report)
+    budget = report.get("budget_ms")
+    cols = visible_columns(rows)
+    status_cells, footnotes = _status_cells(rows)
+    spec = _artifact_columns(rows, cols, tname)
+    cells = [[status_cells[i] if fn is None else fn(r) for (_, _, fn, _) in spec] for i, r in enumerate(rows)]
+    keep = _columns_that_fit(spec, cells, width)
+    title = "Artifacts"
+    if tname:
+        title += f" on {tname}" + (f" (budget {fmt_ms(budget)} ms)" if budget else "")
+    caption = _artifacts_caption(rows, cols, any(spec[j][0] == "×teacher" for j in keep))
     table = Table(title=title, box=box.SIMPLE_HEAVY, title_style="bold", header_style="bold cyan",
-                  caption="; ".join(notes), caption_style="dim")
+                  caption=caption, caption_style="dim")
     for j in keep:
         table.add_column(spec[j][0], justify=spec[j][1], no_wrap=spec[j][0] != "Artifact")
     for row in cells:
@@ -164,19 +185,24 @@ def batch_table(report: dict) -> Table | None:
     return table
 
 
-def render_terminal(report: dict, console: Console | None = None, *, selection: bool = True) -> None:
-    """Print the headline, the artifact table and (optionally) the width-selection table."""
-    console = console or Console()
-    for label, value in summary_lines(report):
-        console.print(f"[bold]{label}:[/bold] {value}", highlight=False)
-    if selection:
-        table = selection_table(report)
-        if table is not None:
-            console.print(table)
-    table, footnotes = artifacts_table(report, width=console.width)
-    console.print(table)
-    for note in footnotes:
-        console.print(Text(note, style="dim"))
+def report_renderables(report: dict, width: int = 160, *, selection: bool = True) -> list:
+    """The headline lines, the width-selection table (optionally), the artifact table fitted to ``width``
+    with its footnotes, and the batch table: what a front end prints, in order."""
+    out: list = [Text.from_markup(f"[bold]{label}:[/bold] ") + Text(str(value)) for label, value in summary_lines(report)]
+    table = selection_table(report) if selection else None
+    if table is not None:
+        out.append(table)
+    table, footnotes = artifacts_table(report, width=width)
+    out.append(table)
+    out.extend(Text(note, style="dim") for note in footnotes)
     batches = batch_table(report)
     if batches is not None:
-        console.print(batches)
+        out.append(batches)
+    return out
+
+
+def render_terminal(report: dict, console: Console | None = None, *, selection: bool = True) -> None:
+    """Print :func:`report_renderables` (kept for pipeline.py until the distill command prints the report)."""
+    console = console or Console()
+    for renderable in report_renderables(report, console.width, selection=selection):
+        console.print(renderable, highlight=False)
