@@ -348,116 +348,139 @@ def graph_cost(source, *, runtime: str = "onnxruntime", precision: str = "fp32",
     FLOPs count a multiply-accumulate as 2 (plus 1 per bias add); bytes are weights read plus
     activations read and written, at the element size of ``precision``.
     """
-    # What a runtime fuses is part of its descriptor (edgekd.runtimes); "none" costs the raw graph node by node.
-    rules = fusions_for(runtime)
     if precision not in BYTES_PER_ELEMENT:
         raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
-    model = load_graph(source, input_shape)
-    esize = BYTES_PER_ELEMENT[precision]
-    g = model.graph
-    # Integer initializers (axes, shapes) are operands, not weights; int8 ones are quantized weights.
-    index_types = {6, 7, 12, 13}  # INT32, INT64, UINT32, UINT64
-    init_sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in g.initializer
-                  if not (i.data_type in index_types and len(i.dims) <= 1)}
-    index_consts = {i.name for i in g.initializer if i.name not in init_sizes}
-    shapes: dict[str, list[int]] = {}
-    for vi in list(g.input) + list(g.value_info) + list(g.output):
-        d = _dims(vi)
-        if d is not None:
-            shapes[vi.name] = d
-    for i in g.initializer:
-        shapes[i.name] = list(i.dims)
-    for n in g.node:  # Constant nodes are weights too
-        if n.op_type == "Constant":
-            t = _attr(n, "value")
-            if t is not None and hasattr(t, "dims") and not (t.data_type in index_types and len(t.dims) <= 1):
-                init_sizes[n.output[0]] = int(np.prod(t.dims)) if len(t.dims) else 1
-                shapes[n.output[0]] = list(t.dims)
-            elif t is not None:
-                index_consts.add(n.output[0])
-    weights = set(init_sizes) | index_consts
-    consumers: dict[str, int] = {}
-    for n in g.node:
-        for x in n.input:
-            if x:
-                consumers[x] = consumers.get(x, 0) + 1
-    for o in g.output:
-        consumers[o.name] = consumers.get(o.name, 0) + 1
+    fusions_for(runtime)  # an unknown runtime is refused before the graph is read
+    return shaped_graph_cost(load_graph(source, input_shape).graph, runtime=runtime, precision=precision)
 
-    inputs0 = [i for i in g.input if i.name not in weights]
-    in_shape = shapes.get(inputs0[0].name, []) if inputs0 else []
-    alias: dict[str, str] = {}      # tensor -> the tensor it aliases through free ops (reshape etc.)
-    producer: dict[str, Kernel] = {}  # tensor -> kernel that writes it
-    epilogue_count: dict[int, int] = {}
-    kernels: list[Kernel] = []
-    unknown: list[str] = []
 
-    def nbytes(t: str) -> int:
-        s = shapes.get(t)
-        return int(np.prod(s)) * esize if s is not None else 0
-
-    def act_inputs(node) -> list[str]:
-        return [x for x in node.input if x and x not in weights]
-
+def shaped_graph_cost(g, *, runtime: str, precision: str) -> GraphCost:
+    """:func:`graph_cost` of an ONNX GraphProto whose every tensor shape is already known (value_info,
+    initializer dims): what ``load_graph`` infers, or what ``edgekd.hardware.fastcost`` traces."""
+    # What a runtime fuses is part of its descriptor (edgekd.runtimes); "none" costs the raw graph node by node.
+    fuser = _Fuser(g, fusions_for(runtime), BYTES_PER_ELEMENT[precision])
     for node in g.node:
+        fuser.add(node)
+    kernels, alias = fuser.kernels, fuser.alias
+    inputs0 = [i for i in g.input if i.name not in fuser.weights]
+    in_shape = fuser.shapes.get(inputs0[0].name, []) if inputs0 else []
+    peak = _peak_activation_bytes(kernels, [alias.get(i.name, i.name) for i in inputs0],
+                                  [alias.get(o.name, o.name) for o in g.output], fuser.nbytes)
+    return GraphCost(kernels=kernels, runtime=runtime, precision=precision, input_shape=in_shape,
+                     params=sum(k.params for k in kernels), flops=sum(k.flops for k in kernels),
+                     weight_bytes=sum(k.weight_bytes for k in kernels), peak_activation_bytes=peak,
+                     unknown_ops=sorted(set(fuser.unknown)))
+
+
+# Integer initializers (axes, shapes) are operands, not weights; int8 ones are quantized weights.
+_INDEX_TYPES = frozenset({6, 7, 12, 13})  # INT32, INT64, UINT32, UINT64
+
+
+class _Fuser:
+    """Walks a shaped graph's nodes in order and groups them into the kernels a runtime launches: BN folded
+    into the conv before it, activations (and what ``rules`` allows) fused as the epilogue of their producer."""
+
+    def __init__(self, g, rules: FusionRules, esize: int):
+        self.rules, self.esize = rules, esize
+        self.init_sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in g.initializer
+                           if not (i.data_type in _INDEX_TYPES and len(i.dims) <= 1)}
+        index_consts = {i.name for i in g.initializer if i.name not in self.init_sizes}
+        self.shapes: dict[str, list[int]] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            d = _dims(vi)
+            if d is not None:
+                self.shapes[vi.name] = d
+        for i in g.initializer:
+            self.shapes[i.name] = list(i.dims)
+        for n in g.node:  # Constant nodes are weights too
+            if n.op_type == "Constant":
+                t = _attr(n, "value")
+                if t is not None and hasattr(t, "dims") and not (t.data_type in _INDEX_TYPES and len(t.dims) <= 1):
+                    self.init_sizes[n.output[0]] = int(np.prod(t.dims)) if len(t.dims) else 1
+                    self.shapes[n.output[0]] = list(t.dims)
+                elif t is not None:
+                    index_consts.add(n.output[0])
+        self.weights = set(self.init_sizes) | index_consts
+        self.consumers: dict[str, int] = {}
+        for n in g.node:
+            for x in n.input:
+                if x:
+                    self.consumers[x] = self.consumers.get(x, 0) + 1
+        for o in g.output:
+            self.consumers[o.name] = self.consumers.get(o.name, 0) + 1
+        self.alias: dict[str, str] = {}      # tensor -> the tensor it aliases through free ops (reshape etc.)
+        self.producer: dict[str, Kernel] = {}  # tensor -> kernel that writes it
+        self.epilogues: dict[int, int] = {}
+        self.kernels: list[Kernel] = []
+        self.unknown: list[str] = []
+
+    def nbytes(self, t: str) -> int:
+        s = self.shapes.get(t)
+        return int(np.prod(s)) * self.esize if s is not None else 0
+
+    def add(self, node) -> None:
         op = node.op_type
+        acts = [x for x in node.input if x and x not in self.weights]
         if op in FREE_OPS:
-            src = act_inputs(node)
-            if src and node.output:
-                alias[node.output[0]] = alias.get(src[0], src[0])
-            continue
-        acts = [alias.get(x, x) for x in act_inputs(node)]
-        w_in = [x for x in node.input if x and x in weights]
-        w_elems = sum(init_sizes.get(x, 0) for x in w_in)
+            if acts and node.output:
+                self.alias[node.output[0]] = self.alias.get(acts[0], acts[0])
+            return
+        acts = [self.alias.get(x, x) for x in acts]
         out = node.output[0]
-        out_shape = shapes.get(out, [])
-        out_elems = int(np.prod(out_shape)) if out_shape else 0
         # Try to fuse into the kernel that produced this op's main input.
         first = acts[0] if acts else None
-        host = producer.get(first) if first else None
-        sole = host is not None and consumers.get(host.output, 0) == 1 and host.output == first
-        if sole and op in rules.fold and host.op_class in ("conv", "dwconv") and not host.ops[1:]:
+        host = self.producer.get(first) if first else None
+        sole = host is not None and self.consumers.get(host.output, 0) == 1 and host.output == first
+        if sole and op in self.rules.fold and host.op_class in ("conv", "dwconv") and not host.ops[1:]:
             host.ops.append(op)
             host.output = out
-            producer[out] = host
-            continue
-        anchor_ok = host is not None and (
-            (host.op_class in ("conv", "dwconv", "gemm") and epilogue_count.get(id(host), 0) < rules.max_epilogue)
-            or (rules.pointwise_chain and host.op_class == "elementwise"))
-        fusable = op in rules.epilogue or (rules.epilogue_activations and op in ACTIVATIONS)
-        if sole and fusable and anchor_ok and out_shape == shapes.get(first, out_shape):
-            per = op_rule(op).per_element
-            host.ops.append(op)
-            host.flops += int(per * out_elems)
-            host.weight_bytes += w_elems * esize
-            host.params += w_elems
-            extra = [x for x in acts[1:] if x != first]
-            host.input_bytes += sum(nbytes(x) for x in extra)
-            host.inputs.extend(extra)
-            host.output_bytes = nbytes(out)
-            host.output_shape = out_shape
-            host.output = out
-            epilogue_count[id(host)] = epilogue_count.get(id(host), 0) + 1
-            producer[out] = host
-            continue
-        op_class, flops, geometry = op_cost(node, [shapes.get(x, []) if x else [] for x in node.input], out_shape)
+            self.producer[out] = host
+        elif sole and self._fusable(op, host) and self.shapes.get(out, []) == self.shapes.get(first, self.shapes.get(out, [])):
+            self._fuse_epilogue(node, host, acts, first)
+        else:
+            self._new_kernel(node, acts)
+
+    def _fusable(self, op: str, host: Kernel) -> bool:
+        rules = self.rules
+        anchor_ok = ((host.op_class in ("conv", "dwconv", "gemm") and self.epilogues.get(id(host), 0) < rules.max_epilogue)
+                     or (rules.pointwise_chain and host.op_class == "elementwise"))
+        return anchor_ok and (op in rules.epilogue or (rules.epilogue_activations and op in ACTIVATIONS))
+
+    def _weight_elems(self, node) -> int:
+        return sum(self.init_sizes.get(x, 0) for x in node.input if x and x in self.weights)
+
+    def _fuse_epilogue(self, node, host: Kernel, acts: list[str], first: str) -> None:
+        out = node.output[0]
+        out_shape = self.shapes.get(out, [])
+        w_elems = self._weight_elems(node)
+        host.ops.append(node.op_type)
+        host.flops += int(op_rule(node.op_type).per_element * (int(np.prod(out_shape)) if out_shape else 0))
+        host.weight_bytes += w_elems * self.esize
+        host.params += w_elems
+        extra = [x for x in acts[1:] if x != first]
+        host.input_bytes += sum(self.nbytes(x) for x in extra)
+        host.inputs.extend(extra)
+        host.output_bytes = self.nbytes(out)
+        host.output_shape = out_shape
+        host.output = out
+        self.epilogues[id(host)] = self.epilogues.get(id(host), 0) + 1
+        self.producer[out] = host
+
+    def _new_kernel(self, node, acts: list[str]) -> None:
+        op, out = node.op_type, node.output[0]
+        out_shape = self.shapes.get(out, [])
+        op_class, flops, geometry = op_cost(node, [self.shapes.get(x, []) if x else [] for x in node.input], out_shape)
         if op not in OPS:
-            unknown.append(op)
-        k = Kernel(name=node.name or f"{op}_{len(kernels)}", op_type=op, op_class=op_class, ops=[op],
-                   flops=int(flops), weight_bytes=w_elems * esize, input_bytes=sum(nbytes(x) for x in acts),
-                   output_bytes=sum(nbytes(o) for o in node.output if o), output_shape=out_shape,
+            self.unknown.append(op)
+        w_elems = self._weight_elems(node)
+        k = Kernel(name=node.name or f"{op}_{len(self.kernels)}", op_type=op, op_class=op_class, ops=[op],
+                   flops=int(flops), weight_bytes=w_elems * self.esize, input_bytes=sum(self.nbytes(x) for x in acts),
+                   output_bytes=sum(self.nbytes(o) for o in node.output if o), output_shape=out_shape,
                    params=w_elems, geometry=geometry, inputs=list(acts), output=out)
-        kernels.append(k)
+        self.kernels.append(k)
         for o in node.output:
             if o:
-                producer[o] = k
-
-    params = sum(k.params for k in kernels)
-    peak = _peak_activation_bytes(kernels, [alias.get(i.name, i.name) for i in inputs0],
-                                  [alias.get(o.name, o.name) for o in g.output], nbytes)
-    return GraphCost(kernels=kernels, runtime=runtime, precision=precision, input_shape=in_shape, params=params,
-                     flops=sum(k.flops for k in kernels), weight_bytes=sum(k.weight_bytes for k in kernels),
-                     peak_activation_bytes=peak, unknown_ops=sorted(set(unknown)))
+                self.producer[o] = k
 
 
 # --- the graph ONNX Runtime actually executes --------------------------------------------------
@@ -499,6 +522,28 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
     with profiling on for the shapes of every executed node. The blocked shapes already carry the channel
     padding (a 12-channel NCHWc conv computes 16), so these kernels are marked ``padded``.
     """
+    model = load_graph(source, input_shape)
+    events, opt = _profile_optimized(model, threads)
+    from edgekd.hardware.targets import host_channel_multiple
+
+    inits = {i.name for i in opt.graph.initializer}
+    graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
+    sizes: dict[str, int] = {}
+    block = host_channel_multiple()  # what MLAS blocks channels by on this CPU: 16 with AVX-512, 8 with AVX2
+    kernels = [_executed_kernel(node, args, name, inits, producers, sizes, block)
+               for node, args, name, producers in _profiled_nodes(events, opt)]
+    in_shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim] if graph_inputs else []
+    peak = _peak_activation_bytes(kernels, graph_inputs, [o.name for o in opt.graph.output], lambda t: sizes.get(t, 0))
+    # Params and FLOPs as the model defines them (what capacity comparisons use), not the padded ones.
+    nominal = graph_cost(model, runtime="onnxruntime", precision=precision)
+    return GraphCost(kernels=kernels, runtime="onnxruntime", precision=precision, input_shape=in_shape,
+                     params=nominal.params, flops=nominal.flops,
+                     weight_bytes=sum(k.weight_bytes for k in kernels), peak_activation_bytes=peak, unknown_ops=[])
+
+
+def _profile_optimized(model, threads: int | None):
+    """Run ``model`` once in the session ``measure_onnx_ms`` times, profiling on: (profile events, the
+    optimized graph ONNX Runtime saved)."""
     import json as _json
     import tempfile
 
@@ -506,7 +551,6 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
 
     from edgekd.hardware.measure import ort_session
 
-    model = load_graph(source, input_shape)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "model.onnx"
         onnx.save(model, str(src))
@@ -524,9 +568,11 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         events = _json.loads(Path(sess.end_profiling()).read_text())
         opt = onnx.load(str(optimized))
         del sess
-    from edgekd.hardware.targets import host_channel_multiple
+    return events, opt
 
-    nchwc_block = host_channel_multiple()  # what MLAS blocks by on this CPU: 16 with AVX-512, 8 with AVX2
+
+def _profiled_nodes(events, opt):
+    """(node, profiler args, name, producers) of every kernel the profiler timed, in run order."""
     nodes = {n.name: n for n in opt.graph.node if n.name}
     # Nodes ORT creates while optimizing may have no name in the saved graph (HardSwish becomes an unnamed
     # HardSigmoid + Mul), while the profiler calls them <op>_<index>: they are matched by op type, in order.
@@ -535,10 +581,6 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         if not n.name:
             unnamed.setdefault(n.op_type, []).append(n)
     producers = {o: n for n in opt.graph.node for o in n.output if o}
-    inits = {i.name for i in opt.graph.initializer}
-    graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
-    kernels: list[Kernel] = []
-    sizes: dict[str, int] = {}
     seen = set()
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -551,54 +593,53 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
         if node is None or name in seen:
             continue
         seen.add(name)
-        in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
-        out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
-        names_in = [x for x in node.input if x]
+        yield node, args, name, producers
 
-        def size(entry) -> int:
-            dtype, dims = entry
-            return int(np.prod(dims)) * _PROFILE_ELEMENT_BYTES.get(dtype, 4) if dims is not None else 0
 
-        w_bytes = a_bytes = params = 0
-        acts = []
-        for x, entry in zip(names_in, in_shapes):
-            if x in inits and entry[0] in ("int64", "int32"):
-                continue  # axes and shapes: operands, not weights
-            if x in inits:
-                w_bytes += size(entry)
-                params += int(np.prod(entry[1])) if len(entry[1]) > 1 or node.op_type in ("Conv", "FusedConv") else 0
-            else:
-                a_bytes += size(entry)
-                acts.append(x)
-                sizes.setdefault(x, size(entry))
-        o_bytes = sum(size(entry) for entry in out_shapes)
-        for o, entry in zip([o for o in node.output if o], out_shapes):
-            sizes[o] = size(entry)
-        op = node.op_type
-        out_dims = [int(x) for x in out_shapes[0][1]] if out_shapes and out_shapes[0][1] is not None else []
-        fused = [op] + [a.s.decode() for a in node.attribute if a.name == "activation" and a.s]
-        dims_by_name = {x: list(entry[1] or []) for x, entry in zip(names_in, in_shapes)}
-        op_class, flops, geometry = op_cost(node, [dims_by_name.get(x, []) if x else [] for x in node.input], out_dims)
-        kind = op_rule(op).kind
-        if kind == "conv":
-            if len(names_in) > 3 and names_in[3]:
-                fused.append("Sum")  # NCHWc ConvAddActivation: the residual input is summed in the kernel
-            geometry.update(_executed_conv_geometry(node, out_dims, names_in, producers, nchwc_block))
-        elif kind == "window":
-            geometry = {"layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw"}
-        elif kind == "alias":
-            a_bytes = o_bytes = 0  # the buffer is relabelled, not copied
-        kernels.append(Kernel(name=name, op_type=op, op_class=op_class, ops=fused, flops=int(flops),
-                              weight_bytes=int(w_bytes), input_bytes=int(a_bytes), output_bytes=int(o_bytes),
-                              output_shape=[int(x) for x in out_dims], params=int(params), geometry=geometry,
-                              inputs=acts, output=node.output[0] if node.output else ""))
-    in_shape = [int(d.dim_value) for d in model.graph.input[0].type.tensor_type.shape.dim] if graph_inputs else []
-    peak = _peak_activation_bytes(kernels, graph_inputs, [o.name for o in opt.graph.output], lambda t: sizes.get(t, 0))
-    # Params and FLOPs as the model defines them (what capacity comparisons use), not the padded ones.
-    nominal = graph_cost(model, runtime="onnxruntime", precision=precision)
-    return GraphCost(kernels=kernels, runtime="onnxruntime", precision=precision, input_shape=in_shape,
-                     params=nominal.params, flops=nominal.flops,
-                     weight_bytes=sum(k.weight_bytes for k in kernels), peak_activation_bytes=peak, unknown_ops=[])
+def _profiled_size(entry) -> int:
+    dtype, dims = entry
+    return int(np.prod(dims)) * _PROFILE_ELEMENT_BYTES.get(dtype, 4) if dims is not None else 0
+
+
+def _executed_kernel(node, args: dict, name: str, inits: set, producers: dict, sizes: dict, nchwc_block: int) -> Kernel:
+    """One executed kernel from its node in the optimized graph and the shapes the profiler recorded;
+    ``sizes`` (tensor -> bytes) is filled for the peak-memory walk."""
+    in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
+    out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
+    names_in = [x for x in node.input if x]
+    w_bytes = a_bytes = params = 0
+    acts = []
+    for x, entry in zip(names_in, in_shapes):
+        if x in inits and entry[0] in ("int64", "int32"):
+            continue  # axes and shapes: operands, not weights
+        if x in inits:
+            w_bytes += _profiled_size(entry)
+            params += int(np.prod(entry[1])) if len(entry[1]) > 1 or node.op_type in ("Conv", "FusedConv") else 0
+        else:
+            a_bytes += _profiled_size(entry)
+            acts.append(x)
+            sizes.setdefault(x, _profiled_size(entry))
+    o_bytes = sum(_profiled_size(entry) for entry in out_shapes)
+    for o, entry in zip([o for o in node.output if o], out_shapes):
+        sizes[o] = _profiled_size(entry)
+    op = node.op_type
+    out_dims = [int(x) for x in out_shapes[0][1]] if out_shapes and out_shapes[0][1] is not None else []
+    fused = [op] + [a.s.decode() for a in node.attribute if a.name == "activation" and a.s]
+    dims_by_name = {x: list(entry[1] or []) for x, entry in zip(names_in, in_shapes)}
+    op_class, flops, geometry = op_cost(node, [dims_by_name.get(x, []) if x else [] for x in node.input], out_dims)
+    kind = op_rule(op).kind
+    if kind == "conv":
+        if len(names_in) > 3 and names_in[3]:
+            fused.append("Sum")  # NCHWc ConvAddActivation: the residual input is summed in the kernel
+        geometry.update(_executed_conv_geometry(node, out_dims, names_in, producers, nchwc_block))
+    elif kind == "window":
+        geometry = {"layout": "nchwc" if node.domain == "com.microsoft.nchwc" else "nchw"}
+    elif kind == "alias":
+        a_bytes = o_bytes = 0  # the buffer is relabelled, not copied
+    return Kernel(name=name, op_type=op, op_class=op_class, ops=fused, flops=int(flops),
+                  weight_bytes=int(w_bytes), input_bytes=int(a_bytes), output_bytes=int(o_bytes),
+                  output_shape=[int(x) for x in out_dims], params=int(params), geometry=geometry,
+                  inputs=acts, output=node.output[0] if node.output else "")
 
 
 def _executed_conv_geometry(node, out_dims, names_in, producers, nchwc_block: int) -> dict:
