@@ -127,23 +127,96 @@ def _suggest(trial, name: str, space: dict):
     return trial.suggest_float(name, args[0], args[1], log=kind == "float_log")
 
 
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+
+
+def open_storage(url: str | None, work_dir: Path, resume: bool):
+    """The study's storage: ``url`` (a shared study: ``journal:///path.log``, ``sqlite:///path.db`` or an
+    RDB URL SQLAlchemy takes), or the run's own ``work_dir/optuna.journal`` (deleted unless ``resume``).
+    Returns (storage, where, shared)."""
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if url is None:
+        journal = work_dir / JOURNAL_NAME
+        if journal.exists() and not resume:
+            journal.unlink()  # a fresh search (the run folder was replaced or is new)
+        return JournalStorage(JournalFileBackend(str(journal))), str(journal), False
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://"):])
+        if not path.name or not path.parent.is_dir():
+            raise EdgeKDError(f"--tune-storage {url}: no folder {path.parent} for the journal file",
+                              "give an existing folder, e.g. journal:///shared/edgekd-study.log")
+        return JournalStorage(JournalFileBackend(str(path))), url, True
+    if "://" not in url or scheme not in STORAGE_SCHEMES:
+        raise EdgeKDError(f"--tune-storage {url!r} is not an Optuna storage URL",
+                          "use journal:///path.log, sqlite:///path.db or an RDB URL such as postgresql://user@host/db")
+    try:
+        return _rdb(RDBStorage, url), url, True
+    except ImportError as err:
+        raise EdgeKDError(f"--tune-storage {url}: {err}", "install the database driver SQLAlchemy names") from None
+    except Exception as err:  # SQLAlchemy's errors: a bad path, an unreachable server, bad credentials
+        raise EdgeKDError(f"--tune-storage {url}: {str(err).splitlines()[0]}",
+                          "check the URL, that the folder or server exists and that you may write to it") from None
+
+
+def _rdb(RDBStorage, url: str):
+    """An RDB storage; a heartbeat marks the trials of a process that died as failed, so they run again.
+    Processes starting together race to create the tables: the loser finds them on its second try."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    for attempt in range(4):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except ImportError:
+            raise
+        except Exception:  # the tables half made by the other process (exists / unique constraint)
+            if attempt == 3:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def study_name_for(splits: DataSplits, student: str, target: str) -> str:
+    """The shared study's name: the same data, student and target meet in one study, anything else not."""
+    return f"{STUDY_NAME}-{student}-{target}-{splits.fingerprint()[:12]}"
+
+
+def _open_study(optuna, storage, name: str, base: TrainConfig, n_trials: int, space: dict):
+    """Create the study or join it; whoever creates it queues the defaults as its first trial (once,
+    however many processes start together: creation is atomic in the storage)."""
+    sampler = optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=min(6, n_trials))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=pruning_starts(base.epochs))
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                    sampler=sampler, pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study.enqueue_trial({"temperature": base.temperature, "alpha": base.alpha,
+                         "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr,
+                         **({"views": views_of(base)} if "views" in space else {})})
+    return study
+
+
 def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_trials: int, minutes: float,
-            work_dir: str | Path, resume: bool = False, log=None) -> TuneResult:
+            work_dir: str | Path, resume: bool = False, log=None, storage: str | None = None,
+            study_name: str | None = None) -> TuneResult:
     """Search temperature, alpha, loss, learning rate (and, on array data, the views) for distilling
     ``teacher`` into ``student_spec``.
 
     Each trial trains with ``base``'s budget and reports its validation accuracy after every epoch;
-    from the second half of the epochs on, trials below the median of earlier ones at the same epoch
-    are pruned. A trial scores its last epoch (the kept one). The search stops after
-    ``n_trials`` finished trials (counting those of a resumed search) or ``minutes``. The first trial
-    is ``base`` itself, so the result is never worse on validation than the defaults. The study lives
-    in ``work_dir/optuna.journal``; ``resume`` continues it. The test split is never seen.
+    in the last quarter of the epochs, trials below the median of earlier ones at the same epoch
+    are pruned. A trial scores its last epoch (the kept one). The search stops when the study holds
+    ``n_trials`` finished trials (counting those of a resumed search and of other processes on a
+    shared ``storage``) or after ``minutes``. The first trial is ``base`` itself, so the result is
+    never worse on validation than the defaults. The study lives in ``work_dir/optuna.journal``
+    (``resume`` continues it) or, shared, in ``storage`` under ``study_name``. The test split is never seen.
     """
     optuna = _need_optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from optuna.trial import TrialState
-
     if n_trials < 1:
         raise EdgeKDError(f"--tune must be >= 1 trials, got {n_trials}", "e.g. --tune 20")
     if not minutes > 0 or not math.isfinite(minutes):
@@ -151,22 +224,74 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
     say = log or (lambda line: None)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    journal = work / JOURNAL_NAME
-    if journal.exists() and not resume:
-        journal.unlink()  # a fresh search (the run folder was replaced or is new)
-    storage = JournalStorage(JournalFileBackend(str(journal)))
-    warmup = pruning_starts(base.epochs)
-    study = optuna.create_study(
-        study_name=STUDY_NAME, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=base.seed, n_startup_trials=min(6, n_trials)),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup))
+    store, where, shared = open_storage(storage, work, resume)
     space = search_space(splits, base.lr)
-    if not study.trials:
-        study.enqueue_trial({"temperature": base.temperature, "alpha": base.alpha,
-                             "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr,
-                             **({"views": views_of(base)} if "views" in space else {})})
-    sealed = without_test(splits)
+    study = _open_study(optuna, store, study_name or STUDY_NAME, base, n_trials, space)
+    if not shared:
+        _fail_stale(study)
+    objective = _objective(optuna, student_spec, teacher, without_test(splits), base, space, say)
+    done = _count(study, ("COMPLETE", "PRUNED"))
+    t0 = time.perf_counter()
+    if done < n_trials:
+        say(f"tuning: {n_trials - done} trials of {n_trials} left, at most {minutes:g} min"
+            + (f" (resumed: {done} done)" if done else "") + (f"; study {study.study_name} in {where}" if shared else ""))
+        _run_trials(optuna, study, objective, n_trials, deadline=t0 + minutes * 60)
+    seconds = time.perf_counter() - t0
+    return _result(study, base, seconds, where, space, minutes)
 
+
+def _count(study, states, below: int | None = None) -> int:
+    return sum(t.state.name in states and (below is None or t.number < below)
+               for t in study.get_trials(deepcopy=False))
+
+
+def _fail_stale(study) -> None:
+    """The run's own study has one process: a trial still marked running was cut off (an interrupted run)."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+
+
+class _Surplus(Exception):
+    """A trial asked for when the study already holds its trials (finished or running elsewhere)."""
+
+
+def _run_trials(optuna, study, objective, n_trials: int, deadline: float) -> None:
+    """Run trials until the study holds ``n_trials`` finished or running ones, or the deadline. Several
+    processes may share the study: a trial that finds ``n_trials`` earlier ones finished or running
+    elsewhere ends as failed at once, so together they run exactly ``n_trials``. One trial per
+    ``optimize`` call keeps Optuna's heartbeat (an RDB marks a dead process's trial failed)."""
+    alive, surplus = ("COMPLETE", "PRUNED", "RUNNING"), []
+
+    def guarded(trial) -> float:
+        if _count(study, alive, below=trial.number) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            surplus.append(trial.number)
+            raise _Surplus()
+        return objective(trial)
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a surplus trial is not worth a warning
+    try:
+        while time.perf_counter() < deadline and not surplus and _count(study, alive) < n_trials:
+            study.optimize(guarded, n_trials=1, catch=(_Surplus,))
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    _wait_for_others(study, deadline)
+
+
+def _wait_for_others(study, deadline: float) -> None:
+    """On a shared study, wait for the trials other processes are still running, so that every process
+    reports the best of all of them; at most twice the longest trial so far (a journal has no heartbeat:
+    a process that died leaves its trial marked running)."""
+    longest = max((t.user_attrs.get("seconds") or 0 for t in study.get_trials(deepcopy=False)), default=0)
+    until = min(deadline, time.perf_counter() + 2 * longest + 5)
+    while _count(study, ("RUNNING",)) and time.perf_counter() < until:
+        time.sleep(0.5)
+
+
+def _objective(optuna, student_spec, teacher, sealed: DataSplits, base: TrainConfig, space: dict, say):
     def objective(trial) -> float:
         params = {name: _suggest(trial, name, space) for name in space}
         cfg = apply(base, params)
@@ -199,24 +324,23 @@ def tune_kd(student_spec, teacher, splits: DataSplits, base: TrainConfig, *, n_t
                 f" [{time.perf_counter() - t0:.0f} s]")
         return _score(curve, cfg)
 
-    done = lambda: sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)  # noqa: E731
-    t0 = time.perf_counter()
-    if done() < n_trials:
-        say(f"tuning: {n_trials - done()} trials of {n_trials} left, at most {minutes:g} min"
-            + (f" (resumed: {done()} done)" if done() else ""))
-        study.optimize(objective, n_trials=n_trials - done(), timeout=minutes * 60)
-    seconds = time.perf_counter() - t0
-    finished = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not finished:
+    return objective
+
+
+def _result(study, base: TrainConfig, seconds: float, where: str, space: dict, minutes: float) -> TuneResult:
+    from optuna.trial import TrialState
+
+    ended = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    if not any(t.state == TrialState.COMPLETE for t in ended):
         raise EdgeKDError(f"--tune: no trial finished within {minutes:g} minutes",
                           "raise --tune-minutes, or lower --epochs")
     best = study.best_trial
     trials = [{"number": t.number, "state": t.state.name.lower(), "params": t.params,
                "val_accuracy": t.value if t.value is not None else _score(t.user_attrs.get("curve") or [], base),
                "epochs": len(t.user_attrs.get("curve") or []), "seconds": t.user_attrs.get("seconds")}
-              for t in study.trials]
+              for t in ended]
     return TuneResult(best=dict(best.params), best_val_accuracy=float(best.value), trials=trials,
-                      seconds=seconds, storage=str(journal), space=space)
+                      seconds=seconds, storage=where, space=space)
 
 
 def _score(curve: list[float], cfg: TrainConfig) -> float:
