@@ -191,6 +191,7 @@ class DataSplits:
             "mean": [round(m, 6) for m in self.mean],
             "std": [round(s, 6) for s in self.std],
             "preprocess": self.preprocessing.to_dict(),
+            "views": self.preprocessing.views(),
             "split_options": dict(self.split_options),
             "splits": {s.name: s.describe() for s in (self.train, self.val, self.calib, self.test)},
         }

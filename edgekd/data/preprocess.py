@@ -38,6 +38,7 @@ class Preprocess:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = False
     mean_source: str = "train"                # where mean/std came from: teacher | user | train | train-sample
+    view_reason: str = ""                     # why these crops and flips (edgekd.data.views), "" where not chosen
 
     def __post_init__(self):
         checks = [
@@ -64,6 +65,11 @@ class Preprocess:
     @property
     def teacher_size(self) -> int:
         return self.teacher_image_size or self.image_size
+
+    def views(self) -> dict:
+        """The training views and why they were chosen (``report.json`` ``data.views``)."""
+        return {"train_crop": self.train_crop, "crop_scale": list(self.crop_scale), "flip": self.flip,
+                "reason": self.view_reason or "not chosen from the data"}
 
     @property
     def resize_rule(self) -> str:

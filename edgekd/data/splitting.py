@@ -95,11 +95,32 @@ def file_preprocess(train: FileSet, request, *, seed: int, workers: int, progres
                      train_crop="random-resized-crop" if augment else "none",
                      crop_scale=request.crop_scale or (0.08, 1.0),
                      flip=augment if request.flip is None else request.flip, mean_source="pending")
+    if augment:
+        pre = _chosen_views(train, pre, request, np.median(sides) if sides else size, seed, workers)
     if request.mean is not None:
         from dataclasses import replace
 
         return replace(pre, mean=tuple(request.mean), std=tuple(request.std), mean_source=request.mean_source)
     return _measured_stats(train, pre, rng.permutation(len(train))[:STATS_SAMPLE], workers, progress)
+
+
+def _chosen_views(train: FileSet, pre: Preprocess, request, side: float, seed: int, workers: int) -> Preprocess:
+    """``pre`` with the crops and flips the data call for (:mod:`edgekd.data.views`); the user's flags win."""
+    from dataclasses import replace
+
+    from edgekd import events
+    from edgekd.data.views import sample_views
+
+    if request.crop_scale is not None and request.flip is not None:
+        return pre
+    views = sample_views(train, pre, side=side, seed=seed, workers=workers)
+    pre = replace(pre, crop_scale=request.crop_scale or views.crop_scale,
+                  flip=views.flip if request.flip is None else request.flip,
+                  view_reason=views.reason + ("; --crop-scale as asked" if request.crop_scale else "")
+                  + ("; --flip/--no-flip as asked" if request.flip is not None else ""))
+    events.info(f"training views: crops {pre.crop_scale[0]:g}-{pre.crop_scale[1]:g} of the area, "
+                f"{'with' if pre.flip else 'no'} flips ({pre.view_reason})", views=pre.views(), facts=views.facts)
+    return pre
 
 
 def _headers(train: FileSet, sample) -> tuple[set[str], list[int]]:
