@@ -71,6 +71,32 @@ def write_folder(src: Path, dest: Path, limit: int | None = None) -> Path:
     return dest
 
 
+PHOTO_SIZE = 256
+
+
+def write_photos(src: Path, dest: Path, limit: int | None = None) -> Path:
+    """train/<class>/NNNNN.jpg: Fashion-MNIST upsampled to PHOTO_SIZE px and tinted with a colour per image
+    (a stand-in for a folder of 256 px photos); written once (a marker file says it is complete)."""
+    from PIL import Image
+
+    done = dest / ".complete"
+    if done.exists():
+        return dest
+    x = read_idx(src / "train-images-idx3-ubyte.gz")
+    y = read_idx(src / "train-labels-idx1-ubyte.gz")
+    n = len(y) if limit is None else limit
+    for c in CLASSES:
+        (dest / "train" / c).mkdir(parents=True, exist_ok=True)
+    tints = np.random.default_rng(0).uniform(0.3, 1.0, (n, 3)).astype(np.float32)
+    t0 = time.perf_counter()
+    for i in range(n):
+        grey = np.asarray(Image.fromarray(x[i]).resize((PHOTO_SIZE, PHOTO_SIZE), Image.BICUBIC), np.float32)
+        rgb = np.clip(grey[..., None] * tints[i] + 40 * (1 - tints[i]), 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(dest / "train" / CLASSES[y[i]] / f"{i:05d}.jpg", quality=90)
+    done.write_text(f"{n} files in {time.perf_counter() - t0:.0f} s\n")
+    return dest
+
+
 def pipeline_rate(splits, size: int, workers: int, images: int, batch: int) -> float:
     from edgekd.data.batches import FileBatches
 
@@ -210,33 +236,94 @@ def _proc_kb(path: str, key: str) -> int:
     return 0
 
 
+def _uss_kb(pid: int) -> int:
+    """Unique set size: the pages only this process holds (what ending it would free)."""
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Private_Clean:") + _proc_kb(f"/proc/{pid}/smaps_rollup", "Private_Dirty:")
+
+
+# The pipeline's stage banners ("▶ Loading data", ...) and the stage each one starts.
+STAGES = (("Loading data", "data"), ("Choosing", "select"), ("Teacher", "teacher"), ("Is the teacher worth", "worth"),
+          ("Tuning", "tune"), ("Distilling", "distill"), ("Exporting", "export"), ("Measuring", "bench"),
+          ("Baselines", "compare"), ("Writing reports", "report"))
+
+
+def _stage_of(line: str) -> str | None:
+    text = line.strip().lstrip("▶").strip()
+    return next((name for prefix, name in STAGES if text.startswith(prefix)), None) if line.strip().startswith("▶") else None
+
+
 def run_and_sample(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``, sampling every 0.2 s the RSS, USS and PSS of it and of every process it starts; peaks
+    overall, per process and per pipeline stage (read from the stage banners it prints)."""
+    import threading
+
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    stage = ["start"]
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            stage[0] = _stage_of(line) or stage[0]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     peak_each: dict[int, int] = {}
     peak_sum, peak_pss, names = 0, 0, {}
+    per_stage: dict[str, dict] = {}
     t0 = time.perf_counter()
     while proc.poll() is None:
         total = pss = 0
-        for p in _tree(proc.pid):
+        now = stage[0]
+        st = per_stage.setdefault(now, {"rss_sum_mb": 0.0, "rss_main_mb": 0.0, "rss_max_process_mb": 0.0,
+                                        "uss_max_process_mb": 0.0, "processes": 0})
+        tree = _tree(proc.pid)
+        for p in tree:
             kb = _rss_kb(p)
             total += kb
             pss += _pss_kb(p)
             peak_each[p] = max(peak_each.get(p, 0), kb)
+            st["rss_max_process_mb"] = max(st["rss_max_process_mb"], round(kb / 1024, 1))
+            st["uss_max_process_mb"] = max(st["uss_max_process_mb"], round(_uss_kb(p) / 1024, 1))
             if p not in names:
                 try:
                     names[p] = open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:80]
                 except OSError:
                     names[p] = "?"
+        st["rss_main_mb"] = max(st["rss_main_mb"], round(_rss_kb(proc.pid) / 1024, 1))
+        st["rss_sum_mb"] = max(st["rss_sum_mb"], round(total / 1024, 1))
+        st["processes"] = max(st["processes"], len(tree))
         peak_sum, peak_pss = max(peak_sum, total), max(peak_pss, pss)
         time.sleep(0.2)
-    log = proc.stdout.read()
+    reader.join(timeout=5)
+    log = "".join(lines)
     return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "peak_sum_mb": round(peak_sum / 1024, 1), "peak_pss_mb": round(peak_pss / 1024, 1),
-            "peak_process_mb": round(max(peak_each.values()) / 1024, 1), "processes": len(peak_each),
+            "peak_process_mb": round(max(peak_each.values(), default=0) / 1024, 1), "processes": len(peak_each),
             "top": sorted(((round(v / 1024, 1), names.get(p, "?")) for p, v in peak_each.items()), reverse=True)[:4],
-            "log_tail": log[-1500:], "log": log}
+            "stages": per_stage, "log_tail": log[-1500:], "log": log}
+
+
+def print_memory(name: str, r: dict) -> None:
+    print(f"{name}: rc {r['rc']}, {r['seconds']} s, peak RSS of the largest process {r['peak_process_mb']} MB, "
+          f"peak of the sum over {r['processes']} processes {r['peak_sum_mb']} MB RSS, {r['peak_pss_mb']} MB PSS "
+          f"(shared pages counted once)", flush=True)
+    for mb, what in r["top"]:
+        print(f"    {mb:8.1f} MB  {what}")
+    print(f"    {'stage':10s} {'main RSS':>10s} {'max process RSS':>16s} {'max process USS':>16s} {'sum RSS':>10s}  processes")
+    before = 0.0
+    for stage, st in r["stages"].items():
+        grew = st["rss_max_process_mb"] - before
+        print(f"    {stage:10s} {st['rss_main_mb']:10.1f} {st['rss_max_process_mb']:16.1f} {st['uss_max_process_mb']:16.1f} "
+              f"{st['rss_sum_mb']:10.1f}  {st['processes']:3d}{'   <- grows ' + format(grew, '+.0f') + ' MB' if grew > 200 else ''}")
+        before = max(before, st["rss_max_process_mb"])
+    if r["stages"]:
+        top = max(r["stages"].items(), key=lambda kv: kv[1]["rss_max_process_mb"])
+        print(f"    the peak is in stage {top[0]} ({top[1]['rss_max_process_mb']} MB in one process)", flush=True)
 
 
 def memory(args) -> None:
+    if args.case == "photos":
+        return memory_photos(args)
     from edgekd.models import ModelSpec, save_model
 
     cache = Path(args.cache).expanduser()
@@ -255,21 +342,55 @@ def memory(args) -> None:
         if args.workers is not None:
             cmd += ["--workers", args.workers]
         r = run_and_sample(cmd, env)
-        print(f"{name}: rc {r['rc']}, {r['seconds']} s, peak RSS of the largest process {r['peak_process_mb']} MB, "
-              f"peak of the sum over {r['processes']} processes {r['peak_sum_mb']} MB RSS, {r['peak_pss_mb']} MB PSS "
-              f"(shared pages counted once)", flush=True)
-        for mb, what in r["top"]:
-            print(f"    {mb:8.1f} MB  {what}")
-        for line in r["log"].splitlines():
-            if any(k in line for k in ("stage timings", "train /", "pixels:", "could not be decoded", "student test")):
-                print("    " + line.strip())
-        if r["rc"] != 0:
-            print(r["log_tail"])
-            continue
-        report = json.loads((out / "report.json").read_text())
-        outputs = report["student"].get("teacher_cache") or {}
-        print(f"    distill {report['timings_s'].get('distill')} s; teacher-output cache hits {outputs.get('hits')} "
-              f"misses {outputs.get('misses')}; test accuracy {report['student']['accuracy']:.4f}", flush=True)
+        print_memory(name, r)
+        _summarise_run(r, out)
+
+
+def _summarise_run(r: dict, out: Path) -> None:
+    for line in r["log"].splitlines():
+        if any(k in line for k in ("stage timings", "train /", "pixels:", "could not be decoded", "student test")):
+            print("    " + line.strip())
+    if r["rc"] != 0:
+        print(r["log_tail"])
+        return
+    report = json.loads((out / "report.json").read_text())
+    outputs = report["student"].get("teacher_cache") or {}
+    print(f"    timings {report.get('timings_s')}; teacher-output cache hits {outputs.get('hits')} "
+          f"misses {outputs.get('misses')}; test accuracy {report['student']['accuracy']:.4f}", flush=True)
+
+
+def memory_photos(args) -> None:
+    """A folder of 256 px photos, torchvision's ResNet-18 as the teacher (random weights: memory does not
+    depend on them), mobilenet_v3_small at 64 px as the student, one epoch: 8,000 files, then 60,000."""
+    cache = Path(args.cache).expanduser()
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache-photos"), COLUMNS="200")
+    counts = [int(n) for n in args.files.split(",")]
+    weights = cache / "resnet18-random-10.safetensors"
+    if not weights.exists():
+        import torchvision
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        save_file(torchvision.models.resnet18(num_classes=10).state_dict(), str(weights))
+    peaks = {}
+    for n in counts:
+        root = write_photos(Path(args.data), cache / f"photos-{n}", limit=None if n >= 60000 else n)
+        out = cache / f"run-photos-{n}"
+        cmd = ["edgekd", "distill", "--target", "host", "--data", str(root), "--teacher", "torchvision:resnet18",
+               "--teacher-weights", str(weights), "--student", "mobilenet_v3_small", "--image-size", "64",
+               "--epochs", str(args.epochs), "--width", "1", "--out", str(out), "--overwrite", "--no-progress", "--bench-seconds", "0.2"]
+        cmd += ["--formats", args.formats] if args.formats else []
+        cmd += ["--workers", args.workers] if args.workers is not None else []
+        cmd += ["--teacher-image-size", str(args.teacher_image_size)] if args.teacher_image_size else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        r = run_and_sample(cmd, env)
+        print_memory(f"{n:,} photos", r)
+        _summarise_run(r, out)
+        peaks[n] = r["peak_process_mb"]
+    if len(peaks) > 1:
+        first = peaks[counts[0]]
+        print("peak of the largest process by file count: " + ", ".join(
+            f"{n:,}: {mb:.0f} MB ({mb / first - 1:+.0%})" for n, mb in peaks.items()))
 
 
 def main() -> None:
@@ -286,6 +407,13 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--case", choices=("photos", "cnn"), default="photos",
+                    help="--memory: 256 px photos with a ResNet-18 teacher and mobilenet_v3_small (photos), "
+                         "or 112 px Fashion-MNIST JPEGs with a small CNN teacher (cnn)")
+    ap.add_argument("--files", default="8000,60000", help="--memory --case photos: folder sizes")
+    ap.add_argument("--formats", default=None, help="--memory: export formats (default: the run's own)")
+    ap.add_argument("--teacher-image-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     print(f"CPU: {_cpu()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
     if args.memory:

@@ -104,17 +104,18 @@ def memory_mb():
     return None
 
 
-def usable_cores():
-    """CPUs this process may run on: affinity, narrowed by a cgroup v2 CPU quota (containers)."""
+def usable_cores(cpu_max="/sys/fs/cgroup/cpu.max", cfs="/sys/fs/cgroup/cpu"):
+    """CPUs this process may run on: affinity, narrowed by a cgroup CPU quota (containers): v2's
+    ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), else v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         n = os.cpu_count() or 1
-    quota = _read_text("/sys/fs/cgroup/cpu.max")
-    if quota:
-        parts = quota.split()
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit() and int(parts[1]) > 0:
-            n = max(1, min(n, int(-(-int(parts[0]) // int(parts[1])))))
+    parts = (_read_text(cpu_max) or "").split()
+    if len(parts) != 2:
+        parts = [_read_text(cfs + "/cpu.cfs_quota_us") or "", _read_text(cfs + "/cpu.cfs_period_us") or ""]
+    if parts[0].isdigit() and parts[1].isdigit() and int(parts[1]) > 0 and int(parts[0]) > 0:
+        n = max(1, min(n, int(-(-int(parts[0]) // int(parts[1])))))
     return n
 
 

@@ -48,7 +48,7 @@ class BenchOptions:
 def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tuple[int, ...],
                  opts: BenchOptions) -> tuple[list[dict], dict]:
     """Latency of ``path`` under ``runtime`` for each batch size: ([{batch, latency_ms, ...}], versions)."""
-    from edgekd.bench.measure import measure_latency
+    from edgekd.bench.measure import measure_runner
     from edgekd.bench.runners import load_runner
 
     runner = load_runner(path, threads=opts.threads, runtime=runtime)
@@ -68,13 +68,13 @@ def measure_file(path: Path, runtime: str, batches: list[int], input_shape: tupl
             continue
         x = rng.standard_normal((batch, *input_shape)).astype(np.float32)
         try:
-            stats = measure_latency(runner.run, x, warmup=opts.warmup, time_budget_s=opts.seconds)
+            stats, method = measure_runner(runner, x, warmup=opts.warmup, time_budget_s=opts.seconds)
         except Exception as err:  # e.g. a fixed-batch IR given another batch: that batch fails, not the file
             out.append({"batch": batch, "status": "failed", "reason": first_line(err, 300)})
             continue
         out.append({"batch": batch, "status": "ok", "threads": opts.threads,
                     "latency_ms": {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99, "mean": stats.mean},
-                    "throughput": stats.throughput, "runs": stats.runs})
+                    "throughput": stats.throughput, "runs": stats.runs, "method": method})
     return out, runner.versions()
 
 
@@ -96,6 +96,7 @@ def _apply_host(row: dict, m: dict, target_is_host: bool) -> None:
     row["latency_ms"] = {k: round(v, 6) for k, v in m["latency_ms"].items()}
     row["latency_source"] = HOST_SOURCE
     row["throughput"] = m["throughput"]
+    row.setdefault("extra", {})["latency_method"] = m.get("method")
     if target_is_host:
         row["target_latency_ms"] = dict(row["latency_ms"])
         row["target_latency_source"] = HOST_SOURCE

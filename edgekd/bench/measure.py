@@ -124,3 +124,13 @@ def measure_latency(
     batch = int(x.shape[0]) if getattr(x, "ndim", 0) >= 1 else 1
     samples = time_calls(fn, x, warmup=warmup, runs=runs, seconds=time_budget_s, min_runs=min_runs, max_runs=max_runs)
     return LatencyStats.from_samples(samples, batch=batch)
+
+
+def measure_runner(runner, x: np.ndarray, *, warmup: int = 10, runs: int | None = None,
+                   time_budget_s: float = 1.0) -> tuple[LatencyStats, str]:
+    """Latency of a runner on ``x`` timed the way its runtime's own benchmark tool times it (see
+    ``Runner.timed_call``), and the method, for the report to say how the figure was taken."""
+    prepared = runner.timed_call(x)
+    call = prepared.call
+    stats = measure_latency(lambda _x: call(), x, warmup=warmup, runs=runs, time_budget_s=time_budget_s)
+    return stats, prepared.method

@@ -10,7 +10,11 @@ from edgekd.runtimes.pytorch import PyTorchRunner  # noqa: F401  (wraps in-memor
 
 def load_runner(path_or_artifact, threads: int | None = None, *, device: str = "cpu",
                 runtime: str | None = None) -> Runner:
-    """A runner for a model file (runtime chosen by suffix) or an export Artifact (by its runtime)."""
+    """A runner for a model file (runtime chosen by suffix) or an export Artifact (by its runtime), with
+    ``threads`` or, when None, this job's share of the cores (edgekd.threads)."""
+    from edgekd.threads import current
+
+    threads = threads or current()
     path = getattr(path_or_artifact, "path", path_or_artifact)
     if runtime is None:
         runtime = getattr(path_or_artifact, "runtime", None) or runtime_for_file(path)

@@ -19,6 +19,14 @@ class TrainBatch:
     x_teacher: torch.Tensor | None   # the teacher's view of the same crop when its size differs; else it takes x
 
 
+def follow_thread_share() -> None:
+    """Once an epoch, torch's threads follow this job's share of the cores (edgekd.threads): another
+    edgekd job that started or ended since changes it. Nothing unless the job configured the policy."""
+    from edgekd.threads import apply
+
+    apply()
+
+
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The order of one epoch: a function of (seed, epoch) alone, so a resumed run replays it."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -90,6 +98,7 @@ class ArrayBatches:
         return self.make(torch.arange(min(n, self.n)))
 
     def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[int, TrainBatch | None]]:
+        follow_thread_share()
         perm = epoch_permutation(self.seed, epoch, self.n)
         for step in range(first_step, self.steps):
             gen = torch.Generator().manual_seed(sample_seed(self.seed, epoch, step * self.world + self.rank))
@@ -174,6 +183,7 @@ class FileBatches:
         raise RuntimeError("no training image decodes")
 
     def epoch(self, epoch: int, first_step: int = 0) -> Iterator[tuple[int, TrainBatch | None]]:
+        follow_thread_share()
         self.sampler.epoch, self.sampler.first_step = epoch, first_step
         for step, raw in enumerate(self.loader, start=first_step):
             yield step, self._batch(raw)

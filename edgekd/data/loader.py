@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,19 +19,13 @@ from edgekd.errors import EdgeKDError
 DECODED_FORMAT = 1
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def default_workers() -> int:
-    """Loader worker processes for photo data: every core but one for the model, at most 8.
+    """Loader worker processes for photo data: this job's share of the cores but one for the model, at
+    least 1, at most 8 (edgekd.threads). On the 2-core reference machine this is 1;
+    ``benchmarks/data_pipeline.py`` measures it."""
+    from edgekd.threads import loader_workers
 
-    On the 2-core reference machine this is 1; ``benchmarks/data_pipeline.py`` measures it.
-    """
-    return max(1, min(8, available_cpus() - 1))
+    return loader_workers()
 
 
 def loader_context():

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
@@ -46,6 +46,8 @@ class Runner:
 
     #: largest batch one call accepts (None: unbounded)
     max_batch: int | None = None
+    #: how :meth:`timed_call` runs one inference, recorded beside every latency it measures
+    timing_method: ClassVar[str] = "run(x) per call: input checked and converted, outputs copied to numpy"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -83,12 +85,38 @@ class Runner:
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def timed_call(self, x: np.ndarray) -> "TimedCall":
+        """One inference of ``x`` made ready the way the runtime's own benchmark tool runs it (inputs
+        prepared once, outputs left in the runtime's buffers), for latency alone.
+
+        On a small model the Python call around an inference (a dict of inputs, a fresh output array)
+        costs as much as the inference itself, and it differs from runtime to runtime; timed here, it
+        would rank runtimes by their Python bindings. Runners whose runtime can do better override this.
+        """
+        x = np.ascontiguousarray(x)
+        last: list = [None]
+
+        def call():
+            last[0] = self.run(x)
+
+        return TimedCall(call, lambda: last[0], self.timing_method)
+
     def versions(self) -> dict:
         return {}
 
     def describe(self) -> dict:
         return {"runtime": self.name, "path": str(self.path), "threads": self.threads,
                 "device": self.device, **self.versions()}
+
+
+@dataclass(frozen=True)
+class TimedCall:
+    """An inference ready to be timed: ``call()`` runs it, ``output()`` reads its first output back
+    from wherever the runtime left it; ``method`` says how it runs (recorded beside the latency)."""
+
+    call: Callable[[], object]
+    output: Callable[[], np.ndarray]
+    method: str
 
 
 @dataclass(frozen=True)

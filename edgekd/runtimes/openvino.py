@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.runtimes.base import FusionRules, Runner, Runtime, register
+from edgekd.runtimes.base import FusionRules, Runner, Runtime, TimedCall, register
 
 
 class OpenVINORunner(Runner):
@@ -11,6 +11,8 @@ class OpenVINORunner(Runner):
 
     modules = ("openvino",)
     install_hint = "pip install openvino"
+    timing_method = ("infer request with its input tensor set once, infer() per call "
+                     "(as benchmark_app -api sync times InferRequest::infer)")
 
     def __init__(self, path, *, threads=None, device="cpu", precision_hint: str | None = "f32"):
         super().__init__(path, threads=threads, device=device)
@@ -37,6 +39,14 @@ class OpenVINORunner(Runner):
 
     def _run(self, x):
         return self.request.infer({0: x})[self.compiled.output(0)]
+
+    def timed_call(self, x):
+        import numpy as np
+        import openvino as ov
+
+        request = self.compiled.create_infer_request()
+        request.set_input_tensor(ov.Tensor(np.ascontiguousarray(x, dtype=np.float32)))
+        return TimedCall(request.infer, lambda: request.get_output_tensor(0).data.copy(), self.timing_method)
 
     def versions(self):
         import openvino as ov
