@@ -37,7 +37,7 @@ RESULTS_FORMAT = "edgekd-device-results"
 RESULTS_VERSION = 1
 
 # edgekd:embed-begin  (`edgekd runner` writes the portable source of these imports here)
-from edgekd import __version__ as EDGEKD_VERSION  # noqa: E402
+from edgekd.version import __version__ as EDGEKD_VERSION  # noqa: E402
 from edgekd.bench.env import device_info  # noqa: E402
 from edgekd.bench.measure import latency_summary, time_calls  # noqa: E402
 # edgekd:embed-end

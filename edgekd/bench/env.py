@@ -245,10 +245,10 @@ def package_versions(names=None) -> dict:
 
 def collect_environment(*, threads: int | None = None) -> dict:
     """The report.json ``environment`` record of this machine."""
-    import edgekd
+    from edgekd.version import __version__
 
     env = device_info()
-    env["edgekd"] = edgekd.__version__
+    env["edgekd"] = __version__
     env["python"] = sys.version.split()[0]
     env.update(package_versions())
     env["threads"] = threads

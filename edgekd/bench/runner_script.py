@@ -44,13 +44,13 @@ def portable_block(module: ModuleType) -> str:
 
 def render_runner_script() -> str:
     """The runner's full standalone source, checked to parse as Python 3.6 and to import nothing of edgekd."""
-    import edgekd
     from edgekd.bench import device_runner, env, measure
+    from edgekd.version import __version__
 
     text = Path(device_runner.__file__).read_text(encoding="utf-8")
     start, end = text.index(EMBED_BEGIN), text.index(EMBED_END) + len(EMBED_END)
     embedded = "\n".join([
-        f'EDGEKD_VERSION = "{edgekd.__version__}"', "",
+        f'EDGEKD_VERSION = "{__version__}"', "",
         "# ---------------------------------------------------------------- device probes (edgekd.bench.env)",
         portable_block(env),
         "# ---------------------------------------------------------------- timing (edgekd.bench.measure)",

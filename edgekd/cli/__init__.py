@@ -2,49 +2,61 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import importlib
-import importlib.util
 import os
 import sys
 import traceback
+from pathlib import Path
 from types import SimpleNamespace
 
 import click
 
-from edgekd import __version__
+from edgekd.version import __version__
 from edgekd.errors import EdgeKDError, first_line
 
 # Exit codes: 0 success, 1 a check failed (gate), 2 bad usage or input, 3 a bug in edgekd, 130 Ctrl-C.
 INTERNAL_ERROR = 3
 
-# command name -> module under edgekd.cli defining a click command called ``command``.
-# Commands are imported lazily so that `edgekd targets` does not pay for importing torch.
-COMMANDS = {
-    "distill": "distill",
-    "targets": "targets",
-    "predict": "predict",
-    "profile": "profile",
-    "calibrate": "calibrate",
-    "search": "search",
-    "export": "export",
-    "bench": "bench",
-    "sweep": "sweep",
-    "report": "report",
-    "runner": "runner",
-    "ingest": "ingest",
-    "gate": "gate",
-    "devices": "devices",
-}
+# A command is a module of this package that defines a click command called ``command`` (at top level); the
+# module's name is the command's (``foo_bar.py`` -> ``edgekd foo-bar``). Adding a command is adding its file.
+# A command's module is imported only when it runs or --help lists it: `edgekd targets` does not import torch.
+FIRST = ("distill",)  # the whole job leads --help; the other commands follow alphabetically
+
+
+def command_modules(path=None) -> list[str]:
+    """The modules of ``path`` (this package's by default) that define ``command``, found by reading their
+    source, not importing it; ``FIRST`` first, then alphabetically."""
+    import pkgutil
+
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__ if path is None else path)
+                   if not m.ispkg and not m.name.startswith("_")
+                   and _defines_command(m.module_finder.path, m.name))  # type: ignore[union-attr]
+    return [m for m in FIRST if m in found] + [m for m in found if m not in FIRST]
+
+
+def _defines_command(folder: str, module: str) -> bool:
+    try:
+        tree = ast.parse((Path(folder) / f"{module}.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return False
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "command":
+            return True
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "command" for t in targets):
+            return True
+    return False
 
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return [name for name, module in COMMANDS.items() if _module_exists(module)]
+        return [module.replace("_", "-") for module in command_modules()]
 
     def get_command(self, ctx, name):
-        module = COMMANDS.get(name)
-        if module is None or not _module_exists(module):
+        module = name.replace("-", "_")
+        if not module.isidentifier() or module.startswith("_") or not _defines_command(os.path.dirname(__file__), module):
             return None
         return importlib.import_module(f"edgekd.cli.{module}").command
 
@@ -56,10 +68,6 @@ def option_defaults(options_class) -> SimpleNamespace:
     return SimpleNamespace(**{f.name: f.default if f.default is not MISSING else f.default_factory()
                               for f in fields(options_class)
                               if f.default is not MISSING or f.default_factory is not MISSING})
-
-
-def _module_exists(module: str) -> bool:
-    return importlib.util.find_spec(f"edgekd.cli.{module}") is not None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -334,7 +334,7 @@ def _runner_crash(device: Device, code: int, log: str) -> DeviceError:
 
 
 def _trtexec_results(info: dict, got: dict, names: dict[str, Path], precisions: dict[str, str], inputs: dict) -> dict:
-    from edgekd import __version__
+    from edgekd.version import __version__
     from edgekd.bench.device_runner import RESULTS_FORMAT, RESULTS_VERSION
     from edgekd.devices import trtexec
 

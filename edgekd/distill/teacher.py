@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd import __version__, events
+from edgekd import events
+from edgekd.version import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, evaluate, train
 from edgekd.errors import EdgeKDError

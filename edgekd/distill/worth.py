@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd import __version__
+from edgekd.version import __version__
 from edgekd.data import DataSplits
 from edgekd.distill.train import TrainConfig, predict_logits, train
 from edgekd.errors import EdgeKDError

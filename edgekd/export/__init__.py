@@ -9,250 +9,18 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from edgekd import events
-from edgekd.errors import EdgeKDError, first_line
-from edgekd.registry import Registry, import_modules
-
-FORMATS: Registry = Registry("export format")
-
-#: what "all" means for ``--formats``: every registered format, in table order
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass(frozen=True)
-class Format:
-    """One row of the format table: what the artifact is, which runtime runs it, how it is made."""
-
-    name: str                       # key users type: "ort-int8"
-    format: str                     # file family: "onnx" | "openvino" | "executorch" | "tensorrt"
-    precision: str                  # "fp32" | "fp16" | "int8"
-    runtime: str                    # a registered runtime (edgekd.runtimes)
-    filename: str                   # "{stem}.int8.onnx": the main file written into out_dir
-    export: Callable[["ExportJob", Path], dict]
-    requires: tuple[str, ...] = ()  # modules that must import for the exporter to run
-    install_hint: str = ""
-    needs_gpu: bool = False
-    description: str = ""
-    # where the artifact cannot be built here (TensorRT without a GPU), what to ship instead so the
-    # device can build it: fn(job, dest) -> extra, writing files beside dest
-    device_kit: Callable[["ExportJob", Path], dict] | None = None
-
-    def available(self) -> tuple[bool, str]:
-        import importlib.util
-
-        for module in self.requires:
-            try:
-                found = importlib.util.find_spec(module) is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                return False, f"{module} is not importable: {self.install_hint or 'pip install ' + module}"
-        if self.needs_gpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                return False, f"{self.name} needs an NVIDIA GPU with CUDA and none is visible; " \
-                              "build the engine on the device with the trtexec command written next to the ONNX"
-        return True, "ok"
-
-
-def register_format(name: str, *, format: str, precision: str, runtime: str, filename: str,
-                    requires: tuple[str, ...] = (), install_hint: str = "", needs_gpu: bool = False,
-                    description: str = "", device_kit=None):
-    """Decorator: add an exporter ``fn(job, dest) -> extra`` to the format table."""
-
-    def decorator(fn):
-        FORMATS.add(name, Format(name, format, precision, runtime, filename, fn, requires, install_hint,
-                                 needs_gpu, description or ((fn.__doc__ or "").strip().splitlines() or [""])[0], device_kit))
-        return fn
-
-    return decorator
-
-
-@dataclass
-class Artifact:
-    """One exported file and what is known about it (the ``artifacts[]`` rows of report.json)."""
-
-    name: str
-    format: str
-    precision: str
-    runtime: str
-    path: Path | None
-    size_bytes: int
-    status: str                     # "ok" | "failed" | "skipped"
-    reason: str | None = None
-    parity: dict | None = None
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self, relative_to: Path | None = None) -> dict:
-        path = self.path
-        if path is not None and relative_to is not None:
-            try:
-                path = Path(os.path.relpath(path, relative_to))
-            except ValueError:
-                pass
-        return {"name": self.name, "format": self.format, "precision": self.precision,
-                "runtime": self.runtime, "path": str(path) if path is not None else None,
-                "size_bytes": self.size_bytes, "status": self.status, "reason": self.reason,
-                "parity": self.parity, "extra": self.extra}
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-@dataclass
-class ExportOptions:
-    """Knobs shared by the exporters; defaults are what ``edgekd distill`` uses."""
-
-    stem: str = "model"
-    opset: int = 18
-    calibration: str = "minmax"            # ORT calibration method: minmax | entropy | percentile
-    per_channel: bool = True               # per-output-channel weight scales (ORT, TensorRT)
-    exclude: tuple[str, ...] = ()          # ONNX node names kept in float (ORT/TensorRT QDQ; OpenVINO ignored scope)
-    max_batch: int = 64                    # bound of the batch dimension where a runtime plans memory for it
-    parity_tolerance: float = 1e-4         # FP32 artifacts: max |logit difference| allowed vs PyTorch
-    trt_workspace_mb: int = 1024
-    trt_timing_cache: Path | None = None   # shared between builds so rebuilding is fast
-    jetson: bool = False                   # also write the trtexec command and build script next to the ONNX
-    ov_preset: str = "performance"         # NNCF preset: performance (symmetric) | mixed (asymmetric activations)
-    ov_accuracy_control: bool = False      # nncf.quantize_with_accuracy_control on the validation images
-    max_drop: float = 0.01                 # accuracy gate: largest top-1 drop (fraction) a quantized artifact may have
-
-    def __post_init__(self):
-        import math
-
-        if self.calibration not in CALIBRATION_METHODS:
-            raise EdgeKDError(f"unknown calibration method {self.calibration!r}",
-                              f"use one of {', '.join(CALIBRATION_METHODS)}")
-        if not (isinstance(self.max_drop, (int, float)) and math.isfinite(self.max_drop) and 0 <= self.max_drop <= 1):
-            raise EdgeKDError(f"--max-drop must be 0 to 100 points, got {self.max_drop * 100:g}", "e.g. --max-drop 1")
-        from onnx.defs import onnx_opset_version
-
-        newest = onnx_opset_version()  # the dynamo exporter starts at 18; onnx cannot check what it does not know
-        if not 18 <= self.opset <= newest:
-            raise EdgeKDError(f"--opset must be 18 to {newest}, got {self.opset}", "e.g. --opset 18")
-
-
-class ExportJob:
-    """What every exporter receives: the model, its inputs, options, and shared intermediates.
-
-    Several formats start from the same FP32 ONNX (OpenVINO, ORT INT8, TensorRT) or the same QDQ
-    model (TensorRT INT8); the job builds each intermediate once, in a scratch folder, and caches
-    failures too so that one broken ONNX export is reported once per format instead of re-run.
-    """
-
-    def __init__(self, model, *, example: np.ndarray, calib: np.ndarray, options: ExportOptions, scratch: Path):
-        self.model = model.eval()
-        self.example = _as_batch(example, "example")
-        self.calib = _as_batch(calib, "calib")
-        self.options = options
-        self.scratch = Path(scratch)
-        self.validation: tuple[np.ndarray, np.ndarray] | None = None
-        # QDQ settings the accuracy gate found best for ort-int8; tensorrt-int8 builds from the same QDQ
-        self.qdq_overrides: dict = {}
-        self._cache: dict = {}
-
-    def cached(self, key, build: Callable[[], object]):
-        if key not in self._cache:
-            try:
-                self._cache[key] = (True, build())
-            except Exception as err:  # noqa: BLE001 - re-raised below for every format that needs it
-                self._cache[key] = (False, err)
-        ok, value = self._cache[key]
-        if not ok:
-            raise value
-        return value
-
-    def scratch_path(self, name: str) -> Path:
-        return self.scratch / name
-
-    def onnx_fp32(self) -> Path:
-        """The checked, simplified FP32 ONNX every ONNX-based format starts from."""
-        from edgekd.export.to_onnx import export_onnx_file
-
-        return self.cached("onnx-fp32", lambda: export_onnx_file(
-            self.model, self.example, self.scratch_path("fp32.onnx"), opset=self.options.opset))
-
-    def onnx_fp16(self) -> Path:
-        """FP16 weights and compute with float32 inputs/outputs (ort-fp16, and what strongly typed TensorRT builds from)."""
-        from edgekd.export.to_onnx import convert_onnx_fp16
-
-        return self.cached("onnx-fp16", lambda: convert_onnx_fp16(self.onnx_fp32(), self.scratch_path("fp16.onnx")))
-
-    def onnx_qdq(self, *, calibration: str | None = None, per_channel: bool | None = None,
-                 exclude: tuple[str, ...] | None = None) -> Path:
-        """The static QDQ INT8 ONNX (TensorRT-compatible: symmetric INT8, zero points 0)."""
-        from edgekd.export.to_onnx import quantize_onnx
-
-        defaults = {"calibration": self.options.calibration, "per_channel": self.options.per_channel,
-                    "exclude": tuple(self.options.exclude), **self.qdq_overrides}
-        calibration = calibration or defaults["calibration"]
-        per_channel = defaults["per_channel"] if per_channel is None else per_channel
-        exclude = tuple(defaults["exclude"] if exclude is None else exclude)
-        key = ("qdq", calibration, per_channel, exclude)
-        tag = f"{calibration}-{'pc' if per_channel else 'pt'}-{abs(hash(exclude)) % 10**8}"
-        return self.cached(key, lambda: quantize_onnx(
-            self.onnx_fp32(), self.calib, self.scratch_path(f"qdq-{tag}.onnx"),
-            calibration=calibration, per_channel=per_channel, exclude=exclude))
-
-
-def _as_batch(x, what: str) -> np.ndarray:
-    if getattr(x, "lazy", False):  # edgekd.data.NormalizedImages: read a slice at a time, never all at once
-        if x.ndim != 4 or x.dtype != np.float32:
-            raise EdgeKDError(f"{what} inputs must be float32 NCHW, got {x.dtype} with shape {x.shape}",
-                              "normalise images to float32 (N, C, H, W) before exporting")
-        return x
-    x = np.asarray(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-        raise EdgeKDError(f"{what} inputs must be a float NCHW array, got {x.dtype} with shape {x.shape}",
-                          "normalise images to float32 (N, C, H, W) before exporting")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def resolve_formats(formats) -> list[str]:
-    """``"all"``, a comma-separated string or a list -> registered format names (validated)."""
-    if isinstance(formats, str):
-        formats = [f.strip() for f in formats.split(",") if f.strip()]
-    names: list[str] = []
-    for name in formats:
-        if name == "all":
-            names.extend(n for n in FORMATS.names() if n not in names)
-            continue
-        FORMATS.get(name)  # raises a one-line error with a suggestion
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise EdgeKDError("no export formats given", f"pass --formats with some of: {', '.join(FORMATS.names())}, or all")
-    return names
-
-
-def one_line(err: BaseException, limit: int = 240) -> str:
-    """A failure as one readable line (exporters raise long multi-line errors), with its type."""
-    return first_line(err, limit, with_type=True)
-
-
-def parity(reference: np.ndarray, outputs: np.ndarray, inputs_label: str) -> dict:
-    """Numerical agreement of an artifact's logits with the PyTorch model's on the same inputs."""
-    outputs = np.asarray(outputs, dtype=np.float32).reshape(reference.shape)
-    diff = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
-    return {
-        "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-        "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-        "top1_agreement": float((outputs.argmax(1) == reference.argmax(1)).mean()) if len(reference) else 1.0,
-        "inputs": inputs_label,
-        "n": int(len(reference)),
-        # the scale the differences are relative to (logits near 0 make any diff look small)
-        "reference_max_abs": float(np.abs(reference).max()) if reference.size else 0.0,
-    }
+from edgekd.errors import EdgeKDError
+from edgekd.export.base import (  # noqa: F401  (the export API in one import)
+    CALIBRATION_METHODS, FORMATS, Artifact, ExportOptions, Format, _as_batch, one_line, parity,
+    register_format, resolve_formats,
+)
+from edgekd.export.job import ExportJob
+from edgekd.registry import import_modules
 
 
 def _reference_logits(model, x: np.ndarray) -> np.ndarray:
@@ -316,12 +84,12 @@ def export_one(job: ExportJob, name: str, out_dir: Path, *, reference: np.ndarra
         extra["export_seconds"] = round(time.perf_counter() - started, 3)
         check = None
         if reference is not None and parity_inputs is not None and extra.get("runnable", True):
-            from edgekd.bench.runners import load_runner
-
             runner_ok, runner_why = _runtime_available(fmt.runtime)
             if runner_ok:
+                from edgekd.export.accuracy import artifact_runner
+
                 with _quiet():
-                    runner = load_runner(dest, runtime=fmt.runtime)
+                    runner = artifact_runner(Artifact(**row, path=dest, size_bytes=0, status="ok"))
                     check = parity(reference, runner.run(parity_inputs), parity_label)
                 if fmt.precision == "fp32":
                     tol = job.options.parity_tolerance * max(1.0, float(np.abs(reference).max()))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 
-from edgekd.export import CALIBRATION_METHODS, ExportJob
+from edgekd.errors import EdgeKDError
+from edgekd.export.base import CALIBRATION_METHODS, one_line
+
+if TYPE_CHECKING:
+    from edgekd.export.job import ExportJob
 
 #: format name -> fn(job) yielding (what is tried, ExportOptions overrides); filled by @remedies_for
 REMEDIES: dict[str, Callable[[ExportJob], Iterator[tuple[str, dict]]]] = {}
@@ -31,6 +35,15 @@ def accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarr
     for i in range(0, len(x), batch):
         hits += int((np.asarray(run(x[i:i + batch])).argmax(1) == y[i:i + batch]).sum())
     return hits / len(x)
+
+
+def artifact_runner(art, threads: int | None = None):
+    """The runner of an artifact's own runtime (parity and accuracy checks on this machine)."""
+    from edgekd.runtimes import RUNTIMES
+
+    if art.path is None:
+        raise EdgeKDError(f"artifact {art.name} has no file to run", "its export failed or was skipped; see its reason")
+    return RUNTIMES.get(art.runtime).runner(art.path, threads=threads, device="cpu")
 
 
 def quantizable_nodes(onnx_path: Path) -> list[str]:
@@ -123,12 +136,10 @@ def gate(job: ExportJob, art, export: Callable[[ExportJob], object], *, validati
     scratch folder. Returns the best artifact measured (the original when nothing beats it) and the
     list of what was tried with each one's validation accuracy.
     """
-    from edgekd.bench.runners import load_runner
-
     x, y = validation
 
     def measure(a) -> float:
-        return accuracy(load_runner(a).run, x, y)
+        return accuracy(artifact_runner(a).run, x, y)
 
     acc = measure(art)
     tried = [{"remedy": "as exported", "val_accuracy": acc, "val_drop": reference_accuracy - acc}]
@@ -151,8 +162,6 @@ def gate(job: ExportJob, art, export: Callable[[ExportJob], object], *, validati
                 continue
             cand_acc = measure(candidate)
         except Exception as err:  # noqa: BLE001 - a remedy that fails is reported, not fatal
-            from edgekd.export import one_line
-
             tried.append({"remedy": label, "error": one_line(err)})
             continue
         finally:

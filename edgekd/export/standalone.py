@@ -187,10 +187,11 @@ def _accuracy_rows(net, artifacts, inputs: dict, out: Path, options, info: dict)
     """The PyTorch row and one row per artifact, with its test accuracy where the inputs carry labels;
     an artifact more than ``options.max_drop`` below PyTorch fails."""
     from edgekd.export.accuracy import accuracy
-    from edgekd.runtimes.load import load_runner, pytorch_runner
+    from edgekd.export.accuracy import artifact_runner
+    from edgekd.runtimes.pytorch import PyTorchRunner
 
     test_x, test_y = inputs["test"]
-    reference_acc = accuracy(pytorch_runner(net).run, test_x, test_y) if test_y is not None else None
+    reference_acc = accuracy(PyTorchRunner.from_module(net).run, test_x, test_y) if test_y is not None else None
     rows = [{"name": "pytorch", "role": "student", "format": "pytorch", "precision": "fp32",
              "runtime": "pytorch", "path": None, "size_bytes": None, "status": "ok", "reason": None,
              "accuracy": reference_acc, "accuracy_drop": 0.0 if reference_acc is not None else None,
@@ -199,7 +200,7 @@ def _accuracy_rows(net, artifacts, inputs: dict, out: Path, options, info: dict)
         row = {"role": "student", **art.to_dict(relative_to=out), "accuracy": None, "accuracy_drop": None}
         if reference_acc is not None and art.ok:
             try:
-                row["accuracy"] = accuracy(load_runner(art).run, test_x, test_y)
+                row["accuracy"] = accuracy(artifact_runner(art).run, test_x, test_y)
                 row["accuracy_drop"] = round(reference_acc - row["accuracy"], 6)
             except EdgeKDError as err:
                 row["extra"]["accuracy_error"] = str(err)

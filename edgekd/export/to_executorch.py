@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.export import register_format
+from edgekd.export.base import register_format
 
 REQUIRES = ("executorch", "torchao")
 INSTALL = "pip install 'edgekd[mobile]' (executorch)"

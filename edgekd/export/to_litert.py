@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.export import register_format
+from edgekd.export.base import register_format
 
 INSTALL = ("pip install 'edgekd[litert]' (checked with torch 2.14.1: litert-torch 0.10.0 keeps the pinned torch but "
            "pulls jax, transformers and ai-edge-litert)")

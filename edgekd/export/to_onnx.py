@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.export import register_format
+from edgekd.export.base import register_format
 from edgekd.fsutil import atomic_path
 
 INPUT_NAME = "input"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import EdgeKDError
-from edgekd.export import register_format
+from edgekd.export.base import register_format
 from edgekd.fsutil import atomic_path
 
 INSTALL = "pip install 'edgekd[tensorrt]' on a machine with an NVIDIA GPU"

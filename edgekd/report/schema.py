@@ -218,11 +218,11 @@ def new_report(command: str, *, config: dict | None = None) -> dict:
     """An empty, valid report for ``command`` that a pipeline fills in."""
     from datetime import datetime, timezone
 
-    import edgekd
+    from edgekd.version import __version__
 
     return {
         "schema_version": SCHEMA_VERSION,
-        "edgekd_version": edgekd.__version__,
+        "edgekd_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "config": dict(config or {}),
