@@ -65,7 +65,7 @@ def accuracy_of(run, x: np.ndarray, y: np.ndarray) -> float:
 
 def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, target,
                         student_accuracy: float, teacher_accuracy: float, max_drop: float,
-                        seconds: float = 0.5, threads: int | None = None, console=None,  # unused: lines are events
+                        seconds: float = 0.5, threads: int | None = None,
                         teacher_path: str = "teacher.safetensors") -> list[dict]:
     """One report row per artifact (plus the PyTorch teacher and student baselines).
 

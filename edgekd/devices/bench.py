@@ -65,7 +65,7 @@ def onnx_input(path: Path) -> tuple[str, list[int]] | None:
 
 
 def bench_on_device(run_dir: str | Path, device: str | Device, *, options: MeasureOptions | None = None,
-                    console=None, history_source: str | None = None) -> DeviceBench:  # console unused: events
+                    history_source: str | None = None) -> DeviceBench:
     """Measure ``run_dir``'s artifacts on ``device`` and merge them into its report as measured:<device>.
 
     The report is touched only once everything came back: a failure on the way (unreachable device,

@@ -148,7 +148,7 @@ def _runtime_available(runtime: str) -> tuple[bool, str]:
 
 def export_all(model, formats, out_dir: str | os.PathLike, *, example: np.ndarray, calib: np.ndarray,
                parity_inputs: np.ndarray | None, progress: bool = True, parity_label: str = "test split",
-               options: ExportOptions | None = None, target=None, console=None,  # console unused: events
+               options: ExportOptions | None = None, target=None,
                validation: tuple[np.ndarray, np.ndarray] | None = None) -> list[Artifact]:
     """Export ``model`` to each of ``formats`` in ``out_dir`` and check each against PyTorch.
 
