@@ -384,20 +384,21 @@ def test_resume_refuses_other_data(tmp_path, tiny_npz):
         train(spec.build(), None, other, cfg, ckpt_dir=tmp_path, resume=True, progress=False)
 
 
-def test_resume_command_keeps_the_pixel_options():
-    import shlex
+def test_resume_config_keeps_the_pixel_options():
+    """--resume reads config.json back: the pixel options survive the round trip through it."""
+    from edgekd.cli.distill import command, resolve_config
+    from edgekd.config import RunConfig
 
-    from edgekd.cli.distill import command
-    from edgekd.pipeline import DistillOptions, resume_command
-
-    opts = DistillOptions(target="host", out="run", image_size=128, teacher_image_size=224, mean=(0.485, 0.456, 0.406),
-                          std=(0.229, 0.224, 0.225), workers=2, strict=True, photo_augment=False, crop_scale=(0.25, 1.0),
-                          flip=False)
-    words = shlex.split(resume_command(opts))
-    params = command.make_context("distill", words[2:]).params
-    assert (params["image_size"], params["teacher_image_size"], params["workers"]) == (128, 224, 2)
-    assert params["mean"] == (0.485, 0.456, 0.406) and params["crop_scale"] == (0.25, 1.0)
-    assert params["strict"] and params["augment"] is False and params["flip"] is False
+    words = ["--target", "host", "--out", "run", "--image-size", "128", "--teacher-image-size", "224",
+             "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--workers", "2", "--strict", "--no-augment",
+             "--crop-scale", "0.25,1", "--no-flip"]
+    ctx = command.make_context("distill", words)
+    cfg = resolve_config(ctx, ctx.params)
+    back = RunConfig.from_dict(cfg.to_dict())
+    d = back.data
+    assert (d.image_size, d.teacher_image_size, d.workers) == (128, 224, 2)
+    assert d.mean == (0.485, 0.456, 0.406) and d.crop_scale == (0.25, 1.0)
+    assert d.strict and d.augment is False and d.flip is False and back == cfg
 
 
 def test_channels_follow_the_normalisation(tiny_npz, photos):

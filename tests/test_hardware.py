@@ -825,11 +825,13 @@ def test_safe_selection_picks_a_smaller_candidate_when_the_interval_says_so():
 def test_safe_is_a_distill_option_and_resumes():
     from click.testing import CliRunner
 
-    from edgekd.cli.distill import command
-    from edgekd.pipeline import DistillOptions, resume_command
+    from edgekd.cli.distill import command, resolve_config
+    from edgekd.config import RunConfig
 
-    assert DistillOptions().safe is False
-    assert resume_command(DistillOptions(safe=True, out="run")).split()[-4:] == ["--out", "run", "--safe", "--resume"]
+    assert RunConfig().selection.safe is False
+    ctx = command.make_context("distill", ["--safe", "--out", "run"])
+    cfg = resolve_config(ctx, ctx.params)
+    assert cfg.selection.safe and RunConfig.from_dict(cfg.to_dict()).selection.safe  # config.json keeps it
     assert "--safe" in CliRunner().invoke(command, ["--help"]).output
 
 

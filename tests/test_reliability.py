@@ -322,20 +322,17 @@ def test_out_of_range_options_are_refused(capsys, tmp_path, args, words):
     assert not out.exists()
 
 
-def test_resume_command_uses_only_real_flags():
-    """The command printed on Ctrl-C must parse: every training setting maps back to its CLI flag."""
-    import shlex
+def test_resume_reads_every_training_setting_back():
+    """--resume reads config.json instead of regenerating flags: every training setting comes back."""
+    from edgekd.cli.distill import command, resolve_config
+    from edgekd.config import RunConfig
 
-    from edgekd.cli.distill import command
-    from edgekd.pipeline import DistillOptions, resume_command
-
-    opts = DistillOptions(target="host", out="run", epochs=3, extra={"augment": True, "teacher_view": "same",
-                                                                    "mixup": 0.4, "mode": "self", "generations": 3})
-    words = shlex.split(resume_command(opts))
-    assert words[:2] == ["edgekd", "distill"] and "--teacher-view" not in words
-    assert {"--augment", "--consistent", "--resume"} <= set(words) and words[words.index("--mixup") + 1] == "0.4"
-    ctx = command.make_context("distill", words[2:])  # click rejects any option the command does not have
-    assert ctx.params["consistent"] and ctx.params["augment"] and ctx.params["generations"] == 3
+    ctx = command.make_context("distill", ["--target", "host", "--out", "run", "--epochs", "3", "--augment",
+                                           "--consistent", "--mixup", "0.4", "--mode", "self", "--generations", "3"])
+    cfg = resolve_config(ctx, ctx.params)
+    back = RunConfig.from_dict(cfg.to_dict())
+    assert back == cfg and back.train_overrides("cpu")["teacher_view"] == "same"
+    assert back.train.mixup == 0.4 and back.train.generations == 3 and back.train.mode == "self"
 
 
 def test_existing_output_folder_is_refused_unless_asked(capsys, tmp_path, tiny_npz):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from edgekd import events
 from edgekd.registry import Registry
 
 
@@ -24,8 +25,7 @@ class BaselineContext:
     target: object
     train_cfg: object
     student_accuracy: float
-    opts: object
-    console: object = None
+    cfg: object                 # the run's RunConfig
 
 
 BASELINES: Registry[Callable[[BaselineContext], list[dict]]] = Registry("baseline")
@@ -57,7 +57,7 @@ def scratch(ctx: BaselineContext) -> list[dict]:
     cfg = replace(ctx.train_cfg, loss="ce", mode="offline", assistant_width=None, finetune_epochs=0, generations=1)
     student = _fresh(ctx)
     result = train(student, None, ctx.splits, cfg, ckpt_dir=ctx.out / "baselines" / "scratch",
-                   resume=bool(getattr(ctx.opts, "resume", False)), progress=getattr(ctx.opts, "progress", False))
+                   resume=ctx.cfg.resume, progress=ctx.cfg.progress)
     student = student.cpu().eval()
     save_model(ctx.out / "baselines" / "scratch.safetensors", student, ctx.spec,
                {"accuracy": result.accuracy, "val_accuracy": result.val_accuracy})
@@ -78,7 +78,7 @@ def scratch(ctx: BaselineContext) -> list[dict]:
 def _fresh(ctx: BaselineContext):
     import torch
 
-    torch.manual_seed(ctx.opts.seed)
+    torch.manual_seed(ctx.cfg.seed)
     return ctx.spec.build()
 
 
@@ -136,16 +136,16 @@ def _measure(row: dict, ctx: BaselineContext, module, splits=None) -> dict:
     splits = splits or ctx.splits
     test_x = splits.normalized("test")
     if row.get("status") == "ok" and row.get("path"):
-        runner = load_runner(ctx.out / row["path"], threads=getattr(ctx.opts, "threads", None))
+        runner = load_runner(ctx.out / row["path"], threads=ctx.cfg.device.threads)
         if row["accuracy"] is None:
             row["accuracy"] = accuracy_of(runner.run, test_x, splits.labels("test"))
-        stats = measure_latency(runner.run, test_x[:1], time_budget_s=getattr(ctx.opts, "bench_seconds", 0.5))
+        stats = measure_latency(runner.run, test_x[:1], time_budget_s=ctx.cfg.bench.seconds)
         row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
         row["latency_source"] = "measured:host"
     if row["accuracy"] is not None:
         row["accuracy_drop"] = round(ctx.student_accuracy - row["accuracy"], 6)
     row.update(_TargetPredictor(ctx.target, {"baseline": module}, {"baseline": (1, *splits.input_shape)}).predict(row))
-    if ctx.console is not None and row["accuracy"] is not None:
+    if row["accuracy"] is not None:
         lat = (row["latency_ms"] or {}).get("p50", float("nan"))
-        ctx.console.print(f"  baseline {row['name']:13s} acc {row['accuracy']:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
+        events.info(f"  baseline {row['name']:13s} acc {row['accuracy']:.4f}  p50 {lat:.3f} ms  [{row['status']}]")
     return row

@@ -4,31 +4,31 @@ from __future__ import annotations
 
 import click
 
-from edgekd.cli.distill import D, _floats, _names
+from edgekd.cli.distill import config_options, resolve_config
+
+# The distill options a sweep takes (the rest keep their defaults).
+SWEEP_OPTIONS = ("target", "out", "data.path", "teacher.spec", "teacher.weights", "student.family", "data.image_size",
+                 "bench.compare", "selection.budget_ms", "train.epochs", "seed", "device.train", "train.loss",
+                 "export.formats", "bench.seconds", "overwrite", "progress", "device.threads")
 
 
 @click.command("sweep")
-@click.option("--target", "-t", default=D.target, show_default=True, help="Device profile name or YAML file.")
-@click.option("--widths", callback=_floats, default="0.25,0.5,1,2", show_default=True, help="Width multipliers to distil.")
-@click.option("--out", "-o", type=click.Path(), help="Sweep folder (one run folder per width inside).")
-@click.option("--data", type=click.Path(), help="IDX folder, ImageFolder tree or .npz (default: packaged MNIST).")
-@click.option("--teacher", help="Teacher (as in distill: .safetensors, torchvision:NAME, timm:NAME, file.py:factory, .onnx); default: train once and cache.")
-@click.option("--teacher-weights", type=click.Path(), help="State dict for a torchvision:/timm:/file.py: teacher.")
-@click.option("--student", default=D.student, show_default=True, help="Student family, timm:NAME or file.py:factory.")
-@click.option("--image-size", type=int, help="Student input size in pixels (default: the data's own).")
-@click.option("--compare", callback=_names, help="Baselines in every width's run: scratch, teacher-int8.")
-@click.option("--budget-ms", type=float, help="Latency budget drawn on the plots (default: the target's).")
-@click.option("--epochs", type=int, help="Distillation epochs per width.")
-@click.option("--seed", type=int, default=D.seed, show_default=True)
-@click.option("--device", default=D.device, show_default=True)
-@click.option("--loss", default=D.loss, show_default=True)
-@click.option("--formats", callback=_names, help="Export formats (default as in distill).")
-@click.option("--bench-seconds", type=float, default=D.bench_seconds, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace existing width folders.")
-@click.option("--no-progress", is_flag=True)
-def command(widths, no_progress, **kw):
+@config_options(include=SWEEP_OPTIONS)
+@click.option("--widths", default="0.25,0.5,1,2", show_default=True, help="Width multipliers to distil.")
+@click.option("--config", "config", type=click.Path(), help="Read the options from this YAML/JSON file; flags override it.")
+@click.pass_context
+def command(ctx, widths, **kw):
     """Distil every width in --widths for TARGET and benchmark every artifact: the accuracy-latency
     frontier across widths and formats, in one report."""
-    from edgekd.pipeline import DistillOptions, sweep
+    from edgekd.cli.render import make_console, rendering
+    from edgekd.config import RunConfig
+    from edgekd.pipeline import sweep
+    from edgekd.report import render_terminal
 
-    sweep(DistillOptions(progress=not no_progress, **kw), widths)
+    cfg = resolve_config(ctx, kw)
+    width_list = RunConfig().set("selection.widths", widths, where="--widths").selection.widths
+    console = make_console()
+    with rendering(console, progress=cfg.progress):
+        merged = sweep(cfg, width_list)
+    render_terminal(merged, console=console, selection=False)
+    console.print(f"[bold green]Sweep of {len(width_list)} widths done.[/] Comparison: {', '.join(merged['files'])}")

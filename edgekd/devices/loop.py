@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import copy
 import shutil
-from dataclasses import asdict, replace
 from pathlib import Path
 
+from edgekd import events
 from edgekd.errors import EdgeKDError
 
 # "Far under" the budget: a student measured below this fraction of it leaves accuracy on the table
@@ -32,37 +32,36 @@ UNDER_BUDGET = 0.7
 STATE_NAME = "device-loop.json"
 
 
-def distill_on_device(opts, console, run_round) -> dict:
-    """Run the closed loop for ``opts.remote_device``; ``run_round(opts, console)`` is one plain distillation."""
-    from rich.console import Console
-
+def distill_on_device(opts, run_round) -> dict:
+    """Run the closed loop for ``opts.device.remote`` (a RunConfig); ``run_round(config)`` runs the stages of
+    one plain distillation (edgekd.pipeline.run_stages) and returns its report."""
     from edgekd.devices.calibrate import device_target
     from edgekd.devices.remote import check, readiness
     from edgekd.devices.store import get_device
     from edgekd.fsutil import atomic_write_json, run_lock
-    from edgekd.pipeline import default_out_dir, prepare_out_dir
+    from edgekd.rundir import default_out_dir, prepare_out_dir
 
-    console = console or Console()
-    device = get_device(opts.remote_device)
+    device = get_device(opts.device.remote)
     target = device_target(device, opts.target)
     out = Path(opts.out) if opts.out else default_out_dir(target.name)
     opts.out = str(out)
-    prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
+    replace_folder = prepare_out_dir(out, overwrite=opts.overwrite, resume=opts.resume)
     # A device that cannot measure fails the run now, not after the teacher and the first student trained.
     info, _ = check(device)
     _, problem = readiness(device, info, target.runtime)
     if problem:
         raise problem
-    if opts.overwrite and out.exists():
+    if replace_folder and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     with run_lock(out):
-        state = _load_state(out) if opts.resume else {"rounds": [], "next_width": opts.width, "done": False}
-        atomic_write_json(out / "config.json", {**asdict(opts), "device_loop": True})
-        while not state["done"] and len(state["rounds"]) < opts.max_rounds:
+        state = (_load_state(out) if opts.resume else
+                 {"rounds": [], "next_width": opts.selection.width, "done": False})
+        atomic_write_json(out / "config.json", {**opts.to_dict(), "resume": False, "device_loop": True})
+        while not state["done"] and len(state["rounds"]) < opts.device.max_rounds:
             k = len(state["rounds"]) + 1
-            console.rule(f"[bold]round {k} of at most {opts.max_rounds} on {device.name}")
-            record = _round(opts, console, run_round, device, target, k, state, out)
+            events.info(f"── round {k} of at most {opts.device.max_rounds} on {device.name} ──")
+            record = _round(opts, run_round, device, target, k, state, out)
             state["rounds"].append(record)
             state["next_width"] = record.get("next_width")
             state["done"] = record["decision"] != "next round" or record.get("error") is not None
@@ -71,11 +70,11 @@ def distill_on_device(opts, console, run_round) -> dict:
             if record.get("error"):
                 raise _round_failed(record, state, opts)
         report = _write_top_level(out, state, device, target, opts)
-    _print_rounds(console, state, device)
+    _print_rounds(state, device)
     return report
 
 
-def _round(opts, console, run_round, device, target, k: int, state: dict, out: Path) -> dict:
+def _round(opts, run_round, device, target, k: int, state: dict, out: Path) -> dict:
     """Distil round k (width None: the pipeline selects), measure it on the device, decide what comes next."""
     from edgekd.devices.bench import bench_on_device
     from edgekd.devices.remote import MeasureOptions
@@ -84,27 +83,29 @@ def _round(opts, console, run_round, device, target, k: int, state: dict, out: P
 
     round_dir = out / "rounds" / str(k)
     resume = opts.resume and (round_dir / "config.json").is_file()
-    round_opts = replace(opts, out=str(round_dir), remote_device=None, width=state["next_width"], resume=resume,
-                         overwrite=not resume and round_dir.exists())
+    round_opts = copy.deepcopy(opts)
+    round_opts.out, round_opts.device.remote, round_opts.resume = str(round_dir), None, resume
+    round_opts.overwrite = not resume and round_dir.exists()
+    round_opts.selection.width = state["next_width"]
+    if round_opts.selection.width is not None:
+        round_opts.selection.widths = None
     calibration = load_target(device.target).calibration
     try:
         if resume and (round_dir / "report.json").is_file():
             report = load_report(round_dir)  # distilled before; only its measurement failed
             calibration = (report.get("target") or {}).get("calibration", calibration)
         else:
-            report = run_round(round_opts, console)
+            report = run_round(round_opts)
     except EdgeKDError as err:
         if err.exit_code == 130:
-            from edgekd.pipeline import resume_command
-
-            raise EdgeKDError(f"interrupted in round {k}", f"resume with: {resume_command(opts)}", exit_code=130) from None
+            raise EdgeKDError(f"interrupted in round {k}", _resume_hint(opts), exit_code=130) from None
         raise
     record = {"round": k, "out": f"rounds/{k}", "width": report["selection"]["width"],
               "budget_ms": report["budget_ms"], "calibration": calibration, "error": None}
-    seconds = max(opts.bench_seconds, 0.2)
+    seconds = max(opts.bench.seconds, 0.2)
     try:
         bench = bench_on_device(round_dir, device, options=MeasureOptions(seconds=seconds, threads=target.threads),
-                                console=console, history_source=f"distill {out} round {k}")
+                                history_source=f"distill {out} round {k}")
     except EdgeKDError as err:
         record.update(decision="stopped", error=str(err))
         return record
@@ -112,7 +113,7 @@ def _round(opts, console, run_round, device, target, k: int, state: dict, out: P
     record["device_transfer"] = bench.run.transfer_record()
     report = load_report(round_dir)
     record.update(_judge(report, device, target, opts))
-    record.update(_decide(record, report, opts, device, target, console, state["rounds"]))
+    record.update(_decide(record, report, opts, device, target, state["rounds"]))
     return record
 
 
@@ -122,7 +123,7 @@ def _judge(report: dict, device, target, opts) -> dict:
 
     source = f"measured:{device.name}"
     measured = [r for r in report["artifacts"] if r.get("target_latency_source") == source]
-    pick = recommend(measured, target, opts.max_drop) if measured else None
+    pick = recommend(measured, target, opts.export.max_drop) if measured else None
     if pick is None:
         raise EdgeKDError(f"no artifact of round {report.get('config', {}).get('out')} was measured on {device.name}",
                           "see the device results in the round's report")
@@ -136,13 +137,13 @@ def _judge(report: dict, device, target, opts) -> dict:
             "accuracy": row.get("accuracy"), "recommended": pick}
 
 
-def _decide(record: dict, report: dict, opts, device, target, console, previous: list[dict]) -> dict:
+def _decide(record: dict, report: dict, opts, device, target, previous: list[dict]) -> dict:
     """Recalibrate and re-select when over or far under the budget; the next width or why the loop stops."""
     from edgekd.devices.calibrate import fit_from_history, fit_precision
 
     if record["status"] == "fits":
         return {"decision": "stop", "why": f"measured {record['measured_ms']:.4g} ms is within the budget"}
-    if opts.width is not None:
+    if opts.selection.width is not None:
         return {"decision": "stop", "why": "--width fixed the student: nothing to re-select"}
     try:  # at the precision width selection predicts at: the one that decides the next width
         fit = fit_from_history(target, device, fit_precision(target, None), target.threads)
@@ -150,7 +151,7 @@ def _decide(record: dict, report: dict, opts, device, target, console, previous:
         return {"decision": "stop", "why": f"cannot recalibrate: {err}"}
     recal = {"n_measurements": fit.n_measurements, "fit": {k: fit.fit.get(k) for k in ("method", "median_abs_pct_err")},
              "path": str(fit.path) if fit.path else None}
-    console.print(f"  recalibrated {target.name} from {fit.n_measurements} measurements on {device.name} "
+    events.info(f"  recalibrated {target.name} from {fit.n_measurements} measurements on {device.name} "
                   f"(median fit error {fit.fit.get('median_abs_pct_err', float('nan')):.1f}%)")
     measured = {r["width"]: r["measured_ms"] for r in [*previous, record] if r.get("measured_ms") is not None}
     widths, chosen = _reselect(report, opts, device, measured)
@@ -161,9 +162,9 @@ def _decide(record: dict, report: dict, opts, device, target, console, previous:
     if record["status"] == "under" and chosen["width"] <= current:
         return {**out, "decision": "stop", "status": "fits",
                 "why": f"far under the budget, but no wider student is predicted to fit (width {current:g} stays)"}
-    if record["round"] >= opts.max_rounds:
+    if record["round"] >= opts.device.max_rounds:
         return {**out, "decision": "stop", "next_width": chosen["width"],
-                "why": f"--max-rounds {opts.max_rounds} reached; width {chosen['width']:g} would be next"}
+                "why": f"--max-rounds {opts.device.max_rounds} reached; width {chosen['width']:g} would be next"}
     return {**out, "decision": "next round", "next_width": chosen["width"],
             "why": f"{record['status']} the budget: re-selected width {chosen['width']:g} "
                    f"({chosen['latency_ms']:.4g} ms, {chosen['source']})"}
@@ -173,19 +174,25 @@ def _reselect(report: dict, opts, device, measured: dict[float, float]) -> tuple
     """Every candidate width with its latency: measured on the device if a round timed it, else predicted."""
     from edgekd.hardware.select import evaluate_candidate
     from edgekd.hardware.targets import load_target
-    from edgekd.models import DEFAULT_WIDTHS
+    from edgekd.models import search_widths
 
     fresh = load_target(device.target)  # with the calibration just saved
-    data = report.get("data") or {}
+    data, student = report.get("data") or {}, report.get("student") or {}
+    # The run's own family, depth and input size: re-selection moves the width only.
+    arch = student.get("arch") or opts.student.family
+    depth = student.get("depth") or 1
+    shape = tuple(data["input_shape"])
+    size = student.get("image_size") or shape[-1]
     rows = []
-    for width in sorted({float(w) for w in (opts.widths or DEFAULT_WIDTHS)}):
+    for width in sorted({float(w) for w in (opts.selection.widths or search_widths(arch))}):
         if width in measured:
             ms, source = measured[width], f"measured:{device.name}"
         else:
-            cand = evaluate_candidate("cnn", target=fresh, num_classes=data["num_classes"],
-                                      input_shape=tuple(data["input_shape"]), width=width)
+            cand = evaluate_candidate(arch, target=fresh, num_classes=data["num_classes"], input_shape=shape,
+                                      width=width, depth=depth, resolution=size)
             ms, source = cand.predicted_ms, cand.latency_source
-        rows.append({"width": width, "latency_ms": ms, "source": source, "fits": ms <= report["budget_ms"]})
+        rows.append({"width": width, "arch": arch, "latency_ms": ms, "source": source,
+                     "fits": ms <= report["budget_ms"]})
     fitting = [r for r in rows if r["fits"]]
     return rows, (max(fitting, key=lambda r: r["width"]) if fitting else None)
 
@@ -231,10 +238,10 @@ def _write_top_level(out: Path, state: dict, device, target, opts) -> dict | Non
             report[key]["path"] = prefix + report[key]["path"]
     report["recommended"] = {**last["recommended"], "path": prefix + (last["recommended"].get("path") or "")}
     report["recommended"]["why"] = (f"measured fastest on {device.name} among the artifacts its {target.runtime} loads "
-                                    f"within {opts.max_drop * 100:g} point(s) of the FP32 student")
+                                    f"within {opts.export.max_drop * 100:g} point(s) of the FP32 student")
     failed = [r for r in state["rounds"] if r.get("error")]
     report["device_loop"] = {
-        "device": device.name, "ssh": device.ssh, "target": target.name, "max_rounds": opts.max_rounds,
+        "device": device.name, "ssh": device.ssh, "target": target.name, "max_rounds": opts.device.max_rounds,
         "under_budget_fraction": UNDER_BUDGET, "final_round": last["round"], "status": last["status"],
         "stopped": failed[-1]["error"] if failed else None,
         "sources": {"latency_ms": "measured:host: timed on this machine",
@@ -246,27 +253,26 @@ def _write_top_level(out: Path, state: dict, device, target, opts) -> dict | Non
     return report
 
 
-def _round_failed(record: dict, state: dict, opts) -> EdgeKDError:
-    from edgekd.pipeline import resume_command
+def _resume_hint(opts) -> str:
+    return f"resume with: edgekd distill --resume --out {opts.out}"
 
+
+def _round_failed(record: dict, state: dict, opts) -> EdgeKDError:
     good = [r for r in state["rounds"] if r.get("measured_ms") is not None]
     kept = (f"the run keeps round {good[-1]['round']} (measured {good[-1]['measured_ms']:.4g} ms)" if good
             else f"round {record['round']} is distilled in {opts.out}/{record['out']} but not measured")
     return EdgeKDError(f"round {record['round']}: {record['error']}; {kept}",
-                       f"fix the device, then continue with: {resume_command(opts)}")
+                       f"fix the device, then continue with: edgekd distill --resume --out {opts.out}")
 
 
-def _print_rounds(console, state: dict, device) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"closed loop on {device.name}")
-    for col in ("round", "width", "artifact", "predicted ms", "measured ms", "budget ms", "status"):
-        table.add_column(col, justify="left" if col in ("artifact", "status") else "right")
+def _print_rounds(state: dict, device) -> None:
+    rows = []
     for r in state["rounds"]:
         pred = f"{r['predicted_ms']:.4g}" if r.get("predicted_ms") is not None else "-"
         meas = f"{r['measured_ms']:.4g}" if r.get("measured_ms") is not None else "-"
-        table.add_row(str(r["round"]), f"{r['width']:g}", r.get("artifact", "-"), pred, meas, f"{r['budget_ms']:g}",
-                      r.get("status", "failed"))
-    console.print(table)
+        rows.append([str(r["round"]), f"{r['width']:g}", r.get("artifact", "-"), pred, meas, f"{r['budget_ms']:g}",
+                     r.get("status", "failed")])
+    events.table(f"closed loop on {device.name}", ["round", "width", "artifact", "predicted ms", "measured ms",
+                                                   "budget ms", "status"], rows)
     for r in state["rounds"]:
-        console.print(f"  round {r['round']}: {r.get('why') or r.get('error')}", highlight=False)
+        events.info(f"  round {r['round']}: {r.get('why') or r.get('error')}")
