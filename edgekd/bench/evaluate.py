@@ -71,8 +71,9 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
 
     A failure in one row is recorded in that row and never stops the others.
     """
-    from edgekd.bench.measure import measure_latency
+    from edgekd.bench.measure import measure_runner
     from edgekd.bench.runners import load_runner
+
     run_dir = Path(run_dir)
     test_x = splits.normalized("test")  # lazy: slices are read and normalised as the runner asks
     test_y = splits.labels("test")
@@ -102,7 +103,8 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
             runner = load_runner(run_dir / row["path"], threads=threads)
             if row["accuracy"] is None:
                 row["accuracy"] = accuracy_of(runner.run, test_x, test_y)
-            stats = measure_latency(runner.run, examples.get(row["role"], examples["student"]), time_budget_s=seconds)
+            stats, method = measure_runner(runner, examples.get(row["role"], examples["student"]), time_budget_s=seconds)
+            row.setdefault("extra", {})["latency_method"] = method
             row["latency_ms"] = {"p50": stats.p50, "p90": stats.p90, "p99": stats.p99}
             row["latency_source"] = "measured:host"
             row["throughput"] = stats.throughput
