@@ -12,7 +12,7 @@ import pytest
 
 from edgekd.errors import EdgeKDError
 from edgekd.report import (
-    SCHEMA_VERSION, load_report, merge_reports, render_html, render_markdown, render_terminal, validate_report,
+    SCHEMA_VERSION, load_report, merge_reports, render_html, render_markdown, validate_report,
     write_reports,
 )
 from edgekd.report.table import artifact_rows, latency_pairs, pareto_front, selection_rows
@@ -198,8 +198,10 @@ def test_markdown_has_every_artifact_and_the_selection():
 def _terminal(report, width):
     from rich.console import Console
 
+    from edgekd.cli.render import print_report
+
     console = Console(file=io.StringIO(), width=width, color_system=None)
-    render_terminal(report, console)
+    print_report(console, report)
     return console.file.getvalue()
 
 
