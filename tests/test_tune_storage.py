@@ -87,8 +87,11 @@ def test_the_study_name_follows_data_student_and_target():
     ("sqlite:////no/such/folder/s.db", "--tune-storage"),
 ])
 def test_a_bad_storage_url_is_one_line_with_a_hint(url, words, tmp_path):
-    from edgekd.distill.tune import open_storage
+    from edgekd.distill.tune import check_storage, open_storage
 
     with pytest.raises(EdgeKDError) as err:
         open_storage(url, tmp_path, False)
     assert words in str(err.value) and "\n" not in str(err.value) and err.value.hint
+    if "sqlite" not in url:  # refused before anything is opened or written (what the run's checks call)
+        with pytest.raises(EdgeKDError, match=words):
+            check_storage(url)

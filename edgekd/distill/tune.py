@@ -130,6 +130,20 @@ def _suggest(trial, name: str, space: dict):
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
+def check_storage(url: str) -> None:
+    """Refuse a --tune-storage that cannot work, before anything is written: not an Optuna storage URL,
+    or a journal file in a folder that does not exist."""
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://"):])
+        if not path.name or not path.parent.is_dir():
+            raise EdgeKDError(f"--tune-storage {url}: no folder {path.parent} for the journal file",
+                              "give an existing folder, e.g. journal:///shared/edgekd-study.log")
+    elif "://" not in url or scheme not in STORAGE_SCHEMES:
+        raise EdgeKDError(f"--tune-storage {url!r} is not an Optuna storage URL",
+                          "use journal:///path.log, sqlite:///path.db or an RDB URL such as postgresql://user@host/db")
+
+
 def open_storage(url: str | None, work_dir: Path, resume: bool):
     """The study's storage: ``url`` (a shared study: ``journal:///path.log``, ``sqlite:///path.db`` or an
     RDB URL SQLAlchemy takes), or the run's own ``work_dir/optuna.journal`` (deleted unless ``resume``).
@@ -142,16 +156,9 @@ def open_storage(url: str | None, work_dir: Path, resume: bool):
         if journal.exists() and not resume:
             journal.unlink()  # a fresh search (the run folder was replaced or is new)
         return JournalStorage(JournalFileBackend(str(journal))), str(journal), False
-    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    check_storage(url)
     if url.startswith("journal://"):
-        path = Path(url[len("journal://"):])
-        if not path.name or not path.parent.is_dir():
-            raise EdgeKDError(f"--tune-storage {url}: no folder {path.parent} for the journal file",
-                              "give an existing folder, e.g. journal:///shared/edgekd-study.log")
-        return JournalStorage(JournalFileBackend(str(path))), url, True
-    if "://" not in url or scheme not in STORAGE_SCHEMES:
-        raise EdgeKDError(f"--tune-storage {url!r} is not an Optuna storage URL",
-                          "use journal:///path.log, sqlite:///path.db or an RDB URL such as postgresql://user@host/db")
+        return JournalStorage(JournalFileBackend(url[len("journal://"):])), url, True
     try:
         return _rdb(RDBStorage, url), url, True
     except ImportError as err:
