@@ -72,3 +72,153 @@ def test_ingest_refuses_a_registered_device_of_another_target(capsys, run):
     code, out, err = run_cli(capsys, "ingest", _results(run, name="bench-7", target="bench-7"), run,
                              "--device", "jetson-nano")
     assert code == 0, err
+
+
+# --- item 3: symlinked photo folders and lists: loops cut, one image in one split under one label ---------
+
+def _photos(root: Path, classes=("a", "b"), per_class: int = 6, splits=("",)) -> Path:
+    """Distinct tiny PNGs (every file's bytes differ) in root/[split/]<class>/."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (12, 12), dtype=np.uint8)
+                arr[..., :3] = 200 * c
+                Image.fromarray(arr).save(folder / f"{i}.png")
+    return root
+
+
+def test_symlink_loops_are_cut_and_links_into_other_classes_refused(tmp_path):
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    root = _photos(tmp_path / "photos")
+    (root / "a" / "up").symlink_to("..")          # a loop: followed, it never ends
+    (root / "a" / "sib").symlink_to("../b")       # b's images under label a
+    with pytest.raises(EdgeKDError) as err:
+        load_data(root, workers=0, calib_size=2)
+    line = str(err.value)
+    assert "\n" not in line and "--dedupe" in line
+    assert "label 'a'" in line and "label 'b'" in line and "b/0.png" in line
+    s = load_data(root, workers=0, calib_size=2, dedupe=True)
+    # 12 images, each once, under its own folder's label: the linked entries are the ones dropped.
+    assert len(s.train) + len(s.val) + len(s.test) == 12
+    listed = [p for split in (s.train, s.val, s.test) for p in split.paths]
+    assert not any("up" in Path(p).parts or "sib" in Path(p).parts for p in listed), listed
+    d = s.describe()["deduped"]
+    assert d["label_conflict"] == d["dropped"] > 0 and "deduped" in s.describe()
+    assert s.split_options["dedupe"] is True
+
+
+def test_a_file_linked_into_the_test_split_is_refused_or_kept_once(tmp_path):
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    root = _photos(tmp_path / "photos", splits=("train", "test"))
+    (root / "test" / "a" / "leak.png").symlink_to(root / "train" / "a" / "3.png")
+    with pytest.raises(EdgeKDError, match=r"train/a/3.png \(train, label 'a'\) and as test/a/leak.png \(test"):
+        load_data(root, workers=0, calib_size=2)
+    s = load_data(root, workers=0, calib_size=2, dedupe=True)
+    # Kept where the file really is (the link is the alias), once: never trained on and tested on.
+    train = [p for split in (s.train, s.val) for p in split.paths]
+    assert "train/a/3.png" in train and "test/a/leak.png" not in list(s.test.paths) and len(s.test) == 12
+    assert s.deduped["split_conflict"] == 1
+
+
+def test_a_copy_under_another_label_is_found_by_its_bytes(tmp_path):
+    import shutil
+
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    root = _photos(tmp_path / "photos")
+    shutil.copy(root / "a" / "2.png", root / "b" / "copy.png")
+    with pytest.raises(EdgeKDError, match="a/2.png .* and as b/copy.png"):
+        load_data(root, workers=0, calib_size=2)
+    s = load_data(root, workers=0, calib_size=2, dedupe=True)
+    assert len(s.train) + len(s.val) + len(s.test) == 11 and s.deduped["label_conflict"] == 2
+
+
+def test_the_same_image_twice_in_one_class_is_listed_once(tmp_path):
+    from edgekd.data import load_data
+
+    root = _photos(tmp_path / "photos")
+    (root / "a" / "again.png").symlink_to("0.png")
+    s = load_data(root, workers=0, calib_size=2)
+    assert len(s.train) + len(s.val) + len(s.test) == 12
+    assert s.deduped["duplicate"] == 1 and any("1 duplicate image entry dropped" in n for n in s.notes)
+
+
+@pytest.mark.parametrize("lines, words, kept", [
+    # list_dup: one path twice with one label; list_conflict: one path under two labels / in two splits
+    (["a/0.png,a", "a/0.png,a"], None, 12),
+    (["a/0.png,a", "a/0.png,b"], ["label 'a'", "label 'b'"], 11),
+    (["a/0.png,a,train", "a/0.png,a,test"], ["(train, label 'a') and as a/0.png (test"], 12),
+])
+def test_lists_naming_an_image_twice(tmp_path, lines, words, kept):
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    root = _photos(tmp_path / "photos")
+    rows = [f"{c}/{i}.png,{c}" for c in "ab" for i in range(1, 6)] + ["b/0.png,b"] + lines
+    if any(line.count(",") == 2 for line in lines):
+        rows = [r + ",train" for r in rows[:-2]] + ["a/5.png,a,test", "b/5.png,b,test"] + lines
+        rows = [r for r in rows if not r.startswith(("a/5.png,a,train", "b/5.png,b,train"))]
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    if words is None:
+        s = load_data(root / "list.csv", workers=0, calib_size=2)
+        assert s.deduped["duplicate"] == 1
+    else:
+        with pytest.raises(EdgeKDError) as err:
+            load_data(root / "list.csv", workers=0, calib_size=2)
+        for word in words:
+            assert word in str(err.value)
+        s = load_data(root / "list.csv", workers=0, calib_size=2, dedupe=True)
+    assert len(s.train) + len(s.val) + len(s.test) == kept
+
+
+# --- exit 3 -> 2: an edited teacher .safetensors ------------------------------------------------------------
+
+def _edited_checkpoint(tmp_path: Path, spec_text) -> Path:
+    from safetensors.torch import save_file
+
+    from edgekd.models import ModelSpec, save_model
+    from edgekd.models.sources import read_state_dict
+
+    spec = ModelSpec("cnn", 10, 1, width=0.25)
+    good = save_model(tmp_path / "good.safetensors", spec.build(), spec)
+    d = spec.to_dict()
+    text = spec_text(d) if callable(spec_text) else spec_text
+    path = tmp_path / "edited.safetensors"
+    save_file(read_state_dict(good), str(path), metadata={"edgekd.spec": text if isinstance(text, str) else json.dumps(text),
+                                                          "edgekd.meta": "{}"})
+    return path
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: {**d, "num_classes": -3}, ["num_classes -3"]),
+    (lambda d: {**d, "extra": {"bogus": 1}}, ["does not build", "bogus"]),
+    (lambda d: {**d, "arch": "torchvision:resnet18", "width": 1, "extra": {"bogus_arg": 1}}, ["bogus_arg"]),
+    # A width whose weights would need hundreds of GB: refused from the shapes, nothing allocated.
+    (lambda d: {**d, "width": 2e5}, ["does not match architecture cnn", "in the spec"]),
+    (lambda d: '{"arch": "cnn", "num_classes": 10, "in_channels": 1, "extra": ' + "[" * 10_000 + "]" * 10_000 + "}",
+     ["nested too deeply"]),
+    (lambda d: "[1, 2]", ["not a JSON object"]),
+    (lambda d: {**d, "colour": "red" * 10_000}, ["unknown keys colour"]),
+])
+def test_an_edited_checkpoint_header_is_one_line(tmp_path, edit, words):
+    from edgekd.cli import error_line
+    from edgekd.models.sources import load_source_model
+
+    path = _edited_checkpoint(tmp_path, edit)
+    with pytest.raises(Exception) as err:
+        load_source_model(str(path))
+    code, line = error_line(err.value)
+    assert code == 2 and len(line) < 400, line
+    for word in words:
+        assert word in line, line

@@ -38,6 +38,7 @@ class FamilyTraits:
     ``default_input``: the C, H, W a search assumes when the user gives no input shape.
     ``traceable``: edgekd can build it at any width and depth itself (registered families), so its graphs
     can be costed without an ONNX export each (``edgekd.hardware.fastcost``).
+    ``recipe``: the name of the training recipe it trains well with from scratch (``edgekd.distill.recipes``).
     """
 
     depths: tuple = (1,)
@@ -47,6 +48,7 @@ class FamilyTraits:
     feature_stages: bool = True
     default_input: tuple = (3, 224, 224)
     traceable: bool = False
+    recipe: str = "cnn"         # the training recipe it starts from (edgekd.distill.recipes.RECIPES)
 
     @property
     def has_depth_multiplier(self) -> bool:
@@ -184,7 +186,8 @@ class ModelSpec:
         known = {"arch", "num_classes", "in_channels", "width", "depth", "extra", "image_size"}
         unknown = set(d) - known
         if unknown or "arch" not in d:
-            raise EdgeKDError(f"invalid model spec {d!r}", "the checkpoint was not written by edgekd")
+            what = f"unknown keys {', '.join(sorted(map(str, unknown)))[:120]}" if unknown else "no arch"
+            raise EdgeKDError(f"invalid model spec ({what})", "the checkpoint was not written by edgekd")
         return cls(**{k: d[k] for k in known if k in d})
 
     def to_dict(self) -> dict:
@@ -236,11 +239,14 @@ def load_model(path: str | Path, spec: ModelSpec | None = None, *,
     if spec is None:
         if "edgekd.spec" not in header:
             raise EdgeKDError(f"{path} carries no edgekd model spec", "pass --teacher-arch (and width) for bare weights")
-        spec = ModelSpec.from_dict(json.loads(header["edgekd.spec"]))
+        spec = ModelSpec.from_dict(_header_json(path, header, "edgekd.spec", dict))
     if ".py:" in spec.arch and not trust_code:
         raise EdgeKDError(f"{path} was built by the model file {spec.arch}, which edgekd does not import on its own",
                           f"pass the factory explicitly (e.g. --model {spec.arch} --weights {path})")
-    meta = json.loads(header.get("edgekd.meta", "{}"))
+    meta = _header_json(path, header, "edgekd.meta", dict, "{}")
+    from edgekd.models.adapt import check_spec_fits
+
+    check_spec_fits(spec, state, path)  # an edited header must not make edgekd allocate or call what it asks
     model = spec.build()
     try:
         model.load_state_dict(state, strict=True)
@@ -253,6 +259,20 @@ def load_model(path: str | Path, spec: ModelSpec | None = None, *,
         ) from None
     model.eval()
     return model, spec, meta
+
+
+def _header_json(path: Path, header: dict, key: str, kind: type, default: str | None = None):
+    try:
+        value = json.loads(header.get(key, default))
+    except RecursionError:
+        raise EdgeKDError(f"{path}: its {key} metadata is nested too deeply to read",
+                          "the checkpoint was edited or not written by edgekd; save it again with edgekd") from None
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, kind):
+        raise EdgeKDError(f"{path}: its {key} metadata is not a JSON object",
+                          "the checkpoint was edited or not written by edgekd; save it again with edgekd")
+    return value
 
 
 # One file per family, registering itself when imported: a module dropped into edgekd/models/ is a

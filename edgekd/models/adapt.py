@@ -101,3 +101,44 @@ def transfer_weights(model: nn.Module, state: dict, *, source: str = "weights") 
                           "pass weights of the same architecture, e.g. the torchvision checkpoint of this family")
     model.load_state_dict(fitting, strict=False)
     return len(fitting), len(own), skipped
+
+
+def check_spec_fits(spec, state: dict, where) -> None:
+    """Refuse a model spec that does not describe the tensors in ``state``, before anything is allocated.
+
+    The spec comes from a file's header, which anyone can edit: a negative class count, an argument the
+    architecture does not take, or a width that would need terabytes must be a one-line error. The graph
+    is built on the meta device (shapes only, no memory) and its tensors compared with the file's.
+    """
+    import math
+
+    for name in ("num_classes", "in_channels"):
+        value = getattr(spec, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise EdgeKDError(f"{where}: its model spec asks for {name} {value!r}",
+                              "the checkpoint was edited or is not edgekd's; save it again with edgekd")
+    for name in ("width", "depth"):
+        value = getattr(spec, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise EdgeKDError(f"{where}: its model spec asks for {name} {value!r}",
+                              "the checkpoint was edited or is not edgekd's; save it again with edgekd")
+    if not isinstance(spec.extra, dict) or not (spec.image_size is None or isinstance(spec.image_size, int)):
+        raise EdgeKDError(f"{where}: its model spec is malformed", "save the checkpoint again with edgekd")
+    try:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in spec.build().state_dict().items()}
+    except EdgeKDError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, RecursionError, AttributeError) as err:
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)[:140]
+        raise EdgeKDError(f"{where}: its model spec ({spec.arch}, width {spec.width}) does not build: {first}",
+                          "the checkpoint was edited or is not edgekd's; save it again with edgekd") from None
+    wrong = [k for k in shapes if k not in state or tuple(state[k].shape) != shapes[k]]
+    wrong += [k for k in state if k not in shapes]
+    if wrong:
+        k = wrong[0]
+        have = tuple(state[k].shape) if k in state else "missing"
+        want = shapes.get(k, "none")
+        raise EdgeKDError(f"{where} does not match architecture {spec.arch} (width {spec.width}, depth {spec.depth}): "
+                          f"{len(wrong)} tensors differ (first {k}: {have} in the file, {want} in the spec)",
+                          "pass the architecture and width the weights were trained with")
