@@ -1,0 +1,404 @@
+"""The claim measured: at a device's latency budget, is the student edgekd picks and distils more accurate
+than what a user would otherwise ship?
+
+    python benchmarks/frontier.py [--target raspberry-pi-5] [--budgets-ms 0.3,0.6,1.2] [--seeds 2]
+                                  [--px 64] [--train-size 3000] [--test-size 1000] [--epochs 8]
+                                  [--teacher-epochs 10] [--cache DIR] [--threads 1]
+
+The task: Fashion-MNIST (``../shared/data/fashion-mnist``) written as RGB photos of ``--px`` pixels. Each
+image gets a random background colour and a random tint for the garment, drawn independently of its
+class, plus pixel noise, so colour is no label cue and the stem has three real channels to read. The
+teacher is a torchvision ResNet-18 (BasicBlock, ``layer1``..``layer4``) at ``--teacher-width`` trained
+here from scratch (random shifts, label smoothing); no download.
+
+At each latency budget on ``--target``, trained with the same epochs, data and schedule (edgekd's
+defaults: one-cycle lr 1e-2, KD T=4 alpha 0.5, teacher logits cached):
+
+  (a) edgekd's pick, distilled: every registered family x width, costed on the target, the most FLOPs
+      among those whose predicted latency fits (edgekd.hardware.select's rule, across families);
+  (b) the same student trained from scratch (labels only);
+  (c) the teacher quantized to INT8 with ONNX Runtime (static, QDQ): accuracy measured with ORT,
+      latency predicted on the target; marked when it is over the budget;
+  (d) the naive pick: the widest MobileNetV2 whose predicted latency fits, trained from scratch;
+  (e) the pick by FLOPs alone, distilled: the device's FLOPs per millisecond taken from the teacher (the
+      network the user has and can time), the budget turned into FLOPs with it, and the candidate with
+      the most FLOPs within that; marked when its real (predicted) latency is over the budget.
+
+Every trained model is cached under ``--cache`` (weights and accuracy), so an interrupted run resumes
+where it stopped; the costed candidates are cached too. The table gives the test accuracy (mean over
+seeds, and each seed), the predicted latency with its interval, the params. The last line is
+``frontier_wins=K/N``: the budgets at which (a) is at least as accurate (mean over seeds) as every
+alternative that fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from edgekd.data import RawData, make_splits  # noqa: E402
+from edgekd.distill import TrainConfig, train  # noqa: E402
+from edgekd.models import ModelSpec, count_params, families  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
+# Families a user would ship as an image classifier; "mlp" reads the flattened image (not a photo model).
+SKIP_FAMILIES = ("mlp",)
+WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5)
+NAIVE_FAMILY = "mobilenet_v2"
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as fh:
+        data = fh.read()
+    if int.from_bytes(data[:4], "big") == 2051:
+        n, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+        return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
+    return np.frombuffer(data, np.uint8, offset=8).astype(np.int64)
+
+
+def colourise(grey: np.ndarray, px: int, seed: int) -> np.ndarray:
+    """(N, 28, 28) grey garments -> (N, 3, px, px) uint8 photos: a random background colour and a random
+    garment tint per image (independent of the class), the garment's shading kept, pixel noise added."""
+    rng = np.random.default_rng(seed)
+    n = len(grey)
+    x = torch.from_numpy(grey.astype(np.float32) / 255.0).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(px, px), mode="bilinear", align_corners=False).clamp(0, 1)
+    background = torch.from_numpy(rng.uniform(0.0, 1.0, (n, 3, 1, 1)).astype(np.float32))
+    tint = torch.from_numpy(rng.uniform(0.2, 1.0, (n, 3, 1, 1)).astype(np.float32))
+    # The garment's brightness scales its tint; a dark garment on a light background stays visible
+    # because the background shows only where the garment is absent.
+    rgb = background * (1 - x) + tint * x
+    rgb = rgb + torch.from_numpy(rng.normal(0.0, 0.03, rgb.shape).astype(np.float32))
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def rgb_splits(root: Path, px: int, train_size: int, test_size: int, seed: int = 0):
+    """The first ``train_size`` training and ``test_size`` test images (a class-balanced random draw,
+    numpy seed ``seed``), colourised; val (10%) and calib carved out of train by edgekd."""
+    rng = np.random.default_rng(seed)
+    x_tr, y_tr = _idx(root / "train-images-idx3-ubyte.gz"), _idx(root / "train-labels-idx1-ubyte.gz")
+    x_te, y_te = _idx(root / "t10k-images-idx3-ubyte.gz"), _idx(root / "t10k-labels-idx1-ubyte.gz")
+    tr, te = rng.permutation(len(x_tr))[:train_size], rng.permutation(len(x_te))[:test_size]
+    raw = RawData(colourise(x_tr[tr], px, seed + 1), y_tr[tr], colourise(x_te[te], px, seed + 2), y_te[te])
+    return make_splits(raw, name=f"fashion-mnist-rgb{px}", source=str(root), calib_size=128, seed=seed)
+
+
+# ---- candidates and picks --------------------------------------------------------------------------
+
+
+def evaluate_candidate(arch: str, *, target, input_shape, width: float, cache: Path) -> dict:
+    """hardware.select.evaluate_candidate's figures (graph cost and prediction at the target's precision)
+    from an export by the TorchScript exporter: several times faster than the dynamo export edgekd's
+    search uses, on a shared 2-core machine the difference between minutes and an hour for the grid."""
+    import warnings
+
+    from edgekd.hardware.latency import predict_cost, target_graph_cost
+    from edgekd.models import create
+
+    model = create(arch, num_classes=10, in_channels=3, width=width, image_size=int(input_shape[-1])).eval()
+    path = cache / "onnx" / f"{arch}-w{width:g}-{input_shape[-1]}px.onnx"
+    path.parent.mkdir(exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, *input_shape),), str(path), dynamo=False, opset_version=18,
+                          input_names=["input"], output_names=["logits"])
+    cost = target_graph_cost(path, target, target.precision)
+    pred = predict_cost(cost, target, target.precision)
+    low, high = pred.interval_ms or (None, None)
+    return {"width": float(width), "depth": 1, "params": count_params(model), "flops": int(cost.flops),
+            "predicted_ms": float(pred.total_ms), "predicted_low_ms": low, "predicted_high_ms": high,
+            "latency_source": pred.latency_source, "image_size": int(input_shape[-1])}
+
+
+def cost_candidates(target, input_shape, cache: Path, family_names, widths) -> list[dict]:
+    """Every family x width costed on the target (predicted), cached as JSON."""
+    path = cache / f"candidates-{target.name}-{input_shape[-1]}px.json"
+    known = json.loads(path.read_text()) if path.is_file() else []
+    have = {(c["arch"], c["width"]) for c in known}
+    for arch in family_names:
+        for width in widths:
+            if (arch, float(width)) in have:
+                continue
+            t0 = time.perf_counter()
+            try:
+                cand = evaluate_candidate(arch, target=target, input_shape=input_shape, width=width, cache=cache)
+            except Exception as err:  # a family that cannot be built at this width/size is no candidate
+                print(f"  {arch} width {width:g}: not costed ({type(err).__name__}: {str(err)[:80]})", flush=True)
+                continue
+            known.append({"arch": arch, **cand})
+            print(f"  costed {arch} width {width:g}: {cand['flops'] / 1e6:.1f} MFLOPs, {cand['predicted_ms']:.3f} ms "
+                  f"[{time.perf_counter() - t0:.1f} s]", flush=True)
+            path.write_text(json.dumps(known, indent=1))
+    return [c for c in known if c["arch"] in family_names and c["width"] in [float(w) for w in widths]]
+
+
+def pick_edgekd(cands: list[dict], budget: float) -> dict | None:
+    """edgekd's rule (hardware.select.choose) over every family: the most FLOPs that fits, then the wider."""
+    fit = [c for c in cands if c["predicted_ms"] <= budget]
+    return max(fit, key=lambda c: (c["flops"], c["width"], -c["predicted_ms"])) if fit else None
+
+
+def pick_naive(cands: list[dict], budget: float) -> dict | None:
+    fit = [c for c in cands if c["arch"] == NAIVE_FAMILY and c["predicted_ms"] <= budget]
+    return max(fit, key=lambda c: c["width"]) if fit else None
+
+
+def pick_by_flops(cands: list[dict], budget: float, flops_per_ms: float) -> dict | None:
+    """The most FLOPs within the FLOPs the budget buys at the reference rate, latency unseen."""
+    fit = [c for c in cands if c["flops"] <= budget * flops_per_ms]
+    return max(fit, key=lambda c: (c["flops"], c["params"])) if fit else None
+
+
+# ---- training (cached) -----------------------------------------------------------------------------
+
+
+def train_cfg(args, seed: int, loss: str) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=64, loss=loss, seed=seed, threads=args.threads)
+
+
+def train_teacher(splits, args, cache: Path):
+    """The ResNet-18 teacher (BasicBlock, torchvision's layer names) at --teacher-width, trained once."""
+    key = f"teacher-resnet18-w{args.teacher_width:g}-{splits.fingerprint()[:10]}-e{args.teacher_epochs}"
+    spec = ModelSpec("resnet", splits.num_classes, 3, width=args.teacher_width, image_size=args.px)
+    torch.manual_seed(0)
+    net = spec.build()
+    path, record = cache / f"{key}.pt", cache / f"{key}.json"
+    if path.is_file() and record.is_file():
+        net.load_state_dict(torch.load(path, weights_only=True))
+        return net.eval(), spec, json.loads(record.read_text())
+    cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=64, loss="ce", label_smoothing=0.1, augment=True,
+                      shift_px=max(2, args.px // 16), threads=args.threads)
+    t0 = time.perf_counter()
+    result = train(net, None, splits, cfg, ckpt_dir=cache / f"{key}.ckpt", resume=True, progress=args.progress)
+    info = {"accuracy": result.accuracy, "seconds": time.perf_counter() - t0, "params": count_params(net)}
+    torch.save(net.state_dict(), path)
+    record.write_text(json.dumps(info))
+    print(f"teacher trained: {info['accuracy']:.4f} test accuracy, {info['seconds']:.0f} s", flush=True)
+    return net.eval(), spec, info
+
+
+def train_student(cand: dict, seed: int, distil: bool, splits, teacher, args, cache: Path,
+                  train_missing: bool = True) -> dict | None:
+    """Train (or read from the cache) one candidate, distilled or from scratch; its test accuracy."""
+    kind = "kd" if distil else "scratch"
+    key = f"{cand['arch']}-w{cand['width']:g}-{kind}-s{seed}-e{args.epochs}-{splits.fingerprint()[:10]}"
+    record = cache / f"{key}.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    if not train_missing:
+        return None
+    spec = ModelSpec(cand["arch"], splits.num_classes, 3, width=cand["width"], image_size=args.px)
+    torch.manual_seed(seed)
+    model = spec.build()
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = train(model, teacher if distil else None, splits, train_cfg(args, seed, "kd" if distil else "ce"),
+                   ckpt_dir=cache / f"{key}.ckpt", resume=True, progress=args.progress)
+    out = {"accuracy": result.accuracy, "seconds": round(time.perf_counter() - t0, 1),
+           "cpu_seconds": round(time.process_time() - c0, 1)}
+    torch.save(model.state_dict(), cache / f"{key}.pt")
+    record.write_text(json.dumps(out))
+    print(f"  trained {key}: {out['accuracy']:.4f} [{out['seconds']:.0f} s, {out['cpu_seconds']:.0f} s CPU]", flush=True)
+    return out
+
+
+def teacher_int8(teacher, splits, target, cache: Path, key: str) -> dict:
+    """The teacher as ORT INT8 (static QDQ, calibrated on the calib split): measured accuracy, predicted
+    latency on the target at INT8."""
+    from edgekd.export.to_onnx import export_onnx_file, quantize_onnx
+    from edgekd.hardware.latency import predict_cost, target_graph_cost
+
+    record = cache / f"{key}-int8.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    import onnxruntime as ort
+
+    fp32, int8 = cache / f"{key}.onnx", cache / f"{key}-int8.onnx"
+    calib = splits.preprocess(splits.calib.x).astype(np.float32)
+    export_onnx_file(teacher, calib[:2], fp32)
+    quantize_onnx(fp32, calib, int8)
+    sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x, y = splits.test.x, splits.test.y
+    right = sum(int((sess.run(None, {name: splits.preprocess(x[i:i + 200]).astype(np.float32)})[0].argmax(1)
+                     == y[i:i + 200]).sum()) for i in range(0, len(x), 200))
+    out = {"accuracy": right / len(x)}
+    for precision in ("fp32", "int8"):  # the FP32 graph costed at each precision, as candidates are
+        cost = target_graph_cost(fp32, target, precision)
+        pred = predict_cost(cost, target, precision)
+        low, high = pred.interval_ms or (None, None)
+        out[precision] = {"predicted_ms": pred.total_ms, "predicted_low_ms": low, "predicted_high_ms": high,
+                          "flops": int(cost.flops)}
+    record.write_text(json.dumps(out))
+    return out
+
+
+# ---- the comparison --------------------------------------------------------------------------------
+
+
+def auto_budgets(cands: list[dict]) -> list[float]:
+    naive = [c["predicted_ms"] for c in cands if c["arch"] == NAIVE_FAMILY]
+    low = 1.1 * min(naive or [c["predicted_ms"] for c in cands])
+    return [round(low * f, 3) for f in (1, 2, 4)]
+
+
+def plan(cands: list[dict], budgets: list[float], flops_per_ms: float) -> dict:
+    """Per budget, the candidate of each alternative that trains: a (KD), b (scratch), d (scratch), e (KD)."""
+    out = {}
+    for budget in budgets:
+        a = pick_edgekd(cands, budget)
+        if a is None:
+            fastest = min(cands, key=lambda c: c["predicted_ms"])
+            sys.exit(f"no candidate fits {budget:g} ms (the fastest is {fastest['arch']} width "
+                     f"{fastest['width']:g} at {fastest['predicted_ms']:.3g} ms): raise --budgets-ms")
+        out[budget] = {"a": (a, True), "b": (a, False), "d": (pick_naive(cands, budget), False),
+                       "e": (pick_by_flops(cands, budget, flops_per_ms), True)}
+    return out
+
+
+def run_all(picks: dict, seeds: int, splits, teacher, args, cache: Path, train_missing: bool = True,
+            after_pass=None) -> dict:
+    """Train every planned model: those within their budget first, seed by seed (a cut-short run has whole
+    seeds), then the alternatives over their budget (shown, never counted). ``after_pass(results)`` is
+    called after each pass; without ``train_missing`` only what the cache holds is read."""
+    def jobs(seed: int, over: bool):
+        return [(c, distil, seed) for budget, row in picks.items() for c, distil in row.values()
+                if c is not None and (c["predicted_ms"] > budget) == over]
+
+    passes = [jobs(seed, False) for seed in range(seeds)] + [jobs(seed, True) for seed in range(seeds)]
+    unique = list(dict.fromkeys((c["arch"], c["width"], d, s) for p in passes for c, d, s in p))
+    print(f"\ntraining {len(unique)} students, {args.epochs} epochs each (within budget first, seed by seed)",
+          flush=True)
+    results, t0 = {}, time.perf_counter()
+    for p in passes:
+        for cand, distil, seed in p:
+            key = (cand["arch"], cand["width"], distil, seed)
+            if key in results:
+                continue
+            got = train_student(cand, seed, distil, splits, teacher, args, cache, train_missing)
+            if got is not None:
+                results[key] = got
+                print(f"  [{len(results)}/{len(unique)}] {time.perf_counter() - t0:.0f} s so far", flush=True)
+        if after_pass and p:
+            after_pass(results)
+    return results
+
+
+def _fmt_cand(c: dict) -> str:
+    return f"{c['arch']} w{c['width']:g}"
+
+
+def _latency(c: dict) -> str:
+    low, high = c.get("predicted_low_ms"), c.get("predicted_high_ms")
+    interval = f" [{low:.3g}-{high:.3g}]" if low is not None and high is not None else ""
+    return f"{c['predicted_ms']:.3g}{interval}"
+
+
+def table(picks: dict, results: dict, seeds: int, t_int8: dict, t_params: int) -> int:
+    """Print the frontier table; returns the number of budgets (a) wins (ties count as wins)."""
+    labels = {"a": "(a) edgekd pick, KD", "b": "(b) same, scratch", "c": "(c) teacher ORT INT8",
+              "d": "(d) widest MobileNetV2, scratch", "e": "(e) FLOPs pick, KD"}
+    wins, short = 0, []
+    print(f"\n{'budget':>7}  {'alternative':31s} {'model':22s} {'acc':>7} {'seeds':>15} {'pred. ms [interval]':>24} "
+          f"{'params':>9} {'MFLOPs':>7}")
+    for budget, row in picks.items():
+        accs = {}
+        for name in "abcde":
+            if name == "c":
+                c = {**t_int8["int8"], "arch": "teacher resnet18", "width": 0}
+                per_seed, model, params = [t_int8["accuracy"]], "resnet18 (teacher) int8", t_params
+            else:
+                c, distil = row[name]
+                if c is None:
+                    print(f"{budget:7.3g}  {labels[name]:31s} {'(none fits)':22s}")
+                    continue
+                per_seed = [results[k]["accuracy"] for k in [(c["arch"], c["width"], distil, s) for s in range(seeds)]
+                            if k in results]
+                model, params = _fmt_cand(c), c["params"]
+            fits = c["predicted_ms"] <= budget
+            mean = statistics.mean(per_seed) if per_seed else float("nan")
+            if per_seed and fits:
+                accs[name] = mean
+            if fits and name != "c" and len(per_seed) < seeds:
+                short.append(f"{budget:g} ms {name}: {len(per_seed)}/{seeds} seeds")
+            mark = "" if fits else "  OVER BUDGET"
+            seeds_txt = " ".join(f"{a:.4f}" for a in per_seed) if name != "c" else "(one model)"
+            print(f"{budget:7.3g}  {labels[name]:31s} {model:22s} {mean:7.4f} {seeds_txt:>15} {_latency(c):>24} "
+                  f"{params:9,} {c['flops'] / 1e6:7.2f}{mark}")
+        won = "a" in accs and all(accs["a"] >= v for v in accs.values())
+        wins += won
+        best = max(accs, key=accs.get) if accs else "-"
+        print(f"{'':7}  -> (a) {'wins' if won else 'loses'} at {budget:g} ms (most accurate that fits: {labels.get(best, best)})")
+    if short:
+        print("incomplete (means over the seeds trained so far): " + "; ".join(short))
+    return wins
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DEFAULT_DATA), help="Fashion-MNIST IDX folder")
+    ap.add_argument("--target", default="raspberry-pi-5")
+    ap.add_argument("--budgets-ms", default="auto", help="latency budgets (ms), or auto: three spanning 4x, "
+                    "the smallest 10%% above the narrowest MobileNetV2's predicted latency")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--px", type=int, default=64, help="image size the photos are written at")
+    ap.add_argument("--train-size", type=int, default=3000, help="training images (10%% become val)")
+    ap.add_argument("--test-size", type=int, default=1000)
+    ap.add_argument("--epochs", type=int, default=8, help="student epochs, every alternative alike")
+    ap.add_argument("--teacher-epochs", type=int, default=10)
+    ap.add_argument("--teacher-width", type=float, default=0.5, help="ResNet-18 width multiplier of the teacher")
+    ap.add_argument("--families", default="", help="comma-separated (default: every registered image family)")
+    ap.add_argument("--widths", default=",".join(f"{w:g}" for w in WIDTHS))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cache", default="/tmp/edgekd-frontier", help="trained models and costs (resume)")
+    ap.add_argument("--plan-only", action="store_true", help="cost the candidates and show the picks, train nothing")
+    ap.add_argument("--table-only", action="store_true", help="the table from what the cache holds, train nothing")
+    ap.add_argument("--progress", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from edgekd.hardware.targets import load_target
+
+    t_start, cache = time.perf_counter(), Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    target = load_target(args.target)
+    splits = rgb_splits(Path(args.data), args.px, args.train_size, args.test_size)
+    print(f"data: {splits.name}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
+          f"input {splits.input_shape}; target {target.name} ({target.precision})", flush=True)
+    names = [f for f in (args.families.split(",") if args.families else families()) if f not in SKIP_FAMILIES]
+    cands = cost_candidates(target, splits.input_shape, cache, names, [float(w) for w in args.widths.split(",")])
+    budgets = auto_budgets(cands) if args.budgets_ms == "auto" else sorted(float(b) for b in args.budgets_ms.split(","))
+    print(f"budgets {', '.join(f'{b:.3g}' for b in budgets)} ms", flush=True)
+    teacher, t_spec, t_info = train_teacher(splits, args, cache)
+    t_int8 = teacher_int8(teacher, splits, target, cache, f"teacher-{splits.fingerprint()[:10]}-e{args.teacher_epochs}")
+    flops_per_ms = t_int8["int8"]["flops"] / t_int8["int8"]["predicted_ms"]
+    print(f"teacher resnet18 w{args.teacher_width:g}: {t_info['accuracy']:.4f} fp32, {t_int8['accuracy']:.4f} ORT INT8, "
+          f"{t_int8['int8']['predicted_ms']:.3g} ms INT8 on {target.name}; FLOPs pick's rate "
+          f"{flops_per_ms / 1e6:.1f} MFLOPs/ms", flush=True)
+    picks = plan(cands, budgets, flops_per_ms)
+    for budget, row in picks.items():
+        print(f"  {budget:g} ms: " + "; ".join(f"{n} {_fmt_cand(c) if c else '-'}" for n, (c, _) in row.items()))
+    if args.plan_only:
+        return
+    show = lambda results: table(picks, results, args.seeds, t_int8, t_info["params"])  # noqa: E731
+    results = run_all(picks, args.seeds, splits, teacher, args, cache, train_missing=not args.table_only,
+                      after_pass=None if args.table_only else show)
+    wins = show(results)
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s wall, {time.process_time():.0f} s CPU in this session")
+    print(f"frontier_wins={wins}/{len(budgets)}")
+
+
+if __name__ == "__main__":
+    main()
