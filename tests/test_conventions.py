@@ -148,14 +148,12 @@ PRINTING_CALLS, RICH_OUTPUT = {"print"}, {"Console", "Progress", "Live", "Status
 PRINTING_ALLOWED = {
     "edgekd/bench/host.py": "H28a",
     "edgekd/data/loader.py": "H28a",
-    "edgekd/hardware/calibration.py": "H26c",
     "edgekd/report/terminal.py": "H25b: render_terminal goes once cli/distill.py and cli/sweep.py (H25a) call cli.render.print_report",
 }
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 700, 80
 SIZE_ALLOWED = {"edgekd/bench/host.py:bench_run": "H28a"}
 CYCLES_ALLOWED = {
     frozenset({"edgekd.data", "edgekd.data.formats", "edgekd.data.splitting"}): "H28a",
-    frozenset({"edgekd.hardware.fitting", "edgekd.hardware.latency"}): "H26c",
     # the families import the registry from the package that scans them: a models/base.py would end it
     frozenset({"edgekd.models", "edgekd.models.sources", "edgekd.models.timm_models", "edgekd.models.cnn",
                "edgekd.models.mlp", "edgekd.models.efficientnet", "edgekd.models.mnasnet", "edgekd.models.mobilenet_v2",

@@ -439,7 +439,7 @@ def test_cli_predict_json_and_targets(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["predicted_ms"] > 0
-    assert out["latency_source"] == "predicted:jetson-nano (calibrated from 18 published measurements)"
+    assert out["latency_source"] == "predicted:jetson-nano (calibrated from 19 published measurements)"
     assert out["predicted_ms"] == pytest.approx(sum(layer["ms"] for layer in out["layers"]) + out["fixed_ms"])
     res = CliRunner().invoke(targets, [])
     assert res.exit_code == 0 and "jetson-nano" in res.output and "tensorrt" in res.output

@@ -65,3 +65,120 @@ def test_a_published_row_over_a_day_is_refused():
         parse_table(table, "t.yaml")
     table["measurements"][0]["latency_ms"] = 11.4
     assert parse_table(table, "t.yaml").measurements[0].latency_ms == 11.4
+
+
+# --- per-op-class priors: no class borrows another's fitted efficiency -----------------------------
+
+def _tiny_graph(tmp_path, name, depthwise: bool, pointwise: bool = False, res: int = 16):
+    import torch
+
+    from edgekd.hardware.graph import export_onnx
+
+    layers = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU()]
+    if depthwise:
+        layers += [torch.nn.Conv2d(16, 16, 3, padding=1, groups=16), torch.nn.ReLU()]
+    if pointwise:
+        layers += [torch.nn.Conv2d(16, 32, 1), torch.nn.ReLU()]
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(torch.nn.Sequential(*layers).eval(), [1, 3, res, res], path)
+    return path
+
+
+def test_a_scaled_fit_leaves_a_class_no_measurement_exercises_at_its_own_datasheet_rate():
+    """Dense-conv measurements 3x faster than the datasheet speed up dense convs, not depthwise ones."""
+    import numpy as np
+
+    from edgekd.hardware.latency import FIXED, _class_offset, datasheet_coefficients, fit_scaled
+    from edgekd.hardware.targets import load_target
+
+    prior = datasheet_coefficients(load_target("jetson-nano"), "fp16")
+    theta0 = prior.vector()
+    rows, y = [], []
+    for mflops in (500.0, 1000.0, 2000.0, 4000.0, 8000.0):
+        row = np.zeros_like(theta0)
+        row[_class_offset("conv")] = mflops
+        row[FIXED] = 1.0
+        rows.append(row)
+        y.append(mflops * theta0[_class_offset("conv")] / 3 + theta0[FIXED])
+    coeffs, stats = fit_scaled(np.array(rows), np.array(y), prior=prior, prior_weight=0.01)
+    assert coeffs.classes["conv"]["ms_per_mflop"] == pytest.approx(prior.classes["conv"]["ms_per_mflop"] / 3, rel=0.05)
+    for c in ("dwconv", "conv_pointwise", "gemm", "pool", "elementwise"):
+        assert coeffs.classes[c]["ms_per_mflop"] == pytest.approx(prior.classes[c]["ms_per_mflop"], rel=1e-6), c
+    assert stats["scales"]["ms_per_mflop:dwconv"] == pytest.approx(1.0)
+
+
+def test_1x1_convs_are_costed_with_the_profiles_own_pointwise_efficiency(tmp_path):
+    from edgekd.hardware.graph import graph_cost
+    from edgekd.hardware.latency import datasheet_coefficients, kernel_class
+    from edgekd.hardware.targets import load_target
+
+    cost = graph_cost(_tiny_graph(tmp_path, "pw", depthwise=True, pointwise=True), runtime="tensorrt", precision="fp16")
+    assert [kernel_class(k) for k in cost.kernels if k.op_class in ("conv", "dwconv")] == \
+        ["conv", "dwconv", "conv_pointwise"]
+    nano = load_target("jetson-nano")
+    assert nano.efficiency["pointwise"] < nano.efficiency["conv"]   # memory-bound on a GPU
+    ds = datasheet_coefficients(nano, "fp16")
+    peak = nano.peak_gflops["fp16"]
+    for cls, eff in (("conv_pointwise", "pointwise"), ("dwconv", "dwconv"), ("conv", "conv")):
+        assert ds.classes[cls]["ms_per_mflop"] == pytest.approx(1 / (peak * nano.efficiency[eff]))
+    # A CPU profile that gives no pointwise figure runs 1x1 convs as the same GEMM as dense ones.
+    pi = load_target("raspberry-pi-4")
+    assert pi.efficiency["pointwise"] == pi.efficiency["conv"]
+
+
+def test_an_unknown_efficiency_class_is_a_one_line_error(tmp_path):
+    import yaml
+
+    from edgekd.hardware.targets import load_target
+
+    data = yaml.safe_load((REPO / "targets" / "jetson-nano.yaml").read_text())
+    data["efficiency"]["pointwsie"] = 0.1
+    path = tmp_path / "nano.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(EdgeKDError, match="pointwsie"):
+        load_target(str(path))
+
+
+# --- extrapolation: a prediction outside what the calibration saw says so and widens -------------
+
+def _choice(coverage, interval=None):
+    from edgekd.hardware.latency import CoefficientChoice, datasheet_coefficients
+    from edgekd.hardware.targets import load_target
+    from edgekd.hardware.uncertainty import Interval
+
+    return CoefficientChoice(datasheet_coefficients(load_target("jetson-nano"), "fp16"), "calibrated from 4",
+                             interval or Interval(0.9, 1.1, 0.9, 4, "leave-one-out"), coverage)
+
+
+def test_a_prediction_outside_the_calibration_is_extrapolated_with_a_wider_interval(tmp_path):
+    from edgekd.hardware.graph import graph_cost
+    from edgekd.hardware.latency import extrapolation, kernel_ms
+
+    cost = graph_cost(_tiny_graph(tmp_path, "dw", depthwise=True), runtime="tensorrt", precision="fp16")
+    choice = _choice({"mflops": [100.0, 10000.0], "classes": ["conv"]})
+    per = kernel_ms(cost, choice.coefficients)
+    total = sum(per) + choice.coefficients.fixed_ms
+    reasons, interval = extrapolation(cost, per, total, choice, "fp16")
+    assert any("dwconv kernels" in r and "absent" in r for r in reasons)
+    assert any("outside the calibration's 100-1e+04" in r for r in reasons)
+    assert interval.low < 0.9 and interval.high > 1.1 and "widened" in interval.method
+    # The same network inside what the calibration saw: no flag, the calibration's own interval.
+    mflops = cost.flops / 1e6
+    inside = _choice({"mflops": [mflops / 1.5, mflops * 1.5], "classes": ["conv", "dwconv", "elementwise"]})
+    assert extrapolation(cost, per, total, inside, "fp16") == ([], inside.interval)
+
+
+def test_predictions_carry_the_flag_and_safe_judges_by_the_widened_upper_end(tmp_path):
+    from edgekd.hardware.latency import predict_latency_ms
+    from edgekd.hardware.targets import load_target
+
+    nano = load_target("jetson-nano")
+    path = _tiny_graph(tmp_path, "tiny", depthwise=True)
+    pred = predict_latency_ms(path, nano)
+    assert pred.extrapolated and pred.to_dict()["extrapolated"] is True
+    assert any("outside the calibration" in r for r in pred.to_dict()["extrapolation"])
+    calibrated = nano.calibration_for("tensorrt", "fp16")["interval"]
+    assert pred.high_ms > pred.total_ms * calibrated["high"] * 1.5
+    # A precision the profile has no calibration for, where another has one, says so.
+    fp32 = predict_latency_ms(path, nano, precision="fp32")
+    assert any("fp32 is not calibrated (only fp16)" in r for r in fp32.extrapolation)

@@ -540,22 +540,23 @@ def _calibrate_from_table(target: Target, path, *, precision: str | None, save: 
 
 
 def _with_progress(fn, description: str, enabled: bool):
+    """``fn()``, announced as a stage when ``enabled`` (the front end shows it; the library never prints)."""
     if not enabled:
         return fn()
-    from rich.console import Console
+    from edgekd import events
 
-    with Console(stderr=True).status(description):
+    with events.stage("calibration", description):
         return fn()
 
 
 def iter_progress(items, description: str, enabled: bool):
+    """The items, with ``progress`` events (task "calibration") when ``enabled``."""
     if not enabled:
         yield from items
         return
-    from rich.progress import Progress
+    from edgekd import events
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=len(items))
+    with events.progress("calibration", description, total=len(items)) as bar:
         for item in items:
             yield item
-            bar.advance(task)
+            bar.advance()

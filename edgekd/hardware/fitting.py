@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgekd.hardware.latency import (DISPATCH, Coefficients, datasheet_coefficients, features, fit_coefficients,
-                                    fit_scaled, fit_stats, target_graph_cost)
+from edgekd.hardware.latency import (COVERED_SHARE, DISPATCH, Coefficients, datasheet_coefficients, features,
+                                    fit_coefficients, fit_scaled, fit_stats, target_graph_cost)
 from edgekd.hardware.targets import Target
 from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval_from_ratios
 
@@ -116,7 +116,34 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
         interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
         stats["interval"] = interval.to_dict() if interval is not None else None
         stats["held_out"] = fit_stats(held, y)
+    stats["coverage"] = coverage(rows, coeffs.vector())
     pred = rows @ coeffs.vector()
     for r, ms, p in zip(table, y, pred):
         r["measured_ms"], r["fitted_ms"] = float(ms), float(p)
     return coeffs, stats, table
+
+
+def class_shares(row, theta) -> dict[str, float]:
+    """The share of a prediction (a design-matrix row times coefficients) each compute group takes."""
+    from edgekd.hardware.latency import COMPUTE_GROUPS, FIXED, TERMS, _class_offset
+
+    row, theta = np.asarray(row, dtype=np.float64), np.asarray(theta, dtype=np.float64)
+    total = float(row @ theta) or 1.0
+    shares = {}
+    for group, members in COMPUTE_GROUPS.items():
+        ms = sum(float(row[_class_offset(c) + j] * theta[_class_offset(c) + j]) for c in members for j in range(len(TERMS)))
+        if ms > 0:
+            shares[group] = ms / total
+    shares["per-inference"] = float(row[FIXED] * theta[FIXED]) / total
+    return shares
+
+
+def coverage(rows, theta) -> dict:
+    """What a calibration saw: its networks' MFLOPs range and the op classes that mattered in at least one."""
+    from edgekd.hardware.latency import KERNEL_CLASSES, _class_offset
+
+    rows = np.asarray(rows, dtype=np.float64)
+    mflops = [float(sum(row[_class_offset(c)] for c in KERNEL_CLASSES)) for row in rows]
+    seen = {g for row in rows for g, s in class_shares(row, theta).items() if s >= COVERED_SHARE}
+    return {"mflops": [min(mflops), max(mflops)] if mflops else None,
+            "classes": sorted(seen - {"per-inference"}), "n": int(len(rows))}

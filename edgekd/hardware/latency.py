@@ -38,6 +38,15 @@ TERMS = ("ms_per_mflop", "ms_per_mb", "ms_per_kernel")
 SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
               "conv_pointwise": "conv", "view": "data", "dwconv_fallback": "dwconv"}
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
+# A sub-class whose datasheet prior is its own efficiency figure in the profile, not its parent's
+# (see targets.EFFICIENCY_CLASSES): a 1x1 conv on a GPU is memory-bound where a dense conv is not.
+OWN_EFFICIENCY = {"conv_pointwise": "pointwise"}
+# The groups of kernel classes whose compute rate a few device measurements scale together (fit_scaled):
+# a code path and the sub-classes that only differ from it in layout. Each group is scaled only by the
+# measurements that exercise it, so a depthwise network's cost never follows dense convs' fitted rate.
+COMPUTE_GROUPS = {"conv": ("conv", "conv_nchw_input", "conv_fallback"), "pointwise": ("conv_pointwise",),
+                  "dwconv": ("dwconv", "dwconv_fallback"), "gemm": ("gemm",), "pool": ("pool", "avgpool_nchw"),
+                  "elementwise": ("elementwise",), "data": ("data", "reorder", "view")}
 # Design-matrix layout: per-class terms, then weights streamed from DRAM, then the per-inference constant,
 # then the sub-classes' terms (appended, so coefficient vectors written before them still read).
 STREAM, FIXED = len(OP_CLASSES) * len(TERMS), len(OP_CLASSES) * len(TERMS) + 1
@@ -75,7 +84,7 @@ def kernel_class(k: Kernel) -> str:
         return "conv_nchw_input"
     if k.op_type == "AveragePool" and layout == "nchw":
         return "avgpool_nchw"
-    if k.op_class == "conv" and layout == "nchwc" and list(k.geometry.get("kernel") or []) == [1, 1]:
+    if k.op_class == "conv" and layout in ("nchwc", None) and list(k.geometry.get("kernel") or []) == [1, 1]:
         return "conv_pointwise"
     return k.op_class
 
@@ -162,7 +171,9 @@ def datasheet_coefficients(target: Target, precision: str | None = None) -> Coef
                           f"use one of {', '.join(target.peak_gflops)}")
     peak = target.peak_gflops[precision]
     ms_per_mb = 1.0 / (target.memory_bandwidth_gbs * MEMORY_EFFICIENCY)  # 1 MB at 1 GB/s = 1 ms
-    classes = {c: {"ms_per_mflop": 1.0 / (peak * target.efficiency[SUBCLASSES.get(c, c)]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
+    eff = {c: target.efficiency.get(OWN_EFFICIENCY.get(c, ""), target.efficiency[SUBCLASSES.get(c, c)])
+           for c in KERNEL_CLASSES}
+    classes = {c: {"ms_per_mflop": 1.0 / (peak * eff[c]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
                    "ms_per_mb": ms_per_mb,
                    "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in KERNEL_CLASSES}
     return Coefficients(classes=classes, fixed_ms=target.inference_overhead_us / 1000.0, precision=precision,
@@ -177,6 +188,8 @@ class CoefficientChoice:
     coefficients: Coefficients
     label: str                       # "calibrated from 18 published measurements", "datasheet", ...
     interval: Interval | None
+    coverage: dict | None = None     # what the calibration saw (fitting.coverage); None for the datasheet
+    others: tuple[str, ...] = ()     # precisions calibrated on this runtime when this one is not
 
 
 def coefficients_for(target: Target, precision: str | None = None, runtime: str | None = None) -> CoefficientChoice:
@@ -196,13 +209,15 @@ def coefficients_for(target: Target, precision: str | None = None, runtime: str 
         if entry.get("runtime", runtime) != target.runtime:
             label += f" ({entry['runtime']})"
         return CoefficientChoice(Coefficients.from_dict(entry["coefficients"]), label,
-                                 Interval.from_dict(entry.get("interval")))
+                                 Interval.from_dict(entry.get("interval")),
+                                 entry.get("coverage") or (entry.get("fit") or {}).get("coverage"))
     label = "datasheet"
     if target.measured and runtime == target.runtime:
         label = "uncalibrated prior; run `edgekd profile --target host`"
     elif target.coefficients is not None:
         label = f"datasheet; the calibration is for {target.coefficients.get('precision')}"
-    return CoefficientChoice(datasheet_coefficients(target, precision), label, datasheet_interval())
+    others = tuple(p for p in target.precisions if p != precision and target.calibration_for(runtime, p) is not None)
+    return CoefficientChoice(datasheet_coefficients(target, precision), label, datasheet_interval(), others=others)
 
 
 def datasheet_interval() -> Interval | None:
@@ -438,18 +453,19 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
 
 
 def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float = 0.05) -> tuple[Coefficients, dict]:
-    """Fit four scale factors on the prior's compute, memory, per-kernel and per-inference terms.
+    """Fit scale factors on the prior's terms: each compute group's rate, memory, per-kernel, per-inference.
 
     With a handful of on-device measurements a per-class fit is underdetermined (19 unknowns), so
-    NNLS zeroes whole terms; scaling the datasheet terms keeps every class's relative cost and learns
-    how far the device is from its datasheet (e.g. "compute 2.3x slower, launches 1.4x dearer").
+    NNLS zeroes whole terms; scaling the datasheet terms learns how far the device is from its datasheet
+    (e.g. "dense convs 2.3x faster, launches 1.4x dearer"). A compute group no measurement exercises keeps
+    its own datasheet rate (its prior row alone decides its scale: 1), instead of another group's fit.
     """
     from scipy.optimize import nnls
 
     A = np.asarray(rows, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     theta0 = prior.vector()
-    groups = [np.array([_class_offset(c) + j for c in KERNEL_CLASSES]) for j in range(len(TERMS))] + [np.array([STREAM]), np.array([FIXED])]
+    groups = scaled_groups()
     G = np.stack([A[:, g] @ theta0[g] for g in groups], axis=1)  # each term's datasheet milliseconds
     Gw = np.vstack([G / y[:, None], prior_weight * np.eye(len(groups))])
     bw = np.concatenate([np.ones_like(y), np.full(len(groups), prior_weight)])
@@ -460,8 +476,22 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     coeffs = Coefficients.from_vector(theta, prior.precision, prior.channel_multiple, prior.cache_mb)
     stats = fit_stats(A @ theta, y)
     stats["method"] = "datasheet terms scaled"
-    stats["scales"] = {name: float(sc) for name, sc in zip(list(TERMS) + ["ms_per_streamed_mb", "fixed"], scales)}
+    stats["scales"] = {name: float(sc) for name, sc in zip(SCALED_GROUP_NAMES, scales)}
     return coeffs, stats
+
+
+# What fit_scaled scales: each compute group's rate on its own, the memory and per-kernel terms of
+# every class together (bandwidth and launch cost are properties of the device, not of a kernel
+# class), the streamed weights and the per-inference constant.
+SCALED_GROUP_NAMES = tuple(f"ms_per_mflop:{g}" for g in COMPUTE_GROUPS) + ("ms_per_mb", "ms_per_kernel",
+                                                                           "ms_per_streamed_mb", "fixed")
+
+
+def scaled_groups() -> list[np.ndarray]:
+    """Design-matrix columns of each scale factor fit_scaled fits, in SCALED_GROUP_NAMES order."""
+    compute = [np.array([_class_offset(c) for c in members]) for members in COMPUTE_GROUPS.values()]
+    shared = [np.array([_class_offset(c) + j for c in KERNEL_CLASSES]) for j in (1, 2)]
+    return compute + shared + [np.array([STREAM]), np.array([FIXED])]
 
 
 def fit_stats(predicted, measured) -> dict:
@@ -489,6 +519,12 @@ class Prediction:
     notes: list[str] = field(default_factory=list)
     streamed_ms: float = 0.0      # weights re-read from DRAM when the inference overflows the cache
     interval: Interval | None = None
+    # Why the prediction lies outside what its calibration saw (its interval is widened accordingly).
+    extrapolation: list[str] = field(default_factory=list)
+
+    @property
+    def extrapolated(self) -> bool:
+        return bool(self.extrapolation)
 
     @property
     def latency_source(self) -> str:
@@ -516,7 +552,8 @@ class Prediction:
                 "latency_source": self.latency_source, "fixed_ms": self.fixed_ms, "streamed_ms": self.streamed_ms,
                 "flops": self.flops,
                 "params": self.params, "memory_mb": self.memory_mb, "kernels": len(self.layers),
-                "layers": self.layers, "notes": self.notes}
+                "layers": self.layers, "notes": self.notes, "extrapolated": self.extrapolated,
+                "extrapolation": list(self.extrapolation)}
 
 
 def target_graph_cost(source, target: Target, precision: str | None = None, input_shape=None,
@@ -559,16 +596,64 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None, 
     if streamed > 0:
         notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so its weights stream from DRAM: "
                      f"+{streamed:.3g} ms")
-    if choice.interval is not None:
-        notes.append(f"uncertainty: {choice.interval.describe()}")
     total = float(sum(per) + streamed + coeffs.fixed_ms)
     if not (math.isfinite(total) and total >= 0):  # never report a negative, NaN or overflowed latency
         raise EdgeKDError(f"the latency model gives {total} ms on {target.name}: the model or the profile's "
                           f"figures are out of range", "check the input shape and the target profile's numbers")
+    reasons, interval = extrapolation(cost, per, total, choice, precision)
+    if reasons:
+        notes.append(f"extrapolated: {'; '.join(reasons)}")
+    if interval is not None:
+        notes.append(f"uncertainty: {interval.describe()}")
     return Prediction(total_ms=total, layers=layers, target=target.name,
                       runtime=runtime, precision=precision, calibration=choice.label, fixed_ms=coeffs.fixed_ms,
                       flops=cost.flops, params=cost.params, memory_mb=cost.memory_mb, notes=notes,
-                      streamed_ms=streamed, interval=choice.interval)
+                      streamed_ms=streamed, interval=interval, extrapolation=reasons)
+
+
+# Predictions within this factor of the calibration's FLOPs range count as inside it.
+FLOPS_SLACK = 2.0
+# A class "seen" by a calibration takes at least this share of some calibration network's predicted time.
+COVERED_SHARE = 0.05
+
+
+def extrapolation(cost: GraphCost, per: list[float], total: float, choice: CoefficientChoice,
+                  precision: str) -> tuple[list[str], Interval | None]:
+    """Where a prediction lies outside what its calibration saw, and its interval widened for it.
+
+    Op classes that take at least COVERED_SHARE of the prediction but of no calibration network carry
+    the datasheet's interval on their share; FLOPs beyond FLOPS_SLACK of the calibrated range widen it
+    by WIDENING_PER_DOUBLING per doubling; a precision with no calibration where others have one is said.
+    """
+    from edgekd.hardware.uncertainty import widen
+
+    reasons: list[str] = []
+    if choice.others:
+        reasons.append(f"{precision} is not calibrated (only {', '.join(choice.others)}): datasheet figures")
+    cov = choice.coverage
+    if not cov or not total:
+        return reasons, choice.interval
+    group_of = {c: g for g, members in COMPUTE_GROUPS.items() for c in members}
+    shares: dict[str, float] = {}
+    for k, ms in zip(cost.kernels, per):
+        g = group_of[kernel_class(k)]
+        shares[g] = shares.get(g, 0.0) + ms / total
+    unseen = {g: s for g, s in shares.items() if s >= COVERED_SHARE and g not in cov.get("classes", [])}
+    for g, s in sorted(unseen.items(), key=lambda kv: -kv[1]):
+        reasons.append(f"{g} kernels ({s:.0%} of the time) absent from the calibration")
+    factor = 1.0
+    if cov.get("mflops"):
+        lo, hi = cov["mflops"]
+        mflops = sum(work_flops(k, choice.coefficients.channel_multiple) for k in cost.kernels) / 1e6
+        factor = max(lo / max(mflops, 1e-9), mflops / max(hi, 1e-9), 1.0)
+        if factor > FLOPS_SLACK:
+            reasons.append(f"{mflops:.3g} MFLOPs, {factor:.0f}x outside the calibration's {lo:.3g}-{hi:.3g}")
+        else:
+            factor = 1.0
+    if not unseen and factor == 1.0:
+        return reasons, choice.interval
+    return reasons, widen(choice.interval, unseen_share=sum(unseen.values()), prior=datasheet_interval(),
+                          range_factor=factor, reasons=reasons)
 
 
 def predict_latency_ms(onnx_path_or_model, target: Target | str, input_shape=None, precision: str | None = None,

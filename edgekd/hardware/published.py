@@ -334,7 +334,8 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings)."""
-    from edgekd.hardware.fitting import cost_rows, fit_rows, held_out_interval
+    from edgekd.hardware.fitting import cost_rows, coverage, fit_rows, held_out_interval
+    from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
@@ -352,10 +353,11 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
     half_pred = {}
     for i, p in half["predictions"]:
         half_pred.setdefault(i, []).append(p)
-    datasheet = datasheet_predictions(target, rows)
+    datasheet = list(feats @ datasheet_coefficients(target, precision).vector())  # the graphs costed once
     fitted = feats @ coeffs.vector()
     return {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
             "coefficients": coeffs.to_dict(), "interval": interval.to_dict() if interval else None,
+            "coverage": coverage(feats, coeffs.vector()),
             "fit": {k: v for k, v in stats.items() if k in ("scales", "median_abs_pct_err", "within10", "within20")},
             "leave_one_out": error_stats(loo, y),
             "leave_half_out": {"splits": splits, **error_stats([p for _, p in half["predictions"]],
@@ -395,3 +397,42 @@ def write_shipped(table: MeasurementTable, result: dict) -> Path:
     path = _repo_targets_dir() / "calibrations" / f"{table.target}.json"
     atomic_write_json(path, result)
     return path
+
+
+# --- leave one source out: how a profile predicts a table it was not fitted on ---------------------
+
+def leave_one_source_out(table: MeasurementTable) -> list[dict]:
+    """Each source of each runtime/precision predicted by a fit on the table's other sources only.
+
+    The fit is the shipped one's (``fit_rows``, as ``calibrate_group``) on the other sources' rows when
+    they number at least MIN_ROWS; with fewer, the profile's datasheet predicts, as it would ship. One
+    record per measurement: the source left out, what predicted it, measured / predicted, and the share
+    of the prediction each op class (and the per-inference term) takes.
+    """
+    from edgekd.hardware.fitting import class_shares, cost_rows, fit_rows
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.targets import load_target
+
+    target = load_target(table.target)
+    out = []
+    for (runtime, precision), rows in table.groups().items():
+        feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                             precision=precision, runtime=runtime)
+        y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
+        for source in sorted({m.source for m in rows}):
+            test = [i for i, m in enumerate(rows) if m.source == source]
+            train = [i for i in range(len(rows)) if i not in test]
+            if len(train) >= MIN_ROWS:
+                coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05)[0]
+                how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
+            else:
+                coeffs, how = datasheet_coefficients(target, precision), "datasheet (no other source)"
+            theta = coeffs.vector()
+            for i in test:
+                predicted = float(feats[i] @ theta)
+                out.append({"target": table.target, "runtime": runtime, "precision": precision, "source": source,
+                            "model": rows[i].label, "measured_ms": float(y[i]), "predicted_ms": predicted,
+                            "ratio": float(y[i] / predicted), "predicted_by": how,
+                            "shares": class_shares(feats[i], theta)})
+    return out
+

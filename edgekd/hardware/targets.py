@@ -26,6 +26,11 @@ CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal"
 # Typical fraction of peak compute each kernel class reaches; a profile may override any of them.
 # Depthwise convolutions and pointwise ops are memory/latency bound, so their share of peak is low.
 DEFAULT_EFFICIENCY = {"conv": 0.5, "dwconv": 0.1, "gemm": 0.3, "pool": 0.1, "elementwise": 0.1, "data": 0.1}
+# Classes a profile may give its own efficiency beyond OP_CLASSES: 1x1 convs (the latency model's
+# conv_pointwise kernels). Without one they take the profile's conv figure, which is right on CPUs (a 1x1
+# conv is the same GEMM as a dense one) and wrong on GPUs, where a 1x1 conv reads each input once per
+# output and is bound by memory; GPU profiles therefore give it.
+EFFICIENCY_CLASSES = OP_CLASSES + ("pointwise",)
 
 
 def _is_number(v) -> bool:
@@ -139,10 +144,11 @@ def validate_profile(data: Any, where: str) -> dict:
         raise EdgeKDError(f"default precision {data['precision']!r} of {where} is not in its 'precisions'", "list it under precisions")
     eff = data.get("efficiency", {}) or {}
     if not isinstance(eff, dict):
-        raise EdgeKDError(f"'efficiency' in {where} must be a mapping op class: fraction", f"op classes: {', '.join(OP_CLASSES)}")
+        raise EdgeKDError(f"'efficiency' in {where} must be a mapping op class: fraction",
+                          f"op classes: {', '.join(EFFICIENCY_CLASSES)}")
     for c, v in eff.items():
-        if c not in OP_CLASSES:
-            raise _unknown_key(str(c), OP_CLASSES, f"{where} efficiency")
+        if c not in EFFICIENCY_CLASSES:
+            raise _unknown_key(str(c), EFFICIENCY_CLASSES, f"{where} efficiency")
         if not (_is_number(v) and 0 < v <= 1):
             raise EdgeKDError(f"'efficiency.{c}' in {where} must be a fraction in (0, 1]", "e.g. 0.5")
     cond = data["conditions"]
@@ -169,6 +175,7 @@ def validate_profile(data: Any, where: str) -> dict:
     out.setdefault("measured", False)
     out.setdefault("inference_overhead_us", 0.0)
     out["efficiency"] = {**DEFAULT_EFFICIENCY, **eff}
+    out["efficiency"].setdefault("pointwise", out["efficiency"]["conv"])
     return out
 
 

@@ -105,3 +105,31 @@ def error_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict:
     rel = np.abs(p / m - 1)
     return {"n": int(len(rel)), "within10": float(np.mean(rel <= 0.10)), "within20": float(np.mean(rel <= 0.20)),
             "median_abs_pct_err": float(np.median(rel) * 100)}
+
+
+# Each doubling of a network's FLOPs beyond the range a calibration saw widens its interval by this much
+# either way: the per-kernel and per-inference terms that dominate far below the range, and the
+# bandwidth and cache effects far above it, were fitted on networks where they mattered less.
+WIDENING_PER_DOUBLING = 0.1
+
+
+def widen(interval: Interval | None, *, unseen_share: float, prior: Interval | None, range_factor: float,
+          reasons: list[str]) -> Interval | None:
+    """An interval widened for a prediction outside what its calibration saw.
+
+    ``unseen_share`` of the prediction rests on op classes the calibration never exercised, so that
+    share carries the datasheet's own interval (``prior``); ``range_factor`` (>= 1) is how far the
+    network's FLOPs lie outside the calibration's range.
+    """
+    base = interval or prior
+    if base is None:
+        return None
+    low, high = base.low, base.high
+    if unseen_share > 0 and prior is not None:
+        low *= 1 - unseen_share * max(0.0, 1 - prior.low)
+        high *= 1 + unseen_share * max(0.0, prior.high - 1)
+    if range_factor > 1:
+        w = 1 + WIDENING_PER_DOUBLING * math.log2(range_factor)
+        low, high = low / w, high * w
+    return Interval(low=low, high=high, level=base.level, n=base.n,
+                    method=f"{base.method}; widened: {'; '.join(reasons)}")
