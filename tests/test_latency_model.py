@@ -182,3 +182,32 @@ def test_predictions_carry_the_flag_and_safe_judges_by_the_widened_upper_end(tmp
     # A precision the profile has no calibration for, where another has one, says so.
     fp32 = predict_latency_ms(path, nano, precision="fp32")
     assert any("fp32 is not calibrated (only fp16)" in r for r in fp32.extrapolation)
+
+
+def test_leave_one_source_out_predicts_each_source_from_the_others_only():
+    import numpy as np
+
+    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.published import leave_one_source_out, measurement_graph, parse_table
+    from edgekd.hardware.targets import load_target
+
+    src = {"url": "https://example.org/t", "where": "table 1", "runtime": "onnxruntime", "precision": "fp32", "threads": 4}
+    rows = [{"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": w, "num_classes": 10}, "input": f"1x3x{r}x{r}",
+             "latency_ms": ms, "source": "a"} for w, r, ms in ((0.25, 32, 0.4), (0.5, 32, 0.9), (0.25, 64, 1.3),
+                                                             (0.5, 64, 3.1))]
+    rows.append({"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": 0.75, "num_classes": 10},
+                 "input": "1x3x48x48", "latency_ms": 2.5, "source": "b"})
+    table = parse_table({"target": "raspberry-pi-4", "sources": {"a": src, "b": src}, "measurements": rows}, "t.yaml")
+    records = leave_one_source_out(table)
+    assert [r["source"] for r in records] == ["a"] * 4 + ["b"]
+    # "a" has only one other figure to learn from: the datasheet predicts it, as it would ship.
+    target = load_target("raspberry-pi-4")
+    feats, _ = cost_rows(target, [measurement_graph(m) for m in table.measurements[:1]], [[1, 3, 32, 32]],
+                         precision="fp32", runtime="onnxruntime")
+    assert records[0]["predicted_by"].startswith("datasheet")
+    assert records[0]["predicted_ms"] == pytest.approx(float(feats[0] @ datasheet_coefficients(target, "fp32").vector()))
+    assert records[4]["predicted_by"] == "fit on 4 rows of a"
+    for r in records:
+        assert r["ratio"] == pytest.approx(r["measured_ms"] / r["predicted_ms"])
+        assert sum(r["shares"].values()) == pytest.approx(1.0, abs=1e-6) and np.isfinite(r["predicted_ms"])
