@@ -318,3 +318,25 @@ def config_dir() -> Path:
 def cache_dir() -> Path:
     """User cache folder: teachers, exported graphs, decoded images (EDGEKD_CACHE_DIR overrides)."""
     return cache_root()
+
+
+# Leading bytes of files users hand edgekd by mistake, to say what a file is when it is not what was asked for.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"BM", "a BMP image"), (b"RIFF", "a RIFF file (WebP image or audio)"), (b"%PDF", "a PDF document"),
+          (b"\x1f\x8b", "a gzip archive"), (b"PK\x03\x04", "a ZIP archive"), (b"\x93NUMPY", "a NumPy .npy array"),
+          (b"\x80", "a Python pickle"), (b"{", "JSON text"), (b"[", "JSON text"))
+
+
+def what_file_is(path: str | os.PathLike) -> str | None:
+    """'a folder', 'an empty file', 'a PNG image'... for a file that turned out not to be what was asked for."""
+    path = Path(path)
+    if path.is_dir():
+        return "a folder"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)

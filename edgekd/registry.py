@@ -67,9 +67,10 @@ def suggest(name: str, choices, kind: str) -> str:
         known = f"{len(choices)} in all, nearest: {', '.join(close or choices[:5])}"
     else:
         known = ", ".join(choices) if choices else "none"
+    kinds = kind + ("es" if kind.endswith(("s", "x", "ch", "sh")) else "s")  # losses, not "losss"
     if close:
-        return f"did you mean {close[0]!r}? known {kind}s: {known}"
-    return f"known {kind}s: {known}"
+        return f"did you mean {close[0]!r}? known {kinds}: {known}"
+    return f"known {kinds}: {known}"
 
 
 def import_modules(package: str, path, *, prefix: str = "", first: tuple[str, ...] = (), skip=()) -> list[str]:

@@ -119,7 +119,9 @@ def test_imagefolder_train_val_test(tmp_path, packaged):
     # train/ may lack a class that val/ has only if train/ has the folder; give train/ all classes
     for label in set(y[16:30]) - set(y[:16]):
         (tmp_path / "train" / str(label)).mkdir(exist_ok=True)
-        Image.fromarray(x[0][0]).save(tmp_path / "train" / str(label) / "extra.png")
+        extra = x[0][0].copy()
+        extra[0, 0] = 1 + int(label)  # not a copy of x[0] under another label (refused as one image, two labels)
+        Image.fromarray(extra).save(tmp_path / "train" / str(label) / "extra.png")
     s = load_data(tmp_path, calib_size=4)
     assert len(s.val) == 6 and len(s.test) == 8
 
@@ -187,10 +189,9 @@ def test_unknown_layout(tmp_path):
 def test_mixed_image_sizes_are_resized(tmp_path):
     from PIL import Image
 
-    for split in ("train", "val"):
-        for c in ("a", "b"):
-            (tmp_path / split / c).mkdir(parents=True)
-            Image.new("L", (16, 16)).save(tmp_path / split / c / "0.png")
+    for k, (split, c) in enumerate((s, c) for s in ("train", "val") for c in ("a", "b")):
+        (tmp_path / split / c).mkdir(parents=True)
+        Image.new("L", (16, 16), k).save(tmp_path / split / c / "0.png")  # distinct: one image is in one place
     Image.new("L", (40, 16), 255).save(tmp_path / "train" / "b" / "1.png")
     s = load_data(tmp_path, workers=0, calib_size=2)
     assert s.input_shape == (1, 16, 16)
@@ -205,7 +206,8 @@ def test_unreadable_image_skipped_or_refused(tmp_path):
         for c in ("a", "b"):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(3):
-                Image.new("L", (16, 16)).save(tmp_path / split / c / f"{i}.png")
+                colour = len(list(tmp_path.rglob("*.png")))  # distinct: one image is in one place
+                Image.new("L", (16, 16), colour).save(tmp_path / split / c / f"{i}.png")
     (tmp_path / "train" / "a" / "bad.png").write_bytes(b"not a png")
     s = load_data(tmp_path, workers=0, calib_size=2)
     s.eval_images(s.train)

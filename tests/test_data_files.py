@@ -89,7 +89,7 @@ def test_default_size_and_grey(tmp_path):
     for c in CLASSES:
         (tmp_path / c).mkdir()
         for i in range(6):
-            Image.new("L", (40 + i, 30), 10 * i).save(tmp_path / c / f"{i}.png")
+            Image.new("L", (40 + i, 30), 10 * i + CLASSES.index(c)).save(tmp_path / c / f"{i}.png")
     s = load_data(tmp_path, workers=0, calib_size=4)
     assert s.input_shape == (1, 30, 30)  # median shorter side; every image grey -> one channel
     assert s.preprocessing.mean_source.startswith("train-sample")

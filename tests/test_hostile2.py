@@ -222,3 +222,79 @@ def test_an_edited_checkpoint_header_is_one_line(tmp_path, edit, words):
     assert code == 2 and len(line) < 400, line
     for word in words:
         assert word in line, line
+
+
+# --- messages that said the wrong thing ------------------------------------------------------------------
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("L", (16, 16), 7).save(path, format="PNG")
+    return path
+
+
+@pytest.mark.parametrize("name, words, not_words", [
+    ("picture.pth", ["is a PNG image, not PyTorch weights"], ["pickle"]),
+    ("picture.png", ["is a PNG image"], ["pickle"]),
+    ("folder", ["is a folder"], ["does not exist"]),
+])
+def test_what_is_not_weights_is_named_for_what_it_is(tmp_path, name, words, not_words):
+    from edgekd.errors import EdgeKDError
+    from edgekd.models.sources import read_state_dict
+
+    path = tmp_path / name
+    path.mkdir() if name == "folder" else _png(path)
+    with pytest.raises(EdgeKDError) as err:
+        read_state_dict(path, "--teacher-weights")
+    assert all(w in str(err.value) for w in words) and not any(w in str(err.value) for w in not_words), err.value
+    assert "--teacher-weights" in str(err.value)
+
+
+def test_a_png_named_npz_is_not_called_pickled(tmp_path):
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    with pytest.raises(EdgeKDError) as err:
+        load_data(_png(tmp_path / "data.npz"))
+    assert "is a PNG image, not an .npz file" in str(err.value) and "pickle" not in str(err.value)
+
+
+def test_calib_data_errors_name_calib_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("from torch import nn\n\ndef build():\n"
+                                     "    return nn.Sequential(nn.Flatten(), nn.Linear(16, 3))\n")
+    code, _, err = run_cli(capsys, "export", "--model", "net.py:build", "--calib-data", tmp_path / "nowhere", "--formats", "onnx",
+                           "--input", "1x1x4x4", "--out", tmp_path / "e")
+    line = one_line(code, err, 2, "--calib-data")
+    assert "--data " not in line
+
+
+def test_an_unknown_torchvision_teacher_is_named_not_asked_for_weights(tmp_path):
+    from edgekd.data import load_data
+    from edgekd.distill.teacher import load_user_teacher
+    from edgekd.errors import EdgeKDError
+
+    splits = load_data(None, calib_size=8)
+    with pytest.raises(EdgeKDError) as err:
+        load_user_teacher("torchvision:resnet1800", splits)
+    assert "unknown torchvision model 'resnet1800'" in str(err.value) and "resnet18" in str(err.value)
+    assert "weights" not in str(err.value)
+
+
+def test_unknown_loss_says_losses():
+    from edgekd.distill.losses import LOSSES
+    from edgekd.errors import EdgeKDError
+
+    with pytest.raises(EdgeKDError) as err:
+        LOSSES.get("kdd")
+    assert "known losses:" in str(err.value) and "losss" not in str(err.value)
+
+
+def test_the_runner_command_quotes_a_name_with_spaces(capsys, tmp_path, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "runner", "--out", tmp_path / "my runner.py")
+    assert code == 0, err
+    line = next(ln for ln in out.splitlines() if "on the device:" in ln)
+    assert shlex.split(line.split(":", 1)[1])[1] == "my runner.py"

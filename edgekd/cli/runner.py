@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -22,5 +23,7 @@ def command(out: Path, overwrite: bool) -> None:
 
     path = write_runner_script(out, overwrite=overwrite)
     click.echo(f"wrote {path}")
-    click.echo(f"on the device:  python3 {path.name} artifacts/*.onnx --device-name <target> --out results.json")
+    # Quoted: a name with spaces pasted into a shell as printed must still be one argument.
+    click.echo(f"on the device:  python3 {shlex.quote(path.name)} artifacts/*.onnx --device-name <target> "
+               "--out results.json")
     click.echo("back here:      edgekd ingest results.json RUN_DIR")

@@ -107,6 +107,7 @@ class DataSplits:
     workers: int = 0
     notes: list[str] = field(default_factory=list)         # one line each, printed before training
     split_options: dict = field(default_factory=dict)      # seed, fractions: how to rebuild these splits
+    deduped: dict = field(default_factory=dict)            # duplicate images dropped from the file lists
     bad: BadFiles = field(default_factory=BadFiles)
     cache_dir: Path | None = None
     progress: bool = False
@@ -200,6 +201,8 @@ class DataSplits:
         if self.kind == "files":
             d["bad_files"] = self.bad.describe()
             d["notes"] = list(self.notes)
+            if self.deduped:
+                d["deduped"] = dict(self.deduped)
         return d
 
     def file_lists(self) -> dict:
@@ -220,12 +223,12 @@ class _RowsView:
         return self.images.rows(key)
 
 
-def detect_format(path: Path) -> str:
+def detect_format(path: Path, option: str = "--data") -> str:
     for name, fmt in DATA_FORMATS.items():
         if fmt.detect(path):
             return name
     layouts = "; ".join(f"{n}: {f.description}" for n, f in DATA_FORMATS.items())
-    raise EdgeKDError(f"--data {path}: unknown data layout", f"expected one of: {layouts}")
+    raise EdgeKDError(f"{option} {path}: unknown data layout", f"expected one of: {layouts}")
 
 
 @dataclass(frozen=True)
@@ -252,7 +255,7 @@ def load_data(path: str | Path | None = None, *, val_fraction: float = 0.1, cali
               photo_augment: bool | None = None, crop_scale=None, flip: bool | None = None,
               preprocess: Preprocess | dict | None = None, request: PreprocessRequest | None = None,
               workers: int | None = None, strict: bool = False, cache_dir: str | Path | None = None,
-              progress: bool = False) -> DataSplits:
+              progress: bool = False, dedupe: bool = False, option: str = "--data") -> DataSplits:
     """Load a dataset and split it; ``None`` is the MNIST subset packaged with edgekd.
 
     Array data (IDX, .npz): val is carved from the training images unless the data ships its own;
@@ -265,7 +268,9 @@ def load_data(path: str | Path | None = None, *, val_fraction: float = 0.1, cali
     and the photo augmentation settings shape the :class:`Preprocess` recorded in the report;
     ``preprocess`` (a record from a report) reproduces a run's exactly. File data is decoded by
     ``workers`` loader processes (default: the machine's cores but one); ``strict`` refuses bad
-    files instead of skipping them.
+    files instead of skipping them. An image listed in two splits or under two labels (through a symlink,
+    a copy or a list) is refused unless ``dedupe`` drops it (``data.deduped`` in the report). ``option``
+    is the flag the path came from, for the messages (``--calib-data`` for export).
     """
     if not 0.0 < val_fraction < 1.0:
         raise EdgeKDError(f"val_fraction must be in (0, 1), got {val_fraction}", "use e.g. 0.1")
@@ -288,19 +293,24 @@ def load_data(path: str | Path | None = None, *, val_fraction: float = 0.1, cali
         fmt = "idx"
     else:
         root = Path(path).expanduser()
-        _check_readable(root)
+        _check_readable(root, option)
         source, name = str(root), root.stem if root.is_file() else root.name
-        fmt = data_format or detect_format(root)
+        fmt = data_format or detect_format(root, option)
     raw = DATA_FORMATS.get(fmt).load(root)
     split_options = {"seed": seed, "val_fraction": val_fraction, "calib_size": calib_size}
     if isinstance(raw, RawFiles):
+        from edgekd.data.files import settle_duplicates
         from edgekd.data.splitting import make_file_splits
 
+        raw = settle_duplicates(raw, dedupe=dedupe, where=str(root))
         split_options["test_fraction"] = test_fraction
+        if dedupe:
+            split_options["dedupe"] = True
         splits = make_file_splits(raw, name=name, source=source, split_options=split_options, where=str(root),
                                   request=request, preprocess=preprocess, strict=strict,
                                   workers=default_workers() if workers is None else workers,
                                   cache_dir=Path(cache_dir) if cache_dir else None, progress=progress)
+        splits.deduped = raw.deduped
     else:
         splits = make_splits(raw, name=name, source=source, val_fraction=val_fraction, calib_size=calib_size,
                              seed=seed, where=str(root), request=request, preprocess=preprocess)
@@ -314,7 +324,7 @@ def load_data_like(record: dict, **kw) -> DataSplits:
     preprocessing), so evaluation here sees exactly the pixels the run saw."""
     source = record.get("source")
     opts = {k: v for k, v in (record.get("split_options") or {}).items()
-            if k in ("seed", "val_fraction", "calib_size", "test_fraction")}
+            if k in ("seed", "val_fraction", "calib_size", "test_fraction", "dedupe")}
     pre = record.get("preprocess")
     return load_data(None if source in (None, PACKAGED_SOURCE) else source, preprocess=pre, **opts, **kw)
 
@@ -330,22 +340,22 @@ def _scale(value) -> tuple[float, float] | None:
     return v
 
 
-def _check_readable(root: Path) -> None:
+def _check_readable(root: Path, option: str = "--data") -> None:
     import os
 
     if not root.exists():
-        raise EdgeKDError(f"--data {root} does not exist", "check the path (an IDX folder, an ImageFolder tree or a .npz file)")
+        raise EdgeKDError(f"{option} {root} does not exist", "check the path (an IDX folder, an ImageFolder tree or a .npz file)")
     if not os.access(root, os.R_OK) or (root.is_dir() and not os.access(root, os.X_OK)):
-        raise EdgeKDError(f"--data {root} is not readable", "fix its permissions (chmod +r)")
+        raise EdgeKDError(f"{option} {root} is not readable", "fix its permissions (chmod +r)")
     if root.is_dir():
         try:
             empty = not any(root.iterdir())
         except OSError as err:
-            raise EdgeKDError(f"--data {root} cannot be listed ({err.strerror})", "fix its permissions") from None
+            raise EdgeKDError(f"{option} {root} cannot be listed ({err.strerror})", "fix its permissions") from None
         if empty:
-            raise EdgeKDError(f"--data {root} is an empty folder", "point --data at a folder holding the dataset files")
+            raise EdgeKDError(f"{option} {root} is an empty folder", f"point {option} at a folder holding the dataset files")
     elif root.stat().st_size == 0:
-        raise EdgeKDError(f"--data {root} is an empty file", "point --data at a non-empty .npz file")
+        raise EdgeKDError(f"{option} {root} is an empty file", f"point {option} at a non-empty .npz file")
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, split: str, where: str) -> None:

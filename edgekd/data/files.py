@@ -89,6 +89,10 @@ class RawFiles:
     classes: list[str]
     notes: list[str] = field(default_factory=list)   # one line each, printed before training
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why) left out at listing
+    deduped: dict = field(default_factory=dict)      # duplicates dropped by settle_duplicates (report: data.deduped)
+
+    def splits(self) -> dict[str, FileSet]:
+        return {n: s for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None}
 
 
 def _stat_files(root: Path, rel: list[str], labels: list[int], name: str, unreadable: list) -> FileSet:
@@ -126,9 +130,19 @@ def _class_dirs(split_dir: Path) -> list[Path]:
 
 
 def _walk_images(folder: Path) -> list[str]:
-    """Image files under ``folder`` (recursively, as torchvision's ImageFolder), sorted, relative to it."""
-    found = []
+    """Image files under ``folder`` (recursively, as torchvision's ImageFolder), sorted, relative to it.
+
+    Symlinks are followed, but each real folder is listed once: a link back up the tree (``cls/up -> ..``)
+    would otherwise be walked until the path is too long. What a link into another class or split brings in
+    is then found by :func:`settle_duplicates`.
+    """
+    found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         base = os.path.relpath(dirpath, folder)
         found += [os.path.normpath(os.path.join(base, f)) for f in filenames if _is_image(f)]
@@ -264,6 +278,138 @@ def read_file_list(path: Path) -> RawFiles:
     if missing:
         notes.append(f"{path.name}: class(es) {', '.join(missing[:SHOW_BAD])} have no training images: the student never sees them")
     return RawFiles(splits["train"], splits.get("val"), splits.get("test"), classes, notes, unreadable)
+
+
+# ---------------------------------------------------------------------------------------------
+# The same image listed twice: by a symlink, a hard link, a copy, or a list naming it twice
+
+_HEAD = 1 << 16  # bytes read from each end of a large file before its whole content is hashed
+
+
+def _digest(path: str, size: int, whole: bool) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if whole or size <= 2 * _HEAD:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        else:
+            h.update(fh.read(_HEAD))
+            fh.seek(-_HEAD, os.SEEK_END)
+            h.update(fh.read(_HEAD))
+    return h.hexdigest()
+
+
+def _grouped(keys: list, digest) -> list[list]:
+    out: dict[str, list] = {}
+    for key in keys:
+        try:
+            out.setdefault(digest(key), []).append(key)
+        except OSError:  # unreadable now: counted when it is decoded
+            continue
+    return [g for g in out.values() if len(g) > 1]
+
+
+def _same_content(paths: dict, sizes: dict) -> list[list]:
+    """Groups of file identities whose bytes are the same. Only files of equal size are read, a large one
+    first at both ends, and wholly only where those agree."""
+    by_size: dict[int, list] = {}
+    for key, size in sizes.items():
+        by_size.setdefault(size, []).append(key)
+    groups = []
+    for size, keys in by_size.items():
+        if len(keys) < 2:
+            continue
+        found = _grouped(keys, lambda k: _digest(paths[k], size, False))
+        if size > 2 * _HEAD:
+            found = [g for ks in found for g in _grouped(ks, lambda k: _digest(paths[k], size, True))]
+        groups += found
+    return groups
+
+
+def find_duplicates(raw: RawFiles) -> list[list[tuple[str, int]]]:
+    """Groups of (split, index) entries that are one image: the same file (through links) or the same bytes."""
+    by_file: dict[tuple[int, int], list[tuple[str, int]]] = {}
+    paths, sizes = {}, {}
+    for split, files in raw.splits().items():
+        for i in range(len(files)):
+            try:
+                st = os.stat(files.path(i))
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            by_file.setdefault(key, []).append((split, i))
+            paths.setdefault(key, files.path(i))
+            sizes.setdefault(key, st.st_size)
+    content = _same_content(paths, sizes)
+    in_content = {key for keys in content for key in keys}
+    groups = [entries for key, entries in by_file.items() if len(entries) > 1 and key not in in_content]
+    return groups + [[e for key in keys for e in by_file[key]] for keys in content]
+
+
+def settle_duplicates(raw: RawFiles, *, dedupe: bool, where: str) -> RawFiles:
+    """``raw`` with each image listed once. One image twice in one split under one label keeps one entry.
+    One image in two splits or under two labels is refused, naming it; with ``dedupe`` it is kept once
+    (see :func:`_keeper`) or, when its labels disagree, dropped wholly.
+    What was dropped is counted in ``deduped`` (the report's ``data.deduped``)."""
+    groups = sorted(find_duplicates(raw), key=lambda g: min((SPLIT_NAMES.index(s), i) for s, i in g))
+    if not groups:
+        return raw
+    splits = raw.splits()
+    counts = {"duplicate": 0, "split_conflict": 0, "label_conflict": 0}
+    drop: dict[str, set[int]] = {s: set() for s in splits}
+    examples = []
+    kinds = [_kind(group, splits) for group in groups]
+    conflicts = [g for g, kind in zip(groups, kinds) if kind != "duplicate"]
+    if conflicts and not dedupe:
+        first = conflicts[0]
+        raise EdgeKDError(f"{where}: one image is listed as "
+                          + " and as ".join(_place(raw, splits, s, i) for s, i in first[:3])
+                          + (f" (and {len(first) - 3} more)" if len(first) > 3 else "")
+                          + f"; {len(conflicts)} image(s) are in two splits or under two labels",
+                          "remove the links or copies that put them there, or pass --dedupe to drop them "
+                          "(counted in the report)")
+    for group, kind in zip(groups, kinds):
+        keep = _keeper(group, splits)
+        for s, i in group:
+            if (s, i) != keep:
+                drop[s].add(i)
+                counts[kind] += 1
+        if len(examples) < SHOW_BAD:
+            examples.append({"kind": kind, "files": [splits[s].paths[i] for s, i in group[:4]]})
+    kept = {s: files.subset(np.setdiff1d(np.arange(len(files)), sorted(drop[s])), s) for s, files in splits.items()}
+    dropped = sum(counts.values())
+    notes = raw.notes + [f"{dropped} duplicate image entr{'y' if dropped == 1 else 'ies'} dropped ("
+                         + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) + ")"]
+    if not len(kept["train"]):
+        raise EdgeKDError(f"{where}: no training image is left once duplicates are dropped",
+                          "remove the links or copies that list the same images twice")
+    return RawFiles(kept["train"], kept.get("val"), kept.get("test"), raw.classes, notes, raw.unreadable,
+                    {**counts, "dropped": dropped, "examples": examples})
+
+
+def _keeper(group: list[tuple[str, int]], splits: dict) -> tuple[str, int] | None:
+    """The entry of a group that stays: of the entries reached without a symlink (all, if none is), the one
+    in the most held-out split (test, then val), so no test image is trained on; none if their labels differ."""
+    def direct(entry):
+        files = splits[entry[0]]
+        rel = files.paths[entry[1]]
+        return os.path.realpath(files.path(entry[1])) == os.path.normpath(os.path.join(os.path.realpath(files.root), rel))
+
+    pool = [e for e in group if direct(e)] or group
+    if len({int(splits[s].y[i]) for s, i in pool}) > 1:
+        return None
+    return max(pool, key=lambda e: (SPLIT_NAMES.index(e[0]), -e[1]))
+
+
+def _kind(group: list[tuple[str, int]], splits: dict) -> str:
+    places = {(s, int(splits[s].y[i])) for s, i in group}
+    if len(places) == 1:
+        return "duplicate"
+    return "label_conflict" if len({label for _, label in places}) > 1 else "split_conflict"
+
+
+def _place(raw: RawFiles, splits: dict, split: str, i: int) -> str:
+    return f"{splits[split].paths[i]} ({split}, label {raw.classes[int(splits[split].y[i])]!r})"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,6 +172,13 @@ def _npz_mapped(path: Path, key: str) -> np.ndarray | None:
 def _load_npz(path: Path) -> RawData:
     import zipfile
 
+    from edgekd.fsutil import what_file_is
+
+    kind = what_file_is(path)
+    if kind != "a ZIP archive":
+        # np.load reads anything that is not a zip or .npy as a pickle, and says so when refusing it.
+        raise EdgeKDError(f"{path} is {kind or 'not an .npz (zip) file'}, not an .npz file",
+                          "save the arrays with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
     try:
         # allow_pickle=False: an .npz may come from anywhere, and object arrays unpickle arbitrary code.
         with np.load(path, allow_pickle=False) as npz:

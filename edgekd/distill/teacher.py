@@ -177,6 +177,9 @@ def load_user_teacher(source, splits: DataSplits, *, weights=None, device="cpu",
         model, spec, _ = _load(path)
         return _checked(model, spec, text, splits, device, {"format": "edgekd"}, None, image_size)
     if text.startswith(("torchvision:", "timm:")) and weights is None:
+        from edgekd.models.sources import check_source_name
+
+        check_source_name(text)  # a typo is named as one, not answered with a request for weights
         raise EdgeKDError(f"--teacher {text} needs --teacher-weights: edgekd downloads nothing, and a teacher with "
                           "random weights teaches nothing", "pass the trained weights, e.g. --teacher-weights resnet50_finetuned.pth")
     loaded = load_source_model(text, weights=weights, in_channels=splits.input_shape[0])

@@ -111,7 +111,7 @@ def _inputs(net, shape, calib_data, data_source, *, seed: int = 0, model_ref: st
             own = teacher_preprocess(model_ref) if model_ref else None
             if own and len(own["mean"]) == shape[0]:
                 size.update(mean=own["mean"], std=own["std"], crop_pct=own["crop_pct"])
-            splits = load_data(None if calib_data == "edgekd:mnist" else calib_data, **size)
+            splits = load_data(None if calib_data == "edgekd:mnist" else calib_data, **size, option="--calib-data")
         if tuple(splits.input_shape) != tuple(shape):
             raise EdgeKDError(f"the data's images are {'x'.join(map(str, splits.input_shape))} but the model takes "
                               f"{'x'.join(map(str, shape))}", "pass --input matching the data, or other --calib-data")

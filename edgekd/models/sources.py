@@ -27,9 +27,17 @@ def read_state_dict(path: str | Path, what: str = "weights") -> dict:
     """A state dict from .safetensors, or .pt/.pth read with ``torch.load(weights_only=True)``; a
     checkpoint dict holding ``state_dict``/``model``/``model_state_dict`` is unwrapped, and a
     ``module.`` prefix (DataParallel) removed."""
+    from edgekd.fsutil import what_file_is
+
     path = Path(path)
+    if path.is_dir():
+        raise EdgeKDError(f"{what} {path} is a folder, not a weights file", "pass the .pth/.pt/.safetensors file in it")
     if not path.is_file():
         raise EdgeKDError(f"{what} file {path} does not exist", f"check the {what} path")
+    kind = what_file_is(path)
+    if path.suffix != ".safetensors" and kind not in (None, "a ZIP archive", "a Python pickle"):
+        raise EdgeKDError(f"{what} {path.name} is {kind}, not PyTorch weights",
+                          "pass the file written by torch.save(model.state_dict(), path), or a .safetensors")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -103,15 +111,29 @@ def stem_key(model: nn.Module) -> str | None:
 # torchvision:NAME
 
 
+def check_source_name(text: str) -> None:
+    """An unknown ``torchvision:NAME`` or ``timm:NAME`` is named with the closest known names, before anything
+    else (weights, data) is asked for."""
+    scheme, _, name = str(text).partition(":")
+    if scheme == "torchvision":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if name not in known:
+            from edgekd.registry import suggest
+
+            raise EdgeKDError(f"unknown torchvision model {name!r}", suggest(name, known, "torchvision model"))
+    elif scheme == "timm":
+        from edgekd.models.timm_models import check_timm_name
+
+        check_timm_name(name)
+
+
 def torchvision_model(name: str, num_classes: int | None = None) -> nn.Module:
     """A torchvision classifier with random weights (nothing is downloaded; weights come from a file)."""
     import torchvision
 
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        from edgekd.registry import suggest
-
-        raise EdgeKDError(f"unknown torchvision model {name!r}", suggest(name, known, "torchvision model"))
+    check_source_name(f"torchvision:{name}")
     kwargs = {"num_classes": num_classes} if num_classes else {}
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
