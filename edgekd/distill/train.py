@@ -26,6 +26,7 @@ from edgekd.distill.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, Defer
 from edgekd.distill.evaluate import BatchMaker, amp_name, autocast_for, evaluate, predict_logits, resolve_device
 from edgekd.distill.features import FeatureTap, StagePairs, pair_stages
 from edgekd.distill.losses import CombinedLoss, ModelOutputs, build_loss
+from edgekd.distill.recipes import parameter_groups
 from edgekd.distill.trainconfig import MODES, OPTIMIZERS, SCHEDULES, EarlyStop, TrainConfig, TrainResult
 from edgekd.errors import EdgeKDError, first_line
 
@@ -259,7 +260,7 @@ def _set_up(student: nn.Module, teacher: nn.Module | None, splits: DataSplits, c
     student_net = _wrap(student, [s.name for s in pairs.student], ddp, device)
     teacher_net = _wrap(teacher, [t.name for t in pairs.teacher], ddp if online else Dist(), device) if teacher is not None else None
     trained = [student] + ([teacher] if online else [])
-    params = [p for m in trained + [loss_fn] for p in m.parameters() if p.requires_grad]
+    params = parameter_groups(trained + [loss_fn], cfg.weight_decay, cfg.decay_norm_and_bias)
     optimizer = OPTIMIZERS[cfg.optimizer](params, cfg)
     stopper = EarlyStop(cfg)
     scheduler = SCHEDULES[cfg.schedule](optimizer, cfg, cfg.epochs * steps, stopper)

@@ -29,6 +29,7 @@ class TrainConfig:
     lr: float = 1e-2
     weight_decay: float = 5e-4
     optimizer: str = "adamw"            # "adamw" | "sgd" (Nesterov, momentum 0.9)
+    decay_norm_and_bias: bool = True    # False: no weight decay on BN/LayerNorm tensors and biases (edgekd.distill.recipes)
     schedule: str = "onecycle"          # "onecycle" | "cosine" | "constant"
     loss: str = "kd"                    # a registered loss or a combination: "kd", "ce", "kd+at:0.5"
     temperature: float = 4.0
@@ -114,6 +115,8 @@ class TrainConfig:
         for name in ("mixup", "flip", "patience", "feature_pairs"):
             if getattr(self, name):
                 d[name] = getattr(self, name)
+        if not self.decay_norm_and_bias:  # added later, default True: present only when off
+            d["decay_norm_and_bias"] = False
         if self.patience and self.schedule == "plateau":
             d["lr_drops"] = self.lr_drops
         return d
