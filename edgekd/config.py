@@ -54,6 +54,8 @@ class DataConfig:
     crop_scale: tuple[float, ...] | None = opt(None, "Image files: area fraction of the random training crops, "
                                                      "MIN[,MAX] (default 0.08,1).")
     flip: bool | None = opt(None, "Image files: random horizontal flips in training (default: on, with the crops).")
+    dedupe: bool = opt(False, "Drop an image that would land in two splits or under two labels (by resolved path or "
+                              "content) instead of refusing the data; counted in the report.")
 
 
 @dataclass
@@ -105,16 +107,23 @@ class TrainSection:
     mixup: float = opt(0.0, "Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
     feature_pairs: str | None = opt(None, "Feature/attention loss pairs, e.g. student.features.6:teacher.layer2,... "
                                           "(default: paired by stride).")
-    dkd_alpha: float | None = opt(None, "DKD: weight of the target-class term (default 1).")
-    dkd_beta: float | None = opt(None, "DKD: weight of the non-target-class term (default 8).")
-    at_beta: float | None = opt(None, "Attention transfer: weight of the attention term (default 1000).")
-    rkd_distance: float | None = opt(None, "RKD: weight of the distance term (default 25).")
-    rkd_angle: float | None = opt(None, "RKD: weight of the angle term (default 50).")
+    dkd_alpha: float | None = opt(None, "DKD: weight of the target-class term (default 1).", loss=True)
+    dkd_beta: float | None = opt(None, "DKD: weight of the non-target-class term (default 8).", loss=True)
+    at_beta: float | None = opt(None, "Attention transfer: weight of the attention term (default 1000).", loss=True)
+    rkd_distance: float | None = opt(None, "RKD: weight of the distance term (default 25).", loss=True)
+    rkd_angle: float | None = opt(None, "RKD: weight of the angle term (default 50).", loss=True)
     tune: int = opt(0, "Search temperature, alpha, loss and learning rate with this many trials on the validation "
                        "split first (Optuna: pip install \"edgekd[tune]\").")
     tune_minutes: float = opt(30.0, "Time budget of the --tune search.")
+    tune_storage: str | None = opt(None, "Optuna storage URL of a shared --tune study (journal:///path.log, "
+                                         "sqlite:///path.db); default: a private journal in the run folder.")
+    tune_study: str | None = opt(None, "Name of the shared --tune study (default: from the data, student and "
+                                       "target).")
 
-    LOSS_OPTIONS = ("dkd_alpha", "dkd_beta", "at_beta", "rkd_distance", "rkd_angle")
+
+def loss_options() -> tuple[str, ...]:
+    """The TrainSection fields that are loss parameters (``loss=True``): passed to the loss by name."""
+    return tuple(f.name for f in fields(TrainSection) if f.metadata.get("loss"))
 
 
 @dataclass
@@ -258,7 +267,7 @@ class RunConfig:
             out["mixup"] = t.mixup
         if d.augment:
             out.update(augment=True, teacher_view="same" if d.consistent else "clean")
-        loss_opts = {k: getattr(t, k) for k in TrainSection.LOSS_OPTIONS if getattr(t, k) is not None}
+        loss_opts = {k: getattr(t, k) for k in loss_options() if getattr(t, k) is not None}
         if loss_opts:
             out["loss_opts"] = loss_opts
         return out
@@ -278,11 +287,25 @@ def all_keys() -> list[str]:
     return keys
 
 
+def flag_aliases() -> dict[str, str]:
+    """{flag name with underscores: option path} for options whose flag is not their field name."""
+    out = {}
+    for name, section in SECTIONS.items():
+        for f in fields(section):
+            flag = f.metadata.get("flag")
+            if flag:
+                out[flag.split("/")[0].lstrip("-").replace("-", "_")] = f"{name}.{f.name}"
+    return out
+
+
 def resolve_key(key: str, where: str = "option") -> str:
     """``epochs`` -> ``train.epochs``; a full path as is; an unknown key is an error naming the closest."""
     keys = all_keys()
     if key in keys:
         return key
+    aliases = flag_aliases()
+    if key in aliases:  # the flag's name: bench_seconds -> bench.seconds, student_weights -> student.weights
+        return aliases[key]
     matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
     if len(matches) == 1:
         return matches[0]
@@ -375,7 +398,7 @@ def _check_numbers(cfg: RunConfig) -> None:
                ("width", sel.width), ("max-drop", cfg.export.max_drop), ("bench-seconds", cfg.bench.seconds),
                ("mixup", t.mixup), ("tune-minutes", t.tune_minutes), *(("widths", w) for w in sel.widths or ()),
                *(("crop-scale", v) for v in d.crop_scale or ()), *((k.replace("_", "-"), getattr(t, k))
-                                                                   for k in TrainSection.LOSS_OPTIONS)]
+                                                                   for k in loss_options())]
     for flag, value in numbers:
         if not finite(value):  # NaN passes every "<= 0" test below
             _bad(flag, f"must be a finite number, got {value}", "see edgekd distill --help")

@@ -24,7 +24,23 @@ BASE_FORMATS = ("onnx", "ort-int8", "openvino-fp16", "openvino-int8")
 
 # stage name -> checks called as ``hook(run)`` after the stage (raise EdgeKDError to stop the run).
 # "teacher" runs before any folder is written; "train" after the student trained (its report not yet written).
-STAGE_HOOKS: dict[str, list[Callable[["Run"], None]]] = {"teacher": [], "worth": [], "train": [], "bench": []}
+def _hook(module: str, name: str) -> Callable[["Run"], None]:
+    """A stage hook imported when it runs (the checks import torch and friends only when needed)."""
+    def call(run: "Run") -> None:
+        import importlib
+
+        getattr(importlib.import_module(module), name)(run)
+
+    call.__name__ = name
+    return call
+
+
+STAGE_HOOKS: dict[str, list[Callable[["Run"], None]]] = {
+    "teacher": [_hook("edgekd.distill.sanity", "check_teacher")],  # a teacher near chance: refused before training
+    "worth": [],
+    "train": [_hook("edgekd.distill.sanity", "check_student")],    # a student that learned nothing: a failed run
+    "bench": [],
+}
 
 
 def default_formats(target) -> list[str]:
@@ -80,6 +96,7 @@ class Run:
     teacher_file: str = "teacher.safetensors"
     artifacts: list = field(default_factory=list)  # export: Artifact list
     report: dict = field(default_factory=dict)
+    student_sanity: dict | None = None  # train hook: the student's accuracy against chance
 
     @property
     def arch(self) -> str:
@@ -103,13 +120,12 @@ def distill(cfg: RunConfig, console=None, *, teacher_module=None, datasets=None)
 
 def run_stages(cfg: RunConfig, *, teacher_module=None, datasets=None) -> dict:
     """The stages in order; a failure after the run folder exists leaves a report saying which stage failed."""
-    import torch
-
     run = Run(cfg=cfg, device=resolve_device(cfg.device.train))
     run.given = {"teacher_module": teacher_module, "datasets": datasets}
     wall0 = time.perf_counter()
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
+    from edgekd.threads import configure
+
+    configure(cfg.device.threads)  # this job's share of the cores (or the explicit --threads)
     try:
         plan(run)
         _stage(run, "data", "Loading data", load_data_stage)
@@ -176,6 +192,7 @@ class _failure_report:
         try:
             write_unfinished_report(run.out, status="interrupted" if interrupted else "failed", stage=run.stage,
                                     error=message, config=run.config or run.cfg.to_dict(),
+                                    target=run.target.to_dict() if run.target is not None else None,
                                     hint=resume_hint(run.cfg) if interrupted else "")
         except OSError:
             pass  # the original error says more than a failure to record it
@@ -211,7 +228,7 @@ def load_data_stage(run: Run) -> None:
 
         d = cfg.data
         run.splits = load_data(d.path, seed=cfg.seed, request=data_request(cfg), workers=d.workers, strict=d.strict,
-                               progress=cfg.progress)
+                               progress=cfg.progress, dedupe=d.dedupe)
     splits = run.splits
     pre = splits.preprocessing
     events.info(f"  {splits.name}: {len(splits.train.y)} train / {len(splits.val.y)} val / "
@@ -312,8 +329,12 @@ def tune(run: Run) -> None:
     from edgekd.fsutil import atomic_write_json
 
     cfg = run.cfg
+    from edgekd.distill.tune import study_name_for
+
+    study = cfg.train.tune_study or study_name_for(run.splits, run.arch, run.target.name)
     result = tune_kd(student_spec(run), run.teacher, run.splits, run.train_cfg, n_trials=cfg.train.tune,
-                     minutes=cfg.train.tune_minutes, work_dir=run.out / "tune", resume=cfg.resume, log=events.info)
+                     minutes=cfg.train.tune_minutes, work_dir=run.out / "tune", resume=cfg.resume, log=events.info,
+                     storage=cfg.train.tune_storage, study_name=study)
     best = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best.items())
     events.info(f"  best of {len(result.trials)} trials: {best} (val {result.best_val_accuracy:.2%}); "
                 f"search {result.seconds:.0f} s")
@@ -387,6 +408,7 @@ def base_report(run: Run) -> dict:
                     "source": str(info.get("path")), "worth": run.worth.to_dict(),
                     **({"weights": info["weights"]} if info.get("weights") else {}),
                     **({"class": info["class"]} if info.get("class") else {}),
+                    **{k: info[k] for k in ("sanity", "input_size_choice") if k in info},
                     **{k: info[k] for k in TRAINING_KEYS if info.get(k) is not None}},
         "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
                     "image_size": int(run.splits.input_shape[-1]),
@@ -395,7 +417,8 @@ def base_report(run: Run) -> dict:
                     "path": "student.safetensors", "predicted_ms": chosen.predicted_ms,
                     "history": result.history, "train": run.train_cfg.result_dict(),
                     **({"init_weights": run.cfg.student.weights} if run.cfg.student.weights else {}),
-                    **({"teacher_cache": result.teacher_cache} if result.teacher_cache else {})},
+                    **({"teacher_cache": result.teacher_cache} if result.teacher_cache else {}),
+                    **({"sanity": run.student_sanity} if run.student_sanity else {})},
     }
     if run.tuning is not None:
         report["tuning"] = run.tuning

@@ -82,7 +82,7 @@ def remove_stale_temporaries(out: Path) -> None:
 
 
 def write_unfinished_report(out: Path, *, status: str, stage: str | None, error: str, config: dict | None,
-                            hint: str = "", command: str = "distill") -> Path:
+                            target: dict | None = None, hint: str = "", command: str = "distill") -> Path:
     """report.json of a run that stopped after its folder existed: which stage, and why (``gate`` and
     ``report`` explain it; a rerun of the same command replaces the folder)."""
     from edgekd.fsutil import atomic_write_json
@@ -91,6 +91,6 @@ def write_unfinished_report(out: Path, *, status: str, stage: str | None, error:
     report = {"schema_version": SCHEMA_VERSION, "edgekd_version": __version__,
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
               "status": status, "failed_stage": stage, "error": error, "hint": hint, "artifacts": [],
-              "config": config or {}}
+              "config": config or {}, "target": target or {"name": (config or {}).get("target")}}
     atomic_write_json(out / "report.json", report)
     return out / "report.json"

@@ -153,9 +153,9 @@ def command(ctx, **kw):
 
 def show_report(console, report: dict) -> None:
     """The finished run's tables and where its files are."""
-    from edgekd.report import render_terminal
+    from edgekd.cli.render import print_report
 
-    render_terminal(report, console=console, selection=False)
+    print_report(console, report, selection=False)
     seconds = report.get("timings_s") or {}
     out = (report.get("config") or {}).get("out")
     console.print(f"[bold green]Done in {seconds.get('total', 0):.1f} s.[/] Run folder: {out}  "

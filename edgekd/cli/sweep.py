@@ -20,15 +20,14 @@ SWEEP_OPTIONS = ("target", "out", "data.path", "teacher.spec", "teacher.weights"
 def command(ctx, widths, **kw):
     """Distil every width in --widths for TARGET and benchmark every artifact: the accuracy-latency
     frontier across widths and formats, in one report."""
-    from edgekd.cli.render import make_console, rendering
+    from edgekd.cli.render import make_console, print_report, rendering
     from edgekd.config import RunConfig
     from edgekd.pipeline import sweep
-    from edgekd.report import render_terminal
 
     cfg = resolve_config(ctx, kw)
     width_list = RunConfig().set("selection.widths", widths, where="--widths").selection.widths
     console = make_console()
     with rendering(console, progress=cfg.progress):
         merged = sweep(cfg, width_list)
-    render_terminal(merged, console=console, selection=False)
+    print_report(console, merged, selection=False)
     console.print(f"[bold green]Sweep of {len(width_list)} widths done.[/] Comparison: {', '.join(merged['files'])}")

@@ -1,0 +1,117 @@
+"""The Python API: edgekd.distill/gate with the user's own objects (a teacher nn.Module, torch Datasets)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import edgekd
+from edgekd import events
+
+
+def _mnist(mnist_arrays, n_train: int, n_test: int):
+    x_train, y_train, x_test, y_test = mnist_arrays
+    as_t = lambda x: torch.from_numpy(np.asarray(x[:, None] if x.ndim == 3 else x, np.float32) / 255.0)  # noqa: E731
+    train = TensorDataset(as_t(x_train[:n_train]), torch.from_numpy(y_train[:n_train].astype(np.int64)))
+    test = TensorDataset(as_t(x_test[:n_test]), torch.from_numpy(y_test[:n_test].astype(np.int64)))
+    return train, test
+
+
+def _train_teacher(train) -> nn.Module:
+    """A user's own teacher, trained in plain PyTorch."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
+    for _ in range(3):
+        for x, y in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def _accuracy(net, ds) -> float:
+    x, y = ds.tensors
+    return float((net(x).argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory, mnist_arrays):
+    train, test = _mnist(mnist_arrays, 2000, 300)
+    teacher = _train_teacher(train)
+    out = tmp_path_factory.mktemp("api") / "run"
+    rec = events.Recorder()
+    # The README "Python API" example, as written there (with a small budget for the test).
+    run = edgekd.distill(target="jetson-nano", teacher=teacher, data={"train": train, "test": test}, student="cnn",
+                         epochs=3, widths=(0.5,), formats=("onnx",), bench_seconds=0.05, out=out, verbose=False,
+                         callbacks=[rec])
+    result = edgekd.gate(run, max_size_mb=5, max_latency_ms=50)
+    return run, result, teacher, test, rec
+
+
+@pytest.mark.slow
+def test_readme_example_teacher_accuracy_is_the_users_own(api_run):
+    run, result, teacher, test, _ = api_run
+    assert run.report["status"] == "ok"
+    assert run.report["teacher"]["accuracy"] == pytest.approx(_accuracy(teacher, test), abs=1e-9)
+    assert result.passed and result.checks
+    assert run.recommended and run.artifacts
+    assert (run.out / "teacher.safetensors").is_file()
+    config = json.loads((run.out / "config.json").read_text())
+    assert config["train"]["epochs"] == 3 and config["selection"]["widths"] == [0.5]
+
+
+@pytest.mark.slow
+def test_the_student_is_a_pytorch_module_with_the_reported_accuracy(api_run, mnist_arrays):
+    run, *_ = api_run
+    student = run.student
+    assert isinstance(student, nn.Module)
+    assert 0.0 < run.report["student"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_callbacks_hear_the_stages_and_epochs(api_run):
+    *_, rec = api_run
+    stages = [e["stage"] for e in rec.of("stage_started")]
+    assert stages[:3] == ["data", "select", "teacher"] and "distill" in stages and "export" in stages
+    assert [e["epoch"] for e in rec.of("epoch_end")][-3:] == [1, 2, 3]
+
+
+def test_verbose_false_writes_nothing(capfd, tmp_path, mnist_arrays):
+    """A whole API run with verbose=False: nothing on stdout or stderr, from Python or from C++."""
+    train, test = _mnist(mnist_arrays, 200, 60)
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval()  # untrained: force= passes the chance check
+    run = edgekd.distill(target="host", teacher=teacher, data={"train": train, "test": test}, epochs=1,
+                         widths=(0.25,), formats=("onnx",), bench_seconds=0.05, out=tmp_path / "run", verbose=False,
+                         force=True)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    assert run.report["status"] == "ok"
+
+
+def test_overrides_are_checked_by_name():
+    with pytest.raises(edgekd.api.EdgeKDError, match="did you mean 'epochs'"):
+        edgekd.distill(epoch=3, verbose=False)
+    cfg, objects = edgekd.api.build_config(epochs=3, train={"alpha": 0.7}, student="mobilenet_v3_small")
+    assert (cfg.train.epochs, cfg.train.alpha, cfg.student.family, objects) == (3, 0.7, "mobilenet_v3_small", {})
+
+
+def test_a_student_factory_becomes_a_family():
+    def factory(width: float) -> nn.Module:
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, max(1, int(32 * width))), nn.ReLU(),
+                             nn.Linear(max(1, int(32 * width)), 10))
+
+    cfg, _ = edgekd.api.build_config(student=factory)
+    from edgekd.models import create
+
+    model = create(cfg.student.family, num_classes=10, in_channels=1, width=0.5)
+    assert model[1].out_features == 16

@@ -1,0 +1,77 @@
+"""The pipeline's stages: failure reports, rerunning a failed folder, the device loop's re-selection."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from edgekd.config import RunConfig
+from edgekd.errors import EdgeKDError
+
+
+def test_a_failed_run_folder_is_replaced_by_the_same_command(tmp_path):
+    """It used to need --overwrite: the folder held config.json and checkpoints but no report."""
+    from edgekd.rundir import prepare_out_dir, write_unfinished_report
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(EdgeKDError, match="already exists"):
+        prepare_out_dir(out, overwrite=False, resume=False)
+    write_unfinished_report(out, status="failed", stage="export", error="boom", config={"target": "host"})
+    assert prepare_out_dir(out, overwrite=False, resume=False) is True
+    report = json.loads((out / "report.json").read_text())
+    assert (report["status"], report["failed_stage"], report["error"]) == ("failed", "export", "boom")
+    from edgekd.report.schema import load_report
+
+    assert load_report(out / "report.json")["status"] == "failed"  # readable by gate and report
+
+
+@pytest.mark.slow
+def test_a_stage_that_fails_after_the_folder_exists_leaves_a_report(tmp_path, tiny_npz, monkeypatch):
+    from edgekd import pipeline
+
+    def fails(run):
+        raise EdgeKDError("the student check failed", "see the report")
+
+    monkeypatch.setitem(pipeline.STAGE_HOOKS, "train", [fails])
+    cfg = RunConfig(target="host", out=str(tmp_path / "run"), progress=False, force=True)
+    cfg.data.path = str(tiny_npz)
+    cfg.train.epochs = 1
+    cfg.selection.widths = (0.25,)
+    cfg.export.formats = ("onnx",)
+    with pytest.raises(EdgeKDError, match="the student check failed"):
+        pipeline.distill(cfg)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and report["failed_stage"] == "distill"
+    assert report["config"]["train"]["epochs"] == 1 and report["artifacts"] == []
+
+
+def test_the_device_loop_reselects_in_the_runs_family(monkeypatch):
+    """It re-selected among the cnn family's widths whatever --student said."""
+    from edgekd.devices import loop
+    from edgekd.models import search_widths
+
+    report = {"data": {"num_classes": 10, "input_shape": [3, 32, 32]}, "budget_ms": 1e9,
+              "student": {"arch": "mobilenet_v3_small", "depth": 1, "image_size": 32}}
+    cfg = RunConfig()
+    cfg.student.family = "mobilenet_v3_small"
+    cfg.selection.widths = (0.5, 0.75)
+    costed = []
+    import edgekd.hardware.select as select
+
+    def evaluate_candidate(arch, **kw):
+        costed.append((arch, kw["width"], kw["depth"], kw["resolution"]))
+        return SimpleNamespace(predicted_ms=kw["width"], latency_source="predicted:test")
+
+    monkeypatch.setattr(select, "evaluate_candidate", evaluate_candidate)
+    device = SimpleNamespace(name="loop", target="host")
+    rows, chosen = loop._reselect(report, cfg, device, {0.5: 0.4})
+    assert costed == [("mobilenet_v3_small", 0.75, 1, 32)]  # 0.5 was measured
+    assert [r["arch"] for r in rows] == ["mobilenet_v3_small"] * 2 and chosen["width"] == 0.75
+    cfg.selection.widths = None
+    costed.clear()
+    loop._reselect(report, cfg, device, {})
+    assert {w for _, w, _, _ in costed} == set(search_widths("mobilenet_v3_small"))
