@@ -388,6 +388,8 @@ def test_cli_exports_a_factory_model_with_labelled_data(tmp_path):
     assert rows["ort-int8"]["extra"]["accuracy_gate"]["validation_images"] == min(1000, val_size)
     assert report["data"]["splits"]["calib"]["size"] == 256 and "sha256" in report["data"]["splits"]["test"]
     assert (out / "report.md").is_file()
+    # the exporter's events, drawn by the command's renderer
+    assert "export [1/2] onnx ok" in proc.stdout and "export [2/2] ort-int8" in proc.stdout, proc.stdout
 
 
 @pytest.mark.slow
