@@ -131,9 +131,8 @@ def _front(callbacks, verbose: bool, progress: bool):
     if verbose:
         from edgekd.cli.render import RichRenderer
 
-        listeners.append(RichRenderer(progress=progress))
-        with events.listening(*listeners):
-            yield
+        with RichRenderer(progress=progress) as renderer, events.listening(*listeners, renderer):
+            yield  # leaving the block stops any live progress bar, also on an error
         return
     with events.listening(*listeners), quiet():
         yield

@@ -465,6 +465,10 @@ def _check_choices(cfg: RunConfig) -> None:
         from edgekd.distill.tune import _need_optuna
 
         _need_optuna()
+    if t.tune_storage:
+        from edgekd.distill.tune import check_storage
+
+        check_storage(t.tune_storage)  # a bad URL is refused before the run folder exists
     if cfg.bench.compare:
         from edgekd.bench.baselines import BASELINES
 

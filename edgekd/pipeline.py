@@ -331,7 +331,9 @@ def tune(run: Run) -> None:
     cfg = run.cfg
     from edgekd.distill.tune import study_name_for
 
-    study = cfg.train.tune_study or study_name_for(run.splits, run.arch, run.target.name)
+    # the width is part of the default name: a sweep's widths never share a study
+    study = cfg.train.tune_study or study_name_for(run.splits, f"{run.arch}-w{run.selection.chosen.width:g}",
+                                                   run.target.name)
     result = tune_kd(student_spec(run), run.teacher, run.splits, run.train_cfg, n_trials=cfg.train.tune,
                      minutes=cfg.train.tune_minutes, work_dir=run.out / "tune", resume=cfg.resume, log=events.info,
                      storage=cfg.train.tune_storage, study_name=study)

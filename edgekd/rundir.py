@@ -41,7 +41,7 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> bool:
     """Refuse to clobber a finished or foreign folder unless asked to; never half-create one early.
 
     Returns whether the folder is to be replaced: ``overwrite``, or a run there that failed (its report
-    says so), which the same command may simply run again.
+    says so), which the same command may simply run again. An interrupted run needs --resume or --overwrite.
     """
     if out.exists() and not out.is_dir():
         raise EdgeKDError(f"--out {out} exists and is not a folder", "choose another --out")
@@ -51,7 +51,7 @@ def prepare_out_dir(out: Path, *, overwrite: bool, resume: bool) -> bool:
             if not (out / "config.json").is_file():
                 raise EdgeKDError(f"--resume: {out} holds no edgekd run (config.json missing)",
                                   "point --out at the run folder to resume")
-        elif run_status(out) in UNFINISHED:
+        elif run_status(out) == "failed":  # an interrupted run keeps its checkpoints for --resume
             replace = True
         elif not overwrite:
             raise EdgeKDError(f"output folder {out} already exists and is not empty",
