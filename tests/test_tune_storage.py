@@ -95,3 +95,18 @@ def test_a_bad_storage_url_is_one_line_with_a_hint(url, words, tmp_path):
     if "sqlite" not in url:  # refused before anything is opened or written (what the run's checks call)
         with pytest.raises(EdgeKDError, match=words):
             check_storage(url)
+
+
+def test_the_cli_refuses_a_bad_tune_storage_before_writing_anything(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "EDGEKD_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "distill", "--target", "host", "--tune", "2",
+                           "--tune-storage", "journal:///no/such/folder/s.log", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no folder /no/such/folder" in proc.stdout + proc.stderr
+    assert not out.exists()
