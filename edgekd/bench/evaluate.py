@@ -94,7 +94,10 @@ def benchmark_artifacts(artifacts, *, run_dir: Path, teacher, student, splits, t
                     "target_latency_ms", "target_latency_source"):
             row.setdefault(key, None)
 
-    predictor = _TargetPredictor(target, {"teacher": teacher, "student": student}, input_shapes)
+    # A teacher kept as ONNX (given as .onnx, or a factory's module) is predicted from that file: its module
+    # may only call ONNX Runtime, which no exporter can trace.
+    teacher_model = run_dir / teacher_path if str(teacher_path).endswith(".onnx") else teacher
+    predictor = _TargetPredictor(target, {"teacher": teacher_model, "student": student}, input_shapes)
     for row in rows:
         if row.get("status") != "ok" or not row.get("path"):
             row.update(predictor.predict(row))  # a skipped TensorRT engine still has a target estimate

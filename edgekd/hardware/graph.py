@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ def op_rule(op_type: str) -> OpRule:
 
 
 def _elems(shape) -> int:
-    return int(np.prod(shape)) if shape else 0
+    return math.prod(int(d) for d in shape) if shape else 0
 
 
 def _conv_rule(node, in_shapes, out_shape) -> tuple[str, int, dict]:
@@ -257,7 +258,7 @@ def cached_onnx(arch: str, *, num_classes: int, input_shape, width: float = 1.0,
     """
     import torch
 
-    from edgekd import __version__
+    from edgekd.version import __version__
     from edgekd.hardware.targets import cache_dir
 
     shape = [int(s) for s in input_shape]
@@ -382,7 +383,7 @@ class _Fuser:
 
     def __init__(self, g, rules: FusionRules, esize: int):
         self.rules, self.esize = rules, esize
-        self.init_sizes = {i.name: int(np.prod(i.dims)) if len(i.dims) else 1 for i in g.initializer
+        self.init_sizes = {i.name: math.prod(i.dims) if len(i.dims) else 1 for i in g.initializer
                            if not (i.data_type in _INDEX_TYPES and len(i.dims) <= 1)}
         index_consts = {i.name for i in g.initializer if i.name not in self.init_sizes}
         self.shapes: dict[str, list[int]] = {}
@@ -396,7 +397,7 @@ class _Fuser:
             if n.op_type == "Constant":
                 t = _attr(n, "value")
                 if t is not None and hasattr(t, "dims") and not (t.data_type in _INDEX_TYPES and len(t.dims) <= 1):
-                    self.init_sizes[n.output[0]] = int(np.prod(t.dims)) if len(t.dims) else 1
+                    self.init_sizes[n.output[0]] = math.prod(t.dims) if len(t.dims) else 1
                     self.shapes[n.output[0]] = list(t.dims)
                 elif t is not None:
                     index_consts.add(n.output[0])
@@ -416,7 +417,7 @@ class _Fuser:
 
     def nbytes(self, t: str) -> int:
         s = self.shapes.get(t)
-        return int(np.prod(s)) * self.esize if s is not None else 0
+        return math.prod(s) * self.esize if s is not None else 0
 
     def add(self, node) -> None:
         op = node.op_type
@@ -454,7 +455,7 @@ class _Fuser:
         out_shape = self.shapes.get(out, [])
         w_elems = self._weight_elems(node)
         host.ops.append(node.op_type)
-        host.flops += int(op_rule(node.op_type).per_element * (int(np.prod(out_shape)) if out_shape else 0))
+        host.flops += int(op_rule(node.op_type).per_element * (math.prod(out_shape) if out_shape else 0))
         host.weight_bytes += w_elems * self.esize
         host.params += w_elems
         extra = [x for x in acts[1:] if x != first]

@@ -38,6 +38,13 @@ class Candidate:
     # The prediction interval (see edgekd.hardware.uncertainty); equal to predicted_ms when measured.
     predicted_low_ms: float | None = None
     predicted_high_ms: float | None = None
+    # Outside what the latency model's calibration saw (op classes, FLOPs range, precision): the interval is
+    # widened and the reasons listed (edgekd.hardware.latency.extrapolation).
+    extrapolated: bool = False
+    extrapolation: list = field(default_factory=list)
+    family: str = ""
+    precision: str = ""
+    accuracy_proxy: float | None = None   # see accuracy_proxy(): what ranks candidates across families
 
     @property
     def upper_ms(self) -> float:
@@ -59,26 +66,71 @@ class Selection:
     memory_budget_mb: float | None = None
     pareto: list[Candidate] = field(default_factory=list)
     safe: bool = False           # candidates were judged by the upper end of their prediction interval
+    # Across families and precisions (select_student): those searched, and the candidates no other beats on
+    # both latency and accuracy proxy, fastest first.
+    families: list[str] = field(default_factory=list)
+    precisions: list[str] = field(default_factory=list)
+    front: list[Candidate] = field(default_factory=list)
 
     @property
     def width(self) -> float:
         return self.chosen.width
 
+    @property
+    def family(self) -> str:
+        return self.chosen.family
+
     def to_dict(self) -> dict:
-        return {"width": self.chosen.width, "depth": self.chosen.depth, "resolution": self.chosen.resolution,
-                "image_size": self.chosen.image_size, "rule": RULE,
+        return {"family": self.chosen.family, "width": self.chosen.width, "depth": self.chosen.depth,
+                "resolution": self.chosen.resolution, "image_size": self.chosen.image_size, "rule": RULE,
                 "budget_ms": self.budget_ms, "memory_budget_mb": self.memory_budget_mb,
-                "latency_source": self.latency_source, "target": self.target, "precision": self.precision,
+                "latency_source": self.latency_source, "target": self.target,
+                "precision": self.chosen.precision or self.precision, "families": list(self.families),
+                "precisions": list(self.precisions),
                 "safe": self.safe, "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
-                "pareto": [c.to_dict() for c in self.pareto]}
+                "pareto": [c.to_dict() for c in self.pareto], "front": [c.to_dict() for c in self.front]}
 
 
-RULE = "most FLOPs among the candidates that fit, then the wider, then the faster"
+RULE = ("the highest accuracy proxy among the candidates that fit (within one family and precision: the most "
+        "FLOPs), then the wider, then the faster")
+
+# The accuracy proxy: a family's published ImageNet top-1 (FamilyTraits.reference) moved along its FLOPs,
+# ACCURACY_PER_DOUBLING points per doubling (MobileNetV2's width/resolution table in Sandler et al. 2018 and
+# MobileNetV3's in Howard et al. 2019 give 3-4), less the typical loss of post-training INT8 quantization.
+ACCURACY_PER_DOUBLING = 3.5
+PRECISION_COST = {"fp32": 0.0, "fp16": 0.0, "int8": 1.0}
+
+
+def accuracy_proxy(family: str, flops: int, precision: str = "fp32") -> float | None:
+    """Where ``family`` at ``flops`` FLOPs ranks across families: ImageNet-like top-1 points; None for a
+    family with no published reference (ranked after every family with one; by FLOPs among themselves)."""
+    from edgekd.models import family_traits
+
+    reference = family_traits(family).reference if family else None
+    if reference is None or flops <= 0:
+        return None
+    top1, gflops = reference
+    return float(top1 + ACCURACY_PER_DOUBLING * math.log2(flops / (gflops * 1e9)) - PRECISION_COST.get(precision, 0.0))
+
+
+def capability(c: Candidate) -> tuple:
+    """What :func:`choose` maximizes: see :data:`RULE`."""
+    known = c.accuracy_proxy is not None
+    return (known, c.accuracy_proxy if known else 0.0, c.flops, c.width, -c.predicted_ms)
 
 
 def choose(fitting: list[Candidate]) -> Candidate:
     """The candidate to train among those that fit: see :data:`RULE` and the module docstring."""
-    return max(fitting, key=lambda c: (c.flops, c.width, -c.predicted_ms))
+    return max(fitting, key=capability)
+
+
+def capability_front(cands: list[Candidate]) -> list[Candidate]:
+    """Candidates no other beats on both latency (lower) and :func:`capability` (higher), fastest first."""
+    front = []
+    for c in sorted(cands, key=lambda c: (c.predicted_ms, [-x for x in capability(c)[:3]])):
+        if not front or capability(c) > capability(front[-1]):
+            front.append(c)
+    return front
 
 
 def _latency_mode(target: Target, latency: str) -> str:
@@ -95,31 +147,60 @@ def _latency_mode(target: Target, latency: str) -> str:
 
 def evaluate_candidate(arch: str, *, target: Target, num_classes: int, input_shape, width: float, depth: int = 1,
                        resolution: int | None = None, precision: str | None = None, mode: str = "predicted",
-                       runtime: str | None = None) -> Candidate:
-    """Cost one configuration on ``target``: export (cached), cost the graph, predict or measure."""
-    from edgekd.models import count_params, create, create_kwargs
+                       runtime: str | None = None, costing: str = "auto") -> Candidate:
+    """Cost one configuration on ``target`` and predict (or measure) its latency.
 
+    ``costing="auto"`` traces a registered family without exporting it (``edgekd.hardware.fastcost``, the
+    same kernels as its ONNX graph) when the latency is predicted; ``"onnx"`` (and anything measured, or
+    costed as this machine's ONNX Runtime executes it, or a model edgekd cannot build) exports the graph.
+    """
     c, h, w = (int(s) for s in input_shape[-3:])
     if resolution is not None:
         h = w = int(resolution)
     shape = [1, c, h, w]
     precision = precision or target.precision
-    size_kw = create_kwargs(arch, shape)
-    path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth, **size_kw)
-    cost = target_graph_cost(path, target, precision, runtime=runtime)
-    params = count_params(create(arch, num_classes=num_classes, in_channels=c, width=width, depth=depth, **size_kw))
+    cost, params, path = _candidate_cost(arch, target=target, num_classes=num_classes, shape=shape, width=width,
+                                         depth=depth, precision=precision, mode=mode, runtime=runtime, costing=costing)
     if mode == "measured":
         from edgekd.hardware.measure import measure_onnx_ms
 
         ms = measure_onnx_ms(path, threads=target.threads, time_budget_s=0.4)["p50"]
-        source, (low, high) = f"measured:{target.name}", (ms, ms)
+        source, (low, high), reasons = f"measured:{target.name}", (ms, ms), []
     else:
         pred = predict_cost(cost, target, precision, runtime)
         ms, source = pred.total_ms, pred.latency_source
         low, high = pred.interval_ms or (None, None)
+        reasons = list(getattr(pred, "extrapolation", []))
     return Candidate(width=float(width), depth=depth, resolution=resolution, params=int(params),
                      flops=int(cost.flops), predicted_ms=float(ms), fits=True, memory_mb=float(cost.memory_mb),
-                     latency_source=source, image_size=h, predicted_low_ms=low, predicted_high_ms=high)
+                     latency_source=source, image_size=h, predicted_low_ms=low, predicted_high_ms=high,
+                     extrapolated=bool(reasons), extrapolation=reasons, family=arch, precision=precision,
+                     accuracy_proxy=accuracy_proxy(arch, int(cost.flops), precision))
+
+
+COSTINGS = ("auto", "onnx")
+
+
+def _candidate_cost(arch: str, *, target: Target, num_classes: int, shape: list[int], width: float, depth: float,
+                    precision: str, mode: str, runtime: str | None, costing: str):
+    """(GraphCost, params, ONNX path or None) of one candidate: traced when it can be, exported otherwise."""
+    from edgekd.models import count_params, create, create_kwargs, family_traits
+
+    if costing not in COSTINGS:
+        raise EdgeKDError(f"unknown costing {costing!r}", f"use one of {', '.join(COSTINGS)}")
+    on = runtime or target.runtime
+    executed = target.measured and on == "onnxruntime"   # ORT's own optimized graph: needs the real file
+    if costing == "auto" and mode == "predicted" and not executed and family_traits(arch).traceable:
+        from edgekd.hardware.fastcost import fast_cost
+
+        cost, params = fast_cost(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth,
+                                 runtime=on, precision=precision)
+        return cost, params, None
+    size_kw = create_kwargs(arch, shape)
+    path = cached_onnx(arch, num_classes=num_classes, input_shape=shape, width=width, depth=depth, **size_kw)
+    cost = target_graph_cost(path, target, precision, runtime=runtime)
+    params = count_params(create(arch, num_classes=num_classes, in_channels=shape[1], width=width, depth=depth, **size_kw))
+    return cost, params, path
 
 
 def judged_ms(cand: Candidate, safe: bool) -> float:
@@ -142,9 +223,10 @@ def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memor
     if judged_ms(fastest, safe) > budget_ms:
         figure = (f"{smallest.predicted_ms:.3g} ms, up to {smallest.upper_ms:.3g} ms at the upper end of its interval "
                   f"(--safe)" if safe else f"{smallest.predicted_ms:.3g} ms")
+        which = f"{smallest.family} " if smallest.family and len({c.family for c in cands}) > 1 else ""
         return EdgeKDError(
             f"no candidate fits the {budget_ms:g} ms budget on {target.name}: the smallest "
-            f"(width {smallest.width:g}, depth {smallest.depth}) is {verb} at {figure}",
+            f"({which}width {smallest.width:g}, depth {smallest.depth}) is {verb} at {figure}",
             f"raise --budget-ms to at least {judged_ms(fastest, safe) * 1.05:.3g} or choose a faster --target")
     lightest = min(cands, key=lambda c: c.memory_mb)
     return EdgeKDError(
@@ -209,40 +291,98 @@ def search(arch: str, *, target: Target | str, budget_ms: float | None, num_clas
            widths=None, depths=None, resolutions=None, memory_mb: float | None = None,
            precision: str | None = None, latency: str = "auto", progress: bool = False, safe: bool = False,
            runtime: str | None = None) -> Selection:
-    """Search width x depth x image size; :func:`choose` among the candidates within both budgets.
+    """Search one family's width x depth x image size at one precision: :func:`select_student` with ``[arch]``."""
+    return select_student([arch], target=target, budget_ms=budget_ms, num_classes=num_classes, input_shape=input_shape,
+                          widths=widths, depths=depths, image_sizes=resolutions, memory_mb=memory_mb,
+                          precisions=[precision] if precision else None, latency=latency, progress=progress,
+                          safe=safe, runtime=runtime)
 
-    Widths and depths default to the family's own candidates. Memory is weights + peak activations at
-    the target's precision, compared with ``memory_mb`` (default: the device's memory). ``safe`` judges
-    latency by the upper end of each candidate's prediction interval.
+
+def student_families(students) -> list[str]:
+    """``"auto"`` (or None): every registered family; ``"a,b"`` or a list: those (each checked by name)."""
+    from edgekd.models import families, family_traits
+
+    if students is None or students == "auto":
+        return [f for f in families() if family_traits(f).traceable]
+    names = [n.strip() for n in (students.split(",") if isinstance(students, str) else students) if n and n.strip()]
+    if not names:
+        raise EdgeKDError("no student family given", "pass --student auto or e.g. mobilenet_v2,resnet")
+    for name in names:
+        family_traits(name)   # an unknown name is refused here, with the closest known one
+    return list(dict.fromkeys(names))
+
+
+def select_student(families=None, *, target: Target | str, budget_ms: float | None = None, num_classes: int,
+                   input_shape, image_sizes=None, widths=None, depths=None, precisions=None,
+                   memory_mb: float | None = None, latency: str = "auto", safe: bool = False,
+                   runtime: str | None = None, progress: bool = False) -> Selection:
+    """Search every family in ``families`` (``"auto"``/None: all registered) over width x depth x image size
+    x precision and :func:`choose` the most capable candidate within the latency and memory budgets.
+
+    Widths and depths default to each family's own (given depths apply to families with a depth knob).
+    ``precisions`` default to the target's precision for one family and to every precision the target
+    runs fast (``Target.precisions``) for several. The Selection's ``front`` is the Pareto front across
+    all of them (latency against :func:`capability`), ``chosen.family`` the family to train.
     """
-    from edgekd.models import search_depths, search_widths
+    from edgekd.models import family_traits
 
     target = load_target(target) if not isinstance(target, Target) else target
+    names = student_families(families)
+    budget, memory = _budgets(target, budget_ms, memory_mb, num_classes)
+    precs = _precisions(precisions, target, len(names))
+    native = int(input_shape[-1])
+    sizes = _image_sizes(image_sizes, native)
+    mode = _latency_mode(target, latency)
+    grid = []
+    for name in names:
+        traits = family_traits(name)
+        fam_depths = depths if depths and (traits.has_depth_multiplier or len(names) == 1) else traits.depths
+        ws, ds = _grid_axes(widths or traits.widths, fam_depths)
+        grid += [(name, w, d, r, p) for p in precs for r in sizes for d in ds for w in ws]
+    cands = []
+    what = f"costing {len(grid)} candidates of {len(names)} families on {target.name}" if len(names) > 1 \
+        else f"searching {len(grid)} candidates on {target.name}"
+    for name, w, d, r, p in _progress(grid, what, progress):
+        cands.append(evaluate_candidate(name, target=target, num_classes=num_classes, input_shape=input_shape,
+                                        width=w, depth=d, resolution=None if r == native else r, precision=p,
+                                        mode=mode, runtime=runtime))
+    _judge(cands, budget, memory, safe)
+    fitting = [c for c in cands if c.fits]
+    if not fitting:
+        raise _unreachable(cands, budget, target, memory, safe)
+    return Selection(candidates=cands, chosen=choose(fitting), budget_ms=budget, latency_source=cands[0].latency_source,
+                     target=target.name, precision=precs[0] if len(precs) == 1 else target.precision,
+                     memory_budget_mb=memory, pareto=pareto_front(cands), safe=safe, families=names,
+                     precisions=precs, front=capability_front(cands))
+
+
+def _budgets(target: Target, budget_ms, memory_mb, num_classes) -> tuple[float, float]:
     budget = float(target.budget_ms if budget_ms is None else budget_ms)
     memory = float(target.memory_mb if memory_mb is None else memory_mb)
     if not (0 < budget < math.inf and 0 < memory < math.inf):
         raise EdgeKDError("latency and memory budgets must be positive", "pass positive --budget-ms and --memory-mb")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 1_000_000:
         raise EdgeKDError(f"the number of classes must be 1 to 1,000,000, got {num_classes}", "pass e.g. --num-classes 10")
-    widths = sorted({float(w) for w in (widths or search_widths(arch))})
-    depths = sorted({float(d) if float(d) != int(d) else int(d) for d in (depths or search_depths(arch))})
+    return budget, memory
+
+
+def _precisions(precisions, target: Target, n_families: int) -> list[str]:
+    from edgekd.hardware.graph import BYTES_PER_ELEMENT
+
+    if precisions:
+        precs = list(dict.fromkeys(str(p) for p in precisions))
+    else:
+        precs = list(target.precisions) if n_families > 1 else [target.precision]
+    unknown = [p for p in precs if p not in BYTES_PER_ELEMENT]
+    if unknown:
+        raise EdgeKDError(f"unknown precision {unknown[0]!r}", f"use {', '.join(BYTES_PER_ELEMENT)}")
+    return precs
+
+
+def _grid_axes(widths, depths) -> tuple[list[float], list]:
+    widths = sorted({float(w) for w in widths})
+    depths = sorted({float(d) if float(d) != int(d) else int(d) for d in depths})
     if not (widths and 0 < widths[0] and widths[-1] <= 64) or not (depths and 0 < depths[0] and depths[-1] <= 16):
         raise EdgeKDError(f"widths must be in (0, 64] and depths in (0, 16], got {widths} and {depths}",
                           "pass e.g. --widths 0.5,1,2 --depths 1,2")
-    native = int(input_shape[-1])
-    resolutions = _image_sizes(resolutions, native)
-    mode = _latency_mode(target, latency)
-    grid = [(w, d, r) for r in resolutions for d in depths for w in widths]
-    cands = []
-    for w, d, r in _progress(grid, f"searching {len(grid)} candidates on {target.name}", progress):
-        cands.append(evaluate_candidate(arch, target=target, num_classes=num_classes, input_shape=input_shape, width=w,
-                                        depth=d, resolution=None if r == native else r, precision=precision, mode=mode,
-                                        runtime=runtime))
-    _judge(cands, budget, memory, safe)
-    fitting = [c for c in cands if c.fits]
-    if not fitting:
-        raise _unreachable(cands, budget, target, memory, safe)
-    chosen = choose(fitting)
-    return Selection(candidates=cands, chosen=chosen, budget_ms=budget, latency_source=cands[0].latency_source,
-                     target=target.name, precision=precision or target.precision, memory_budget_mb=memory,
-                     pareto=pareto_front(cands), safe=safe)
+    return widths, depths

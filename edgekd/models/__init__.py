@@ -48,6 +48,7 @@ class FamilyTraits:
     feature_stages: bool = True
     default_input: tuple = (3, 224, 224)
     traceable: bool = False
+    reference: tuple | None = None
     recipe: str = "cnn"         # the training recipe it starts from (edgekd.distill.recipes.RECIPES)
 
     @property

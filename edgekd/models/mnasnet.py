@@ -9,7 +9,7 @@ from edgekd.models.adapt import adapt_stem
 from edgekd.models.mobilenet_v2 import _no_depth
 
 
-@family("mnasnet")
+@family("mnasnet", recipe="mobile", reference=(73.456, 0.31))
 def mnasnet(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
             image_size: int | None = None, dropout: float = 0.2) -> MNASNet:
     _no_depth("mnasnet", depth)

@@ -17,13 +17,13 @@ def _build(arch: str, num_classes, in_channels, width, depth, image_size, dropou
     return adapt_stem(model, in_channels, image_size)
 
 
-@family("mobilenet_v3_small")
+@family("mobilenet_v3_small", recipe="mobile", reference=(67.668, 0.06))
 def mobilenet_v3_small(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                        image_size: int | None = None, dropout: float = 0.2) -> MobileNetV3:
     return _build("mobilenet_v3_small", num_classes, in_channels, width, depth, image_size, dropout)
 
 
-@family("mobilenet_v3_large")
+@family("mobilenet_v3_large", recipe="mobile", reference=(75.274, 0.22))
 def mobilenet_v3_large(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                        image_size: int | None = None, dropout: float = 0.2) -> MobileNetV3:
     return _build("mobilenet_v3_large", num_classes, in_channels, width, depth, image_size, dropout)
