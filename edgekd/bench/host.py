@@ -126,17 +126,15 @@ class _TestSplit:
         return self._loaded
 
 
-def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
+def bench_run(run_dir: str | Path, opts: BenchOptions) -> dict:
     """Re-measure every artifact of a run on this machine; rows for other runtimes are added.
 
     The artifact's own runtime at batch 1 refreshes its ``latency_ms`` (source measured:host); other
     batch sizes go to ``extra.host_measurements``; another runtime on the same file becomes a row of its
     own named ``<artifact>@<runtime>``, with its accuracy measured on the run's test split. A failure is
-    recorded in its row and never stops the others.
+    recorded in its row and never stops the others. Each measurement is told as an event.
     """
     from edgekd.bench.env import collect_environment
-    from edgekd.bench.evaluate import accuracy_of
-    from edgekd.bench.runners import load_runner
     from edgekd.fsutil import run_lock
     from edgekd.report import load_report, write_reports
 
@@ -146,63 +144,20 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
     with run_lock(run_dir):
         report = load_report(run_dir)
         target = report.get("target") or {}
-        target_is_host = bool(target.get("measured")) or target.get("name") == "host"
-        shape = opts.input_shape or tuple((report.get("data") or {}).get("input_shape") or ()) or None
-        test = _TestSplit(report)
+        ctx = _RunBench(report, run_dir, opts, bool(target.get("measured")) or target.get("name") == "host",
+                        opts.input_shape or tuple((report.get("data") or {}).get("input_shape") or ()) or None)
         added: list[dict] = []
         for art in list(report["artifacts"]):
             if art.get("status") != "ok" or not art.get("path") or "@" in art["name"]:
                 continue
             path = run_dir / art["path"]
             own = art.get("runtime") or (readers_of(path) or [None])[0]
-            wanted = opts.runtimes or [own]
-            for runtime in wanted:
+            for runtime in opts.runtimes or [own]:
                 if runtime not in readers_of(path) and runtime != own:
                     continue
-                is_own = runtime == own
-                row = art if is_own else _runtime_row(report, art, runtime)
-                try:
-                    file_shape = shape or image_shape(path)
-                    if file_shape is None:
-                        raise EdgeKDError(f"cannot tell the input shape of {path.name}", "pass --input-shape C,H,W")
-                    results, versions = measure_file(path, runtime, opts.batches, file_shape, opts)
-                except Exception as err:  # one format's failure is its row's, not the command's
-                    # An old host figure would now sit beside another machine's environment: drop it.
-                    row.update(status="failed", reason=f"{runtime} on this machine: {first_line(err, 300)}",
-                               latency_ms=None, latency_source=None)
-                    _drop_stale_figures(row, path)
-                    _print(console, row, runtime, None, first_line(err, 300))
-                    if not is_own and row not in report["artifacts"]:
-                        added.append(row)
-                    continue
-                if not isinstance(row.get("extra"), dict):
-                    row["extra"] = {}
-                extra = row["extra"]
-                extra["host_measurements"] = [m for m in results if m["batch"] != 1 or m["status"] != "ok"]
-                extra["host_runtime_versions"] = versions
-                first = next((m for m in results if m["batch"] == 1 and m["status"] == "ok"), None)
-                if first is not None:
-                    _apply_host(row, first, target_is_host)
-                if not is_own:
-                    row["status"] = "ok"
-                    row["reason"] = None
-                    if opts.accuracy:
-                        data = test.get()
-                        if data is not None:
-                            runner = load_runner(path, threads=opts.threads, runtime=runtime)
-                            row["accuracy"] = accuracy_of(runner.run, *data)
-                            ref = next((a.get("accuracy") for a in report["artifacts"]
-                                        if a.get("role", "student") == row.get("role", "student")
-                                        and a.get("format") == "pytorch" and a.get("status") == "ok"), None)
-                            if ref is not None and row.get("role", "student") == "student":
-                                row["accuracy_drop"] = round(ref - row["accuracy"], 6)
-                        else:
-                            row["accuracy"] = None
-                            extra["accuracy_note"] = f"not measured: {test.error}"
-                    if row not in report["artifacts"]:
-                        added.append(row)
-                for m in results:
-                    _print(console, row, runtime, m, None)
+                row = art if runtime == own else _runtime_row(report, art, runtime)
+                if ctx.measure(row, path, runtime, runtime == own) and row not in report["artifacts"] + added:
+                    added.append(row)
         report["artifacts"].extend(added)
         _rechoose_recommendation(report)
         report["environment"] = collect_environment(threads=opts.threads)
@@ -211,6 +166,61 @@ def bench_run(run_dir: str | Path, opts: BenchOptions, *, console=None) -> dict:
         report.setdefault("timings_s", {})["bench"] = round(time.perf_counter() - t0, 2)
         write_reports(run_dir, report)
     return report
+
+
+class _RunBench:
+    """What measuring one row of a run needs: the report, options, input shape and the test split."""
+
+    def __init__(self, report: dict, run_dir: Path, opts: BenchOptions, target_is_host: bool, shape):
+        self.report, self.run_dir, self.opts = report, run_dir, opts
+        self.target_is_host, self.shape = target_is_host, shape
+        self.test = _TestSplit(report)
+
+    def measure(self, row: dict, path: Path, runtime: str, is_own: bool) -> bool:
+        """Measure ``row`` (``path`` under ``runtime``) in place; True when it is a new row to add."""
+        try:
+            file_shape = self.shape or image_shape(path)
+            if file_shape is None:
+                raise EdgeKDError(f"cannot tell the input shape of {path.name}", "pass --input-shape C,H,W")
+            results, versions = measure_file(path, runtime, self.opts.batches, file_shape, self.opts)
+        except Exception as err:  # one format's failure is its row's, not the command's
+            # An old host figure would now sit beside another machine's environment: drop it.
+            row.update(status="failed", reason=f"{runtime} on this machine: {first_line(err, 300)}",
+                       latency_ms=None, latency_source=None)
+            _drop_stale_figures(row, path)
+            _tell(row, runtime, None, first_line(err, 300))
+            return not is_own
+        if not isinstance(row.get("extra"), dict):
+            row["extra"] = {}
+        row["extra"]["host_measurements"] = [m for m in results if m["batch"] != 1 or m["status"] != "ok"]
+        row["extra"]["host_runtime_versions"] = versions
+        first = next((m for m in results if m["batch"] == 1 and m["status"] == "ok"), None)
+        if first is not None:
+            _apply_host(row, first, self.target_is_host)
+        if not is_own:
+            row.update(status="ok", reason=None)
+            if self.opts.accuracy:
+                self._accuracy(row, path, runtime)
+        for m in results:
+            _tell(row, runtime, m, None)
+        return not is_own
+
+    def _accuracy(self, row: dict, path: Path, runtime: str) -> None:
+        from edgekd.bench.evaluate import accuracy_of
+        from edgekd.bench.runners import load_runner
+
+        data = self.test.get()
+        if data is None:
+            row["accuracy"] = None
+            row["extra"]["accuracy_note"] = f"not measured: {self.test.error}"
+            return
+        runner = load_runner(path, threads=self.opts.threads, runtime=runtime)
+        row["accuracy"] = accuracy_of(runner.run, *data)
+        ref = next((a.get("accuracy") for a in self.report["artifacts"]
+                    if a.get("role", "student") == row.get("role", "student")
+                    and a.get("format") == "pytorch" and a.get("status") == "ok"), None)
+        if ref is not None and row.get("role", "student") == "student":
+            row["accuracy_drop"] = round(ref - row["accuracy"], 6)
 
 
 def _drop_stale_figures(row: dict, path: Path) -> None:
@@ -258,7 +268,7 @@ def _runtime_row(report: dict, art: dict, runtime: str) -> dict:
     return row
 
 
-def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions, *, console=None,
+def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions, *,
                 overwrite: bool = False) -> dict:
     """Measure model files that belong to no run: a new report in ``out_dir`` with one row per
     (file, runtime); batch sizes other than 1 under ``extra.host_measurements``.
@@ -308,10 +318,10 @@ def bench_files(files: list[str | Path], out_dir: str | Path, opts: BenchOptions
                 elif first is not None:
                     row["extra"]["note"] = "batch 1 not measured: the p50 column is empty, see host_measurements"
                 for m in results:
-                    _print(console, row, runtime, m, None)
+                    _tell(row, runtime, m, None)
             except Exception as err:
                 row.update(status="failed", reason=first_line(err, 300))
-                _print(console, row, runtime, None, row["reason"])
+                _tell(row, runtime, None, row["reason"])
             report["artifacts"].append(row)
     report["environment"] = collect_environment(threads=opts.threads)
     report["timings_s"] = {"bench": round(time.perf_counter() - t0, 2)}
@@ -330,17 +340,20 @@ def _file_row(path: Path, runtime: str, *, name: str | None = None, status: str 
     }
 
 
-def _print(console, row: dict, runtime: str, m: dict | None, error: str | None) -> None:
-    if console is None:
-        return
+def _tell(row: dict, runtime: str, m: dict | None, error: str | None) -> None:
+    """One measurement (or its failure) as an ``artifact_measured`` event; the CLI prints its line."""
+    from edgekd import events
+
     label = f"{row.get('role', '')} {row['name']}".strip()
+    data = {"name": row["name"], "role": row.get("role"), "format": row.get("format"), "path": row.get("path"),
+            "runtime": runtime}
     if error is not None:
-        console.print(f"  {label:32s} {runtime:12s} [red]failed[/]: {error}", highlight=False)
+        events.emit("artifact_measured", f"  {label:32s} {runtime:12s} failed: {error}", status="failed", **data)
     elif m["status"] != "ok":
-        color = "yellow" if m["status"] == "skipped" else "red"
-        console.print(f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} [{color}]{m['status']}[/]: {m['reason']}",
-                      highlight=False)
+        events.emit("artifact_measured", f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} {m['status']}: {m['reason']}",
+                    status=m["status"], batch=m["batch"], **data)
     else:
         lat = m["latency_ms"]
-        console.print(f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} p50 {lat['p50']:.4f} ms  "
-                      f"p90 {lat['p90']:.4f} ms  {m['throughput']:,.0f} img/s", highlight=False)
+        events.emit("artifact_measured", f"  {label:32s} {runtime:12s} batch {m['batch']:<3d} p50 {lat['p50']:.4f} ms  "
+                    f"p90 {lat['p90']:.4f} ms  {m['throughput']:,.0f} img/s", status="ok", batch=m["batch"],
+                    p50_ms=lat["p50"], method=m.get("method"), **data)

@@ -66,12 +66,12 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
             raise EdgeKDError("--out is for model files: `edgekd bench RUN_DIR` updates the run's own report",
                               "drop --out, or copy the run folder first")
         with rendering(console):
-            report = bench_run(dirs[0], opts, console=console)
+            report = bench_run(dirs[0], opts)
         where = dirs[0]
     else:
         where = out or Path("edgekd-runs") / f"bench-{datetime.now():%Y%m%d-%H%M%S}"
         with rendering(console):
-            report = bench_files(list(paths), where, opts, console=console, overwrite=overwrite)
+            report = bench_files(list(paths), where, opts, overwrite=overwrite)
     print_report(console, report, selection=False)
     console.print(f"[green]wrote[/green] {where}/report.json, report.md, report.html", highlight=False)
 

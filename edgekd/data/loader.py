@@ -150,6 +150,19 @@ class BadFiles:
 # ---------------------------------------------------------------------------------------------
 # Evaluation views: uint8 images of one split at one size, with the labels of those that decoded
 
+# A CNN's activations grow with the pixels of a batch, not with its number of images: the batch of 512
+# that suits 28 px digits, given to a teacher at 224 px, holds several GB of first-layer activations
+# (this was the peak of a photo run). Evaluation batches are capped at this many pixels per channel:
+# 64 images at 224 px, all 512 at 64 px and below.
+EVAL_BATCH_PIXELS = 64 * 224 * 224
+
+
+def eval_batch_size(batch_size: int, shape) -> int:
+    """``batch_size`` capped so that a batch of images of ``shape`` (..., H, W) holds at most EVAL_BATCH_PIXELS."""
+    pixels = int(shape[-1]) * int(shape[-2])
+    return max(1, min(int(batch_size), EVAL_BATCH_PIXELS // max(1, pixels)))
+
+
 
 class EvalImages:
     """uint8 (N, C, S, S) evaluation views of one split and the labels ``y`` of those N images."""
@@ -164,6 +177,8 @@ class EvalImages:
         raise NotImplementedError
 
     def batches(self, batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Consecutive batches of at most ``batch_size`` images and at most EVAL_BATCH_PIXELS pixels."""
+        batch_size = eval_batch_size(batch_size, self.shape)
         for i in range(0, len(self), batch_size):
             yield i, self.uint8(i, min(i + batch_size, len(self)))
 
@@ -255,15 +270,14 @@ def _read_decoded(data: Path, meta_path: Path, files: FileSet, bad: BadFiles) ->
 
 @contextlib.contextmanager
 def _progress(enabled: bool, what: str, total: int):
+    """A ``progress`` event per batch decoded (front ends draw the bar); nothing when not ``enabled``."""
     if not enabled:
         yield lambda: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from edgekd import events
 
-    with Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  transient=True) as bar:
-        task = bar.add_task(what, total=total)
-        yield lambda: bar.advance(task)
+    with events.progress("decode", what, total=total) as bar:
+        yield bar.advance
 
 
 class NormalizedImages:
