@@ -298,3 +298,44 @@ def test_the_runner_command_quotes_a_name_with_spaces(capsys, tmp_path, monkeypa
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if "on the device:" in ln)
     assert shlex.split(line.split(":", 1)[1])[1] == "my runner.py"
+
+
+# --- exit 3 -> 2: folders, nested files, profiling nothing ------------------------------------------------
+
+@pytest.mark.parametrize("given_stats", [False, True])
+def test_a_folder_where_no_image_opens_is_one_line(tmp_path, given_stats):
+    from edgekd.data import load_data
+    from edgekd.errors import EdgeKDError
+
+    rng = __import__("numpy").random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        for i in range(6):
+            (tmp_path / c / f"{i}.png").write_bytes(rng.bytes(100 + i))
+    # With --mean/--std (or a teacher's) nothing measured the pixels, and training met zero images.
+    stats = {"mean": "0.5", "std": "0.25"} if given_stats else {}
+    with pytest.raises(EdgeKDError, match="sampled training images"):
+        load_data(tmp_path, workers=0, calib_size=2, **stats)
+
+
+def _nested(path: Path, text: str = "[" * 10_000 + "]" * 10_000) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_deep_measurement_yaml_and_device_list_are_one_line(capsys, run, monkeypatch, tmp_path):
+    code, _, err = run_cli(capsys, "calibrate", "--target", "jetson-nano", "--measurements",
+                           _nested(tmp_path / "deep.yaml"))
+    one_line(code, err, 2, "nested too deeply")
+    config = tmp_path / "config"
+    config.mkdir()
+    monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(config))
+    _nested(config / "devices.json", '{"version": 1, "devices": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    code, _, err = run_cli(capsys, "devices", "list")
+    one_line(code, err, 2, "device list", "unreadable")
+
+
+def test_profile_with_every_probe_skipped_is_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp_path))
+    code, _, err = run_cli(capsys, "profile", "--count", "4", "--max-mflops", "0.000001")
+    one_line(code, err, 2, "only 0 of the 4 probe networks", "--max-mflops")

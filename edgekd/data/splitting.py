@@ -84,6 +84,9 @@ def file_preprocess(train: FileSet, request, *, seed: int, workers: int, progres
     rng = np.random.default_rng([seed, 2])
     sample = rng.permutation(len(train))[:HEADER_SAMPLE]
     modes, sides = _headers(train, sample)
+    if len(sample) and not sides:  # with --mean/--std given nothing else would look at a pixel before training
+        raise EdgeKDError(f"none of {len(sample)} sampled training images is an image Pillow can open "
+                          f"(first {train.path(int(sample[0]))})", "check that the folder holds JPEG/PNG/WebP/BMP images")
     # The normalisation a teacher (or the user) gives says how many channels the models take.
     channels = request.channels or (len(request.mean) if request.mean is not None else
                                     1 if modes and modes <= _GREY_MODES else 3)

@@ -362,6 +362,9 @@ def profile_host(target: str | Target = "host", *, count: int = 60, seed: int = 
                           "set runtime: onnxruntime in the host profile")
     probes = _with_progress(lambda: affordable_probes(count, seed, target.runtime, max_mflops),
                             "exporting probe networks", progress)
+    if len(probes) < 4:  # too few networks to fit anything: refused before minutes of timing
+        raise EdgeKDError(f"only {len(probes)} of the {count} probe networks are under --max-mflops {max_mflops:g}; "
+                          "the fit needs at least 4", "raise --max-mflops (default 600)")
     paths = [path for _, path in probes]
     shapes = [[1, spec["in_channels"], spec["resolution"], spec["resolution"]] for spec, _ in probes]
     ms = measure_many(paths, threads=target.threads, passes=passes, time_budget_s=time_budget_s, progress=progress)

@@ -213,6 +213,9 @@ def load_table(path: str | Path | Any) -> MeasurementTable:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         raise EdgeKDError(f"{where} is not valid YAML" + (f" (line {line + 1})" if line is not None else ""),
                           "fix the syntax") from None
+    except RecursionError:
+        raise EdgeKDError(f"{where} is nested too deeply to be a measurement table",
+                          "pass a YAML file like targets/measurements/jetson-nano.yaml") from None
     return parse_table(data, where, hashlib.sha256(text.encode()).hexdigest())
 
 
