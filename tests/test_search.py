@@ -45,3 +45,68 @@ def test_search_default_input_comes_from_the_family(arch):
     import json
 
     assert json.loads(result.output)["chosen"]["image_size"] == 28
+
+
+def test_select_student_searches_families_and_precisions_and_picks_the_most_capable(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    from edgekd.hardware.select import capability, select_student
+
+    sel = select_student("mobilenet_v3_small,resnet", target="raspberry-pi-5", budget_ms=1e6, num_classes=4,
+                         input_shape=(3, 32, 32), widths=[0.25, 0.5], depths=[1], image_sizes=[32])
+    assert sel.families == ["mobilenet_v3_small", "resnet"] and sel.precisions == ["fp32", "fp16", "int8"]
+    assert len(sel.candidates) == 2 * 2 * 3   # 2 families x 2 widths (depth 1) x 3 precisions
+    assert {c.family for c in sel.candidates} == {"mobilenet_v3_small", "resnet"}
+    assert sel.chosen is max(sel.candidates, key=capability) and sel.family == sel.chosen.family
+    # The front: fastest first, each more capable than the one before; the pick is on it (everything fits).
+    assert [c.predicted_ms for c in sel.front] == sorted(c.predicted_ms for c in sel.front)
+    assert all(capability(a) < capability(b) for a, b in zip(sel.front, sel.front[1:]))
+    assert sel.chosen in sel.front
+    d = sel.to_dict()
+    assert d["family"] == sel.family and len(d["front"]) == len(sel.front)
+    assert {"family", "precision", "accuracy_proxy", "extrapolated"} <= set(d["chosen"])
+    # A tight budget moves the pick to a faster candidate, still the most capable of those that fit.
+    budget = sorted(c.predicted_ms for c in sel.candidates)[3]
+    tight = select_student(["mobilenet_v3_small", "resnet"], target="raspberry-pi-5", budget_ms=budget, num_classes=4,
+                           input_shape=(3, 32, 32), widths=[0.25, 0.5], depths=[1], image_sizes=[32])
+    fitting = [c for c in tight.candidates if c.predicted_ms <= budget]
+    assert tight.chosen.predicted_ms <= budget and tight.chosen is max(fitting, key=capability)
+
+
+def test_accuracy_proxy_ranks_families_by_their_published_figures():
+    from edgekd.hardware.select import accuracy_proxy
+
+    # At equal FLOPs a family with the better published accuracy per FLOP ranks higher; more FLOPs rank higher.
+    assert accuracy_proxy("efficientnet_b0", 2e8) > accuracy_proxy("resnet", 2e8)
+    assert accuracy_proxy("mobilenet_v2", 4e8) > accuracy_proxy("mobilenet_v2", 2e8)
+    assert accuracy_proxy("mobilenet_v2", 2e8, "int8") < accuracy_proxy("mobilenet_v2", 2e8, "fp16")
+    assert accuracy_proxy("mobilenet_v2", 3e8) == pytest.approx(71.878)
+    assert accuracy_proxy("cnn", 2e8) is None
+
+
+def test_student_families_auto_and_lists():
+    from edgekd.errors import EdgeKDError
+    from edgekd.hardware.select import student_families
+
+    assert student_families("auto") == families()
+    assert student_families("resnet, mlp,resnet") == ["resnet", "mlp"]
+    with pytest.raises(EdgeKDError, match="mobilenet_v3_smal"):
+        student_families("mobilenet_v3_smal")
+
+
+def test_search_cli_student_list_prints_the_front_across_families(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from edgekd.cli.search import command
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    args = ["--target", "jetson-nano", "--student", "cnn,mlp", "--widths", "0.25,0.5", "--depths", "1",
+            "--input", "1x16x16", "--budget-ms", "1000"]
+    out = CliRunner().invoke(command, args + ["--json"])
+    assert out.exit_code == 0, out.output
+    sel = json.loads(out.output)
+    assert sel["families"] == ["cnn", "mlp"] and sel["precisions"] == ["fp32", "fp16"]
+    assert sel["family"] in ("cnn", "mlp") and sel["front"]
+    table = CliRunner().invoke(command, args)
+    assert table.exit_code == 0 and "2 families x fp32/fp16" in table.output and "chosen: " in table.output
