@@ -17,6 +17,7 @@ def run(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
     monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp_path / "config"))  # devices registered here stay here
     return make_run(tmp_path / "run")
 
 
@@ -329,7 +330,6 @@ def test_deep_measurement_yaml_and_device_list_are_one_line(capsys, run, monkeyp
     one_line(code, err, 2, "nested too deeply")
     config = tmp_path / "config"
     config.mkdir()
-    monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(config))
     _nested(config / "devices.json", '{"version": 1, "devices": ' + "[" * 10_000 + "]" * 10_000 + "}")
     code, _, err = run_cli(capsys, "devices", "list")
     one_line(code, err, 2, "device list", "unreadable")
@@ -339,3 +339,25 @@ def test_profile_with_every_probe_skipped_is_one_line(capsys, monkeypatch, tmp_p
     monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp_path))
     code, _, err = run_cli(capsys, "profile", "--count", "4", "--max-mflops", "0.000001")
     one_line(code, err, 2, "only 0 of the 4 probe networks", "--max-mflops")
+
+
+# --- bench on a device: options checked before SSH; the device list said once --------------------------
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--timeout", "nan", ["--timeout nan is not a finite number of seconds"]),
+    ("--seconds", "-1", ["--seconds -1.0 is not a finite number of seconds"]),
+])
+def test_device_bench_options_are_checked_before_ssh(capsys, run, flag, value, words):
+    # Port 1 on localhost: a connection attempt would fail with an SSH error, not the option's.
+    code, _, err = run_cli(capsys, "devices", "add", "lab-nano", "--ssh", "nobody@127.0.0.1:1", "--target", "jetson-nano")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "bench", run, "--device", "lab-nano", flag, value)
+    one_line(code, err, 2, *words)
+
+
+def test_an_unknown_device_lists_the_devices_once(capsys, run):
+    for name in ("lab-nano", "lab-pi"):
+        assert run_cli(capsys, "devices", "add", name, "--ssh", "pi@10.0.0.9", "--target", "jetson-nano")[0] == 0
+    code, _, err = run_cli(capsys, "bench", run, "--device", "lab-nan")
+    line = one_line(code, err, 2, "unknown device 'lab-nan'", "did you mean 'lab-nano'")
+    assert line.count("lab-pi") == 1, line

@@ -159,6 +159,24 @@ class MeasureOptions:
     threads: int | None = None
     timeout_s: float | None = None  # the whole measurement on the device; default from the file count
 
+    def __post_init__(self):
+        # Checked here, before any connection: a typo must not cost an SSH round trip to be found.
+        for flag, value, least in (("--seconds", self.seconds, None), ("--timeout", self.timeout_s, None),
+                                   ("--warmup", self.warmup, 0), ("--threads", self.threads, 1)):
+            if value is not None or flag in ("--seconds", "--warmup"):
+                _check_option(flag, value, least)
+
+
+def _check_option(flag: str, value, least: int | None) -> None:
+    """A time in seconds (finite, > 0) when ``least`` is None, else a whole number >= ``least``."""
+    import math
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if least is None and not (number and value > 0):
+        raise EdgeKDError(f"{flag} {value!r} is not a finite number of seconds > 0", f"pass e.g. {flag} 3")
+    if least is not None and not (number and value == int(value) and value >= least):
+        raise EdgeKDError(f"{flag} {value!r} is not a whole number >= {least}", f"pass e.g. {flag} {max(least, 2)}")
+
 
 def _unique_names(files) -> dict[str, Path]:
     """Name on the device -> local file: the file name, or N/name when two files share it (each in its folder)."""

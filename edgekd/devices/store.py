@@ -120,9 +120,10 @@ def get_device(name: str) -> Device:
     if name not in devices:
         from edgekd.registry import suggest
 
-        known = ", ".join(devices) or "none yet"
-        hint = suggest(name, devices, "device") if devices else "add it with `edgekd devices add NAME --ssh user@host --target T`"
-        raise EdgeKDError(f"unknown device {name!r} (known: {known})", hint)
+        if not devices:
+            raise EdgeKDError(f"unknown device {name!r} (none is registered yet)",
+                              "add it with `edgekd devices add NAME --ssh user@host --target T`")
+        raise EdgeKDError(f"unknown device {name!r}", suggest(name, devices, "device"))  # the hint lists them once
     return devices[name]
 
 
