@@ -155,6 +155,9 @@ def configure(threads: int | None = None):
         import atexit
 
         atexit.register(slot.__exit__)
+    elif slot.record["threads"] != threads:  # another run in the same process (the Python API, tests)
+        slot.record["threads"] = threads
+        slot.__enter__()
     apply()
     return slot
 
