@@ -11,7 +11,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import edgekd
+import edgekd.api
 from edgekd import events
+from edgekd.errors import EdgeKDError
 
 
 def _mnist(mnist_arrays, n_train: int, n_test: int):
@@ -99,7 +101,7 @@ def test_verbose_false_writes_nothing(capfd, tmp_path, mnist_arrays):
 
 
 def test_overrides_are_checked_by_name():
-    with pytest.raises(edgekd.api.EdgeKDError, match="did you mean 'epochs'"):
+    with pytest.raises(EdgeKDError, match="did you mean 'epochs'"):
         edgekd.distill(epoch=3, verbose=False)
     cfg, objects = edgekd.api.build_config(epochs=3, train={"alpha": 0.7}, student="mobilenet_v3_small")
     assert (cfg.train.epochs, cfg.train.alpha, cfg.student.family, objects) == (3, 0.7, "mobilenet_v3_small", {})

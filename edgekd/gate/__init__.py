@@ -86,6 +86,24 @@ def _status_rows(subjects: list[Subject]) -> tuple[list[Subject], list[CheckResu
     return ok, rows
 
 
+def _refuse_foreign_baseline(ctx: GateContext, subjects) -> None:
+    """A baseline of another task, target or test data compares nothing: refused, as `edgekd report` refuses
+    to put such runs in one table (a growth against another device's latency would pass or fail by chance)."""
+    from edgekd.report.output import check_comparable
+
+    def facts(report: dict) -> dict:
+        test = (((report.get("data") or {}).get("splits") or {}).get("test") or {})
+        return {"target": (report.get("target") or {}).get("name"), "test data": test.get("sha256")}
+
+    base = facts(ctx.baseline)
+    for report, origin in {id(s.report): (s.report, s.origin) for s in subjects if s.report is not None}.values():
+        check_comparable([(ctx.baseline_origin, ctx.baseline), (origin, report)])
+        for what, value in facts(report).items():
+            if value and base[what] and value != base[what]:
+                raise EdgeKDError(f"baseline {ctx.baseline_origin} has {what} {str(base[what])[:16]} but {origin} has "
+                                  f"{str(value)[:16]}", f"pass a baseline of the same {what}, or drop --baseline")
+
+
 def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s: float = 1.0) -> GateResult:
     """Check every artifact of ``inputs`` (run folders, report.json files, model files) against ``budgets``."""
     if not inputs:
@@ -99,6 +117,8 @@ def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s:
         ctx.baseline = load_report(budgets.baseline)
         ctx.baseline_origin = str(budgets.baseline)
     subjects = collect_subjects(inputs, budgets)
+    if ctx.baseline is not None:
+        _refuse_foreign_baseline(ctx, subjects)
     subjects, results = _status_rows(subjects)
     if not subjects and not results:
         # A run whose every export failed ships nothing: that is a failed build, not a passing one.
@@ -108,3 +128,7 @@ def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s:
         for _, check in CHECKS.items():
             results.extend(check(subject, ctx))
     return GateResult(results=results, budgets=budgets, config=config)
+
+from edgekd.apicall import callable_package  # noqa: E402  (edgekd.gate(...) is the API's gate)
+
+callable_package(__name__, "gate")
