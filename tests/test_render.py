@@ -103,3 +103,23 @@ def test_rendering_stops_a_bar_left_by_an_error_and_silent_means_nothing(capsys)
         assert nobody is None
         _emit_one_of_each()
     assert capsys.readouterr() == ("", "")
+
+
+def test_export_tells_its_listeners_what_it_made(tmp_path):
+    """export_all emits a progress task and one artifact_exported per format; with no listener it is silent."""
+    import numpy as np
+    import torch
+
+    from edgekd.export import export_all
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = np.random.default_rng(0).standard_normal((8, 1, 4, 4)).astype(np.float32)
+    with events.listening(rec := events.Recorder()):
+        (art,) = export_all(model, ["onnx"], tmp_path, example=x[:1], calib=x, parity_inputs=x)
+    (made,) = rec.of("artifact_exported")
+    assert made["format"] == "onnx" and made["path"] == str(art.path) and made["status"] == "ok"
+    assert made.message.startswith("export [1/1] onnx ok")
+    bar = rec.of("progress")
+    assert {e["task"] for e in bar} == {"export"} and bar[0]["started"] and bar[-1]["finished"]
+    assert bar[-1]["completed"] == 1 and bar[-1]["total"] == 1
