@@ -361,3 +361,40 @@ def test_an_unknown_device_lists_the_devices_once(capsys, run):
     code, _, err = run_cli(capsys, "bench", run, "--device", "lab-nan")
     line = one_line(code, err, 2, "unknown device 'lab-nan'", "did you mean 'lab-nano'")
     assert line.count("lab-pi") == 1, line
+
+
+# --- gate: a foreign baseline refused; nothing exported is a failed check -----------------------------
+
+@pytest.mark.parametrize("change, words", [
+    (lambda r: r.update(target={"name": "raspberry-pi-4", "runtime": "onnxruntime", "precision": "fp32"}),
+     ["target raspberry-pi-4", "jetson-nano"]),
+    (lambda r: r["data"]["splits"]["test"].update(sha256="f" * 64), ["test data"]),
+    (lambda r: r["data"].update(num_classes=3, input_shape=[3, 32, 32]),
+     ["another task"]),
+])
+def test_gate_refuses_a_baseline_of_another_target_or_dataset(capsys, run, change, words):
+    import shutil
+
+    mine = json.loads((run / "report.json").read_text())
+    mine["data"].update(num_classes=10, input_shape=[1, 4, 4])
+    (run / "report.json").write_text(json.dumps(mine))
+    other = shutil.copytree(run, run.parent / "other")
+    report = json.loads((other / "report.json").read_text())
+    change(report)
+    (other / "report.json").write_text(json.dumps(report))
+    code, _, err = run_cli(capsys, "gate", run, "--no-config", "--baseline", other, "--max-growth", "5")
+    one_line(code, err, 2, *words)
+    code, _, err = run_cli(capsys, "gate", run, "--no-config", "--baseline", run, "--max-growth", "5")
+    assert code == 0, err
+
+
+def test_gate_recommended_on_a_run_whose_only_export_failed_is_a_failed_check(capsys, run):
+    report = json.loads((run / "report.json").read_text())
+    onnx = next(a for a in report["artifacts"] if a["name"] == "onnx")
+    onnx.update(status="failed", reason="export crashed", path=None)
+    report["artifacts"] = [a for a in report["artifacts"] if a["format"] == "pytorch"] + [onnx]
+    report["recommended"] = None
+    (run / "report.json").write_text(json.dumps(report))
+    code, out, err = run_cli(capsys, "gate", run, "--no-config", "--artifact", "recommended", "--max-size-mb", "10")
+    assert code == 1, out + err
+    assert "export crashed" in out + err

@@ -66,6 +66,10 @@ def subjects_from_report(report: dict, base: Path, origin: str, wanted: tuple[st
     for name in wanted:
         if name == "recommended":
             rec = report.get("recommended") or {}
+            exports = [r for r in rows if r.get("role", "student") == "student" and r.get("format") != "pytorch"]
+            if not rec.get("name") and exports and all(r.get("status") != "ok" for r in exports):
+                out += [subject(r) for r in exports]  # nothing exported, so nothing recommended: failed checks
+                continue
             if not rec.get("name"):
                 raise EdgeKDError(f"{origin} names no recommended artifact", "pass --artifact NAME instead")
             name = rec["name"]
