@@ -43,7 +43,8 @@ def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epoc
     from edgekd.data import load_data
     from edgekd.distill import TrainConfig, get_teacher, train
     from edgekd.fsutil import atomic_write_json
-    from edgekd.models import ModelSpec
+    from edgekd.cli.render import rendering
+    from edgekd.models import family_spec
 
     try:
         splits = load_data(data_path, seed=seed, image_size=image_size, workers=workers, strict=strict)
@@ -57,15 +58,16 @@ def main(data_path, teacher_paths, arch, width, depth, out_dir, loss, mode, epoc
             # Only rank 0 may train (and cache) the default teacher; the others then load it.
             if not rank0 and not teacher_paths:
                 _wait_for_rank0(cfg.device)
-            teacher, _, info = get_teacher(splits, teacher_path=list(teacher_paths) or None, progress=rank0,
-                                           temperature=cfg.temperature)
+            with rendering(progress=rank0, verbose=rank0):
+                teacher, _, info = get_teacher(splits, teacher_path=list(teacher_paths) or None, progress=rank0,
+                                               temperature=cfg.temperature)
             if rank0 and not teacher_paths:
                 _wait_for_rank0(cfg.device)
-        spec = ModelSpec(arch, splits.num_classes, splits.input_shape[0], width=width, depth=depth,
-                         extra={"image_size": list(splits.input_shape[1:])} if arch == "mlp" else {})
+        spec = family_spec(arch, splits.num_classes, tuple(splits.input_shape), width=width, depth=depth)
         torch.manual_seed(seed)
         student = spec.build()
-        result = train(student, teacher, splits, cfg, ckpt_dir=out_dir, resume=resume, progress=rank0, spec=spec)
+        with rendering(progress=rank0, verbose=rank0):  # epochs and bars, drawn from the loop's events
+            result = train(student, teacher, splits, cfg, ckpt_dir=out_dir, resume=resume, progress=rank0, spec=spec)
         if rank0:
             atomic_write_json(out_dir / "result.json", {"spec": spec.to_dict(), "config": cfg.to_dict(), **result.to_dict()})
             click.echo(f"student {arch} width {width}: test accuracy {result.accuracy:.4f} "
