@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgekd.models import (FamilyTraits, ModelSpec, count_params, create, create_kwargs, families, family_spec,
+from edgekd.models import (DEFAULT_WIDTHS, FamilyTraits, ModelSpec, count_params, create, create_kwargs, families, family_spec,
                            family_traits, size_kwargs)
 
 
@@ -17,7 +17,8 @@ def test_every_family_declares_traits_with_its_registration():
     assert family_traits("resnet").has_depth_multiplier and not family_traits("mobilenet_v2").has_depth_multiplier
     assert not family_traits("cnn").graph_depends_on_image_size and family_traits("cnn").default_input == (1, 28, 28)
     assert family_traits("mlp").flat_input and not family_traits("mlp").feature_stages
-    assert family_traits("x.py:factory").widths == (1.0,) and not family_traits("x.py:factory").traceable
+    # A user's factory file is not imported to ask: the default grid, costed through its ONNX export.
+    assert family_traits("x.py:factory").widths == DEFAULT_WIDTHS and not family_traits("x.py:factory").traceable
 
 
 def test_family_spec_builds_each_family_for_the_data_shape():

@@ -99,9 +99,9 @@ def resolve_factory(arch: str):
 
 def family_traits(arch: str) -> FamilyTraits:
     """The traits of ``arch``: a registered family's own; a model source's (``timm:NAME``...) from its
-    factory; a user's ``FILE.py:factory`` the defaults (one width, one depth, its file not imported)."""
+    factory; a user's ``FILE.py:factory`` the defaults (its file is not imported to ask)."""
     if ".py:" in arch:
-        return FamilyTraits(widths=(1.0,))
+        return FamilyTraits()
     factory = resolve_factory(arch)
     traits = getattr(factory, "traits", None)
     if traits is not None:
@@ -111,11 +111,11 @@ def family_traits(arch: str) -> FamilyTraits:
 
 
 def search_depths(arch: str) -> tuple:
-    return family_traits(arch).depths if ".py:" not in arch else (1,)
+    return family_traits(arch).depths
 
 
 def search_widths(arch: str) -> tuple:
-    return family_traits(arch).widths if ".py:" not in arch else DEFAULT_WIDTHS
+    return family_traits(arch).widths
 
 
 def size_kwargs(arch: str, input_shape) -> dict:
