@@ -40,3 +40,14 @@ def first_line(err: BaseException | str, limit: int = 200, *, with_type: bool = 
         line = f"{name}: {line}" if line else name
     line = line or name or "unknown error"
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def refuse_if_nothing_worked(rows: list[dict], what: str, hint: str) -> None:
+    """Exit 1 (a failed command, not a usage error) when rows were attempted and none has status ok: a report
+    whose every format or file failed must not end like a success."""
+    if not rows or any(r.get("status") == "ok" for r in rows):
+        return
+    first = next((r for r in rows if r.get("status") == "failed"), rows[0])
+    why = first.get("reason") or first.get("status") or "failed"
+    raise EdgeKDError(f"every {what} failed or was skipped ({len(rows)} in all; first {first.get('name', '?')}: "
+                      f"{first_line(str(why), 160)})", hint, exit_code=1)

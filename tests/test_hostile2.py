@@ -398,3 +398,48 @@ def test_gate_recommended_on_a_run_whose_only_export_failed_is_a_failed_check(ca
     code, out, err = run_cli(capsys, "gate", run, "--no-config", "--artifact", "recommended", "--max-size-mb", "10")
     assert code == 1, out + err
     assert "export crashed" in out + err
+
+
+def test_report_of_one_run_honours_out(capsys, run):
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    code, out, err = run_cli(capsys, "report", run, "--out", run.parent / "elsewhere", "--quiet")
+    assert code == 0, err
+    written = {p.name for p in (run.parent / "elsewhere").iterdir()}
+    assert {"report.json", "report.md"} <= written, written
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the run is left as it was
+    code, _, err = run_cli(capsys, "report", run, "--out", run.parent / "elsewhere", "--quiet")
+    one_line(code, err, 2, "already holds a report.json", "--overwrite")
+    code, _, err = run_cli(capsys, "report", run, "--out", run.parent / "elsewhere", "--quiet", "--overwrite")
+    assert code == 0, err
+
+
+# --- export and bench: every format or file failed is not a success -------------------------------------
+
+def test_export_and_bench_where_everything_failed_exit_1(capsys, tmp_path, monkeypatch):
+    import onnx
+    from onnx import TensorProto, helper
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Odd(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(16, 3)\n\n    def forward(self, x):\n"
+        "        if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():\n"
+        "            raise RuntimeError('this model refuses to be exported')\n        return self.fc(x.flatten(1))\n\n\n"
+        "def build():\n    return Odd()\n")
+    code, _, err = run_cli(capsys, "export", "--model", "net.py:build", "--input", "1x1x4x4", "--formats", "onnx",
+                           "--out", "e")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "every format failed" in line and "refuses to be exported" in line, err
+    assert (tmp_path / "e" / "report.json").is_file()  # the report of what failed is still written
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.nowhere")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.nowhere", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    code, _, err = run_cli(capsys, "bench", "bad.onnx", "--seconds", "0.05", "--out", "b")
+    line = err.strip().splitlines()[-1]
+    assert code == 1 and "every measurement failed" in line and "NoSuchOp" in line, err
+    good = make_onnx(tmp_path / "good.onnx")
+    code, _, err = run_cli(capsys, "bench", "bad.onnx", good, "--seconds", "0.05", "--out", "b2")
+    assert code == 0, err  # one file measured: the failure is in the report, the command did its job

@@ -74,6 +74,9 @@ def command(paths, runtimes, batches, threads, seconds, warmup, input_shape, no_
             report = bench_files(list(paths), where, opts, overwrite=overwrite)
     print_report(console, report, selection=False)
     console.print(f"[green]wrote[/green] {where}/report.json, report.md, report.html", highlight=False)
+    from edgekd.errors import refuse_if_nothing_worked
+
+    refuse_if_nothing_worked(report["artifacts"], "measurement", f"see the reasons in {where}/report.md")
 
 
 def _bench_on_device(paths, device, *, seconds, warmup, threads, timeout) -> None:

@@ -49,3 +49,7 @@ def command(run_dir, model, weights, input_shape, num_classes, formats, calib_da
     failed = [a["name"] for a in report["artifacts"] if a["status"] == "failed"]
     console.print(f"[bold]Wrote[/] {out / 'report.json'}"
                   + (f"  [red]failed: {', '.join(failed)}[/]" if failed else ""))
+    from edgekd.errors import refuse_if_nothing_worked
+
+    refuse_if_nothing_worked([a for a in report["artifacts"] if a.get("format") != "pytorch"], "format",
+                             f"see the reasons in {out / 'report.md'}")

@@ -10,7 +10,8 @@ import click
 @click.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for the comparison report of several runs (default: the first run's compare/ folder).")
+              help="Where the report goes: with one run, its rebuilt reports (the run folder is left as it is); with "
+                   "several, the comparison (default: the first run's compare/ folder).")
 @click.option("--no-html", is_flag=True, help="Skip report.html (no matplotlib needed).")
 @click.option("--quiet", is_flag=True, help="Do not print the tables.")
 @click.option("--overwrite", is_flag=True, help="Replace a report in --out that `edgekd report` did not write.")
@@ -35,6 +36,11 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
         if folder.resolve() in seen:
             raise EdgeKDError(f"{given} and {seen[folder.resolve()]} are the same run", "pass each run once")
         seen[folder.resolve()] = given
+    if len(reports) == 1 and out is not None and out.resolve() != folders[0].resolve():
+        if (out / REPORT_NAME).is_file() and not overwrite:
+            raise EdgeKDError(f"--out {out} already holds a report.json", "pass --overwrite to replace it, or choose "
+                                                                          "another --out")
+        folders = [writable_folder(out)]  # a read-only or archived run can be reported elsewhere
     for folder in folders:
         writable_folder(folder, "run folder")
     if len(reports) > 1:
