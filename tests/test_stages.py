@@ -123,3 +123,18 @@ def test_the_same_run_three_ways_gives_the_same_report(tmp_path, tiny_npz):
     reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("flags", "yaml")] + [py.report]
     a, b, c = (_comparable(r) for r in reports)
     assert a == b == c
+
+
+def test_gate_explains_a_failed_run(tmp_path):
+    """The gate of a run that failed names the stage and the error (it said only 'no artifact with status ok')."""
+    from edgekd.gate import gate, resolve_budgets
+    from edgekd.rundir import write_unfinished_report
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_unfinished_report(out, status="failed", stage="export", error="onnx export failed: boom",
+                            config={"target": "host"})
+    budgets, _ = resolve_budgets({"max_size_mb": 1.0}, use_config=False)
+    result = gate([str(out)], budgets)
+    assert not result.passed
+    assert "failed in stage export: onnx export failed: boom" in result.results[0].value_text

@@ -104,6 +104,21 @@ def _refuse_foreign_baseline(ctx: GateContext, subjects) -> None:
                                   f"{str(value)[:16]}", f"pass a baseline of the same {what}, or drop --baseline")
 
 
+def _unfinished(inputs) -> str | None:
+    """A run that stopped after its folder existed (report.json status failed/interrupted): its stage and error."""
+    import json
+
+    for item in inputs:
+        path = Path(item) / "report.json" if Path(item).is_dir() else Path(item)
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(report, dict) and report.get("status") in ("failed", "interrupted"):
+            return f"the run {report['status']} in stage {report.get('failed_stage')}: {report.get('error')}"
+    return None
+
+
 def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s: float = 1.0) -> GateResult:
     """Check every artifact of ``inputs`` (run folders, report.json files, model files) against ``budgets``."""
     if not inputs:
@@ -122,7 +137,8 @@ def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s:
     subjects, results = _status_rows(subjects)
     if not subjects and not results:
         # A run whose every export failed ships nothing: that is a failed build, not a passing one.
-        results.append(CheckResult("status", "(none)", None, None, False, "report", "no artifact with status ok",
+        why = _unfinished(inputs) or "no artifact with status ok"
+        results.append(CheckResult("status", "(none)", None, None, False, "report", why,
                                    ">= 1 artifact", origin=", ".join(str(i) for i in inputs)))
     for subject in subjects:
         for _, check in CHECKS.items():
