@@ -132,7 +132,7 @@ def run_stages(cfg: RunConfig, *, teacher_module=None, datasets=None) -> dict:
         _stage(run, "select", f"Choosing the {run.arch} student's {_selecting(cfg)} for {run.target.name} "
                               f"(budget {run.budget_ms:g} ms)", select_student)
         _stage(run, "teacher", "Teacher", load_teacher)
-        run.train_cfg = _train_config(cfg, run.device)
+        run.train_cfg = _train_config(cfg, run.device, run.arch)
         check_feature_pairs(cfg, run.splits, run.selection.chosen, run.teacher, run.device)
         _stage(run, "worth", "Is the teacher worth it? The student trained alone, on the validation split",
                check_worth)
@@ -611,10 +611,16 @@ def _floats(values) -> str:
     return ",".join(f"{v:.3f}" for v in values)
 
 
-def _train_config(cfg: RunConfig, device: str):
+def _train_config(cfg: RunConfig, device: str, arch: str | None = None):
+    """The run's TrainConfig; with ``arch``, that family's recipe (edgekd.distill.recipes) where the user set nothing."""
     from edgekd.distill import TrainConfig
 
-    return TrainConfig(**cfg.train_overrides(device))
+    tc = TrainConfig(**cfg.train_overrides(device))
+    if arch is None:
+        return tc
+    from edgekd.distill.recipes import apply_recipe
+
+    return apply_recipe(tc, arch, given=[k for k in ("lr",) if getattr(cfg.train, k) is not None])
 
 
 def _selection_table(selection) -> None:

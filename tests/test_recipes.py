@@ -79,3 +79,34 @@ def test_training_uses_the_groups(decay_norm_and_bias, tmp_path):
     shrunk = float((bn.weight.detach() / start).mean())
     # lr x wd = 5% a step: two steps shrink decayed BN scales to about 0.90; Adam's own steps move them 0.02 at most
     assert (shrunk < 0.95) is decay_norm_and_bias
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "mnasnet"])
+def test_bn_statistics_follow_a_short_training(arch):
+    """torchvision's BN momentum (0.01, MNASNet 0.0003) leaves the running statistics at their initial 0/1 after
+    the few hundred steps of a small-data run, and the student in eval mode at chance (issue 27's 11%)."""
+    from edgekd.models import ModelSpec
+
+    model = ModelSpec(arch=arch, num_classes=10, in_channels=3, width=0.25, image_size=32).build().train()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32) * 2 + 3
+    with torch.no_grad():
+        for _ in range(30):
+            model(x)
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    stem_out = next(m for m in model.modules() if isinstance(m, nn.Conv2d))(x)
+    batch_mean = stem_out.mean((0, 2, 3))
+    # 30 steps at momentum 0.1 move the running mean 96% of the way; at 0.01 only 26%
+    assert torch.allclose(bn.running_mean, batch_mean, atol=0.1 * float(batch_mean.abs().max()))
+
+
+def test_the_run_trains_each_family_with_its_recipe_unless_the_user_set_the_rate():
+    from edgekd.config import RunConfig
+    from edgekd.pipeline import _train_config
+
+    cfg = RunConfig()
+    assert _train_config(cfg, "cpu", "mobilenet_v3_small").lr == 2e-3
+    assert _train_config(cfg, "cpu", "cnn").result_dict() == _train_config(cfg, "cpu").result_dict()
+    cfg.train.lr = 5e-3
+    mine = _train_config(cfg, "cpu", "mobilenet_v3_small")
+    assert mine.lr == 5e-3 and mine.decay_norm_and_bias is False

@@ -7,6 +7,7 @@ from torchvision.models import MNASNet
 from edgekd.models import family
 from edgekd.models.adapt import adapt_stem
 from edgekd.models.mobilenet_v2 import _no_depth
+from edgekd.models.mobilenet_v3 import short_training_bn
 
 
 @family("mnasnet", recipe="mobile", reference=(73.456, 0.31))
@@ -14,4 +15,4 @@ def mnasnet(num_classes: int, in_channels: int, width: float = 1.0, depth: float
             image_size: int | None = None, dropout: float = 0.2) -> MNASNet:
     _no_depth("mnasnet", depth)
     model = MNASNet(alpha=width, num_classes=num_classes, dropout=dropout)
-    return adapt_stem(model, in_channels, image_size)
+    return adapt_stem(short_training_bn(model), in_channels, image_size)

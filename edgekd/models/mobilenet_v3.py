@@ -3,6 +3,7 @@ through its own config builder (``_mobilenet_v3_conf(width_mult=...)``, the one 
 
 from __future__ import annotations
 
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
 from edgekd.models import family
@@ -14,7 +15,21 @@ def _build(arch: str, num_classes, in_channels, width, depth, image_size, dropou
     _no_depth(arch, depth)
     setting, last_channel = _mobilenet_v3_conf(arch, width_mult=width)
     model = MobileNetV3(setting, last_channel, num_classes=num_classes, dropout=dropout)
-    return adapt_stem(model, in_channels, image_size)
+    return adapt_stem(short_training_bn(model), in_channels, image_size)
+
+
+# torchvision's BN momentum (0.01 here, 0.0003 in MNASNet) is TensorFlow's, set for ImageNet's hundreds of
+# thousands of steps: after the few hundred steps of a student trained from scratch on a small folder the
+# running statistics are still mostly their initial 0/1 and the model in eval mode answers at chance
+# (what every other family, and PyTorch, use is 0.1). Momentum is not a weight: checkpoints and exports are unchanged.
+SHORT_TRAINING_BN_MOMENTUM = 0.1
+
+
+def short_training_bn(model):
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and m.momentum is not None and m.momentum < SHORT_TRAINING_BN_MOMENTUM:
+            m.momentum = SHORT_TRAINING_BN_MOMENTUM
+    return model
 
 
 @family("mobilenet_v3_small", recipe="mobile", reference=(67.668, 0.06))
