@@ -41,7 +41,7 @@ def test_search_default_input_comes_from_the_family(arch):
     from edgekd.cli.search import command
 
     result = CliRunner().invoke(command, ["--target", "jetson-nano", "--student", arch, "--widths", "0.25",
-                                          "--depths", "1", "--json"])
+                                          "--depths", "1", "--budget-ms", "1000", "--json"])
     assert result.exit_code == 0, result.output
     import json
 
