@@ -211,3 +211,23 @@ def test_leave_one_source_out_predicts_each_source_from_the_others_only():
     for r in records:
         assert r["ratio"] == pytest.approx(r["measured_ms"] / r["predicted_ms"])
         assert sum(r["shares"].values()) == pytest.approx(1.0, abs=1e-6) and np.isfinite(r["predicted_ms"])
+
+
+def test_a_shared_compute_scale_covers_only_the_groups_the_measurements_exercise():
+    import numpy as np
+
+    from edgekd.hardware.latency import FIXED, _class_offset, datasheet_coefficients, fit_scaled
+    from edgekd.hardware.targets import load_target
+
+    prior = datasheet_coefficients(load_target("jetson-nano"), "fp16")
+    theta0 = prior.vector()
+    rows, y = [], []
+    for conv, gemm in ((500.0, 10.0), (1000.0, 40.0), (2000.0, 5.0), (4000.0, 80.0), (8000.0, 20.0)):
+        row = np.zeros_like(theta0)
+        row[_class_offset("conv")], row[_class_offset("gemm")], row[FIXED] = conv, gemm, 1.0
+        rows.append(row)
+        y.append((conv * theta0[_class_offset("conv")] + gemm * theta0[_class_offset("gemm")]) / 2 + theta0[FIXED])
+    coeffs, stats = fit_scaled(np.array(rows), np.array(y), prior=prior, prior_weight=0.01, shared_compute=True)
+    assert stats["scales"]["ms_per_mflop:conv+gemm"] == pytest.approx(0.5, rel=0.05)
+    assert stats["scales"]["ms_per_mflop:dwconv"] == pytest.approx(1.0)
+    assert coeffs.classes["dwconv"]["ms_per_mflop"] == pytest.approx(prior.classes["dwconv"]["ms_per_mflop"])

@@ -24,7 +24,7 @@ from typing import Callable
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import export_onnx
 from edgekd.hardware.fitting import (cost_rows, fit_rows, fit_target, held_out_interval,  # noqa: F401
-                                    scaled_prior_weight)
+                                    scaled_fit_settings)
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import Coefficients

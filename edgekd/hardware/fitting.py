@@ -44,9 +44,9 @@ def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
-        weight = scaled_prior_weight(rows, latencies_ms, prior)
-        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight)
-        stats["prior_weight"] = weight
+        weight, shared = scaled_fit_settings(rows, latencies_ms, prior)
+        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight, shared_compute=shared)
+        stats["prior_weight"], stats["shared_compute"] = weight, shared
     coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     return coeffs, stats
 
@@ -54,25 +54,29 @@ def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None
 SCALED_PRIOR_WEIGHTS = (0.01, 0.05, 0.2, 1.0, 5.0)
 
 
-def scaled_prior_weight(rows, latencies_ms, prior: Coefficients) -> float:
-    """How firmly a few device measurements' scale factors are held to the datasheet, chosen by leave-one-out.
+def scaled_fit_settings(rows, latencies_ms, prior: Coefficients) -> tuple[float, bool]:
+    """How a few device measurements are fitted, chosen by leave-one-out: the prior weight, and whether
+    the compute groups they exercise share one scale (``fit_scaled``'s ``shared_compute``).
 
     With four measurements and six scale factors, a loose fit explains them all and predicts the next
-    model badly; a firm one barely moves from the datasheet. The weight whose leave-one-out predictions
-    err least (median |log ratio|) decides, from the measurements alone.
+    model badly; a firm one barely moves from the datasheet; one scale per compute group needs figures
+    that tell the groups apart. The settings whose leave-one-out predictions err least (median |log
+    ratio|) decide, from the measurements alone; a group the left-out figure alone exercises keeps its
+    prior either way.
     """
     rows, y = np.asarray(rows, dtype=np.float64), np.asarray(latencies_ms, dtype=np.float64)
-    if len(y) < 4:
-        return 0.05
-    best, best_err = 0.05, float("inf")
-    for weight in SCALED_PRIOR_WEIGHTS:
-        errors = []
-        for i in range(len(y)):
-            keep = np.arange(len(y)) != i
-            coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight)
-            errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
-        if np.median(errors) < best_err - 1e-9:
-            best, best_err = weight, float(np.median(errors))
+    if len(y) < 4:  # too few to choose by leave-one-out: the fewest unknowns
+        return 0.05, True
+    best, best_err = (0.05, False), float("inf")
+    for shared in (False, True):
+        for weight in SCALED_PRIOR_WEIGHTS:
+            errors = []
+            for i in range(len(y)):
+                keep = np.arange(len(y)) != i
+                coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight, shared_compute=shared)
+                errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
+            if np.median(errors) < best_err - 1e-9:
+                best, best_err = (weight, shared), float(np.median(errors))
     return best
 
 

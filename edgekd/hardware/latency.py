@@ -452,20 +452,23 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
     return coeffs, stats
 
 
-def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float = 0.05) -> tuple[Coefficients, dict]:
+def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float = 0.05,
+               shared_compute: bool = False) -> tuple[Coefficients, dict]:
     """Fit scale factors on the prior's terms: each compute group's rate, memory, per-kernel, per-inference.
 
     With a handful of on-device measurements a per-class fit is underdetermined (19 unknowns), so
     NNLS zeroes whole terms; scaling the datasheet terms learns how far the device is from its datasheet
     (e.g. "dense convs 2.3x faster, launches 1.4x dearer"). A compute group no measurement exercises keeps
     its own datasheet rate (its prior row alone decides its scale: 1), instead of another group's fit.
+    ``shared_compute`` scales the compute groups the measurements do exercise by one factor (fewer
+    unknowns for a handful of measurements); the unexercised ones still keep their own rates.
     """
     from scipy.optimize import nnls
 
     A = np.asarray(rows, dtype=np.float64)
     y = np.asarray(latencies_ms, dtype=np.float64)
     theta0 = prior.vector()
-    groups = scaled_groups()
+    names, groups = scaled_groups(A, shared_compute)
     G = np.stack([A[:, g] @ theta0[g] for g in groups], axis=1)  # each term's datasheet milliseconds
     Gw = np.vstack([G / y[:, None], prior_weight * np.eye(len(groups))])
     bw = np.concatenate([np.ones_like(y), np.full(len(groups), prior_weight)])
@@ -476,22 +479,28 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     coeffs = Coefficients.from_vector(theta, prior.precision, prior.channel_multiple, prior.cache_mb)
     stats = fit_stats(A @ theta, y)
     stats["method"] = "datasheet terms scaled"
-    stats["scales"] = {name: float(sc) for name, sc in zip(SCALED_GROUP_NAMES, scales)}
+    stats["scales"] = {name: float(sc) for name, sc in zip(names, scales)}
     return coeffs, stats
 
 
-# What fit_scaled scales: each compute group's rate on its own, the memory and per-kernel terms of
-# every class together (bandwidth and launch cost are properties of the device, not of a kernel
-# class), the streamed weights and the per-inference constant.
-SCALED_GROUP_NAMES = tuple(f"ms_per_mflop:{g}" for g in COMPUTE_GROUPS) + ("ms_per_mb", "ms_per_kernel",
-                                                                           "ms_per_streamed_mb", "fixed")
+def scaled_groups(rows=None, shared_compute: bool = False) -> tuple[list[str], list[np.ndarray]]:
+    """The scale factors fit_scaled fits: their names and design-matrix columns.
 
-
-def scaled_groups() -> list[np.ndarray]:
-    """Design-matrix columns of each scale factor fit_scaled fits, in SCALED_GROUP_NAMES order."""
-    compute = [np.array([_class_offset(c) for c in members]) for members in COMPUTE_GROUPS.values()]
+    Each compute group's rate (or, with ``shared_compute``, one factor for the groups ``rows`` exercise
+    and one each for the rest), the memory and per-kernel terms of every class together (bandwidth and
+    launch cost belong to the device, not to a kernel class), the streamed weights and the constant.
+    """
+    compute = {f"ms_per_mflop:{g}": np.array([_class_offset(c) for c in members])
+               for g, members in COMPUTE_GROUPS.items()}
+    if shared_compute and rows is not None:
+        used = np.abs(np.asarray(rows, dtype=np.float64)).sum(axis=0) > 0
+        seen = [name for name, cols in compute.items() if used[cols].any()]
+        if len(seen) > 1:
+            merged = np.concatenate([compute.pop(name) for name in seen])
+            compute = {"ms_per_mflop:" + "+".join(n.split(":")[1] for n in seen): merged, **compute}
+    names = list(compute) + ["ms_per_mb", "ms_per_kernel", "ms_per_streamed_mb", "fixed"]
     shared = [np.array([_class_offset(c) + j for c in KERNEL_CLASSES]) for j in (1, 2)]
-    return compute + shared + [np.array([STREAM]), np.array([FIXED])]
+    return names, list(compute.values()) + shared + [np.array([STREAM]), np.array([FIXED])]
 
 
 def fit_stats(predicted, measured) -> dict:
