@@ -1,14 +1,14 @@
-"""Run reports: report.json (the contract every command reads), report.md, report.html and the terminal table."""
+"""Run reports: report.json (the contract every command reads), report.md, report.html and the terminal tables."""
 
 from edgekd.report.output import HTML_NAME, MARKDOWN_NAME, merge_reports, run_labels, write_reports
 from edgekd.report.schema import REPORT_NAME, SCHEMA_VERSION, load_report, new_report, validate_report
 
 
-def render_terminal(report: dict, console=None, *, selection: bool = True) -> None:
-    """Print the report as rich tables (rich is imported only when a table is printed)."""
-    from edgekd.report.terminal import render_terminal as _render
+def report_renderables(report: dict, width: int = 160, *, selection: bool = True) -> list:
+    """The report as rich renderables for a front end to print (rich is imported only when asked)."""
+    from edgekd.report.terminal import report_renderables as _renderables
 
-    _render(report, console, selection=selection)
+    return _renderables(report, width, selection=selection)
 
 
 def render_markdown(report: dict) -> str:
@@ -25,7 +25,7 @@ def render_html(report: dict) -> str:
 
 __all__ = [
     "SCHEMA_VERSION", "REPORT_NAME", "MARKDOWN_NAME", "HTML_NAME", "load_report", "validate_report", "new_report",
-    "write_reports", "merge_reports", "run_labels", "render_terminal", "render_markdown", "render_html",
+    "write_reports", "merge_reports", "run_labels", "report_renderables", "render_markdown", "render_html",
 ]
 
 from edgekd.apicall import callable_package  # noqa: E402  (edgekd.report(...) is the API's report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -200,9 +199,3 @@ def report_renderables(report: dict, width: int = 160, *, selection: bool = True
         out.append(batches)
     return out
 
-
-def render_terminal(report: dict, console: Console | None = None, *, selection: bool = True) -> None:
-    """Print :func:`report_renderables` (kept for pipeline.py until the distill command prints the report)."""
-    console = console or Console()
-    for renderable in report_renderables(report, console.width, selection=selection):
-        console.print(renderable, highlight=False)
