@@ -418,7 +418,7 @@ def _check_numbers(cfg: RunConfig) -> None:
         (sel.width is None or 0 < sel.width <= MAX_WIDTH, "width", f"must be in (0, {MAX_WIDTH:g}], got {sel.width:g}"
          if sel.width is not None else "", "use a width multiplier such as 0.5"),
         (sel.widths is None or (sel.widths and 0 < min(sel.widths) and max(sel.widths) <= MAX_WIDTH), "widths",
-         f"must be numbers in (0, {MAX_WIDTH:g}], got {sel.widths}", "e.g. --widths 0.25,0.5,1,2"),
+         f"must be positive numbers (at most {MAX_WIDTH:g}), got {sel.widths}", "e.g. --widths 0.25,0.5,1,2"),
         (sel.widths is None or len(set(sel.widths)) == len(sel.widths), "widths",
          f"repeats a width ({','.join(f'{w:g}' for w in sel.widths or ())})", "give each width once"),
         (0.0 <= cfg.export.max_drop <= 1.0, "max-drop", f"must be between 0 and 100 points, got "

@@ -263,10 +263,14 @@ def test_resume_from_a_damaged_or_malicious_checkpoint_is_a_one_line_error(capsy
     (out / "config.json").write_text("{}")
     shutil.copy(files / planted, out / "checkpoints" / "last.pt")
     code, _, err = cli(capsys, "distill", "--target", "jetson-nano", "--data", str(tiny_npz), "--widths", "0.25",
-                       "--teacher", str(files / "teacher-ok.safetensors"), "--out", str(out), "--resume", "--no-progress")
+                       "--teacher", str(files / "teacher-ok.safetensors"), "--out", str(out), "--resume", "--no-progress",
+                       "--force")  # --force: the teacher is untrained (the chance check would stop first)
     assert_one_line_error(code, err, "last.pt is corrupt or not an edgekd checkpoint", "delete")
     assert no_code_ran(files)
-    assert not (out / "report.json").exists() and not (out / "student.safetensors").exists()
+    assert not (out / "student.safetensors").exists()
+    # The folder existed: its report says which stage failed, and why (no finished report).
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["failed_stage"] == "distill" and report["artifacts"] == []
 
 
 def test_resume_from_a_malicious_checkpoint_is_refused_before_training(files, tmp_path, tiny_npz):
