@@ -2,7 +2,7 @@
 
     python benchmarks/data_pipeline.py [--data ../shared/data/fashion-mnist] [--cache ~/.cache/edgekd-bench]
                                        [--sizes 64,128,224] [--workers 0,1,2] [--images 2000]
-    python benchmarks/data_pipeline.py --memory [--epochs 1] [--image-size 128]
+    python benchmarks/data_pipeline.py --memory [--case photos|cnn] [--files 8000,60000] [--formats onnx]
 
 Writes Fashion-MNIST's 60,000 training images once as an ImageFolder tree of 3-channel JPEGs (112 px,
 quality 90: a stand-in for a folder of photos) under ``--cache`` (outside the repository), then:
@@ -16,9 +16,14 @@ quality 90: a stand-in for a folder of photos) under ``--cache`` (outside the re
    end-to-end ~= model alone says it is not the bottleneck on this machine (where loader workers
    and the model share the same cores).
 
-``--memory`` runs ``edgekd distill`` for one epoch over 6,000 and over 60,000 of the files at
-``--image-size`` and samples the resident memory of the run and every process it starts
-(loader workers, the forkserver) every 0.2 s; it prints the peak of each process and of their sum.
+``--memory`` runs ``edgekd distill`` for one epoch and samples the resident memory (RSS, and USS: the
+pages only that process holds) of the run and of every process it starts (loader workers, the
+forkserver) every 0.2 s; it prints the peak of each process and of their sum, per pipeline stage (read
+from the stage banners the run prints), and names the stage where the largest process grows.
+``--case photos`` (the default): 256 px JPEGs written from Fashion-MNIST with a colour tint per image
+(``--files 8000,60000``), a torchvision ResNet-18 teacher (random weights, saved as safetensors: memory
+does not depend on them) at its own 224 px, a mobilenet_v3_small student at 64 px. ``--case cnn``: 6,000
+and 60,000 of the 112 px JPEGs with a small CNN teacher at ``--image-size``.
 """
 
 from __future__ import annotations
