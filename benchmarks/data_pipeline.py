@@ -383,7 +383,8 @@ def memory_photos(args) -> None:
         out = cache / f"run-photos-{n}"
         cmd = ["edgekd", "distill", "--target", "host", "--data", str(root), "--teacher", "torchvision:resnet18",
                "--teacher-weights", str(weights), "--student", "mobilenet_v3_small", "--image-size", "64",
-               "--epochs", str(args.epochs), "--width", "1", "--force", "--out", str(out), "--overwrite", "--no-progress", "--bench-seconds", "0.2"]
+               "--epochs", str(args.epochs), "--width", "1", "--force", "--out", str(out), "--overwrite",
+               "--no-progress", "--bench-seconds", "0.2"]  # --force: the random-weight teacher is near chance
         cmd += ["--formats", args.formats] if args.formats else []
         cmd += ["--workers", args.workers] if args.workers is not None else []
         cmd += ["--teacher-image-size", str(args.teacher_image_size)] if args.teacher_image_size else []
