@@ -24,7 +24,7 @@ def test_each_family_declares_a_known_recipe():
 
 def test_the_recipe_fills_what_the_user_did_not_set():
     cfg = apply_recipe(TrainConfig(), "mobilenet_v3_small")
-    assert (cfg.lr, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.label_smoothing) == (2e-3, 0.05, False, 0.1)
+    assert (cfg.lr, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.label_smoothing) == (1e-2, 0.05, False, 0.1)
     assert cfg.result_dict()["decay_norm_and_bias"] is False
     mine = apply_recipe(replace(TrainConfig(), lr=5e-4), "mobilenet_v3_small", given=("lr",))
     assert mine.lr == 5e-4 and mine.weight_decay == 0.05
@@ -105,7 +105,8 @@ def test_the_run_trains_each_family_with_its_recipe_unless_the_user_set_the_rate
     from edgekd.pipeline import _train_config
 
     cfg = RunConfig()
-    assert _train_config(cfg, "cpu", "mobilenet_v3_small").lr == 2e-3
+    mobile = _train_config(cfg, "cpu", "mobilenet_v3_small")
+    assert mobile.decay_norm_and_bias is False and mobile.weight_decay == 0.05
     assert _train_config(cfg, "cpu", "cnn").result_dict() == _train_config(cfg, "cpu").result_dict()
     cfg.train.lr = 5e-3
     mine = _train_config(cfg, "cpu", "mobilenet_v3_small")
