@@ -127,6 +127,7 @@ def _suggest(trial, name: str, space: dict):
     return trial.suggest_float(name, args[0], args[1], log=kind == "float_log")
 
 
+JOIN_WAIT_S = 30.0  # how long a process joining a study waits for its creator to queue the defaults
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
 
 
@@ -202,7 +203,13 @@ def _open_study(optuna, storage, name: str, base: TrainConfig, n_trials: int, sp
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                     sampler=sampler, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        # The creator queues the defaults just after creating the study: a process that joins in between
+        # waits for them, so that they are trial 1 whoever starts first.
+        deadline = time.perf_counter() + JOIN_WAIT_S
+        while not study.get_trials(deepcopy=False) and time.perf_counter() < deadline:
+            time.sleep(0.2)
+        return study
     study.enqueue_trial({"temperature": base.temperature, "alpha": base.alpha,
                          "loss": base.loss if base.loss in SEARCH_SPACE["loss"][1] else "kd", "lr": base.lr,
                          **({"views": views_of(base)} if "views" in space else {})})
