@@ -263,7 +263,8 @@ def untrained_teacher(tmp_path_factory):
 def test_cli_strict_refuses_a_teacher_not_worth_it(tiny_npz, untrained_teacher, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("distill", "--target", "host", "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
-                   "--epochs", "2", "--widths", "0.25", "--formats", "onnx", "--strict", "--no-progress", "--out", str(out))
+                   "--epochs", "2", "--widths", "0.25", "--formats", "onnx", "--strict", "--force", "--no-progress",
+                   "--out", str(out))  # --force: past the chance check, to the worth check
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--strict: the teacher is not worth distilling from" in lines[0]
@@ -276,7 +277,7 @@ def test_cli_warns_and_tunes(tiny_npz, untrained_teacher, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("distill", "--target", "host", "--data", str(tiny_npz), "--teacher", str(untrained_teacher),
                    "--epochs", "2", "--widths", "0.25", "--formats", "onnx", "--tune", "2", "--tune-minutes", "5",
-                   "--no-progress", "--bench-seconds", "0.05", "--out", str(out))
+                   "--no-progress", "--bench-seconds", "0.05", "--force", "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "warning:" in proc.stdout and "NOT clearly better" in proc.stdout
     report = json.loads((out / "report.json").read_text())

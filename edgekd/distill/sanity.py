@@ -1,8 +1,7 @@
 """Chance checks: a teacher fed the wrong pixels, or a student that learned nothing, stops the run instead of shipping.
 
-A model is *near chance* on a split when its accuracy is less than a tenth of the way from chance (the
-most frequent class's share of the labels) to perfect, or within three binomial standard errors of
-chance on that many images. A teacher is *far below its record* when it keeps less than half of its
+A model is *near chance* on a split of at least :data:`MIN_IMAGES` images when its accuracy is less
+than a tenth of the way from chance (the most frequent class's share of the labels) to perfect. A teacher is *far below its record* when it keeps less than half of its
 recorded accuracy above chance (an edgekd checkpoint records its test accuracy when it was trained).
 
 Before anything trains (:func:`check_teacher`): a teacher near chance on the validation split, or far
@@ -15,7 +14,6 @@ fails the run (report status "failed", exit 1, nothing recommended), unless ``--
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +22,7 @@ from edgekd import events
 from edgekd.errors import EdgeKDError
 
 NEAR_CHANCE_FRACTION = 0.1   # of the way from chance to perfect
-SIGMAS = 3.0
+MIN_IMAGES = 20
 FAR_BELOW_KEEPS = 0.5        # of the recorded accuracy above chance
 VAL_SAMPLE = 512             # validation images each candidate input size is scored on
 CLEARLY_BETTER = 0.05        # a candidate size replaces the configured one only when this much better
@@ -67,8 +65,9 @@ def chance_accuracy(labels) -> float:
 
 
 def near_chance(accuracy: float, chance: float, images: int) -> bool:
-    margin = max(NEAR_CHANCE_FRACTION * (1.0 - chance), SIGMAS * math.sqrt(chance * (1.0 - chance) / max(images, 1)))
-    return accuracy < chance + margin
+    """Below a tenth of the way from chance to perfect; on fewer than MIN_IMAGES nothing is judged (a
+    handful of validation images cannot tell a student that learned from one that did not)."""
+    return images >= MIN_IMAGES and accuracy < chance + NEAR_CHANCE_FRACTION * (1.0 - chance)
 
 
 def far_below(accuracy: float, recorded: float | None, chance: float) -> bool:
