@@ -22,9 +22,13 @@ def test_each_family_declares_a_known_recipe():
     assert recipe_for("torchvision:resnet18").name == "cnn"  # a model source declares none
 
 
-def test_the_recipe_fills_what_the_user_did_not_set():
+def test_the_recipe_fills_what_the_user_did_not_set(monkeypatch):
+    from edgekd.distill import recipes
+
+    monkeypatch.setitem(recipes.RECIPES, "mobile", recipes.Recipe("mobile", lr=2e-3, weight_decay=0.05,
+                                                                  decay_norm_and_bias=False, label_smoothing=0.1))
     cfg = apply_recipe(TrainConfig(), "mobilenet_v3_small")
-    assert (cfg.lr, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.label_smoothing) == (1e-2, 0.05, False, 0.1)
+    assert (cfg.lr, cfg.weight_decay, cfg.decay_norm_and_bias, cfg.label_smoothing) == (2e-3, 0.05, False, 0.1)
     assert cfg.result_dict()["decay_norm_and_bias"] is False
     mine = apply_recipe(replace(TrainConfig(), lr=5e-4), "mobilenet_v3_small", given=("lr",))
     assert mine.lr == 5e-4 and mine.weight_decay == 0.05
@@ -100,14 +104,17 @@ def test_bn_statistics_follow_a_short_training(arch):
     assert torch.allclose(bn.running_mean, batch_mean, atol=0.1 * float(batch_mean.abs().max()))
 
 
-def test_the_run_trains_each_family_with_its_recipe_unless_the_user_set_the_rate():
+def test_the_run_trains_each_family_with_its_recipe_unless_the_user_set_the_rate(monkeypatch):
     from edgekd.config import RunConfig
+    from edgekd.distill import recipes
     from edgekd.pipeline import _train_config
 
+    monkeypatch.setitem(recipes.RECIPES, "mobile", recipes.Recipe("mobile", lr=2e-3, weight_decay=0.05,
+                                                                  decay_norm_and_bias=False))
     cfg = RunConfig()
     mobile = _train_config(cfg, "cpu", "mobilenet_v3_small")
-    assert mobile.decay_norm_and_bias is False and mobile.weight_decay == 0.05
+    assert mobile.lr == 2e-3 and mobile.decay_norm_and_bias is False and mobile.weight_decay == 0.05
     assert _train_config(cfg, "cpu", "cnn").result_dict() == _train_config(cfg, "cpu").result_dict()
     cfg.train.lr = 5e-3
     mine = _train_config(cfg, "cpu", "mobilenet_v3_small")
-    assert mine.lr == 5e-3 and mine.decay_norm_and_bias is False
+    assert mine.lr == 5e-3 and mine.weight_decay == 0.05
