@@ -249,7 +249,9 @@ def _rechoose_recommendation(report: dict) -> None:
         report["recommended"] = None
         return
     target = SimpleNamespace(**{"precisions": [target.get("precision")], **target})
-    max_drop = (report.get("config") or {}).get("max_drop", 0.01)
+    config = report.get("config") or {}
+    # config.json is a RunConfig (export.max_drop); runs written before it kept the option at the top.
+    max_drop = (config.get("export") or {}).get("max_drop", config.get("max_drop", 0.01))
     report["recommended"] = recommend(rows, target, max_drop if isinstance(max_drop, (int, float)) else 0.01)
 
 
