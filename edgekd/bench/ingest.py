@@ -107,9 +107,21 @@ def _record_contradiction(doc: dict, target: str | None, device_target: str | No
             continue
         if label in target_names() and device_target is None:
             return label
-        if label in registered and registered[label] not in (target, device_target):
-            return f"{label} (a {registered[label]})"
+        if label in registered and _target_name(registered[label]) not in (target, device_target):
+            return f"{label} (a {_target_name(registered[label])})"
     return None
+
+
+def _target_name(target: str) -> str:
+    """A registered device's target (a shipped name, or the path of a profile file) as the name runs record."""
+    if not target.endswith((".yaml", ".yml")):
+        return target
+    from edgekd.hardware.targets import load_target
+
+    try:
+        return load_target(target).name
+    except EdgeKDError:  # a profile moved or broken since: its file name is all there is to go on
+        return Path(target).stem
 
 
 def _artifact_by_name(row: dict, by_hash: dict, by_name: dict, run_dir: Path):
