@@ -97,10 +97,15 @@ class Run:
     artifacts: list = field(default_factory=list)  # export: Artifact list
     report: dict = field(default_factory=dict)
     student_sanity: dict | None = None  # train hook: the student's accuracy against chance
+    family: str | None = None         # select: the family `--student auto` / `a,b,c` chose
 
     @property
     def arch(self) -> str:
-        return self.cfg.student.family or "cnn"
+        return self.family or self.cfg.student.family or "cnn"
+
+
+def searches_families(family: str | None) -> bool:  # `--student auto` or `--student a,b,c`
+    return bool(family) and (family == "auto" or "," in family)
 
 
 def distill(cfg: RunConfig, console=None, *, teacher_module=None, datasets=None) -> dict:
@@ -129,11 +134,11 @@ def run_stages(cfg: RunConfig, *, teacher_module=None, datasets=None) -> dict:
     try:
         plan(run)
         _stage(run, "data", "Loading data", load_data_stage)
-        _stage(run, "select", f"Choosing the {run.arch} student's {_selecting(cfg)} for {run.target.name} "
+        _stage(run, "select", f"Choosing the {_choosing(cfg)} {_selecting(cfg)} for {run.target.name} "
                               f"(budget {run.budget_ms:g} ms)", select_student)
         _stage(run, "teacher", "Teacher", load_teacher)
         run.train_cfg = _train_config(cfg, run.device, run.arch)
-        check_feature_pairs(cfg, run.splits, run.selection.chosen, run.teacher, run.device)
+        check_feature_pairs(cfg, run.splits, run.selection.chosen, run.teacher, run.device, run.arch)
         _stage(run, "worth", "Is the teacher worth it? The student trained alone, on the validation split",
                check_worth)
         create_out_dir(run)
@@ -246,6 +251,10 @@ def _image_sizes(cfg: RunConfig) -> list[int] | None:
     return ([cfg.data.image_size] if cfg.data.image_size else list(cfg.selection.image_sizes or [])) or None
 
 
+def _choosing(cfg: RunConfig) -> str:
+    return "student's family," if searches_families(cfg.student.family) else f"{cfg.student.family or 'cnn'} student's"
+
+
 def _selecting(cfg: RunConfig) -> str:
     sizes = _image_sizes(cfg)
     return "width" + (" and image size" if sizes and len(sizes) > 1 else "")
@@ -259,6 +268,9 @@ def select_student(run: Run) -> None:
     cfg, splits, budget_ms, sel = run.cfg, run.splits, run.budget_ms, run.cfg.selection
     shape = dict(num_classes=splits.num_classes, input_shape=tuple(splits.input_shape), image_sizes=_image_sizes(cfg),
                  safe=sel.safe)
+    if searches_families(cfg.student.family):
+        _select_across_families(run, shape)
+        return
     if sel.width is not None:
         # The user fixed the width (or `edgekd sweep` did): cost it, judge it, distil it anyway.
         selection = select_width(run.arch, (sel.width,), target=run.target, budget_ms=float("1e12"), **shape)
@@ -274,6 +286,24 @@ def select_student(run: Run) -> None:
         events.warning(f"  width {selection.chosen.width:g} is over the {budget_ms:g} ms budget "
                        f"({selection.chosen.predicted_ms:.3f} ms): distilling it because --width asked for it")
     # The chosen size (from --image-sizes) for the student; the teacher keeps its own, or follows the student's.
+    run.splits = run.splits.at_image_size(selection.chosen.image_size,
+                                          teacher_image_size=run.splits.preprocessing.teacher_image_size)
+
+
+def _select_across_families(run: Run, shape: dict) -> None:
+    """`--student auto|a,b,c`: every family at the target's precision; the run trains the chosen family."""
+    from edgekd.hardware.select import select_student as search_families
+
+    sel = run.cfg.selection
+    selection = search_families(run.cfg.student.family, target=run.target, budget_ms=run.budget_ms, widths=sel.widths,
+                                precisions=[run.target.precision], **shape)
+    if not selection.chosen.fits:
+        raise EdgeKDError(f"no candidate of {', '.join(selection.families)} fits the {run.budget_ms:g} ms budget on "
+                          f"{run.target.name} (fastest {min(c.predicted_ms for c in selection.candidates):.3f} ms)",
+                          "raise --budget-ms, lower --image-sizes, or name smaller families with --student a,b")
+    run.family, run.selection = selection.chosen.family, selection
+    _selection_table(selection)
+    events.info(f"  chosen across {len(selection.families)} families: {run.family} width {selection.chosen.width:g}")
     run.splits = run.splits.at_image_size(selection.chosen.image_size,
                                           teacher_image_size=run.splits.preprocessing.teacher_image_size)
 
@@ -551,7 +581,7 @@ def save_teacher(out: Path, teacher, spec, info: dict, splits) -> str:
     return "teacher.onnx"
 
 
-def check_feature_pairs(cfg: RunConfig, splits, chosen, teacher, device: str) -> None:
+def check_feature_pairs(cfg: RunConfig, splits, chosen, teacher, device: str, arch: str | None = None) -> None:
     """Feature losses: pair the stages now (one probe image), so an impossible pairing or an ONNX teacher
     is refused before the run folder exists and anything trains."""
     from edgekd.distill.losses import build_loss
@@ -565,7 +595,7 @@ def check_feature_pairs(cfg: RunConfig, splits, chosen, teacher, device: str) ->
     from edgekd.distill.features import pair_stages
     from edgekd.models import family_spec
 
-    student = family_spec(cfg.student.family or "cnn", splits.num_classes, tuple(splits.input_shape),
+    student = family_spec(arch or cfg.student.family or "cnn", splits.num_classes, tuple(splits.input_shape),
                           width=chosen.width, depth=chosen.depth).build()
     example = torch.from_numpy(np.asarray(splits.normalized("test")[:2]))
     teacher_view = torch.from_numpy(np.asarray(splits.normalized("test", size=splits.preprocessing.teacher_size)[:2]))

@@ -140,3 +140,23 @@ def test_gate_explains_a_failed_run(tmp_path):
     result = gate([str(out)], budgets)
     assert not result.passed
     assert "failed in stage export: onnx export failed: boom" in result.results[0].value_text
+
+
+def test_student_auto_distils_the_family_the_search_across_families_chose(tmp_path, tiny_npz):
+    """`--student a,b` in distill: the selection searches both families and the run trains the chosen one."""
+    import torch
+
+    import edgekd
+    from edgekd.models import ModelSpec, create, save_model
+
+    torch.manual_seed(0)
+    teacher = save_model(tmp_path / "teacher.safetensors", create("cnn", num_classes=10, in_channels=1).eval(),
+                         ModelSpec("cnn", 10, 1))
+    run = edgekd.distill(target="jetson-nano", data=str(tiny_npz), teacher=str(teacher), student="cnn,mobilenet_v2",
+                         epochs=1, formats=("onnx",), bench_seconds=0.05, force=True, progress=False, threads=1,
+                         budget_ms=100.0, out=tmp_path / "auto", verbose=False)
+    sel = run.report["selection"]
+    assert set(sel["families"]) == {"cnn", "mobilenet_v2"}
+    assert {c["family"] for c in sel["candidates"]} == {"cnn", "mobilenet_v2"}
+    assert run.report["student"]["arch"] == sel["family"]
+    assert sel["front"], "the report shows the front across families"
