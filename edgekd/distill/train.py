@@ -333,14 +333,15 @@ def _cache_teacher_outputs(run: Stage) -> None:
 @torch.no_grad()
 def _fill_clean_outputs(run: Stage) -> None:
     """Teacher logits of every training image's evaluation view not cached yet, in one pass."""
-    from edgekd.data.loader import EvalDataset, make_loader
+    from edgekd.data.loader import EvalDataset, eval_batch_size, make_loader
 
     cfg, splits, pre = run.cfg, run.splits, run.splits.preprocessing
     rows = run.outputs.missing(0, np.arange(run.n))
     if not len(rows):
         return
     subset = splits.train.subset(rows, "train")
-    order = [list(range(i, min(i + cfg.eval_batch_size, len(rows)))) for i in range(0, len(rows), cfg.eval_batch_size)]
+    step = eval_batch_size(cfg.eval_batch_size, (pre.teacher_size, pre.teacher_size))
+    order = [list(range(i, min(i + step, len(rows)))) for i in range(0, len(rows), step)]
     for batch in make_loader(EvalDataset(subset, pre, pre.teacher_size), order, splits.workers if len(order) > 1 else 0):
         splits.bad.add("train", batch["bad"])
         if batch["x"] is None:
@@ -485,8 +486,14 @@ def _teacher_outputs(run: Stage, epoch: int, batch: TrainBatch, x: torch.Tensor)
         rows = batch.idx.cpu().numpy()
         logits = run.outputs.get(epoch, rows)
         if logits is None:  # not cached yet: compute, store, and use the stored (rounded) values
+            from edgekd.data.loader import eval_batch_size
+
+            # A big teacher's activations on a whole training batch at 224 px would double the run's peak memory;
+            # chunks give the same logits (the frozen teacher is in eval mode).
+            step = eval_batch_size(len(x), x.shape)
             with torch.no_grad():
-                logits = run.outputs.put(epoch, rows, run.teacher_net(x)[1].float())
+                logits = run.outputs.put(epoch, rows, torch.cat([run.teacher_net(x[i:i + step])[1].float()
+                                                                 for i in range(0, len(x), step)]))
         return ModelOutputs(logits.to(run.device))
     with torch.no_grad():
         return ModelOutputs(*reversed(run.teacher_net(x)))
