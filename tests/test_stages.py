@@ -160,3 +160,50 @@ def test_student_auto_distils_the_family_the_search_across_families_chose(tmp_pa
     assert {c["family"] for c in sel["candidates"]} == {"cnn", "mobilenet_v2"}
     assert run.report["student"]["arch"] == sel["family"]
     assert sel["front"], "the report shows the front across families"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_export_leaves_an_interrupted_report(tmp_path, tiny_npz, monkeypatch):
+    """Issue 27: SIGINT during export left artifacts and no report; now report.json says where it stopped."""
+    import os
+    import signal
+
+    import edgekd.export as export_package
+    from edgekd import pipeline
+
+    real_export_all = export_package.export_all
+
+    def export_then_ctrl_c(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, delivered while the export stage runs
+        return real_export_all(*args, **kwargs)
+
+    monkeypatch.setattr(export_package, "export_all", export_then_ctrl_c)
+    cfg = RunConfig(target="host", out=str(tmp_path / "run"), progress=False, force=True)
+    cfg.data.path = str(tiny_npz)
+    cfg.train.epochs = 1
+    cfg.selection.widths = (0.25,)
+    cfg.export.formats = ("onnx",)
+    with pytest.raises(EdgeKDError) as err:
+        pipeline.distill(cfg)
+    assert err.value.exit_code == 130 and "--resume" in str(err.value)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert (report["status"], report["failed_stage"]) == ("interrupted", "export")
+
+
+def test_report_explains_a_failed_run_and_writes_nothing(tmp_path):
+    """`edgekd report` on a failed run printed empty tables and exit 0; now one line naming the stage, exit 1."""
+    import subprocess
+    import sys
+
+    from edgekd.rundir import write_unfinished_report
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_unfinished_report(out, status="failed", stage="teacher", error="TorchExportError: no graph",
+                            config={"target": "jetson-nano"})
+    proc = subprocess.run([sys.executable, "-m", "edgekd", "report", str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    assert "failed in stage teacher: TorchExportError: no graph" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["report.json"]

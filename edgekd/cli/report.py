@@ -31,6 +31,8 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
     console = make_console()
     folders = [report_path(p).parent for p in run_dirs]
     reports = [load_report(p) for p in run_dirs]  # all validated before anything is written
+    for given, report in zip(run_dirs, reports):
+        _refuse_unfinished(given, report)
     seen = {}
     for given, folder in zip(run_dirs, folders):
         if folder.resolve() in seen:
@@ -67,6 +69,19 @@ def command(run_dirs: tuple[Path, ...], out: Path | None, no_html: bool, quiet: 
             print_report(console, merged, selection=False)
         console.print(f"[green]wrote[/green] comparison of {len(reports)} runs: "
                       f"{', '.join(str(p) for p in paths.values())}", highlight=False)
+
+
+def _refuse_unfinished(given: Path, report: dict) -> None:
+    """A run that failed or was interrupted has no figures to report: say where and why it stopped (exit 1)."""
+    from edgekd.errors import EdgeKDError
+    from edgekd.rundir import UNFINISHED
+
+    status = report.get("status")
+    if status in UNFINISHED:
+        raise EdgeKDError(f"{given}: the run {status} in stage {report.get('failed_stage') or '?'}: "
+                          f"{report.get('error') or 'no error recorded'}",
+                          report.get("hint") or "fix the cause and rerun the same `edgekd distill` command "
+                                                "(a failed run folder is replaced)", exit_code=1)
 
 
 def _command_of(report_file: Path) -> str | None:
