@@ -56,10 +56,9 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def write_folder(src: Path, dest: Path, limit: int | None = None) -> Path:
-    """train/<class>/NNNNN.jpg, 3-channel, WRITE_SIZE px; written once (a marker file says it is complete)."""
-    from PIL import Image
-
+def _write_images(src: Path, dest: Path, limit: int | None, render) -> Path:
+    """train/<class>/NNNNN.jpg from Fashion-MNIST's training images, ``render(i, image, n)`` giving each one's RGB
+    PIL image; written once (a marker file says it is complete)."""
     done = dest / ".complete"
     if done.exists():
         return dest
@@ -70,10 +69,17 @@ def write_folder(src: Path, dest: Path, limit: int | None = None) -> Path:
         (dest / "train" / c).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i in range(n):
-        im = Image.fromarray(x[i]).resize((WRITE_SIZE, WRITE_SIZE), Image.BICUBIC).convert("RGB")
-        im.save(dest / "train" / CLASSES[y[i]] / f"{i:05d}.jpg", quality=90)
+        render(i, x[i], n).save(dest / "train" / CLASSES[y[i]] / f"{i:05d}.jpg", quality=90)
     done.write_text(f"{n} files in {time.perf_counter() - t0:.0f} s\n")
     return dest
+
+
+def write_folder(src: Path, dest: Path, limit: int | None = None) -> Path:
+    """train/<class>/NNNNN.jpg, 3-channel, WRITE_SIZE px."""
+    from PIL import Image
+
+    return _write_images(src, dest, limit, lambda i, img, n: Image.fromarray(img).resize(
+        (WRITE_SIZE, WRITE_SIZE), Image.BICUBIC).convert("RGB"))
 
 
 PHOTO_SIZE = 256
@@ -81,25 +87,19 @@ PHOTO_SIZE = 256
 
 def write_photos(src: Path, dest: Path, limit: int | None = None) -> Path:
     """train/<class>/NNNNN.jpg: Fashion-MNIST upsampled to PHOTO_SIZE px and tinted with a colour per image
-    (a stand-in for a folder of 256 px photos); written once (a marker file says it is complete)."""
+    (a stand-in for a folder of 256 px photos)."""
     from PIL import Image
 
-    done = dest / ".complete"
-    if done.exists():
-        return dest
-    x = read_idx(src / "train-images-idx3-ubyte.gz")
-    y = read_idx(src / "train-labels-idx1-ubyte.gz")
-    n = len(y) if limit is None else limit
-    for c in CLASSES:
-        (dest / "train" / c).mkdir(parents=True, exist_ok=True)
-    tints = np.random.default_rng(0).uniform(0.3, 1.0, (n, 3)).astype(np.float32)
-    t0 = time.perf_counter()
-    for i in range(n):
-        grey = np.asarray(Image.fromarray(x[i]).resize((PHOTO_SIZE, PHOTO_SIZE), Image.BICUBIC), np.float32)
-        rgb = np.clip(grey[..., None] * tints[i] + 40 * (1 - tints[i]), 0, 255).astype(np.uint8)
-        Image.fromarray(rgb).save(dest / "train" / CLASSES[y[i]] / f"{i:05d}.jpg", quality=90)
-    done.write_text(f"{n} files in {time.perf_counter() - t0:.0f} s\n")
-    return dest
+    tints = {}
+
+    def render(i, img, n):
+        if "all" not in tints:  # one draw for the folder, as before: image i takes row i
+            tints["all"] = np.random.default_rng(0).uniform(0.3, 1.0, (n, 3)).astype(np.float32)
+        tint = tints["all"][i]
+        grey = np.asarray(Image.fromarray(img).resize((PHOTO_SIZE, PHOTO_SIZE), Image.BICUBIC), np.float32)
+        return Image.fromarray(np.clip(grey[..., None] * tint + 40 * (1 - tint), 0, 255).astype(np.uint8))
+
+    return _write_images(src, dest, limit, render)
 
 
 def pipeline_rate(splits, size: int, workers: int, images: int, batch: int) -> float:
