@@ -148,14 +148,7 @@ PRINTING_CALLS, RICH_OUTPUT = {"print"}, {"Console", "Progress", "Live", "Status
 PRINTING_ALLOWED: dict = {}
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 700, 80
 SIZE_ALLOWED: dict = {}
-CYCLES_ALLOWED = {
-    frozenset({"edgekd.data", "edgekd.data.formats", "edgekd.data.splitting"}): "H28a",
-    # the families import the registry from the package that scans them: a models/base.py would end it
-    frozenset({"edgekd.models", "edgekd.models.sources", "edgekd.models.timm_models", "edgekd.models.cnn",
-               "edgekd.models.mlp", "edgekd.models.efficientnet", "edgekd.models.mnasnet", "edgekd.models.mobilenet_v2",
-               "edgekd.models.mobilenet_v3", "edgekd.models.regnet", "edgekd.models.resnet",
-               "edgekd.models.shufflenet_v2"}): "H26a, H27 (sources.py)",
-}
+CYCLES_ALLOWED: dict = {}
 
 
 def _library_modules() -> dict[str, tuple[str, ast.Module]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.data import DATA_FORMATS, DataFormat, RawData
+from edgekd.data.splits import DATA_FORMATS, DataFormat, RawData
 from edgekd.errors import EdgeKDError
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import numpy as np
 
 from edgekd.data.files import FileSet, RawFiles, bad_files_line, stratified_pick, stratified_take
 from edgekd.data.preprocess import Preprocess
+from edgekd.data.splits import DataSplits
 from edgekd.errors import EdgeKDError
 
 HEADER_SAMPLE = 256     # files whose headers decide the default size and channel count
@@ -19,7 +20,6 @@ _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 def make_file_splits(raw: RawFiles, *, name: str, source: str, split_options: dict, where: str, request,
                      preprocess: Preprocess | None, strict: bool, workers: int, cache_dir: Path | None,
                      progress: bool):
-    from edgekd.data import DataSplits
     from edgekd.data.loader import BadFiles
 
     notes = list(raw.notes)

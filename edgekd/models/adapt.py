@@ -142,3 +142,17 @@ def check_spec_fits(spec, state: dict, where) -> None:
         raise EdgeKDError(f"{where} does not match architecture {spec.arch} (width {spec.width}, depth {spec.depth}): "
                           f"{len(wrong)} tensors differ (first {k}: {have} in the file, {want} in the spec)",
                           "pass the architecture and width the weights were trained with")
+
+
+class ChannelRepeat(nn.Module):
+    """A grey image fed to an RGB network: the channel repeated (the usual way to run ImageNet models on grey data)."""
+
+    def __init__(self, net: nn.Module, channels: int = 3):
+        super().__init__()
+        self.net, self.channels = net, channels
+
+    def named_root(self) -> nn.Module:  # feature pairs name the wrapped network's modules
+        return self.net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekd.models import family, integer_depth
+from edgekd.models.base import family, integer_depth
 
 BASE_CHANNELS = (16, 32, 64)
 

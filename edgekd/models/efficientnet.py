@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torchvision.models import MNASNet
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 from edgekd.models.mobilenet_v2 import _no_depth
 from edgekd.models.mobilenet_v3 import short_training_bn

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torchvision.models import MobileNetV2
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 
 

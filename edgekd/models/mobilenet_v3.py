@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models.mobilenetv3 import MobileNetV3, _mobilenet_v3_conf
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 from edgekd.models.mobilenet_v2 import _no_depth
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torchvision.models.regnet import BlockParams, RegNet
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem, make_divisible
 
 # RegNetY-400MF (Radosavovic et al. 2020), as torchvision's regnet_y_400mf builds it.

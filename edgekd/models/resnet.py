@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import drop_stem_pool, is_small
 
 BASE = (64, 128, 256, 512)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torchvision.models import ShuffleNetV2
 
-from edgekd.models import family
+from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem, drop_stem_pool, make_divisible
 from edgekd.models.mobilenet_v2 import _no_depth
 

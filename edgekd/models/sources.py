@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from edgekd.errors import EdgeKDError, first_line
-from edgekd.models import SCHEMES, ModelSpec, count_params
+from edgekd.models.adapt import ChannelRepeat  # noqa: F401  (imported from here by the teacher loader)
+from edgekd.models.base import FILE_SCHEME, SCHEMES, ModelSpec, count_params
 
 # ---------------------------------------------------------------------------------------------
 # Weights
@@ -138,20 +139,6 @@ def torchvision_model(name: str, num_classes: int | None = None) -> nn.Module:
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
-class ChannelRepeat(nn.Module):
-    """A grey image fed to an RGB network: the channel repeated (the usual way to run ImageNet models on grey data)."""
-
-    def __init__(self, net: nn.Module, channels: int = 3):
-        super().__init__()
-        self.net, self.channels = net, channels
-
-    def named_root(self) -> nn.Module:  # feature pairs name the wrapped network's modules
-        return self.net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x)
-
-
 class ResizedInput(nn.Module):
     """A teacher that takes another image size than the student: each batch is resized (bilinear) to
     ``size`` before it, so both see the same image, each at its own resolution (``--teacher-image-size``)."""
@@ -260,6 +247,9 @@ def factory_family(spec: str):
     return factory
 
 
+SCHEMES.add(FILE_SCHEME, factory_family)  # "path/to/file.py:factory", whole (edgekd.models.base.resolve_factory)
+
+
 # ---------------------------------------------------------------------------------------------
 # model.onnx: a teacher that only exists as ONNX
 
@@ -351,7 +341,7 @@ def load_source_model(source: str, *, weights: str | Path | None = None, num_cla
         return LoadedModel(model, None, text, {"format": "onnx", "num_classes": model.num_classes,
                                                 "in_channels": model.in_channels, "image_size": model.image_size})
     if text.endswith(".safetensors"):
-        from edgekd.models import load_model
+        from edgekd.models.checkpoint import load_model
 
         if not Path(text).is_file():
             raise EdgeKDError(f"{what} {text} does not exist", "pass a .safetensors file written by edgekd")

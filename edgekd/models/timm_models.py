@@ -16,7 +16,7 @@ import threading
 from torch import nn
 
 from edgekd.errors import EdgeKDError
-from edgekd.models import SCHEMES
+from edgekd.models.base import SCHEMES
 from edgekd.registry import suggest
 
 MULTIPLIER_ARGS = ("channel_multiplier", "width")   # generator parameters that scale channels, by timm family
@@ -100,11 +100,11 @@ def timm_family(name: str):
     check_timm_name(name)
     from timm.models import model_entrypoint
 
-    from edgekd.models import DEFAULT_WIDTHS
+    from edgekd.models.base import DEFAULT_WIDTHS
 
     def factory(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                 image_size: int | None = None, weights_in_channels: int | None = None, **kw) -> nn.Module:
-        from edgekd.models.sources import ChannelRepeat
+        from edgekd.models.adapt import ChannelRepeat
 
         if depth != 1:
             raise EdgeKDError(f"timm:{name} is built at depth 1 only (got {depth:g})", "use depth 1")
