@@ -38,6 +38,8 @@ class FamilyTraits:
     ``traceable``: edgekd can build it at any width and depth itself (registered families), so its graphs
     can be costed without an ONNX export each (``edgekd.hardware.fastcost``).
     ``recipe``: the name of the training recipe it trains well with from scratch (``edgekd.distill.recipes``).
+    ``reference``: (ImageNet-1k top-1 %, GMACs) at width 1, 224 px; ``published_widths``: (lowest, highest)
+    width multiplier with a published ImageNet figure (``edgekd.hardware.select.accuracy_proxy``).
     """
 
     depths: tuple = (1,)
@@ -48,6 +50,7 @@ class FamilyTraits:
     default_input: tuple = (3, 224, 224)
     traceable: bool = False
     reference: tuple | None = None
+    published_widths: tuple | None = None
     recipe: str = "cnn"         # the training recipe it starts from (edgekd.distill.recipes.RECIPES)
 
     @property

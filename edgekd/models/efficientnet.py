@@ -9,7 +9,8 @@ from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 
 
-@family("efficientnet_b0", depths=(1.0, 1.2, 1.4), recipe="mobile", reference=(77.692, 0.39))
+@family("efficientnet_b0", depths=(1.0, 1.2, 1.4), recipe="mobile", reference=(77.692, 0.39),
+        published_widths=(1.0, 2.0))
 def efficientnet_b0(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                     image_size: int | None = None, dropout: float = 0.2,
                     stochastic_depth: float = 0.2) -> EfficientNet:

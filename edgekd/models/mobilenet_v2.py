@@ -8,7 +8,7 @@ from edgekd.models.base import family
 from edgekd.models.adapt import adapt_stem
 
 
-@family("mobilenet_v2", recipe="mobile", reference=(71.878, 0.30))
+@family("mobilenet_v2", recipe="mobile", reference=(71.878, 0.30), published_widths=(0.35, 1.4))
 def mobilenet_v2(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                  image_size: int | None = None, dropout: float = 0.2) -> MobileNetV2:
     _no_depth("mobilenet_v2", depth)

@@ -32,13 +32,13 @@ def short_training_bn(model):
     return model
 
 
-@family("mobilenet_v3_small", recipe="mobile", reference=(67.668, 0.06))
+@family("mobilenet_v3_small", recipe="mobile", reference=(67.668, 0.06), published_widths=(0.75, 1.0))
 def mobilenet_v3_small(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                        image_size: int | None = None, dropout: float = 0.2) -> MobileNetV3:
     return _build("mobilenet_v3_small", num_classes, in_channels, width, depth, image_size, dropout)
 
 
-@family("mobilenet_v3_large", recipe="mobile", reference=(75.274, 0.22))
+@family("mobilenet_v3_large", recipe="mobile", reference=(75.274, 0.22), published_widths=(0.75, 1.0))
 def mobilenet_v3_large(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                        image_size: int | None = None, dropout: float = 0.2) -> MobileNetV3:
     return _build("mobilenet_v3_large", num_classes, in_channels, width, depth, image_size, dropout)

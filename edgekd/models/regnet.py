@@ -12,7 +12,7 @@ from edgekd.models.adapt import adapt_stem, make_divisible
 DEPTH, W_0, W_A, W_M, GROUP_WIDTH, SE_RATIO, STEM = 16, 48, 27.89, 2.09, 8, 0.25, 32
 
 
-@family("regnet", depths=(0.75, 1.0, 1.25), reference=(74.046, 0.40))
+@family("regnet", depths=(0.75, 1.0, 1.25), reference=(74.046, 0.40), published_widths=(1.0, 1.0))
 def regnet(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
            image_size: int | None = None) -> RegNet:
     params = BlockParams.from_init_params(depth=max(4, round(DEPTH * depth)), w_0=make_divisible(W_0 * width, 8),

@@ -56,7 +56,7 @@ class ScaledResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@family("resnet", depths=(0.5, 1.0, 1.5), reference=(69.758, 1.81))
+@family("resnet", depths=(0.5, 1.0, 1.5), reference=(69.758, 1.81), published_widths=(1.0, 2.0))
 def resnet(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
            image_size: int | None = None) -> ScaledResNet:
     return ScaledResNet(num_classes, in_channels, width=width, depth=depth, image_size=image_size)

@@ -13,7 +13,7 @@ STAGE_CHANNELS = (116, 232, 464)   # ShuffleNetV2 x1.0; torchvision's x0.5/x1.5/
 STEM, HEAD = 24, 1024
 
 
-@family("shufflenet_v2", recipe="mobile", reference=(69.362, 0.14))
+@family("shufflenet_v2", recipe="mobile", reference=(69.362, 0.14), published_widths=(0.5, 2.0))
 def shufflenet_v2(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1,
                   image_size: int | None = None) -> ShuffleNetV2:
     _no_depth("shufflenet_v2", depth)
