@@ -133,14 +133,16 @@ def main() -> None:
         report, seconds = distill(folder, tmp / "run", tmp / "cache", args.threads, flags)
         teacher = report.get("teacher", {})
         student = next((a for a in report.get("artifacts", []) if a.get("role") == "student"), {})
-        worth = report.get("worth") or {}
+        worth = teacher.get("worth") or {}
         print(f"data={args.kind} images={args.images} (28 px PNG folder)")
         print(f"views={json.dumps(report['data'].get('views'))}")
         print(f"teacher_test_accuracy={teacher.get('accuracy')}")
         print(f"teacher_val_accuracy={teacher.get('val_accuracy')}")
         print(f"teacher_train_seconds={teacher.get('train_seconds')}")
-        print(f"student_test_accuracy={student.get('accuracy')}")
-        print(f"student_alone={json.dumps(worth)[:400]}")
+        print(f"student_test_accuracy={student.get('accuracy')} "
+              f"student_val_accuracy={report.get('student', {}).get('val_accuracy')}")
+        print(f"student_alone_val_accuracy={worth.get('student_val_accuracy')} "
+              f"teacher_val_accuracy={worth.get('teacher_val_accuracy')} (the worth probe: {worth.get('message')})")
         print(f"cold_run_seconds={seconds:.1f}")
         if not args.skip_plain:
             acc, secs = train_plain(folder, int(teacher.get("epochs") or 10))
