@@ -149,18 +149,24 @@ def run_lock(directory: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def wait_lock(lock_file: str | os.PathLike) -> Iterator[Path]:
+def wait_lock(lock_file: str | os.PathLike, while_waiting=None) -> Iterator[Path]:
     """Hold an exclusive ``flock`` on ``lock_file``, waiting for another process that holds it.
 
     For shared caches: a second process that needs the same entry waits for the first to write it,
     then reads it, instead of computing it again into the same files. Released when the process dies.
+    ``while_waiting``: a context manager factory entered only while blocked (the thread policy uses it
+    to give a waiting job's cores to the job it waits for).
     """
     import fcntl
 
     lock_file = Path(lock_file)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with while_waiting() if while_waiting else contextlib.nullcontext():
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield lock_file
         finally:

@@ -1,7 +1,7 @@
 """Thread policy: how many CPU threads this job may use, from the CPUs it may run on and the other edgekd jobs here.
 
 A job may use the CPUs of its affinity mask, narrowed by a cgroup CPU quota (containers). Every edgekd
-job registers itself in a folder of the cache (one file per process, removed when it ends; a file whose
+job registers itself in a per-user folder of the machine (one file per process, removed when it ends; a file whose
 process is gone is ignored and deleted), and the usable CPUs are split between the live jobs: two jobs
 on two cores take one thread each instead of two threads each that preempt one another at every
 parallel region. torch's intra-op threads, ONNX Runtime and OpenVINO sessions and the loader's worker
@@ -13,6 +13,7 @@ others make room for it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -36,12 +37,18 @@ def usable_cpus(cpu_max_path: str | None = None) -> int:
 
 
 def jobs_dir() -> Path:
+    """One registry per user and machine, not per cache: two jobs with different caches (CI jobs, a
+    user's second project) still share the same cores. ``$XDG_RUNTIME_DIR`` where the session has one,
+    else the temporary folder."""
     env = os.environ.get(ENV_JOBS_DIR)
     if env:
         return Path(env).expanduser()
-    from edgekd.fsutil import cache_root
+    import tempfile
 
-    return cache_root() / JOBS_FOLDER
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / f"edgekd-{JOBS_FOLDER}"
+    return Path(tempfile.gettempdir()) / f"edgekd-{JOBS_FOLDER}-{os.getuid()}"
 
 
 def _start_time(pid: int) -> str | None:
@@ -90,7 +97,9 @@ def live_jobs(folder: Path | None = None) -> list[dict]:
 
 def share(cpus: int, jobs: list[dict], pid: int) -> int:
     """This job's threads when ``jobs`` (oldest first) split ``cpus``: jobs with an explicit count take
-    theirs, the rest share what is left evenly (the older ones get the remainder), at least one each."""
+    theirs, the rest share what is left evenly (the older ones get the remainder), at least one each.
+    A job blocked on another's lock (``waiting``: the same teacher being trained) takes no share."""
+    jobs = [j for j in jobs if not j.get("waiting") or int(j["pid"]) == pid]
     fixed = sum(int(j["threads"]) for j in jobs if j.get("threads") and int(j["pid"]) != pid)
     flexible = [int(j["pid"]) for j in jobs if not j.get("threads")]
     if pid not in flexible:
@@ -113,10 +122,10 @@ class JobSlot:
         from edgekd.fsutil import atomic_write_json
 
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             atomic_write_json(self.path, self.record)
         except OSError:
-            pass  # a read-only cache: the job runs with the CPUs alone, unaware of the others
+            pass  # an unwritable registry: the job runs with the CPUs alone, unaware of the others
         return self
 
     def __exit__(self, *exc) -> None:
@@ -132,6 +141,23 @@ def threads_for(cpus: int | None = None, folder: Path | None = None) -> int:
         return int(_state["explicit"])
     cpus = cpus or usable_cpus()
     return share(cpus, live_jobs(folder), os.getpid())
+
+
+@contextlib.contextmanager
+def waiting():
+    """Mark this job as blocked while the block runs, so that the job it waits for gets its cores (at
+    that job's next :func:`apply`, once an epoch)."""
+    slot = _state["slot"]
+    if slot is None:
+        yield
+        return
+    slot.record["waiting"] = True
+    slot.__enter__()
+    try:
+        yield
+    finally:
+        slot.record.pop("waiting", None)
+        slot.__enter__()
 
 
 def current() -> int:

@@ -127,3 +127,65 @@ def test_apply_does_nothing_unless_configured(tmp_path, monkeypatch):
     threads.release()
     assert threads.apply() == before == torch.get_num_threads()
     assert not (tmp_path / "jobs").exists()
+
+
+def test_a_job_waiting_on_another_takes_no_share():
+    jobs = [{"pid": 1}, {"pid": 2, "waiting": True}]
+    assert threads.share(2, jobs, 1) == 2  # the job it waits for gets the cores
+    assert threads.share(2, jobs, 2) == 1  # the waiter itself still counts itself
+
+
+def test_the_registry_is_one_per_machine_not_one_per_cache(tmp_path, monkeypatch):
+    """Two jobs with different caches (two CI jobs, two projects) share the same cores."""
+    monkeypatch.delenv("EDGEKD_JOBS_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "runtime"))
+    (tmp_path / "runtime").mkdir()
+    seen = set()
+    for cache in ("a", "b"):
+        monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / cache))
+        seen.add(threads.jobs_dir())
+    assert seen == {tmp_path / "runtime" / "edgekd-jobs"}
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs 2 CPUs and taskset")
+def test_a_job_blocked_on_a_shared_cache_lock_gives_its_cores_to_the_holder(tmp_path):
+    """Two runs that need the same teacher: the second waits on the first's lock; while it waits, the
+    first trains with both cores (at its next epoch), and the waiter is marked in the registry."""
+    env = dict(os.environ, EDGEKD_JOBS_DIR=str(tmp_path / "jobs"))
+    lock = tmp_path / "teacher.lock"
+    holder_code = ("import sys\nfrom edgekd import threads\nfrom edgekd.fsutil import wait_lock\n"
+                   f"threads.configure()\nwith wait_lock({str(lock)!r}, while_waiting=threads.waiting):\n"
+                   "    print('held', flush=True)\n"
+                   "    for line in sys.stdin:\n"
+                   "        print(threads.apply(), flush=True)\n")
+    waiter_code = ("from edgekd import threads\nfrom edgekd.fsutil import wait_lock\nthreads.configure()\n"
+                   "print('registered', flush=True)\n"
+                   f"with wait_lock({str(lock)!r}, while_waiting=threads.waiting):\n"
+                   "    print('got it', flush=True)\n"
+                   "    input()\n"
+                   "    print(threads.current(), flush=True)\n")
+    holder = _python(holder_code, env, cpus="0,1")
+    waiter = None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        waiter = _python(waiter_code, env, cpus="0,1")
+        assert waiter.stdout.readline().strip() == "registered"
+        deadline = time.time() + 30
+        while time.time() < deadline and not any(j.get("waiting") for j in threads.live_jobs(tmp_path / "jobs")):
+            time.sleep(0.1)
+        assert [bool(j.get("waiting")) for j in threads.live_jobs(tmp_path / "jobs")] == [False, True]
+        holder.stdin.write("epoch\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "2"  # the waiter's share went to the holder
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+        assert waiter.stdout.readline().strip() == "got it"
+        assert [bool(j.get("waiting")) for j in threads.live_jobs(tmp_path / "jobs")] == [False]
+        waiter.stdin.write("go\n")
+        waiter.stdin.flush()
+        assert waiter.stdout.readline().strip() == "2"  # alone now
+        assert waiter.wait(timeout=60) == 0
+    finally:
+        for p in (holder, waiter):
+            if p is not None and p.poll() is None:
+                p.kill()

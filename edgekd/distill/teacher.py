@@ -319,7 +319,9 @@ def get_teacher(splits: DataSplits, *, teacher_path: str | Path | list | tuple |
         return cached
     make_cache_folder(root, "teacher cache")
     # One process trains a given teacher; another that needs it meanwhile waits, then reads the cache.
-    with wait_lock(root / f".teacher-{key}.lock"):
+    from edgekd.threads import waiting
+
+    with wait_lock(root / f".teacher-{key}.lock", while_waiting=waiting):
         cached = _cached_teacher(weights, specs, t0)
         if cached is not None:
             return cached
