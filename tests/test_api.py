@@ -117,3 +117,89 @@ def test_a_student_factory_becomes_a_family():
 
     model = create(cfg.student.family, num_classes=10, in_channels=1, width=0.5)
     assert model[1].out_features == 16
+
+
+def test_api_functions_survive_importing_the_subpackages_of_the_same_name(tmp_path):
+    """`import edgekd.gate` binds edgekd.gate to the package; edgekd.gate(run, ...) must still be the API's gate,
+    and the package's own names must stay reachable (in a fresh interpreter: import order matters)."""
+    import subprocess
+    import sys
+
+    from edgekd.rundir import write_unfinished_report
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_unfinished_report(out, status="failed", stage="export", error="boom", config={"target": "host"})
+    code = f"""
+import edgekd.gate, edgekd.export, edgekd.bench, edgekd.report, edgekd.distill
+import edgekd
+from edgekd.gate import resolve_budgets
+import edgekd.export as export_package
+result = edgekd.gate({str(out)!r}, max_size_mb=1)
+assert type(result).__name__ == "GateResult" and not result.passed, result
+assert edgekd.report({str(out)!r})["status"] == "failed"
+assert callable(edgekd.distill) and callable(edgekd.export) and callable(edgekd.bench)
+assert edgekd.gate.resolve_budgets is resolve_budgets and hasattr(export_package, "export_all")
+assert edgekd.distill.TrainConfig.__name__ == "TrainConfig"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# Fields that differ between two identical runs because they are times (durations, dates, host latencies and the
+# throughput derived from them) or name the run's own folder (three runs, three folders).
+TIMES = ("created", "timings_s", "seconds", "latency_ms", "images_per_second")
+FOLDER = ("out", "files")
+
+
+def _differences(a, b, where: str = "") -> list[str]:
+    """Every path where two reports differ, apart from TIMES and FOLDER."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - set(TIMES) - set(FOLDER)
+        return [d for k in sorted(keys) for d in _differences(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+@pytest.mark.slow
+def test_the_same_run_three_ways_gives_the_same_report(tmp_path, tiny_npz, monkeypatch):
+    """Flags, --config run.yaml and Python: one config, one report (apart from times and the run folder).
+
+    Each run starts from an empty cache of its own: a run after another finds its student-alone probe cached
+    (``teacher.worth.probe.cached``), which is the machine's state, not the run's."""
+    import os
+    import subprocess
+    import sys
+
+    from edgekd.models import ModelSpec, create, save_model
+
+    torch.manual_seed(0)
+    teacher = save_model(tmp_path / "teacher.safetensors", create("cnn", num_classes=10, in_channels=1).eval(),
+                         ModelSpec("cnn", 10, 1))
+    flags = ["--target", "jetson-nano", "--data", str(tiny_npz), "--teacher", str(teacher), "--epochs", "1",
+             "--widths", "0.25", "--formats", "onnx", "--bench-seconds", "0.05", "--force", "--no-progress",
+             "--threads", "1"]
+    def run(name, *args):
+        env = {**os.environ, "EDGEKD_CACHE_DIR": str(tmp_path / f"cache-{name}")}
+        return subprocess.run([sys.executable, "-m", "edgekd", "distill", *args], capture_output=True, text=True,
+                              timeout=900, env=env)
+
+    proc = run("flags", *flags, "--out", str(tmp_path / "flags"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # A CI log (--no-progress, not a terminal): one line per epoch with its figures, and the candidates in the
+    # selection table only (they were also lines above it).
+    assert [ln.split()[:2] for ln in proc.stdout.splitlines() if ln.startswith("epoch ")][-1] == ["epoch", "1/1"]
+    assert "width 0.25: " not in proc.stdout and "Candidate students" in proc.stdout
+    yaml_text = run("print", *flags, "--print-config").stdout
+    (tmp_path / "run.yaml").write_text(yaml_text)
+    proc = run("yaml", "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "yaml"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache-py"))
+    py = edgekd.distill(target="jetson-nano", data=str(tiny_npz), teacher=str(teacher), epochs=1, widths=(0.25,),
+                        formats=("onnx",), bench_seconds=0.05, force=True, progress=False, threads=1,
+                        out=tmp_path / "py", verbose=False)
+    flags_report, yaml_report = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("flags", "yaml"))
+    assert _differences(flags_report, yaml_report) == []
+    assert _differences(flags_report, py.report) == []

@@ -456,6 +456,73 @@ def test_closed_loop_keeps_the_last_good_round_when_the_link_drops(world, tiny_n
     assert [r["status"] for r in report["device_loop"]["rounds"]] == ["over", "fits"]
 
 
+
+def test_a_reselected_round_keeps_the_family_and_size_round_1_searched(tmp_path):
+    """`--student auto` / `--image-sizes` are searched in round 1; round 2 distils the re-selected width in the
+    family and at the size round 1 took (it searched the families again and ignored the width)."""
+    from edgekd.config import RunConfig
+    from edgekd.devices.loop import round_config
+
+    cfg = RunConfig(target="host", out=str(tmp_path / "run"))
+    cfg.student.family, cfg.selection.image_sizes, cfg.selection.widths = "auto", (32, 64), (0.5, 1.0)
+    cfg.device.remote = "loop"
+    first = round_config(cfg, {"rounds": [], "next_width": None}, tmp_path / "run" / "rounds" / "1", False)
+    assert (first.student.family, first.selection.width, first.selection.image_sizes) == ("auto", None, (32, 64))
+    assert first.device.remote is None and first.out.endswith("rounds/1")
+    state = {"rounds": [{"round": 1, "width": 1.0, "arch": "mobilenet_v2", "image_size": 64}], "next_width": 0.5}
+    second = round_config(cfg, state, tmp_path / "run" / "rounds" / "2", False)
+    assert (second.student.family, second.selection.width, second.selection.widths) == ("mobilenet_v2", 0.5, None)
+    assert second.selection.image_sizes == (64,)
+    second.validate()
+    assert (cfg.student.family, cfg.selection.widths) == ("auto", (0.5, 1.0))  # the loop's own config is untouched
+
+
+MOBILE_WIDTHS = (0.25, 0.5, 3.0)
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_closed_loop_reselects_in_the_runs_family(world, tiny_npz, random_teacher, tmp_path):
+    """`--student mobilenet_v3_small`: round 2 is re-selected among mobilenet_v3_small's widths, costed as that
+    family (the loop used to re-select among the cnn family's predictions whatever --student said)."""
+    from edgekd.devices.calibrate import scale_calibration
+    from edgekd.devices.remote import MeasureOptions, measure_files
+    from edgekd.devices.store import get_device
+    from edgekd.hardware.graph import cached_onnx
+
+    arch = "mobilenet_v3_small"
+    files = [cached_onnx(arch, num_classes=10, input_shape=[1, 1, 28, 28], width=w, depth=1, image_size=28)
+             for w in MOBILE_WIDTHS]
+    run = measure_files(get_device("loop"), files, runtime="onnxruntime", options=MeasureOptions(seconds=0.3, threads=1))
+    truth = {w: row["latency_ms"]["p50"] for w, row in zip(MOBILE_WIDTHS, run.results["results"])}
+    budget = 0.75 * truth[3.0]  # the widest misses it on the device
+    miscalibrate(world)
+    scale_calibration("loopback", 0.5)  # a quarter of the truth: round 1 takes the widest, whatever the family's fit
+    out = tmp_path / "run"
+    proc = edgekd("distill", "--target", str(world["profile"]), "--device", "loop", "--data", str(tiny_npz),
+                  "--teacher", str(random_teacher), "--student", arch, "--epochs", "1", "--batch-size", "64",
+                  "--widths", ",".join(f"{w:g}" for w in MOBILE_WIDTHS), "--budget-ms", f"{budget:.5f}",
+                  "--formats", "onnx", "--out", str(out), "--no-progress", "--bench-seconds", "0.3", "--max-rounds", "2",
+                  "--force", env=world["env"])  # --force: the teacher is untrained
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    loop = json.loads((out / "report.json").read_text())["device_loop"]
+    r1, r2 = loop["rounds"]
+    assert r1["width"] == 3.0 and r1["status"] == "over" and r1["decision"] == "next round", r1
+    # Round 1's re-selection: every width of the run's family, the measured one judged by its measurement.
+    rows = {c["width"]: c for c in r1["candidates"]}
+    assert {c["arch"] for c in r1["candidates"]} == {arch} and set(rows) == set(MOBILE_WIDTHS)
+    assert rows[3.0]["source"] == "measured:loop" and rows[3.0]["latency_ms"] == r1["measured_ms"]
+    assert all(rows[w]["source"].startswith("predicted:loopback") for w in MOBILE_WIDTHS if w != 3.0)
+    assert r1["next_width"] == max(w for w, c in rows.items() if c["fits"]) == r2["width"]
+    # Round 2 distilled that family at that width, and its own selection costed it as the loop did.
+    second = json.loads((out / "rounds" / "2" / "report.json").read_text())
+    assert second["student"]["arch"] == arch and second["student"]["width"] == r2["width"]
+    assert second["selection"]["family"] == arch
+    assert {c["family"] for c in second["selection"]["candidates"]} == {arch}
+    assert second["student"]["predicted_ms"] == pytest.approx(rows[r2["width"]]["latency_ms"], rel=1e-6)
+    print(f"\nbudget {budget:.4f} ms; truth {truth}; round 1 candidates {rows}")
+
+
 # --- TensorRT on a Jetson: trtexec builds and times there -------------------------------------------
 
 TRTEXEC_LOG = """\

@@ -123,3 +123,46 @@ def test_export_tells_its_listeners_what_it_made(tmp_path):
     bar = rec.of("progress")
     assert {e["task"] for e in bar} == {"export"} and bar[0]["started"] and bar[-1]["finished"]
     assert bar[-1]["completed"] == 1 and bar[-1]["total"] == 1
+
+
+def test_candidate_lines_give_way_to_the_table_that_repeats_them():
+    """`distill` printed "width 0.25: 0.475 ms" per candidate above the selection table showing the same."""
+    for bars in (False, True):
+        console, buf = _console(terminal=bars)
+        with events.listening(renderer := RichRenderer(console, progress=bars)):
+            for w in (0.25, 0.5):
+                events.emit("candidate_costed", f"width {w:g}: 0.475 ms", family="cnn", width=w, predicted_ms=0.475)
+            if bars:
+                assert "candidates" in renderer._tasks  # the latest candidate shows as progress meanwhile
+            events.table("Candidate students", ["width", "latency ms"], [["0.25", "0.475"], ["0.5", "0.475"]])
+        renderer.close()
+        out = buf.getvalue().rsplit("\x1b[?25h", 1)[-1]  # what stays once a (transient) live display ends
+        assert "width 0.25: 0.475 ms" not in out and "Candidate students" in out and renderer._bars is None
+    # With no table after them they are lines, in order, before what came next.
+    console, buf = _console()
+    with events.listening(renderer := RichRenderer(console, progress=False)):
+        events.emit("candidate_costed", family="cnn", width=0.5, predicted_ms=1.234, fits=False)
+        events.info("next")
+    assert buf.getvalue().splitlines() == ["  cnn  width 0.5  1.234 ms  over budget", "next"]
+
+
+def test_epoch_lines_reach_a_log_without_progress_bars(tmp_path):
+    """With --no-progress (progress=False) training still tells one line per epoch, with its metrics."""
+    import numpy as np
+    import torch
+
+    from edgekd.data import RawData, make_splits
+    from edgekd.distill import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (96, 1, 8, 8), dtype=np.uint8)
+    y = (x.mean(axis=(1, 2, 3)) > 127).astype(np.int64)
+    splits = make_splits(RawData(x[:64], y[:64], x[64:], y[64:]), name="t", source="test", calib_size=8)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    console, buf = _console()
+    with events.listening(RichRenderer(console, progress=False)):
+        train(model, None, splits, TrainConfig(epochs=2, batch_size=32, loss="ce", threads=1), ckpt_dir=tmp_path,
+              progress=False)
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"] and all("loss" in ln and "val" in ln for ln in lines)

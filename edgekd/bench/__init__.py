@@ -1,5 +1,1 @@
-"""bench"""
-
-from edgekd.apicall import callable_package  # noqa: E402  (edgekd.bench(...) is the API's bench)
-
-callable_package(__name__, "bench")
+"""Measuring artifacts: latency, accuracy, the recommended artifact (edgekd.bench.measure, evaluate, runners)."""

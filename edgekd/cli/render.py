@@ -67,6 +67,7 @@ class RichRenderer:
         self.show_progress = progress
         self._bars = None  # rich.progress.Progress while any task is live
         self._tasks: dict[str, int] = {}
+        self._candidates: list[str] = []  # candidate lines held until it is known whether a table repeats them
         self._handlers = {
             "stage_started": self._stage_started, "stage_finished": self._stage_finished,
             "epoch_end": self._epoch_end, "candidate_costed": self._candidate, "artifact_exported": self._artifact,
@@ -76,10 +77,14 @@ class RichRenderer:
 
     # -- listener protocol -------------------------------------------------------------------------
     def __call__(self, event: events.Event) -> None:
+        if event.kind != "candidate_costed" and self._candidates:
+            self._flush_candidates(dropped=event.kind == "table")
         self._handlers.get(event.kind, self._info)(event)
 
     def close(self) -> None:
         """Stop any bar still drawn (a run that raised between a task's start and its end)."""
+        if self._candidates:
+            self._flush_candidates(dropped=False)
         if self._bars is not None:
             self._bars.stop()
             self._bars, self._tasks = None, {}
@@ -124,17 +129,29 @@ class RichRenderer:
         self.line(f"{head}  {_figures(d, _EPOCH_KEYS)}{tail}")
 
     def _candidate(self, event) -> None:
-        if event.message:
-            self.line(event.message, "dim")
-            return
+        """Held back: the selection table that usually follows shows every candidate (a live display shows
+        the latest as progress meanwhile); lines only when something other than a table comes next."""
         d = event.data
         fits = {True: "fits", False: "over budget"}.get(d.get("fits"), "")
         ms = d.get("predicted_ms")
-        self.line("  " + "  ".join(str(x) for x in (
+        text = event.message or "  " + "  ".join(str(x) for x in (
             d.get("family", ""), f"width {d['width']:g}" if "width" in d else "",
             f"depth {d['depth']:g}" if d.get("depth") is not None else "",
             f"{d['image_size']}px" if d.get("image_size") else "",
-            f"{ms:.4g} ms" if isinstance(ms, (int, float)) else "", fits) if x), "dim")
+            f"{ms:.4g} ms" if isinstance(ms, (int, float)) else "", fits) if x)
+        self._candidates.append(text)
+        if self.show_progress:
+            self._progress(events.Event("progress", "costing candidates", {
+                "task": "candidates", "completed": float(len(self._candidates)), "total": None,
+                "candidate": text.strip()}))
+
+    def _flush_candidates(self, dropped: bool) -> None:
+        lines, self._candidates = self._candidates, []
+        if self.show_progress:
+            self._end_task("candidates")
+        if not dropped:
+            for text in lines:
+                self.line(text, "dim")
 
     def _artifact(self, event) -> None:
         if event.message:

@@ -83,12 +83,7 @@ def _round(opts, run_round, device, target, k: int, state: dict, out: Path) -> d
 
     round_dir = out / "rounds" / str(k)
     resume = opts.resume and (round_dir / "config.json").is_file()
-    round_opts = copy.deepcopy(opts)
-    round_opts.out, round_opts.device.remote, round_opts.resume = str(round_dir), None, resume
-    round_opts.overwrite = not resume and round_dir.exists()
-    round_opts.selection.width = state["next_width"]
-    if round_opts.selection.width is not None:
-        round_opts.selection.widths = None
+    round_opts = round_config(opts, state, round_dir, resume)
     calibration = load_target(device.target).calibration
     try:
         if resume and (round_dir / "report.json").is_file():
@@ -100,8 +95,10 @@ def _round(opts, run_round, device, target, k: int, state: dict, out: Path) -> d
         if err.exit_code == 130:
             raise EdgeKDError(f"interrupted in round {k}", _resume_hint(opts), exit_code=130) from None
         raise
-    record = {"round": k, "out": f"rounds/{k}", "width": report["selection"]["width"],
-              "budget_ms": report["budget_ms"], "calibration": calibration, "error": None}
+    student = report.get("student") or {}
+    record = {"round": k, "out": f"rounds/{k}", "width": report["selection"]["width"], "arch": student.get("arch"),
+              "image_size": student.get("image_size"), "budget_ms": report["budget_ms"], "calibration": calibration,
+              "error": None}
     seconds = max(opts.bench.seconds, 0.2)
     try:
         bench = bench_on_device(round_dir, device, options=MeasureOptions(seconds=seconds, threads=target.threads),
@@ -115,6 +112,25 @@ def _round(opts, run_round, device, target, k: int, state: dict, out: Path) -> d
     record.update(_judge(report, device, target, opts))
     record.update(_decide(record, report, opts, device, target, state["rounds"]))
     return record
+
+
+def round_config(opts, state: dict, round_dir: Path, resume: bool):
+    """Round k's RunConfig: the loop's, in ``round_dir``, measured by nobody; after a re-selection, the width
+    it chose in the family and at the image size the earlier round distilled (``--student auto`` and
+    ``--image-sizes`` searched those once, in round 1: re-selection moves the width only)."""
+    cfg = copy.deepcopy(opts)
+    cfg.out, cfg.device.remote, cfg.resume = str(round_dir), None, resume
+    cfg.overwrite = not resume and round_dir.exists()
+    cfg.selection.width = state["next_width"]
+    if cfg.selection.width is None:
+        return cfg
+    cfg.selection.widths = None
+    last = next((r for r in reversed(state["rounds"]) if r.get("arch")), None)
+    if last is not None:
+        cfg.student.family = last["arch"]
+        if cfg.selection.image_sizes and last.get("image_size"):
+            cfg.selection.image_sizes = (int(last["image_size"]),)
+    return cfg
 
 
 def _judge(report: dict, device, target, opts) -> dict:

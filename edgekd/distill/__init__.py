@@ -7,8 +7,3 @@ from edgekd.distill.teacher import EnsembleTeacher, cache_root, default_teacher_
 __all__ = ["LOSSES", "CombinedLoss", "DistillLoss", "ModelOutputs", "build_loss", "parse_loss_spec",
            "MODES", "TrainConfig", "TrainResult", "evaluate", "predict_logits", "train", "train_stage",
            "EnsembleTeacher", "cache_root", "default_teacher_spec", "get_teacher"]
-
-
-from edgekd.apicall import callable_package  # noqa: E402  (edgekd.distill(...) is the API's distill)
-
-callable_package(__name__, "distill")

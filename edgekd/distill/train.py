@@ -196,7 +196,7 @@ def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> Train
             run.last_good = str(run.ckpt_path)
             line = (f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  train {record['train_accuracy']:.2%}  "
                     f"val {record['val_accuracy']:.2%}  {record['seconds']:.1f}s")
-            if main and progress:  # nested runs (tune trials, probes) pass progress=False: no events
+            if main:  # progress=False draws no bars, but a CI log still gets its epoch lines
                 events.emit("epoch_end", line, epochs=cfg.epochs, **record)
             if main and log is not None:
                 log(line)
@@ -204,7 +204,7 @@ def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> Train
                 on_epoch(record)
             if stopping:
                 _say(log, f"stopping: {stopping}; keeping epoch {run.stopper.best_epoch} (val {run.stopper.best:.2%})",
-                     quiet=not (main and progress))
+                     quiet=not main)
                 break
     return _finish(run, spec, time.perf_counter() - t_session)
 

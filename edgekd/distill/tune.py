@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from edgekd import events
 from edgekd.data import DataSplits, ImageSet
 from edgekd.distill.train import TrainConfig, train
 from edgekd.errors import EdgeKDError
@@ -324,7 +325,7 @@ def _objective(optuna, student_spec, teacher, sealed: DataSplits, base: TrainCon
 
         state = "complete"
         try:
-            with tempfile.TemporaryDirectory(prefix="edgekd-trial-") as tmp:
+            with tempfile.TemporaryDirectory(prefix="edgekd-trial-") as tmp, events.silenced():  # a trial is one line
                 train(student, teacher, sealed, cfg, ckpt_dir=tmp, progress=False, on_epoch=on_epoch)
         except optuna.TrialPruned:
             state = "pruned"

@@ -276,7 +276,3 @@ def _tell_exported(i: int, n: int, art: Artifact) -> None:
 import_modules(__name__, __path__, prefix="to_", first=("to_onnx", "to_openvino", "to_executorch", "to_tensorrt",
                                                           "to_litert"))
 from edgekd.export import accuracy as _accuracy  # noqa: E402,F401  (remedies per format)
-
-from edgekd.apicall import callable_package  # noqa: E402  (edgekd.export(...) is the API's export)
-
-callable_package(__name__, "export")

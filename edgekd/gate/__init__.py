@@ -144,7 +144,3 @@ def gate(inputs, budgets: Budgets, *, config: Path | None = None, time_budget_s:
         for _, check in CHECKS.items():
             results.extend(check(subject, ctx))
     return GateResult(results=results, budgets=budgets, config=config)
-
-from edgekd.apicall import callable_package  # noqa: E402  (edgekd.gate(...) is the API's gate)
-
-callable_package(__name__, "gate")

@@ -27,7 +27,3 @@ __all__ = [
     "SCHEMA_VERSION", "REPORT_NAME", "MARKDOWN_NAME", "HTML_NAME", "load_report", "validate_report", "new_report",
     "write_reports", "merge_reports", "run_labels", "report_renderables", "render_markdown", "render_html",
 ]
-
-from edgekd.apicall import callable_package  # noqa: E402  (edgekd.report(...) is the API's report)
-
-callable_package(__name__, "report")
