@@ -209,3 +209,96 @@ def test_report_explains_a_failed_run_and_writes_nothing(tmp_path):
     assert "failed in stage teacher: TorchExportError: no graph" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+
+
+# -- Each stage alone: a function of the products it needs, returning its own ----------------------------
+
+
+def _plan(tmp_path, tiny_npz, target: str, formats=(), widths=None):
+    from edgekd.pipeline import plan
+
+    cfg = RunConfig(target=target, out=str(tmp_path / "run"), progress=False)
+    cfg.data.path = str(tiny_npz)
+    cfg.export.formats, cfg.selection.widths = tuple(formats) or None, widths
+    return plan(cfg)
+
+
+def test_the_data_stage_alone_returns_the_splits(tiny_npz):
+    from edgekd import events
+    from edgekd.data import load_data
+    from edgekd.pipeline import DataProduct, load_data_stage
+
+    cfg = RunConfig(progress=False)
+    cfg.data.path = str(tiny_npz)
+    seen = []
+    with events.listening(seen.append):
+        data = load_data_stage(cfg)
+    assert isinstance(data, DataProduct)
+    splits = data.splits
+    assert [len(s.y) for s in (splits.train, splits.val, splits.calib, splits.test)] == [1080, 120, 256, 300]
+    assert splits.num_classes == 10 and tuple(splits.input_shape) == (1, 28, 28)
+    assert data.fingerprint == load_data(tiny_npz).fingerprint()  # the same pixels as the loader's own
+    assert any("1080 train / 120 val / 256 calib / 300 test" in e.message for e in seen)
+
+
+def test_the_select_stage_alone_returns_the_chosen_candidate(tmp_path, tiny_npz):
+    from dataclasses import replace
+
+    from edgekd.pipeline import SelectionProduct, load_data_stage, select_student
+
+    plan = _plan(tmp_path, tiny_npz, "jetson-nano", widths=(0.25, 0.5, 1.0))
+    assert not plan.out.exists()  # planning writes nothing
+    data = load_data_stage(plan.cfg)
+    everything = select_student(replace(plan, budget_ms=1e9), data)
+    assert isinstance(everything, SelectionProduct) and everything.family == "cnn"
+    ms = {c.width: c.predicted_ms for c in everything.selection.candidates}
+    assert sorted(ms) == [0.25, 0.5, 1.0] and ms[0.25] < ms[0.5] < ms[1.0]
+    assert everything.chosen.width == 1.0  # the widest that fits
+    budget = (ms[0.25] + ms[0.5]) / 2
+    tight = select_student(replace(plan, budget_ms=budget), data)
+    assert tight.chosen.width == 0.25 and tight.chosen.predicted_ms <= budget
+    assert [c.fits for c in tight.selection.candidates] == [True, False, False]
+    assert tuple(tight.splits.input_shape) == (1, 28, 28)
+
+
+def test_the_export_stage_alone_writes_the_artifacts_of_a_given_student(tmp_path, tiny_npz):
+    """The export stage given a module trained in plain PyTorch: every format on disk, each agreeing with it."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from edgekd.models import family_spec
+    from edgekd.pipeline import ExportProduct, TrainProduct, create_out_dir, export_student, load_data_stage
+
+    plan = _plan(tmp_path, tiny_npz, "host", formats=("onnx", "ort-int8"))
+    assert plan.formats == ("onnx", "ort-int8")
+    data = load_data_stage(plan.cfg)
+    splits = data.splits
+    spec = family_spec("cnn", splits.num_classes, tuple(splits.input_shape), width=0.25)
+    torch.manual_seed(0)
+    student = spec.build()
+    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.from_numpy(np.asarray(splits.normalized("train")[:512])), torch.from_numpy(splits.train.y[:512])
+    for i in range(0, 512, 64):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(student(x[i:i + 64]), y[i:i + 64]).backward()
+        opt.step()
+    student.eval()
+    trained = TrainProduct(student, spec, result=None, train_cfg=None, checkpoint=plan.out / "student.safetensors")
+    create_out_dir(plan)
+    exported = export_student(plan, splits, trained)
+    assert isinstance(exported, ExportProduct)
+    assert [a.name for a in exported.artifacts] == list(plan.formats)
+    assert [(a.format, a.precision) for a in exported.artifacts] == [("onnx", "fp32"), ("onnx", "int8")]
+    for art in exported.artifacts:
+        assert art.status == "ok", (art.name, art.reason)
+        assert art.path.is_file() and art.path.stat().st_size == art.size_bytes > 0
+        assert art.path.parent == plan.out / "artifacts"
+    onnx = exported.artifacts[0]
+    test_x = np.asarray(splits.normalized("test")[:64], dtype=np.float32)
+    session = ort.InferenceSession(str(onnx.path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: test_x})[0]
+    with torch.no_grad():
+        expected = student(torch.from_numpy(test_x)).numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    assert onnx.parity["top1_agreement"] == 1.0
