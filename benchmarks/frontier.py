@@ -3,35 +3,35 @@ than what a user would otherwise ship?
 
     python benchmarks/frontier.py [--target raspberry-pi-5] [--budgets-ms auto] [--seeds 2]
                                   [--px 64] [--train-size 1500] [--test-size 1000] [--epochs 5]
-                                  [--teacher-epochs 12] [--families ...] [--cache DIR] [--threads 1]
-                                  [--plan-only | --table-only]
-
-The defaults are the settings the README's table was measured with (about 30 CPU-minutes in all).
+                                  [--teacher-epochs 12] [--teacher-width 1] [--families auto]
+                                  [--cache DIR] [--threads 1] [--plan-only | --table-only]
 
 The task: Fashion-MNIST (``../shared/data/fashion-mnist``) written as RGB photos of ``--px`` pixels. Each
 image gets a random background colour and a random tint for the garment, drawn independently of its
 class, plus pixel noise, so colour is no label cue and the stem has three real channels to read. The
-teacher is a torchvision ResNet-18 (BasicBlock, ``layer1``..``layer4``) at ``--teacher-width`` trained
+teacher is a torchvision ResNet-18 (BasicBlock, ``layer1``..``layer4``; full width by default) trained
 here from scratch (random shifts, label smoothing); no download.
 
 At each latency budget on ``--target``, trained with the same epochs, data and schedule (edgekd's
-defaults: one-cycle lr 1e-2, KD T=4 alpha 0.5, teacher logits cached):
+defaults and each family's recipe: one-cycle lr 1e-2, KD T=4 alpha 0.5, teacher logits cached):
 
-  (a) edgekd's pick, distilled: every registered family x width, costed on the target, the most FLOPs
-      among those whose predicted latency fits (edgekd.hardware.select's rule, across families);
+  (a) edgekd's pick, distilled: ``edgekd.hardware.select.select_student(--families, ...)`` at the target's
+      precision and the data's image size, exactly the select stage of ``edgekd distill --student auto``
+      (every registered family x its own widths and depths, ranked by the accuracy proxy);
   (b) the same student trained from scratch (labels only);
   (c) the teacher quantized to INT8 with ONNX Runtime (static, QDQ): accuracy measured with ORT,
-      latency predicted on the target; marked when it is over the budget;
+      latency predicted on the target (``select.teacher_as_candidate``); marked when over the budget;
   (d) the naive pick: the widest MobileNetV2 whose predicted latency fits, trained from scratch;
   (e) the pick by FLOPs alone, distilled: the device's FLOPs per millisecond taken from the teacher (the
       network the user has and can time), the budget turned into FLOPs with it, and the candidate with
-      the most FLOPs within that; marked when its real (predicted) latency is over the budget.
+      the most FLOPs within that; marked when its real (predicted) latency is over the budget;
+  (f) shown, not counted: the same rule within the teacher's own family (``--student resnet``), distilled.
 
-Every trained model is cached under ``--cache`` (weights and accuracy), so an interrupted run resumes
-where it stopped; the costed candidates are cached too. The table gives the test accuracy (mean over
-seeds, and each seed), the predicted latency with its interval, the params. The last line is
-``frontier_wins=K/N``: the budgets at which (a) is at least as accurate (mean over seeds) as every
-alternative that fits.
+Every trained model is cached under ``--cache`` (weights and accuracy; a distilled model's key names its
+teacher), so an interrupted run resumes where it stopped; edgekd caches the candidates' costs. The table
+gives the test accuracy (mean over seeds, and each seed), the predicted latency with its interval, the
+params, the FLOPs and the accuracy proxy. The last line is ``frontier_wins=K/N``: the budgets at which (a)
+is at least as accurate (mean over seeds) as every alternative that fits, the teacher included.
 """
 
 from __future__ import annotations
@@ -52,13 +52,11 @@ import torch  # noqa: E402
 
 from edgekd.data import RawData, make_splits  # noqa: E402
 from edgekd.distill import TrainConfig, train  # noqa: E402
-from edgekd.models import ModelSpec, count_params, families  # noqa: E402
+from edgekd.models import ModelSpec, count_params  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
-# Families a user would ship as an image classifier; "mlp" reads the flattened image (not a photo model).
-SKIP_FAMILIES = ("mlp",)
-WIDTHS = (0.25, 0.5, 0.75, 1.0, 1.5)
 NAIVE_FAMILY = "mobilenet_v2"
+REFERENCE_FAMILY = "resnet"   # the teacher's family: (f), the pick within it, shown beside the others
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -103,61 +101,37 @@ def rgb_splits(root: Path, px: int, train_size: int, test_size: int, seed: int =
 # ---- candidates and picks --------------------------------------------------------------------------
 
 
-def evaluate_candidate(arch: str, *, target, input_shape, width: float, cache: Path) -> dict:
-    """hardware.select.evaluate_candidate's figures (graph cost and prediction at the target's precision)
-    from an export by the TorchScript exporter: several times faster than the dynamo export edgekd's
-    search uses, on a shared 2-core machine the difference between minutes and an hour for the grid."""
-    import warnings
-
-    from edgekd.hardware.latency import predict_cost, target_graph_cost
-    from edgekd.models import create
-
-    model = create(arch, num_classes=10, in_channels=3, width=width, image_size=int(input_shape[-1])).eval()
-    path = cache / "onnx" / f"{arch}-w{width:g}-{input_shape[-1]}px.onnx"
-    path.parent.mkdir(exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *input_shape),), str(path), dynamo=False, opset_version=18,
-                          input_names=["input"], output_names=["logits"])
-    cost = target_graph_cost(path, target, target.precision)
-    pred = predict_cost(cost, target, target.precision)
-    low, high = pred.interval_ms or (None, None)
-    return {"width": float(width), "depth": 1, "params": count_params(model), "flops": int(cost.flops),
-            "predicted_ms": float(pred.total_ms), "predicted_low_ms": low, "predicted_high_ms": high,
-            "latency_source": pred.latency_source, "image_size": int(input_shape[-1])}
+def _row(c) -> dict:
+    """A costed candidate (edgekd.hardware.select.Candidate) as the plain dict the table and cache keys use."""
+    return {"arch": c.family, "width": float(c.width), "depth": c.depth, "params": int(c.params),
+            "flops": int(c.flops), "predicted_ms": float(c.predicted_ms), "predicted_low_ms": c.predicted_low_ms,
+            "predicted_high_ms": c.predicted_high_ms, "accuracy_proxy": c.accuracy_proxy, "precision": c.precision}
 
 
-def cost_candidates(target, input_shape, cache: Path, family_names, widths) -> list[dict]:
-    """Every family x width costed on the target (predicted), cached as JSON."""
-    path = cache / f"candidates-{target.name}-{input_shape[-1]}px.json"
-    known = json.loads(path.read_text()) if path.is_file() else []
-    have = {(c["arch"], c["width"]) for c in known}
-    for arch in family_names:
-        for width in widths:
-            if (arch, float(width)) in have:
-                continue
-            t0 = time.perf_counter()
-            try:
-                cand = evaluate_candidate(arch, target=target, input_shape=input_shape, width=width, cache=cache)
-            except Exception as err:  # a family that cannot be built at this width/size is no candidate
-                print(f"  {arch} width {width:g}: not costed ({type(err).__name__}: {str(err)[:80]})", flush=True)
-                continue
-            known.append({"arch": arch, **cand})
-            print(f"  costed {arch} width {width:g}: {cand['flops'] / 1e6:.1f} MFLOPs, {cand['predicted_ms']:.3f} ms "
-                  f"[{time.perf_counter() - t0:.1f} s]", flush=True)
-            path.write_text(json.dumps(known, indent=1))
-    return [c for c in known if c["arch"] in family_names and c["width"] in [float(w) for w in widths]]
+def edgekd_selection(budget: float, target, input_shape, families: str):
+    """What ``edgekd distill --student auto`` runs in its select stage (pipeline._select_across_families):
+    every family x its own widths x depths at the data's image size, at the target's precision; the costs
+    are cached on disk by edgekd, so each budget after the first re-reads them."""
+    from edgekd.errors import EdgeKDError
+    from edgekd.hardware.select import select_student
 
-
-def pick_edgekd(cands: list[dict], budget: float) -> dict | None:
-    """edgekd's rule (hardware.select.choose) over every family: the most FLOPs that fits, then the wider."""
-    fit = [c for c in cands if c["predicted_ms"] <= budget]
-    return max(fit, key=lambda c: (c["flops"], c["width"], -c["predicted_ms"])) if fit else None
+    try:
+        return select_student(families, target=target, budget_ms=budget, num_classes=10, input_shape=input_shape,
+                              precisions=[target.precision])
+    except EdgeKDError as err:
+        sys.exit(f"at {budget:g} ms: {err}")
 
 
 def pick_naive(cands: list[dict], budget: float) -> dict | None:
+    """The widest MobileNetV2 (its own depth) whose predicted latency fits."""
     fit = [c for c in cands if c["arch"] == NAIVE_FAMILY and c["predicted_ms"] <= budget]
-    return max(fit, key=lambda c: c["width"]) if fit else None
+    return max(fit, key=lambda c: (c["width"], -c["predicted_ms"])) if fit else None
+
+
+def pick_family(cands: list[dict], budget: float, family: str) -> dict | None:
+    """The candidate of ``family`` with the most FLOPs that fits (what edgekd's rule picks within one family)."""
+    fit = [c for c in cands if c["arch"] == family and c["predicted_ms"] <= budget]
+    return max(fit, key=lambda c: (c["flops"], -c["predicted_ms"])) if fit else None
 
 
 def pick_by_flops(cands: list[dict], budget: float, flops_per_ms: float) -> dict | None:
@@ -169,13 +143,20 @@ def pick_by_flops(cands: list[dict], budget: float, flops_per_ms: float) -> dict
 # ---- training (cached) -----------------------------------------------------------------------------
 
 
-def train_cfg(args, seed: int, loss: str) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=64, loss=loss, seed=seed, threads=args.threads)
+def train_cfg(args, seed: int, loss: str, arch: str) -> TrainConfig:
+    """edgekd's TrainConfig for ``arch`` as a run builds it (its family's recipe where the user set nothing)."""
+    from edgekd.distill.recipes import apply_recipe
+
+    return apply_recipe(TrainConfig(epochs=args.epochs, batch_size=64, loss=loss, seed=seed, threads=args.threads), arch)
+
+
+def teacher_key(splits, args) -> str:
+    return f"teacher-resnet18-w{args.teacher_width:g}-{splits.fingerprint()[:10]}-e{args.teacher_epochs}"
 
 
 def train_teacher(splits, args, cache: Path):
     """The ResNet-18 teacher (BasicBlock, torchvision's layer names) at --teacher-width, trained once."""
-    key = f"teacher-resnet18-w{args.teacher_width:g}-{splits.fingerprint()[:10]}-e{args.teacher_epochs}"
+    key = teacher_key(splits, args)
     spec = ModelSpec("resnet", splits.num_classes, 3, width=args.teacher_width, image_size=args.px)
     torch.manual_seed(0)
     net = spec.build()
@@ -185,30 +166,40 @@ def train_teacher(splits, args, cache: Path):
         return net.eval(), spec, json.loads(record.read_text())
     cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=64, loss="ce", label_smoothing=0.1, augment=True,
                       shift_px=max(2, args.px // 16), threads=args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = train(net, None, splits, cfg, ckpt_dir=cache / f"{key}.ckpt", resume=True, progress=args.progress)
-    info = {"accuracy": result.accuracy, "seconds": time.perf_counter() - t0, "params": count_params(net)}
+    info = {"accuracy": result.accuracy, "seconds": round(time.perf_counter() - t0, 1),
+            "cpu_seconds": round(time.process_time() - c0, 1), "params": count_params(net)}
     torch.save(net.state_dict(), path)
     record.write_text(json.dumps(info))
-    print(f"teacher trained: {info['accuracy']:.4f} test accuracy, {info['seconds']:.0f} s", flush=True)
+    print(f"teacher trained: {info['accuracy']:.4f} test accuracy, {info['seconds']:.0f} s, "
+          f"{info['cpu_seconds']:.0f} s CPU", flush=True)
     return net.eval(), spec, info
+
+
+def student_key(cand: dict, seed: int, distil: bool, splits, args) -> str:
+    kind = f"kd-{teacher_key(splits, args)}" if distil else "scratch"
+    return (f"{cand['arch']}-w{cand['width']:g}-d{cand['depth']:g}-{kind}-s{seed}-e{args.epochs}-"
+            f"{splits.fingerprint()[:10]}")
 
 
 def train_student(cand: dict, seed: int, distil: bool, splits, teacher, args, cache: Path,
                   train_missing: bool = True) -> dict | None:
     """Train (or read from the cache) one candidate, distilled or from scratch; its test accuracy."""
-    kind = "kd" if distil else "scratch"
-    key = f"{cand['arch']}-w{cand['width']:g}-{kind}-s{seed}-e{args.epochs}-{splits.fingerprint()[:10]}"
+    from edgekd.models import family_spec
+
+    key = student_key(cand, seed, distil, splits, args)
     record = cache / f"{key}.json"
     if record.is_file():
         return json.loads(record.read_text())
     if not train_missing:
         return None
-    spec = ModelSpec(cand["arch"], splits.num_classes, 3, width=cand["width"], image_size=args.px)
+    spec = family_spec(cand["arch"], splits.num_classes, splits.input_shape, width=cand["width"], depth=cand["depth"])
     torch.manual_seed(seed)
     model = spec.build()
     t0, c0 = time.perf_counter(), time.process_time()
-    result = train(model, teacher if distil else None, splits, train_cfg(args, seed, "kd" if distil else "ce"),
+    result = train(model, teacher if distil else None, splits,
+                   train_cfg(args, seed, "kd" if distil else "ce", cand["arch"]),
                    ckpt_dir=cache / f"{key}.ckpt", resume=True, progress=args.progress)
     out = {"accuracy": result.accuracy, "seconds": round(time.perf_counter() - t0, 1),
            "cpu_seconds": round(time.process_time() - c0, 1)}
@@ -219,10 +210,11 @@ def train_student(cand: dict, seed: int, distil: bool, splits, teacher, args, ca
 
 
 def teacher_int8(teacher, splits, target, cache: Path, key: str) -> dict:
-    """The teacher as ORT INT8 (static QDQ, calibrated on the calib split): measured accuracy, predicted
-    latency on the target at INT8."""
+    """The teacher as ORT INT8 (static QDQ, calibrated on the calib split): accuracy measured with ORT;
+    latency predicted on the target at INT8 by edgekd.hardware.select.teacher_as_candidate (what a run
+    reports when the teacher itself fits the budget)."""
     from edgekd.export.to_onnx import export_onnx_file, quantize_onnx
-    from edgekd.hardware.latency import predict_cost, target_graph_cost
+    from edgekd.hardware.select import teacher_as_candidate
 
     record = cache / f"{key}-int8.json"
     if record.is_file():
@@ -239,12 +231,11 @@ def teacher_int8(teacher, splits, target, cache: Path, key: str) -> dict:
     right = sum(int((sess.run(None, {name: splits.preprocess(x[i:i + 200]).astype(np.float32)})[0].argmax(1)
                      == y[i:i + 200]).sum()) for i in range(0, len(x), 200))
     out = {"accuracy": right / len(x)}
-    for precision in ("fp32", "int8"):  # the FP32 graph costed at each precision, as candidates are
-        cost = target_graph_cost(fp32, target, precision)
-        pred = predict_cost(cost, target, precision)
-        low, high = pred.interval_ms or (None, None)
-        out[precision] = {"predicted_ms": pred.total_ms, "predicted_low_ms": low, "predicted_high_ms": high,
-                          "flops": int(cost.flops)}
+    for precision in ("fp32", "int8"):
+        c = teacher_as_candidate(teacher, target=target, budget_ms=float("inf"), input_shape=splits.input_shape,
+                                 precision=precision)
+        out[precision] = {"predicted_ms": c.predicted_ms, "predicted_low_ms": c.predicted_low_ms,
+                          "predicted_high_ms": c.predicted_high_ms, "flops": c.flops, "params": c.params}
     record.write_text(json.dumps(out))
     return out
 
@@ -253,22 +244,22 @@ def teacher_int8(teacher, splits, target, cache: Path, key: str) -> dict:
 
 
 def auto_budgets(cands: list[dict]) -> list[float]:
+    """Three budgets spanning 4x, the smallest 10% above the narrowest MobileNetV2 (so every alternative has
+    a candidate at every budget)."""
     naive = [c["predicted_ms"] for c in cands if c["arch"] == NAIVE_FAMILY]
     low = 1.1 * min(naive or [c["predicted_ms"] for c in cands])
     return [round(low * f, 3) for f in (1, 2, 4)]
 
 
-def plan(cands: list[dict], budgets: list[float], flops_per_ms: float) -> dict:
+def plan(selections: dict, flops_per_ms: float) -> dict:
     """Per budget, the candidate of each alternative that trains: a (KD), b (scratch), d (scratch), e (KD)."""
     out = {}
-    for budget in budgets:
-        a = pick_edgekd(cands, budget)
-        if a is None:
-            fastest = min(cands, key=lambda c: c["predicted_ms"])
-            sys.exit(f"no candidate fits {budget:g} ms (the fastest is {fastest['arch']} width "
-                     f"{fastest['width']:g} at {fastest['predicted_ms']:.3g} ms): raise --budgets-ms")
+    for budget, sel in selections.items():
+        cands = [_row(c) for c in sel.candidates]
+        a = _row(sel.chosen)
         out[budget] = {"a": (a, True), "b": (a, False), "d": (pick_naive(cands, budget), False),
-                       "e": (pick_by_flops(cands, budget, flops_per_ms), True)}
+                       "e": (pick_by_flops(cands, budget, flops_per_ms), True),
+                       "f": (pick_family(cands, budget, REFERENCE_FAMILY), True)}
     return out
 
 
@@ -282,13 +273,13 @@ def run_all(picks: dict, seeds: int, splits, teacher, args, cache: Path, train_m
                 if c is not None and (c["predicted_ms"] > budget) == over]
 
     passes = [jobs(seed, False) for seed in range(seeds)] + [jobs(seed, True) for seed in range(seeds)]
-    unique = list(dict.fromkeys((c["arch"], c["width"], d, s) for p in passes for c, d, s in p))
+    unique = list(dict.fromkeys(_key(c, d, s) for p in passes for c, d, s in p))
     print(f"\ntraining {len(unique)} students, {args.epochs} epochs each (within budget first, seed by seed)",
           flush=True)
     results, t0 = {}, time.perf_counter()
     for p in passes:
         for cand, distil, seed in p:
-            key = (cand["arch"], cand["width"], distil, seed)
+            key = _key(cand, distil, seed)
             if key in results:
                 continue
             got = train_student(cand, seed, distil, splits, teacher, args, cache, train_missing)
@@ -300,8 +291,13 @@ def run_all(picks: dict, seeds: int, splits, teacher, args, cache: Path, train_m
     return results
 
 
+def _key(c: dict, distil: bool, seed: int) -> tuple:
+    return (c["arch"], c["width"], c["depth"], distil, seed)
+
+
 def _fmt_cand(c: dict) -> str:
-    return f"{c['arch']} w{c['width']:g}"
+    depth = f" d{c['depth']:g}" if c.get("depth", 1) != 1 else ""
+    return f"{c['arch']} w{c['width']:g}{depth}"
 
 
 def _latency(c: dict) -> str:
@@ -310,41 +306,46 @@ def _latency(c: dict) -> str:
     return f"{c['predicted_ms']:.3g}{interval}"
 
 
-def table(picks: dict, results: dict, seeds: int, t_int8: dict, t_params: int) -> int:
+LABELS = {"a": "(a) edgekd pick, KD", "b": "(b) same, scratch", "c": "(c) teacher ORT INT8",
+          "d": "(d) widest MobileNetV2, scratch", "e": "(e) FLOPs pick, KD", "f": "(f) --student resnet, KD *"}
+
+
+def table(picks: dict, results: dict, seeds: int, t_int8: dict) -> int:
     """Print the frontier table; returns the number of budgets (a) wins (ties count as wins)."""
-    labels = {"a": "(a) edgekd pick, KD", "b": "(b) same, scratch", "c": "(c) teacher ORT INT8",
-              "d": "(d) widest MobileNetV2, scratch", "e": "(e) FLOPs pick, KD"}
     wins, short = 0, []
-    print(f"\n{'budget':>7}  {'alternative':31s} {'model':22s} {'acc':>7} {'seeds':>15} {'pred. ms [interval]':>24} "
-          f"{'params':>9} {'MFLOPs':>7}")
+    print(f"\n{'budget':>7}  {'alternative':31s} {'model':26s} {'acc':>7} {'seeds':>15} {'pred. ms [interval]':>24} "
+          f"{'params':>10} {'MFLOPs':>7} {'proxy':>6}")
     for budget, row in picks.items():
         accs = {}
-        for name in "abcde":
+        for name in "abcdef":
             if name == "c":
                 c = {**t_int8["int8"], "arch": "teacher resnet18", "width": 0}
-                per_seed, model, params = [t_int8["accuracy"]], "resnet18 (teacher) int8", t_params
+                per_seed, model = [t_int8["accuracy"]], "resnet18 (teacher) int8"
             else:
                 c, distil = row[name]
                 if c is None:
-                    print(f"{budget:7.3g}  {labels[name]:31s} {'(none fits)':22s}")
+                    print(f"{budget:7.3g}  {LABELS[name]:31s} {'(none fits)':26s}")
                     continue
-                per_seed = [results[k]["accuracy"] for k in [(c["arch"], c["width"], distil, s) for s in range(seeds)]
-                            if k in results]
-                model, params = _fmt_cand(c), c["params"]
+                per_seed = [results[k] for k in [_key(c, distil, s) for s in range(seeds)] if k in results]
+                per_seed = [r["accuracy"] for r in per_seed]
+                model = _fmt_cand(c)
             fits = c["predicted_ms"] <= budget
             mean = statistics.mean(per_seed) if per_seed else float("nan")
-            if per_seed and fits:
+            if per_seed and fits and name != "f":   # (f) is shown, not counted: not one of the issue's alternatives
                 accs[name] = mean
             if fits and name != "c" and len(per_seed) < seeds:
                 short.append(f"{budget:g} ms {name}: {len(per_seed)}/{seeds} seeds")
             mark = "" if fits else "  OVER BUDGET"
             seeds_txt = " ".join(f"{a:.4f}" for a in per_seed) if name != "c" else "(one model)"
-            print(f"{budget:7.3g}  {labels[name]:31s} {model:22s} {mean:7.4f} {seeds_txt:>15} {_latency(c):>24} "
-                  f"{params:9,} {c['flops'] / 1e6:7.2f}{mark}")
+            proxy = f"{c['accuracy_proxy']:.1f}" if c.get("accuracy_proxy") is not None else "-"
+            print(f"{budget:7.3g}  {LABELS[name]:31s} {model:26s} {mean:7.4f} {seeds_txt:>15} {_latency(c):>24} "
+                  f"{c['params']:10,} {c['flops'] / 1e6:7.2f} {proxy:>6}{mark}")
         won = "a" in accs and all(accs["a"] >= v for v in accs.values())
         wins += won
         best = max(accs, key=accs.get) if accs else "-"
-        print(f"{'':7}  -> (a) {'wins' if won else 'loses'} at {budget:g} ms (most accurate that fits: {labels.get(best, best)})")
+        print(f"{'':7}  -> (a) {'wins' if won else 'loses'} at {budget:g} ms (most accurate that fits: "
+              f"{LABELS.get(best, best)})")
+    print("* (f) is shown, not counted: the same rule within the teacher's own family (`--student resnet`).")
     if short:
         print("incomplete (means over the seeds trained so far): " + "; ".join(short))
     return wins
@@ -362,11 +363,11 @@ def main() -> None:
     ap.add_argument("--test-size", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=5, help="student epochs, every alternative alike")
     ap.add_argument("--teacher-epochs", type=int, default=12)
-    ap.add_argument("--teacher-width", type=float, default=0.5, help="ResNet-18 width multiplier of the teacher")
-    ap.add_argument("--families", default="", help="comma-separated (default: every registered image family)")
-    ap.add_argument("--widths", default=",".join(f"{w:g}" for w in WIDTHS))
+    ap.add_argument("--teacher-width", type=float, default=1.0, help="ResNet-18 width multiplier of the teacher")
+    ap.add_argument("--families", default="auto", help="what --student takes: auto (every registered family, as "
+                    "edgekd distill --student auto) or a,b,c")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--cache", default="/tmp/edgekd-frontier", help="trained models and costs (resume)")
+    ap.add_argument("--cache", default="/tmp/edgekd-frontier", help="trained models (resume)")
     ap.add_argument("--plan-only", action="store_true", help="cost the candidates and show the picks, train nothing")
     ap.add_argument("--table-only", action="store_true", help="the table from what the cache holds, train nothing")
     ap.add_argument("--progress", action="store_true")
@@ -380,22 +381,35 @@ def main() -> None:
     splits = rgb_splits(Path(args.data), args.px, args.train_size, args.test_size)
     print(f"data: {splits.name}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test, "
           f"input {splits.input_shape}; target {target.name} ({target.precision})", flush=True)
-    names = [f for f in (args.families.split(",") if args.families else families()) if f not in SKIP_FAMILIES]
-    cands = cost_candidates(target, splits.input_shape, cache, names, [float(w) for w in args.widths.split(",")])
-    budgets = auto_budgets(cands) if args.budgets_ms == "auto" else sorted(float(b) for b in args.budgets_ms.split(","))
+    c0 = time.process_time()
+    everything = edgekd_selection(float("1e9"), target, splits.input_shape, args.families)
+    print(f"costed {len(everything.candidates)} candidates of {len(everything.families)} families "
+          f"({', '.join(everything.families)}) in {time.process_time() - c0:.1f} s CPU; latency "
+          f"{everything.latency_source}", flush=True)
+    all_rows = [_row(c) for c in everything.candidates]
+    budgets = auto_budgets(all_rows) if args.budgets_ms == "auto" else sorted(float(b) for b in args.budgets_ms.split(","))
     print(f"budgets {', '.join(f'{b:.3g}' for b in budgets)} ms", flush=True)
-    teacher, t_spec, t_info = train_teacher(splits, args, cache)
-    t_int8 = teacher_int8(teacher, splits, target, cache, f"teacher-{splits.fingerprint()[:10]}-e{args.teacher_epochs}")
-    flops_per_ms = t_int8["int8"]["flops"] / t_int8["int8"]["predicted_ms"]
-    print(f"teacher resnet18 w{args.teacher_width:g}: {t_info['accuracy']:.4f} fp32, {t_int8['accuracy']:.4f} ORT INT8, "
-          f"{t_int8['int8']['predicted_ms']:.3g} ms INT8 on {target.name}; FLOPs pick's rate "
-          f"{flops_per_ms / 1e6:.1f} MFLOPs/ms", flush=True)
-    picks = plan(cands, budgets, flops_per_ms)
+    selections = {b: edgekd_selection(b, target, splits.input_shape, args.families) for b in budgets}
+    # The FLOPs pick's rate is the teacher's predicted FLOPs per ms: its graph, not its weights, so known untrained.
+    from edgekd.hardware.select import teacher_as_candidate
+
+    t_net = ModelSpec("resnet", splits.num_classes, 3, width=args.teacher_width, image_size=args.px).build()
+    t_cand = teacher_as_candidate(t_net, target=target, budget_ms=max(budgets), input_shape=splits.input_shape,
+                                  precision="int8")
+    flops_per_ms = t_cand.flops / t_cand.predicted_ms
+    print(f"teacher resnet18 w{args.teacher_width:g}: {t_cand.params:,} params, {t_cand.flops / 1e6:.1f} MFLOPs, "
+          f"{t_cand.predicted_ms:.3g} ms INT8 on {target.name} (fits the largest budget: {t_cand.fits}); "
+          f"FLOPs pick's rate {flops_per_ms / 1e6:.1f} MFLOPs/ms", flush=True)
+    picks = plan(selections, flops_per_ms)
     for budget, row in picks.items():
-        print(f"  {budget:g} ms: " + "; ".join(f"{n} {_fmt_cand(c) if c else '-'}" for n, (c, _) in row.items()))
+        print(f"  {budget:g} ms: " + "; ".join(f"{n} {_fmt_cand(c)} ({c['predicted_ms']:.3g} ms)" if c else f"{n} -"
+                                              for n, (c, _) in row.items()), flush=True)
     if args.plan_only:
         return
-    show = lambda results: table(picks, results, args.seeds, t_int8, t_info["params"])  # noqa: E731
+    teacher, t_spec, t_info = train_teacher(splits, args, cache)
+    t_int8 = teacher_int8(teacher, splits, target, cache, teacher_key(splits, args))
+    print(f"teacher trained: {t_info['accuracy']:.4f} fp32, {t_int8['accuracy']:.4f} ORT INT8", flush=True)
+    show = lambda results: table(picks, results, args.seeds, t_int8)  # noqa: E731
     results = run_all(picks, args.seeds, splits, teacher, args, cache, train_missing=not args.table_only,
                       after_pass=None if args.table_only else show)
     wins = show(results)

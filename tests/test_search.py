@@ -80,7 +80,7 @@ def test_accuracy_proxy_ranks_families_by_their_published_figures():
     assert accuracy_proxy("efficientnet_b0", 2e8) > accuracy_proxy("resnet", 2e8)
     assert accuracy_proxy("mobilenet_v2", 4e8) > accuracy_proxy("mobilenet_v2", 2e8)
     assert accuracy_proxy("mobilenet_v2", 2e8, "int8") < accuracy_proxy("mobilenet_v2", 2e8, "fp16")
-    assert accuracy_proxy("mobilenet_v2", 3e8) == pytest.approx(71.878)
+    assert accuracy_proxy("mobilenet_v2", 6e8) == pytest.approx(71.878)   # 0.30 GMACs: 2 FLOPs per multiply-add
     assert accuracy_proxy("cnn", 2e8) is None
 
 
