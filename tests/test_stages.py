@@ -302,3 +302,38 @@ def test_the_export_stage_alone_writes_the_artifacts_of_a_given_student(tmp_path
         expected = student(torch.from_numpy(test_x)).numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-4)
     assert onnx.parity["top1_agreement"] == 1.0
+
+
+def test_run_stages_hands_each_hook_the_products_so_far(tmp_path, tiny_npz, monkeypatch):
+    """A hook after any stage sees that stage's product on the run record; one that raises before the folder
+    stage stops the run with nothing written."""
+    import torch
+
+    from edgekd import pipeline
+    from edgekd.models import ModelSpec, create, save_model
+
+    torch.manual_seed(0)
+    teacher = save_model(tmp_path / "teacher.safetensors", create("cnn", num_classes=10, in_channels=1).eval(),
+                         ModelSpec("cnn", 10, 1))
+    seen = {}
+
+    def record(stage):
+        def hook(run):
+            seen[stage] = run
+            if stage == "teacher":
+                raise EdgeKDError("stop here", "the test stops the run")
+        return hook
+
+    for stage in ("data", "select", "teacher"):
+        monkeypatch.setitem(pipeline.STAGE_HOOKS, stage, [record(stage)])
+    cfg = RunConfig(target="jetson-nano", out=str(tmp_path / "run"), progress=False)
+    cfg.data.path, cfg.teacher.spec, cfg.selection.widths = str(tiny_npz), str(teacher), (0.25, 0.5)
+    with pytest.raises(EdgeKDError, match="stop here"):
+        pipeline.run_stages(cfg)
+    run = seen["teacher"]
+    assert seen["data"] is run and isinstance(run.plan, pipeline.Plan) and run.plan.target.name == "jetson-nano"
+    assert isinstance(run.data, pipeline.DataProduct) and run.splits is run.selection.splits
+    assert isinstance(run.selection, pipeline.SelectionProduct) and run.selection.chosen.width in (0.25, 0.5)
+    assert isinstance(run.teacher_product, pipeline.TeacherProduct) and run.teacher is run.teacher_product.module
+    assert run.teacher_info["params"] == sum(p.numel() for p in run.teacher.parameters())
+    assert run.trained is None and not (tmp_path / "run").exists()
