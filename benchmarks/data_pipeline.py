@@ -262,6 +262,9 @@ def run_and_sample(cmd: list[str], env: dict) -> dict:
     overall, per process and per pipeline stage (read from the stage banners it prints)."""
     import threading
 
+    import resource
+
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     stage = ["start"]
@@ -302,14 +305,17 @@ def run_and_sample(cmd: list[str], env: dict) -> dict:
         time.sleep(0.2)
     reader.join(timeout=5)
     log = "".join(lines)
-    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "peak_sum_mb": round(peak_sum / 1024, 1), "peak_pss_mb": round(peak_pss / 1024, 1),
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
+            "load": round(os.getloadavg()[0], 1), "peak_sum_mb": round(peak_sum / 1024, 1), "peak_pss_mb": round(peak_pss / 1024, 1),
             "peak_process_mb": round(max(peak_each.values(), default=0) / 1024, 1), "processes": len(peak_each),
             "top": sorted(((round(v / 1024, 1), names.get(p, "?")) for p, v in peak_each.items()), reverse=True)[:4],
             "stages": per_stage, "log_tail": log[-1500:], "log": log}
 
 
 def print_memory(name: str, r: dict) -> None:
-    print(f"{name}: rc {r['rc']}, {r['seconds']} s, peak RSS of the largest process {r['peak_process_mb']} MB, "
+    print(f"{name}: rc {r['rc']}, {r['seconds']} s ({r.get('cpu_seconds')} CPU-s, load {r.get('load')} at the end), peak RSS of the largest process {r['peak_process_mb']} MB, "
           f"peak of the sum over {r['processes']} processes {r['peak_sum_mb']} MB RSS, {r['peak_pss_mb']} MB PSS "
           f"(shared pages counted once)", flush=True)
     for mb, what in r["top"]:
@@ -380,7 +386,7 @@ def memory_photos(args) -> None:
     peaks = {}
     for n in counts:
         root = write_photos(Path(args.data), cache / f"photos-{n}", limit=None if n >= 60000 else n)
-        out = cache / f"run-photos-{n}"
+        out = cache / f"run-photos-{n}-t{args.teacher_image_size or 224}"  # two sizes may run side by side
         cmd = ["edgekd", "distill", "--target", "host", "--data", str(root), "--teacher", "torchvision:resnet18",
                "--teacher-weights", str(weights), "--student", "mobilenet_v3_small", "--image-size", "64",
                "--epochs", str(args.epochs), "--width", "1", "--force", "--out", str(out), "--overwrite",

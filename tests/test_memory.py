@@ -57,3 +57,57 @@ def test_a_224px_evaluation_does_not_hold_a_512_image_batch():
     biggest, grew_mb = (int(v) for v in out.stdout.split())
     assert biggest <= 64
     assert grew_mb < 500
+
+
+def _write_folder(root, n: int, classes: int = 4, size: int = 16) -> None:
+    """root/train/cNN/IIIII.png: ``n`` distinct tiny images (the content differs, so no duplicate check trips)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(n)
+    for c in range(classes):
+        (root / "train" / f"c{c:02d}").mkdir(parents=True)
+    for i in range(n):
+        px = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(px).save(root / "train" / f"c{i % classes:02d}" / f"{i:05d}.png", compress_level=0)
+
+
+def _held_per_run(root, cache) -> tuple[int, int]:
+    """Bytes the Python heap (numpy arrays included) holds after load_data and one epoch of training batches
+    over the folder, and its peak on the way."""
+    import gc
+    import tracemalloc
+
+    from edgekd.data import load_data
+    from edgekd.data.batches import FileBatches
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    splits = load_data(root, image_size=16, workers=0, cache_dir=cache, seed=0)
+    for split in ("calib", "val", "test"):
+        assert len(splits.normalized(split)[0:4]) == 4   # decoded once into the cache, read a slice at a time
+    batches = FileBatches(splits, batch_size=64, seed=0, device=torch.device("cpu"), channels_last=False, workers=0)
+    seen = sum(len(b.idx) for _, b in batches.epoch(0) if b is not None)
+    batches.close()
+    gc.collect()
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seen >= len(splits.train) - 64
+    del splits, batches
+    return held - base, peak - base
+
+
+def test_what_a_run_holds_per_image_file_stays_small(tmp_path):
+    """Memory flat in the number of files: the list of a folder's files, its splits, labels, hashes and the
+    epoch's order cost a few dozen bytes per file (paths packed in one blob, numpy columns), not a Python
+    object or a decoded image per file. The slope between 300 and 3,000 files is what grows with the folder."""
+    got = {}
+    for n in (300, 3000):
+        root = tmp_path / f"f{n}"
+        _write_folder(root, n)
+        got[n] = _held_per_run(root, tmp_path / f"cache{n}")
+    held = (got[3000][0] - got[300][0]) / 2700
+    peak = (got[3000][1] - got[300][1]) / 2700
+    # a decoded 16-px uint8 image is 768 bytes, a Python str path ~70 and a dict entry ~100 more
+    assert held < 200, f"{held:.0f} bytes held per file"
+    assert peak < 1500, f"{peak:.0f} bytes per file at the peak"
