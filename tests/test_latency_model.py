@@ -187,7 +187,7 @@ def test_predictions_carry_the_flag_and_safe_judges_by_the_widened_upper_end(tmp
 def test_leave_one_source_out_predicts_each_source_from_the_others_only():
     import numpy as np
 
-    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.fitting import cost_rows, fit_rows
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.published import leave_one_source_out, measurement_graph, parse_table
     from edgekd.hardware.targets import load_target
@@ -199,18 +199,25 @@ def test_leave_one_source_out_predicts_each_source_from_the_others_only():
     rows.append({"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": 0.75, "num_classes": 10},
                  "input": "1x3x48x48", "latency_ms": 2.5, "source": "b"})
     table = parse_table({"target": "raspberry-pi-4", "sources": {"a": src, "b": src}, "measurements": rows}, "t.yaml")
+    target = load_target("raspberry-pi-4")
+    feats, _ = cost_rows(target, [measurement_graph(m) for m in table.measurements],
+                         [m.input_shape for m in table.measurements], precision="fp32", runtime="onnxruntime")
+    y = np.array([m.latency_ms for m in table.measurements])
     records = leave_one_source_out(table)
     assert [r["source"] for r in records] == ["a"] * 4 + ["b"]
-    # "a" has only one other figure to learn from: the datasheet predicts it, as it would ship.
-    target = load_target("raspberry-pi-4")
-    feats, _ = cost_rows(target, [measurement_graph(m) for m in table.measurements[:1]], [[1, 3, 32, 32]],
-                         precision="fp32", runtime="onnxruntime")
-    assert records[0]["predicted_by"].startswith("datasheet")
-    assert records[0]["predicted_ms"] == pytest.approx(float(feats[0] @ datasheet_coefficients(target, "fp32").vector()))
+    # "a" has one other figure to learn from: a fit on it alone (the datasheet scaled), as the profile would ship.
+    assert records[0]["predicted_by"] == "fit on 1 rows of b"
+    alone = fit_rows(target, feats[4:], y[4:], precision="fp32", prior_weight=0.05)[0]
+    assert records[0]["predicted_ms"] == pytest.approx(float(feats[0] @ alone.vector()))
     assert records[4]["predicted_by"] == "fit on 4 rows of a"
     for r in records:
         assert r["ratio"] == pytest.approx(r["measured_ms"] / r["predicted_ms"])
         assert sum(r["shares"].values()) == pytest.approx(1.0, abs=1e-6) and np.isfinite(r["predicted_ms"])
+    # A source with nothing else beside it: the datasheet predicts it.
+    only_a = parse_table({"target": "raspberry-pi-4", "sources": {"a": src}, "measurements": rows[:4]}, "t.yaml")
+    first = leave_one_source_out(only_a)[0]
+    assert first["predicted_by"].startswith("datasheet")
+    assert first["predicted_ms"] == pytest.approx(float(feats[0] @ datasheet_coefficients(target, "fp32").vector()))
 
 
 def test_a_shared_compute_scale_covers_only_the_groups_the_measurements_exercise():
@@ -231,3 +238,94 @@ def test_a_shared_compute_scale_covers_only_the_groups_the_measurements_exercise
     assert stats["scales"]["ms_per_mflop:conv+gemm"] == pytest.approx(0.5, rel=0.05)
     assert stats["scales"]["ms_per_mflop:dwconv"] == pytest.approx(1.0)
     assert coeffs.classes["dwconv"]["ms_per_mflop"] == pytest.approx(prior.classes["dwconv"]["ms_per_mflop"])
+
+
+def test_an_unidentified_class_borrows_its_kinds_achieved_efficiency_not_another_classes():
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.priors import Donor, kind_efficiency
+    from edgekd.hardware.targets import load_target
+
+    def rates(peak, **eff):
+        return {g: 1 / (peak * e) for g, e in eff.items()}
+
+    ncnn = Donor("raspberry-pi-4", "ncnn", "fp32", 48.0, rates(48.0, conv=0.8, dwconv=0.2, pointwise=0.6), ("conv", "dwconv"))
+    ort = Donor("pixel-1", "onnxruntime", "fp32", 17.2, rates(17.2, conv=0.5, dwconv=0.05), ("conv", "dwconv"))
+    gpu = Donor("jetson-nano", "tensorrt", "fp16", 472.0, rates(472.0, dwconv=0.01, pointwise=0.7), ("dwconv", "pointwise"))
+    donors = [ncnn, ort, gpu]
+    eff, origin = kind_efficiency("onnxruntime", "fp32", donors)
+    # The same runtime's calibration decides the classes it identified; a rate outside a donor's coverage
+    # (ncnn's pointwise) and another kind's (the GPU's) are never borrowed.
+    assert eff == pytest.approx({"conv": 0.5, "dwconv": 0.05})
+    assert origin["conv"].startswith("same runtime and precision: pixel-1")
+    # No same-runtime donor: the geometric mean of every donor of the kind at that precision, then any precision.
+    assert kind_efficiency("xnnpack", "fp32", donors)[0]["conv"] == pytest.approx((0.8 * 0.5) ** 0.5)
+    assert kind_efficiency("onnxruntime", "int8", donors)[1]["dwconv"].startswith("any precision")
+    assert kind_efficiency("tensorrt", "fp32", donors)[0] == pytest.approx({"dwconv": 0.01, "pointwise": 0.7})
+    # The prior: borrowed classes at the borrowed efficiency, the others at the profile's own figures.
+    pi5 = load_target("raspberry-pi-5")
+    peak, own = pi5.peak_gflops["fp32"], datasheet_coefficients(pi5, "fp32")
+    prior = datasheet_coefficients(pi5, "fp32", efficiency=eff)
+    assert prior.classes["dwconv"]["ms_per_mflop"] == pytest.approx(1 / (peak * 0.05))
+    assert prior.classes["conv"]["ms_per_mflop"] == pytest.approx(1 / (peak * 0.5))
+    for c in ("conv_pointwise", "pool", "gemm"):
+        assert prior.classes[c] == own.classes[c], c
+
+
+def test_a_device_with_one_figure_is_predicted_with_another_devices_fit_of_the_same_runtime():
+    """Two boards, one runtime: the board with a single figure borrows the achieved efficiencies the other
+    board's four figures identify, and predicts its figure where its own (wrong) estimates cannot."""
+    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.published import leave_one_source_out, measurement_graph, parse_table
+    from edgekd.hardware.targets import load_target
+
+    truth = {"conv": 0.9, "pointwise": 0.9, "dwconv": 0.4}   # what ncnn achieves on either board here
+
+    def table(name, source, shapes):
+        target = load_target(name)
+        rows = [{"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": w, "num_classes": 10}, "input": f"1x3x{r}x{r}",
+                 "latency_ms": 1.0, "source": source} for w, r in shapes]
+        t = parse_table({"target": name, "sources": {source: {"url": "https://example.org/t", "where": "table 1",
+                         "runtime": "ncnn", "precision": "fp32", "threads": 4}}, "measurements": rows}, "t.yaml")
+        feats, _ = cost_rows(target, [measurement_graph(m) for m in t.measurements], [m.input_shape for m in t.measurements],
+                             precision="fp32", runtime="ncnn")
+        for m, f in zip(t.measurements, feats):
+            m.latency_ms = float(f @ datasheet_coefficients(target, "fp32", efficiency=truth).vector())
+        return t
+
+    pi5 = table("raspberry-pi-5", "a", [(0.25, 32), (0.5, 32), (0.25, 64), (0.5, 64), (0.75, 48)])
+    pi4 = table("raspberry-pi-4", "b", [(0.75, 64)])
+    alone = leave_one_source_out(pi4, others=[pi5])[0]
+    [borrowed] = leave_one_source_out(pi4, others=[pi5], borrow=True)
+    assert borrowed["predicted_by"].startswith("datasheet, ") and "borrowed" in borrowed["predicted_by"]
+    assert set(borrowed["borrowed"]) >= {"conv", "dwconv"}
+    assert all(o.startswith("same runtime and precision: raspberry-pi-5 ncnn/fp32") for o in borrowed["borrowed"].values())
+    assert abs(borrowed["ratio"] - 1) < 0.1 < abs(alone["ratio"] - 1)
+
+
+def test_a_runtime_with_fewer_than_four_figures_ships_a_fit_that_keeps_the_datasheet_interval():
+    """Two figures 3x faster than the datasheet: the shipped calibration runs 3x faster, with no held-out
+    errors of its own, so its predictions carry the datasheet's interval."""
+    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.latency import coefficients_for, datasheet_coefficients, datasheet_interval
+    from edgekd.hardware.published import calibrate_table, measurement_graph, parse_table
+    from edgekd.hardware.targets import load_target
+
+    target = load_target("raspberry-pi-4")
+    src = {"url": "https://example.org/t", "where": "table 1", "runtime": "ncnn", "precision": "fp32", "threads": 4}
+    rows = [{"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": w, "num_classes": 10}, "input": f"1x3x{r}x{r}",
+             "latency_ms": 1.0, "source": "a"} for w, r in ((0.25, 32), (0.5, 64))]
+    table = parse_table({"target": "raspberry-pi-4", "sources": {"a": src}, "measurements": rows}, "t.yaml")
+    feats, _ = cost_rows(target, [measurement_graph(m) for m in table.measurements],
+                         [m.input_shape for m in table.measurements], precision="fp32", runtime="ncnn")
+    datasheet = feats @ datasheet_coefficients(target, "fp32").vector()
+    for m, d in zip(table.measurements, datasheet):
+        m.latency_ms = float(d / 3)
+    [entry] = calibrate_table(table)["calibrations"]
+    assert entry["n_measurements"] == 2 and entry["interval"] is None and entry["leave_one_out"] is None
+    for r in entry["rows"]:
+        assert r["fitted_ms"] == pytest.approx(r["measured_ms"], rel=0.15)
+    target.shipped = [entry]
+    choice = coefficients_for(target, "fp32", "ncnn")
+    assert choice.label == "calibrated from 2 published measurements (ncnn)"
+    assert choice.interval == datasheet_interval() and choice.interval is not None

@@ -163,16 +163,16 @@ class Coefficients:
                               "re-run `edgekd profile` / `edgekd calibrate` to write a fresh calibration") from None
 
 
-def datasheet_coefficients(target: Target, precision: str | None = None) -> Coefficients:
-    """Coefficients from the profile's peak compute, bandwidth, efficiencies and overheads."""
+def datasheet_coefficients(target: Target, precision: str | None = None, efficiency: dict | None = None) -> Coefficients:
+    """Coefficients from the profile's peak compute, bandwidth, efficiencies (or ``efficiency``'s) and overheads."""
     precision = precision or target.precision
+    efficiency = {**target.efficiency, **(efficiency or {})}
     if precision not in target.peak_gflops:
         raise EdgeKDError(f"{target.name} has no figures for precision {precision!r}",
                           f"use one of {', '.join(target.peak_gflops)}")
     peak = target.peak_gflops[precision]
     ms_per_mb = 1.0 / (target.memory_bandwidth_gbs * MEMORY_EFFICIENCY)  # 1 MB at 1 GB/s = 1 ms
-    eff = {c: target.efficiency.get(OWN_EFFICIENCY.get(c, ""), target.efficiency[SUBCLASSES.get(c, c)])
-           for c in KERNEL_CLASSES}
+    eff = {c: efficiency.get(OWN_EFFICIENCY.get(c, ""), efficiency[SUBCLASSES.get(c, c)]) for c in KERNEL_CLASSES}
     classes = {c: {"ms_per_mflop": 1.0 / (peak * eff[c]),  # 1 MFLOP at 1 GFLOP/s = 1 ms
                    "ms_per_mb": ms_per_mb,
                    "ms_per_kernel": target.kernel_overhead_us / 1000.0} for c in KERNEL_CLASSES}
@@ -208,8 +208,9 @@ def coefficients_for(target: Target, precision: str | None = None, runtime: str 
         label = f"calibrated from {n} {'published ' if entry['origin'] == 'published' else ''}measurements"
         if entry.get("runtime", runtime) != target.runtime:
             label += f" ({entry['runtime']})"
+        # A calibration on too few figures for held-out errors of its own keeps the datasheet's interval.
         return CoefficientChoice(Coefficients.from_dict(entry["coefficients"]), label,
-                                 Interval.from_dict(entry.get("interval")),
+                                 Interval.from_dict(entry.get("interval")) or datasheet_interval(),
                                  entry.get("coverage") or (entry.get("fit") or {}).get("coverage"))
     label = "datasheet"
     if target.measured and runtime == target.runtime:

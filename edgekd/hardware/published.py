@@ -312,6 +312,9 @@ def measurement_graph(m: Measurement) -> Path:
 
 SHIPPED_SCHEMA = "edgekd.shipped-calibration/1"
 MIN_ROWS = 4        # a leave-half-out split needs two measurements on each side
+# Fewer figures still say how far the device runs from its datasheet: they are fitted (``fit_rows`` then
+# scales the datasheet's terms, one factor for the compute groups they exercise) but carry no held-out
+# statistics of their own, so their predictions keep the datasheet's interval.
 
 
 def _row_record(m: Measurement, **figures) -> dict:
@@ -336,7 +339,8 @@ def datasheet_predictions(target, rows: list[Measurement]) -> list[float]:
 def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dict:
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
-    every prediction then carries) and leave-half-out (``splits`` random halvings)."""
+    every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
+    measurements are fitted without them."""
     from edgekd.hardware.fitting import cost_rows, coverage, fit_rows, held_out_interval
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
@@ -350,41 +354,39 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
         return fit_rows(target, r, t, precision=precision, prior_weight=0.05)[0]
 
     coeffs, stats = fit_rows(target, feats, y, precision=precision, prior_weight=0.05)
+    datasheet = list(feats @ datasheet_coefficients(target, precision).vector())  # the graphs costed once
+    fitted = feats @ coeffs.vector()
+    entry = {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
+             "coefficients": coeffs.to_dict(), "interval": None, "coverage": coverage(feats, coeffs.vector()),
+             "fit": {k: v for k, v in stats.items() if k in ("scales", "median_abs_pct_err", "within10", "within20")},
+             "leave_one_out": None, "leave_half_out": None, "datasheet": error_stats(datasheet, y)}
+    if len(rows) < MIN_ROWS:
+        return {**entry, "rows": [_row_record(m, datasheet_ms=d, fitted_ms=f) for m, d, f in zip(rows, datasheet, fitted)]}
     interval, loo = held_out_interval(feats, y, fit, what="published measurements")
     half = leave_half_out(len(y), lambda train: (lambda c: (lambda test: feats[test] @ c.vector()))(fit(feats[train], y[train])),
                           splits=splits)
     half_pred = {}
     for i, p in half["predictions"]:
         half_pred.setdefault(i, []).append(p)
-    datasheet = list(feats @ datasheet_coefficients(target, precision).vector())  # the graphs costed once
-    fitted = feats @ coeffs.vector()
-    return {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
-            "coefficients": coeffs.to_dict(), "interval": interval.to_dict() if interval else None,
-            "coverage": coverage(feats, coeffs.vector()),
-            "fit": {k: v for k, v in stats.items() if k in ("scales", "median_abs_pct_err", "within10", "within20")},
-            "leave_one_out": error_stats(loo, y),
+    return {**entry, "interval": interval.to_dict() if interval else None, "leave_one_out": error_stats(loo, y),
             "leave_half_out": {"splits": splits, **error_stats([p for _, p in half["predictions"]],
                                                                  [y[i] for i, _ in half["predictions"]])},
-            "datasheet": error_stats(datasheet, y),
             "rows": [_row_record(m, datasheet_ms=d, fitted_ms=f, held_out_ms=h, half_out_ms=float(np.median(half_pred[i])))
                      for i, (m, d, f, h) in enumerate(zip(rows, datasheet, fitted, loo))]}
 
 
 def calibrate_table(table: MeasurementTable, *, splits: int = 20, progress=None) -> dict:
-    """Every runtime/precision of a table with enough measurements, calibrated; the rest predicted from the datasheet."""
+    """Every runtime/precision of a table calibrated on its usable measurements; rows left out predicted by the datasheet."""
     from edgekd.hardware.targets import load_target
 
     target = load_target(table.target)
-    entries, leftover = [], []
+    entries = []
     groups = table.groups()
     for (runtime, precision), rows in groups.items():
         if progress:
             progress(f"{table.target}: {runtime}/{precision}, {len(rows)} measurements")
-        if len(rows) >= MIN_ROWS:
-            entries.append(calibrate_group(target, rows, splits=splits))
-        else:
-            leftover += rows
-    leftover += [m for m in table.measurements if not m.use]
+        entries.append(calibrate_group(target, rows, splits=splits))
+    leftover = [m for m in table.measurements if not m.use]
     uncalibrated = [_row_record(m, datasheet_ms=d) for m, d in zip(leftover, datasheet_predictions(target, leftover))]
     return {"schema": SHIPPED_SCHEMA, "target": table.target, "device": table.device,
             "table": f"measurements/{table.target}.yaml", "table_sha256": table.sha256,
@@ -404,38 +406,93 @@ def write_shipped(table: MeasurementTable, result: dict) -> Path:
 
 # --- leave one source out: how a profile predicts a table it was not fitted on ---------------------
 
-def leave_one_source_out(table: MeasurementTable) -> list[dict]:
-    """Each source of each runtime/precision predicted by a fit on the table's other sources only.
-
-    The fit is the shipped one's (``fit_rows``, as ``calibrate_group``) on the other sources' rows when
-    they number at least MIN_ROWS; with fewer, the profile's datasheet predicts, as it would ship. One
-    record per measurement: the source left out, what predicted it, measured / predicted, and the share
-    of the prediction each op class (and the per-inference term) takes.
-    """
-    from edgekd.hardware.fitting import class_shares, cost_rows, fit_rows
-    from edgekd.hardware.latency import datasheet_coefficients
+def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
+    """Every usable runtime/precision group of every table, costed once: (target, rows, features, latencies)."""
+    from edgekd.hardware.fitting import cost_rows
     from edgekd.hardware.targets import load_target
 
-    target = load_target(table.target)
+    out = {}
+    for table in tables:
+        target = load_target(table.target)
+        for (runtime, precision), rows in table.groups().items():
+            memo = (table.target, table.sha256, runtime, precision)
+            if memo not in _COSTED or not table.sha256:
+                feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                                     precision=precision, runtime=runtime)
+                _COSTED[memo] = feats
+            out[(table.target, runtime, precision)] = (target, rows, _COSTED[memo],
+                                                       np.asarray([m.latency_ms for m in rows], dtype=np.float64))
+    return out
+
+
+_COSTED: dict[tuple, np.ndarray] = {}   # a table's groups costed once per process (the table's hash in the key)
+
+
+def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str]) -> list:
+    """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed."""
+    from edgekd.hardware.fitting import coverage, fit_rows
+    from edgekd.hardware.priors import donor_from_fit
+
+    donors = []
+    for key, (target, rows, feats, y) in groups.items():
+        keep = [i for i, m in enumerate(rows) if (key[0], m.source) != left_out]
+        if key == skip or len(keep) < MIN_ROWS or key[2] not in target.peak_gflops:
+            continue
+        coeffs = fit_rows(target, feats[keep], y[keep], precision=key[2], prior_weight=0.05)[0]
+        donors.append(donor_from_fit(key[0], key[1], key[2], target.peak_gflops[key[2]], coeffs.to_dict(),
+                                     coverage(feats[keep], coeffs.vector())))
+    return donors
+
+
+def _borrowed_prior(groups: dict, target, source: str, runtime: str, precision: str, borrow: bool = True):
+    """The prior an uncalibrated runtime/precision of ``target`` ships with, learned without ``source``."""
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.priors import kind_efficiency
+
+    donors = _donors(groups, (target.name, source), (target.name, runtime, precision)) if borrow else []
+    eff, borrowed = kind_efficiency(runtime, precision, donors)
+    return datasheet_coefficients(target, precision, efficiency=eff), borrowed
+
+
+def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable] | None = None,
+                         borrow: bool = False) -> list[dict]:
+    """Each source of each runtime/precision predicted by a fit on the other sources only.
+
+    The fit is the shipped one's (``fit_rows``, as ``calibrate_group``) on the other sources' rows of
+    that runtime and precision. Where none remain, the profile predicts as an uncalibrated one ships,
+    from its datasheet; with ``borrow``, from its datasheet with each op class's efficiency borrowed
+    from the other tables' fits (``others``, default every shipped table; ``edgekd.hardware.priors``),
+    each refitted without the left-out source. One record per measurement: the source left out, what
+    predicted it, measured / predicted, and the share of the prediction each op class (and the
+    per-inference term) takes.
+    """
+    from edgekd.hardware.fitting import class_shares, fit_rows
+
+    if others is None and borrow:
+        from edgekd.hardware.targets import shipped_profiles
+
+        others = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
+    groups = _costed_groups([table] + [t for t in (others or []) if borrow and t.target != table.target])
     out = []
-    for (runtime, precision), rows in table.groups().items():
-        feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
-                             precision=precision, runtime=runtime)
-        y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
+    for (name, runtime, precision), (target, rows, feats, y) in groups.items():
+        if name != table.target:
+            continue
         for source in sorted({m.source for m in rows}):
             test = [i for i, m in enumerate(rows) if m.source == source]
             train = [i for i in range(len(rows)) if i not in test]
-            if len(train) >= MIN_ROWS:
+            borrowed = {}
+            if train:
                 coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05)[0]
                 how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
             else:
-                coeffs, how = datasheet_coefficients(target, precision), "datasheet (no other source)"
+                coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow)
+                how = "datasheet" + (f", {len(borrowed)} op classes' efficiency borrowed" if borrowed else
+                                     " (nothing to borrow)")
             theta = coeffs.vector()
             for i in test:
                 predicted = float(feats[i] @ theta)
                 out.append({"target": table.target, "runtime": runtime, "precision": precision, "source": source,
                             "model": rows[i].label, "measured_ms": float(y[i]), "predicted_ms": predicted,
-                            "ratio": float(y[i] / predicted), "predicted_by": how,
+                            "ratio": float(y[i] / predicted), "predicted_by": how, "borrowed": borrowed,
                             "shares": class_shares(feats[i], theta)})
     return out
-
