@@ -263,7 +263,7 @@ def plan(selections: dict, flops_per_ms: float) -> dict:
     return out
 
 
-def run_all(picks: dict, seeds: int, splits, teacher, args, cache: Path, train_missing: bool = True,
+def run_all(picks: dict, seeds, splits, teacher, args, cache: Path, train_missing: bool = True,
             after_pass=None) -> dict:
     """Train every planned model: those within their budget first, seed by seed (a cut-short run has whole
     seeds), then the alternatives over their budget (shown, never counted). ``after_pass(results)`` is
@@ -272,7 +272,7 @@ def run_all(picks: dict, seeds: int, splits, teacher, args, cache: Path, train_m
         return [(c, distil, seed) for budget, row in picks.items() for c, distil in row.values()
                 if c is not None and (c["predicted_ms"] > budget) == over]
 
-    passes = [jobs(seed, False) for seed in range(seeds)] + [jobs(seed, True) for seed in range(seeds)]
+    passes = [jobs(seed, False) for seed in seeds] + [jobs(seed, True) for seed in seeds]
     unique = list(dict.fromkeys(_key(c, d, s) for p in passes for c, d, s in p))
     print(f"\ntraining {len(unique)} students, {args.epochs} epochs each (within budget first, seed by seed)",
           flush=True)
@@ -370,6 +370,8 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/edgekd-frontier", help="trained models (resume)")
     ap.add_argument("--plan-only", action="store_true", help="cost the candidates and show the picks, train nothing")
     ap.add_argument("--table-only", action="store_true", help="the table from what the cache holds, train nothing")
+    ap.add_argument("--only-seed", type=int, default=None, help="train this seed's models only (another process "
+                    "may train the others into the same --cache; --table-only then reads them all)")
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -410,7 +412,8 @@ def main() -> None:
     t_int8 = teacher_int8(teacher, splits, target, cache, teacher_key(splits, args))
     print(f"teacher trained: {t_info['accuracy']:.4f} fp32, {t_int8['accuracy']:.4f} ORT INT8", flush=True)
     show = lambda results: table(picks, results, args.seeds, t_int8)  # noqa: E731
-    results = run_all(picks, args.seeds, splits, teacher, args, cache, train_missing=not args.table_only,
+    seeds = range(args.seeds) if args.only_seed is None else [args.only_seed]
+    results = run_all(picks, seeds, splits, teacher, args, cache, train_missing=not args.table_only,
                       after_pass=None if args.table_only else show)
     wins = show(results)
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s wall, {time.process_time():.0f} s CPU in this session")
