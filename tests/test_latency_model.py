@@ -261,6 +261,9 @@ def test_an_unidentified_class_borrows_its_kinds_achieved_efficiency_not_another
     assert kind_efficiency("xnnpack", "fp32", donors)[0]["conv"] == pytest.approx((0.8 * 0.5) ** 0.5)
     assert kind_efficiency("onnxruntime", "int8", donors)[1]["dwconv"].startswith("any precision")
     assert kind_efficiency("tensorrt", "fp32", donors)[0] == pytest.approx({"dwconv": 0.01, "pointwise": 0.7})
+    # ExecuTorch runs XNNPACK's kernels: an XNNPACK calibration is its same-runtime donor.
+    xnn = Donor("pixel-1", "xnnpack", "fp32", 17.2, rates(17.2, conv=0.9), ("conv",))
+    assert kind_efficiency("executorch", "fp32", donors + [xnn])[0]["conv"] == pytest.approx(0.9)
     # The prior: borrowed classes at the borrowed efficiency, the others at the profile's own figures.
     pi5 = load_target("raspberry-pi-5")
     peak, own = pi5.peak_gflops["fp32"], datasheet_coefficients(pi5, "fp32")

@@ -445,7 +445,8 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str])
 
 
 def _borrowed_prior(groups: dict, target, source: str, runtime: str, precision: str, borrow: bool = True):
-    """The prior an uncalibrated runtime/precision of ``target`` ships with, learned without ``source``."""
+    """The datasheet prior of a runtime/precision with no figures left, with (``borrow``) each op class's
+    efficiency borrowed from the other groups' fits made without ``source``."""
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.priors import kind_efficiency
 
@@ -486,8 +487,7 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
                 how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
             else:
                 coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow)
-                how = "datasheet" + (f", {len(borrowed)} op classes' efficiency borrowed" if borrowed else
-                                     " (nothing to borrow)")
+                how = "datasheet" + (f", {len(borrowed)} op classes' efficiency borrowed" if borrowed else "")
             theta = coeffs.vector()
             for i in test:
                 predicted = float(feats[i] @ theta)
