@@ -357,3 +357,30 @@ def test_learning_rate_searched_around_the_configured_one(tiny):
     assert search_space(tiny)["lr"] == ("float_log", 1e-2 / LR_FACTOR, 1e-2 * LR_FACTOR)
     kind, low, high = search_space(tiny, lr=2e-3)["lr"]
     assert kind == "float_log" and low == pytest.approx(5e-4) and high == pytest.approx(8e-3)
+
+
+def test_a_second_run_waits_for_the_probe_another_run_is_training(tiny, tmp_path, monkeypatch):
+    """Two runs on the same data started together train the student-alone probe once: the second blocks
+    on the first's lock and then reads the first's result."""
+    import threading
+
+    from edgekd.distill.worth import scratch_predictions
+    from edgekd.fsutil import wait_lock
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    student, cfg = ModelSpec("cnn", 10, 1, width=0.25), replace(TINY, epochs=1)
+    first, probe = scratch_predictions(tiny, student, cfg)
+    assert probe["cached"] is False
+    (entry,) = tmp_path.glob("scratch-*.json")
+    saved = entry.read_bytes()
+    entry.unlink()  # as if the first run were still training it
+    result = {}
+    with wait_lock(tmp_path / f".{entry.stem}.lock"):
+        second = threading.Thread(target=lambda: result.update(out=scratch_predictions(tiny, student, cfg)))
+        second.start()
+        second.join(timeout=2)
+        assert second.is_alive()  # blocked on the lock, not training its own probe
+        entry.write_bytes(saved)  # the first run finishes and writes its result
+    second.join(timeout=120)
+    pred, probe = result["out"]
+    assert probe["cached"] is True and (pred == first).all()

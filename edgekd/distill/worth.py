@@ -70,7 +70,7 @@ def scratch_predictions(splits: DataSplits, spec, cfg: TrainConfig, *, cache_dir
                         progress: bool = False, log=None) -> tuple[np.ndarray, dict]:
     """Validation predictions of ``spec`` trained on the labels alone with ``cfg``'s budget, cached
     beside the teachers (keyed by the data, the student and the recipe)."""
-    from edgekd.fsutil import atomic_write_json, cache_root
+    from edgekd.fsutil import cache_root
 
     probe_cfg = probe_config(cfg)
     blob = json.dumps({"data": splits.fingerprint(), "spec": spec.to_dict(), "train": probe_cfg.result_dict(),
@@ -78,6 +78,22 @@ def scratch_predictions(splits: DataSplits, spec, cfg: TrainConfig, *, cache_dir
     key = hashlib.sha256(blob.encode()).hexdigest()[:20]
     root = cache_root(cache_dir)
     path = root / f"scratch-{key}.json"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return _scratch_run(splits, spec, probe_cfg, path, progress, log)
+    from edgekd.fsutil import wait_lock
+    from edgekd.threads import waiting
+
+    # Two runs on the same data (started together) train the probe once: the second waits, then reads it.
+    with wait_lock(root / f".scratch-{key}.lock", while_waiting=waiting):
+        return _scratch_run(splits, spec, probe_cfg, path, progress, log)
+
+
+def _scratch_run(splits: DataSplits, spec, probe_cfg: TrainConfig, path: Path, progress: bool, log):
+    """The probe's predictions from ``path`` when it holds them, else trained now and saved there."""
+    from edgekd.fsutil import atomic_write_json
+
     if path.is_file():
         try:
             saved = json.loads(path.read_text())
@@ -97,7 +113,6 @@ def scratch_predictions(splits: DataSplits, spec, cfg: TrainConfig, *, cache_dir
     probe = {"epochs": probe_cfg.epochs, "seconds": round(time.perf_counter() - t0, 2), "arch": spec.arch,
              "width": spec.width, "loss": "ce"}
     try:
-        root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"probe": probe, "val_predictions": pred.tolist()})
     except OSError:
         pass  # the probe is still valid; it just is not cached
