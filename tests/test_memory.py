@@ -111,3 +111,51 @@ def test_what_a_run_holds_per_image_file_stays_small(tmp_path):
     # a decoded 16-px uint8 image is 768 bytes, a Python str path ~70 and a dict entry ~100 more
     assert held < 200, f"{held:.0f} bytes held per file"
     assert peak < 1500, f"{peak:.0f} bytes per file at the peak"
+
+
+def test_the_teachers_uncached_forward_on_a_training_batch_goes_in_chunks(tmp_path):
+    """Without the teacher-output cache (feature losses, mixup, arrays with cache_teacher off) a 224-px training
+    batch of 128 went through the teacher whole: its activations doubled a photo run's peak. Now at most
+    EVAL_BATCH_PIXELS a forward, and the loss sees the same logits."""
+    from edgekd.data import RawData, make_splits
+    from edgekd.distill import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (300, 3, 16, 16), dtype=np.uint8)
+    y = np.arange(300) % 4
+    splits = make_splits(RawData(x, y, x[:40], y[:40]), name="t", source="t", calib_size=16).at_image_size(
+        32, teacher_image_size=224)   # the student at 32 px, the teacher at 224
+
+    def net():
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, 4))
+
+    torch.manual_seed(0)
+    teacher, student = net(), net()
+    seen = []
+    teacher[0].register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    cfg = TrainConfig(epochs=1, batch_size=128, loss="kd", cache_teacher=False, threads=1, channels_last=False)
+    result = train(student, teacher, splits, cfg, ckpt_dir=tmp_path, progress=False)
+    assert len(splits.train) >= 256 and result.history[0]["train_accuracy"] >= 0
+    assert max(seen) <= 64 and seen.count(64) >= 4   # two training batches of 128, two chunks each
+
+
+def test_the_chunks_give_the_whole_batchs_features_and_logits():
+    """Feature losses read the teacher's stage outputs: chunked, they are the whole batch's, in order."""
+    from types import SimpleNamespace
+
+    from edgekd.distill.train import _Forward, _frozen_forward
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(4, 4)).eval()
+    net = _Forward(teacher, ["0", "2"])
+    x = torch.randn(80, 3, 224, 224)
+    seen = []
+    teacher[0].register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    with torch.no_grad():
+        feats, logits = _frozen_forward(SimpleNamespace(teacher_net=net), x)
+        whole_feats, whole_logits = net(x)
+    assert seen[:2] == [64, 16]
+    assert len(feats) == 2 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(feats, whole_feats))
+    assert torch.allclose(logits, whole_logits, atol=1e-6)

@@ -486,17 +486,26 @@ def _teacher_outputs(run: Stage, epoch: int, batch: TrainBatch, x: torch.Tensor)
         rows = batch.idx.cpu().numpy()
         logits = run.outputs.get(epoch, rows)
         if logits is None:  # not cached yet: compute, store, and use the stored (rounded) values
-            from edgekd.data.loader import eval_batch_size
-
-            # A big teacher's activations on a whole training batch at 224 px would double the run's peak memory;
-            # chunks give the same logits (the frozen teacher is in eval mode).
-            step = eval_batch_size(len(x), x.shape)
-            with torch.no_grad():
-                logits = run.outputs.put(epoch, rows, torch.cat([run.teacher_net(x[i:i + step])[1].float()
-                                                                 for i in range(0, len(x), step)]))
+            logits = run.outputs.put(epoch, rows, _frozen_forward(run, x)[1].float())
         return ModelOutputs(logits.to(run.device))
-    with torch.no_grad():
-        return ModelOutputs(*reversed(run.teacher_net(x)))
+    return ModelOutputs(*reversed(_frozen_forward(run, x)))
+
+
+@torch.no_grad()
+def _frozen_forward(run: Stage, x: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """(paired stage outputs, logits) of the frozen teacher on a training batch, in evaluation-sized chunks.
+
+    A big teacher's activations on a whole training batch at 224 px would double the run's peak memory
+    (with or without the output cache: feature losses and mixup never use it); the frozen teacher is in
+    eval mode, so chunks give the same outputs."""
+    from edgekd.data.loader import eval_batch_size
+
+    step = eval_batch_size(len(x), x.shape)
+    if step >= len(x):
+        return run.teacher_net(x)
+    parts = [run.teacher_net(x[i:i + step]) for i in range(0, len(x), step)]
+    features = [torch.cat([p[0][k] for p in parts]) for k in range(len(parts[0][0]))]
+    return features, torch.cat([p[1] for p in parts])
 
 
 def _step_loss(run: Stage, s_out: ModelOutputs, t_out: ModelOutputs | None, y: torch.Tensor) -> torch.Tensor:
