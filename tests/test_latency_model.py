@@ -332,3 +332,26 @@ def test_a_runtime_with_fewer_than_four_figures_ships_a_fit_that_keeps_the_datas
     choice = coefficients_for(target, "fp32", "ncnn")
     assert choice.label == "calibrated from 2 published measurements (ncnn)"
     assert choice.interval == datasheet_interval() and choice.interval is not None
+
+
+def test_a_figure_measured_on_fewer_threads_than_the_profile_has_that_share_of_its_compute():
+    import numpy as np
+
+    from edgekd.hardware.latency import FIXED, _class_offset
+    from edgekd.hardware.published import measurement_rows, parse_table
+    from edgekd.hardware.targets import load_target
+
+    pi5 = load_target("raspberry-pi-5")
+    assert pi5.threads == 4
+    src = {"url": "https://example.org/t", "where": "table 1", "runtime": "ncnn", "precision": "fp32"}
+    row = {"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": 0.25, "num_classes": 10}, "input": "1x3x32x32",
+           "latency_ms": 1.0, "source": "a"}
+    table = parse_table({"target": "raspberry-pi-5", "sources": {"a": src},
+                         "measurements": [row, {**row, "threads": 4}, {**row, "threads": 1}]}, "t.yaml")
+    unknown, four, one = measurement_rows(pi5, table.measurements)
+    assert np.array_equal(unknown, four)   # no thread count given: the profile's conditions
+    conv, dw = _class_offset("conv_pointwise"), _class_offset("dwconv")
+    assert one[conv] == pytest.approx(4 * four[conv]) and one[dw] == pytest.approx(4 * four[dw])
+    # Bytes moved, kernels launched and the per-inference term do not depend on the thread count.
+    for j in (conv + 1, conv + 2, dw + 1, FIXED):
+        assert one[j] == four[j]

@@ -324,15 +324,33 @@ def _row_record(m: Measurement, **figures) -> dict:
             **{k: (float(v) if v is not None else None) for k, v in figures.items()}}
 
 
+def measurement_rows(target, rows: list[Measurement]) -> np.ndarray:
+    """Design-matrix rows of published figures of one runtime and precision, under each figure's conditions.
+
+    A profile's peak counts the cores its conditions run on (``threads``); a figure measured on fewer
+    or more threads has that share of the peak, so its compute terms (MFLOPs of every class) are scaled
+    by the profile's threads over the figure's. Memory, launch and per-inference terms are left as they are.
+    """
+    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
+
+    feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                         precision=rows[0].precision, runtime=rows[0].runtime)
+    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
+    cores = target.threads if isinstance(target.threads, int) else None
+    for i, m in enumerate(rows):
+        if cores and m.threads and m.threads != cores:
+            feats[i, compute] *= cores / m.threads
+    return feats
+
+
 def datasheet_predictions(target, rows: list[Measurement]) -> list[float]:
     """What the profile's datasheet coefficients (no calibration) predict for each measurement."""
-    from edgekd.hardware.fitting import cost_rows
     from edgekd.hardware.latency import datasheet_coefficients
 
     out = []
     for m in rows:
-        feats, _ = cost_rows(target, [measurement_graph(m)], [m.input_shape], precision=m.precision, runtime=m.runtime)
-        out.append(float(feats[0] @ datasheet_coefficients(target, m.precision).vector()))
+        out.append(float(measurement_rows(target, [m])[0] @ datasheet_coefficients(target, m.precision).vector()))
     return out
 
 
@@ -341,13 +359,12 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
     measurements are fitted without them."""
-    from edgekd.hardware.fitting import cost_rows, coverage, fit_rows, held_out_interval
+    from edgekd.hardware.fitting import coverage, fit_rows, held_out_interval
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
-    feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
-                         precision=precision, runtime=runtime)
+    feats = measurement_rows(target, rows)
     y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
 
     def fit(r, t):
@@ -408,7 +425,6 @@ def write_shipped(table: MeasurementTable, result: dict) -> Path:
 
 def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
     """Every usable runtime/precision group of every table, costed once: (target, rows, features, latencies)."""
-    from edgekd.hardware.fitting import cost_rows
     from edgekd.hardware.targets import load_target
 
     out = {}
@@ -417,9 +433,7 @@ def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
         for (runtime, precision), rows in table.groups().items():
             memo = (table.target, table.sha256, runtime, precision)
             if memo not in _COSTED or not table.sha256:
-                feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
-                                     precision=precision, runtime=runtime)
-                _COSTED[memo] = feats
+                _COSTED[memo] = measurement_rows(target, rows)
             out[(table.target, runtime, precision)] = (target, rows, _COSTED[memo],
                                                        np.asarray([m.latency_ms for m in rows], dtype=np.float64))
     return out
