@@ -1,19 +1,19 @@
-"""Kind priors: each op class's achieved fraction of peak compute, learned from other devices' calibrations.
+"""Kind priors: each op class's achieved fraction of peak compute, borrowed from other devices' calibrations.
 
-A profile's ``efficiency`` figures are estimates, and a calibration on one published table only
-identifies the classes that table's networks exercise. What a class achieves is mostly a property of the
-kind of processor and of the kernel library (a depthwise conv on a CPU reaches a similar share of its peak
-on any core; a TensorRT 1x1 conv is memory-bound on every GPU), so a device whose own figures cannot
-identify a class borrows that class's achieved efficiency (1 / (ms per MFLOP x peak)) from calibrations
-of other devices of its kind, the closest ones first:
+A profile's ``efficiency`` figures are estimates, and a runtime with no published figures of its own
+predicts from them alone. The alternative here: borrow each class's achieved efficiency
+(1 / (ms per MFLOP x peak)) from calibrations of other devices of the same kind of processor, the
+closest ones first:
 
 1. the same runtime at the same precision (the same kernels on other silicon);
 2. the same precision on the same kind of processor;
 3. any precision on the same kind of processor (each relative to its own precision's peak).
 
 The geometric mean of the donors in the first tier that has a class decides it; a class no donor
-identified keeps the profile's own figure. Pure functions over plain data (no latency-model import), so
-the latency model and the leave-one-source-out check compute the prior the same way.
+identified keeps the profile's own figure. ``benchmarks/published_loo.py`` reports it beside the shipped
+prediction; the shipped model does not use it, because on the published tables edgekd ships the kernel
+library and its version move a class's efficiency more than the device does (README, "Leave one source
+out"). Pure functions over plain data (no latency-model import).
 """
 
 from __future__ import annotations
