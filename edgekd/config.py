@@ -253,6 +253,7 @@ class RunConfig:
         _check_numbers(self)
         _check_choices(self)
         _check_files(self)
+        _check_target(self)
         return self
 
     def train_overrides(self, device: str) -> dict:
@@ -480,8 +481,20 @@ def _check_choices(cfg: RunConfig) -> None:
     TrainConfig(**cfg.train_overrides("cpu")).validate()
 
 
+def _check_target(cfg: RunConfig) -> None:
+    # The profile is read here, not first in the plan stage: an unknown target is refused before torch loads.
+    from edgekd.hardware.targets import load_target
+
+    load_target(cfg.target)
+
+
 def _check_files(cfg: RunConfig) -> None:
     """Files named by the config are checked now, before any folder is written or anything trains."""
+    data = cfg.data.path
+    if data is not None and not Path(data).expanduser().exists():
+        # The rest of the data checks need the data loaders (and torch): load_data makes them.
+        raise EdgeKDError(f"--data {Path(data).expanduser()} does not exist",
+                          "check the path (an IDX folder, an ImageFolder tree or a .npz file)")
     weights = cfg.student.weights
     if weights:
         p = Path(weights)

@@ -112,3 +112,47 @@ def test_sweep_refuses_a_distill_run_folder_without_overwrite(tmp_path):
     proc = edgekd("sweep", "--target", "host", "--widths", "0.25", "--out", str(run), "--epochs", "1")
     assert proc.returncode == 2 and "holds a distill run" in proc.stderr, proc.stderr
     assert json.loads((run / "report.json").read_text()) == report
+
+
+FAST_FAILURES = [  # (command line, exit code, what its one line says)
+    (["distill", "--target", "nope"], 2, "edgekd: error: unknown target 'nope'; known targets: host"),
+    (["distill", "--data", "/nonexistent/data.npz"], 2, "edgekd: error: --data /nonexistent/data.npz does not exist"),
+    (["distill", "--data", "/nonexistent/data.npz", "--print-config"], 2, "does not exist"),
+    (["distill", "--epochs", "0"], 2, "edgekd: error: --epochs must be >= 1, got 0"),
+    (["distill", "--width", "1e9"], 2, "--width must be in (0, 64]"),
+    (["distill", "--no-such-flag"], 2, "edgekd: error: No such option '--no-such-flag'"),
+    (["report", "/nonexistent/run"], 2, "edgekd: error: /nonexistent/run does not exist"),
+    (["distill", "--print-config"], 0, ""),
+    (["distill", "--help"], 0, ""),
+    (["gate", "--help"], 0, ""),
+    (["--help"], 0, ""),
+]
+
+
+def test_the_command_line_refuses_bad_input_without_loading_torch():
+    """`edgekd distill --target nope` imported torch and torchvision (seconds of CPU) before its one-line error:
+    parsing, validating and refusing a command line load none of torch, torchvision, onnx or openvino."""
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from edgekd.cli import main\n"
+        "out = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main(argv)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    out.append([code, err.getvalue()])\n"
+        "heavy = [m for m in ('torch', 'torchvision', 'onnx', 'openvino', 'onnxruntime') if m in sys.modules]\n"
+        "print(json.dumps({'results': out, 'heavy': heavy}))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "160"}
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps([argv for argv, *_ in FAST_FAILURES])],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (argv, code, line), (got_code, stderr) in zip(FAST_FAILURES, got["results"]):
+        assert got_code == code, (argv, stderr)
+        if code:
+            assert len(stderr.strip().splitlines()) == 1 and line in stderr, (argv, stderr)
+    assert got["heavy"] == []

@@ -7,11 +7,12 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from edgekd.errors import EdgeKDError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODES = ("offline", "online", "self")
 
@@ -151,22 +152,30 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # Optimisation
 
+def _optim():
+    # torch is imported when an optimizer is built, not with this module: the command line validates a
+    # TrainConfig (and refuses bad options) without loading torch.
+    import torch.optim
+
+    return torch.optim
+
+
 OPTIMIZERS = {
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
+    "adamw": lambda params, cfg: _optim().AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+    "sgd": lambda params, cfg: _optim().SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
 }
 
 SCHEDULES = {
     # OneCycle: warm up then anneal; converges in the few epochs a CPU budget allows.
     # (torch's OneCycleLR divides by zero when its warm-up is exactly one step: 4 steps in all, e.g. 1 epoch
     # of 512 images; a warm-up fraction of 0.3 makes it 1.2 steps there and is the same schedule elsewhere.)
-    "onecycle": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.OneCycleLR(
+    "onecycle": lambda opt, cfg, total, stop: _optim().lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25 if total * 0.25 != 1 else 0.3, div_factor=10.0,
         final_div_factor=100.0),
-    "cosine": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
-    "constant": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0),
+    "cosine": lambda opt, cfg, total, stop: _optim().lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 1e-3),
+    "constant": lambda opt, cfg, total, stop: _optim().lr_scheduler.LambdaLR(opt, lambda step: 1.0),
     # Constant until the validation accuracy plateaus, then a tenfold drop per plateau (EarlyStop).
-    "plateau": lambda opt, cfg, total, stop: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: stop.scale()),
+    "plateau": lambda opt, cfg, total, stop: _optim().lr_scheduler.LambdaLR(opt, lambda step: stop.scale()),
 }
 
 
