@@ -35,6 +35,14 @@ class _APIPackage(types.ModuleType):
 
         return getattr(api, self.__name__.rpartition(".")[2])(*args, **kwargs)
 
+    def __setattr__(self, name: str, value) -> None:
+        # The import system binds a submodule as an attribute of its package; a package that loads its names
+        # lazily lists in _NOT_SUBMODULES those that are its own (edgekd.distill.train: the function, not
+        # train.py), so importing the submodule does not hide them.
+        if isinstance(value, types.ModuleType) and name in getattr(self, "_NOT_SUBMODULES", ()):
+            return
+        super().__setattr__(name, value)
+
 
 class _Edgekd(types.ModuleType):
     def __setattr__(self, name: str, value) -> None:

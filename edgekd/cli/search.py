@@ -49,6 +49,9 @@ def command(target, budget_ms, memory_mb, arch, widths, depths, resolutions, pre
     would train."""
     import gc
 
+    from edgekd.hardware import load_target
+
+    load_target(target)  # an unknown target is refused before the model families (and torch) load
     from edgekd.hardware.select import select_student, student_families
     from edgekd.modelfile import parse_shape
     from edgekd.models import family_traits

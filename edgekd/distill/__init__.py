@@ -5,10 +5,6 @@ reads to validate options) loads without torch.
 """
 
 import importlib
-import sys
-import types
-
-from edgekd import _APIPackage
 
 # Public name -> the submodule defining it.
 _EXPORTS = {
@@ -20,6 +16,9 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
+# Names that are both submodules and functions of this package: the functions (edgekd._APIPackage keeps the
+# import system from rebinding them to the submodules).
+_NOT_SUBMODULES = ("train", "evaluate")
 
 
 def __getattr__(name: str):
@@ -33,17 +32,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
-
-
-class _Package(_APIPackage):
-    """Stays callable as ``edgekd.distill(...)`` (edgekd's _APIPackage) and keeps ``train`` and ``evaluate``
-    the functions: the import system binds a submodule as an attribute of its package, and these two names are
-    both submodules and exported functions (the functions won when this package imported them eagerly)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
