@@ -18,7 +18,7 @@ quality 90: a stand-in for a folder of photos) under ``--cache`` (outside the re
 
 ``--memory`` runs ``edgekd distill`` for one epoch and samples the resident memory (RSS, and USS: the
 pages only that process holds) of the run and of every process it starts (loader workers, the
-forkserver) every 0.2 s; it prints the peak of each process and of their sum, per pipeline stage (read
+forkserver) every 0.5 s (PSS and USS every 2 s); it prints the peak of each process and of their sum, per pipeline stage (read
 from the stage banners the run prints), and names the stage where the largest process grows.
 ``--case photos`` (the default): 256 px JPEGs written from Fashion-MNIST with a colour tint per image
 (``--files 8000,60000``), a torchvision ResNet-18 teacher (random weights, saved as safetensors: memory
@@ -225,9 +225,20 @@ def _rss_kb(pid: int) -> int:
     return _proc_kb(f"/proc/{pid}/status", "VmRSS:")
 
 
-def _pss_kb(pid: int) -> int:
-    """Proportional set size: shared pages (torch's libraries in every worker) counted once in a sum."""
-    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+def _smaps_kb(pid: int) -> tuple[int, int]:
+    """(PSS, USS) from one read of smaps_rollup: proportional set size (shared pages such as torch's libraries
+    counted once in a sum) and unique set size (the pages only this process holds: what ending it would free).
+    Reading it walks the page tables, so it is sampled less often than RSS."""
+    got = {"Pss:": 0, "Private_Clean:": 0, "Private_Dirty:": 0}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key = line.split(" ", 1)[0]
+                if key in got:
+                    got[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return got["Pss:"], got["Private_Clean:"] + got["Private_Dirty:"]
 
 
 def _proc_kb(path: str, key: str) -> int:
@@ -241,11 +252,6 @@ def _proc_kb(path: str, key: str) -> int:
     return 0
 
 
-def _uss_kb(pid: int) -> int:
-    """Unique set size: the pages only this process holds (what ending it would free)."""
-    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Private_Clean:") + _proc_kb(f"/proc/{pid}/smaps_rollup", "Private_Dirty:")
-
-
 # The pipeline's stage banners ("▶ Loading data", ...) and the stage each one starts.
 STAGES = (("Loading data", "data"), ("Choosing", "select"), ("Teacher", "teacher"), ("Is the teacher worth", "worth"),
           ("Tuning", "tune"), ("Distilling", "distill"), ("Exporting", "export"), ("Measuring", "bench"),
@@ -257,12 +263,47 @@ def _stage_of(line: str) -> str | None:
     return next((name for prefix, name in STAGES if text.startswith(prefix)), None) if line.strip().startswith("▶") else None
 
 
-def run_and_sample(cmd: list[str], env: dict) -> dict:
-    """Run ``cmd``, sampling every 0.2 s the RSS, USS and PSS of it and of every process it starts; peaks
-    overall, per process and per pipeline stage (read from the stage banners it prints)."""
-    import threading
+def _sample(proc, per_stage: dict, now: str, peaks: dict) -> None:
+    """One sample of every process in ``proc``'s tree into the stage ``now`` and the overall ``peaks``."""
+    st = per_stage.setdefault(now, {"rss_sum_mb": 0.0, "rss_main_mb": 0.0, "rss_max_process_mb": 0.0,
+                                    "uss_max_process_mb": 0.0, "processes": 0, "t0": time.perf_counter()})
+    total = pss = 0
+    tree = _tree(proc.pid)
+    peaks["samples"] = peaks.get("samples", 0) + 1
+    smaps = peaks["samples"] % 4 == 1   # PSS and USS every 4th sample (2 s): reading them costs CPU
+    for p in tree:
+        kb = _rss_kb(p)
+        total += kb
+        peaks["each"][p] = max(peaks["each"].get(p, 0), kb)
+        st["rss_max_process_mb"] = max(st["rss_max_process_mb"], round(kb / 1024, 1))
+        if smaps:
+            p_pss, p_uss = _smaps_kb(p)
+            pss += p_pss
+            st["uss_max_process_mb"] = max(st["uss_max_process_mb"], round(p_uss / 1024, 1))
+        if p not in peaks["names"]:
+            try:
+                peaks["names"][p] = open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:80]
+            except OSError:
+                peaks["names"][p] = "?"
+    st["rss_main_mb"] = max(st["rss_main_mb"], round(_rss_kb(proc.pid) / 1024, 1))
+    st["rss_sum_mb"] = max(st["rss_sum_mb"], round(total / 1024, 1))
+    st["processes"] = max(st["processes"], len(tree))
+    peaks["sum"], peaks["pss"] = max(peaks["sum"], total), max(peaks["pss"], pss)  # pss 0 when not read
 
+
+def _say_stage(name: str, st: dict) -> None:
+    print(f"  [live] {name:8s} ended after {time.perf_counter() - st['t0']:7.0f} s: main {st['rss_main_mb']:.0f} MB, "
+          f"largest process {st['rss_max_process_mb']:.0f} MB (USS {st['uss_max_process_mb']:.0f}), sum {st['rss_sum_mb']:.0f} MB, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+
+def run_and_sample(cmd: list[str], env: dict) -> dict:
+    """Run ``cmd``, sampling every 0.5 s the RSS (USS and PSS every 2 s) of it and of every process it starts; peaks
+    overall, per process and per pipeline stage (read from the stage banners it prints), each stage's
+    peaks printed as it ends. Ctrl-C or SIGTERM stops the run and keeps what was sampled (rc "stopped")."""
     import resource
+    import signal
+    import threading
 
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -276,41 +317,37 @@ def run_and_sample(cmd: list[str], env: dict) -> dict:
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peak_each: dict[int, int] = {}
-    peak_sum, peak_pss, names = 0, 0, {}
+    peaks = {"each": {}, "names": {}, "sum": 0, "pss": 0}
     per_stage: dict[str, dict] = {}
-    t0 = time.perf_counter()
-    while proc.poll() is None:
-        total = pss = 0
-        now = stage[0]
-        st = per_stage.setdefault(now, {"rss_sum_mb": 0.0, "rss_main_mb": 0.0, "rss_max_process_mb": 0.0,
-                                        "uss_max_process_mb": 0.0, "processes": 0})
-        tree = _tree(proc.pid)
-        for p in tree:
-            kb = _rss_kb(p)
-            total += kb
-            pss += _pss_kb(p)
-            peak_each[p] = max(peak_each.get(p, 0), kb)
-            st["rss_max_process_mb"] = max(st["rss_max_process_mb"], round(kb / 1024, 1))
-            st["uss_max_process_mb"] = max(st["uss_max_process_mb"], round(_uss_kb(p) / 1024, 1))
-            if p not in names:
-                try:
-                    names[p] = open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:80]
-                except OSError:
-                    names[p] = "?"
-        st["rss_main_mb"] = max(st["rss_main_mb"], round(_rss_kb(proc.pid) / 1024, 1))
-        st["rss_sum_mb"] = max(st["rss_sum_mb"], round(total / 1024, 1))
-        st["processes"] = max(st["processes"], len(tree))
-        peak_sum, peak_pss = max(peak_sum, total), max(peak_pss, pss)
-        time.sleep(0.2)
+    t0, rc, last = time.perf_counter(), None, None
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        while proc.poll() is None:
+            now = stage[0]
+            if last is not None and now != last:
+                _say_stage(last, per_stage[last])
+            last = now
+            _sample(proc, per_stage, now, peaks)
+            time.sleep(0.5)
+        rc = proc.returncode
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait()
+        rc = "stopped"
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if last is not None:
+        _say_stage(last, per_stage[last])
     reader.join(timeout=5)
     log = "".join(lines)
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
-    return {"rc": proc.returncode, "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
-            "load": round(os.getloadavg()[0], 1), "peak_sum_mb": round(peak_sum / 1024, 1), "peak_pss_mb": round(peak_pss / 1024, 1),
-            "peak_process_mb": round(max(peak_each.values(), default=0) / 1024, 1), "processes": len(peak_each),
-            "top": sorted(((round(v / 1024, 1), names.get(p, "?")) for p, v in peak_each.items()), reverse=True)[:4],
+    each, names = peaks["each"], peaks["names"]
+    return {"rc": rc, "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu, 1),
+            "load": round(os.getloadavg()[0], 1), "peak_sum_mb": round(peaks["sum"] / 1024, 1),
+            "peak_pss_mb": round(peaks["pss"] / 1024, 1),
+            "peak_process_mb": round(max(each.values(), default=0) / 1024, 1), "processes": len(each),
+            "top": sorted(((round(v / 1024, 1), names.get(p, "?")) for p, v in each.items()), reverse=True)[:4],
             "stages": per_stage, "log_tail": log[-1500:], "log": log}
 
 
@@ -343,7 +380,7 @@ def memory(args) -> None:
     teacher = cache / "teacher-cnn-w0.5-rgb.safetensors"
     torch.manual_seed(0)
     save_model(teacher, ModelSpec("cnn", 10, 3, width=0.5).build(), ModelSpec("cnn", 10, 3, width=0.5), {"accuracy": 0.0})
-    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache"), COLUMNS="200")
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache"), COLUMNS="200", PYTHONUNBUFFERED="1")
     # The 6,000-file run twice: the second reads the first's teacher outputs from the disk cache.
     for name, root in (("6,000 files", small), ("6,000 files again (teacher outputs cached)", small), ("60,000 files", big)):
         out = cache / f"run-{root.name}"
@@ -374,7 +411,8 @@ def memory_photos(args) -> None:
     """A folder of 256 px photos, torchvision's ResNet-18 as the teacher (random weights: memory does not
     depend on them), mobilenet_v3_small at 64 px as the student, one epoch: 8,000 files, then 60,000."""
     cache = Path(args.cache).expanduser()
-    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache-photos"), COLUMNS="200")
+    env = dict(os.environ, EDGEKD_CACHE_DIR=str(cache / "edgekd-cache-photos"), COLUMNS="200",
+               PYTHONUNBUFFERED="1")  # the stage banners arrive as they are printed
     counts = [int(n) for n in args.files.split(",")]
     weights = cache / "resnet18-random-10.safetensors"
     if not weights.exists():
@@ -395,10 +433,13 @@ def memory_photos(args) -> None:
         cmd += ["--workers", args.workers] if args.workers is not None else []
         cmd += ["--teacher-image-size", str(args.teacher_image_size)] if args.teacher_image_size else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
+        print(f"{n:,} photos: {' '.join(cmd)}", flush=True)
         r = run_and_sample(cmd, env)
         print_memory(f"{n:,} photos", r)
         _summarise_run(r, out)
         peaks[n] = r["peak_process_mb"]
+        if r["rc"] == "stopped":
+            break
     if len(peaks) > 1:
         first = peaks[counts[0]]
         print("peak of the largest process by file count: " + ", ".join(

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-WIDTHS = {"cnn": 1.0, "mobilenet_v3_small": 0.75, "mobilenet_v2": 0.5, "efficientnet_b0": 0.5, "resnet": 0.5,
+WIDTHS = {"cnn": 1.0, "mobilenet_v3_small": 0.75, "mobilenet_v2": 0.5, "efficientnet_b0": 0.5, "resnet": 0.25,
           "regnet": 0.5, "mnasnet": 0.5, "shufflenet_v2": 0.5}
 TORCHVISION_BN_MOMENTUM = {"mobilenet_v3_small": 0.01, "mobilenet_v3_large": 0.01, "mnasnet": 0.0003}
 DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
