@@ -417,7 +417,8 @@ def teacher_as_candidate(teacher, *, target: Target | str, budget_ms: float, inp
                          safe: bool = False) -> Candidate:
     """The teacher itself costed like a student, at ``precision`` (default: the target's) on its own ``input_shape``
     (C, H, W); ``.fits`` says whether it meets the budget. Where it fits, the honest advice is that the user may
-    ship the teacher (its INT8 model, say) instead of a smaller student: the select stage reports it."""
+    ship the teacher (its INT8 model, say) instead of a smaller student. ``benchmarks/frontier.py`` uses it;
+    the pipeline does not call it yet."""
     from edgekd.hardware.latency import predict_latency_ms
     from edgekd.models import count_params
 
