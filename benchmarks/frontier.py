@@ -150,8 +150,15 @@ def train_cfg(args, seed: int, loss: str, arch: str) -> TrainConfig:
     return apply_recipe(TrainConfig(epochs=args.epochs, batch_size=64, loss=loss, seed=seed, threads=args.threads), arch)
 
 
+def teacher_cfg(args) -> TrainConfig:
+    return TrainConfig(epochs=args.teacher_epochs, batch_size=64, loss="ce", label_smoothing=0.1, augment=True,
+                       shift_px=max(2, args.px // 16), threads=args.threads)
+
+
 def teacher_key(splits, args) -> str:
-    return f"teacher-resnet18-w{args.teacher_width:g}-{splits.fingerprint()[:10]}-e{args.teacher_epochs}"
+    # The training settings' fingerprint is in every key: a changed recipe (or edgekd default) retrains.
+    return (f"teacher-resnet18-w{args.teacher_width:g}-{splits.fingerprint()[:10]}-e{args.teacher_epochs}-"
+            f"{teacher_cfg(args).fingerprint()[:8]}")
 
 
 def train_teacher(splits, args, cache: Path):
@@ -164,8 +171,7 @@ def train_teacher(splits, args, cache: Path):
     if path.is_file() and record.is_file():
         net.load_state_dict(torch.load(path, weights_only=True))
         return net.eval(), spec, json.loads(record.read_text())
-    cfg = TrainConfig(epochs=args.teacher_epochs, batch_size=64, loss="ce", label_smoothing=0.1, augment=True,
-                      shift_px=max(2, args.px // 16), threads=args.threads)
+    cfg = teacher_cfg(args)
     t0, c0 = time.perf_counter(), time.process_time()
     result = train(net, None, splits, cfg, ckpt_dir=cache / f"{key}.ckpt", resume=True, progress=args.progress)
     info = {"accuracy": result.accuracy, "seconds": round(time.perf_counter() - t0, 1),
@@ -179,8 +185,9 @@ def train_teacher(splits, args, cache: Path):
 
 def student_key(cand: dict, seed: int, distil: bool, splits, args) -> str:
     kind = f"kd-{teacher_key(splits, args)}" if distil else "scratch"
+    cfg = train_cfg(args, seed, "kd" if distil else "ce", cand["arch"])
     return (f"{cand['arch']}-w{cand['width']:g}-d{cand['depth']:g}-{kind}-s{seed}-e{args.epochs}-"
-            f"{splits.fingerprint()[:10]}")
+            f"{splits.fingerprint()[:10]}-{cfg.fingerprint()[:8]}")
 
 
 def train_student(cand: dict, seed: int, distil: bool, splits, teacher, args, cache: Path,

@@ -104,6 +104,9 @@ class TrainSection:
     generations: int = opt(2, "Born-again generations (--mode self).")
     assistant_width: float | None = opt(None, "Teacher-assistant: distil teacher -> this width -> student.")
     finetune_epochs: int = opt(0, "Two-stage: fine-tune on labels alone afterwards.")
+    precise_bn_images: int | None = opt(None, "Training images through the student before each validation to "
+                                              "recompute its BatchNorm statistics with that epoch's weights "
+                                              "(default 1024; 0: keep the running averages).")
     mixup: float = opt(0.0, "Mixup with Beta(a, a) weights, the teacher labelling each blend (0: off).")
     feature_pairs: str | None = opt(None, "Feature/attention loss pairs, e.g. student.features.6:teacher.layer2,... "
                                           "(default: paired by stride).")
@@ -261,7 +264,8 @@ class RunConfig:
         t, d = self.train, self.data
         out = {"temperature": t.temperature, "alpha": t.alpha, "loss": t.loss, "device": device, "seed": self.seed,
                "mode": t.mode, "generations": t.generations, "finetune_epochs": t.finetune_epochs}
-        for name in ("epochs", "batch_size", "lr", "temperature_end", "assistant_width", "feature_pairs"):
+        for name in ("epochs", "batch_size", "lr", "temperature_end", "assistant_width", "feature_pairs",
+                     "precise_bn_images"):
             if getattr(t, name) is not None:
                 out[name] = getattr(t, name)
         if t.mixup:

@@ -523,9 +523,10 @@ def test_ddp_two_processes_on_gloo(tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     # DDP averages gradients, so both replicas hold the same weights after every step
+    # (BN statistics too: precise BN averages them over the processes before each validation)
     for k, v in r0["state"].items():
-        if "running" not in k and "num_batches" not in k:  # BN statistics are per process
-            assert torch.allclose(v.float(), r1["state"][k].float(), atol=1e-6), k
+        if "num_batches" not in k:
+            assert torch.allclose(v.float(), r1["state"][k].float(), atol=1e-5), k
     assert r0["losses"] == r1["losses"]  # epoch losses are all-reduced
     assert r0["losses"][-1] < r0["losses"][0]
     assert (tmp_path / "ckpt" / "last.pt").exists()

@@ -10,8 +10,9 @@ every setting the user did not give (``--lr``; the others have no flag). Why the
   recipes' extras (decoupled weight decay 0.05 on conv/linear weights only, none on BN scales and
   biases; label smoothing 0.1) were measured and did worse on a few hundred steps, and a lower peak
   rate (2e-3) under-trains; ``decay_norm_and_bias`` stays available to a recipe. What kept these
-  students at chance was torchvision's BN momentum, which the families set for short runs
-  (``models/mobilenet_v3.py``).
+  students near chance was BatchNorm's running statistics lagging the weights on short runs: the loop
+  recomputes them before each validation (``edgekd.distill.precise_bn``), and the families set
+  torchvision's TensorFlow-style BN momentum to 0.1 (``models/mobilenet_v3.py``).
 See README "Per-family training recipes" for the measurements.
 """
 

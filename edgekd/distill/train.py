@@ -186,7 +186,8 @@ def _train_epochs(run: Stage, progress: bool, log, spec, on_epoch=None) -> Train
             t_epoch = time.perf_counter()
             # the epoch: every step, then the epoch's figures summed over processes
             loss_sum, correct, seen = _run_epoch(run, epoch, bar, stop, t_session)
-            # evaluate, log and checkpoint
+            # BN statistics of the weights being evaluated (edgekd.distill.precise_bn), then evaluate, log, checkpoint
+            _precise_bn(run, epoch)
             record = _epoch_record(run, epoch, loss_sum, correct, seen, time.perf_counter() - t_epoch)
             run.history.append(record)
             # stop early on a validation plateau (the best epoch's weights are kept)
@@ -422,6 +423,36 @@ def _run_epoch(run: Stage, epoch: int, bar, stop: "DeferredInterrupt", t_session
     if ddp.world > 1:
         loss_sum, correct, seen = _all_reduce_sum([loss_sum, correct, seen], device)
     return loss_sum, correct, seen
+
+
+def _precise_bn(run: Stage, epoch: int) -> None:
+    """Recompute the trained models' BatchNorm statistics on the first ``cfg.precise_bn_images`` training
+    images of this epoch's order (the same on a resumed run) with the epoch's final weights."""
+    from edgekd.distill.precise_bn import recalibrate_batchnorm
+
+    cfg = run.cfg
+    if cfg.precise_bn_images <= 0:
+        return
+    batches = max(1, math.ceil(cfg.precise_bn_images / run.batch_size))
+
+    def inputs(teacher: bool):
+        for step, batch in run.batches.epoch(epoch, 0):
+            if step >= batches:
+                break
+            if batch is not None:
+                yield batch.x_teacher if teacher and batch.x_teacher is not None else batch.x
+
+    reduce = None
+    if run.ddp.world > 1:
+        import torch.distributed as dist
+
+        def reduce(tensors):
+            for t in tensors:
+                dist.all_reduce(t)
+                t.div_(run.ddp.world)
+    models = [(run.student, False)] + ([(run.teacher, True)] if run.online else [])
+    for model, teacher in models:
+        recalibrate_batchnorm(model, inputs(teacher), autocast=autocast_for(run.device, cfg.amp), all_reduce=reduce)
 
 
 def _mid_epoch_checkpoint_due(cfg: TrainConfig, done: int, steps: int, last_save: float) -> bool:

@@ -53,6 +53,9 @@ class TrainConfig:
     threads: int | None = None          # torch intra-op threads on CPU (None: torch's default)
     seed: int = 0
     eval_batch_size: int = 512
+    # Before each validation, BatchNorm statistics recomputed with the epoch's final weights on this many
+    # training images (edgekd.distill.precise_bn); 0 keeps the running averages of the training steps.
+    precise_bn_images: int = 1024
     loss_opts: dict = field(default_factory=dict)  # extra options for losses (e.g. {"hint_layers": [1]})
     feature_pairs: str | None = None    # "student.A:teacher.B,..." for feature losses; None: paired by stride
     # Modes. offline: frozen teacher. online: teacher and student learn together (mutual learning).
@@ -68,12 +71,16 @@ class TrainConfig:
 
     # Settings that change the result; a checkpoint only resumes a run with the same ones.
     RESULT_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "optimizer", "schedule", "loss", "temperature",
-                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode", "teacher_view")
+                     "temperature_end", "alpha", "label_smoothing", "augment", "shift_px", "seed", "loss_opts", "mode", "teacher_view",
+                     "precise_bn_images")
 
     def validate(self) -> "TrainConfig":
         checks = [
             (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}", "use e.g. --epochs 10"),
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}", "use e.g. 128"),
+            (isinstance(self.precise_bn_images, int) and self.precise_bn_images >= 0,
+             f"precise-BN images must be an integer >= 0, got {self.precise_bn_images}",
+             "use e.g. --precise-bn-images 1024 (0: keep the running averages)"),
             (self.lr > 0 and math.isfinite(self.lr), f"learning rate must be > 0, got {self.lr}", "use e.g. 3e-3"),
             (self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}", "use e.g. 5e-4"),
             (self.temperature > 0, f"temperature must be > 0, got {self.temperature}", "use e.g. --temperature 4"),
