@@ -228,11 +228,13 @@ def decode_split(files: FileSet, pre: Preprocess, size: int, cache: Path, *, wor
                  progress: bool = False, batch_size: int = 64) -> DiskEval:
     """The evaluation views of ``files`` at ``size``, decoded once (by ``workers`` processes) into ``cache``."""
     from edgekd.fsutil import atomic_path, atomic_write_json, make_cache_folder, remove_stale_temporaries, wait_lock
+    from edgekd.threads import waiting
 
     key = decoded_key(files, pre, size)
     data, meta_path = cache / f"{key}.u8", cache / f"{key}.json"
     make_cache_folder(cache, "decoded-image cache")
-    with wait_lock(cache / f".{key}.lock"):
+    # A job blocked here on another that decodes the same files gives its share of the cores back meanwhile.
+    with wait_lock(cache / f".{key}.lock", while_waiting=waiting):
         found = _read_decoded(data, meta_path, files, bad)
         if found is not None:
             return found
