@@ -17,7 +17,10 @@ defaults and each family's recipe: one-cycle lr 1e-2, KD T=4 alpha 0.5, teacher 
 
   (a) edgekd's pick, distilled: ``edgekd.hardware.select.select_student(--families, ...)`` at the target's
       precision and the data's image size, exactly the select stage of ``edgekd distill --student auto``
-      (every registered family x its own widths and depths, ranked by the accuracy proxy);
+      (every registered family x its own widths and depths, ranked by the accuracy proxy), then its trial
+      stage (``edgekd.pipeline.trial``, ``--trial 3``): the picks of the three leading families trained on
+      the labels with the same budget (seed 0), the proxy's pick kept unless another is clearly better on
+      validation;
   (b) the same student trained from scratch (labels only);
   (c) the teacher quantized to INT8 with ONNX Runtime (static, QDQ): accuracy measured with ORT,
       latency predicted on the target (``select.teacher_as_candidate``); marked when over the budget;
@@ -374,6 +377,8 @@ def main() -> None:
     ap.add_argument("--families", default="auto", help="what --student takes: auto (every registered family, as "
                     "edgekd distill --student auto) or a,b,c")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--trial", type=int, default=3, help="(a)'s trial of the leading families, as `edgekd distill "
+                    "--trial` (0: the accuracy proxy's pick alone)")
     ap.add_argument("--cache", default="/tmp/edgekd-frontier", help="trained models (resume)")
     ap.add_argument("--plan-only", action="store_true", help="cost the candidates and show the picks, train nothing")
     ap.add_argument("--table-only", action="store_true", help="the table from what the cache holds, train nothing")
@@ -409,6 +414,21 @@ def main() -> None:
     print(f"teacher resnet18 w{args.teacher_width:g}: {t_cand.params:,} params, {t_cand.flops / 1e6:.1f} MFLOPs, "
           f"{t_cand.predicted_ms:.3g} ms INT8 on {target.name} (fits the largest budget: {t_cand.fits}); "
           f"FLOPs pick's rate {flops_per_ms / 1e6:.1f} MFLOPs/ms", flush=True)
+    if args.trial >= 2 and not args.plan_only:
+        # (a) is what `edgekd distill --student auto` distils: the select stage's pick, checked by the trial
+        # stage (edgekd.pipeline.trial) on these data with this budget (seed 0's runs, labels only).
+        from edgekd.pipeline.trial import run_trial
+
+        for budget, sel in selections.items():
+            proxy_pick = sel.chosen
+            sel.chosen, entries = run_trial(sel, splits, args.trial, lambda fam: train_cfg(args, 0, "kd", fam),
+                                            cache_dir=cache / "trial")
+            sel.trial = [e.to_dict() for e in entries]
+            print(f"  trial at {budget:g} ms: " + "; ".join(
+                f"{e.family} w{e.width:g} val {e.val_accuracy:.1%} (z {e.z_vs_proxy_pick:+.1f})" for e in entries)
+                + f" -> {sel.chosen.family} w{sel.chosen.width:g}"
+                + ("" if sel.chosen is proxy_pick else f" (the proxy's pick was {proxy_pick.family} "
+                                                       f"w{proxy_pick.width:g})"), flush=True)
     picks = plan(selections, flops_per_ms)
     for budget, row in picks.items():
         print(f"  {budget:g} ms: " + "; ".join(f"{n} {_fmt_cand(c)} ({c['predicted_ms']:.3g} ms)" if c else f"{n} -"

@@ -86,6 +86,9 @@ class SelectionConfig:
                                                     "160,192,224.")
     safe: bool = opt(False, "Choose the width by the upper end of each candidate's latency interval (learned from "
                             "the held-out errors of the target's calibration), not the prediction.")
+    trial: int = opt(3, "With several families (--student auto or a,b,c): train the pick of this many leading "
+                        "families on the labels with the run's budget and keep the proxy's pick unless another is "
+                        "clearly better on validation (0: the accuracy proxy alone).")
 
 
 @dataclass
@@ -429,6 +432,7 @@ def _check_numbers(cfg: RunConfig) -> None:
         (0.0 <= cfg.export.max_drop <= 1.0, "max-drop", f"must be between 0 and 100 points, got "
          f"{cfg.export.max_drop * 100:g}", "e.g. --max-drop 1 for one point"),
         (t.tune >= 0, "tune", f"must be >= 0 trials, got {t.tune}", "e.g. --tune 20 (0: no search)"),
+        (sel.trial >= 0, "trial", f"must be >= 0 families, got {sel.trial}", "e.g. --trial 3 (0: the accuracy proxy alone)"),
         (t.tune_minutes > 0, "tune-minutes", f"must be > 0, got {t.tune_minutes:g}", "e.g. --tune-minutes 20"),
         (cfg.device.max_rounds >= 1, "max-rounds", f"must be >= 1, got {cfg.device.max_rounds}", "e.g. --max-rounds 2"),
         (d.workers is None or d.workers >= 0, "workers", f"must be >= 0, got {d.workers}",

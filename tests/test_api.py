@@ -72,6 +72,23 @@ def test_readme_example_teacher_accuracy_is_the_users_own(api_run):
 
 
 @pytest.mark.slow
+def test_the_report_says_whether_the_teacher_itself_fits_the_budget(api_run):
+    """The teacher costed like a candidate (the target's precision, its own input): the report says if it fits,
+    and the run warns when it does, since shipping it may beat any smaller student."""
+    from edgekd.hardware.select import teacher_as_candidate
+
+    run, _, teacher, _, rec = api_run
+    on = run.report["teacher"]["on_target"]
+    assert on["costed"] and on["precision"] == run.report["target"]["precision"] and on["image_size"] == 28
+    assert on["fits"] == (on["predicted_ms"] <= run.report["budget_ms"])
+    direct = teacher_as_candidate(teacher, target="jetson-nano", budget_ms=run.report["budget_ms"],
+                                  input_shape=(1, 28, 28))
+    assert on["predicted_ms"] == pytest.approx(direct.predicted_ms, rel=1e-6) and on["params"] == direct.params
+    warned = [e for e in rec.of("warning") if e.data.get("teacher_fits")]
+    assert bool(warned) == on["fits"]
+
+
+@pytest.mark.slow
 def test_the_student_is_a_pytorch_module_with_the_reported_accuracy(api_run, mnist_arrays):
     run, *_ = api_run
     student = run.student
@@ -206,3 +223,41 @@ def test_the_same_run_three_ways_gives_the_same_report(tmp_path, tiny_npz, monke
     for other in (yaml_report, py.report):
         differences = _differences(flags_report, other)
         assert differences == [], "\n".join(differences)
+
+
+def test_the_trial_keeps_the_proxys_pick_unless_another_is_clearly_better():
+    from edgekd.pipeline.trial import TrialEntry, decide
+
+    def entry(family, val, z):
+        return TrialEntry(family, 1.0, 1, None, 1.0, 70.0, val, z, 1.0, False)
+
+    assert decide([entry("a", 0.50, 0.0), entry("b", 0.58, 1.9)]) == 0          # better, not clearly: the proxy's
+    assert decide([entry("a", 0.50, 0.0), entry("b", 0.70, 2.5), entry("c", 0.80, 3.0)]) == 2
+    assert decide([entry("a", 0.50, 0.0), entry("b", 0.80, 2.5), entry("c", 0.80, 2.6)]) == 1  # tie: higher-ranked
+    assert decide([entry("a", 0.50, 0.0)]) == 0
+
+
+@pytest.mark.slow
+def test_several_families_are_tried_on_the_users_data_before_one_is_distilled(tmp_path, mnist_arrays, monkeypatch):
+    """--student a,b: the leading families' picks trained on the labels with the run's budget; the report lists
+    them (the proxy's pick first), distils the one the rule keeps, and the worth check reuses its trial."""
+    from edgekd.pipeline.trial import TrialEntry, decide
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path / "cache"))
+    train, test = _mnist(mnist_arrays, 1200, 200)
+    teacher = _train_teacher(train)
+    rec = events.Recorder()
+    run = edgekd.distill(target="jetson-nano", teacher=teacher, data={"train": train, "test": test},
+                         student="mobilenet_v3_small,cnn", epochs=2, widths=(0.5,), formats=("onnx",),
+                         bench_seconds=0.05, budget_ms=100.0, out=tmp_path / "run", verbose=False, callbacks=[rec])
+    sel = run.report["selection"]
+    trial = sel["trial"]
+    assert [e["family"] for e in trial] == ["mobilenet_v3_small", "cnn"]  # the proxy ranks the published family first
+    assert all(0.0 <= e["val_accuracy"] <= 1.0 and e["seconds"] >= 0 for e in trial) and trial[0]["z_vs_proxy_pick"] == 0
+    kept = trial[decide([TrialEntry(**e) for e in trial])]
+    assert run.report["student"]["arch"] == kept["family"] == sel["chosen"]["family"]
+    probe = run.report["teacher"]["worth"]["probe"]
+    assert probe["arch"] == kept["family"] and probe["cached"] is True  # the trial's run, not trained twice
+    assert run.report["teacher"]["worth"]["student_val_accuracy"] == pytest.approx(kept["val_accuracy"])
+    assert any(e.kind == "stage_start" and e.data.get("name") == "trial" for e in rec.events) or \
+        any("trial" in str(e.message) for e in rec.events)

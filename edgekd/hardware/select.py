@@ -72,6 +72,8 @@ class Selection:
     families: list[str] = field(default_factory=list)
     precisions: list[str] = field(default_factory=list)
     front: list[Candidate] = field(default_factory=list)
+    # The run's trial of the leading families on the user's data (edgekd.pipeline.trial), when it ran.
+    trial: list[dict] = field(default_factory=list)
 
     @property
     def width(self) -> float:
@@ -89,7 +91,8 @@ class Selection:
                 "precision": self.chosen.precision or self.precision, "families": list(self.families),
                 "precisions": list(self.precisions),
                 "safe": self.safe, "chosen": self.chosen.to_dict(), "candidates": [c.to_dict() for c in self.candidates],
-                "pareto": [c.to_dict() for c in self.pareto], "front": [c.to_dict() for c in self.front]}
+                "pareto": [c.to_dict() for c in self.pareto], "front": [c.to_dict() for c in self.front],
+                **({"trial": self.trial} if self.trial else {})}
 
 
 RULE = ("the highest accuracy proxy (to 0.1 point) among the candidates that fit, then the faster (within one "
@@ -417,8 +420,8 @@ def teacher_as_candidate(teacher, *, target: Target | str, budget_ms: float, inp
                          safe: bool = False) -> Candidate:
     """The teacher itself costed like a student, at ``precision`` (default: the target's) on its own ``input_shape``
     (C, H, W); ``.fits`` says whether it meets the budget. Where it fits, the honest advice is that the user may
-    ship the teacher (its INT8 model, say) instead of a smaller student. ``benchmarks/frontier.py`` uses it;
-    the pipeline does not call it yet."""
+    ship the teacher (its INT8 model, say) instead of a smaller student. The run's ``teacher`` stage hook
+    (``edgekd.pipeline.advice.teacher_on_target``) and ``benchmarks/frontier.py`` use it."""
     from edgekd.hardware.latency import predict_latency_ms
     from edgekd.models import count_params
 

@@ -38,7 +38,7 @@ def base_report(run: Run) -> dict:
                     "source": str(info.get("path")), "worth": run.worth.to_dict(),
                     **({"weights": info["weights"]} if info.get("weights") else {}),
                     **({"class": info["class"]} if info.get("class") else {}),
-                    **{k: info[k] for k in ("sanity", "input_size_choice") if k in info},
+                    **{k: info[k] for k in ("sanity", "input_size_choice", "on_target") if k in info},
                     **{k: info[k] for k in TRAINING_KEYS if info.get(k) is not None}},
         "student": {"arch": spec.arch, "width": spec.width, "depth": spec.depth,
                     "image_size": int(run.splits.input_shape[-1]),

@@ -13,7 +13,7 @@ from typing import Callable
 from edgekd import events
 from edgekd.config import RunConfig
 from edgekd.errors import EdgeKDError
-from edgekd.pipeline import prepare, results, training
+from edgekd.pipeline import prepare, results, training, trial
 from edgekd.pipeline.products import Run
 from edgekd.rundir import default_out_dir, write_unfinished_report
 
@@ -33,7 +33,8 @@ def _hook(module: str, name: str) -> Callable[[Run], None]:
 # stop the run). Stages: data, select, teacher, worth, tune, train, export, bench, compare. "teacher" runs before
 # any folder is written; "train" after the student trained (its report not yet written).
 STAGE_HOOKS: dict[str, list[Callable[[Run], None]]] = {
-    "teacher": [_hook("edgekd.distill.sanity", "check_teacher")],  # a teacher near chance: refused before training
+    "teacher": [_hook("edgekd.distill.sanity", "check_teacher"),  # a teacher near chance: refused before training
+                _hook("edgekd.pipeline.advice", "teacher_on_target")],  # the teacher itself may fit the budget
     "worth": [],
     "train": [_hook("edgekd.distill.sanity", "check_student")],    # a student that learned nothing: a failed run
     "bench": [],
@@ -86,6 +87,11 @@ def _before_folder(run: Run, teacher_module, datasets) -> None:
                            lambda: prepare.select_student(plan, run.data))
     run.splits = run.selection.splits
     _hooks(run, "select")
+    if trial.applies(plan, run.selection):
+        run.selection = _stage(run, "trial", "Trying the leading families on the labels, scored on the validation split",
+                               lambda: trial.trial_stage(plan, run.data, run.selection,
+                                                         lambda family: prepare.train_config(cfg, run.device, family)))
+        run.splits = run.selection.splits
     run.teacher_product = _stage(run, "teacher", "Teacher",
                                  lambda: prepare.load_teacher(plan, run.splits, teacher_module))
     _hooks(run, "teacher")  # may give the teacher another input size: run.splits

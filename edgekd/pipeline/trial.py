@@ -1,0 +1,119 @@
+"""The selection checked on the user's data: the best candidates of the leading families trained for real.
+
+The accuracy proxy ranks families by what they reach on ImageNet (hundreds of epochs on a million images).
+On a small folder and a short schedule the ranking can turn over: a depthwise-separable network that wins on
+ImageNet may not train at all in a few hundred steps where a plain residual network does. So where the run
+searches several families (``--student auto`` or ``a,b,c``), the ``trial`` stage trains the candidate each of
+the ``--trial`` leading families would ship (the proxy's pick first) on the labels alone, with the run's own
+budget and each family's recipe, and scores them on the validation split. The proxy's pick is kept unless
+another is clearly better, by the same paired test the worth check uses (of the validation images exactly
+one of the two gets right, the other must win ``WORTH_Z`` standard errors more); among those clearly better,
+the most accurate. The pick's trial is the worth check's "student alone" (the same cached run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgekd import events
+
+
+@dataclass
+class TrialEntry:
+    family: str
+    width: float
+    depth: float
+    image_size: int | None
+    predicted_ms: float
+    accuracy_proxy: float | None
+    val_accuracy: float
+    z_vs_proxy_pick: float      # the paired test against the proxy's pick (0 for the pick itself)
+    seconds: float
+    cached: bool
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def trial_candidates(selection, k: int) -> list:
+    """The candidate each of the ``k`` leading families would ship (``choose`` within the family), the
+    proxy's pick first, then by the same ranking."""
+    from edgekd.hardware.select import capability, choose
+
+    fitting = [c for c in selection.candidates if c.fits]
+    best = {}
+    for family in dict.fromkeys(c.family for c in fitting):
+        best[family] = choose([c for c in fitting if c.family == family])
+    others = sorted((c for f, c in best.items() if f != selection.chosen.family), key=capability, reverse=True)
+    return [selection.chosen] + others[:max(0, k - 1)]
+
+
+def run_trial(selection, splits, k: int, train_config, *, progress: bool = False,
+              cache_dir=None) -> tuple[object, list[TrialEntry]]:
+    """Train the picks of ``selection``'s ``k`` leading families on the labels (each run cached beside the
+    teachers, or in ``cache_dir``), compare them on validation; returns (the candidate to distil, the entries).
+    ``splits`` are the data at their own size; ``train_config(family)`` the run's TrainConfig for a family."""
+    from edgekd.distill.worth import compare, scratch_predictions
+    from edgekd.models import family_spec
+
+    cands = trial_candidates(selection, k)
+    labels, preds, entries = None, [], []
+    for i, cand in enumerate(cands, 1):
+        at = splits.at_image_size(cand.image_size, teacher_image_size=splits.preprocessing.teacher_image_size)
+        spec = family_spec(cand.family, at.num_classes, tuple(at.input_shape), width=cand.width, depth=cand.depth)
+        events.info(f"  trial {i}/{len(cands)}: {cand.family} width {cand.width:g}"
+                    f"{f' depth {cand.depth:g}' if cand.depth != 1 else ''} at {at.input_shape[-1]} px, labels only")
+        pred, probe = scratch_predictions(at, spec, train_config(cand.family), cache_dir=cache_dir,
+                                          progress=progress)
+        y = np.asarray(at.labels("val"))
+        labels = y if labels is None else labels
+        preds.append(pred)
+        n = min(len(pred), len(preds[0]), len(labels))
+        z = compare(pred[:n], preds[0][:n], labels[:n], probe).z if i > 1 else 0.0
+        entries.append(TrialEntry(cand.family, cand.width, cand.depth, cand.image_size, cand.predicted_ms,
+                                  cand.accuracy_proxy, float((pred[:len(y)] == y[:len(pred)]).mean()), float(z),
+                                  float(probe.get("seconds", 0.0)), bool(probe.get("cached"))))
+    return cands[decide(entries)], entries
+
+
+def decide(entries: list[TrialEntry]) -> int:
+    """The entry to distil: the proxy's pick (entry 0) unless others are clearly better than it on validation
+    (z >= WORTH_Z); then the most accurate of those, the earlier (higher-ranked) one on a tie."""
+    from edgekd.distill.worth import WORTH_Z
+
+    better = [i for i, e in enumerate(entries) if i and e.z_vs_proxy_pick >= WORTH_Z]
+    return max(better, key=lambda i: (entries[i].val_accuracy, -i)) if better else 0
+
+
+def applies(plan, product) -> bool:
+    """Several families searched, ``--trial`` >= 2 and at least two of them with a candidate that fits."""
+    from edgekd.pipeline.prepare import searches_families
+
+    k = plan.cfg.selection.trial
+    return (k >= 2 and searches_families(plan.cfg.student.family) and plan.cfg.selection.width is None
+            and len(trial_candidates(product.selection, k)) >= 2)
+
+
+def trial_stage(plan, data, product, train_config):
+    """The ``trial`` stage: ``product`` (a SelectionProduct) with the trial's pick as the chosen candidate and
+    the entries in the selection's report (``selection.trial``)."""
+    from edgekd.pipeline.prepare import _at_chosen_size
+    from edgekd.pipeline.products import SelectionProduct
+
+    chosen, entries = run_trial(product.selection, data.splits, plan.cfg.selection.trial, train_config,
+                                progress=plan.cfg.progress)
+    selection = product.selection
+    proxy_pick = selection.chosen
+    selection.trial = [e.to_dict() for e in entries]
+    selection.chosen = chosen
+    for e in entries:
+        mark = "◀ chosen" if (e.family, e.width, e.depth, e.image_size) == (
+            chosen.family, chosen.width, chosen.depth, chosen.image_size) else ""
+        events.info(f"  {e.family} width {e.width:g}: val {e.val_accuracy:.2%} (z {e.z_vs_proxy_pick:+.1f} vs the "
+                    f"proxy's pick){', cached' if e.cached else ''} {mark}".rstrip())
+    if chosen is not proxy_pick:
+        events.info(f"  the trial overrules the accuracy proxy: {chosen.family} width {chosen.width:g} instead of "
+                    f"{proxy_pick.family} width {proxy_pick.width:g} (clearly better on validation)")
+    return SelectionProduct(selection, chosen.family, _at_chosen_size(data.splits, selection))
