@@ -18,9 +18,9 @@ defaults and each family's recipe: one-cycle lr 1e-2, KD T=4 alpha 0.5, teacher 
   (a) edgekd's pick, distilled: ``edgekd.hardware.select.select_student(--families, ...)`` at the target's
       precision and the data's image size, exactly the select stage of ``edgekd distill --student auto``
       (every registered family x its own widths and depths, ranked by the accuracy proxy), then its trial
-      stage (``edgekd.pipeline.trial``, ``--trial 3``): the picks of the three leading families trained on
-      the labels with the same budget (seed 0), the proxy's pick kept unless another is clearly better on
-      validation;
+      stage (``edgekd.pipeline.trial``, ``--trial 3``): the picks of the two leading families and of the
+      teacher's family (ResNet) trained on the labels with the same budget (seed 0), the proxy's pick kept
+      unless another is clearly better on validation;
   (b) the same student trained from scratch (labels only);
   (c) the teacher quantized to INT8 with ONNX Runtime (static, QDQ): accuracy measured with ORT,
       latency predicted on the target (``select.teacher_as_candidate``); marked when over the budget;
@@ -417,12 +417,13 @@ def main() -> None:
     if args.trial >= 2 and not args.plan_only:
         # (a) is what `edgekd distill --student auto` distils: the select stage's pick, checked by the trial
         # stage (edgekd.pipeline.trial) on these data with this budget (seed 0's runs, labels only).
-        from edgekd.pipeline.trial import run_trial
+        from edgekd.pipeline.trial import run_trial, teacher_family
 
+        prefer = teacher_family(ModelSpec("resnet", splits.num_classes, 3, width=args.teacher_width))
         for budget, sel in selections.items():
             proxy_pick = sel.chosen
             sel.chosen, entries = run_trial(sel, splits, args.trial, lambda fam: train_cfg(args, 0, "kd", fam),
-                                            cache_dir=cache / "trial")
+                                            prefer=prefer, cache_dir=cache / "trial")
             sel.trial = [e.to_dict() for e in entries]
             print(f"  trial at {budget:g} ms: " + "; ".join(
                 f"{e.family} w{e.width:g} val {e.val_accuracy:.1%} (z {e.z_vs_proxy_pick:+.1f})" for e in entries)

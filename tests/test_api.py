@@ -261,3 +261,22 @@ def test_several_families_are_tried_on_the_users_data_before_one_is_distilled(tm
     assert run.report["teacher"]["worth"]["student_val_accuracy"] == pytest.approx(kept["val_accuracy"])
     assert any(e.kind == "stage_start" and e.data.get("name") == "trial" for e in rec.events) or \
         any("trial" in str(e.message) for e in rec.events)
+
+
+def test_the_trial_tries_the_teachers_family_when_the_proxy_leaves_it_out():
+    import torchvision
+
+    from edgekd.hardware.select import select_student
+    from edgekd.pipeline.trial import teacher_family, trial_candidates
+
+    sel = select_student("auto", target="raspberry-pi-5", budget_ms=1.15, num_classes=10, input_shape=(3, 64, 64),
+                         precisions=["int8"])
+    plain = trial_candidates(sel, 3)
+    assert plain[0] is sel.chosen and len({c.family for c in plain}) == 3
+    assert "resnet" not in {c.family for c in plain}  # the proxy ranks the depthwise families ahead at this budget
+    with_teacher = trial_candidates(sel, 3, prefer="resnet")
+    assert with_teacher[:2] == plain[:2] and with_teacher[2].family == "resnet" and with_teacher[2].fits
+    assert trial_candidates(sel, 3, prefer=plain[1].family) == plain  # already tried: nothing changes
+    assert teacher_family(type("Spec", (), {"arch": "torchvision:resnet18"})()) == "resnet"
+    assert teacher_family(None, torchvision.models.mobilenet_v2()) == "mobilenet_v2"
+    assert teacher_family(type("Spec", (), {"arch": "torchvision:vgg11"})()) is None

@@ -87,14 +87,15 @@ def _before_folder(run: Run, teacher_module, datasets) -> None:
                            lambda: prepare.select_student(plan, run.data))
     run.splits = run.selection.splits
     _hooks(run, "select")
-    if trial.applies(plan, run.selection):
-        run.selection = _stage(run, "trial", "Trying the leading families on the labels, scored on the validation split",
-                               lambda: trial.trial_stage(plan, run.data, run.selection,
-                                                         lambda family: prepare.train_config(cfg, run.device, family)))
-        run.splits = run.selection.splits
     run.teacher_product = _stage(run, "teacher", "Teacher",
                                  lambda: prepare.load_teacher(plan, run.splits, teacher_module))
     _hooks(run, "teacher")  # may give the teacher another input size: run.splits
+    if trial.applies(plan, run.selection):
+        run.selection = _stage(run, "trial", "Trying the leading families on the labels, scored on the validation split",
+                               lambda: trial.trial_stage(plan, run.data, run.selection,
+                                                         lambda family: prepare.train_config(cfg, run.device, family),
+                                                         run.teacher_product, run.splits))
+        run.splits = run.selection.splits
     run.train_cfg = prepare.train_config(cfg, run.device, run.arch)
     prepare.check_feature_pairs(cfg, run.splits, run.selection.chosen, run.teacher, run.device, run.arch)
     run.worth = _stage(run, "worth", "Is the teacher worth it? The student trained alone, on the validation split",

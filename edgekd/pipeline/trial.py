@@ -4,8 +4,10 @@ The accuracy proxy ranks families by what they reach on ImageNet (hundreds of ep
 On a small folder and a short schedule the ranking can turn over: a depthwise-separable network that wins on
 ImageNet may not train at all in a few hundred steps where a plain residual network does. So where the run
 searches several families (``--student auto`` or ``a,b,c``), the ``trial`` stage trains the candidate each of
-the ``--trial`` leading families would ship (the proxy's pick first) on the labels alone, with the run's own
-budget and each family's recipe, and scores them on the validation split. The proxy's pick is kept unless
+the ``--trial`` leading families would ship (the proxy's pick first; the teacher's own family, when it is a
+registered one that fits, takes the last place: a student of the teacher's architecture is the one users
+and the distillation literature expect to learn from it best) on the labels alone, with the run's own budget
+and each family's recipe, and scores them on the validation split. The proxy's pick is kept unless
 another is clearly better, by the same paired test the worth check uses (of the validation images exactly
 one of the two gets right, the other must win ``WORTH_Z`` standard errors more); among those clearly better,
 the most accurate. The pick's trial is the worth check's "student alone" (the same cached run).
@@ -37,9 +39,10 @@ class TrialEntry:
         return dict(self.__dict__)
 
 
-def trial_candidates(selection, k: int) -> list:
-    """The candidate each of the ``k`` leading families would ship (``choose`` within the family), the
-    proxy's pick first, then by the same ranking."""
+def trial_candidates(selection, k: int, prefer: str | None = None) -> list:
+    """The candidate each of the ``k`` leading families would ship (``choose`` within the family), the proxy's
+    pick first, then by the same ranking; ``prefer`` (the teacher's family) takes the last place when it has a
+    candidate that fits and the ranking left it out."""
     from edgekd.hardware.select import capability, choose
 
     fitting = [c for c in selection.candidates if c.fits]
@@ -47,10 +50,26 @@ def trial_candidates(selection, k: int) -> list:
     for family in dict.fromkeys(c.family for c in fitting):
         best[family] = choose([c for c in fitting if c.family == family])
     others = sorted((c for f, c in best.items() if f != selection.chosen.family), key=capability, reverse=True)
-    return [selection.chosen] + others[:max(0, k - 1)]
+    picked = [selection.chosen] + others[:max(0, k - 1)]
+    if k >= 2 and prefer in best and best[prefer] not in picked:
+        picked = picked[:k - 1] + [best[prefer]]
+    return picked
 
 
-def run_trial(selection, splits, k: int, train_config, *, progress: bool = False,
+def teacher_family(spec, module=None) -> str | None:
+    """The registered student family the teacher belongs to, if any: its spec's family, a torchvision/timm
+    model name's longest registered prefix (``torchvision:resnet18`` -> ``resnet``), else the module's class."""
+    from edgekd.models import families
+
+    names = sorted(families(), key=len, reverse=True)
+    arch = getattr(spec, "arch", None) or (type(module).__name__ if module is not None else "")
+    arch = str(arch).split(":")[-1].lower()
+    if arch in names:
+        return arch
+    return next((f for f in names if arch.startswith(f.replace("_", "")) or arch.startswith(f)), None)
+
+
+def run_trial(selection, splits, k: int, train_config, *, prefer: str | None = None, progress: bool = False,
               cache_dir=None) -> tuple[object, list[TrialEntry]]:
     """Train the picks of ``selection``'s ``k`` leading families on the labels (each run cached beside the
     teachers, or in ``cache_dir``), compare them on validation; returns (the candidate to distil, the entries).
@@ -58,7 +77,7 @@ def run_trial(selection, splits, k: int, train_config, *, progress: bool = False
     from edgekd.distill.worth import compare, scratch_predictions
     from edgekd.models import family_spec
 
-    cands = trial_candidates(selection, k)
+    cands = trial_candidates(selection, k, prefer)
     labels, preds, entries = None, [], []
     for i, cand in enumerate(cands, 1):
         at = splits.at_image_size(cand.image_size, teacher_image_size=splits.preprocessing.teacher_image_size)
@@ -96,14 +115,15 @@ def applies(plan, product) -> bool:
             and len(trial_candidates(product.selection, k)) >= 2)
 
 
-def trial_stage(plan, data, product, train_config):
+def trial_stage(plan, data, product, train_config, teacher=None, teacher_splits=None):
     """The ``trial`` stage: ``product`` (a SelectionProduct) with the trial's pick as the chosen candidate and
     the entries in the selection's report (``selection.trial``)."""
     from edgekd.pipeline.prepare import _at_chosen_size
     from edgekd.pipeline.products import SelectionProduct
 
+    prefer = teacher_family(teacher.spec, teacher.module) if teacher is not None else None
     chosen, entries = run_trial(product.selection, data.splits, plan.cfg.selection.trial, train_config,
-                                progress=plan.cfg.progress)
+                                prefer=prefer, progress=plan.cfg.progress)
     selection = product.selection
     proxy_pick = selection.chosen
     selection.trial = [e.to_dict() for e in entries]
@@ -116,4 +136,8 @@ def trial_stage(plan, data, product, train_config):
     if chosen is not proxy_pick:
         events.info(f"  the trial overrules the accuracy proxy: {chosen.family} width {chosen.width:g} instead of "
                     f"{proxy_pick.family} width {proxy_pick.width:g} (clearly better on validation)")
-    return SelectionProduct(selection, chosen.family, _at_chosen_size(data.splits, selection))
+    splits = _at_chosen_size(data.splits, selection)
+    if teacher_splits is not None:  # the teacher stage may have given the teacher another input size
+        splits = splits.at_image_size(splits.input_shape[-1],
+                                      teacher_image_size=teacher_splits.preprocessing.teacher_image_size)
+    return SelectionProduct(selection, chosen.family, splits)
