@@ -100,7 +100,9 @@ def register_student_factory(fn: Callable) -> str:
         def factory(num_classes: int, in_channels: int, width: float = 1.0, depth: float = 1, **kw):
             return fn(width)
 
-        family(name)(factory)
+        # Not traceable: the caller's module ignores the input size, so it is costed by exporting it, and
+        # `--student auto` (every traceable family) in a later run of this process does not search it.
+        family(name, traceable=False)(factory)
     return name
 
 

@@ -190,7 +190,7 @@ def test_openvino_xml_counts_its_bin_and_params(tmp_path):
     onnx_path = make_onnx(tmp_path / "m.onnx")
     xml = tmp_path / "ov" / "m.xml"
     xml.parent.mkdir()
-    ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
     bin_ = xml.with_suffix(".bin")
     assert bin_.stat().st_size >= PARAMS * 4  # the weights live in the .bin
     assert size_bytes(xml) == xml.stat().st_size + bin_.stat().st_size
@@ -200,9 +200,9 @@ def test_openvino_xml_counts_its_bin_and_params(tmp_path):
     assert latency.source.startswith("measured:host (openvino")
     assert next(r for r in result.results if r.check == "params").source == "openvino constants"
     # FP16-compressed and INT8 (from QDQ ONNX) IRs hold the same weights: the same count.
-    ov.save_model(ov.Core().read_model(str(onnx_path)), str(tmp_path / "ov" / "m16.xml"), compress_to_fp16=True)
+    ov.save_model(ov.convert_model(str(onnx_path)), str(tmp_path / "ov" / "m16.xml"), compress_to_fp16=True)
     qdq = _qdq_int8(onnx_path, tmp_path / "m.qdq.onnx")
-    ov.save_model(ov.Core().read_model(str(qdq)), str(tmp_path / "ov" / "m8.xml"))
+    ov.save_model(ov.convert_model(str(qdq)), str(tmp_path / "ov" / "m8.xml"))
     counts = [openvino_param_count(tmp_path / "ov" / n) for n in ("m.xml", "m16.xml", "m8.xml")]
     assert counts == [PARAMS] * 3
     bin_.unlink()

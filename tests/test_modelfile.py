@@ -46,7 +46,7 @@ def files(tmp_path_factory):
     out = tmp_path_factory.mktemp("files")
     src = _conv_model(out / "m.onnx")
     ir16 = out / "m16.xml"
-    ov.save_model(ov.Core().read_model(str(src)), str(ir16), compress_to_fp16=True)
+    ov.save_model(ov.convert_model(str(src)), str(ir16), compress_to_fp16=True)
     return {"onnx": src, "external": _conv_model(out / "ext" / "m.onnx", external=True), "ir16": ir16}
 
 

@@ -1,4 +1,4 @@
-"""OpenVINO IR: FP16-compressed weights (read_model + save_model) and INT8 through NNCF post-training quantization."""
+"""OpenVINO IR: FP16-compressed weights (convert_model + save_model) and INT8 through NNCF post-training quantization."""
 
 from __future__ import annotations
 
@@ -11,14 +11,10 @@ from edgekd.export.base import register_format
 
 
 def _convert(job):
-    """The OpenVINO model read from the job's checked FP32 ONNX (dynamic batch carries over).
-
-    The runtime's own ONNX frontend (``Core.read_model``) gives the model ``openvino.convert_model`` would
-    for an ONNX file, without importing the converter (``openvino.tools.ovc``), whose import sends usage
-    telemetry unless the user opted out and starts a process to send it (a fork, where JAX was imported)."""
+    """The OpenVINO model converted from the job's checked FP32 ONNX (dynamic batch carries over)."""
     import openvino as ov
 
-    return ov.Core().read_model(str(job.onnx_fp32()))
+    return ov.convert_model(str(job.onnx_fp32()))
 
 
 def _save_ir(model, dest: Path, *, compress_to_fp16: bool) -> None:
@@ -54,7 +50,7 @@ def quantize_openvino(model, calib: np.ndarray, *, ignored: tuple[str, ...] = ()
 @register_format("openvino-fp16", format="openvino", precision="fp16", runtime="openvino",
                  filename="{stem}.openvino-fp16.xml", requires=("openvino", "onnx", "onnxscript"))
 def export_openvino_fp16(job, dest: Path) -> dict:
-    """OpenVINO IR with FP16-compressed weights (read from the ONNX by OpenVINO, then save_model)."""
+    """OpenVINO IR with FP16-compressed weights (openvino.convert_model + save_model)."""
     _save_ir(_convert(job), dest, compress_to_fp16=True)
     return {"compress_to_fp16": True}
 
