@@ -331,7 +331,7 @@ def student_families(students) -> list[str]:
     from edgekd.models import families, family_traits
 
     if students is None or students == "auto":
-        return [f for f in families() if family_traits(f).traceable]
+        return families()
     names = [n.strip() for n in (students.split(",") if isinstance(students, str) else students) if n and n.strip()]
     if not names:
         raise EdgeKDError("no student family given", "pass --student auto or e.g. mobilenet_v2,resnet")

@@ -80,8 +80,9 @@ def family(name: str, *, depths=(1,), widths=None, **traits):
 
 
 def families() -> list[str]:
-    """Every registered student family: the names ``--student auto`` searches."""
-    return sorted(MODELS.names())
+    """Every registered student family ``--student auto`` searches: those built for any input size
+    (``traceable``); a caller's ``width -> nn.Module`` registered by ``edgekd.distill(student=fn)`` is not one."""
+    return sorted(n for n in MODELS.names() if family_traits(n).traceable)
 
 
 def resolve_factory(arch: str):
