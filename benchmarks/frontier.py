@@ -324,7 +324,7 @@ def _latency(c: dict) -> str:
     return f"{c['predicted_ms']:.3g}{interval}"
 
 
-LABELS = {"a": "(a) edgekd pick, KD", "b": "(b) same, scratch", "c": "(c) teacher ORT INT8",
+LABELS = {"a": "(a) edgekd pick, KD", "b": "(b) same, scratch", "c": "(c) teacher as shipped",
           "d": "(d) widest MobileNetV2, scratch", "e": "(e) FLOPs pick, KD", "f": "(f) --student resnet, KD *"}
 
 
