@@ -127,14 +127,18 @@ def _set_random_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _sync_loss_grads(loss_fn: nn.Module, ddp: Dist) -> None:
-    """Average the gradients of learned loss parts (FitNets adapters): DDP only covers the models."""
+def _average_over_processes(tensors, ddp: Dist) -> None:
+    """Average each tensor over the DDP processes, in place."""
     import torch.distributed as dist
 
-    for p in loss_fn.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad /= ddp.world
+    for t in tensors:
+        dist.all_reduce(t)
+        t /= ddp.world
+
+
+def _sync_loss_grads(loss_fn: nn.Module, ddp: Dist) -> None:
+    """Average the gradients of learned loss parts (FitNets adapters): DDP only covers the models."""
+    _average_over_processes([p.grad for p in loss_fn.parameters() if p.grad is not None], ddp)
 
 
 def save_final(path: Path, student: nn.Module, spec, accuracy: float, history: list[dict]) -> Path:

@@ -7,6 +7,7 @@ step, ``info`` for stage changes); it never prints.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from edgekd import events
 from edgekd.data import DataSplits
 from edgekd.data.batches import TrainBatch, train_batches
 from edgekd.distill.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, DeferredInterrupt, Dist, _all_reduce_sum,
+                                       _average_over_processes,
                                        _barrier, _random_state, _set_random_state, _sync_loss_grads, init_distributed,
                                        load_checkpoint, save_checkpoint, save_final)
 from edgekd.distill.evaluate import BatchMaker, amp_name, autocast_for, evaluate, predict_logits, resolve_device
@@ -442,14 +444,7 @@ def _precise_bn(run: Stage, epoch: int) -> None:
             if batch is not None:
                 yield batch.x_teacher if teacher and batch.x_teacher is not None else batch.x
 
-    reduce = None
-    if run.ddp.world > 1:
-        import torch.distributed as dist
-
-        def reduce(tensors):
-            for t in tensors:
-                dist.all_reduce(t)
-                t.div_(run.ddp.world)
+    reduce = functools.partial(_average_over_processes, ddp=run.ddp) if run.ddp.world > 1 else None
     models = [(run.student, False)] + ([(run.teacher, True)] if run.online else [])
     for model, teacher in models:
         recalibrate_batchnorm(model, inputs(teacher), autocast=autocast_for(run.device, cfg.amp), all_reduce=reduce)

@@ -20,10 +20,9 @@ def teacher_on_target(run) -> None:
     plan, splits = run.plan, run.splits
     channels = int(splits.input_shape[0])
     size = int(splits.preprocessing.teacher_size)
-    safe = bool(getattr(run.cfg.selection, "safe", False))
     try:
         cand = teacher_as_candidate(run.teacher, target=plan.target, budget_ms=plan.budget_ms,
-                                    input_shape=(channels, size, size), safe=safe)
+                                    input_shape=(channels, size, size), safe=run.cfg.selection.safe)
     except (EdgeKDError, RuntimeError, ValueError, TypeError) as exc:
         # A teacher edgekd cannot trace (an ONNX file, a module that does not export) is not costed.
         run.teacher_info["on_target"] = {"costed": False, "reason": first_line(str(exc))}

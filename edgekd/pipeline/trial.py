@@ -78,7 +78,7 @@ def run_trial(selection, splits, k: int, train_config, *, prefer: str | None = N
     from edgekd.models import family_spec
 
     cands = trial_candidates(selection, k, prefer)
-    labels, preds, entries = None, [], []
+    first, entries = None, []
     for i, cand in enumerate(cands, 1):
         at = splits.at_image_size(cand.image_size, teacher_image_size=splits.preprocessing.teacher_image_size)
         spec = family_spec(cand.family, at.num_classes, tuple(at.input_shape), width=cand.width, depth=cand.depth)
@@ -86,13 +86,13 @@ def run_trial(selection, splits, k: int, train_config, *, prefer: str | None = N
                     f"{f' depth {cand.depth:g}' if cand.depth != 1 else ''} at {at.input_shape[-1]} px, labels only")
         pred, probe = scratch_predictions(at, spec, train_config(cand.family), cache_dir=cache_dir,
                                           progress=progress)
+        first = pred if first is None else first
         y = np.asarray(at.labels("val"))
-        labels = y if labels is None else labels
-        preds.append(pred)
-        n = min(len(pred), len(preds[0]), len(labels))
-        z = compare(pred[:n], preds[0][:n], labels[:n], probe).z if i > 1 else 0.0
+        n = min(len(pred), len(first), len(y))
+        # the paired test against the proxy's pick (against itself, for the pick: z 0); its first accuracy is pred's
+        check = compare(pred[:n], first[:n], y[:n], probe)
         entries.append(TrialEntry(cand.family, cand.width, cand.depth, cand.image_size, cand.predicted_ms,
-                                  cand.accuracy_proxy, float((pred[:len(y)] == y[:len(pred)]).mean()), float(z),
+                                  cand.accuracy_proxy, check.teacher_val_accuracy, float(check.z),
                                   float(probe.get("seconds", 0.0)), bool(probe.get("cached"))))
     return cands[decide(entries)], entries
 
