@@ -11,6 +11,12 @@ and each family's recipe, and scores them on the validation split. The proxy's p
 another is clearly better, by the same paired test the worth check uses (of the validation images exactly
 one of the two gets right, the other must win ``WORTH_Z`` standard errors more); among those clearly better,
 the most accurate. The pick's trial is the worth check's "student alone" (the same cached run).
+
+One training run per candidate is one draw of its training noise. Where a challenger is ahead of the pick
+but not clearly (``SECOND_LOOK_Z`` <= z < ``WORTH_Z``), the trial takes a second look before it decides:
+the pick and each such challenger are trained again with the next seed, and the test is repeated on the
+pooled pairs (every validation image once per seed). A real gap then grows by about sqrt(2) standard
+errors and a lucky one shrinks; candidates that are plainly behind or plainly ahead cost no second run.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class TrialEntry:
     z_vs_proxy_pick: float      # the paired test against the proxy's pick (0 for the pick itself)
     seconds: float
     cached: bool
+    seeds: int = 1              # training runs pooled in the test (2 after a second look)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -74,27 +81,67 @@ def run_trial(selection, splits, k: int, train_config, *, prefer: str | None = N
     """Train the picks of ``selection``'s ``k`` leading families on the labels (each run cached beside the
     teachers, or in ``cache_dir``), compare them on validation; returns (the candidate to distil, the entries).
     ``splits`` are the data at their own size; ``train_config(family)`` the run's TrainConfig for a family."""
-    from edgekd.distill.worth import compare, scratch_predictions
+    from dataclasses import replace
+
+    from edgekd.distill.worth import scratch_predictions
     from edgekd.models import family_spec
 
     cands = trial_candidates(selection, k, prefer)
-    first, entries = None, []
-    for i, cand in enumerate(cands, 1):
+
+    def trained(i: int, seed_offset: int = 0):
+        cand = cands[i]
         at = splits.at_image_size(cand.image_size, teacher_image_size=splits.preprocessing.teacher_image_size)
         spec = family_spec(cand.family, at.num_classes, tuple(at.input_shape), width=cand.width, depth=cand.depth)
-        events.info(f"  trial {i}/{len(cands)}: {cand.family} width {cand.width:g}"
-                    f"{f' depth {cand.depth:g}' if cand.depth != 1 else ''} at {at.input_shape[-1]} px, labels only")
-        pred, probe = scratch_predictions(at, spec, train_config(cand.family), cache_dir=cache_dir,
-                                          progress=progress)
-        first = pred if first is None else first
-        y = np.asarray(at.labels("val"))
-        n = min(len(pred), len(first), len(y))
-        # the paired test against the proxy's pick (against itself, for the pick: z 0); its first accuracy is pred's
-        check = compare(pred[:n], first[:n], y[:n], probe)
-        entries.append(TrialEntry(cand.family, cand.width, cand.depth, cand.image_size, cand.predicted_ms,
-                                  cand.accuracy_proxy, check.teacher_val_accuracy, float(check.z),
-                                  float(probe.get("seconds", 0.0)), bool(probe.get("cached"))))
+        events.info(f"  trial {i + 1}/{len(cands)}{' (second seed)' if seed_offset else ''}: {cand.family} width "
+                    f"{cand.width:g}{f' depth {cand.depth:g}' if cand.depth != 1 else ''} at {at.input_shape[-1]} px, "
+                    f"labels only")
+        cfg = train_config(cand.family)
+        if seed_offset:
+            cfg = replace(cfg, seed=cfg.seed + seed_offset)
+        pred, probe = scratch_predictions(at, spec, cfg, cache_dir=cache_dir, progress=progress)
+        return pred, np.asarray(at.labels("val")), probe
+
+    runs = [[trained(i)] for i in range(len(cands))]
+    entries = [_entry(cands[i], runs[i], runs[0]) for i in range(len(cands))]
+    second = second_look(entries)
+    if second:
+        events.info(f"  {', '.join(entries[i].family for i in second)} ahead of the proxy's pick but not clearly: "
+                    "a second seed for "
+                    f"{'them' if len(second) > 1 else 'it'} and the pick")
+        for i in [0] + second:
+            runs[i].append(trained(i, seed_offset=1))
+        entries = [_entry(cands[i], runs[i], runs[0]) for i in range(len(cands))]
     return cands[decide(entries)], entries
+
+
+def _entry(cand, runs: list, pick_runs: list) -> TrialEntry:
+    """A candidate's entry from its runs (one per seed) against the proxy's pick's runs of the same seeds,
+    the pairs pooled over seeds (the pick against itself: z 0)."""
+    from edgekd.distill.worth import compare
+
+    seeds = min(len(runs), len(pick_runs))
+    mine, theirs, labels = [], [], []
+    for (pred, y, _), (first, _, _) in zip(runs[:seeds], pick_runs[:seeds]):
+        n = min(len(pred), len(first), len(y))  # image files that did not decode
+        mine.append(pred[:n]), theirs.append(first[:n]), labels.append(y[:n])
+    probe = runs[0][2]
+    check = compare(np.concatenate(mine), np.concatenate(theirs), np.concatenate(labels), probe)
+    return TrialEntry(cand.family, cand.width, cand.depth, cand.image_size, cand.predicted_ms, cand.accuracy_proxy,
+                      check.teacher_val_accuracy, float(check.z),
+                      float(sum(r[2].get("seconds", 0.0) for r in runs[:seeds])),
+                      all(bool(r[2].get("cached")) for r in runs[:seeds]), seeds)
+
+
+# A challenger at least this many standard errors ahead of the proxy's pick, but short of WORTH_Z, earns
+# both a second training run before the trial decides (see the module docstring).
+SECOND_LOOK_Z = 1.0
+
+
+def second_look(entries: list[TrialEntry]) -> list[int]:
+    """The challengers ahead of the proxy's pick but not clearly (SECOND_LOOK_Z <= z < WORTH_Z), each run once."""
+    from edgekd.distill.worth import WORTH_Z
+
+    return [i for i, e in enumerate(entries) if i and e.seeds == 1 and SECOND_LOOK_Z <= e.z_vs_proxy_pick < WORTH_Z]
 
 
 def decide(entries: list[TrialEntry]) -> int:
