@@ -266,26 +266,46 @@ def test_a_challenger_ahead_but_not_clearly_earns_a_second_seed_and_the_pairs_ar
     assert _entry(cand, pick, pick).z_vs_proxy_pick == 0 and not _entry(cand, pick, pick).cached
 
 
-def test_the_trial_trains_a_second_seed_where_the_first_is_ambiguous(tmp_path, monkeypatch):
-    """Real runs on 384 digits: every challenger counted ambiguous, so the pick and it are trained twice (the
-    second run with the next seed, cached apart from the first) and the entries say so."""
-    import edgekd.distill.worth as worth
-    from edgekd.distill import TrainConfig
-    from edgekd.hardware.select import select_student
-    from edgekd.pipeline import trial
-    from conftest import packaged_subset
+SECOND_LOOK_SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import edgekd.distill.worth as worth
+from conftest import packaged_subset
+from edgekd.distill import TrainConfig
+from edgekd.hardware.select import select_student
+from edgekd.pipeline import trial
 
-    monkeypatch.setattr(trial, "SECOND_LOOK_Z", -1e9)
-    monkeypatch.setattr(worth, "WORTH_Z", 1e9)   # nothing clearly better: the proxy's pick stays
-    splits = packaged_subset(384, 128)
-    sel = select_student("cnn,resnet", target="jetson-nano", budget_ms=0.7, num_classes=10, input_shape=(1, 28, 28))
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", precise_bn_images=0)
-    chosen, entries = trial.run_trial(sel, splits, 2, lambda fam: cfg, cache_dir=tmp_path)
-    assert chosen is sel.chosen and [e.seeds for e in entries] == [2, 2]
-    assert entries[0].z_vs_proxy_pick == 0 and not entries[1].cached
+trial.SECOND_LOOK_Z = -1e9   # every challenger counts as ambiguous
+worth.WORTH_Z = 1e9          # and none as clearly better: the proxy's pick stays
+splits = packaged_subset(384, 128)
+sel = select_student("cnn,resnet", target="jetson-nano", budget_ms=0.7, num_classes=10, input_shape=(1, 28, 28))
+cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-2, device="cpu", precise_bn_images=0, threads=1)
+out = []
+for _ in range(2):
+    chosen, entries = trial.run_trial(sel, splits, 2, lambda fam: cfg, cache_dir=sys.argv[1])
+    out.append({"chosen_is_pick": chosen is sel.chosen, "entries": [e.to_dict() for e in entries]})
+print(json.dumps(out))
+"""
+
+
+def test_the_trial_trains_a_second_seed_where_the_first_is_ambiguous(tmp_path):
+    """Real runs on 384 digits (in a fresh process: four trainings): every challenger counted ambiguous, so
+    the pick and it are trained twice (the second run with the next seed, cached apart from the first), the
+    entries say so, and a repeat reads all four runs from the cache."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", SECOND_LOOK_SCRIPT, str(tmp_path), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, repeat = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first["chosen_is_pick"] and [e["seeds"] for e in first["entries"]] == [2, 2]
+    assert first["entries"][0]["z_vs_proxy_pick"] == 0 and not first["entries"][1]["cached"]
     assert len(list(tmp_path.glob("scratch-*.json"))) == 4  # two candidates x two seeds
-    again, repeat = trial.run_trial(sel, splits, 2, lambda fam: cfg, cache_dir=tmp_path)
-    assert all(e.cached for e in repeat) and [e.z_vs_proxy_pick for e in repeat] == [e.z_vs_proxy_pick for e in entries]
+    assert all(e["cached"] for e in repeat["entries"])
+    assert [e["z_vs_proxy_pick"] for e in repeat["entries"]] == [e["z_vs_proxy_pick"] for e in first["entries"]]
 
 
 @pytest.mark.slow
