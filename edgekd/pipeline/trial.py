@@ -183,8 +183,6 @@ def trial_stage(plan, data, product, train_config, teacher=None, teacher_splits=
     if chosen is not proxy_pick:
         events.info(f"  the trial overrules the accuracy proxy: {chosen.family} width {chosen.width:g} instead of "
                     f"{proxy_pick.family} width {proxy_pick.width:g} (clearly better on validation)")
-    splits = _at_chosen_size(data.splits, selection)
-    if teacher_splits is not None:  # the teacher stage may have given the teacher another input size
-        splits = splits.at_image_size(splits.input_shape[-1],
-                                      teacher_image_size=teacher_splits.preprocessing.teacher_image_size)
+    # From the teacher stage's splits where there are some: it may have given the teacher another input size.
+    splits = _at_chosen_size(teacher_splits if teacher_splits is not None else data.splits, selection)
     return SelectionProduct(selection, chosen.family, splits)
