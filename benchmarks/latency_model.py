@@ -31,7 +31,7 @@ from edgekd.hardware import load_target  # noqa: E402
 from edgekd.hardware.calibration import affordable_probes, fit_host, measure_many  # noqa: E402
 from edgekd.hardware.graph import cached_onnx, export_onnx  # noqa: E402
 from edgekd.hardware.hostfacts import cpu_summary, measure_host_facts  # noqa: E402
-from edgekd.hardware.latency import features, target_graph_cost  # noqa: E402
+from edgekd.hardware.latency import target_graph_cost  # noqa: E402
 from edgekd.hardware.targets import cache_dir  # noqa: E402
 
 # (width, depth, kernel, resolution): none of these is a probe network.
@@ -78,8 +78,8 @@ def main() -> None:
     facts = measure_host_facts(target.threads)
     print(f"host: {target.runtime}, threads={target.threads} (CPU time per inference), channel block={m}; measured: "
           f"run() {facts.inference_overhead_ms * 1e3:.2f} us, {facts.dispatch_ms * 1e3:.3f} us per kernel, DRAM "
-          f"{facts.dram_read_gbs:.1f} GB/s, effective cache {facts.cache_mb} MB, private cache {facts.private_cache_mb} MB",
-          flush=True)
+          f"{facts.dram_read_gbs:.1f} GB/s, effective cache {facts.cache_mb} MB, private cache {facts.private_cache_mb} MB, last-level cache "
+          f"{facts.llc_mb} MB at {facts.llc_read_gbs or float('nan'):.1f} GB/s", flush=True)
     fit_probes = affordable_probes(args.fit_count, 0, target.runtime, 600.0)
     held: list[tuple[str, Path]] = []
     for w, d, k, r in CNN_HOLDOUT:
@@ -108,7 +108,7 @@ def main() -> None:
     errors = []
     for (name, path), measured in zip(held, ms[len(fit_probes):]):
         cost = target_graph_cost(path, target)
-        predicted = float(features(cost, m, coeffs.cache_mb, coeffs.spill_mb) @ coeffs.vector())
+        predicted = float(coeffs.row(cost) @ coeffs.vector())
         err = (predicted - measured) / measured
         errors.append(err)
         print(f"{name:36s} {cost.flops / 1e6:9.1f} {len(cost.kernels):7d} {predicted:13.3f} {measured:12.3f} {100 * err:+6.1f}%")

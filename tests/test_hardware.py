@@ -666,6 +666,19 @@ def test_hardswish_kernels_ort_leaves_unnamed_are_costed(tmp_path):
     assert [k.op_type for k in cost.kernels] == ["Mul", "HardSigmoid", "Mul"]
 
 
+
+def test_executed_gemm_keeps_the_weights_ort_prepacked(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+
+    # ONNX Runtime prepacks a Gemm's B at load and drops it from the profile; the kernel still reads it.
+    head = nn.Sequential(nn.Flatten(), nn.Linear(256, 1000, bias=False))
+    cost = executed_graph_cost(_export(tmp_path, "gemm", head, [1, 256]))
+    gemm = [k for k in cost.kernels if k.op_class == "gemm"]
+    assert len(gemm) == 1 and gemm[0].weight_bytes == 256 * 1000 * 4 and cost.weight_bytes == 256 * 1000 * 4
+
+
 # ---- host facts: measured, not fitted -------------------------------------------------------------
 
 def test_effective_cache_and_dram_come_from_the_bandwidth_sweep():
@@ -676,6 +689,51 @@ def test_effective_cache_and_dram_come_from_the_bandwidth_sweep():
     # Handover at the geometric mean of 95 and 20 GB/s (43.6): 16 MiB still reads above it, 32 MiB not.
     assert dram == 20.0 and cache == pytest.approx(16 * 1.048576)
     assert cache_from_sweep({1.0: 21.0, 256.0: 20.0}) == (None, 20.0)  # no cache visible: no streaming term
+
+
+def test_a_slower_last_level_cache_comes_from_the_sweep_too():
+    from edgekd.hardware.hostfacts import HostFacts, cache_from_sweep, llc_from_sweep
+
+    # A fast 2 MiB private cache, a 64 MiB shared cache at twice DRAM's speed, then DRAM.
+    sweep = {1.0: 90.0, 2.0: 56.0, 4.0: 30.0, 8.0: 28.0, 16.0: 28.0, 32.0: 29.0, 64.0: 29.0, 128.0: 20.0, 256.0: 15.0}
+    cache, dram = cache_from_sweep(sweep)
+    llc_mb, llc_gbs = llc_from_sweep(sweep, cache)
+    assert cache == pytest.approx(2 * 1.048576) and llc_mb == pytest.approx(64 * 1.048576) and llc_gbs == 29.0
+    facts = HostFacts(0.004, 0.0002, dram, cache, cache, 16, llc_mb, llc_gbs)
+    assert facts.llc == (llc_mb, pytest.approx(29.0 / 15.0))
+    # Where the fast cache is the last level, the hierarchy is that cache and DRAM.
+    flat = {1.0: 90.0, 8.0: 85.0, 32.0: 80.0, 64.0: 21.0, 128.0: 20.0, 256.0: 20.0}
+    cache, dram = cache_from_sweep(flat)
+    assert llc_from_sweep(flat, cache) == (None, None)
+    assert HostFacts(0.004, 0.0002, dram, cache, cache, 16).llc == (cache, 1.0)
+
+
+def test_weights_stream_by_where_the_model_lives_and_what_hides_them():
+    from edgekd.hardware.graph import GraphCost, Kernel
+    from edgekd.hardware.traffic import streamed_weight_mb
+
+    def kernel(name, op_class, flops, weight_mb, params):
+        return Kernel(name=name, op_type="Conv", op_class=op_class, ops=["Conv"], flops=int(flops),
+                      weight_bytes=int(weight_mb * 1e6), input_bytes=100_000, output_bytes=100_000,
+                      output_shape=[1], params=int(params))
+
+    conv = kernel("conv", "conv", 2 * 784 * 1e6 / 4, 1.0, 1e6 / 4)         # each weight used 784 times
+    big = kernel("big", "conv", 2 * 49 * 9.4e6 / 4, 9.4, 9.4e6 / 4)         # reused, but overflows L2
+    head = kernel("head", "gemm", 2 * 1.28e6, 5.12, 1.28e6)                 # batch-1 GEMM: each weight once
+
+    def cost(*kernels, act_mb=1.0):
+        return GraphCost(kernels=list(kernels), runtime="onnxruntime", precision="fp32", input_shape=[1],
+                         params=0, flops=0, weight_bytes=sum(k.weight_bytes for k in kernels),
+                         peak_activation_bytes=int(act_mb * 1e6), unknown_ops=[])
+
+    llc = (64.0, 2.0)
+    assert streamed_weight_mb(cost(conv, act_mb=0.5), 2.0, llc=llc, private_mb=2.0) == 0.0  # resident in L2
+    # In the shared cache: the hidden conv costs nothing, the head and the L2-overflowing conv at 2x DRAM speed.
+    assert streamed_weight_mb(cost(conv, big, head), 2.0, llc=llc, private_mb=2.0) == pytest.approx((9.4 + 5.12) / 2)
+    # Beyond the shared cache: every weight from DRAM.
+    assert streamed_weight_mb(cost(conv, big, head, act_mb=60), 2.0, llc=llc, private_mb=2.0) == pytest.approx(15.52)
+    # No measured hierarchy (device profiles): every weight once the traffic overflows the cache.
+    assert streamed_weight_mb(cost(conv, big, head), 2.0) == pytest.approx(15.52)
 
 
 # ---- published measurements, shipped calibrations, intervals ---------------------------------------
@@ -878,3 +936,26 @@ def test_measured_terms_do_not_count_as_fitted_and_the_host_fit_is_per_class():
     assert stats["method"] == "per-class NNLS"
     assert fit_rows(host, rows[:10], y[:10], precision="fp32")[1]["method"] == "datasheet terms scaled"
     assert fit_rows(host, rows[:10], y[:10], precision="fp32", per_class=True)[1]["method"] == "per-class NNLS"
+
+
+def test_a_host_calibration_from_an_older_cost_model_is_set_aside(tmp_path, monkeypatch):
+    from edgekd.hardware.calibration import affordable_probes, fit_host
+    from edgekd.hardware.hostfacts import HostFacts
+    from edgekd.hardware.targets import calibration_path
+
+    monkeypatch.setenv("EDGEKD_CONFIG_DIR", str(tmp_path / "config"))
+    target = load_target("host")
+    probes = affordable_probes(8, 0, target.runtime, 50.0)
+    facts = HostFacts(0.004, 0.0002, 15.0, 2.0, 2.0, target.channel_multiple, 64.0, 29.0)
+    # Latencies from a known linear rule: what is checked is where the calibration goes and when it is used.
+    ms = [0.01 + 0.005 * i for i in range(len(probes))]
+    fit_host(target, [p for _, p in probes], [[1, s["in_channels"], s["resolution"], s["resolution"]] for s, _ in probes],
+             ms, facts=facts)
+    path = calibration_path("host")
+    saved = json.loads(path.read_text())
+    assert saved["coefficients"]["llc_mb"] == 64.0 and saved["coefficients"]["llc_speedup"] == pytest.approx(29 / 15)
+    assert load_target("host").coefficients is not None
+    saved["cost_revision"] = 1
+    path.write_text(json.dumps(saved))
+    stale = load_target("host")
+    assert stale.coefficients is None and "re-run `edgekd profile --target host`" in stale.calibration

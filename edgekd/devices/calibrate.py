@@ -158,6 +158,7 @@ def scale_calibration(target_name: str, factor: float) -> Path:
     coeffs = Coefficients.from_dict(data["coefficients"])
     scaled = Coefficients.from_vector(coeffs.vector() * factor, coeffs.precision, coeffs.channel_multiple,
                                       coeffs.cache_mb, coeffs.spill_mb)
+    scaled.llc_mb, scaled.llc_speedup = coeffs.llc_mb, coeffs.llc_speedup
     data["coefficients"] = scaled.to_dict()
     data["source"] = f"{data.get('source', '?')} x{factor:g}"
     atomic_write_json(path, data)

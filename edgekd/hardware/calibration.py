@@ -28,7 +28,7 @@ from edgekd.hardware.fitting import (cost_rows, fit_rows, fit_target, held_out_i
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import Coefficients
-from edgekd.hardware.targets import Target, cache_dir, calibration_path, load_target
+from edgekd.hardware.targets import HOST_COST_REVISION, Target, cache_dir, calibration_path, load_target
 from edgekd.limits import MAX_LATENCY_MS, is_latency_ms
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
@@ -313,7 +313,7 @@ def save_calibration(target: Target, coeffs: Coefficients, *, n: int, source: st
         "target": target.name, "runtime": target.runtime, "precision": coeffs.precision,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "source": source,
         "n_measurements": int(n), "fit": fit, "interval": fit.get("interval"), "device": device or {},
-        "conditions": conditions or {},
+        "conditions": conditions or {}, "cost_revision": HOST_COST_REVISION,
         "coefficients": coeffs.to_dict()})
     return path
 
@@ -386,7 +386,7 @@ def fit_host(target: Target, paths, shapes, ms, *, save: bool = True, seed: int 
         fixed_terms[STREAM] = 1.0 / facts.dram_read_gbs  # 1 MB at 1 GB/s = 1 ms
     coeffs, stats, table = fit_target(target, paths, shapes, ms, prior_weight=0.01, fixed_terms=fixed_terms,
                                       spill_mb=facts.private_cache_mb, cache_mb=facts.cache_mb, robust=True,
-                                      per_class=True, folds=10, what="probe networks")
+                                      per_class=True, folds=10, what="probe networks", llc=facts.llc)
     stats["dram_read_gbs"] = facts.dram_read_gbs
     stats["inference_overhead_us"] = facts.inference_overhead_ms * 1e3
     stats["dispatch_us"] = facts.dispatch_ms * 1e3

@@ -16,14 +16,15 @@ from edgekd.hardware.uncertainty import Interval, held_out_predictions, interval
 
 
 def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None = None, runtime: str | None = None,
-              cache_mb: float | None = None, spill_mb: float | None = None) -> tuple[np.ndarray, list[dict]]:
+              cache_mb: float | None = None, spill_mb: float | None = None,
+              llc: tuple[float, float] | None = None) -> tuple[np.ndarray, list[dict]]:
     """Each graph costed for the target's runtime (or ``runtime``) and precision: design-matrix rows and a table."""
     precision = precision or target.precision
     cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     rows, table = [], []
     for path, shape in zip(onnx_paths, input_shapes):
         cost = target_graph_cost(path, target, precision, shape, runtime=runtime)
-        rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb))
+        rows.append(features(cost, target.channel_multiple, cache_mb, spill_mb, llc=llc))
         table.append({"model": str(path), "input_shape": list(cost.input_shape), "mflops": cost.flops / 1e6,
                       "kernels": len(cost.kernels)})
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), table
@@ -31,7 +32,8 @@ def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None
 
 def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
              fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
-             robust: bool = False, per_class: bool | None = None) -> tuple[Coefficients, dict]:
+             robust: bool = False, per_class: bool | None = None,
+             llc: tuple[float, float] | None = None) -> tuple[Coefficients, dict]:
     """Fit coefficients to costed rows: every class's terms when there are enough measurements (or
     ``per_class``), else scale the datasheet's."""
     precision = precision or target.precision
@@ -48,6 +50,7 @@ def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None
         coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight, shared_compute=shared)
         stats["prior_weight"], stats["shared_compute"] = weight, shared
     coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
+    coeffs.llc_mb, coeffs.llc_speedup = llc if llc else (None, 1.0)
     return coeffs, stats
 
 
@@ -100,22 +103,23 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
                prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
                spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
                robust: bool = False, folds: int | None = None, per_class: bool | None = None,
-               what: str = "measurements") -> tuple[Coefficients, dict, list[dict]]:
+               what: str = "measurements", llc: tuple[float, float] | None = None) -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
     the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
 
-    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM.
+    ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM;
+    ``llc`` (last-level cache MB, its speed over DRAM's), where measured, refines it (``streamed_weight_mb``).
     """
     rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
-                            spill_mb=spill_mb)
+                            spill_mb=spill_mb, llc=llc)
     y = np.asarray(latencies_ms, dtype=np.float64)
 
     def fit(r, t):
         return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)[0]
+                        spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class, llc=llc)[0]
 
     coeffs, stats = fit_rows(target, rows, y, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
-                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class)
+                             spill_mb=spill_mb, cache_mb=cache_mb, robust=robust, per_class=per_class, llc=llc)
     if len(y) >= 3:
         interval, held = held_out_interval(rows, y, fit, what=what, folds=folds)
         stats["interval"] = interval.to_dict() if interval is not None else None

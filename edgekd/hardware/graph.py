@@ -490,6 +490,9 @@ class _Fuser:
 _PROFILE_ELEMENT_BYTES = {"float": 4, "float16": 2, "bfloat16": 2, "double": 8, "int8": 1, "uint8": 1,
                           "int32": 4, "int64": 8, "bool": 1}
 
+_ONNX_ELEMENT_NAMES = {1: "float", 10: "float16", 16: "bfloat16", 11: "double", 3: "int8", 2: "uint8", 6: "int32",
+                       7: "int64", 9: "bool"}  # ONNX element types by the names ONNX Runtime's profiler writes
+
 
 def _is_blocked(tensor: str, producers: dict) -> bool:
     """Whether ``tensor`` in ONNX Runtime's optimized graph is in the NCHWc (channel-blocked) layout.
@@ -527,7 +530,8 @@ def executed_graph_cost(source, *, threads: int | None = 1, input_shape=None, pr
     events, opt = _profile_optimized(model, threads)
     from edgekd.hardware.targets import host_channel_multiple
 
-    inits = {i.name for i in opt.graph.initializer}
+    inits = {i.name: (_ONNX_ELEMENT_NAMES.get(i.data_type, "float"), [int(d) for d in i.dims])
+             for i in opt.graph.initializer}
     graph_inputs = [i.name for i in opt.graph.input if i.name not in inits]
     sizes: dict[str, int] = {}
     block = host_channel_multiple()  # what MLAS blocks channels by on this CPU: 16 with AVX-512, 8 with AVX2
@@ -602,12 +606,17 @@ def _profiled_size(entry) -> int:
     return int(np.prod(dims)) * _PROFILE_ELEMENT_BYTES.get(dtype, 4) if dims is not None else 0
 
 
-def _executed_kernel(node, args: dict, name: str, inits: set, producers: dict, sizes: dict, nchwc_block: int) -> Kernel:
+def _executed_kernel(node, args: dict, name: str, inits: dict, producers: dict, sizes: dict, nchwc_block: int) -> Kernel:
     """One executed kernel from its node in the optimized graph and the shapes the profiler recorded;
     ``sizes`` (tensor -> bytes) is filled for the peak-memory walk."""
     in_shapes = [next(iter(d.items())) for d in args.get("input_type_shape", [])]
     out_shapes = [next(iter(d.items())) for d in args.get("output_type_shape", [])]
     names_in = [x for x in node.input if x]
+    if len(in_shapes) < len(names_in):
+        # Weights a kernel pre-packed at load time (Gemm's B, MatMul's B) are released and missing from the
+        # profile, yet the kernel still reads their packed copy every run: take them from the graph.
+        profiled = iter(in_shapes)
+        in_shapes = [inits[x] if x in inits else next(profiled, ("float", None)) for x in names_in]
     w_bytes = a_bytes = params = 0
     acts = []
     for x, entry in zip(names_in, in_shapes):

@@ -1,5 +1,6 @@
 """What the host latency model measures about this machine instead of fitting: call and dispatch costs,
-DRAM bandwidth, the cache sizes a model's data stays in, and the SIMD channel block.
+DRAM bandwidth, the cache sizes a model's data stays in (and a slower last-level cache's size and speed),
+and the SIMD channel block.
 
 A fit on whole networks can trade any of these against the per-class rates (they are nearly collinear
 over a probe set), and a trade that fits one machine's probes mispredicts the next machine's models.
@@ -28,6 +29,20 @@ class HostFacts:
     cache_mb: float | None           # data up to this size is read from cache between inferences
     private_cache_mb: float | None   # one core's private cache (L2), from /sys
     channel_block: int               # NCHWc block of ONNX Runtime's convolutions on this ISA
+    # A slower shared level between cache_mb and DRAM (an L3 the sweep reads below the fast-cache threshold
+    # but well above DRAM): its size and read bandwidth. None where the fast cache is the last level.
+    llc_mb: float | None = None
+    llc_read_gbs: float | None = None
+
+    @property
+    def llc(self) -> tuple[float, float] | None:
+        """(last-level cache MB, its read bandwidth over DRAM's), for ``streamed_weight_mb``: the effective
+        cache itself where no slower shared level was found; None where no cache was measured at all."""
+        if not self.cache_mb:
+            return None
+        if not (self.llc_mb and self.llc_read_gbs):
+            return self.cache_mb, 1.0
+        return self.llc_mb, self.llc_read_gbs / self.dram_read_gbs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,6 +87,25 @@ def cache_from_sweep(sweep: dict[float, float]) -> tuple[float | None, float]:
     threshold = (top * dram) ** 0.5
     fitting = [mb for mb in sizes if sweep[mb] >= threshold]
     return (float(max(fitting)) * 1.048576 if fitting else None), dram  # MiB -> MB
+
+
+# A size reads from a cache rather than DRAM when it is read at least this much faster than DRAM.
+LLC_SPEEDUP = 1.5
+
+
+def llc_from_sweep(sweep: dict[float, float], cache_mb: float | None) -> tuple[float | None, float | None]:
+    """(MB, GB/s) of the slower shared cache level beyond the effective cache, from a bandwidth sweep.
+
+    The sizes past ``cache_mb`` still read at least ``LLC_SPEEDUP`` times faster than the largest (DRAM)
+    array lie in a last-level cache: its size is the largest of them, its bandwidth their median. (None,
+    None) when there are none, where the effective cache already is the last level.
+    """
+    sizes = sorted(sweep)
+    dram = sweep[sizes[-1]]
+    shared = [mb for mb in sizes[:-1] if mb * 1.048576 > (cache_mb or 0) and sweep[mb] >= LLC_SPEEDUP * dram]
+    if not cache_mb or not shared:
+        return None, None
+    return float(max(shared)) * 1.048576, float(np.median([sweep[mb] for mb in shared]))
 
 
 def _chain_onnx(n: int) -> Path:
@@ -134,10 +168,12 @@ def measure_host_facts(threads: int | None = 1) -> HostFacts:
     """Measure everything the host model holds fixed (about two seconds)."""
     from edgekd.hardware.targets import host_channel_multiple
 
-    cache, dram = cache_from_sweep(bandwidth_sweep())
+    sweep = bandwidth_sweep()
+    cache, dram = cache_from_sweep(sweep)
+    llc_mb, llc_gbs = llc_from_sweep(sweep, cache)
     return HostFacts(inference_overhead_ms=inference_overhead_ms(threads), dispatch_ms=dispatch_overhead_ms(threads),
                      dram_read_gbs=dram, cache_mb=cache, private_cache_mb=private_cache_mb(),
-                     channel_block=host_channel_multiple())
+                     channel_block=host_channel_multiple(), llc_mb=llc_mb, llc_read_gbs=llc_gbs)
 
 
 def dram_read_gbs(megabytes: int = 256, repeats: int = 4) -> float:

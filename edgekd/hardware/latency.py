@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost, op_rule
+from edgekd.hardware.traffic import spilled_mb, streamed_weight_mb
 from edgekd.hardware.targets import OP_CLASSES, Target
 from edgekd.hardware.uncertainty import Interval, interval_from_ratios
 
@@ -117,6 +118,19 @@ class Coefficients:
     # What the runtime spends dispatching any kernel, whatever it computes (measured on a chain of tiny
     # ops); each class's ms_per_kernel is then what its kernels cost beyond that floor.
     ms_per_dispatch: float = 0.0
+    # Where the memory hierarchy was measured (the host): a model that overflows cache_mb but stays within
+    # llc_mb, the shared last-level cache, re-reads only the weights its compute cannot hide, at llc_speedup
+    # times DRAM's bandwidth (see streamed_weight_mb). None: every weight streams from DRAM.
+    llc_mb: float | None = None
+    llc_speedup: float = 1.0
+
+    @property
+    def llc(self) -> tuple[float, float] | None:
+        return (self.llc_mb, self.llc_speedup) if self.llc_mb else None
+
+    def row(self, cost: GraphCost) -> np.ndarray:
+        """The design-matrix row of ``cost`` under these coefficients' memory facts."""
+        return features(cost, self.channel_multiple, self.cache_mb, self.spill_mb, llc=self.llc)
 
     def __post_init__(self):
         # Sub-classes missing (coefficients written before they existed) take their parent's terms.
@@ -146,7 +160,9 @@ class Coefficients:
     def to_dict(self) -> dict:
         return {"precision": self.precision, "channel_multiple": self.channel_multiple, "fixed_ms": self.fixed_ms,
                 "cache_mb": self.cache_mb, "ms_per_streamed_mb": self.ms_per_streamed_mb, "spill_mb": self.spill_mb,
-                **{attr: getattr(self, attr) for attr, _, _ in KERNEL_TERMS}, "classes": self.classes}
+                **{attr: getattr(self, attr) for attr, _, _ in KERNEL_TERMS},
+                **({"llc_mb": self.llc_mb, "llc_speedup": self.llc_speedup} if self.llc_mb else {}),
+                "classes": self.classes}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Coefficients":
@@ -156,7 +172,7 @@ class Coefficients:
             return cls(classes=classes, fixed_ms=float(d["fixed_ms"]), precision=str(d["precision"]),
                        channel_multiple=int(d.get("channel_multiple", 1)),
                        ms_per_streamed_mb=float(d.get("ms_per_streamed_mb", 0.0)), cache_mb=d.get("cache_mb"),
-                       spill_mb=d.get("spill_mb"),
+                       spill_mb=d.get("spill_mb"), llc_mb=d.get("llc_mb"), llc_speedup=float(d.get("llc_speedup", 1.0)),
                        **{attr: float(d.get(attr, 0.0)) for attr, _, _ in KERNEL_TERMS})
         except (KeyError, TypeError, ValueError):
             raise EdgeKDError("calibration coefficients are incomplete",
@@ -270,27 +286,6 @@ def work_flops(k: Kernel, channel_multiple: int = 1) -> float:
     return float(k.flops) * scale
 
 
-def streamed_weight_mb(cost: GraphCost, cache_mb: float | None) -> float:
-    """MB of weights re-read from DRAM per inference: all of them once the inference's footprint exceeds the cache."""
-    if not cache_mb:
-        return 0.0
-    footprint_mb = sum(k.bytes for k in cost.kernels) / 1e6
-    return cost.weight_bytes / 1e6 if footprint_mb > cache_mb else 0.0
-
-
-# Kernels whose time is their memory traffic (few FLOPs per byte). A dense conv or GEMM that spills still
-# runs at its compute rate, its loads hidden behind the arithmetic, so only these pay for spilling.
-MEMORY_BOUND = ("dwconv", "pool", "elementwise", "data")
-
-
-def spilled_mb(k: Kernel, spill_mb: float | None) -> float:
-    """MB of activations a memory-bound kernel streams through the shared cache once they exceed the private one."""
-    if k.op_class not in MEMORY_BOUND:
-        return 0.0
-    act = (k.input_bytes + k.output_bytes) / 1e6
-    return act if spill_mb and act > spill_mb else 0.0
-
-
 # ONNX Runtime's conv and GEMM kernels apply ReLU while the output is in registers; these fused activations
 # run as a separate pass over each output block (measured here on a 32x112x112 depthwise conv:
 # none 0.396 ms, ReLU 0.398, Clip 0.437, HardSigmoid 0.450, LeakyRelu 0.456).
@@ -362,7 +357,7 @@ KERNEL_TERMS = (
 
 
 def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None = None,
-             spill_mb: float | None = None) -> np.ndarray:
+             spill_mb: float | None = None, *, llc: tuple[float, float] | None = None) -> np.ndarray:
     """Per-class sums of MFLOPs (padded), MB and kernel counts, streamed weight MB, 1, spilled MB: a design-matrix row."""
     row = np.zeros(N_FEATURES, dtype=np.float64)
     for k in cost.kernels:
@@ -372,7 +367,7 @@ def features(cost: GraphCost, channel_multiple: int = 1, cache_mb: float | None 
         row[i] += work_flops(k, channel_multiple) / 1e6
         row[i + 1] += k.bytes / 1e6
         row[i + 2] += 1
-    row[STREAM] = streamed_weight_mb(cost, cache_mb)
+    row[STREAM] = streamed_weight_mb(cost, cache_mb, llc=llc, private_mb=spill_mb)
     row[FIXED] = 1.0
     return row
 
@@ -602,9 +597,12 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None, 
         notes.append(f"ops without a cost rule, costed as pointwise: {', '.join(cost.unknown_ops)}")
     if precision not in target.precisions:
         notes.append(f"{precision} is not a fast path on {target.name} (fast: {', '.join(target.precisions)})")
-    streamed = coeffs.ms_per_streamed_mb * streamed_weight_mb(cost, coeffs.cache_mb)
+    streamed = coeffs.ms_per_streamed_mb * streamed_weight_mb(cost, coeffs.cache_mb, llc=coeffs.llc,
+                                                              private_mb=coeffs.spill_mb)
     if streamed > 0:
-        notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so its weights stream from DRAM: "
+        where = ("the shared cache" if coeffs.llc and (cost.weight_bytes + cost.peak_activation_bytes) / 1e6 <= coeffs.llc_mb
+                 else "DRAM")
+        notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so weights stream from {where}: "
                      f"+{streamed:.3g} ms")
     total = float(sum(per) + streamed + coeffs.fixed_ms)
     if not (math.isfinite(total) and total >= 0):  # never report a negative, NaN or overflowed latency

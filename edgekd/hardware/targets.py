@@ -333,6 +333,11 @@ def shipped_resource(relative: str):
     return path if path.is_file() else None
 
 
+# Revision of how the host's executed graphs are costed and featured; a host calibration fitted under
+# another revision no longer matches its own features and is set aside until `edgekd profile` runs again.
+HOST_COST_REVISION = 2
+
+
 def calibration_path(target_name: str) -> Path:
     """Where a fitted calibration for ``target_name`` lives (never the shipped profile itself)."""
     return config_dir() / "calibration" / f"{target_name}.json"
@@ -406,6 +411,11 @@ def _attach_calibration(target: Target) -> None:
     if data.get("target") != target.name or data.get("runtime") != target.runtime:
         raise EdgeKDError(f"calibration file {path} was fitted for {data.get('target')}/{data.get('runtime')}, "
                           f"not {target.name}/{target.runtime}", "delete it and calibrate again")
+    if target.measured and data.get("source") == "edgekd profile" and data.get("cost_revision") != HOST_COST_REVISION:
+        # Fitted on features this edgekd no longer computes: its coefficients would mispredict silently.
+        target.calibration = (f"measured (the calibration in {path} predates this edgekd's cost model; "
+                              f"re-run `edgekd profile --target {target.name}`)")
+        return
     target.coefficients = coeffs
     target.calibration_path = str(path)
     target.calibration_info = {k: v for k, v in data.items() if k != "coefficients"}
