@@ -211,7 +211,9 @@ def onnx_external_files(path: Path, model) -> list[Path]:
 # --- OpenVINO IR -------------------------------------------------------------------------------------
 
 def read_openvino(path: str | os.PathLike):
-    import openvino as ov
+    from edgekd.offline import import_openvino
+
+    ov = import_openvino()
 
     path = Path(path)
     if not path.with_suffix(".bin").is_file():
@@ -235,7 +237,9 @@ def openvino_param_count(path: str | os.PathLike) -> int:
     """Weights in an OpenVINO IR, counted like :func:`onnx_param_count`: every weight constant once
     (an FP16 or INT8 weight and its Convert are one tensor), not counting FakeQuantize ranges,
     dequantization scales and zero points, or shape constants."""
-    import openvino as ov
+    from edgekd.offline import import_openvino
+
+    ov = import_openvino()
 
     model = read_openvino(path)
     integer = {ov.Type.i64, ov.Type.i32, ov.Type.u64, ov.Type.u32, ov.Type.boolean}

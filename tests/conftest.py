@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgekd.offline import quiet_openvino_telemetry
+
+# Tests that import OpenVINO themselves would otherwise fork their worker for its telemetry (edgekd.offline).
+quiet_openvino_telemetry()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 PACKAGED_MNIST = REPO / "edgekd" / "data" / "mnist"

@@ -485,3 +485,42 @@ def test_torchvision_models_export_to_every_local_format(name, zoo_export):
         # scale); trained-model agreement is checked on MNIST above.
         assert p["max_abs_diff"] <= scale, (arch, name, p)
         assert p["mean_abs_diff"] <= 0.25 * scale, (arch, name, p)
+
+
+NO_FORK_SCRIPT = r"""
+import os, sys
+import numpy as np
+import torch
+from edgekd.export import export_all
+from edgekd.models import create
+
+forks = []
+real_fork = os.fork
+def counting_fork():
+    forks.append(1)
+    return real_fork()
+os.fork = counting_fork
+
+model = create("cnn", num_classes=10, in_channels=1, width=0.25).eval()
+x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+arts = export_all(model, ["openvino-fp16", "openvino-int8"], sys.argv[1], example=x[:1], calib=x[:32],
+                  parity_inputs=x[32:], progress=False)
+assert all(a.status == "ok" for a in arts), [(a.name, a.reason) for a in arts]
+assert "openvino" in sys.modules and "nncf" in sys.modules
+print("forks", len(forks))
+"""
+
+
+def test_openvino_and_nncf_exports_never_fork_the_process(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import os
+    import subprocess
+    import sys
+
+    # A fresh process: the suite's own workers have imported OpenVINO long before. OpenVINO's and NNCF's
+    # telemetry would otherwise fork it once on import and per conversion or quantization.
+    proc = subprocess.run([sys.executable, "-c", NO_FORK_SCRIPT, str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CI": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "forks 0"

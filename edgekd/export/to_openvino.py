@@ -12,13 +12,17 @@ from edgekd.export.base import register_format
 
 def _convert(job):
     """The OpenVINO model converted from the job's checked FP32 ONNX (dynamic batch carries over)."""
-    import openvino as ov
+    from edgekd.offline import import_openvino
+
+    ov = import_openvino()
 
     return ov.convert_model(str(job.onnx_fp32()))
 
 
 def _save_ir(model, dest: Path, *, compress_to_fp16: bool) -> None:
-    import openvino as ov
+    from edgekd.offline import import_openvino
+
+    ov = import_openvino()
 
     # save_model writes dest (.xml) and its .bin side by side; both land in the staging folder,
     # and export_one moves the .bin before the .xml into place.
@@ -35,7 +39,9 @@ def quantize_openvino(model, calib: np.ndarray, *, ignored: tuple[str, ...] = ()
     shift logits enough to flip a third of the predictions (top-1 agreement 0.66 vs 0.97), and it
     was no faster on resnet18 at 224x224 (8.3 s vs 7.2 s for 64 images).
     """
-    import nncf
+    from edgekd.offline import import_nncf
+
+    nncf = import_nncf()
 
     items = [calib[i:i + 1] for i in range(len(calib))]
     dataset = nncf.Dataset(items)
@@ -59,7 +65,9 @@ def quantize_openvino_with_accuracy_control(model, calib: np.ndarray, validation
                                             max_drop: float, ignored: tuple[str, ...] = (), subset_size: int = 300):
     """NNCF accuracy-controlled INT8: quantize, then return the most sensitive layers to float until
     the validation top-1 drop is within ``max_drop`` (absolute fraction)."""
-    import nncf
+    from edgekd.offline import import_nncf
+
+    nncf = import_nncf()
 
     val_x, val_y = validation
     n = min(len(val_y), 300)  # per-sample ranking re-runs validation per layer: keep it bounded
@@ -81,7 +89,9 @@ def quantize_openvino_with_accuracy_control(model, calib: np.ndarray, validation
                  filename="{stem}.openvino-int8.xml", requires=("openvino", "nncf", "onnx", "onnxscript"))
 def export_openvino_int8(job, dest: Path) -> dict:
     """OpenVINO IR INT8 quantized by nncf.quantize on the calibration images (accuracy-controlled on demand)."""
-    import nncf
+    from edgekd.offline import import_nncf
+
+    nncf = import_nncf()
 
     nncf.set_log_level(40)  # errors only: NNCF logs every statistic it collects at INFO
     opts = job.options
