@@ -18,7 +18,7 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.hardware.graph import GraphCost, Kernel, executed_graph_cost, graph_cost, op_rule
-from edgekd.hardware.traffic import spilled_mb, streamed_weight_mb
+from edgekd.hardware.traffic import spilled_mb, streamed_weight_mb, weight_level
 from edgekd.hardware.targets import OP_CLASSES, Target
 from edgekd.hardware.uncertainty import Interval, interval_from_ratios
 
@@ -600,8 +600,7 @@ def predict_cost(cost: GraphCost, target: Target, precision: str | None = None, 
     streamed = coeffs.ms_per_streamed_mb * streamed_weight_mb(cost, coeffs.cache_mb, llc=coeffs.llc,
                                                               private_mb=coeffs.spill_mb)
     if streamed > 0:
-        where = ("the shared cache" if coeffs.llc and (cost.weight_bytes + cost.peak_activation_bytes) / 1e6 <= coeffs.llc_mb
-                 else "DRAM")
+        where = weight_level(cost, coeffs.cache_mb, coeffs.llc)
         notes.append(f"the inference touches more than {coeffs.cache_mb:g} MB, so weights stream from {where}: "
                      f"+{streamed:.3g} ms")
     total = float(sum(per) + streamed + coeffs.fixed_ms)

@@ -33,18 +33,25 @@ def streamed_weight_mb(cost: GraphCost, cache_mb: float | None, *, llc: tuple[fl
     all of them from DRAM. Dense convs stream their weights behind their arithmetic, so charging every
     weight whenever the traffic overflowed the private cache overcharged wide CNNs that live in the L3.
     """
-    if not cache_mb:
+    level = weight_level(cost, cache_mb, llc)
+    if level is None:
         return 0.0
+    if level == "DRAM":
+        return cost.weight_bytes / 1e6
+    return sum(exposed_weight_bytes(k, private_mb) for k in cost.kernels) / 1e6 / llc[1]
+
+
+def weight_level(cost: GraphCost, cache_mb: float | None, llc: tuple[float, float] | None = None) -> str | None:
+    """Where an inference re-reads its weights from (see ``streamed_weight_mb``): None (they stay in the
+    cache), "the shared cache" or "DRAM"."""
+    if not cache_mb:
+        return None
     if llc is None:
-        footprint_mb = sum(k.bytes for k in cost.kernels) / 1e6
-        return cost.weight_bytes / 1e6 if footprint_mb > cache_mb else 0.0
-    llc_mb, speedup = llc
+        return "DRAM" if sum(k.bytes for k in cost.kernels) / 1e6 > cache_mb else None
     resident_mb = (cost.weight_bytes + cost.peak_activation_bytes) / 1e6
     if resident_mb <= cache_mb:
-        return 0.0
-    if resident_mb > llc_mb:
-        return cost.weight_bytes / 1e6
-    return sum(exposed_weight_bytes(k, private_mb) for k in cost.kernels) / 1e6 / speedup
+        return None
+    return "DRAM" if resident_mb > llc[0] else "the shared cache"
 
 
 # Kernels whose time is their memory traffic (few FLOPs per byte). A dense conv or GEMM that spills still
