@@ -211,16 +211,14 @@ def onnx_external_files(path: Path, model) -> list[Path]:
 # --- OpenVINO IR -------------------------------------------------------------------------------------
 
 def read_openvino(path: str | os.PathLike):
-    from edgekd.offline import import_openvino
-
-    ov = import_openvino()
+    from edgekd.offline import openvino_core
 
     path = Path(path)
     if not path.with_suffix(".bin").is_file():
         raise EdgeKDError(f"OpenVINO weights {path.with_suffix('.bin')} for {path} are missing",
                           "keep the .bin file next to the .xml file")
     try:
-        return ov.Core().read_model(str(path))
+        return openvino_core().read_model(str(path))
     except Exception as err:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of many kinds
         raise EdgeKDError(f"{path} is not an OpenVINO IR ({first_line(err)})",
                           "pass the .xml written by openvino.save_model, with its .bin") from None

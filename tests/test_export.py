@@ -522,3 +522,75 @@ def test_openvino_and_nncf_exports_never_fork_the_process(tmp_path):
                           text=True, timeout=300, env={**os.environ, "CI": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "forks 0"
+
+
+SIGNAL_STACK_SCRIPT = r"""
+import ctypes, faulthandler, gc, os, signal, sys
+import numpy as np, torch
+from edgekd.offline import import_openvino
+from edgekd.runtimes.openvino import OpenVINORunner
+
+faulthandler.enable()   # as pytest does: the thread has an alternate signal stack of its own
+ov = import_openvino()
+path = os.path.join(sys.argv[1], "m.xml")
+ov.save_model(ov.convert_model(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU()),
+                               example_input=torch.randn(1, 3, 16, 16)), path)
+x = np.zeros((1, 3, 16, 16), np.float32)
+first, second = OpenVINORunner(path), OpenVINORunner(path)
+first.timed_call(x)
+del first; gc.collect()    # dropped in the order they were made
+del second; gc.collect()
+signal.signal(signal.SIGUSR1, lambda *a: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive")
+"""
+
+
+def test_openvino_runners_dropped_in_any_order_leave_the_process_able_to_take_a_signal(tmp_path):
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack for its own (on CPUs with AMX) and
+    restores the one it found when destroyed; Cores destroyed first-made-first left an unmapped stack and
+    the next handled signal killed the process with SIGSEGV (a pytest worker, on a DataLoader's SIGCHLD).
+    Where the plugin installs no stack (no AMX) this passes either way."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_STACK_SCRIPT, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
+    assert proc.stdout.split()[-2:] == ["handled", "alive"]
+
+
+KEPT_STACK_SCRIPT = r"""
+import ctypes
+from edgekd.offline import _Stack, _sigaltstack, _stack_now, signal_stack_kept
+
+set_stack = _sigaltstack()
+def install(size):
+    buffer = ctypes.create_string_buffer(size)
+    set_stack(ctypes.byref(_Stack(ctypes.addressof(buffer), 0, size)), None)
+    return buffer
+
+mine = install(16384)
+with signal_stack_kept():
+    theirs = install(65536)                      # a library's, larger
+now = _stack_now(set_stack)
+print(now.ss_sp != ctypes.addressof(theirs), now.ss_size)
+with signal_stack_kept():
+    again = install(8192)                       # a smaller one: the old one is large enough to come back
+print(_stack_now(set_stack).ss_sp == now.ss_sp)
+set_stack(ctypes.byref(_Stack(None, 2, 0)), None)  # none at all
+with signal_stack_kept():
+    install(65536)
+print(_stack_now(set_stack).ss_flags)
+"""
+
+
+def test_the_signal_stack_guard_puts_back_the_old_stack_or_one_large_enough_that_stays():
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sigaltstack through ctypes is checked on Linux")
+    proc = subprocess.run([sys.executable, "-c", KEPT_STACK_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert proc.stdout.split() == ["True", "65536", "True", "2"]

@@ -126,16 +126,24 @@ class OpenVINOBackend(Backend):
     modules = ("openvino",)
     suffixes = (".xml", ".onnx")
 
+    # One Core for the run: OpenVINO's CPU plugin swaps the thread's alternate signal stack for its own and
+    # puts back the one it found when it is destroyed, so Cores destroyed in the order they were made leave
+    # an unmapped stack behind, and the next handled signal (Ctrl-C) is a segmentation fault.
+    core = None
+
     def __init__(self, path, threads, batch, options):
-        try:
-            import openvino as ov
-            core = ov.Core()
-        except (ImportError, AttributeError):
+        core = OpenVINOBackend.core
+        if core is None:
             try:
-                from openvino.runtime import Core  # OpenVINO 2022.x
-                core = Core()
-            except ImportError:
-                raise RunnerError("openvino is not importable: pip3 install openvino")
+                import openvino as ov
+                core = ov.Core()
+            except (ImportError, AttributeError):
+                try:
+                    from openvino.runtime import Core  # OpenVINO 2022.x
+                    core = Core()
+                except ImportError:
+                    raise RunnerError("openvino is not importable: pip3 install openvino")
+            OpenVINOBackend.core = core
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads

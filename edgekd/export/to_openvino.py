@@ -8,6 +8,7 @@ import numpy as np
 
 from edgekd.errors import EdgeKDError
 from edgekd.export.base import register_format
+from edgekd.offline import signal_stack_kept
 
 
 def _convert(job):
@@ -49,8 +50,9 @@ def quantize_openvino(model, calib: np.ndarray, *, ignored: tuple[str, ...] = ()
     kwargs = {}
     if ignored:
         kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored), validate=False)
-    return nncf.quantize(model, dataset, preset=presets[preset], subset_size=min(subset_size, len(items)),
-                         fast_bias_correction=False, **kwargs)
+    with signal_stack_kept():  # NNCF compiles the model on Cores of its own
+        return nncf.quantize(model, dataset, preset=presets[preset], subset_size=min(subset_size, len(items)),
+                             fast_bias_correction=False, **kwargs)
 
 
 @register_format("openvino-fp16", format="openvino", precision="fp16", runtime="openvino",
@@ -79,10 +81,11 @@ def quantize_openvino_with_accuracy_control(model, calib: np.ndarray, validation
         return (float(np.mean(hits)) if hits else 0.0), hits
 
     kwargs = {"ignored_scope": nncf.IgnoredScope(names=list(ignored), validate=False)} if ignored else {}
-    return nncf.quantize_with_accuracy_control(
-        model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]), nncf.Dataset(val_items), validate,
-        max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=min(subset_size, len(calib)),
-        fast_bias_correction=False, **kwargs)
+    with signal_stack_kept():
+        return nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset([calib[i:i + 1] for i in range(len(calib))]), nncf.Dataset(val_items), validate,
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, subset_size=min(subset_size, len(calib)),
+            fast_bias_correction=False, **kwargs)
 
 
 @register_format("openvino-int8", format="openvino", precision="int8", runtime="openvino",

@@ -16,9 +16,7 @@ class OpenVINORunner(Runner):
 
     def __init__(self, path, *, threads=None, device="cpu", precision_hint: str | None = "f32"):
         super().__init__(path, threads=threads, device=device)
-        from edgekd.offline import import_openvino
-
-        ov = import_openvino()
+        from edgekd.offline import openvino_core, signal_stack_kept
 
         if self.path.suffix == ".xml" and not self.path.with_suffix(".bin").is_file():
             raise EdgeKDError(f"{self.path.with_suffix('.bin')} is missing beside {self.path.name}",
@@ -33,7 +31,8 @@ class OpenVINORunner(Runner):
         self.precision_hint, self.config = precision_hint, config
         ov_device = "GPU" if device.startswith("cuda") or device.upper() == "GPU" else "CPU"
         try:
-            self.compiled = ov.Core().compile_model(str(self.path), ov_device, config)
+            with signal_stack_kept():
+                self.compiled = openvino_core().compile_model(str(self.path), ov_device, config)
         except Exception as err:  # noqa: BLE001
             raise EdgeKDError(f"openvino cannot load {self.path}: {first_line(err)}",
                               "re-export the model; the .xml/.bin may be truncated") from None
@@ -52,15 +51,18 @@ class OpenVINORunner(Runner):
         import numpy as np
         import openvino as ov  # quieted by __init__ (edgekd.offline)
 
+        from edgekd.offline import openvino_core, signal_stack_kept
+
         # Compiled for the timed batch, as benchmark_app -shape does with an IR whose batch is dynamic:
         # the latency of the file deployed at that batch, without per-call shape inference.
         compiled = self.compiled
         try:
-            core = ov.Core()
+            core = openvino_core()
             model = core.read_model(str(self.path))
             if model.inputs[0].partial_shape.is_dynamic:
                 model.reshape({0: list(x.shape)})
-                compiled = core.compile_model(model, "GPU" if self.device.startswith("cuda") else "CPU", self.config)
+                with signal_stack_kept():
+                    compiled = core.compile_model(model, "GPU" if self.device.startswith("cuda") else "CPU", self.config)
         except Exception:  # noqa: BLE001 - a model that will not take a static shape is timed as it is
             compiled = self.compiled
         request = compiled.create_infer_request()
