@@ -46,17 +46,13 @@ def import_nncf():
     return nncf
 
 
+@functools.lru_cache(maxsize=1)
 def openvino_core():
-    """edgekd's one ``openvino.Core`` for the process (its CPU plugin set up once; see ``signal_stack_kept``)."""
+    """edgekd's one ``openvino.Core`` for the process, its plugins loaded once (see ``signal_stack_kept``)."""
     with signal_stack_kept():
-        core = _core()
+        core = import_openvino().Core()
         core.available_devices  # loads the CPU plugin now, inside the guard
     return core
-
-
-@functools.lru_cache(maxsize=1)
-def _core():
-    return import_openvino().Core()
 
 
 class _Stack(ctypes.Structure):
