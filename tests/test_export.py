@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -287,8 +290,6 @@ def test_bad_inputs_are_one_line_errors(trained, tmp_path):
 @pytest.mark.parametrize("name", ["tensorrt-fp16", "tensorrt-int8"])
 def test_tensorrt_ships_a_device_build_kit(name, exported, mnist, trained):
     """Engines are device-specific: the ONNX at a Jetson-compatible opset and the trtexec script ship either way."""
-    import subprocess
-
     import onnx
     import onnxruntime as ort
 
@@ -360,9 +361,6 @@ def build():
 
 
 def _cli(*args, cwd=None):
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "edgekd.cli", "export", *map(str, args)], capture_output=True,
                           text=True, cwd=cwd or Path(__file__).resolve().parents[1], timeout=600)
 
@@ -512,10 +510,6 @@ print("forks", len(forks))
 
 
 def test_openvino_and_nncf_exports_never_fork_the_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     # A fresh process: the suite's own workers have imported OpenVINO long before. OpenVINO's and NNCF's
     # telemetry would otherwise fork it once on import and per conversion or quantization.
     proc = subprocess.run([sys.executable, "-c", NO_FORK_SCRIPT, str(tmp_path / "out")], capture_output=True,
@@ -525,7 +519,7 @@ def test_openvino_and_nncf_exports_never_fork_the_process(tmp_path):
 
 
 SIGNAL_STACK_SCRIPT = r"""
-import ctypes, faulthandler, gc, os, signal, sys
+import faulthandler, gc, os, signal, sys
 import numpy as np, torch
 from edgekd.offline import import_openvino
 from edgekd.runtimes.openvino import OpenVINORunner
@@ -551,9 +545,6 @@ def test_openvino_runners_dropped_in_any_order_leave_the_process_able_to_take_a_
     restores the one it found when destroyed; Cores destroyed first-made-first left an unmapped stack and
     the next handled signal killed the process with SIGSEGV (a pytest worker, on a DataLoader's SIGCHLD).
     Where the plugin installs no stack (no AMX) this passes either way."""
-    import subprocess
-    import sys
-
     proc = subprocess.run([sys.executable, "-c", SIGNAL_STACK_SCRIPT, str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
@@ -586,9 +577,6 @@ print(_stack_now(set_stack).ss_flags)
 
 
 def test_the_signal_stack_guard_puts_back_the_old_stack_or_one_large_enough_that_stays():
-    import subprocess
-    import sys
-
     if not sys.platform.startswith("linux"):
         pytest.skip("sigaltstack through ctypes is checked on Linux")
     proc = subprocess.run([sys.executable, "-c", KEPT_STACK_SCRIPT], capture_output=True, text=True, timeout=120)
