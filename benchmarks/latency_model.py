@@ -4,7 +4,7 @@
 2. Predict a held-out set of different architectures: edgekd cnn students at other widths, depths,
    kernel sizes and resolutions, probe networks from another seed, and torchvision models
    (mobilenet_v3_small, resnet18, ...) with random weights.
-3. Measure every network (fit and held-out alike, in interleaved passes, lowest pass kept) here with
+3. Measure every network (fit and held-out alike, in interleaved passes, the median pass kept) here with
    ONNX Runtime under the host profile's conditions (one intra-op thread, CPU time of one batch-1
    inference, the quietest rounds' 10th percentile) and print predicted vs measured for the held-out ones.
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fit-count", type=int, default=80, help="probe networks to fit on")
     ap.add_argument("--probe-holdout", type=int, default=20, help="held-out probe networks (another seed)")
-    ap.add_argument("--passes", type=int, default=5, help="interleaved measurement passes (lowest kept)")
+    ap.add_argument("--passes", type=int, default=5, help="interleaved measurement passes (median kept)")
     ap.add_argument("--quick", action="store_true", help="fewer networks (a smoke run, not the reported figure)")
     ap.add_argument("--dump", default=None, help="write the networks, measured ms and fitted coefficients to this JSON")
     ap.add_argument("--device-table", default=None, metavar="FILE",

@@ -579,6 +579,19 @@ def test_inference_overhead_is_measured_not_fitted():
     assert held.fixed_ms == overhead != pytest.approx(truth.fixed_ms, rel=1e-3)
 
 
+def test_measure_many_gives_each_network_its_own_figure_in_order():
+    """Interleaved passes keep one typical figure per network, in the order given: a 64-kernel chain costs
+    more than a 2-kernel one wherever it is listed."""
+    from edgekd.hardware.calibration import measure_many
+    from edgekd.hardware.hostfacts import _chain_onnx
+
+    short, long = _chain_onnx(2), _chain_onnx(64)
+    ms = measure_many([long, short, long], threads=1, passes=3, time_budget_s=0.03)
+    assert len(ms) == 3 and all(0 < t < 50 for t in ms)
+    assert ms[0] > ms[1] < ms[2]
+    assert ms[0] == pytest.approx(ms[2], rel=0.5)  # the same network twice: the same figure, give or take load
+
+
 def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path):
     import torch.nn as nn
 
