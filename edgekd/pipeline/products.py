@@ -180,6 +180,7 @@ class Run:
     exported: ExportProduct | None = None
     bench: BenchProduct | None = None
     report: dict = field(default_factory=dict)
+    ctrl_c: object = None                        # the run's CtrlC watch (run.py), None outside the main thread
 
     @property
     def target(self):

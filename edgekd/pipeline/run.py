@@ -63,17 +63,54 @@ def run_stages(cfg: RunConfig, *, teacher_module=None, datasets=None) -> dict:
     from edgekd.threads import configure
 
     configure(cfg.device.threads)  # this job's share of the cores (or the explicit --threads)
-    try:
-        _before_folder(run, teacher_module, datasets)
-    except KeyboardInterrupt:
-        raise EdgeKDError("interrupted before the run folder was written", "run the command again",
-                          exit_code=130) from None
-    from edgekd.fsutil import run_lock
+    with CtrlC() as run.ctrl_c:
+        try:
+            _before_folder(run, teacher_module, datasets)
+        except KeyboardInterrupt:
+            raise EdgeKDError("interrupted before the run folder was written", "run the command again",
+                              exit_code=130) from None
+        from edgekd.fsutil import run_lock
 
-    with run_lock(run.out):
-        with _failure_report(run):
-            _after_folder(run, wall0)
+        with run_lock(run.out):
+            with _failure_report(run):
+                _after_folder(run, wall0)
     return run.report
+
+
+class CtrlC:
+    """Remembers a Ctrl-C as well as raising it, so that a stage that still returns after one (its
+    KeyboardInterrupt raised inside a library's finalizer, or swallowed by code that catches everything)
+    stops the run at that stage's end instead of letting it go on. The handler it wraps (Python's, raising
+    KeyboardInterrupt; training's deferred one) still decides what happens at once. Only in the main
+    thread, and not where the process ignores SIGINT (``nohup``)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "CtrlC":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is not signal.SIG_IGN and previous is not None:
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _before_folder(run: Run, teacher_module, datasets) -> None:
@@ -143,7 +180,10 @@ def _stage(run: Run, name: str, what: str, fn):
     """One stage, timed into ``run.seconds`` and announced as events; returns its product."""
     run.stage = name
     with events.stage(name, what, run.seconds):
-        return fn()
+        product = fn()
+    if run.ctrl_c is not None and run.ctrl_c.requested:
+        raise KeyboardInterrupt  # a Ctrl-C the stage itself did not stop on
+    return product
 
 
 def _hooks(run: Run, name: str) -> None:
