@@ -130,7 +130,7 @@ def test_ctrl_c_during_export_leaves_an_interrupted_report(tmp_path, tiny_npz, m
 
     def export_then_ctrl_c(*args, **kwargs):
         # What the process would do with the signal, kept for the failure message: a handler or a signal
-        # mask left behind by an earlier test in this worker would stop the Ctrl-C, not the pipeline.
+        # mask that stops the Ctrl-C is the environment's doing, not the pipeline's.
         seen.update(handler=signal.getsignal(signal.SIGINT), blocked=signal.pthread_sigmask(signal.SIG_BLOCK, []))
         try:
             os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C, delivered while the export stage runs
@@ -141,6 +141,9 @@ def test_ctrl_c_during_export_leaves_an_interrupted_report(tmp_path, tiny_npz, m
         return real_export_all(*args, **kwargs)
 
     monkeypatch.setattr(export_package, "export_all", export_then_ctrl_c)
+    # A terminal's Ctrl-C: Python's handler, even where pytest itself was started ignoring SIGINT (a
+    # background job of a non-interactive shell inherits SIG_IGN, and edgekd rightly leaves that alone).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = RunConfig(target="host", out=str(tmp_path / "run"), progress=False, force=True)
     cfg.data.path = str(tiny_npz)
     cfg.train.epochs = 1
@@ -153,6 +156,8 @@ def test_ctrl_c_during_export_leaves_an_interrupted_report(tmp_path, tiny_npz, m
     else:
         pytest.fail(f"the Ctrl-C did not stop the run; SIGINT handler {seen.get('handler')}, blocked signals "
                     f"{seen.get('blocked')}, pending after the kill {seen.get('pending')}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert error.exit_code == 130 and "--resume" in str(error)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert (report["status"], report["failed_stage"]) == ("interrupted", "export")
