@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the products name these types; the stages import them when 
     from edgekd.distill.worth import WorthCheck
     from edgekd.export.base import Artifact
     from edgekd.hardware.targets import Target
+    from edgekd.pipeline.run import CtrlC
     from edgekd.models import ModelSpec
 
 
@@ -180,7 +181,7 @@ class Run:
     exported: ExportProduct | None = None
     bench: BenchProduct | None = None
     report: dict = field(default_factory=dict)
-    ctrl_c: object = None                        # the run's CtrlC watch (run.py), None outside the main thread
+    ctrl_c: "CtrlC | None" = None                # the Ctrl-C watch run_stages holds for the run (never set outside it)
 
     @property
     def target(self):
