@@ -376,7 +376,7 @@ def test_default_budgets_make_the_choice_real(name):
     assert sel.chosen.width == max(c.width for c in sel.candidates if c.fits)
     assert sel.chosen.predicted_ms <= sel.budget_ms
     # Profiles with published measurements for their runtime predict from those, the others from the datasheet.
-    published = {"jetson-nano": 19, "pixel-1": 23, "intel-nuc-i7": 6}
+    published = {"jetson-nano": 24, "pixel-1": 23, "intel-nuc-i7": 6}
     assert sel.latency_source == (f"predicted:{name} (calibrated from {published[name]} published measurements)"
                                   if name in published else f"predicted:{name} (datasheet)")
     ms = [c.predicted_ms for c in sel.candidates]
@@ -439,7 +439,7 @@ def test_cli_predict_json_and_targets(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["predicted_ms"] > 0
-    assert out["latency_source"] == "predicted:jetson-nano (calibrated from 19 published measurements)"
+    assert out["latency_source"] == "predicted:jetson-nano (calibrated from 24 published measurements)"
     assert out["predicted_ms"] == pytest.approx(sum(layer["ms"] for layer in out["layers"]) + out["fixed_ms"])
     res = CliRunner().invoke(targets, [])
     assert res.exit_code == 0 and "jetson-nano" in res.output and "tensorrt" in res.output
