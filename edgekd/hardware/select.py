@@ -249,8 +249,8 @@ def _unreachable(cands: list[Candidate], budget_ms: float, target: Target, memor
     smallest = min(cands, key=lambda c: (c.params, c.predicted_ms))
     verb = "measured" if fastest.latency_source.startswith("measured") else "predicted"
     if judged_ms(fastest, safe) > budget_ms:
-        figure = (f"{smallest.predicted_ms:.3g} ms, up to {smallest.upper_ms:.3g} ms at the upper end of its interval "
-                  f"(--safe)" if safe else f"{smallest.predicted_ms:.3g} ms")
+        figure = (f"{smallest.predicted_ms:#.3g} ms, up to {smallest.upper_ms:#.3g} ms at the upper end of its interval "
+                  f"(--safe)" if safe else f"{smallest.predicted_ms:#.3g} ms")
         which = f"{smallest.family} " if smallest.family and len({c.family for c in cands}) > 1 else ""
         return EdgeKDError(
             f"no candidate fits the {budget_ms:g} ms budget on {target.name}: the smallest "
