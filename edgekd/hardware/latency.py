@@ -462,8 +462,9 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     The prior is on the log of each scale (``prior_weight`` per unit of log): a factor is a ratio, so
     "2x faster" and "2x slower" than the datasheet are held equally unlikely, and no term can be scaled
     to zero. A prior on the scales themselves (a ridge towards 1) costs next to nothing for zeroing a
-    term, and a handful of figures were then "explained" with free compute and 4.5x dearer memory
-    (the Nano's ResNets and MobileNets), which predicts VGG's and AlexNet's large GEMMs 1.5-2.5x slow.
+    term, so a handful of figures could be "explained" with free compute and dearer memory, which then
+    mispredicts every network whose mix of compute and memory differs from theirs (README, "Published
+    device measurements").
     """
     from scipy.optimize import least_squares
 
