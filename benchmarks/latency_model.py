@@ -139,6 +139,8 @@ def device_table(path: str, *, splits: int, ship: bool) -> None:
     print(f"\n{table.target}: {table.device}  ({len(table.measurements)} published measurements, {time.time() - t0:.0f} s)")
     for key, src in result["sources"].items():
         print(f"  source {key}: {src['url']}\n      {src['where']}")
+    pf = result["parallel_fraction"]
+    print(f"  thread scaling: parallel fraction {pf['value']:.2f} ({pf['origin']})")
     pooled = []
     for e in result["calibrations"]:
         print(f"\n{e['runtime']}/{e['precision']}: {e['n_measurements']} measurements, fit: {e['method']}")

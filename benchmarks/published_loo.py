@@ -7,7 +7,8 @@ it, the same prediction where nothing remains to fit on, but with each op class'
 from the other profiles' fits (devices of the same kind, the same runtime first, every donor refitted
 without the left-out source: edgekd.hardware.priors), an alternative the shipped model does not use.
 One row per figure (measured / predicted, the op classes of the prediction), a line per profile and
-source, a line per profile and dominant op class, and last `loso_within=K/N`: figures predicted within
+source, a line per profile and dominant op class, the parallel fraction (thread scaling) each profile's
+own one- and multi-thread figures fit, and last `loso_within=K/N`: figures predicted within
 0.7x-1.43x as shipped (``loso_within_borrowed`` for the alternative).
 
     python benchmarks/published_loo.py [--target raspberry-pi-5 ...] [--json out.json]
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekd.hardware.published import leave_one_source_out, shipped_table  # noqa: E402
+from edgekd.hardware.published import fit_parallel_fraction, leave_one_source_out, shipped_table  # noqa: E402
 from edgekd.hardware.targets import shipped_profiles  # noqa: E402
 
 BAND = (0.7, 1.43)
@@ -74,6 +75,20 @@ def main() -> None:
         by_class.setdefault((r["target"], dominant), []).append(r["ratio"])
     for (target, group), ratios in sorted(by_class.items()):
         print(summary(f"{target}: figures whose largest share is {group}", ratios))
+    print()
+    for table in tables:
+        found = fit_parallel_fraction([table]) if not args.target or table.target in args.target else None
+        if found:
+            print(f"{table.target}: its figures on several thread counts ({found['rows']}: {', '.join(found['groups'])}) "
+                  f"fit parallel_fraction {found['parallel_fraction']:.2f} (sum of squared log errors "
+                  f"{found['sse']:.3f}; linear scaling {found['linear_sse']:.3f})")
+    seen = set()
+    for r in records:
+        key = (r["target"], r["source"])
+        if r["parallel_fraction"] != 1.0 and key not in seen:
+            seen.add(key)
+            print(f"  {r['target']} without {r['source']}: parallel_fraction {r['parallel_fraction']:.2f}, "
+                  f"{r['parallel_fraction_origin']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"shipped": records, "borrowed": borrowed}, indent=1))
     print(f"loso_within_borrowed={sum(inside(r['ratio']) for r in borrowed)}/{len(borrowed)}")

@@ -799,6 +799,11 @@ def test_shipped_measurement_tables_load_and_match_their_calibrations():
         shipped = json.loads((REPO / "targets" / "calibrations" / f"{table.target}.json").read_text())
         # The shipped coefficients were fitted on exactly this table: edit it, and `--ship` must run again.
         assert shipped["table_sha256"] == hashlib.sha256(path.read_text().encode()).hexdigest()
+        # Figures on another thread count than the profile's were scaled with a fitted fraction, recorded.
+        pf = shipped["parallel_fraction"]
+        assert 0 < pf["value"] <= 1 and pf["origin"]
+        if any(m.use and m.threads and m.threads != target.threads for m in table.measurements):
+            assert pf["value"] < 1 and "fitted on" in pf["origin"]
         fitted = {(e["runtime"], e["precision"]): e for e in shipped_calibrations(table.target)}
         for (runtime, precision), rows in table.groups().items():
             if len(rows) >= 4:
@@ -932,7 +937,7 @@ def test_predictions_carry_their_interval_in_predict_and_search(tmp_path):
     assert ds["calibration"] == "datasheet" and "datasheet predictions of" in ds["interval_ms"]["source"]
     res = CliRunner().invoke(predict, ["--target", "raspberry-pi-4", "--runtime", "ncnn", "--precision", "fp32",
                                        "--onnx", str(path), "--input", "1x8x8x8", "--json"])
-    assert json.loads(res.output)["calibration"].startswith("calibrated from 6 published measurements (ncnn)")
+    assert json.loads(res.output)["calibration"].startswith("calibrated from 12 published measurements (ncnn)")
 
 
 def test_measured_terms_do_not_count_as_fitted_and_the_host_fit_is_per_class():

@@ -364,11 +364,11 @@ def test_a_runtime_with_fewer_than_four_figures_ships_a_fit_that_keeps_the_datas
     assert choice.interval == datasheet_interval() and choice.interval is not None
 
 
-def test_a_figure_measured_on_fewer_threads_than_the_profile_has_that_share_of_its_compute():
+def test_a_figure_measured_on_fewer_threads_has_its_compute_scaled_by_amdahls_speed_up():
     import numpy as np
 
     from edgekd.hardware.latency import FIXED, _class_offset
-    from edgekd.hardware.published import measurement_rows, parse_table
+    from edgekd.hardware.published import measurement_rows, parse_table, thread_speedup
     from edgekd.hardware.targets import load_target
 
     pi5 = load_target("raspberry-pi-5")
@@ -378,10 +378,56 @@ def test_a_figure_measured_on_fewer_threads_than_the_profile_has_that_share_of_i
            "latency_ms": 1.0, "source": "a"}
     table = parse_table({"target": "raspberry-pi-5", "sources": {"a": src},
                          "measurements": [row, {**row, "threads": 4}, {**row, "threads": 1}]}, "t.yaml")
+    conv, dw = _class_offset("conv_pointwise"), _class_offset("dwconv")
     unknown, four, one = measurement_rows(pi5, table.measurements)
     assert np.array_equal(unknown, four)   # no thread count given: the profile's conditions
-    conv, dw = _class_offset("conv_pointwise"), _class_offset("dwconv")
-    assert one[conv] == pytest.approx(4 * four[conv]) and one[dw] == pytest.approx(4 * four[dw])
+    assert one[conv] == pytest.approx(4 * four[conv]) and one[dw] == pytest.approx(4 * four[dw])   # linear
+    _, four, one = measurement_rows(pi5, table.measurements, parallel_fraction=0.6)
+    assert thread_speedup(4, 0.6) == pytest.approx(1 / 0.55) and thread_speedup(1, 0.6) == pytest.approx(1.0)
+    assert one[conv] == pytest.approx(four[conv] / 0.55) and one[dw] == pytest.approx(four[dw] / 0.55)
     # Bytes moved, kernels launched and the per-inference term do not depend on the thread count.
     for j in (conv + 1, conv + 2, dw + 1, FIXED):
         assert one[j] == four[j]
+
+
+def _thread_pairs_table(target: str, fraction: float, threads=(4, 1)):
+    """Figures the datasheet makes for four networks on each of ``threads``, scaled with ``fraction``."""
+    from edgekd.hardware.latency import datasheet_coefficients
+    from edgekd.hardware.published import measurement_rows, parse_table
+    from edgekd.hardware.targets import load_target
+
+    profile = load_target(target)
+    src = {"url": "https://example.org/t", "where": "table 1", "runtime": "ncnn", "precision": "fp32"}
+    rows = [{"model": "edgekd:mobilenet_v1", "kwargs": {"width_mult": w, "num_classes": 10}, "input": f"1x3x{s}x{s}",
+             "latency_ms": 1.0, "source": f"t{t}", "threads": t}
+            for w, s in ((0.25, 32), (0.5, 32), (0.25, 48), (0.5, 64)) for t in threads]
+    table = parse_table({"target": target, "sources": {f"t{t}": src for t in threads}, "measurements": rows}, "t.yaml")
+    truth = measurement_rows(profile, table.measurements, fraction) @ datasheet_coefficients(profile, "fp32").vector()
+    for m, y in zip(table.measurements, truth):
+        m.latency_ms = float(y)
+    return table
+
+
+def test_the_parallel_fraction_is_recovered_from_figures_on_two_thread_counts():
+    from edgekd.hardware.published import fit_parallel_fraction, parallel_fraction_for, parse_table
+
+    # Figures made by the datasheet under a fraction of 0.6: the fit must find it, not linear scaling.
+    pi5 = _thread_pairs_table("raspberry-pi-5", 0.6)
+    found = fit_parallel_fraction([pi5])
+    assert found["parallel_fraction"] == pytest.approx(0.6, abs=0.03)
+    assert found["groups"] == ["raspberry-pi-5 ncnn/fp32"] and found["rows"] == 8
+    assert found["sse"] < 0.1 * found["linear_sse"]
+    assert parallel_fraction_for(pi5, [])[0] == pytest.approx(0.6, abs=0.03)
+    # Its one-thread source left out, a table has no pairs of its own: the other tables' pairs say.
+    pi4 = _thread_pairs_table("raspberry-pi-4", 0.8)
+    p, origin = parallel_fraction_for(pi5, [pi4], leave_out="t1")
+    assert p == pytest.approx(0.8, abs=0.03) and "raspberry-pi-4 ncnn/fp32" in origin
+    assert parallel_fraction_for(pi5, [], leave_out="t1") == (1.0, "linear: no published figures on several thread "
+                                                                   "counts to fit it on")
+    four_only = parse_table({"target": "raspberry-pi-5", "sources": {"t4": {"url": "https://example.org/t",
+                             "where": "t", "runtime": "ncnn", "precision": "fp32"}},
+                             "measurements": [{**m, "threads": 4} for m in [
+                                 {"model": "edgekd:mobilenet_v1", "input": "1x3x32x32", "latency_ms": 1.0, "source": "t4"}]]},
+                            "t.yaml")
+    assert fit_parallel_fraction([four_only]) is None
+    assert parallel_fraction_for(four_only, [pi4])[0] == 1.0   # nothing on another thread count to scale

@@ -324,37 +324,135 @@ def _row_record(m: Measurement, **figures) -> dict:
             **{k: (float(v) if v is not None else None) for k, v in figures.items()}}
 
 
-def measurement_rows(target, rows: list[Measurement]) -> np.ndarray:
+def thread_speedup(threads: int, parallel_fraction: float) -> float:
+    """Amdahl's speed-up of ``threads`` over one thread when ``parallel_fraction`` of the work divides."""
+    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / threads)
+
+
+def measurement_rows(target, rows: list[Measurement], parallel_fraction: float = 1.0) -> np.ndarray:
     """Design-matrix rows of published figures of one runtime and precision, under each figure's conditions.
 
-    A profile's peak counts the cores its conditions run on (``threads``); a figure measured on fewer
-    or more threads has that share of the peak, so its compute terms (MFLOPs of every class) are scaled
-    by the profile's threads over the figure's. Memory, launch and per-inference terms are left as they are.
+    A profile's peak counts the cores its conditions run on (``threads``). A figure measured on another
+    thread count has its compute terms (MFLOPs of every class) scaled by the speed-up of the profile's
+    threads over the figure's, by Amdahl's law with ``parallel_fraction`` (1 is linear; the shipped fits
+    use ``parallel_fraction_for``). Memory, launch and per-inference terms are left as they are.
     """
     from edgekd.hardware.fitting import cost_rows
-    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
 
     feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
                          precision=rows[0].precision, runtime=rows[0].runtime)
+    return _scale_threads(target, rows, feats, parallel_fraction)
+
+
+def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_fraction: float,
+                   from_fraction: float | None = None) -> np.ndarray:
+    """``feats`` (unscaled, or scaled with ``from_fraction``) with each row's compute terms scaled for its threads."""
+    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
+
     compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
     cores = target.threads if isinstance(target.threads, int) else None
+    feats = feats.copy()
     for i, m in enumerate(rows):
         if cores and m.threads and m.threads != cores:
-            feats[i, compute] *= cores / m.threads
+            factor = thread_speedup(cores, parallel_fraction) / thread_speedup(m.threads, parallel_fraction)
+            if from_fraction is not None:
+                factor /= thread_speedup(cores, from_fraction) / thread_speedup(m.threads, from_fraction)
+            feats[i, compute] *= factor
     return feats
 
 
-def datasheet_predictions(target, rows: list[Measurement]) -> list[float]:
+FRACTION_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)
+
+
+def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[str, str] | None = None,
+                          runtime: str | None = None, grid=None) -> dict | None:
+    """The parallel fraction that best explains published figures of the same networks on several thread counts.
+
+    Every runtime/precision group (of ``runtime`` only, if given) of ``tables`` that holds figures on two
+    or more thread counts, less the rows of ``leave_out`` (target, source), is fitted as shipped
+    (``fit_rows``) at each fraction of ``grid``; the fraction with the smallest sum of squared log errors
+    over all those groups wins. None where no group mixes thread counts.
+    """
+    from edgekd.hardware.fitting import fit_rows
+
+    grid = FRACTION_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    costed = []
+    for (name, rt, precision), (target, rows, feats, y) in _costed_groups(tables).items():
+        keep = [i for i, m in enumerate(rows) if (name, m.source) != leave_out]
+        if (runtime and rt != runtime) or not isinstance(target.threads, int) \
+                or len({rows[i].threads or target.threads for i in keep}) < 2:
+            continue
+        costed.append((target, precision, [rows[i] for i in keep], feats[keep], y[keep], f"{name} {rt}/{precision}"))
+    if not costed:
+        return None
+    errors: dict[float, float] = {}
+
+    def sse(p: float) -> float:
+        if p not in errors:
+            errors[p] = 0.0
+            for target, precision, rows, feats, y, _ in costed:
+                f = _scale_threads(target, rows, feats, p, from_fraction=1.0)
+                coeffs = fit_rows(target, f, y, precision=precision, prior_weight=0.05)[0]
+                errors[p] += float(np.sum(np.log(y / (f @ coeffs.vector())) ** 2))
+        return errors[p]
+
+    # Every fifth point of the grid, then every point within two coarse steps of the best: a third of the fits.
+    coarse = [float(q) for q in grid[::5]] + [float(grid[-1])]
+    best = min(coarse, key=sse)
+    at = int(np.argmin(np.abs(grid - best)))
+    best = min([float(q) for q in grid[max(0, at - 9):at + 10]], key=sse)
+    return {"parallel_fraction": best, "groups": [c[-1] for c in costed], "rows": sum(len(c[2]) for c in costed),
+            "sse": errors[best], "linear_sse": sse(1.0)}
+
+
+def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: str | None = None) -> tuple[float, str]:
+    """The parallel fraction a table's figures are fitted with, and where it comes from.
+
+    Its own figures of one network on several thread counts where it has them (less the ``leave_out``
+    source); else those of the other tables (``others``, default every shipped table) of the same runtime,
+    then of any runtime; else linear. Published one- and four-thread pairs on the Raspberry Pis scale
+    well below linear (shared memory bus, a barrier between layers), so linear scaling makes a fit on one
+    thread count mispredict the other; the fraction is what the pairs say, not an estimate.
+    """
+    from edgekd.hardware.targets import load_target
+
+    target = load_target(table.target)
+    # Figures to predict count as well as figures to fit: a left-out one-thread table still needs scaling.
+    elsewhere = sorted({m.runtime for m in table.measurements if m.use and m.threads and m.threads != target.threads})
+    own = fit_parallel_fraction([table], leave_out=(table.target, leave_out) if leave_out else None)
+    if own:
+        return own["parallel_fraction"], f"fitted on its own figures ({', '.join(own['groups'])}) on several thread counts"
+    if not elsewhere or not isinstance(target.threads, int):
+        return 1.0, "no figure on another thread count than the profile's"
+    if others is None:
+        from edgekd.hardware.targets import shipped_profiles
+
+        others = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
+    others = [t for t in others if t.target != table.target]
+    for runtime in (elsewhere, None):
+        found = None
+        if runtime is None:
+            found = fit_parallel_fraction(others)
+        else:
+            for rt in runtime:
+                found = found or fit_parallel_fraction(others, runtime=rt)
+        if found:
+            return found["parallel_fraction"], f"fitted on {', '.join(found['groups'])} on several thread counts"
+    return 1.0, "linear: no published figures on several thread counts to fit it on"
+
+
+def datasheet_predictions(target, rows: list[Measurement], parallel_fraction: float = 1.0) -> list[float]:
     """What the profile's datasheet coefficients (no calibration) predict for each measurement."""
     from edgekd.hardware.latency import datasheet_coefficients
 
     out = []
     for m in rows:
-        out.append(float(measurement_rows(target, [m])[0] @ datasheet_coefficients(target, m.precision).vector()))
+        out.append(float(measurement_rows(target, [m], parallel_fraction)[0]
+                         @ datasheet_coefficients(target, m.precision).vector()))
     return out
 
 
-def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dict:
+def calibrate_group(target, rows: list[Measurement], *, splits: int = 20, parallel_fraction: float = 1.0) -> dict:
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
@@ -364,7 +462,7 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
-    feats = measurement_rows(target, rows)
+    feats = measurement_rows(target, rows, parallel_fraction)
     y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
 
     def fit(r, t):
@@ -393,22 +491,25 @@ def calibrate_group(target, rows: list[Measurement], *, splits: int = 20) -> dic
 
 
 def calibrate_table(table: MeasurementTable, *, splits: int = 20, progress=None) -> dict:
-    """Every runtime/precision of a table calibrated on its usable measurements; rows left out predicted by the datasheet."""
+    """Every runtime/precision of a table calibrated on its usable measurements; rows left out predicted by the
+    datasheet. Figures on other thread counts than the profile's are scaled with ``parallel_fraction_for``."""
     from edgekd.hardware.targets import load_target
 
     target = load_target(table.target)
+    fraction, origin = parallel_fraction_for(table)
     entries = []
     groups = table.groups()
     for (runtime, precision), rows in groups.items():
         if progress:
             progress(f"{table.target}: {runtime}/{precision}, {len(rows)} measurements")
-        entries.append(calibrate_group(target, rows, splits=splits))
+        entries.append(calibrate_group(target, rows, splits=splits, parallel_fraction=fraction))
     leftover = [m for m in table.measurements if not m.use]
-    uncalibrated = [_row_record(m, datasheet_ms=d) for m, d in zip(leftover, datasheet_predictions(target, leftover))]
+    uncalibrated = [_row_record(m, datasheet_ms=d)
+                    for m, d in zip(leftover, datasheet_predictions(target, leftover, fraction))]
     return {"schema": SHIPPED_SCHEMA, "target": table.target, "device": table.device,
             "table": f"measurements/{table.target}.yaml", "table_sha256": table.sha256,
             "sources": {k: {"url": s.url, "where": s.where} for k, s in table.sources.items()},
-            "calibrations": entries, "uncalibrated": uncalibrated}
+            "parallel_fraction": {"value": fraction, "origin": origin}, "calibrations": entries, "uncalibrated": uncalibrated}
 
 
 def write_shipped(table: MeasurementTable, result: dict) -> Path:
@@ -424,7 +525,8 @@ def write_shipped(table: MeasurementTable, result: dict) -> Path:
 # --- leave one source out: how a profile predicts a table it was not fitted on ---------------------
 
 def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
-    """Every usable runtime/precision group of every table, costed once: (target, rows, features, latencies)."""
+    """Every usable runtime/precision group of every table, costed once: (target, rows, features, latencies),
+    the features with linear thread scaling (``_scale_threads(..., from_fraction=1.0)`` rescales them)."""
     from edgekd.hardware.targets import load_target
 
     out = {}
@@ -442,8 +544,9 @@ def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
 _COSTED: dict[tuple, np.ndarray] = {}   # a table's groups costed once per process (the table's hash in the key)
 
 
-def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str]) -> list:
-    """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed."""
+def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str], fraction) -> list:
+    """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed
+    (``fraction(target, left-out source or None)``: the parallel fraction its figures are scaled with)."""
     from edgekd.hardware.fitting import coverage, fit_rows
     from edgekd.hardware.priors import donor_from_fit
 
@@ -452,19 +555,22 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str])
         keep = [i for i, m in enumerate(rows) if (key[0], m.source) != left_out]
         if key == skip or len(keep) < MIN_ROWS or key[2] not in target.peak_gflops:
             continue
-        coeffs = fit_rows(target, feats[keep], y[keep], precision=key[2], prior_weight=0.05)[0]
+        p = fraction(key[0], left_out[1] if key[0] == left_out[0] else None)
+        f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p, from_fraction=1.0)
+        coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05)[0]
         donors.append(donor_from_fit(key[0], key[1], key[2], target.peak_gflops[key[2]], coeffs.to_dict(),
-                                     coverage(feats[keep], coeffs.vector())))
+                                     coverage(f, coeffs.vector())))
     return donors
 
 
-def _borrowed_prior(groups: dict, target, source: str, runtime: str, precision: str, borrow: bool = True):
+def _borrowed_prior(groups: dict, target, source: str, runtime: str, precision: str, borrow: bool = True,
+                    fraction=None):
     """The datasheet prior of a runtime/precision with no figures left, with (``borrow``) each op class's
     efficiency borrowed from the other groups' fits made without ``source``."""
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.priors import kind_efficiency
 
-    donors = _donors(groups, (target.name, source), (target.name, runtime, precision)) if borrow else []
+    donors = _donors(groups, (target.name, source), (target.name, runtime, precision), fraction) if borrow else []
     eff, borrowed = kind_efficiency(runtime, precision, donors)
     return datasheet_coefficients(target, precision, efficiency=eff), borrowed
 
@@ -477,30 +583,44 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
     that runtime and precision. Where none remain, the profile predicts as an uncalibrated one ships,
     from its datasheet; with ``borrow``, from its datasheet with each op class's efficiency borrowed
     from the other tables' fits (``others``, default every shipped table; ``edgekd.hardware.priors``),
-    each refitted without the left-out source. One record per measurement: the source left out, what
+    each refitted without the left-out source. Figures on other thread counts than the profile's are
+    scaled with the parallel fraction the profile would ship with without the left-out source
+    (``parallel_fraction_for``: its remaining pairs, else the other tables'). One record per measurement: the source left out, what
     predicted it, measured / predicted, and the share of the prediction each op class (and the
     per-inference term) takes.
     """
     from edgekd.hardware.fitting import class_shares, fit_rows
 
-    if others is None and borrow:
+    if others is None:
         from edgekd.hardware.targets import shipped_profiles
 
         others = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
-    groups = _costed_groups([table] + [t for t in (others or []) if borrow and t.target != table.target])
+    tables = {t.target: t for t in others if t.target != table.target}
+    tables[table.target] = table
+    fractions: dict[tuple, tuple[float, str]] = {}
+
+    def fraction_of(name: str, left_out: str | None = None, why: bool = False):
+        # As the profile would be shipped without the left-out source: its own pairs, else the others'.
+        if (name, left_out) not in fractions:
+            fractions[name, left_out] = parallel_fraction_for(tables[name], list(tables.values()), leave_out=left_out)
+        return fractions[name, left_out] if why else fractions[name, left_out][0]
+
+    groups = _costed_groups([table] + [t for t in others if borrow and t.target != table.target])
     out = []
-    for (name, runtime, precision), (target, rows, feats, y) in groups.items():
+    for (name, runtime, precision), (target, rows, linear, y) in groups.items():
         if name != table.target:
             continue
         for source in sorted({m.source for m in rows}):
             test = [i for i, m in enumerate(rows) if m.source == source]
             train = [i for i in range(len(rows)) if i not in test]
+            p, p_origin = fraction_of(name, source, why=True)
+            feats = _scale_threads(target, rows, linear, p, from_fraction=1.0)
             borrowed = {}
             if train:
                 coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05)[0]
                 how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
             else:
-                coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow)
+                coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow, fraction_of)
                 how = "datasheet" + (f", {len(borrowed)} op classes' efficiency borrowed" if borrowed else "")
             theta = coeffs.vector()
             for i in test:
@@ -508,5 +628,6 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
                 out.append({"target": table.target, "runtime": runtime, "precision": precision, "source": source,
                             "model": rows[i].label, "measured_ms": float(y[i]), "predicted_ms": predicted,
                             "ratio": float(y[i] / predicted), "predicted_by": how, "borrowed": borrowed,
+                            "parallel_fraction": p, "parallel_fraction_origin": p_origin,
                             "shares": class_shares(feats[i], theta)})
     return out
