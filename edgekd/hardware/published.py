@@ -419,11 +419,11 @@ def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: 
     target = load_target(table.target)
     # Figures to predict count as well as figures to fit: a left-out one-thread table still needs scaling.
     elsewhere = sorted({m.runtime for m in table.measurements if m.use and m.threads and m.threads != target.threads})
+    if not elsewhere or not isinstance(target.threads, int):
+        return 1.0, "no figure on another thread count than the profile's"
     own = fit_parallel_fraction([table], leave_out=(table.target, leave_out) if leave_out else None)
     if own:
         return own["parallel_fraction"], f"fitted on its own figures ({', '.join(own['groups'])}) on several thread counts"
-    if not elsewhere or not isinstance(target.threads, int):
-        return 1.0, "no figure on another thread count than the profile's"
     if others is None:
         from edgekd.hardware.targets import shipped_profiles
 
