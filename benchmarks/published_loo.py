@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgekd.hardware.published import fit_parallel_fraction, leave_one_source_out, shipped_table  # noqa: E402
-from edgekd.hardware.targets import shipped_profiles  # noqa: E402
+from edgekd.hardware.published import fit_parallel_fraction, leave_one_source_out, shipped_tables  # noqa: E402
 
 BAND = (0.7, 1.43)
 
@@ -47,7 +46,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    tables = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
+    tables = shipped_tables()
     records, borrowed = [], []
     for table in tables:
         if not args.target or table.target in args.target:

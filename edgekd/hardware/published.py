@@ -227,6 +227,13 @@ def shipped_table(target_name: str) -> MeasurementTable | None:
     return load_table(resource) if resource is not None else None
 
 
+def shipped_tables() -> list[MeasurementTable]:
+    """Every shipped profile's published measurements (profiles without a table left out)."""
+    from edgekd.hardware.targets import shipped_profiles
+
+    return [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
+
+
 # --- the graphs of the models the tables name ----------------------------------------------------
 
 def _mobilenet_v1(width_mult: float = 1.0, num_classes: int = 1000):
@@ -337,16 +344,19 @@ def measurement_rows(target, rows: list[Measurement], parallel_fraction: float =
     threads over the figure's, by Amdahl's law with ``parallel_fraction`` (1 is linear; the shipped fits
     use ``parallel_fraction_for``). Memory, launch and per-inference terms are left as they are.
     """
+    return _scale_threads(target, rows, _cost(target, rows), parallel_fraction)
+
+
+def _cost(target, rows: list[Measurement]) -> np.ndarray:
+    """Design-matrix rows of published figures as if each had been measured on the profile's threads."""
     from edgekd.hardware.fitting import cost_rows
 
-    feats, _ = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
-                         precision=rows[0].precision, runtime=rows[0].runtime)
-    return _scale_threads(target, rows, feats, parallel_fraction)
+    return cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                     precision=rows[0].precision, runtime=rows[0].runtime)[0]
 
 
-def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_fraction: float,
-                   from_fraction: float | None = None) -> np.ndarray:
-    """``feats`` (unscaled, or scaled with ``from_fraction``) with each row's compute terms scaled for its threads."""
+def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_fraction: float) -> np.ndarray:
+    """A copy of ``feats`` (``_cost``'s) with each row's compute terms scaled for the threads it was measured on."""
     from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
 
     compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
@@ -354,10 +364,7 @@ def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_
     feats = feats.copy()
     for i, m in enumerate(rows):
         if cores and m.threads and m.threads != cores:
-            factor = thread_speedup(cores, parallel_fraction) / thread_speedup(m.threads, parallel_fraction)
-            if from_fraction is not None:
-                factor /= thread_speedup(cores, from_fraction) / thread_speedup(m.threads, from_fraction)
-            feats[i, compute] *= factor
+            feats[i, compute] *= thread_speedup(cores, parallel_fraction) / thread_speedup(m.threads, parallel_fraction)
     return feats
 
 
@@ -391,7 +398,7 @@ def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[
         if p not in errors:
             errors[p] = 0.0
             for target, precision, rows, feats, y, _ in costed:
-                f = _scale_threads(target, rows, feats, p, from_fraction=1.0)
+                f = _scale_threads(target, rows, feats, p)
                 coeffs = fit_rows(target, f, y, precision=precision, prior_weight=0.05)[0]
                 errors[p] += float(np.sum(np.log(y / (f @ coeffs.vector())) ** 2))
         return errors[p]
@@ -424,20 +431,11 @@ def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: 
     own = fit_parallel_fraction([table], leave_out=(table.target, leave_out) if leave_out else None)
     if own:
         return own["parallel_fraction"], f"fitted on its own figures ({', '.join(own['groups'])}) on several thread counts"
-    if others is None:
-        from edgekd.hardware.targets import shipped_profiles
-
-        others = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
-    others = [t for t in others if t.target != table.target]
-    for runtime in (elsewhere, None):
-        found = None
-        if runtime is None:
-            found = fit_parallel_fraction(others)
-        else:
-            for rt in runtime:
-                found = found or fit_parallel_fraction(others, runtime=rt)
-        if found:
-            return found["parallel_fraction"], f"fitted on {', '.join(found['groups'])} on several thread counts"
+    others = [t for t in (shipped_tables() if others is None else others) if t.target != table.target]
+    found = next((f for rt in elsewhere if (f := fit_parallel_fraction(others, runtime=rt))), None) \
+        or fit_parallel_fraction(others)
+    if found:
+        return found["parallel_fraction"], f"fitted on {', '.join(found['groups'])} on several thread counts"
     return 1.0, "linear: no published figures on several thread counts to fit it on"
 
 
@@ -452,17 +450,16 @@ def datasheet_predictions(target, rows: list[Measurement], parallel_fraction: fl
     return out
 
 
-def calibrate_group(target, rows: list[Measurement], *, splits: int = 20, parallel_fraction: float = 1.0) -> dict:
+def calibrate_group(target, rows: list[Measurement], feats: np.ndarray, *, splits: int = 20) -> dict:
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
-    measurements are fitted without them."""
+    measurements are fitted without them. ``feats``: the rows' design-matrix rows (``measurement_rows``)."""
     from edgekd.hardware.fitting import coverage, fit_rows, held_out_interval
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
-    feats = measurement_rows(target, rows, parallel_fraction)
     y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
 
     def fit(r, t):
@@ -496,13 +493,15 @@ def calibrate_table(table: MeasurementTable, *, splits: int = 20, progress=None)
     from edgekd.hardware.targets import load_target
 
     target = load_target(table.target)
+    if progress:
+        progress(f"{table.target}: costing {sum(m.use for m in table.measurements)} published networks")
+    costed = _costed_groups([table])   # costed once: the thread-scaling fit and every group's fit read them
     fraction, origin = parallel_fraction_for(table)
     entries = []
-    groups = table.groups()
-    for (runtime, precision), rows in groups.items():
+    for (_, runtime, precision), (_, rows, costs, _) in costed.items():
         if progress:
             progress(f"{table.target}: {runtime}/{precision}, {len(rows)} measurements")
-        entries.append(calibrate_group(target, rows, splits=splits, parallel_fraction=fraction))
+        entries.append(calibrate_group(target, rows, _scale_threads(target, rows, costs, fraction), splits=splits))
     leftover = [m for m in table.measurements if not m.use]
     uncalibrated = [_row_record(m, datasheet_ms=d)
                     for m, d in zip(leftover, datasheet_predictions(target, leftover, fraction))]
@@ -526,7 +525,7 @@ def write_shipped(table: MeasurementTable, result: dict) -> Path:
 
 def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
     """Every usable runtime/precision group of every table, costed once: (target, rows, features, latencies),
-    the features with linear thread scaling (``_scale_threads(..., from_fraction=1.0)`` rescales them)."""
+    the features ``_cost``'s, as if on the profile's threads (``_scale_threads`` scales them)."""
     from edgekd.hardware.targets import load_target
 
     out = {}
@@ -535,7 +534,7 @@ def _costed_groups(tables) -> dict[tuple[str, str, str], tuple]:
         for (runtime, precision), rows in table.groups().items():
             memo = (table.target, table.sha256, runtime, precision)
             if memo not in _COSTED or not table.sha256:
-                _COSTED[memo] = measurement_rows(target, rows)
+                _COSTED[memo] = _cost(target, rows)
             out[(table.target, runtime, precision)] = (target, rows, _COSTED[memo],
                                                        np.asarray([m.latency_ms for m in rows], dtype=np.float64))
     return out
@@ -546,7 +545,7 @@ _COSTED: dict[tuple, np.ndarray] = {}   # a table's groups costed once per proce
 
 def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str], fraction) -> list:
     """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed
-    (``fraction(target, left-out source or None)``: the parallel fraction its figures are scaled with)."""
+    (``fraction(target, left-out source or None)``: the parallel fraction its figures are scaled with, and why)."""
     from edgekd.hardware.fitting import coverage, fit_rows
     from edgekd.hardware.priors import donor_from_fit
 
@@ -555,8 +554,8 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str],
         keep = [i for i, m in enumerate(rows) if (key[0], m.source) != left_out]
         if key == skip or len(keep) < MIN_ROWS or key[2] not in target.peak_gflops:
             continue
-        p = fraction(key[0], left_out[1] if key[0] == left_out[0] else None)
-        f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p, from_fraction=1.0)
+        p, _ = fraction(key[0], left_out[1] if key[0] == left_out[0] else None)
+        f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p)
         coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05)[0]
         donors.append(donor_from_fit(key[0], key[1], key[2], target.peak_gflops[key[2]], coeffs.to_dict(),
                                      coverage(f, coeffs.vector())))
@@ -591,30 +590,27 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
     """
     from edgekd.hardware.fitting import class_shares, fit_rows
 
-    if others is None:
-        from edgekd.hardware.targets import shipped_profiles
-
-        others = [t for t in (shipped_table(n) for n in shipped_profiles()) if t is not None]
+    others = shipped_tables() if others is None else others
     tables = {t.target: t for t in others if t.target != table.target}
     tables[table.target] = table
     fractions: dict[tuple, tuple[float, str]] = {}
 
-    def fraction_of(name: str, left_out: str | None = None, why: bool = False):
+    def fraction_of(name: str, left_out: str | None = None) -> tuple[float, str]:
         # As the profile would be shipped without the left-out source: its own pairs, else the others'.
         if (name, left_out) not in fractions:
             fractions[name, left_out] = parallel_fraction_for(tables[name], list(tables.values()), leave_out=left_out)
-        return fractions[name, left_out] if why else fractions[name, left_out][0]
+        return fractions[name, left_out]
 
     groups = _costed_groups([table] + [t for t in others if borrow and t.target != table.target])
     out = []
-    for (name, runtime, precision), (target, rows, linear, y) in groups.items():
+    for (name, runtime, precision), (target, rows, costs, y) in groups.items():
         if name != table.target:
             continue
         for source in sorted({m.source for m in rows}):
             test = [i for i, m in enumerate(rows) if m.source == source]
             train = [i for i in range(len(rows)) if i not in test]
-            p, p_origin = fraction_of(name, source, why=True)
-            feats = _scale_threads(target, rows, linear, p, from_fraction=1.0)
+            p, p_origin = fraction_of(name, source)
+            feats = _scale_threads(target, rows, costs, p)
             borrowed = {}
             if train:
                 coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05)[0]
