@@ -342,6 +342,74 @@ def test_calibrate_round_trip_from_a_measurements_file(tmp_path):
     assert load_target("raspberry-pi-4").calibration == "datasheet"
 
 
+def _threaded_results(tmp_path, target, truth, fraction, threads_of):
+    """Runner rows for 40 generated nets, each timed on ``threads_of(i)`` threads: the truth's compute part
+    slowed by Amdahl's law with ``fraction`` against the profile's threads, the rest (bytes, launches) as is."""
+    results, rng = [], np.random.default_rng(5)
+    (tmp_path / "models").mkdir(exist_ok=True)
+    no_compute = Coefficients.from_dict({**truth.to_dict(), "classes": {
+        c: {**t, "ms_per_mflop": 0.0} for c, t in truth.to_dict()["classes"].items()}})
+    speedup = lambda n: 1 / ((1 - fraction) + fraction / n)  # noqa: E731
+    for i in range(40):
+        path, shape = _conv_net(tmp_path / "models", i, rng)
+        cost = graph_cost(path, runtime=target.runtime, precision="fp32", input_shape=shape)
+        rest = sum(kernel_ms(cost, no_compute)) + truth.fixed_ms
+        compute = sum(kernel_ms(cost, truth)) + truth.fixed_ms - rest
+        n = threads_of(i)
+        ms = rest + compute * speedup(target.threads) / speedup(n or target.threads)
+        results.append({"model": f"models/{path.name}", "status": "ok", "input_shape": shape, "precision": "fp32",
+                        "latency_ms": {"p50": ms}, **({"threads": n} if n else {})})
+    return results
+
+
+def test_calibrate_scales_figures_measured_on_other_thread_counts(tmp_path):
+    """A user's figures on one thread (or on one and four) calibrate a four-thread profile for four threads:
+    their compute is scaled by Amdahl's law, with the parallel fraction fitted where the figures span
+    several thread counts, else the shipped calibration's; before, they were fitted as four-thread figures."""
+    from edgekd.hardware.calibration import calibrate_from_measurements
+    from edgekd.hardware.fitting import cost_rows
+    from edgekd.hardware.latency import Coefficients as C
+    from edgekd.hardware.targets import shipped_parallel_fraction
+
+    target = load_target("raspberry-pi-5")
+    assert target.threads == 4
+    # Compute-bound, as convs on a Pi are: scaling that is wrong or missing shows in every prediction (by 30%
+    # and more here, against the 6% the per-class fit of these 40 tiny nets leaves even on one thread count).
+    truth = C.from_vector(np.array([2.0, 0.01, 0.0005] * len(OP_CLASSES) + [0.0, 0.002]), "fp32")
+    probe, shape = _conv_net(tmp_path, 999, np.random.default_rng(11))
+    probe_cost = graph_cost(probe, runtime=target.runtime, input_shape=shape)
+    expected = sum(kernel_ms(probe_cost, truth)) + truth.fixed_ms
+    assert 2.0 * probe_cost.flops / 1e6 > 0.6 * expected
+
+    def calibrate(results, name):
+        mfile = tmp_path / name
+        mfile.write_text(json.dumps({"device": {"name": "pi5-lab", "runtime": "onnxruntime"}, "results": results}))
+        result = calibrate_from_measurements(target, mfile, prior_weight=1e-6, save=False)
+        pred = float(cost_rows(target, [probe], [shape], precision="fp32")[0][0] @ result.coefficients.vector())
+        return result, pred
+
+    # Half on one thread, half on four: the fraction the figures were made with is found, and predictions
+    # for four threads are the truth's.
+    mixed, pred = calibrate(_threaded_results(tmp_path, target, truth, 0.7, lambda i: 1 if i % 2 else 4), "mixed.json")
+    pf = mixed.fit["parallel_fraction"]
+    assert pf["value"] == pytest.approx(0.7, abs=0.03) and "2 thread counts (1, 4)" in pf["origin"]
+    assert pred == pytest.approx(expected, rel=0.06)
+    assert [r["threads"] for r in mixed.rows[:2]] == [4, 1]
+    # All on one thread: nothing to fit the fraction on, so the shipped Pi 5 calibration's is used and named.
+    shipped, origin = shipped_parallel_fraction("raspberry-pi-5")
+    one, pred = calibrate(_threaded_results(tmp_path, target, truth, shipped, lambda i: 1), "one.json")
+    assert one.fit["parallel_fraction"] == {"value": shipped, "origin": origin}
+    assert pred == pytest.approx(expected, rel=0.06)
+    # Unstated thread counts are the profile's conditions: no scaling, and none recorded.
+    four, pred = calibrate(_threaded_results(tmp_path, target, truth, 0.7, lambda i: None), "four.json")
+    assert "parallel_fraction" not in four.fit and pred == pytest.approx(expected, rel=0.06)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"results": [{**_threaded_results(tmp_path, target, truth, 0.7, lambda i: 1)[0],
+                                            "threads": "four"}]}))
+    with pytest.raises(EdgeKDError, match=r"results\[0\]\.threads .* must be a positive integer"):
+        calibrate_from_measurements(target, bad, save=False)
+
+
 def test_measurement_file_errors(tmp_path):
     from edgekd.hardware.calibration import calibrate_from_measurements
 

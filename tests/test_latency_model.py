@@ -368,7 +368,8 @@ def test_a_figure_measured_on_fewer_threads_has_its_compute_scaled_by_amdahls_sp
     import numpy as np
 
     from edgekd.hardware.latency import FIXED, _class_offset
-    from edgekd.hardware.published import measurement_rows, parse_table, thread_speedup
+    from edgekd.hardware.fitting import thread_speedup
+    from edgekd.hardware.published import measurement_rows, parse_table
     from edgekd.hardware.targets import load_target
 
     pi5 = load_target("raspberry-pi-5")

@@ -78,6 +78,10 @@ def print_fit(console, result) -> None:
     if fit.get("interval"):
         iv = fit["interval"]
         console.print(f"every prediction carries a {100 * iv['level']:.0f}% interval x{iv['low']:.2f} .. x{iv['high']:.2f}")
+    if fit.get("parallel_fraction"):
+        pf = fit["parallel_fraction"]
+        console.print(f"figures on other thread counts than the profile's scaled by Amdahl's law, parallel fraction "
+                      f"{pf['value']:.2f} ({pf['origin']})")
     if fit.get("skipped"):
         console.print(f"skipped {len(fit['skipped'])} rows without an ONNX graph: {', '.join(fit['skipped'][:5])}")
     if result.path:

@@ -28,7 +28,8 @@ from edgekd.hardware.fitting import (cost_rows, fit_rows, fit_target, held_out_i
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import Coefficients
-from edgekd.hardware.targets import HOST_COST_REVISION, Target, cache_dir, calibration_path, load_target
+from edgekd.hardware.targets import (HOST_COST_REVISION, Target, cache_dir, calibration_path, load_target,
+                                    shipped_parallel_fraction)
 from edgekd.limits import MAX_LATENCY_MS, is_latency_ms
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
@@ -441,6 +442,7 @@ def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
          "device": {"name": "...", "runtime": "tensorrt", "precision": "fp16", ...},
          "results": [{"model": "student.onnx", "input_shape": [1, 1, 28, 28],
                       "precision": "fp16",           # optional, default device.precision
+                      "threads": 4,                  # optional, default device.threads, else the profile's
                       "latency_ms": {"p50": 0.41, "p90": 0.45}}, ...]}
 
     Results without a p50 (failed runs, template rows) are skipped.
@@ -477,7 +479,11 @@ def read_measurements(path: str | Path) -> tuple[dict, list[dict]]:
         shape = r.get("input_shape")
         if shape is not None and (not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape)):
             raise EdgeKDError(f"results[{i}].input_shape in {path} must be a list of positive ints", "e.g. [1, 3, 224, 224]")
-        usable.append({"model": model, "input_shape": shape, "p50": float(p50),
+        threads = r.get("threads", device.get("threads"))
+        if threads is not None and not (isinstance(threads, int) and not isinstance(threads, bool) and 0 < threads <= 4096):
+            raise EdgeKDError(f"results[{i}].threads in {path} must be a positive integer (or absent: the profile's)",
+                              "the thread count the runtime was given, e.g. \"threads\": 4")
+        usable.append({"model": model, "input_shape": shape, "p50": float(p50), "threads": threads,
                        "precision": r.get("precision") or device.get("precision"),
                        "runtime": r.get("runtime") or device.get("runtime")})
     if not usable:
@@ -510,7 +516,8 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
     if not results:
         raise EdgeKDError(f"{measurements} holds no {precision} measurements", "pass --precision to pick the one measured")
     coeffs, stats, table = fit_target(target, [r["model"] for r in results], [r["input_shape"] for r in results],
-                                      [r["p50"] for r in results], precision=precision, prior_weight=prior_weight)
+                                      [r["p50"] for r in results], precision=precision, prior_weight=prior_weight,
+                                      threads=[r["threads"] for r in results], fraction=shipped_parallel_fraction(target.name))
     if device.get("skipped"):
         stats["skipped"] = device["skipped"]
     source = f"edgekd calibrate {Path(measurements).name}"
@@ -538,7 +545,8 @@ def _calibrate_from_table(target: Target, path, *, precision: str | None, save: 
     rows = groups[(runtime, precision)]
     coeffs, stats, fitted = fit_target(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
                                        [m.latency_ms for m in rows], precision=precision, prior_weight=0.05,
-                                       what="published measurements")
+                                       what="published measurements", threads=[m.threads for m in rows],
+                                       fraction=shipped_parallel_fraction(target.name))
     source = f"edgekd calibrate {Path(path).name}"
     out = save_calibration(target, coeffs, n=len(rows), source=source, fit=stats,
                            device={"name": table.device, "sources": [s.url for s in table.sources.values()]}) if save else None

@@ -30,6 +30,81 @@ def cost_rows(target: Target, onnx_paths, input_shapes, *, precision: str | None
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1), table
 
 
+def thread_speedup(threads: int, parallel_fraction: float) -> float:
+    """Amdahl's speed-up of ``threads`` over one thread when ``parallel_fraction`` of the work divides."""
+    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / threads)
+
+
+def scale_threads(rows, threads, cores, parallel_fraction: float) -> np.ndarray:
+    """A copy of design-matrix ``rows`` costed as if on ``cores`` threads (a profile's conditions), each row's
+    compute terms scaled for the thread count it was measured on (``threads[i]``; None: the profile's).
+
+    A profile's peak counts the cores its conditions run on, so a figure on fewer threads ran its compute
+    slower by the ratio of Amdahl's speed-ups; bytes moved, kernels launched and the per-inference term do
+    not depend on the thread count.
+    """
+    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
+
+    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
+    cores = cores if isinstance(cores, int) else None
+    rows = np.array(rows, dtype=np.float64)
+    for i, t in enumerate(threads):
+        if cores and t and t != cores:
+            rows[i, compute] *= thread_speedup(cores, parallel_fraction) / thread_speedup(t, parallel_fraction)
+    return rows
+
+
+FRACTION_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)
+
+
+def best_parallel_fraction(groups, grid=None, *, prior_weight: float = 0.05):
+    """The parallel fraction whose thread scaling lets shipped-style fits (``fit_rows``) explain figures on
+    several thread counts best: the least sum of squared log errors over ``groups``, each
+    (target, precision, threads, rows, latencies), at ``prior_weight`` (the fit's own). Returns it and the
+    error function (fraction -> SSE)."""
+    grid = FRACTION_GRID if grid is None else np.asarray(grid, dtype=np.float64)
+    errors: dict[float, float] = {}
+
+    def sse(p: float) -> float:
+        if p not in errors:
+            errors[p] = 0.0
+            for target, precision, threads, rows, y in groups:
+                f = scale_threads(rows, threads, target.threads, p)
+                coeffs = fit_rows(target, f, y, precision=precision, prior_weight=prior_weight)[0]
+                errors[p] += float(np.sum(np.log(y / (f @ coeffs.vector())) ** 2))
+        return errors[p]
+
+    # Every fifth point of the grid, then every point within two coarse steps of the best: a third of the fits.
+    coarse = [float(q) for q in grid[::5]] + [float(grid[-1])]
+    best = min(coarse, key=sse)
+    at = int(np.argmin(np.abs(grid - best)))
+    return min([float(q) for q in grid[max(0, at - 9):at + 10]], key=sse), sse
+
+
+def thread_scaling(target: Target, rows, latencies_ms, threads, *, precision: str | None = None,
+                   fallback: tuple[float, str] | None = None, prior_weight: float = 0.05) -> tuple[np.ndarray, dict | None]:
+    """Rows of figures measured on ``threads`` (None: the profile's) scaled to the profile's threads, and the
+    parallel fraction used with where it came from (None where every figure is on the profile's threads).
+
+    Figures on two or more thread counts fit the fraction themselves (``best_parallel_fraction``); else
+    ``fallback`` (the shipped calibrations' fraction, ``targets.shipped_parallel_fraction``); else linear.
+    """
+    cores = target.threads if isinstance(target.threads, int) else None
+    resolved = [t or cores for t in threads]
+    if not cores or all(t == cores for t in resolved):
+        return np.asarray(rows, dtype=np.float64), None
+    if len(set(resolved)) >= 2:
+        y = np.asarray(latencies_ms, dtype=np.float64)
+        p, _ = best_parallel_fraction([(target, precision or target.precision, resolved, rows, y)],
+                                      prior_weight=prior_weight)
+        origin = f"fitted on these figures on {len(set(resolved))} thread counts ({', '.join(map(str, sorted(set(resolved))))})"
+    elif fallback is not None:
+        p, origin = fallback
+    else:
+        p, origin = 1.0, "linear: no figures on several thread counts to fit it on"
+    return scale_threads(rows, resolved, cores, p), {"value": p, "origin": origin}
+
+
 def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None, prior_weight: float = 0.02,
              fixed_terms: dict[int, float] | None = None, spill_mb: float | None = None, cache_mb: float | None = None,
              robust: bool = False, per_class: bool | None = None,
@@ -103,16 +178,25 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
                prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
                spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
                robust: bool = False, folds: int | None = None, per_class: bool | None = None,
-               what: str = "measurements", llc: tuple[float, float] | None = None) -> tuple[Coefficients, dict, list[dict]]:
+               what: str = "measurements", llc: tuple[float, float] | None = None, threads=None,
+               fraction: tuple[float, str] | None = None) -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
     the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
 
     ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM;
     ``llc`` (last-level cache MB, its speed over DRAM's), where measured, refines it (``streamed_weight_mb``).
+    ``threads`` (one per graph; None: the profile's) scales figures measured on other thread counts to the
+    profile's (``thread_scaling``, with ``fraction`` its fallback); ``stats["parallel_fraction"]`` says how.
     """
     rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
                             spill_mb=spill_mb, llc=llc)
     y = np.asarray(latencies_ms, dtype=np.float64)
+    scaling = None
+    if threads is not None:
+        rows, scaling = thread_scaling(target, rows, y, threads, precision=precision, fallback=fraction,
+                                       prior_weight=prior_weight)
+        for r, t in zip(table, threads):
+            r["threads"] = t
 
     def fit(r, t):
         return fit_rows(target, r, t, precision=precision, prior_weight=prior_weight, fixed_terms=fixed_terms,
@@ -125,6 +209,8 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
         stats["interval"] = interval.to_dict() if interval is not None else None
         stats["held_out"] = fit_stats(held, y)
     stats["coverage"] = coverage(rows, coeffs.vector())
+    if scaling:
+        stats["parallel_fraction"] = scaling
     pred = rows @ coeffs.vector()
     for r, ms, p in zip(table, y, pred):
         r["measured_ms"], r["fitted_ms"] = float(ms), float(p)

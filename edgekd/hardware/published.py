@@ -331,11 +331,6 @@ def _row_record(m: Measurement, **figures) -> dict:
             **{k: (float(v) if v is not None else None) for k, v in figures.items()}}
 
 
-def thread_speedup(threads: int, parallel_fraction: float) -> float:
-    """Amdahl's speed-up of ``threads`` over one thread when ``parallel_fraction`` of the work divides."""
-    return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / threads)
-
-
 def measurement_rows(target, rows: list[Measurement], parallel_fraction: float = 1.0) -> np.ndarray:
     """Design-matrix rows of published figures of one runtime and precision, under each figure's conditions.
 
@@ -357,18 +352,9 @@ def _cost(target, rows: list[Measurement]) -> np.ndarray:
 
 def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_fraction: float) -> np.ndarray:
     """A copy of ``feats`` (``_cost``'s) with each row's compute terms scaled for the threads it was measured on."""
-    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
+    from edgekd.hardware.fitting import scale_threads
 
-    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
-    cores = target.threads if isinstance(target.threads, int) else None
-    feats = feats.copy()
-    for i, m in enumerate(rows):
-        if cores and m.threads and m.threads != cores:
-            feats[i, compute] *= thread_speedup(cores, parallel_fraction) / thread_speedup(m.threads, parallel_fraction)
-    return feats
-
-
-FRACTION_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)
+    return scale_threads(feats, [m.threads for m in rows], target.threads, parallel_fraction)
 
 
 def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[str, str] | None = None,
@@ -380,36 +366,21 @@ def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[
     (``fit_rows``) at each fraction of ``grid``; the fraction with the smallest sum of squared log errors
     over all those groups wins. None where no group mixes thread counts.
     """
-    from edgekd.hardware.fitting import fit_rows
+    from edgekd.hardware.fitting import best_parallel_fraction
 
-    grid = FRACTION_GRID if grid is None else np.asarray(grid, dtype=np.float64)
     costed = []
     for (name, rt, precision), (target, rows, feats, y) in _costed_groups(tables).items():
         keep = [i for i, m in enumerate(rows) if (name, m.source) != leave_out]
         if (runtime and rt != runtime) or not isinstance(target.threads, int) \
                 or len({rows[i].threads or target.threads for i in keep}) < 2:
             continue
-        costed.append((target, precision, [rows[i] for i in keep], feats[keep], y[keep], f"{name} {rt}/{precision}"))
+        costed.append((target, precision, [rows[i].threads for i in keep], feats[keep], y[keep],
+                       f"{name} {rt}/{precision}"))
     if not costed:
         return None
-    errors: dict[float, float] = {}
-
-    def sse(p: float) -> float:
-        if p not in errors:
-            errors[p] = 0.0
-            for target, precision, rows, feats, y, _ in costed:
-                f = _scale_threads(target, rows, feats, p)
-                coeffs = fit_rows(target, f, y, precision=precision, prior_weight=0.05)[0]
-                errors[p] += float(np.sum(np.log(y / (f @ coeffs.vector())) ** 2))
-        return errors[p]
-
-    # Every fifth point of the grid, then every point within two coarse steps of the best: a third of the fits.
-    coarse = [float(q) for q in grid[::5]] + [float(grid[-1])]
-    best = min(coarse, key=sse)
-    at = int(np.argmin(np.abs(grid - best)))
-    best = min([float(q) for q in grid[max(0, at - 9):at + 10]], key=sse)
+    best, sse = best_parallel_fraction([c[:5] for c in costed], grid)
     return {"parallel_fraction": best, "groups": [c[-1] for c in costed], "rows": sum(len(c[2]) for c in costed),
-            "sse": errors[best], "linear_sse": sse(1.0)}
+            "sse": sse(best), "linear_sse": sse(1.0)}
 
 
 def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: str | None = None) -> tuple[float, str]:

@@ -6,6 +6,7 @@ import difflib
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -386,6 +387,28 @@ def shipped_calibrations(target_name: str) -> list[dict]:
         raise EdgeKDError(f"shipped calibration calibrations/{target_name}.json is unreadable",
                           "reinstall edgekd, or regenerate it with benchmarks/latency_model.py --device-table ... --ship") from None
     return entries
+
+
+def shipped_parallel_fraction(target_name: str | None = None) -> tuple[float, str] | None:
+    """The parallel fraction (thread scaling) the shipped calibrations fitted on published one- and
+    multi-thread figures: the profile's own where its table had them, else the median of the profiles'
+    that did, with where it came from; None where no shipped calibration fitted one."""
+    def fitted(name: str) -> float | None:
+        resource = shipped_resource(f"calibrations/{name}.json")
+        try:
+            pf = json.loads(resource.read_text()).get("parallel_fraction") if resource is not None else None
+        except (OSError, ValueError):
+            return None
+        own = isinstance(pf, dict) and "its own figures" in str(pf.get("origin")) and _is_number(pf.get("value"))
+        return float(pf["value"]) if own else None
+
+    if target_name and (p := fitted(target_name)) is not None:
+        return p, f"the shipped {target_name} calibration's, fitted on its published figures on several thread counts"
+    found = {name: p for name in target_names() if (p := fitted(name)) is not None}
+    if not found:
+        return None
+    return (float(statistics.median(found.values())),
+            f"the median of the shipped calibrations' ({', '.join(f'{n} {p:.2f}' for n, p in sorted(found.items()))})")
 
 
 def _attach_calibration(target: Target) -> None:
