@@ -28,8 +28,7 @@ from edgekd.hardware.fitting import (cost_rows, fit_rows, fit_target, held_out_i
 from edgekd.hardware.hostfacts import (HostFacts, dram_read_gbs, inference_overhead_ms,  # noqa: F401
                                        measure_host_facts, private_cache_mb)
 from edgekd.hardware.latency import Coefficients
-from edgekd.hardware.targets import (HOST_COST_REVISION, Target, cache_dir, calibration_path, load_target,
-                                    shipped_parallel_fraction)
+from edgekd.hardware.targets import HOST_COST_REVISION, Target, cache_dir, calibration_path, load_target
 from edgekd.limits import MAX_LATENCY_MS, is_latency_ms
 
 MEASUREMENTS_SCHEMA = "edgekd.measurements/1"
@@ -517,7 +516,7 @@ def calibrate_from_measurements(target: str | Target, measurements: str | Path, 
         raise EdgeKDError(f"{measurements} holds no {precision} measurements", "pass --precision to pick the one measured")
     coeffs, stats, table = fit_target(target, [r["model"] for r in results], [r["input_shape"] for r in results],
                                       [r["p50"] for r in results], precision=precision, prior_weight=prior_weight,
-                                      threads=[r["threads"] for r in results], fraction=shipped_parallel_fraction(target.name))
+                                      threads=[r["threads"] for r in results])
     if device.get("skipped"):
         stats["skipped"] = device["skipped"]
     source = f"edgekd calibrate {Path(measurements).name}"
@@ -545,8 +544,7 @@ def _calibrate_from_table(target: Target, path, *, precision: str | None, save: 
     rows = groups[(runtime, precision)]
     coeffs, stats, fitted = fit_target(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
                                        [m.latency_ms for m in rows], precision=precision, prior_weight=0.05,
-                                       what="published measurements", threads=[m.threads for m in rows],
-                                       fraction=shipped_parallel_fraction(target.name))
+                                       what="published measurements", threads=[m.threads for m in rows])
     source = f"edgekd calibrate {Path(path).name}"
     out = save_calibration(target, coeffs, n=len(rows), source=source, fit=stats,
                            device={"name": table.device, "sources": [s.url for s in table.sources.values()]}) if save else None

@@ -82,13 +82,16 @@ def best_parallel_fraction(groups, grid=None, *, prior_weight: float = 0.05):
 
 
 def thread_scaling(target: Target, rows, latencies_ms, threads, *, precision: str | None = None,
-                   fallback: tuple[float, str] | None = None, prior_weight: float = 0.05) -> tuple[np.ndarray, dict | None]:
+                   prior_weight: float = 0.05) -> tuple[np.ndarray, dict | None]:
     """Rows of figures measured on ``threads`` (None: the profile's) scaled to the profile's threads, and the
     parallel fraction used with where it came from (None where every figure is on the profile's threads).
 
     Figures on two or more thread counts fit the fraction themselves (``best_parallel_fraction``); else
-    ``fallback`` (the shipped calibrations' fraction, ``targets.shipped_parallel_fraction``); else linear.
+    the shipped calibrations' fraction (``shipped_parallel_fraction``: the profile's, else their median);
+    else linear.
     """
+    from edgekd.hardware.targets import shipped_parallel_fraction
+
     cores = target.threads if isinstance(target.threads, int) else None
     resolved = [t or cores for t in threads]
     if not cores or all(t == cores for t in resolved):
@@ -98,8 +101,8 @@ def thread_scaling(target: Target, rows, latencies_ms, threads, *, precision: st
         p, _ = best_parallel_fraction([(target, precision or target.precision, resolved, rows, y)],
                                       prior_weight=prior_weight)
         origin = f"fitted on these figures on {len(set(resolved))} thread counts ({', '.join(map(str, sorted(set(resolved))))})"
-    elif fallback is not None:
-        p, origin = fallback
+    elif (shipped := shipped_parallel_fraction(target.name)) is not None:
+        p, origin = shipped
     else:
         p, origin = 1.0, "linear: no figures on several thread counts to fit it on"
     return scale_threads(rows, resolved, cores, p), {"value": p, "origin": origin}
@@ -178,23 +181,22 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
                prior_weight: float = 0.02, fixed_terms: dict[int, float] | None = None,
                spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
                robust: bool = False, folds: int | None = None, per_class: bool | None = None,
-               what: str = "measurements", llc: tuple[float, float] | None = None, threads=None,
-               fraction: tuple[float, str] | None = None) -> tuple[Coefficients, dict, list[dict]]:
+               what: str = "measurements", llc: tuple[float, float] | None = None,
+               threads=None) -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
     the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
 
     ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM;
     ``llc`` (last-level cache MB, its speed over DRAM's), where measured, refines it (``streamed_weight_mb``).
     ``threads`` (one per graph; None: the profile's) scales figures measured on other thread counts to the
-    profile's (``thread_scaling``, with ``fraction`` its fallback); ``stats["parallel_fraction"]`` says how.
+    profile's (``thread_scaling``); ``stats["parallel_fraction"]`` says how.
     """
     rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
                             spill_mb=spill_mb, llc=llc)
     y = np.asarray(latencies_ms, dtype=np.float64)
     scaling = None
     if threads is not None:
-        rows, scaling = thread_scaling(target, rows, y, threads, precision=precision, fallback=fraction,
-                                       prior_weight=prior_weight)
+        rows, scaling = thread_scaling(target, rows, y, threads, precision=precision, prior_weight=prior_weight)
         for r, t in zip(table, threads):
             r["threads"] = t
 

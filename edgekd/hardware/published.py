@@ -392,7 +392,7 @@ def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: 
     well below linear (shared memory bus, a barrier between layers), so linear scaling makes a fit on one
     thread count mispredict the other; the fraction is what the pairs say, not an estimate.
     """
-    from edgekd.hardware.targets import load_target
+    from edgekd.hardware.targets import OWN_FRACTION_ORIGIN, load_target
 
     target = load_target(table.target)
     # Figures to predict count as well as figures to fit: a left-out one-thread table still needs scaling.
@@ -401,7 +401,7 @@ def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: 
         return 1.0, "no figure on another thread count than the profile's"
     own = fit_parallel_fraction([table], leave_out=(table.target, leave_out) if leave_out else None)
     if own:
-        return own["parallel_fraction"], f"fitted on its own figures ({', '.join(own['groups'])}) on several thread counts"
+        return own["parallel_fraction"], f"{OWN_FRACTION_ORIGIN} ({', '.join(own['groups'])}) on several thread counts"
     others = [t for t in (shipped_tables() if others is None else others) if t.target != table.target]
     found = next((f for rt in elsewhere if (f := fit_parallel_fraction(others, runtime=rt))), None) \
         or fit_parallel_fraction(others)

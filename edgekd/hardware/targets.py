@@ -375,36 +375,41 @@ def _from_data(data: dict, path: str) -> Target:
     return target
 
 
-def shipped_calibrations(target_name: str) -> list[dict]:
-    """Calibrations shipped for a profile (fitted on its published measurements), one per runtime and precision."""
+def _shipped_calibration(target_name: str, read) -> Any:
+    """``read`` of a profile's shipped calibration (targets/calibrations/<name>.json); None where none is shipped."""
     resource = shipped_resource(f"calibrations/{target_name}.json")
     if resource is None:
-        return []
+        return None
     try:
-        data = json.loads(resource.read_text())
-        entries = [e for e in data["calibrations"] if e["runtime"] and e["precision"] and e["coefficients"]]
+        return read(json.loads(resource.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         raise EdgeKDError(f"shipped calibration calibrations/{target_name}.json is unreadable",
                           "reinstall edgekd, or regenerate it with benchmarks/latency_model.py --device-table ... --ship") from None
-    return entries
+
+
+def shipped_calibrations(target_name: str) -> list[dict]:
+    """Calibrations shipped for a profile (fitted on its published measurements), one per runtime and precision."""
+    return _shipped_calibration(target_name, lambda data: [
+        e for e in data["calibrations"] if e["runtime"] and e["precision"] and e["coefficients"]]) or []
+
+
+# How a shipped calibration's parallel fraction says it was fitted on its own table's figures
+# (edgekd.hardware.published.parallel_fraction_for writes it; shipped_parallel_fraction reads it).
+OWN_FRACTION_ORIGIN = "fitted on its own figures"
 
 
 def shipped_parallel_fraction(target_name: str | None = None) -> tuple[float, str] | None:
     """The parallel fraction (thread scaling) the shipped calibrations fitted on published one- and
     multi-thread figures: the profile's own where its table had them, else the median of the profiles'
     that did, with where it came from; None where no shipped calibration fitted one."""
-    def fitted(name: str) -> float | None:
-        resource = shipped_resource(f"calibrations/{name}.json")
-        try:
-            pf = json.loads(resource.read_text()).get("parallel_fraction") if resource is not None else None
-        except (OSError, ValueError):
-            return None
-        own = isinstance(pf, dict) and "its own figures" in str(pf.get("origin")) and _is_number(pf.get("value"))
-        return float(pf["value"]) if own else None
+    def own(data: dict) -> float | None:
+        pf = data.get("parallel_fraction")
+        fitted = isinstance(pf, dict) and str(pf.get("origin")).startswith(OWN_FRACTION_ORIGIN)
+        return float(pf["value"]) if fitted and _is_number(pf.get("value")) else None
 
-    if target_name and (p := fitted(target_name)) is not None:
+    if target_name and (p := _shipped_calibration(target_name, own)) is not None:
         return p, f"the shipped {target_name} calibration's, fitted on its published figures on several thread counts"
-    found = {name: p for name in target_names() if (p := fitted(name)) is not None}
+    found = {name: p for name in target_names() if (p := _shipped_calibration(name, own)) is not None}
     if not found:
         return None
     return (float(statistics.median(found.values())),
