@@ -495,7 +495,7 @@ def test_closed_loop_reselects_in_the_runs_family(world, tiny_npz, random_teache
              for w in MOBILE_WIDTHS]
     run = measure_files(get_device("loop"), files, runtime="onnxruntime", options=MeasureOptions(seconds=0.3, threads=1))
     truth = {w: row["latency_ms"]["p50"] for w, row in zip(MOBILE_WIDTHS, run.results["results"])}
-    budget = 0.75 * truth[3.0]  # the widest misses it on the device
+    budget = 0.5 * truth[3.0]  # the widest misses it on the device, by more than load on a shared machine moves it
     miscalibrate(world)
     scale_calibration("loopback", 0.5)  # a quarter of the truth: round 1 takes the widest, whatever the family's fit
     out = tmp_path / "run"
