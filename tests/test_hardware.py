@@ -565,7 +565,7 @@ def test_fused_activation_epilogue_and_padded_border_columns(tmp_path):
     import torch.nn as nn
 
     from edgekd.hardware.graph import executed_graph_cost
-    from edgekd.hardware.latency import border_mflops, epilogue_mb
+    from edgekd.hardware.kernelclass import border_mflops, epilogue_mb
 
     def conv_then(act):
         return nn.Sequential(nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 7, padding=3), act, nn.Conv2d(16, 16, 1))
@@ -581,7 +581,7 @@ def test_fused_activation_epilogue_and_padded_border_columns(tmp_path):
     assert border_mflops(big) == pytest.approx(big.flops / 1e6 * 6 / 12)
     one_by_one = [k for k in relu.kernels if k.geometry.get("kernel") == [1, 1]]
     assert one_by_one and all(border_mflops(k) == 0.0 for k in one_by_one)
-    from edgekd.hardware.latency import kernel_class
+    from edgekd.hardware.kernelclass import kernel_class
 
     # Blocked 1x1 convs run the pointwise kernel, the 7x7 the NxN one: each its own coefficients.
     assert {kernel_class(k) for k in one_by_one} == {"conv_pointwise"} and kernel_class(big) == "conv"
@@ -595,7 +595,7 @@ def test_plain_layout_average_pool_is_its_own_class(tmp_path):
     import torch.nn as nn
 
     from edgekd.hardware.graph import executed_graph_cost
-    from edgekd.hardware.latency import kernel_class
+    from edgekd.hardware.kernelclass import kernel_class
 
     def pooled(channels):
         return nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(channels, 16, 1))
@@ -664,7 +664,7 @@ def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path)
     import torch.nn as nn
 
     from edgekd.hardware.graph import executed_graph_cost
-    from edgekd.hardware.latency import filter_set_mflops, kernel_class
+    from edgekd.hardware.kernelclass import filter_set_mflops, kernel_class
 
     # SiLU runs as ORT's QuickGelu directly on the blocked tensor: the conv after it reads NCHWc, not NCHW.
     net = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.SiLU(), nn.Conv2d(64, 16, 3, padding=1))
@@ -675,11 +675,40 @@ def test_blocked_layout_flows_through_element_wise_ops_and_filter_sets(tmp_path)
     # 64 output channels are 4 blocks of 16, one pass; 16 channels are one block, so every FLOP counts.
     assert filter_set_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 / 4)
     assert filter_set_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6)
-    from edgekd.hardware.latency import border_mflops
+    from edgekd.hardware.kernelclass import border_mflops
 
     # 3x3, padding 1, 20 columns: 2 reach into the padding; shared over the 4 output blocks of the first conv.
     assert border_mflops(convs[0]) == pytest.approx(convs[0].flops / 1e6 * 2 / 20 / 4)
     assert border_mflops(convs[1]) == pytest.approx(convs[1].flops / 1e6 * 2 / 20)
+
+
+def test_wide_kernels_and_grouped_convs_have_their_own_terms(tmp_path):
+    import math
+
+    import torch.nn as nn
+
+    from edgekd.hardware.graph import executed_graph_cost
+    from edgekd.hardware.kernelclass import kernel_class, wide_kernel_mflops
+    from edgekd.hardware.latency import WIDE_KERNEL, Coefficients
+
+    net = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 7, padding=3), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, padding=1, groups=2), nn.ReLU(),   # RegNet-style: 16 channels a group
+                        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(),  # depthwise
+                        nn.Conv2d(32, 16, 1))
+    cost = executed_graph_cost(_export(tmp_path, "wide", net, [1, 16, 14, 14]))
+    convs = [k for k in cost.kernels if k.op_class in ("conv", "dwconv")]
+    dense3, dense7, grouped, depthwise, pointwise = convs
+    assert [kernel_class(k) for k in convs] == ["conv", "conv", "conv_grouped", "dwconv", "conv_pointwise"]
+    # Only blocked dense convs above 3x3 carry the wide-kernel term, weighted by ln(area / 9).
+    assert wide_kernel_mflops(dense7) == pytest.approx(dense7.flops / 1e6 * math.log(49 / 9))
+    assert all(wide_kernel_mflops(k) == 0.0 for k in (dense3, grouped, depthwise, pointwise))
+    assert features(cost, 16)[WIDE_KERNEL] == pytest.approx(wide_kernel_mflops(dense7))
+    # A calibration written before either term existed predicts as it did: grouped convs take the
+    # depthwise terms they were fitted with, and wide kernels cost nothing extra.
+    old = Coefficients.from_dict({"precision": "fp32", "fixed_ms": 0.01, "classes": {
+        c: {"ms_per_mflop": 0.01 * (i + 1), "ms_per_mb": 0.001, "ms_per_kernel": 0.002}
+        for i, c in enumerate(("conv", "dwconv", "gemm", "pool", "elementwise", "data"))}})
+    assert old.classes["conv_grouped"] == old.classes["dwconv"] and old.ms_per_wide_kernel_mflop == 0.0
 
 
 # ---- one op table, one probe-block table (issue 16, item 5) ---------------------------------------

@@ -139,7 +139,8 @@ def test_a_scaled_fit_never_makes_a_term_free_to_explain_a_few_figures():
 
 def test_1x1_convs_are_costed_with_the_profiles_own_pointwise_efficiency(tmp_path):
     from edgekd.hardware.graph import graph_cost
-    from edgekd.hardware.latency import datasheet_coefficients, kernel_class
+    from edgekd.hardware.kernelclass import kernel_class
+    from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.targets import load_target
 
     cost = graph_cost(_tiny_graph(tmp_path, "pw", depthwise=True, pointwise=True), runtime="tensorrt", precision="fp16")

@@ -43,9 +43,10 @@ def scale_threads(rows, threads, cores, parallel_fraction: float) -> np.ndarray:
     slower by the ratio of Amdahl's speed-ups; bytes moved, kernels launched and the per-inference term do
     not depend on the thread count.
     """
-    from edgekd.hardware.latency import BORDER, FILTER_SET, KERNEL_CLASSES, _class_offset
+    from edgekd.hardware.kernelclass import KERNEL_CLASSES
+    from edgekd.hardware.latency import BORDER, FILTER_SET, WIDE_KERNEL, _class_offset
 
-    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET]
+    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET, WIDE_KERNEL]
     cores = cores if isinstance(cores, int) else None
     rows = np.array(rows, dtype=np.float64)
     for i, t in enumerate(threads):
@@ -221,7 +222,8 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
 
 def class_shares(row, theta) -> dict[str, float]:
     """The share of a prediction (a design-matrix row times coefficients) each compute group takes."""
-    from edgekd.hardware.latency import COMPUTE_GROUPS, FIXED, TERMS, _class_offset
+    from edgekd.hardware.kernelclass import COMPUTE_GROUPS
+    from edgekd.hardware.latency import FIXED, TERMS, _class_offset
 
     row, theta = np.asarray(row, dtype=np.float64), np.asarray(theta, dtype=np.float64)
     total = float(row @ theta) or 1.0
@@ -236,7 +238,8 @@ def class_shares(row, theta) -> dict[str, float]:
 
 def coverage(rows, theta) -> dict:
     """What a calibration saw: its networks' MFLOPs range and the op classes that mattered in at least one."""
-    from edgekd.hardware.latency import KERNEL_CLASSES, _class_offset
+    from edgekd.hardware.kernelclass import KERNEL_CLASSES
+    from edgekd.hardware.latency import _class_offset
 
     rows = np.asarray(rows, dtype=np.float64)
     mflops = [float(sum(row[_class_offset(c)] for c in KERNEL_CLASSES)) for row in rows]

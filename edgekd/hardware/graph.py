@@ -98,7 +98,7 @@ def _conv_rule(node, in_shapes, out_shape) -> tuple[str, int, dict]:
     cout = (w[1] * group if transposed else w[0]) if len(w) > 1 else 0
     geometry = {"cin": int(x[1]) if len(x) > 1 else 0, "cout": int(cout), "groups": group,
                 "kernel": [int(k) for k in w[2:]], "out_pixels": _elems(out_shape[2:])}
-    # Grouped convs (RegNet, ResNeXt) run as many small per-group products, like depthwise ones.
+    # Grouped convs (RegNet, ResNeXt) run as many small per-group products: costed apart from dense ones.
     return ("dwconv" if group > 1 else "conv"), int(flops), geometry
 
 

@@ -336,7 +336,7 @@ def shipped_resource(relative: str):
 
 # Revision of how the host's executed graphs are costed and featured; a host calibration fitted under
 # another revision no longer matches its own features and is set aside until `edgekd profile` runs again.
-HOST_COST_REVISION = 2
+HOST_COST_REVISION = 3
 
 
 def calibration_path(target_name: str) -> Path:
