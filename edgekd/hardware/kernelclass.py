@@ -152,10 +152,11 @@ def wide_kernel_mflops(k: Kernel) -> float:
     """A blocked dense conv's MFLOPs weighted by how far its kernel outgrows 3x3: MFLOPs x ln(kh*kw / 9).
 
     ONNX Runtime's NCHWc conv kernel re-reads the weights of one filter set and input-channel block
-    (up to 4 x 16 x 16 x kh x kw floats) for every few output pixels of a row. At 3x3 that set fits a
-    core's L1 data cache; at 5x5 and 7x7 it does not and comes from L2, so larger kernels run slower per
-    FLOP than 3x3 ones beyond what their padded border columns explain (border_mflops). Zero for 1x1,
-    3x3 and smaller kernels, convs reading a plain NCHW input and every kernel without executed geometry.
+    (up to 4 x 16 x 16 x kh x kw floats) for every few output pixels of a row: at most 37 KB at 3x3, about
+    a core's L1 data cache (32-48 KB), but 100-200 KB at 5x5 and 7x7, read from L2. So larger kernels run
+    slower per FLOP than 3x3 ones beyond what their padded border columns explain (border_mflops); the
+    rate is fitted per machine. Zero for 1x1, 3x3 and smaller kernels, convs reading a plain NCHW input
+    and every kernel without executed geometry.
     """
     g = k.geometry
     if kernel_class(k) != "conv" or not g or g.get("layout") != "nchwc":
