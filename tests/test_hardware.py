@@ -219,6 +219,7 @@ def test_user_profile_by_path(tmp_path):
     ({"precisions": ["fp32", "bf16"]}, "'precisions' .* must be a non-empty list"),
     ({"peak_gflops": {"fp32": 236, "fp61": 472}}, "unknown key 'fp61'.*did you mean 'fp16'"),
     ({"conditions": {"thread": 4}}, "unknown key 'thread'.*did you mean 'threads'"),
+    ({"conditions": {"threads": 4, "clock_ghz": "1.5GHz"}}, "'conditions.clock_ghz' in .* must be the core clock in GHz"),
     ({"efficiency": {"convv": 0.3}}, "unknown key 'convv'.*did you mean 'conv'"),
     ({"memory_bandwidth_gbs": None}, "missing key 'memory_bandwidth_gbs'"),
     ({"precision": "int8"}, "default precision 'int8' .* is not in its 'precisions'"),
@@ -874,6 +875,8 @@ def _table(**changes):
     ({"source__url": None}, r"sources.t2t needs key 'url'"),
     ({"source__precison": "fp16"}, r"unknown key 'precison'.*did you mean 'precision'"),
     ({"top__measurements": []}, r"needs key 'measurements'"),
+    ({"source__clock_ghz": "1.8 GHz"}, r"sources.t2t key 'clock_ghz' must be the core clock in GHz"),
+    ({"row__clock_ghz": 0}, r"measurements\[0\] key 'clock_ghz' must be the core clock in GHz"),
 ])
 def test_measurement_tables_are_validated_on_load(changes, message):
     from edgekd.hardware.published import parse_table
@@ -881,6 +884,42 @@ def test_measurement_tables_are_validated_on_load(changes, message):
     with pytest.raises(EdgeKDError, match=message) as err:
         parse_table(_table(**changes), "table.yaml")
     assert "\n" not in str(err.value)
+
+
+def test_figures_measured_at_another_clock_are_costed_at_the_profiles():
+    """A published figure taken at 1.8 GHz on a profile whose peak assumes 1.5 GHz: its clock-bound terms
+    (compute, per-kernel, per-inference on a CPU runtime) are scaled by 1.5 / 1.8, its bytes moved are not;
+    a GPU runtime's figures scale their compute only; a table giving clocks to a profile without one is refused."""
+    from edgekd.hardware.fitting import clock_columns, scale_clock
+    from edgekd.hardware.latency import DISPATCH, FIXED, N_FEATURES, STREAM, _class_offset
+    from edgekd.hardware.published import _cost, parse_table
+
+    rows = np.ones((3, N_FEATURES))
+    out = scale_clock(rows, [None, 1.8, 1.5], 1.5)
+    assert np.array_equal(out[0], rows[0]) and np.array_equal(out[2], rows[2])  # the profile's clock: as costed
+    cpu = clock_columns(cpu=True)
+    assert {_class_offset("conv"), _class_offset("conv") + 2, DISPATCH, FIXED} <= set(cpu)
+    assert _class_offset("conv") + 1 not in cpu and STREAM not in cpu            # bytes: paced by the memory bus
+    assert np.allclose(out[1, cpu], 1.5 / 1.8) and np.allclose(np.delete(out[1], cpu), 1.0)
+    gpu = clock_columns(cpu=False)
+    assert _class_offset("conv") in gpu and FIXED not in gpu and DISPATCH not in gpu
+
+    pi4 = load_target("raspberry-pi-4")
+    assert pi4.clock_ghz == 1.5
+    table = parse_table(_table(source__runtime="ncnn", source__precision="fp32", source__threads=4,
+                               source__clock_ghz=1.8, top__target="raspberry-pi-4"), "table.yaml")
+    row = table.measurements[0]
+    assert row.clock_ghz == 1.8
+    at_18 = _cost(pi4, [row])[0]
+    row.clock_ghz = None
+    at_15 = _cost(pi4, [row])[0]
+    assert at_18 @ np.ones(N_FEATURES) < at_15 @ np.ones(N_FEATURES)
+    assert np.allclose(np.delete(at_18, cpu), np.delete(at_15, cpu)) and np.allclose(at_18[cpu], at_15[cpu] * 1.5 / 1.8)
+
+    row.clock_ghz = 1.8
+    with pytest.raises(EdgeKDError, match=r"give the clock they were measured at, but the jetson-nano profile gives none") as err:
+        _cost(load_target("jetson-nano"), [row])
+    assert "\n" not in str(err.value) and "conditions.clock_ghz" in err.value.hint
 
 
 def test_shipped_measurement_tables_load_and_match_their_calibrations():

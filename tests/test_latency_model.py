@@ -137,6 +137,43 @@ def test_a_scaled_fit_never_makes_a_term_free_to_explain_a_few_figures():
         theta0[conv] ** 2, rel=1e-3)
 
 
+def test_figures_on_several_thread_counts_hold_the_per_inference_term():
+    """Thread scaling moves compute only, so one-thread and four-thread figures of networks that scale
+    unevenly are fitted best with a large per-inference constant: a part that does not speed up with threads,
+    paid whole by the smallest network too. Such figures hold the constant at the profile's estimate; a
+    table on one thread count still fits it."""
+    import numpy as np
+
+    from edgekd.hardware.fitting import fit_rows, per_inference_held, scale_threads
+    from edgekd.hardware.latency import FIXED, _class_offset, datasheet_coefficients, fit_scaled
+    from edgekd.hardware.targets import load_target
+
+    pi4 = load_target("raspberry-pi-4")
+    assert per_inference_held(pi4, [None, 4, 4]) is None
+    assert per_inference_held(pi4, [1, None]) == {FIXED: pytest.approx(pi4.inference_overhead_us / 1000)}
+    conv = _class_offset("conv")
+    rows, y, threads = [], [], []
+    # Per network: a parallel part (MFLOPs) and a part that does not scale with threads (ms).
+    for mflops, serial_ms in ((300, 15.0), (900, 15.0), (2000, 15.0), (4000, 15.0), (8000, 15.0), (15000, 15.0)):
+        for t in (1, 4):
+            threads.append(t)
+            y.append(mflops * 0.02 * (1 if t == 1 else 0.3) + serial_ms)
+            rows.append((mflops, t))
+    A = np.zeros((len(rows), len(datasheet_coefficients(pi4, "fp32").vector())))
+    for i, (mflops, _) in enumerate(rows):
+        A[i, conv], A[i, FIXED] = mflops, 1.0
+    A = scale_threads(A, threads, pi4.threads, 0.8)
+    prior = datasheet_coefficients(pi4, "fp32")
+    free = fit_scaled(A, y, prior=prior, prior_weight=0.01)[0]
+    held = fit_scaled(A, y, prior=prior, prior_weight=0.01, held=per_inference_held(pi4, threads))[0]
+    assert free.fixed_ms > 100 * pi4.inference_overhead_us / 1000     # the serial parts, booked per inference
+    assert held.fixed_ms == pytest.approx(pi4.inference_overhead_us / 1000)
+    # fit_rows holds them in either of its fits (the scaled one, for a handful of figures, ignored them before).
+    for per_class in (False, True):
+        via = fit_rows(pi4, A, y, precision="fp32", fixed_terms=per_inference_held(pi4, threads), per_class=per_class)
+        assert via[0].fixed_ms == pytest.approx(held.fixed_ms) and "fixed" not in via[1].get("scales", {})
+
+
 def test_1x1_convs_are_costed_with_the_profiles_own_pointwise_efficiency(tmp_path):
     from edgekd.hardware.graph import graph_cost
     from edgekd.hardware.kernelclass import kernel_class

@@ -544,7 +544,8 @@ def _calibrate_from_table(target: Target, path, *, precision: str | None, save: 
     rows = groups[(runtime, precision)]
     coeffs, stats, fitted = fit_target(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
                                        [m.latency_ms for m in rows], precision=precision, prior_weight=0.05,
-                                       what="published measurements", threads=[m.threads for m in rows])
+                                       what="published measurements", threads=[m.threads for m in rows],
+                                       clocks=[m.clock_ghz for m in rows])
     source = f"edgekd calibrate {Path(path).name}"
     out = save_calibration(target, coeffs, n=len(rows), source=source, fit=stats,
                            device={"name": table.device, "sources": [s.url for s in table.sources.values()]}) if save else None

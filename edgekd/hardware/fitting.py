@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekd.errors import EdgeKDError
 from edgekd.hardware.latency import (COVERED_SHARE, DISPATCH, Coefficients, datasheet_coefficients, features,
                                     fit_coefficients, fit_scaled, fit_stats, target_graph_cost)
 from edgekd.hardware.targets import Target
@@ -55,6 +56,57 @@ def scale_threads(rows, threads, cores, parallel_fraction: float) -> np.ndarray:
     return rows
 
 
+def per_inference_held(target: Target, threads) -> dict[int, float] | None:
+    """``fixed_terms`` for figures measured on several thread counts: the per-inference term held at the
+    profile's estimate. Such figures cannot tell a cost paid once per inference from the part of every
+    network that does not speed up with more threads (both stay put from one thread to four), and a fit
+    left free puts the latter in the former, which then lands on every small network whole (README,
+    "Leave one source out"). None where the figures share one thread count."""
+    from edgekd.hardware.latency import FIXED
+
+    counts = {t or target.threads for t in threads}
+    return {FIXED: target.inference_overhead_us / 1000.0} if len(counts) > 1 else None
+
+
+def clock_columns(cpu: bool) -> list[int]:
+    """Design-matrix columns whose time scales inversely with the core clock: every compute term and, where
+    the runtime's kernels run on the CPU, the per-kernel, dispatch and per-inference terms too (instructions
+    on the same core). Bytes moved are paced by the memory bus, whose clock the core clock does not set."""
+    from edgekd.hardware.kernelclass import KERNEL_CLASSES
+    from edgekd.hardware.latency import (BORDER, DISPATCH, EPILOGUE, FILTER_SET, FIXED, WIDE_KERNEL,
+                                         _class_offset)
+
+    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET, WIDE_KERNEL, EPILOGUE]
+    if cpu:
+        compute += [_class_offset(c) + 2 for c in KERNEL_CLASSES] + [DISPATCH, FIXED]
+    return compute
+
+
+def at_profile_clock(target: Target, rows, clocks, runtime: str, what: str) -> np.ndarray:
+    """``rows`` of figures measured at ``clocks`` (GHz, None: the profile's) costed at the clock the
+    profile's peak assumes (``scale_clock``); figures giving a clock to a profile that states none are refused."""
+    from edgekd.hardware.priors import processor_kind
+
+    if any(clocks) and target.clock_ghz is None:
+        raise EdgeKDError(f"{what} give the clock they were measured at, but the {target.name} profile gives none "
+                          f"to scale them to", f"add conditions.clock_ghz (the clock its peak_gflops assume) to the "
+                          f"{target.name} profile")
+    return scale_clock(rows, clocks, target.clock_ghz, cpu=processor_kind(runtime) == "cpu")
+
+
+def scale_clock(rows, clocks, profile_clock: float | None, *, cpu: bool = True) -> np.ndarray:
+    """A copy of design-matrix ``rows`` costed as if at ``profile_clock`` GHz (the clock a profile's peak
+    assumes), each row measured at ``clocks[i]`` GHz (None: the profile's): a figure taken at a higher
+    clock ran its clock-bound terms (``clock_columns``) faster by the ratio of the clocks."""
+    rows = np.array(rows, dtype=np.float64)
+    columns = None
+    for i, clock in enumerate(clocks):
+        if clock and profile_clock and clock != profile_clock:
+            columns = clock_columns(cpu) if columns is None else columns
+            rows[i, columns] *= profile_clock / clock
+    return rows
+
+
 FRACTION_GRID = np.round(np.arange(0.30, 1.0001, 0.01), 2)
 
 
@@ -71,7 +123,8 @@ def best_parallel_fraction(groups, grid=None, *, prior_weight: float = 0.05):
             errors[p] = 0.0
             for target, precision, threads, rows, y in groups:
                 f = scale_threads(rows, threads, target.threads, p)
-                coeffs = fit_rows(target, f, y, precision=precision, prior_weight=prior_weight)[0]
+                coeffs = fit_rows(target, f, y, precision=precision, prior_weight=prior_weight,
+                                  fixed_terms=per_inference_held(target, threads))[0]
                 errors[p] += float(np.sum(np.log(y / (f @ coeffs.vector())) ** 2))
         return errors[p]
 
@@ -125,8 +178,9 @@ def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None
         coeffs, stats = fit_coefficients(rows, latencies_ms, precision=precision, prior=prior, prior_weight=prior_weight,
                                          fixed_terms=fixed_terms, spill_mb=spill_mb, robust=robust)
     else:  # too few measurements for every class's coefficients: scale the datasheet terms instead
-        weight, shared = scaled_fit_settings(rows, latencies_ms, prior)
-        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight, shared_compute=shared)
+        weight, shared = scaled_fit_settings(rows, latencies_ms, prior, held=fixed_terms)
+        coeffs, stats = fit_scaled(rows, latencies_ms, prior=prior, prior_weight=weight, shared_compute=shared,
+                                   held=fixed_terms)
         stats["prior_weight"], stats["shared_compute"] = weight, shared
     coeffs.cache_mb = cache_mb if cache_mb is not None else target.cache_mb
     coeffs.llc_mb, coeffs.llc_speedup = llc if llc else (None, 1.0)
@@ -136,7 +190,7 @@ def fit_rows(target: Target, rows, latencies_ms, *, precision: str | None = None
 SCALED_PRIOR_WEIGHTS = (0.01, 0.05, 0.2, 1.0, 5.0)
 
 
-def scaled_fit_settings(rows, latencies_ms, prior: Coefficients) -> tuple[float, bool]:
+def scaled_fit_settings(rows, latencies_ms, prior: Coefficients, held: dict[int, float] | None = None) -> tuple[float, bool]:
     """How a few device measurements are fitted, chosen by leave-one-out: the prior weight, and whether
     the compute groups they exercise share one scale (``fit_scaled``'s ``shared_compute``).
 
@@ -155,7 +209,8 @@ def scaled_fit_settings(rows, latencies_ms, prior: Coefficients) -> tuple[float,
             errors = []
             for i in range(len(y)):
                 keep = np.arange(len(y)) != i
-                coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight, shared_compute=shared)
+                coeffs, _ = fit_scaled(rows[keep], y[keep], prior=prior, prior_weight=weight, shared_compute=shared,
+                                       held=held)
                 errors.append(abs(np.log(max(rows[i] @ coeffs.vector(), 1e-12) / y[i])))
             if np.median(errors) < best_err - 1e-9:
                 best, best_err = (weight, shared), float(np.median(errors))
@@ -183,21 +238,25 @@ def fit_target(target: Target, onnx_paths, input_shapes, latencies_ms, *, precis
                spill_mb: float | None = None, cache_mb: float | None = None, runtime: str | None = None,
                robust: bool = False, folds: int | None = None, per_class: bool | None = None,
                what: str = "measurements", llc: tuple[float, float] | None = None,
-               threads=None) -> tuple[Coefficients, dict, list[dict]]:
+               threads=None, clocks=None) -> tuple[Coefficients, dict, list[dict]]:
     """Cost each graph for the target's runtime/precision, fit the coefficients to the latencies, and learn
     the prediction interval from held-out fits (``stats["interval"]``; ``folds`` None: leave-one-out).
 
     ``cache_mb`` (default: the profile's) is the size beyond which an inference's weights stream from DRAM;
     ``llc`` (last-level cache MB, its speed over DRAM's), where measured, refines it (``streamed_weight_mb``).
     ``threads`` (one per graph; None: the profile's) scales figures measured on other thread counts to the
-    profile's (``thread_scaling``); ``stats["parallel_fraction"]`` says how.
+    profile's (``thread_scaling``); ``stats["parallel_fraction"]`` says how. ``clocks`` (GHz, one per graph;
+    None: the profile's) costs figures measured at another clock at the profile's (``at_profile_clock``).
     """
     rows, table = cost_rows(target, onnx_paths, input_shapes, precision=precision, runtime=runtime, cache_mb=cache_mb,
                             spill_mb=spill_mb, llc=llc)
+    if clocks is not None:
+        rows = at_profile_clock(target, rows, clocks, runtime or target.runtime, what)
     y = np.asarray(latencies_ms, dtype=np.float64)
     scaling = None
     if threads is not None:
         rows, scaling = thread_scaling(target, rows, y, threads, precision=precision, prior_weight=prior_weight)
+        fixed_terms = {**(per_inference_held(target, threads) or {}), **(fixed_terms or {})} or None
         for r, t in zip(table, threads):
             r["threads"] = t
 

@@ -328,7 +328,7 @@ def fit_coefficients(rows, latencies_ms, *, precision: str, prior: Coefficients 
 
 
 def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float = 0.05,
-               shared_compute: bool = False) -> tuple[Coefficients, dict]:
+               shared_compute: bool = False, held: dict[int, float] | None = None) -> tuple[Coefficients, dict]:
     """Fit scale factors on the prior's terms: each compute group's rate, memory, per-kernel, per-inference.
 
     With a handful of on-device measurements a per-class fit is underdetermined (19 unknowns), so
@@ -344,6 +344,8 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     term, so a handful of figures could be "explained" with free compute and dearer memory, which then
     mispredicts every network whose mix of compute and memory differs from theirs (README, "Published
     device measurements").
+
+    ``held`` (design-matrix column -> coefficient) sets those terms and leaves them out of the scaling.
     """
     from scipy.optimize import least_squares
 
@@ -351,6 +353,11 @@ def fit_scaled(rows, latencies_ms, *, prior: Coefficients, prior_weight: float =
     y = np.asarray(latencies_ms, dtype=np.float64)
     theta0 = prior.vector()
     names, groups = scaled_groups(A, shared_compute)
+    if held:
+        for j, value in held.items():
+            theta0[j] = value
+        kept = [i for i, g in enumerate(groups) if not set(g.tolist()) <= set(held)]
+        names, groups = [names[i] for i in kept], [groups[i] for i in kept]
     G = np.stack([A[:, g] @ theta0[g] for g in groups], axis=1) / y[:, None]  # each term's datasheet share
     eye = prior_weight * np.eye(len(groups))
     solution = least_squares(lambda u: np.concatenate([G @ np.exp(u) - 1.0, prior_weight * u]),

@@ -34,9 +34,9 @@ from edgekd.errors import EdgeKDError
 from edgekd.limits import is_latency_ms
 
 TABLE_KEYS = ("target", "device", "sources", "measurements", "notes")
-SOURCE_KEYS = ("url", "where", "runtime", "precision", "batch", "threads", "notes")
+SOURCE_KEYS = ("url", "where", "runtime", "precision", "batch", "threads", "clock_ghz", "notes")
 ROW_KEYS = ("model", "name", "kwargs", "input", "latency_ms", "source", "runtime", "precision", "batch", "threads",
-            "use", "why")
+            "clock_ghz", "use", "why")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -49,6 +49,7 @@ class Source:
     precision: str
     batch: int = 1
     threads: int | None = None
+    clock_ghz: float | None = None   # the core clock it was measured at, where it differs from the profile's
     notes: str = ""
 
 
@@ -64,6 +65,7 @@ class Measurement:
     precision: str
     batch: int = 1
     threads: int | None = None
+    clock_ghz: float | None = None
     kwargs: dict = field(default_factory=dict)
     name: str = ""
     use: bool = True          # false: recorded but left out of the fit (``why`` says why)
@@ -115,6 +117,15 @@ def _positive_int(value, where: str, key: str, optional: bool = False) -> int | 
     return value
 
 
+def _clock(value, where: str) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 10:
+        raise _fail(where, f"key 'clock_ghz' must be the core clock in GHz the figures were measured at (got {value!r})",
+                    "e.g. clock_ghz: 1.8")
+    return float(value)
+
+
 def _runtime(value, where: str) -> str:
     from edgekd.hardware.graph import cost_runtimes
 
@@ -139,7 +150,8 @@ def _source(key: str, data: Any, where: str) -> Source:
                         "say where the figures were read: url, where (table/figure), runtime, precision")
     return Source(key=key, url=data["url"], where=data["where"], runtime=_runtime(data["runtime"], where),
                   precision=_precision(data["precision"], where), batch=_positive_int(data.get("batch", 1), where, "batch"),
-                  threads=_positive_int(data.get("threads"), where, "threads", optional=True), notes=str(data.get("notes", "")))
+                  threads=_positive_int(data.get("threads"), where, "threads", optional=True),
+                  clock_ghz=_clock(data.get("clock_ghz"), where), notes=str(data.get("notes", "")))
 
 
 def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measurement:
@@ -176,6 +188,7 @@ def _row(i: int, data: Any, sources: dict[str, Source], where: str) -> Measureme
                        precision=_precision(data.get("precision", src.precision), where),
                        batch=_positive_int(data.get("batch", src.batch), where, "batch"),
                        threads=_positive_int(data.get("threads", src.threads), where, "threads", optional=True),
+                       clock_ghz=_clock(data.get("clock_ghz", src.clock_ghz), where),
                        kwargs=dict(kwargs), name=str(data.get("name", "")), use=use, why=str(data.get("why", "")))
 
 
@@ -327,6 +340,7 @@ MIN_ROWS = 4        # a leave-half-out split needs two measurements on each side
 def _row_record(m: Measurement, **figures) -> dict:
     return {"name": m.label, "model": m.model, "kwargs": m.kwargs, "input": "x".join(map(str, m.input_shape)),
             "source": m.source, "runtime": m.runtime, "precision": m.precision, "threads": m.threads,
+            **({"clock_ghz": m.clock_ghz} if m.clock_ghz else {}),
             "measured_ms": m.latency_ms, "used": m.use, **({"why": m.why} if m.why else {}),
             **{k: (float(v) if v is not None else None) for k, v in figures.items()}}
 
@@ -343,11 +357,15 @@ def measurement_rows(target, rows: list[Measurement], parallel_fraction: float =
 
 
 def _cost(target, rows: list[Measurement]) -> np.ndarray:
-    """Design-matrix rows of published figures as if each had been measured on the profile's threads."""
-    from edgekd.hardware.fitting import cost_rows
+    """Design-matrix rows of published figures as if each had been measured at the profile's clock
+    (``_scale_threads`` then scales them for its threads)."""
+    from edgekd.hardware.fitting import at_profile_clock, cost_rows
 
-    return cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
-                     precision=rows[0].precision, runtime=rows[0].runtime)[0]
+    feats = cost_rows(target, [measurement_graph(m) for m in rows], [m.input_shape for m in rows],
+                      precision=rows[0].precision, runtime=rows[0].runtime)[0]
+    clocked = sorted({m.source for m in rows if m.clock_ghz})
+    return at_profile_clock(target, feats, [m.clock_ghz for m in rows], rows[0].runtime,
+                            f"published figures of {target.name} ({', '.join(clocked)})")
 
 
 def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_fraction: float) -> np.ndarray:
@@ -426,17 +444,19 @@ def calibrate_group(target, rows: list[Measurement], feats: np.ndarray, *, split
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
     measurements are fitted without them. ``feats``: the rows' design-matrix rows (``measurement_rows``)."""
-    from edgekd.hardware.fitting import coverage, fit_rows, held_out_interval
+    from edgekd.hardware.fitting import coverage, fit_rows, held_out_interval, per_inference_held
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
     y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
 
-    def fit(r, t):
-        return fit_rows(target, r, t, precision=precision, prior_weight=0.05)[0]
+    held = per_inference_held(target, [m.threads for m in rows])
 
-    coeffs, stats = fit_rows(target, feats, y, precision=precision, prior_weight=0.05)
+    def fit(r, t):
+        return fit_rows(target, r, t, precision=precision, prior_weight=0.05, fixed_terms=held)[0]
+
+    coeffs, stats = fit_rows(target, feats, y, precision=precision, prior_weight=0.05, fixed_terms=held)
     datasheet = list(feats @ datasheet_coefficients(target, precision).vector())  # the graphs costed once
     fitted = feats @ coeffs.vector()
     entry = {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
@@ -517,7 +537,7 @@ _COSTED: dict[tuple, np.ndarray] = {}   # a table's groups costed once per proce
 def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str], fraction) -> list:
     """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed
     (``fraction(target, left-out source or None)``: the parallel fraction its figures are scaled with, and why)."""
-    from edgekd.hardware.fitting import coverage, fit_rows
+    from edgekd.hardware.fitting import coverage, fit_rows, per_inference_held
     from edgekd.hardware.priors import donor_from_fit
 
     donors = []
@@ -527,7 +547,8 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str],
             continue
         p, _ = fraction(key[0], left_out[1] if key[0] == left_out[0] else None)
         f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p)
-        coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05)[0]
+        coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05,
+                          fixed_terms=per_inference_held(target, [rows[i].threads for i in keep]))[0]
         donors.append(donor_from_fit(key[0], key[1], key[2], target.peak_gflops[key[2]], coeffs.to_dict(),
                                      coverage(f, coeffs.vector())))
     return donors
@@ -559,7 +580,7 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
     predicted it, measured / predicted, and the share of the prediction each op class (and the
     per-inference term) takes.
     """
-    from edgekd.hardware.fitting import class_shares, fit_rows
+    from edgekd.hardware.fitting import class_shares, fit_rows, per_inference_held
 
     others = shipped_tables() if others is None else others
     tables = {t.target: t for t in others if t.target != table.target}
@@ -584,7 +605,8 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
             feats = _scale_threads(target, rows, costs, p)
             borrowed = {}
             if train:
-                coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05)[0]
+                coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05,
+                                  fixed_terms=per_inference_held(target, [rows[i].threads for i in train]))[0]
                 how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
             else:
                 coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow, fraction_of)

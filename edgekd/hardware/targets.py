@@ -22,7 +22,7 @@ OP_CLASSES = ("conv", "dwconv", "gemm", "pool", "elementwise", "data")
 # Runtimes whose CPU kernels are another library's: measurements of that library calibrate them too
 # (ExecuTorch delegates CPU inference to XNNPACK, so XNNPACK's published figures are its kernels' figures).
 KERNEL_LIBRARY = {"executorch": "xnnpack"}
-CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "batch", "thermal", "notes")
+CONDITION_KEYS = ("threads", "cores", "power_mode", "clocks", "clock_ghz", "batch", "thermal", "notes")
 
 # Typical fraction of peak compute each kernel class reaches; a profile may override any of them.
 # Depthwise convolutions and pointwise ops are memory/latency bound, so their share of peak is low.
@@ -162,6 +162,10 @@ def validate_profile(data: Any, where: str) -> dict:
     if threads is not None and threads != "all" and not (_is_number(threads) and isinstance(threads, int)
                                                          and 0 < threads <= 4096):
         raise EdgeKDError(f"'conditions.threads' in {where} must be a positive integer or 'all'", "e.g. threads: 4")
+    clock = cond.get("clock_ghz")
+    if clock is not None and not (_is_number(clock) and 0 < clock <= 10):
+        raise EdgeKDError(f"'conditions.clock_ghz' in {where} must be the core clock in GHz (got {clock!r})",
+                          "the clock its peak_gflops assume, e.g. clock_ghz: 1.5")
     cm = data.get("channel_multiple", 1)
     if not (cm == "auto" or (isinstance(cm, int) and not isinstance(cm, bool) and 1 <= cm <= 1024)):
         raise EdgeKDError(f"'channel_multiple' in {where} must be a positive integer or 'auto' (got {cm!r})",
@@ -236,6 +240,12 @@ class Target:
     def published_measurements(self) -> int:
         """How many published measurements back the shipped calibrations (all runtimes and precisions)."""
         return sum(int(e.get("n_measurements", 0)) for e in self.shipped)
+
+    @property
+    def clock_ghz(self) -> float | None:
+        """The core clock the profile's peak figures assume (``conditions.clock_ghz``), None where not given."""
+        c = self.conditions.get("clock_ghz")
+        return float(c) if c is not None else None
 
     @property
     def threads(self) -> int | None:
