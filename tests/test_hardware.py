@@ -945,6 +945,9 @@ def test_shipped_measurement_tables_load_and_match_their_calibrations():
             if len(rows) >= 4:
                 entry = fitted[(runtime, precision)]
                 assert entry["n_measurements"] == len(rows) and entry["interval"]["low"] < 1 < entry["interval"]["high"]
+            if len({m.threads or target.threads for m in rows}) > 1:  # several thread counts: the constant held
+                assert fitted[(runtime, precision)]["coefficients"]["fixed_ms"] == pytest.approx(
+                    target.inference_overhead_us / 1000)
         assert target.published_measurements == sum(e["n_measurements"] for e in fitted.values())
 
 
@@ -1073,7 +1076,7 @@ def test_predictions_carry_their_interval_in_predict_and_search(tmp_path):
     assert ds["calibration"] == "datasheet" and "datasheet predictions of" in ds["interval_ms"]["source"]
     res = CliRunner().invoke(predict, ["--target", "raspberry-pi-4", "--runtime", "ncnn", "--precision", "fp32",
                                        "--onnx", str(path), "--input", "1x8x8x8", "--json"])
-    assert json.loads(res.output)["calibration"].startswith("calibrated from 12 published measurements (ncnn)")
+    assert json.loads(res.output)["calibration"].startswith("calibrated from 44 published measurements (ncnn)")
 
 
 def test_measured_terms_do_not_count_as_fitted_and_the_host_fit_is_per_class():
