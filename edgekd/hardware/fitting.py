@@ -61,7 +61,7 @@ def per_inference_held(target: Target, threads) -> dict[int, float] | None:
     profile's estimate. Such figures cannot tell a cost paid once per inference from the part of every
     network that does not speed up with more threads (both stay put from one thread to four), and a fit
     left free puts the latter in the former, which then lands on every small network whole (README,
-    "Leave one source out"). None where the figures share one thread count."""
+    "Published device measurements"). None where the figures share one thread count."""
     from edgekd.hardware.latency import FIXED
 
     counts = {t or target.threads for t in threads}
