@@ -144,6 +144,9 @@ def device_table(path: str, *, splits: int, ship: bool) -> None:
     pooled = []
     for e in result["calibrations"]:
         print(f"\n{e['runtime']}/{e['precision']}: {e['n_measurements']} measurements, fit: {e['method']}")
+        if e.get("parallel_fraction") and e["parallel_fraction"] != pf:
+            print(f"  its thread scaling: parallel fraction {e['parallel_fraction']['value']:.2f} "
+                  f"({e['parallel_fraction']['origin']})")
         print(f"  {'model':34s} {'measured':>9s} {'datasheet':>10s} {'(x)':>6s} {'held-out':>9s} {'err':>7s} "
               f"{'half-out':>9s} {'err':>7s}")
         if e["leave_one_out"] is None:  # too few figures for held-out errors: the fit only

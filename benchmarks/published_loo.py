@@ -76,18 +76,22 @@ def main() -> None:
         print(summary(f"{target}: figures whose largest share is {group}", ratios))
     print()
     for table in tables:
-        found = fit_parallel_fraction([table]) if not args.target or table.target in args.target else None
-        if found:
-            print(f"{table.target}: its figures on several thread counts ({found['rows']}: {', '.join(found['groups'])}) "
-                  f"fit parallel_fraction {found['parallel_fraction']:.2f} (sum of squared log errors "
-                  f"{found['sse']:.3f}; linear scaling {found['linear_sse']:.3f})")
+        if args.target and table.target not in args.target:
+            continue
+        for precision in (None, *sorted({m.precision for m in table.measurements if m.use})):
+            found = fit_parallel_fraction([table], precision=precision)
+            if found:
+                print(f"{table.target}{'' if precision is None else ' ' + precision}: its figures on several thread "
+                      f"counts ({found['rows']}: {', '.join(found['groups'])}) fit parallel_fraction "
+                      f"{found['parallel_fraction']:.2f} (sum of squared log errors {found['sse']:.3f}; linear "
+                      f"scaling {found['linear_sse']:.3f})")
     seen = set()
     for r in records:
-        key = (r["target"], r["source"])
+        key = (r["target"], r["source"], r["precision"])
         if r["parallel_fraction"] != 1.0 and key not in seen:
             seen.add(key)
-            print(f"  {r['target']} without {r['source']}: parallel_fraction {r['parallel_fraction']:.2f}, "
-                  f"{r['parallel_fraction_origin']}")
+            print(f"  {r['target']} {r['precision']} without {r['source']}: parallel_fraction "
+                  f"{r['parallel_fraction']:.2f}, {r['parallel_fraction_origin']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"shipped": records, "borrowed": borrowed}, indent=1))
     print(f"loso_within_borrowed={sum(inside(r['ratio']) for r in borrowed)}/{len(borrowed)}")

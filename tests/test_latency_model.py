@@ -457,6 +457,10 @@ def test_the_parallel_fraction_is_recovered_from_figures_on_two_thread_counts():
     assert found["groups"] == ["raspberry-pi-5 ncnn/fp32"] and found["rows"] == 8
     assert found["sse"] < 0.1 * found["linear_sse"]
     assert parallel_fraction_for(pi5, [])[0] == pytest.approx(0.6, abs=0.03)
+    # A precision with no pairs of its own takes the table's; one with pairs, its own.
+    assert fit_parallel_fraction([pi5], precision="int8") is None
+    assert parallel_fraction_for(pi5, [], precision="int8")[0] == pytest.approx(0.6, abs=0.03)
+    assert parallel_fraction_for(pi5, [], precision="fp32")[1].endswith("(raspberry-pi-5 ncnn/fp32) on several thread counts")
     # Its one-thread source left out, a table has no pairs of its own: the other tables' pairs say.
     pi4 = _thread_pairs_table("raspberry-pi-4", 0.8)
     p, origin = parallel_fraction_for(pi5, [pi4], leave_out="t1")

@@ -376,10 +376,10 @@ def _scale_threads(target, rows: list[Measurement], feats: np.ndarray, parallel_
 
 
 def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[str, str] | None = None,
-                          runtime: str | None = None, grid=None) -> dict | None:
+                          runtime: str | None = None, precision: str | None = None, grid=None) -> dict | None:
     """The parallel fraction that best explains published figures of the same networks on several thread counts.
 
-    Every runtime/precision group (of ``runtime`` only, if given) of ``tables`` that holds figures on two
+    Every runtime/precision group (of ``runtime`` and ``precision`` only, if given) of ``tables`` that holds figures on two
     or more thread counts, less the rows of ``leave_out`` (target, source), is fitted as shipped
     (``fit_rows``) at each fraction of ``grid``; the fraction with the smallest sum of squared log errors
     over all those groups wins. None where no group mixes thread counts.
@@ -387,13 +387,13 @@ def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[
     from edgekd.hardware.fitting import best_parallel_fraction
 
     costed = []
-    for (name, rt, precision), (target, rows, feats, y) in _costed_groups(tables).items():
+    for (name, rt, prec), (target, rows, feats, y) in _costed_groups(tables).items():
         keep = [i for i, m in enumerate(rows) if (name, m.source) != leave_out]
-        if (runtime and rt != runtime) or not isinstance(target.threads, int) \
+        if (runtime and rt != runtime) or (precision and prec != precision) or not isinstance(target.threads, int) \
                 or len({rows[i].threads or target.threads for i in keep}) < 2:
             continue
-        costed.append((target, precision, [rows[i].threads for i in keep], feats[keep], y[keep],
-                       f"{name} {rt}/{precision}"))
+        costed.append((target, prec, [rows[i].threads for i in keep], feats[keep], y[keep],
+                       f"{name} {rt}/{prec}"))
     if not costed:
         return None
     best, sse = best_parallel_fraction([c[:5] for c in costed], grid)
@@ -401,12 +401,14 @@ def fit_parallel_fraction(tables: list["MeasurementTable"], *, leave_out: tuple[
             "sse": sse(best), "linear_sse": sse(1.0)}
 
 
-def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: str | None = None) -> tuple[float, str]:
-    """The parallel fraction a table's figures are fitted with, and where it comes from.
+def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: str | None = None,
+                          precision: str | None = None) -> tuple[float, str]:
+    """The parallel fraction a table's figures (of ``precision``, if given) are fitted with, and where it comes from.
 
     Its own figures of one network on several thread counts where it has them (less the ``leave_out``
-    source); else those of the other tables (``others``, default every shipped table) of the same runtime,
-    then of any runtime; else linear. Published one- and four-thread pairs on the Raspberry Pis scale
+    source), of that precision first (FP32 scales worse than INT8 on the Pis: it moves four times the
+    bytes over the same bus), then of any; else those of the other tables (``others``, default every
+    shipped table) of the same runtime and precision, then of the same runtime, then of any; else linear. Published one- and four-thread pairs on the Raspberry Pis scale
     well below linear (shared memory bus, a barrier between layers), so linear scaling makes a fit on one
     thread count mispredict the other; the fraction is what the pairs say, not an estimate.
     """
@@ -417,11 +419,14 @@ def parallel_fraction_for(table: "MeasurementTable", others=None, *, leave_out: 
     elsewhere = sorted({m.runtime for m in table.measurements if m.use and m.threads and m.threads != target.threads})
     if not elsewhere or not isinstance(target.threads, int):
         return 1.0, "no figure on another thread count than the profile's"
-    own = fit_parallel_fraction([table], leave_out=(table.target, leave_out) if leave_out else None)
+    drop = (table.target, leave_out) if leave_out else None
+    own = (precision and fit_parallel_fraction([table], leave_out=drop, precision=precision)) \
+        or fit_parallel_fraction([table], leave_out=drop)
     if own:
         return own["parallel_fraction"], f"{OWN_FRACTION_ORIGIN} ({', '.join(own['groups'])}) on several thread counts"
     others = [t for t in (shipped_tables() if others is None else others) if t.target != table.target]
-    found = next((f for rt in elsewhere if (f := fit_parallel_fraction(others, runtime=rt))), None) \
+    found = next((f for rt in elsewhere for prec in ((precision, None) if precision else (None,))
+                  if (f := fit_parallel_fraction(others, runtime=rt, precision=prec))), None) \
         or fit_parallel_fraction(others)
     if found:
         return found["parallel_fraction"], f"fitted on {', '.join(found['groups'])} on several thread counts"
@@ -492,7 +497,9 @@ def calibrate_table(table: MeasurementTable, *, splits: int = 20, progress=None)
     for (_, runtime, precision), (_, rows, costs, _) in costed.items():
         if progress:
             progress(f"{table.target}: {runtime}/{precision}, {len(rows)} measurements")
-        entries.append(calibrate_group(target, rows, _scale_threads(target, rows, costs, fraction), splits=splits))
+        p, p_origin = parallel_fraction_for(table, precision=precision)
+        entry = calibrate_group(target, rows, _scale_threads(target, rows, costs, p), splits=splits)
+        entries.append({**entry, "parallel_fraction": {"value": p, "origin": p_origin}})
     leftover = [m for m in table.measurements if not m.use]
     uncalibrated = [_row_record(m, datasheet_ms=d)
                     for m, d in zip(leftover, datasheet_predictions(target, leftover, fraction))]
@@ -545,7 +552,7 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str],
         keep = [i for i, m in enumerate(rows) if (key[0], m.source) != left_out]
         if key == skip or len(keep) < MIN_ROWS or key[2] not in target.peak_gflops:
             continue
-        p, _ = fraction(key[0], left_out[1] if key[0] == left_out[0] else None)
+        p, _ = fraction(key[0], left_out[1] if key[0] == left_out[0] else None, key[2])
         f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p)
         coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05,
                           fixed_terms=per_inference_held(target, [rows[i].threads for i in keep]))[0]
@@ -587,11 +594,12 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
     tables[table.target] = table
     fractions: dict[tuple, tuple[float, str]] = {}
 
-    def fraction_of(name: str, left_out: str | None = None) -> tuple[float, str]:
+    def fraction_of(name: str, left_out: str | None = None, precision: str | None = None) -> tuple[float, str]:
         # As the profile would be shipped without the left-out source: its own pairs, else the others'.
-        if (name, left_out) not in fractions:
-            fractions[name, left_out] = parallel_fraction_for(tables[name], list(tables.values()), leave_out=left_out)
-        return fractions[name, left_out]
+        if (name, left_out, precision) not in fractions:
+            fractions[name, left_out, precision] = parallel_fraction_for(tables[name], list(tables.values()),
+                                                                         leave_out=left_out, precision=precision)
+        return fractions[name, left_out, precision]
 
     groups = _costed_groups([table] + [t for t in others if borrow and t.target != table.target])
     out = []
@@ -601,7 +609,7 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
         for source in sorted({m.source for m in rows}):
             test = [i for i, m in enumerate(rows) if m.source == source]
             train = [i for i in range(len(rows)) if i not in test]
-            p, p_origin = fraction_of(name, source)
+            p, p_origin = fraction_of(name, source, precision)
             feats = _scale_threads(target, rows, costs, p)
             borrowed = {}
             if train:
