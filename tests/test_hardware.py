@@ -948,6 +948,12 @@ def test_shipped_measurement_tables_load_and_match_their_calibrations():
             if len({m.threads or target.threads for m in rows}) > 1:  # several thread counts: the constant held
                 assert fitted[(runtime, precision)]["coefficients"]["fixed_ms"] == pytest.approx(
                     target.inference_overhead_us / 1000)
+                # ... and a thread scaling of this precision's own figures (FP32 and INT8 scale apart).
+                own = fitted[(runtime, precision)]["parallel_fraction"]
+                assert 0 < own["value"] <= 1 and f"{runtime}/{precision}" in own["origin"]
+        if table.target == "raspberry-pi-5":
+            fractions = {p: fitted[("ncnn", p)]["parallel_fraction"]["value"] for p in ("fp32", "int8")}
+            assert fractions["fp32"] < fractions["int8"]
         assert target.published_measurements == sum(e["n_measurements"] for e in fitted.values())
 
 
