@@ -444,24 +444,33 @@ def datasheet_predictions(target, rows: list[Measurement], parallel_fraction: fl
     return out
 
 
+def _fit_shipped(target, feats, y, precision: str, threads):
+    """``fit_rows`` as every published group is fitted (shipped, left out, donors): prior weight 0.05, and
+    the per-inference term held where the figures (measured on ``threads``) span several thread counts."""
+    from edgekd.hardware.fitting import fit_rows, per_inference_held
+
+    return fit_rows(target, feats, y, precision=precision, prior_weight=0.05,
+                    fixed_terms=per_inference_held(target, threads))
+
+
 def calibrate_group(target, rows: list[Measurement], feats: np.ndarray, *, splits: int = 20) -> dict:
     """Fit one runtime/precision of a device on its published measurements, through the calibrate code path
     (``fit_rows``), and record how it does on measurements it did not see: leave-one-out (the interval
     every prediction then carries) and leave-half-out (``splits`` random halvings); fewer than MIN_ROWS
     measurements are fitted without them. ``feats``: the rows' design-matrix rows (``measurement_rows``)."""
-    from edgekd.hardware.fitting import coverage, fit_rows, held_out_interval, per_inference_held
+    from edgekd.hardware.fitting import coverage, held_out_interval
     from edgekd.hardware.latency import datasheet_coefficients
     from edgekd.hardware.uncertainty import error_stats, leave_half_out
 
     runtime, precision = rows[0].runtime, rows[0].precision
     y = np.asarray([m.latency_ms for m in rows], dtype=np.float64)
 
-    held = per_inference_held(target, [m.threads for m in rows])
+    threads = [m.threads for m in rows]
 
     def fit(r, t):
-        return fit_rows(target, r, t, precision=precision, prior_weight=0.05, fixed_terms=held)[0]
+        return _fit_shipped(target, r, t, precision, threads)[0]
 
-    coeffs, stats = fit_rows(target, feats, y, precision=precision, prior_weight=0.05, fixed_terms=held)
+    coeffs, stats = _fit_shipped(target, feats, y, precision, threads)
     datasheet = list(feats @ datasheet_coefficients(target, precision).vector())  # the graphs costed once
     fitted = feats @ coeffs.vector()
     entry = {"runtime": runtime, "precision": precision, "n_measurements": len(rows), "method": stats.get("method"),
@@ -544,7 +553,7 @@ _COSTED: dict[tuple, np.ndarray] = {}   # a table's groups costed once per proce
 def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str], fraction) -> list:
     """Each other group fitted as shipped on what remains once ``left_out`` (target, source) is removed
     (``fraction(target, left-out source or None)``: the parallel fraction its figures are scaled with, and why)."""
-    from edgekd.hardware.fitting import coverage, fit_rows, per_inference_held
+    from edgekd.hardware.fitting import coverage
     from edgekd.hardware.priors import donor_from_fit
 
     donors = []
@@ -554,8 +563,7 @@ def _donors(groups: dict, left_out: tuple[str, str], skip: tuple[str, str, str],
             continue
         p, _ = fraction(key[0], left_out[1] if key[0] == left_out[0] else None, key[2])
         f = _scale_threads(target, [rows[i] for i in keep], feats[keep], p)
-        coeffs = fit_rows(target, f, y[keep], precision=key[2], prior_weight=0.05,
-                          fixed_terms=per_inference_held(target, [rows[i].threads for i in keep]))[0]
+        coeffs = _fit_shipped(target, f, y[keep], key[2], [rows[i].threads for i in keep])[0]
         donors.append(donor_from_fit(key[0], key[1], key[2], target.peak_gflops[key[2]], coeffs.to_dict(),
                                      coverage(f, coeffs.vector())))
     return donors
@@ -587,7 +595,7 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
     predicted it, measured / predicted, and the share of the prediction each op class (and the
     per-inference term) takes.
     """
-    from edgekd.hardware.fitting import class_shares, fit_rows, per_inference_held
+    from edgekd.hardware.fitting import class_shares
 
     others = shipped_tables() if others is None else others
     tables = {t.target: t for t in others if t.target != table.target}
@@ -613,8 +621,7 @@ def leave_one_source_out(table: MeasurementTable, others: list[MeasurementTable]
             feats = _scale_threads(target, rows, costs, p)
             borrowed = {}
             if train:
-                coeffs = fit_rows(target, feats[train], y[train], precision=precision, prior_weight=0.05,
-                                  fixed_terms=per_inference_held(target, [rows[i].threads for i in train]))[0]
+                coeffs = _fit_shipped(target, feats[train], y[train], precision, [rows[i].threads for i in train])[0]
                 how = f"fit on {len(train)} rows of {', '.join(sorted({rows[i].source for i in train}))}"
             else:
                 coeffs, borrowed = _borrowed_prior(groups, target, source, runtime, precision, borrow, fraction_of)
