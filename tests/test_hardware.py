@@ -712,6 +712,43 @@ def test_wide_kernels_and_grouped_convs_have_their_own_terms(tmp_path):
     assert old.classes["conv_grouped"] == old.classes["dwconv"] and old.ms_per_wide_kernel_mflop == 0.0
 
 
+def test_ncnn_runs_dense_3x3_convs_as_winograd_and_is_charged_for_the_multiplies_it_does(tmp_path):
+    import torch.nn as nn
+
+    from edgekd.hardware.kernelclass import kernel_class, work_flops
+    from edgekd.hardware.latency import Coefficients
+
+    net = nn.Sequential(nn.Conv2d(16, 64, 3, padding=1), nn.ReLU(),                # F(6,3): both sides <= 128
+                        nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(),               # F(4,3): 192 > 128
+                        nn.Conv2d(192, 64, 3, stride=2, padding=1), nn.ReLU(),     # stride 2: direct
+                        nn.Conv2d(64, 64, 3, padding=2, dilation=2), nn.ReLU(),    # dilated: direct
+                        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU(),     # depthwise: direct
+                        nn.Conv2d(64, 32, 1))
+    path = _export(tmp_path, "winograd", net, [1, 16, 24, 24])
+    convs = [k for k in graph_cost(path, runtime="ncnn", precision="fp32").kernels if k.op_class in ("conv", "dwconv")]
+    assert [k.geometry.get("winograd", 0) for k in convs] == [6, 4, 0, 0, 0, 0]
+    assert [kernel_class(k) for k in convs] == ["conv_winograd", "conv_winograd", "conv", "conv", "dwconv",
+                                                "conv_pointwise"]
+    # F(6,3) multiplies 8x8 times per 6x6 output tile where the direct conv multiplies 9 x 36 times; the 24x24
+    # map is whole tiles. F(4,3) on 24x24: 36 against 9 x 16.
+    assert work_flops(convs[0]) == pytest.approx(convs[0].flops * 64 / 324)
+    assert work_flops(convs[1]) == pytest.approx(convs[1].flops * 36 / 144)
+    assert work_flops(convs[2]) == convs[2].flops
+    # A map that is not whole tiles computes the padded ones: 10x10 outputs take 2x2 tiles of 6x6.
+    odd = [k for k in graph_cost(_export(tmp_path, "odd", nn.Conv2d(16, 16, 3, padding=1), [1, 16, 10, 10]),
+                                 runtime="ncnn").kernels if k.op_class == "conv"][0]
+    assert work_flops(odd) == pytest.approx(odd.flops * 64 / 324 * 144 / 100)
+    # Only at the precisions the runtime runs Winograd at, and only on runtimes that do.
+    for runtime, precision in (("ncnn", "int8"), ("onnxruntime", "fp32"), ("xnnpack", "fp32")):
+        kernels = graph_cost(path, runtime=runtime, precision=precision).kernels
+        assert not any(kernel_class(k) == "conv_winograd" for k in kernels), (runtime, precision)
+    # A calibration written before the class existed keeps pricing them as dense convs (per multiply executed).
+    old = Coefficients.from_dict({"precision": "fp32", "fixed_ms": 0.01, "classes": {
+        c: {"ms_per_mflop": 0.01, "ms_per_mb": 0.001, "ms_per_kernel": 0.002}
+        for c in ("conv", "dwconv", "gemm", "pool", "elementwise", "data")}})
+    assert old.classes["conv_winograd"] == old.classes["conv"]
+
+
 # ---- one op table, one probe-block table (issue 16, item 5) ---------------------------------------
 
 def test_op_table_covers_what_both_cost_functions_classify(tmp_path):

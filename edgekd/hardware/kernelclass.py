@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from edgekd.hardware.graph import Kernel, op_rule
+from edgekd.hardware.graph import Kernel, op_rule, winograd_work
 from edgekd.hardware.targets import OP_CLASSES
 
 # Kernels that a runtime's executed graph shows to run on a different code path than the rest of their
@@ -25,8 +25,11 @@ from edgekd.hardware.targets import OP_CLASSES
 # Shape-only ops (Reshape, Flatten, ...) alias their input buffer: a call, no copy, unlike Concat/Split/Transpose.
 # Grouped convs with several channels per group (RegNet, ResNeXt) run the dense kernel once per group, many
 # FLOPs per output where a depthwise conv has a few: their own coefficients, scaled with depthwise on devices.
+# Dense 3x3 convs that a runtime runs as Winograd (ncnn on ARM) do a third to a fifth of the multiplies, plus
+# transforms whose cost the FLOPs do not show: their own coefficients, charged per multiply executed.
 SUBCLASSES = {"conv_nchw_input": "conv", "conv_fallback": "conv", "reorder": "data", "avgpool_nchw": "pool",
-              "conv_pointwise": "conv", "view": "data", "dwconv_fallback": "dwconv", "conv_grouped": "dwconv"}
+              "conv_pointwise": "conv", "view": "data", "dwconv_fallback": "dwconv", "conv_grouped": "dwconv",
+              "conv_winograd": "conv"}
 KERNEL_CLASSES = OP_CLASSES + tuple(SUBCLASSES)
 # A sub-class whose datasheet prior is its own efficiency figure in the profile, not its parent's
 # (see targets.EFFICIENCY_CLASSES): a 1x1 conv on a GPU is memory-bound where a dense conv is not.
@@ -34,7 +37,7 @@ OWN_EFFICIENCY = {"conv_pointwise": "pointwise"}
 # The groups of kernel classes whose compute rate a few device measurements scale together (fit_scaled):
 # a code path and the sub-classes that only differ from it in layout. Each group is scaled only by the
 # measurements that exercise it, so a depthwise network's cost never follows dense convs' fitted rate.
-COMPUTE_GROUPS = {"conv": ("conv", "conv_nchw_input", "conv_fallback"), "pointwise": ("conv_pointwise",),
+COMPUTE_GROUPS = {"conv": ("conv", "conv_nchw_input", "conv_fallback", "conv_winograd"), "pointwise": ("conv_pointwise",),
                   "dwconv": ("dwconv", "dwconv_fallback", "conv_grouped"), "gemm": ("gemm",),
                   "pool": ("pool", "avgpool_nchw"), "elementwise": ("elementwise",), "data": ("data", "reorder", "view")}
 
@@ -46,6 +49,8 @@ def kernel_class(k: Kernel) -> str:
     if op_rule(k.op_type).kind == "alias":
         return "view"
     layout = k.geometry.get("layout") if k.geometry else None
+    if k.op_class == "conv" and k.geometry and k.geometry.get("winograd"):
+        return "conv_winograd"
     if k.op_class == "dwconv" and k.geometry and k.geometry.get("cin", 0) > k.geometry.get("groups", 1):
         return "conv_grouped"
     if k.op_class == "dwconv" and layout == "nchw":
@@ -72,21 +77,23 @@ def work_flops(k: Kernel, channel_multiple: int = 1) -> float:
     XNNPACK's packed output channels) compute whole blocks, so a 12-channel conv costs like a 16-channel
     one. Input channels of a dense conv are padded too, except for narrow image inputs (1-3 channels)
     that runtimes read in plain layout. Kernels costed from the graph the runtime executed
-    (``executed_graph_cost``) already have padded shapes and are taken as they are.
+    (``executed_graph_cost``) already have padded shapes and are taken as they are. A conv the runtime
+    runs as Winograd executes ``winograd_work`` multiplies per FLOP counted.
     """
     m = channel_multiple
     g = k.geometry
+    winograd = winograd_work(g) if g and g.get("winograd") else 1.0
     if m <= 1 or not g or g.get("padded") or k.op_class not in ("conv", "dwconv"):
-        return float(k.flops)
+        return float(k.flops) * winograd
     cout = g.get("cout") or 0
     if not cout:
-        return float(k.flops)
+        return float(k.flops) * winograd
     scale = _round_up(cout, m) / cout
     if k.op_class == "conv":
         cin_g = max(1, g.get("cin", 0) // max(1, g.get("groups", 1)))
         if cin_g >= m // 2:
             scale *= _round_up(cin_g, m) / cin_g
-    return float(k.flops) * scale
+    return float(k.flops) * scale * winograd
 
 
 # ONNX Runtime's conv and GEMM kernels apply ReLU while the output is in registers; these fused activations

@@ -23,6 +23,8 @@ class FusionRules:
     epilogue_activations: every activation op the latency model knows is an epilogue op too.
     max_epilogue: how many epilogue ops one conv/gemm kernel can absorb.
     pointwise_chain: whether consecutive pointwise ops become one kernel (TensorRT/OpenVINO do).
+    winograd: the precisions at which the runtime runs dense 3x3 stride-1 convs as Winograd F(m, 3)
+        (fewer multiplies than the FLOPs counted; ``edgekd.hardware.graph.winograd_tile`` says which m).
     """
 
     fold: frozenset = frozenset()
@@ -30,6 +32,7 @@ class FusionRules:
     max_epilogue: int = 0
     pointwise_chain: bool = False
     epilogue_activations: bool = False
+    winograd: frozenset = frozenset()
 
 
 class Runner:
