@@ -462,7 +462,7 @@ def test_unreachable_budget_names_the_smallest_candidates_latency():
         select_width("cnn", WIDTHS, target="jetson-nano", budget_ms=0.001, num_classes=10, input_shape=(1, 28, 28))
     msg = str(err.value)
     assert "no candidate fits the 0.001 ms budget on jetson-nano" in msg
-    assert f"width 0.25" in msg and f"{smallest.predicted_ms:#.3g} ms" in msg and "--budget-ms" in msg
+    assert "width 0.25" in msg and f"{smallest.predicted_ms:#.3g} ms" in msg and "--budget-ms" in msg
 
 
 @pytest.mark.slow
