@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 
-from edgekd.hardware.graph import Kernel, op_rule, winograd_work
+from edgekd.hardware.graph import Kernel, op_rule
+from edgekd.hardware.libraries import winograd_work
 from edgekd.hardware.targets import OP_CLASSES
 
 # Kernels that a runtime's executed graph shows to run on a different code path than the rest of their

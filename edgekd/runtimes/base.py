@@ -24,7 +24,7 @@ class FusionRules:
     max_epilogue: how many epilogue ops one conv/gemm kernel can absorb.
     pointwise_chain: whether consecutive pointwise ops become one kernel (TensorRT/OpenVINO do).
     winograd: the precisions at which the runtime runs dense 3x3 stride-1 convs as Winograd F(m, 3)
-        (fewer multiplies than the FLOPs counted; ``edgekd.hardware.graph.winograd_tile`` says which m).
+        (fewer multiplies than the FLOPs counted; ``edgekd.hardware.libraries.winograd_tile`` says which m).
     """
 
     fold: frozenset = frozenset()
