@@ -61,6 +61,24 @@ def test_fast_cost_is_cached_on_disk(tmp_path, monkeypatch):
     assert [vars(k) for k in again.kernels] == [vars(k) for k in first.kernels] and again.flops == first.flops
     files[0].write_text("{not json")   # a damaged entry is costed again, not an error
     assert fast_cost("cnn", **kw)[0].flops == first.flops
+    # An entry cached under other costing rules (an edgekd whose graph costing has changed) is not read.
+    monkeypatch.setattr(fastcost, "cost_rules_digest", lambda: "other rules")
+    fast_cost("cnn", **kw)
+    assert len(list((tmp_path / "costs").glob("cnn-*.json"))) == 2
+
+
+def test_fast_cost_cache_keys_hold_across_processes(tmp_path, monkeypatch):
+    """A runtime's fusion rules are in the key (ncnn's hold frozensets, whose order follows the hash seed)."""
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("EDGEKD_CACHE_DIR", str(tmp_path))
+    code = ("from edgekd.hardware.fastcost import fast_cost; fast_cost('cnn', num_classes=3, input_shape=[1, 1, 16, 16], "
+            "width=0.25, depth=1, runtime='ncnn', precision='fp32')")
+    for seed in ("1", "2"):
+        subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONHASHSEED": seed})
+    assert len(list((tmp_path / "costs").glob("cnn-*.json"))) == 1
 
 
 def test_trace_names_ops_it_has_no_rule_for_as_unknown():

@@ -12,8 +12,10 @@ disk by (family, width, depth, input shape, classes, runtime, precision).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 from edgekd.hardware.graph import GraphCost, Kernel, shaped_graph_cost
@@ -406,7 +408,9 @@ def fast_cost(arch: str, *, num_classes: int, input_shape, width: float, depth: 
         raise EdgeKDError(f"unknown precision {precision!r}", f"use one of {', '.join(BYTES_PER_ELEMENT)}")
     graph_key = json.dumps({"arch": arch, "classes": int(num_classes), "shape": shape, "width": float(width),
                             "depth": float(depth), "torch": torch.__version__, "edgekd": __version__}, sort_keys=True)
-    key = hashlib.sha256(f"{graph_key}|{runtime}|{precision}".encode()).hexdigest()[:20]
+    rules = json.dumps({k: sorted(v) if isinstance(v, frozenset) else v for k, v in vars(fusions_for(runtime)).items()},
+                       sort_keys=True)  # sorted: a frozenset's order changes with each process's hash seed
+    key = hashlib.sha256(f"{graph_key}|{runtime}|{precision}|{rules}|{cost_rules_digest()}".encode()).hexdigest()[:20]
     path = cache_dir() / "costs" / f"{arch}-w{width:g}-d{depth:g}-{'x'.join(map(str, shape))}-{key}.json"
     cached = _read(path)
     if cached is not None:
@@ -425,6 +429,20 @@ def fast_cost(arch: str, *, num_classes: int, input_shape, width: float, depth: 
     record = {k: v for k, v in vars(cost).items() if k != "kernels"}
     _write(path, {"params": params, "cost": {**record, "kernels": [vars(k) for k in cost.kernels]}})
     return cost, params
+
+
+@functools.lru_cache(maxsize=1)
+def cost_rules_digest() -> str:
+    """A digest of the code that turns a traced graph into kernels and costs (graph costing, the runtimes'
+    fusions and kernel-library rules, this module): an entry cached under other rules is never read, so a
+    new rule (ncnn's Winograd convs, say) reaches costs cached before it without a version bump."""
+    from edgekd.hardware import graph, libraries
+    from edgekd.runtimes import base
+
+    digest = hashlib.sha256()
+    for module in (graph, libraries, base, sys.modules[__name__]):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _write(path: Path, record: dict) -> None:
