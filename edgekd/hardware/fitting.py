@@ -36,6 +36,15 @@ def thread_speedup(threads: int, parallel_fraction: float) -> float:
     return 1.0 / ((1.0 - parallel_fraction) + parallel_fraction / threads)
 
 
+def compute_columns() -> list[int]:
+    """Design-matrix columns of compute: every kernel class's MFLOPs and the per-MFLOP kernel terms (padded
+    border columns, filter sets, wide kernels). What thread counts and core clocks scale."""
+    from edgekd.hardware.kernelclass import KERNEL_CLASSES
+    from edgekd.hardware.latency import BORDER, FILTER_SET, WIDE_KERNEL, _class_offset
+
+    return [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET, WIDE_KERNEL]
+
+
 def scale_threads(rows, threads, cores, parallel_fraction: float) -> np.ndarray:
     """A copy of design-matrix ``rows`` costed as if on ``cores`` threads (a profile's conditions), each row's
     compute terms scaled for the thread count it was measured on (``threads[i]``; None: the profile's).
@@ -44,10 +53,7 @@ def scale_threads(rows, threads, cores, parallel_fraction: float) -> np.ndarray:
     slower by the ratio of Amdahl's speed-ups; bytes moved, kernels launched and the per-inference term do
     not depend on the thread count.
     """
-    from edgekd.hardware.kernelclass import KERNEL_CLASSES
-    from edgekd.hardware.latency import BORDER, FILTER_SET, WIDE_KERNEL, _class_offset
-
-    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET, WIDE_KERNEL]
+    compute = compute_columns()
     cores = cores if isinstance(cores, int) else None
     rows = np.array(rows, dtype=np.float64)
     for i, t in enumerate(threads):
@@ -73,10 +79,9 @@ def clock_columns(cpu: bool) -> list[int]:
     the runtime's kernels run on the CPU, the per-kernel, dispatch and per-inference terms too (instructions
     on the same core). Bytes moved are paced by the memory bus, whose clock the core clock does not set."""
     from edgekd.hardware.kernelclass import KERNEL_CLASSES
-    from edgekd.hardware.latency import (BORDER, DISPATCH, EPILOGUE, FILTER_SET, FIXED, WIDE_KERNEL,
-                                         _class_offset)
+    from edgekd.hardware.latency import DISPATCH, EPILOGUE, FIXED, _class_offset
 
-    compute = [_class_offset(c) for c in KERNEL_CLASSES] + [BORDER, FILTER_SET, WIDE_KERNEL, EPILOGUE]
+    compute = compute_columns() + [EPILOGUE]  # the extra activation pass runs in cache, at the core's clock
     if cpu:
         compute += [_class_offset(c) + 2 for c in KERNEL_CLASSES] + [DISPATCH, FIXED]
     return compute
